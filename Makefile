@@ -1,0 +1,39 @@
+# CeranaOS top-level build. Each area keeps its targets in mk/<area>.mk and appends to
+# APT_PACKAGES, TEST_TARGETS and BENCH_TARGETS; this file only wires them together.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Heavy, reusable outputs (downloaded .debs, the ZFS module) live outside the checkout,
+# keyed by version inside; nothing assumes this directory exists.
+CACHE_DIR ?= /var/cache/cerana
+export CACHE_DIR
+OUT_DIR ?= $(CURDIR)/out
+export OUT_DIR
+
+APT_PACKAGES := build-essential pkg-config
+TEST_TARGETS :=
+BENCH_TARGETS :=
+
+include $(sort $(wildcard mk/*.mk))
+
+.PHONY: help deps test bench clean
+help:
+	@echo "make cluster       build everything and boot a QEMU cluster (NODES=3)"
+	@echo "make test          install what is needed and run every test (unit, integration, VM)"
+	@echo "make bench         run the benchmarks and print figures against their peers"
+	@echo "make deps          only install the apt packages and Rust targets the build needs"
+
+deps:
+	@scripts/ensure-deps $(sort $(APT_PACKAGES))
+
+# Runs every test target in order; the first failure stops the run.
+test: deps
+	@set -e; for t in $(TEST_TARGETS); do echo "==> make $$t"; $(MAKE) --no-print-directory $$t; done
+
+bench: deps
+	@set -e; for t in $(BENCH_TARGETS); do echo "==> make $$t"; $(MAKE) --no-print-directory $$t; done
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT_DIR)
