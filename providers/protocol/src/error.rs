@@ -1,0 +1,204 @@
+//! Structured task errors: a stable machine-readable code, a message for people, and where the
+//! error arose (task, provider, node).
+
+use crate::names::{ProviderName, TaskName};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Stable error codes. Clients branch on these, never on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message could not be decoded or broke the protocol.
+    InvalidRequest,
+    /// A frame exceeded the size limit.
+    FrameTooLarge,
+    /// No task of that name is documented and no provider serves it.
+    UnknownTask,
+    /// The task exists but no provider serving it is connected.
+    NoProvider,
+    /// The arguments do not match the task's argument type.
+    InvalidArgs,
+    /// A request id already in flight was sent again.
+    DuplicateId,
+    /// The task did not finish within its timeout.
+    Timeout,
+    /// The provider handling the task went away before answering.
+    ProviderLost,
+    /// The caller cancelled the task.
+    Cancelled,
+    /// No or a wrong bearer token.
+    Unauthenticated,
+    /// The peer coordinator could not be reached or answered garbage.
+    PeerUnreachable,
+    /// A byte stream failed: its peer vanished, never arrived, or sent a malformed chunk.
+    StreamError,
+    /// The object the task names does not exist.
+    NotFound,
+    /// The object the task would create exists already.
+    AlreadyExists,
+    /// The object is in use.
+    Busy,
+    /// A name is longer than the backend allows.
+    NameTooLong,
+    /// The backend refused an argument value.
+    InvalidArgument,
+    /// The caller may not do this.
+    PermissionDenied,
+    /// A backend the provider needs is not available (not installed, not running).
+    Unavailable,
+    /// The task ran and failed for a reason without a more specific code.
+    Failed,
+    /// A bug or an unexpected state inside the coordinator or a provider.
+    Internal,
+}
+
+/// Coarse classes of errors, for exit codes and HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request itself is wrong; retrying it unchanged will fail again.
+    BadInput,
+    NotFound,
+    Conflict,
+    Timeout,
+    /// Something needed is not there right now; a retry later may succeed.
+    Unavailable,
+    Auth,
+    Failed,
+}
+
+impl ErrorCode {
+    pub fn class(self) -> ErrorClass {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | FrameTooLarge | UnknownTask | InvalidArgs | DuplicateId
+            | NameTooLong | InvalidArgument => ErrorClass::BadInput,
+            NotFound => ErrorClass::NotFound,
+            AlreadyExists | Busy => ErrorClass::Conflict,
+            Timeout => ErrorClass::Timeout,
+            NoProvider | ProviderLost | PeerUnreachable | Unavailable => ErrorClass::Unavailable,
+            Unauthenticated | PermissionDenied => ErrorClass::Auth,
+            Cancelled | StreamError | Failed | Internal => ErrorClass::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            FrameTooLarge => "frame_too_large",
+            UnknownTask => "unknown_task",
+            NoProvider => "no_provider",
+            InvalidArgs => "invalid_args",
+            DuplicateId => "duplicate_id",
+            Timeout => "timeout",
+            ProviderLost => "provider_lost",
+            Cancelled => "cancelled",
+            Unauthenticated => "unauthenticated",
+            PeerUnreachable => "peer_unreachable",
+            StreamError => "stream_error",
+            NotFound => "not_found",
+            AlreadyExists => "already_exists",
+            Busy => "busy",
+            NameTooLong => "name_too_long",
+            InvalidArgument => "invalid_argument",
+            PermissionDenied => "permission_denied",
+            Unavailable => "unavailable",
+            Failed => "failed",
+            Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error half of a [`crate::Response`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+pub struct TaskError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    /// The node (coordinator URL or name) where the error arose, when not the local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Extra machine-readable detail, e.g. an errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}
+
+impl TaskError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), task: None, provider: None, node: None, details: None }
+    }
+    pub fn with_task(mut self, task: &TaskName) -> Self {
+        self.task.get_or_insert_with(|| task.clone());
+        self
+    }
+    pub fn with_provider(mut self, provider: &ProviderName) -> Self {
+        self.provider.get_or_insert_with(|| provider.clone());
+        self
+    }
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node.get_or_insert_with(|| node.into());
+        self
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        match (&self.task, &self.provider) {
+            (Some(t), Some(p)) => write!(f, " (task {t}, provider {p})")?,
+            (Some(t), None) => write!(f, " (task {t})")?,
+            (None, Some(p)) => write!(f, " (provider {p})")?,
+            (None, None) => {}
+        }
+        if let Some(node) = &self.node {
+            write!(f, " on {node}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_serialize_with_codes() {
+        let err = TaskError::new(ErrorCode::NotFound, "dataset data/x does not exist")
+            .with_task(&TaskName::new("zfs-get").unwrap());
+        let json = serde_json::to_value(&err).unwrap();
+        assert_eq!(json["code"], "not_found");
+        assert_eq!(json["task"], "zfs-get");
+        assert!(json.get("provider").is_none());
+        let back: TaskError = serde_json::from_value(json).unwrap();
+        assert_eq!(back, err);
+        assert_eq!(back.to_string(), "not_found: dataset data/x does not exist (task zfs-get)");
+    }
+
+    #[test]
+    fn every_code_string_matches_serde() {
+        use ErrorCode::*;
+        for code in [
+            InvalidRequest, FrameTooLarge, UnknownTask, NoProvider, InvalidArgs, DuplicateId,
+            Timeout, ProviderLost, Cancelled, Unauthenticated, PeerUnreachable, StreamError,
+            NotFound, AlreadyExists, Busy, NameTooLong, InvalidArgument, PermissionDenied,
+            Unavailable, Failed, Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Self-validating names and identifiers used on the wire.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a name or identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} {value:?} is longer than {max} characters")]
+    TooLong { kind: &'static str, value: String, max: usize },
+    #[error("{kind} {value:?} has a character outside [a-z0-9-] or does not start with a letter")]
+    BadCharacter { kind: &'static str, value: String },
+    #[error("{kind} {value:?} is not a UUID")]
+    NotUuid { kind: &'static str, value: String },
+    #[error("node URL {value:?} must be http:// or https:// followed by a host")]
+    BadUrl { value: String },
+}
+
+/// Longest task or provider name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+fn check_name(kind: &'static str, value: &str) -> Result<(), NameError> {
+    if value.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { kind, value: value.to_owned(), max: MAX_NAME_LEN });
+    }
+    let mut chars = value.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !first_ok || !rest_ok {
+        return Err(NameError::BadCharacter { kind, value: value.to_owned() });
+    }
+    Ok(())
+}
+
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `value` and wraps it.
+            pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+                let value = value.into();
+                check_name($kind, &value)?;
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(value: String) -> Result<Self, NameError> {
+                Self::new(value)
+            }
+        }
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(value: &str) -> Result<Self, NameError> {
+                Self::new(value)
+            }
+        }
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+    };
+}
+
+validated_name!(
+    /// A task name such as `zfs-create`: lowercase letters, digits and dashes, starting with a
+    /// letter, at most 64 characters.
+    TaskName,
+    "task name"
+);
+validated_name!(
+    /// A provider's name, with the same rules as a task name.
+    ProviderName,
+    "provider name"
+);
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub uuid::Uuid);
+
+        impl $name {
+            /// A fresh random identifier.
+            pub fn random() -> Self {
+                Self(uuid::Uuid::new_v4())
+            }
+        }
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(value: &str) -> Result<Self, NameError> {
+                uuid::Uuid::parse_str(value)
+                    .map(Self)
+                    .map_err(|_| NameError::NotUuid { kind: $kind, value: value.to_owned() })
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Identifies one request end to end: chosen by the caller, unique (a UUID), and the key of
+    /// the coordinator's journal entry.
+    RequestId,
+    "request id"
+);
+uuid_id!(
+    /// Identifies one byte stream brokered by a coordinator.
+    StreamId,
+    "stream id"
+);
+
+/// The base URL of a node's coordinator HTTP API, e.g. `http://10.0.0.5:8080`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeUrl(String);
+
+impl NodeUrl {
+    pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+        let value = value.into();
+        let rest = value
+            .strip_prefix("http://")
+            .or_else(|| value.strip_prefix("https://"))
+            .ok_or_else(|| NameError::BadUrl { value: value.clone() })?;
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(NameError::BadUrl { value });
+        }
+        Ok(Self(value.trim_end_matches('/').to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+}
+impl TryFrom<String> for NodeUrl {
+    type Error = NameError;
+    fn try_from(value: String) -> Result<Self, NameError> {
+        Self::new(value)
+    }
+}
+impl FromStr for NodeUrl {
+    type Err = NameError;
+    fn from_str(value: &str) -> Result<Self, NameError> {
+        Self::new(value)
+    }
+}
+impl From<NodeUrl> for String {
+    fn from(value: NodeUrl) -> String {
+        value.0
+    }
+}
+impl fmt::Display for NodeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_names_are_validated() {
+        assert!(TaskName::new("zfs-create").is_ok());
+        assert!(TaskName::new("node-info2").is_ok());
+        assert!(matches!(TaskName::new(""), Err(NameError::Empty { .. })));
+        assert!(matches!(TaskName::new("Zfs"), Err(NameError::BadCharacter { .. })));
+        assert!(matches!(TaskName::new("-x"), Err(NameError::BadCharacter { .. })));
+        assert!(matches!(TaskName::new("a/b"), Err(NameError::BadCharacter { .. })));
+        assert!(matches!(TaskName::new("a".repeat(65)), Err(NameError::TooLong { .. })));
+        let err = serde_json::from_str::<TaskName>("\"../etc\"").unwrap_err();
+        assert!(err.to_string().contains("outside [a-z0-9-]"), "{err}");
+    }
+
+    #[test]
+    fn node_urls_are_validated() {
+        assert_eq!(NodeUrl::new("http://10.0.0.5:8080/").unwrap().as_str(), "http://10.0.0.5:8080");
+        assert!(NodeUrl::new("https://node").unwrap().is_https());
+        assert!(NodeUrl::new("ftp://node").is_err());
+        assert!(NodeUrl::new("http://").is_err());
+        assert!(NodeUrl::new("http://a b").is_err());
+    }
+
+    #[test]
+    fn request_ids_round_trip() {
+        let id = RequestId::random();
+        let text = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<RequestId>(&text).unwrap(), id);
+        assert!("nope".parse::<RequestId>().is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! The `Task` trait ties a task name to its argument and result types, and [`TaskInfo`] makes the
+//! whole set enumerable (for `cerana task list`, documentation, and argument checks in the
+//! coordinator).
+
+use crate::names::TaskName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A named task with typed arguments and result.
+pub trait Task {
+    const NAME: &'static str;
+    const DESCRIPTION: &'static str;
+    type Args: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    fn name() -> TaskName {
+        TaskName::new(Self::NAME).expect("declared task names are valid")
+    }
+}
+
+/// A task's entry in the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInfo {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Checks raw JSON arguments against the task's argument type.
+    pub check_args: fn(&str) -> Result<(), String>,
+}
+
+/// Declares tasks: a unit type per task implementing [`Task`], and a `TASKS` list for the catalog.
+///
+/// ```text
+/// declare_tasks! {
+///     NodeInfo = "node-info", "Facts about this node", NodeInfoArgs => NodeInfoResult;
+/// }
+/// ```
+#[macro_export]
+macro_rules! declare_tasks {
+    ($( $ty:ident = $name:literal, $desc:literal, $args:ty => $out:ty; )*) => {
+        $(
+            #[doc = $desc]
+            #[derive(Debug, Clone, Copy)]
+            pub struct $ty;
+            impl $crate::Task for $ty {
+                const NAME: &'static str = $name;
+                const DESCRIPTION: &'static str = $desc;
+                type Args = $args;
+                type Output = $out;
+            }
+        )*
+        /// Every task this module declares.
+        pub const TASKS: &[$crate::TaskInfo] = &[$(
+            $crate::TaskInfo {
+                name: $name,
+                description: $desc,
+                check_args: |raw| {
+                    $crate::__serde_json::from_str::<$args>(raw).map(|_| ()).map_err(|e| e.to_string())
+                },
+            },
+        )*];
+    };
+}
+
+/// Arguments of a task that takes none: `{}` only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoArgs {}

@@ -1,0 +1,142 @@
+//! `coordinator-*`: answered by the coordinator itself, about itself.
+
+use crate::error::TaskError;
+use crate::names::{ProviderName, RequestId, TaskName};
+use crate::task::NoArgs;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+crate::declare_tasks! {
+    CoordinatorStatus = "coordinator-status", "The coordinator's name, version, uptime and load", NoArgs => CoordinatorStatusResult;
+    CoordinatorProviders = "coordinator-providers", "Connected providers and the tasks each serves", NoArgs => ProvidersResult;
+    CoordinatorTasks = "coordinator-tasks", "Every task that is documented or served, with its providers in priority order", NoArgs => TasksResult;
+    CoordinatorHistory = "coordinator-history", "Recent tasks from the journal, newest first", HistoryArgs => HistoryResult;
+    CoordinatorTaskGet = "coordinator-task-get", "One task's journal entry, with its result while it is kept", TaskGetArgs => JournalEntry;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorStatusResult {
+    pub name: String,
+    pub version: String,
+    pub uptime_seconds: f64,
+    pub providers: u32,
+    pub in_flight: u32,
+    pub journal_entries: u32,
+    pub journal_capacity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderInfo {
+    pub name: ProviderName,
+    pub version: String,
+    pub priority: u16,
+    /// Process id from the socket's peer credentials.
+    pub pid: Option<u32>,
+    pub connected_at_ms: u64,
+    pub in_flight: u32,
+    pub tasks: Vec<TaskName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersResult {
+    pub providers: Vec<ProviderInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskProvider {
+    pub provider: ProviderName,
+    pub priority: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListing {
+    pub task: TaskName,
+    /// Empty for tasks a provider serves but the catalog does not document.
+    pub description: String,
+    /// Lowest priority first: the order the coordinator tries them in.
+    pub providers: Vec<TaskProvider>,
+    /// Answered by the coordinator itself.
+    pub builtin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksResult {
+    pub tasks: Vec<TaskListing>,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Accepted,
+    Running,
+    Done,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, TaskState::Accepted | TaskState::Running)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryArgs {
+    /// At most this many entries (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub task: Option<TaskName>,
+    #[serde(default)]
+    pub state: Option<TaskState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryResult {
+    pub entries: Vec<JournalEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskGetArgs {
+    pub id: RequestId,
+}
+
+/// One task as the coordinator's journal records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalEntry {
+    pub id: RequestId,
+    pub task: TaskName,
+    pub state: TaskState,
+    /// Who sent it: `unix:pid=…,uid=…,name=…` or `http:ADDR`.
+    pub caller: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderName>,
+    /// The peer coordinator it was forwarded to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RequestId>,
+    pub accepted_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// Time from acceptance to the final state, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    /// The result, while it is small enough to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+}

@@ -1,0 +1,45 @@
+//! `node-*`: facts about the node, served by the `node-info` provider.
+
+use crate::task::NoArgs;
+use serde::{Deserialize, Serialize};
+
+crate::declare_tasks! {
+    NodeInfo = "node-info", "Hostname, kernel, uptime, CPU and memory of this node (from /proc)", NoArgs => NodeFacts;
+    NodeEcho = "node-echo", "Returns its argument unchanged: a no-op for latency checks", EchoArgs => EchoArgs;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFacts {
+    pub hostname: String,
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub machine_id: Option<String>,
+    pub uptime_seconds: f64,
+    pub cpu: CpuFacts,
+    pub memory: MemoryFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuFacts {
+    pub model: String,
+    pub count: u32,
+    pub load_1m: f64,
+    pub load_5m: f64,
+    pub load_15m: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFacts {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoArgs {
+    pub data: String,
+}
