@@ -1,0 +1,9 @@
+//! CeranaOS PID 1.
+//!
+//! Init brings a bare kernel to a running node (mounts, settings from the kernel command line,
+//! modules, identity) and then supervises the node's services from a declarative table, reaping
+//! every process and never exiting. The same binary runs off PID 1 as a child subreaper (e.g. in
+//! a fresh PID namespace) so supervision and shutdown can be tested on a host.
+
+pub mod cmdline;
+pub mod table;
