@@ -28,6 +28,15 @@ pub enum LifecycleEvent {
         #[serde(default)]
         warnings: Vec<String>,
     },
+    /// Something in init's service table is wrong (syntax, unknown key, missing binary, cycle);
+    /// `service` names the entry when the problem is in one. The rest of the table still runs.
+    TableProblem {
+        #[serde(default)]
+        service: Option<String>,
+        error: String,
+    },
+    /// A service whose conditions on the command line do not hold; it is not started.
+    ServiceSkipped { service: String, reason: String },
     ModuleLoaded { module: String },
     ModuleFailed { module: String, error: String },
     ServiceStarted { service: String, pid: u32 },
@@ -78,6 +87,8 @@ impl LifecycleEvent {
         match self {
             Self::EarlyBootDone { .. } => "early_boot_done",
             Self::CmdlineParsed { .. } => "cmdline_parsed",
+            Self::TableProblem { .. } => "table_problem",
+            Self::ServiceSkipped { .. } => "service_skipped",
             Self::ModuleLoaded { .. } => "module_loaded",
             Self::ModuleFailed { .. } => "module_failed",
             Self::ServiceStarted { .. } => "service_started",

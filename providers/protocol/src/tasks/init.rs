@@ -132,7 +132,7 @@ mod tests {
     fn control_messages_are_stable_json() {
         let req: ControlRequest = serde_json::from_str(r#"{"op":"logs","service":"x","lines":5}"#).unwrap();
         assert_eq!(req, ControlRequest::Logs { service: "x".into(), lines: Some(5) });
-        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"list","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"stop","service":"x","x":1}"#).is_err());
         let reply = ControlReply::Error { code: ErrorCode::NotFound, message: "no".into() };
         assert_eq!(
             serde_json::to_string(&reply).unwrap(),

@@ -4,13 +4,14 @@
 //! below and its `TASKS` to [`catalog`].
 
 pub mod coordinator;
+pub mod init;
 pub mod node;
 
 use crate::task::TaskInfo;
 
 /// All documented tasks.
 pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
-    [coordinator::TASKS, node::TASKS].into_iter().flatten()
+    [coordinator::TASKS, init::TASKS, node::TASKS].into_iter().flatten()
 }
 
 /// Looks a task up by name.
