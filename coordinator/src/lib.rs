@@ -1,1 +1,115 @@
+//! The CeranaOS node coordinator.
+//!
+//! Routes named tasks from clients to the providers that serve them (by priority, failing over
+//! when one is gone), acknowledges at once and delivers results later, enforces timeouts,
+//! forwards tasks aimed at other nodes to their coordinators, brokers byte streams, and keeps a
+//! bounded journal of what it did. See `README.md` in this folder.
 
+pub mod builtin;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod journal;
+pub mod registry;
+pub mod streams;
+pub mod unix;
+
+pub use config::{Config, ConfigError, TlsFiles};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] unix::BindError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A running coordinator. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Coordinator {
+    core: Arc<core::Core>,
+    tasks: Vec<JoinHandle<()>>,
+    http_addr: Option<SocketAddr>,
+    socket: PathBuf,
+}
+
+impl Coordinator {
+    /// Binds the unix socket (and the HTTP listener when configured) and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let tls = match &config.tls {
+            Some(files) => Some(http::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let unix_listener = unix::bind(&config.socket).await?;
+        let tcp = match config.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let http_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let socket = config.socket.clone();
+        let core = core::Core::new(config);
+        let mut tasks = vec![tokio::spawn(unix::serve(core.clone(), unix_listener))];
+        if let Some(tcp) = tcp {
+            tasks.push(tokio::spawn(http::serve(core.clone(), tcp, tls)));
+        }
+        let sweeper = Arc::downgrade(&core);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(core) = sweeper.upgrade() else { return };
+                let dropped = core.streams.sweep();
+                if dropped > 0 {
+                    tracing::info!(dropped, "dropped streams whose other end never arrived");
+                }
+            }
+        }));
+        tracing::info!(socket = %socket.display(), http = ?http_addr, "coordinator serving");
+        Ok(Self { core, tasks, http_addr, socket })
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn core(&self) -> &Arc<core::Core> {
+        &self.core
+    }
+
+    /// Stops serving and removes the socket file.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

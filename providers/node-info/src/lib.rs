@@ -1,1 +1,171 @@
+//! The `node-info` provider: `node-info` reads the node's facts from /proc; `node-echo` returns
+//! its argument (a no-op for measuring the task path).
 
+use cerana_protocol::tasks::node::{CpuFacts, EchoArgs, MemoryFacts, NodeEcho, NodeFacts, NodeInfo};
+use cerana_protocol::{ErrorCode, TaskError};
+use cerana_provider_sdk::Provider;
+use std::path::{Path, PathBuf};
+
+/// Why the node's facts could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} has no {field}")]
+    Missing { path: PathBuf, field: &'static str },
+    #[error("{path}: {field} is not a number: {value:?}")]
+    NotANumber { path: PathBuf, field: &'static str, value: String },
+}
+
+/// Where to read facts from: `/` on a node, a fixture tree in tests.
+#[derive(Debug, Clone)]
+pub struct FactSource {
+    root: PathBuf,
+}
+
+impl Default for FactSource {
+    fn default() -> Self {
+        Self { root: PathBuf::from("/") }
+    }
+}
+
+impl FactSource {
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn read(&self, rel: &str) -> Result<(PathBuf, String), FactsError> {
+        let path = self.path(rel);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            Err(source) => Err(FactsError::Read { path, source }),
+        }
+    }
+
+    pub fn collect(&self) -> Result<NodeFacts, FactsError> {
+        let (_, hostname) = self.read("proc/sys/kernel/hostname")?;
+        let (_, release) = self.read("proc/sys/kernel/osrelease")?;
+        let (_, version) = self.read("proc/sys/kernel/version")?;
+        let machine_id = self.read("etc/machine-id").ok().map(|(_, id)| id.trim().to_owned()).filter(|id| !id.is_empty());
+        let (path, uptime) = self.read("proc/uptime")?;
+        let uptime_seconds = first_number(&path, "uptime", &uptime)?;
+        let (path, loadavg) = self.read("proc/loadavg")?;
+        let mut loads = loadavg.split_whitespace();
+        let mut load = |field| -> Result<f64, FactsError> {
+            let value = loads.next().ok_or_else(|| FactsError::Missing { path: path.clone(), field })?;
+            value.parse().map_err(|_| FactsError::NotANumber { path: path.clone(), field, value: value.to_owned() })
+        };
+        let (load_1m, load_5m, load_15m) = (load("1-minute load")?, load("5-minute load")?, load("15-minute load")?);
+        let (_, cpuinfo) = self.read("proc/cpuinfo")?;
+        let (model, count) = parse_cpuinfo(&cpuinfo);
+        let (path, meminfo) = self.read("proc/meminfo")?;
+        Ok(NodeFacts {
+            hostname: hostname.trim().to_owned(),
+            kernel_release: release.trim().to_owned(),
+            kernel_version: version.trim().to_owned(),
+            machine_id,
+            uptime_seconds,
+            cpu: CpuFacts { model, count, load_1m, load_5m, load_15m },
+            memory: parse_meminfo(&path, &meminfo)?,
+        })
+    }
+}
+
+fn first_number(path: &Path, field: &'static str, text: &str) -> Result<f64, FactsError> {
+    let value = text.split_whitespace().next().ok_or_else(|| FactsError::Missing { path: path.to_owned(), field })?;
+    value.parse().map_err(|_| FactsError::NotANumber { path: path.to_owned(), field, value: value.to_owned() })
+}
+
+/// The CPU model and the number of logical CPUs.
+pub fn parse_cpuinfo(text: &str) -> (String, u32) {
+    let count = text.lines().filter(|l| l.starts_with("processor")).count() as u32;
+    let model = text
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    (model, count.max(1))
+}
+
+/// Total, free and available memory in bytes.
+pub fn parse_meminfo(path: &Path, text: &str) -> Result<MemoryFacts, FactsError> {
+    let field = |name: &'static str| -> Result<u64, FactsError> {
+        let line = text
+            .lines()
+            .find(|l| l.split(':').next() == Some(name))
+            .ok_or_else(|| FactsError::Missing { path: path.to_owned(), field: name })?;
+        let value = line.split_whitespace().nth(1).unwrap_or_default();
+        let kib: u64 = value
+            .parse()
+            .map_err(|_| FactsError::NotANumber { path: path.to_owned(), field: name, value: value.to_owned() })?;
+        Ok(kib * 1024)
+    };
+    Ok(MemoryFacts {
+        total_bytes: field("MemTotal")?,
+        free_bytes: field("MemFree")?,
+        available_bytes: field("MemAvailable")?,
+    })
+}
+
+/// The provider with its handlers, reading facts from `/`.
+pub fn provider() -> Provider {
+    provider_reading(FactSource::default())
+}
+
+/// The provider reading facts from `source`.
+pub fn provider_reading(source: FactSource) -> Provider {
+    Provider::new("node-info", env!("CARGO_PKG_VERSION"))
+        .task::<NodeInfo, _, _>(move |_ctx, _args| {
+            let source = source.clone();
+            async move { source.collect().map_err(|e| TaskError::new(ErrorCode::Failed, e.to_string())) }
+        })
+        .task::<NodeEcho, _, _>(|_ctx, args: EchoArgs| async move { Ok(args) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_read_from_the_live_system() {
+        let facts = FactSource::default().collect().unwrap();
+        assert!(!facts.hostname.is_empty());
+        assert!(facts.cpu.count >= 1);
+        assert!(facts.memory.total_bytes > facts.memory.free_bytes);
+        assert!(facts.uptime_seconds > 0.0);
+    }
+
+    #[test]
+    fn facts_come_from_a_fixture_tree_and_bad_files_are_named() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = root.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("proc/sys/kernel/hostname", "node-7\n");
+        write("proc/sys/kernel/osrelease", "6.1.0-1-amd64\n");
+        write("proc/sys/kernel/version", "#1 SMP\n");
+        write("proc/uptime", "12.50 20.00\n");
+        write("proc/loadavg", "0.10 0.20 0.30 1/100 42\n");
+        write("proc/cpuinfo", "processor\t: 0\nmodel name\t: Test CPU\n\nprocessor\t: 1\nmodel name\t: Test CPU\n");
+        write("proc/meminfo", "MemTotal:  2048 kB\nMemFree:  1024 kB\nMemAvailable:  1536 kB\n");
+        let facts = FactSource::at(root.path()).collect().unwrap();
+        assert_eq!(facts.hostname, "node-7");
+        assert_eq!(facts.machine_id, None);
+        assert_eq!(facts.cpu.count, 2);
+        assert_eq!(facts.cpu.model, "Test CPU");
+        assert_eq!(facts.cpu.load_15m, 0.30);
+        assert_eq!(facts.memory.available_bytes, 1536 * 1024);
+
+        write("proc/meminfo", "MemTotal:  lots kB\n");
+        let err = FactSource::at(root.path()).collect().unwrap_err();
+        assert!(err.to_string().contains("MemTotal is not a number"), "{err}");
+        std::fs::remove_file(root.path().join("proc/uptime")).unwrap();
+        let err = FactSource::at(root.path()).collect().unwrap_err();
+        assert!(err.to_string().contains("proc/uptime"), "{err}");
+    }
+}

@@ -16,6 +16,7 @@ pub mod events;
 pub mod frame;
 pub mod message;
 pub mod names;
+pub mod readiness;
 pub mod stream;
 pub mod task;
 pub mod tasks;

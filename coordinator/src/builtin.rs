@@ -1,0 +1,91 @@
+//! The `coordinator-*` tasks, answered by the coordinator itself.
+
+use crate::core::{to_raw, Core};
+use cerana_protocol::tasks::coordinator::{
+    CoordinatorStatusResult, HistoryArgs, HistoryResult, ProvidersResult, TaskGetArgs, TaskListing, TasksResult,
+};
+use cerana_protocol::{tasks, ErrorCode, NoArgs, TaskError, TaskName};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Task names with this prefix belong to the coordinator; providers cannot register them.
+pub const PREFIX: &str = "coordinator-";
+
+pub fn is_builtin(task: &str) -> bool {
+    task.starts_with(PREFIX)
+}
+
+fn args<T: DeserializeOwned>(task: &TaskName, raw: &str) -> Result<T, TaskError> {
+    serde_json::from_str(raw)
+        .map_err(|e| TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {task}: {e}")))
+}
+
+pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawValue>, TaskError> {
+    match task.as_str() {
+        "coordinator-status" => {
+            args::<NoArgs>(task, raw_args)?;
+            let journal = core.journal.lock().expect("journal lock");
+            to_raw(&CoordinatorStatusResult {
+                name: core.config.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                uptime_seconds: core.started.elapsed().as_secs_f64(),
+                providers: core.registry.read().expect("registry lock").len() as u32,
+                in_flight: core.in_flight() as u32,
+                journal_entries: journal.len() as u32,
+                journal_capacity: journal.capacity() as u32,
+            })
+        }
+        "coordinator-providers" => {
+            args::<NoArgs>(task, raw_args)?;
+            let counts = core.in_flight_by_provider();
+            let providers =
+                core.registry.read().expect("registry lock").providers(|conn| counts.get(&conn).copied().unwrap_or(0));
+            to_raw(&ProvidersResult { providers })
+        }
+        "coordinator-tasks" => {
+            args::<NoArgs>(task, raw_args)?;
+            to_raw(&TasksResult { tasks: task_listing(core) })
+        }
+        "coordinator-history" => {
+            let query: HistoryArgs = args(task, raw_args)?;
+            let entries = core.journal.lock().expect("journal lock").query(&query);
+            to_raw(&HistoryResult { entries })
+        }
+        "coordinator-task-get" => {
+            let TaskGetArgs { id } = args(task, raw_args)?;
+            let journal = core.journal.lock().expect("journal lock");
+            match journal.find(id) {
+                Some(entry) => to_raw(entry),
+                None => Err(TaskError::new(ErrorCode::NotFound, format!("no task {id} in the journal"))),
+            }
+        }
+        other => Err(TaskError::new(ErrorCode::UnknownTask, format!("the coordinator has no task named {other}"))),
+    }
+}
+
+/// The catalog merged with what providers serve.
+fn task_listing(core: &Core) -> Vec<TaskListing> {
+    let mut listing: BTreeMap<String, TaskListing> = tasks::catalog()
+        .map(|info| {
+            let name = TaskName::new(info.name).expect("catalog names are valid");
+            (
+                info.name.to_owned(),
+                TaskListing {
+                    task: name,
+                    description: info.description.to_owned(),
+                    providers: Vec::new(),
+                    builtin: is_builtin(info.name),
+                },
+            )
+        })
+        .collect();
+    for (task, providers) in core.registry.read().expect("registry lock").served_tasks() {
+        listing
+            .entry(task.to_string())
+            .or_insert_with(|| TaskListing { task: task.clone(), description: String::new(), providers: Vec::new(), builtin: false })
+            .providers = providers;
+    }
+    listing.into_values().collect()
+}

@@ -1,0 +1,472 @@
+//! Routing: accepting requests, choosing a provider, tracking them to their outcome.
+
+use crate::builtin;
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::registry::{ProviderEntry, Registry};
+use crate::streams::StreamBroker;
+use cerana_client::HttpClient;
+use cerana_protocol::frame::encode_json_into;
+use cerana_protocol::tasks::coordinator::{JournalEntry, TaskState};
+use cerana_protocol::{ErrorCode, FromCoordinator, NodeUrl, Request, RequestId, Response, TaskError, TaskName};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+/// Frames queued for one connection's writer.
+#[derive(Debug, Clone)]
+pub struct ConnSender(mpsc::UnboundedSender<Vec<u8>>);
+
+impl ConnSender {
+    pub fn new(tx: mpsc::UnboundedSender<Vec<u8>>) -> Self {
+        Self(tx)
+    }
+
+    /// Queues `message`; false when the connection is gone.
+    pub fn send(&self, message: &FromCoordinator) -> bool {
+        let mut frame = Vec::with_capacity(256);
+        if let Err(e) = encode_json_into(&mut frame, message) {
+            tracing::error!("cannot encode a message: {e}");
+            return false;
+        }
+        self.0.send(frame).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// Where a request's response goes.
+#[derive(Debug)]
+pub enum ReplySink {
+    /// Back on the caller's unix connection.
+    Conn(ConnSender),
+    /// To an HTTP handler waiting for it.
+    Waiter(oneshot::Sender<Response>),
+    /// Nobody waits: the outcome is only journaled (HTTP `wait=false`).
+    Detached,
+}
+
+/// Where a request is being handled.
+#[derive(Debug, Clone, PartialEq)]
+enum Route {
+    Provider(u64),
+    Forward(NodeUrl),
+}
+
+#[derive(Debug)]
+struct Pending {
+    task: TaskName,
+    reply: ReplySink,
+    reply_to: Option<String>,
+    route: Route,
+    provider_name: Option<cerana_protocol::ProviderName>,
+    timer: Option<AbortHandle>,
+    journal_seq: u64,
+    accepted: Instant,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Shared state of a running coordinator.
+#[derive(Debug)]
+pub struct Core {
+    pub config: Config,
+    pub started: Instant,
+    pub registry: RwLock<Registry>,
+    pending: Mutex<HashMap<RequestId, Pending>>,
+    pub journal: Mutex<Journal>,
+    pub streams: StreamBroker,
+    peers: Mutex<HashMap<NodeUrl, HttpClient>>,
+}
+
+impl Core {
+    pub fn new(config: Config) -> Arc<Self> {
+        let journal = Journal::new(config.journal_capacity);
+        let streams = StreamBroker::new(config.stream_rendezvous);
+        Arc::new(Self {
+            config,
+            started: Instant::now(),
+            registry: RwLock::new(Registry::default()),
+            pending: Mutex::new(HashMap::new()),
+            journal: Mutex::new(journal),
+            streams,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().expect("pending lock").len()
+    }
+
+    pub fn in_flight_by_provider(&self) -> HashMap<u64, u32> {
+        let mut counts = HashMap::new();
+        for p in self.pending.lock().expect("pending lock").values() {
+            if let Route::Provider(conn) = p.route {
+                *counts.entry(conn).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Accepts `request` from `caller`: acknowledges it (for connection callers), routes it, and
+    /// arranges for its response to reach `reply`.
+    pub fn submit(self: &Arc<Self>, mut request: Request, caller: String, reply: ReplySink) {
+        let id = request.id;
+        let task = request.task.clone();
+        let timeout = request
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.config.default_timeout)
+            .min(self.config.max_timeout);
+
+        if let Some(node) = request.node.take() {
+            if Some(&node) != self.config.advertise_url.as_ref() {
+                if let Err(error) = self.prepare_forward(&mut request) {
+                    return self.reject(request, caller, reply, error);
+                }
+                let route = Route::Forward(node.clone());
+                if !self.accept(&request, &caller, reply, route, None, timeout) {
+                    return;
+                }
+                let core = self.clone();
+                tokio::spawn(async move { core.forward(node, request).await });
+                return;
+            }
+        }
+
+        if builtin::is_builtin(task.as_str()) {
+            let outcome = builtin::run(self, &task, request.args.get());
+            let route = Route::Provider(0);
+            if self.accept(&request, &caller, reply, route, None, timeout) {
+                self.complete(Response { id, outcome, stream: None }, None);
+            }
+            return;
+        }
+
+        let known = cerana_protocol::tasks::lookup(task.as_str());
+        if let Some(info) = known {
+            if let Err(message) = (info.check_args)(request.args.get()) {
+                let error = TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {task}: {message}"));
+                return self.reject(request, caller, reply, error);
+            }
+        }
+        let candidates = self.registry.read().expect("registry lock").candidates(&task);
+        if candidates.is_empty() {
+            let error = if known.is_some() {
+                TaskError::new(ErrorCode::NoProvider, format!("no provider serving {task} is connected"))
+            } else {
+                TaskError::new(ErrorCode::UnknownTask, format!("no task named {task} is documented or served"))
+            };
+            return self.reject(request, caller, reply, error);
+        }
+        let first = &candidates[0];
+        if !self.accept(&request, &caller, reply, Route::Provider(first.conn_id), Some(first), timeout) {
+            return;
+        }
+        self.dispatch(request, candidates);
+    }
+
+    /// Sends `request` to the first live candidate, failing over in priority order.
+    fn dispatch(self: &Arc<Self>, request: Request, candidates: Vec<Arc<ProviderEntry>>) {
+        let id = request.id;
+        let message = FromCoordinator::Request(request);
+        for provider in &candidates {
+            {
+                let mut pending = self.pending.lock().expect("pending lock");
+                let Some(entry) = pending.get_mut(&id) else { return };
+                entry.route = Route::Provider(provider.conn_id);
+                entry.provider_name = Some(provider.hello.name.clone());
+            }
+            if provider.sender.send(&message) {
+                if let Some(e) = self.journal.lock().expect("journal lock").get_mut(self.journal_seq(id)) {
+                    e.provider = Some(provider.hello.name.clone());
+                }
+                return;
+            }
+            tracing::info!(provider = %provider.hello.name, "provider gone; trying the next one");
+        }
+        let task = match &message {
+            FromCoordinator::Request(r) => r.task.clone(),
+            _ => unreachable!("dispatch only sends requests"),
+        };
+        let error = TaskError::new(ErrorCode::NoProvider, format!("every provider of {task} has gone away"));
+        self.complete(Response::err(id, error), None);
+    }
+
+    fn journal_seq(&self, id: RequestId) -> u64 {
+        self.pending.lock().expect("pending lock").get(&id).map_or(u64::MAX, |p| p.journal_seq)
+    }
+
+    /// Records the request and acknowledges it; false (after answering) when the id is in use.
+    fn accept(
+        self: &Arc<Self>,
+        request: &Request,
+        caller: &str,
+        reply: ReplySink,
+        route: Route,
+        provider: Option<&Arc<ProviderEntry>>,
+        timeout: Duration,
+    ) -> bool {
+        let id = request.id;
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.contains_key(&id) {
+            drop(pending);
+            let error = TaskError::new(ErrorCode::DuplicateId, format!("request {id} is already in flight"))
+                .with_task(&request.task);
+            deliver(reply, Response::err(id, error));
+            return false;
+        }
+        let forwarded_to = match &route {
+            Route::Forward(node) => Some(node.to_string()),
+            Route::Provider(_) => None,
+        };
+        let journal_seq = self.journal.lock().expect("journal lock").push(JournalEntry {
+            id,
+            task: request.task.clone(),
+            state: TaskState::Running,
+            caller: caller.to_owned(),
+            provider: provider.map(|p| p.hello.name.clone()),
+            forwarded_to,
+            parent: request.parent,
+            accepted_at_ms: now_ms(),
+            finished_at_ms: None,
+            duration_us: None,
+            error: None,
+            result: None,
+        });
+        if let ReplySink::Conn(conn) = &reply {
+            conn.send(&FromCoordinator::Ack { id });
+        }
+        let core = Arc::downgrade(self);
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(core) = core.upgrade() {
+                core.expire(id, timeout);
+            }
+        })
+        .abort_handle();
+        pending.insert(
+            id,
+            Pending {
+                task: request.task.clone(),
+                reply,
+                reply_to: request.reply_to.clone(),
+                route,
+                provider_name: provider.map(|p| p.hello.name.clone()),
+                timer: Some(timer),
+                journal_seq,
+                accepted: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// Answers a request that never got routed, journaling it as failed.
+    fn reject(self: &Arc<Self>, request: Request, caller: String, reply: ReplySink, error: TaskError) {
+        if self.accept(&request, &caller, reply, Route::Provider(0), None, self.config.max_timeout) {
+            self.complete(Response::err(request.id, error), None);
+        }
+    }
+
+    /// Delivers a response. `from_provider` is the connection it came from, which must be the
+    /// one the request was routed to; responses for unknown or foreign ids are dropped.
+    pub fn complete(self: &Arc<Self>, mut response: Response, from_provider: Option<u64>) {
+        let pending = {
+            let mut map = self.pending.lock().expect("pending lock");
+            match map.get(&response.id) {
+                Some(p) if from_provider.is_none_or(|conn| p.route == Route::Provider(conn)) => {}
+                Some(_) => {
+                    tracing::warn!(id = %response.id, "a provider answered a request it was not given");
+                    return;
+                }
+                None => {
+                    tracing::debug!(id = %response.id, "response for a request that is no longer pending");
+                    return;
+                }
+            }
+            map.remove(&response.id).expect("checked above")
+        };
+        if let Some(timer) = &pending.timer {
+            timer.abort();
+        }
+        if let Err(error) = &mut response.outcome {
+            error.task.get_or_insert_with(|| pending.task.clone());
+            if let (None, Some(p)) = (&error.provider, &pending.provider_name) {
+                error.provider = Some(p.clone());
+            }
+        }
+        let state = match &response.outcome {
+            Ok(_) => TaskState::Done,
+            Err(e) if e.code == ErrorCode::Timeout => TaskState::TimedOut,
+            Err(e) if e.code == ErrorCode::Cancelled => TaskState::Cancelled,
+            Err(_) => TaskState::Failed,
+        };
+        {
+            let mut journal = self.journal.lock().expect("journal lock");
+            if let Some(entry) = journal.get_mut(pending.journal_seq) {
+                entry.state = state;
+                entry.finished_at_ms = Some(now_ms());
+                entry.duration_us = Some(pending.accepted.elapsed().as_micros() as u64);
+                match &response.outcome {
+                    Ok(result) if result.get().len() <= self.config.journal_result_limit => {
+                        entry.result = Some(result.clone());
+                    }
+                    Ok(_) => {}
+                    Err(e) => entry.error = Some(e.clone()),
+                }
+            }
+        }
+        if let Some(url) = pending.reply_to {
+            let core = self.clone();
+            let response = response.clone();
+            tokio::spawn(async move { core.post_reply(url, response).await });
+        }
+        deliver(pending.reply, response);
+    }
+
+    /// The request's time is up: tell its provider to stop and its caller why.
+    fn expire(self: &Arc<Self>, id: RequestId, after: Duration) {
+        let cancel_to = {
+            let map = self.pending.lock().expect("pending lock");
+            let Some(p) = map.get(&id) else { return };
+            match p.route {
+                Route::Provider(conn) => self.registry.read().expect("registry lock").sender(conn),
+                Route::Forward(_) => None,
+            }
+        };
+        if let Some(sender) = cancel_to {
+            sender.send(&FromCoordinator::Cancel { id });
+        }
+        let error = TaskError::new(ErrorCode::Timeout, format!("no response within {} ms", after.as_millis()));
+        self.complete(Response::err(id, error), None);
+    }
+
+    /// The caller gave up on `id`.
+    pub fn cancel(self: &Arc<Self>, id: RequestId) {
+        let cancel_to = {
+            let map = self.pending.lock().expect("pending lock");
+            let Some(p) = map.get(&id) else { return };
+            match p.route {
+                Route::Provider(conn) => self.registry.read().expect("registry lock").sender(conn),
+                Route::Forward(_) => None,
+            }
+        };
+        if let Some(sender) = cancel_to {
+            sender.send(&FromCoordinator::Cancel { id });
+        }
+        self.complete(Response::err(id, TaskError::new(ErrorCode::Cancelled, "cancelled by the caller")), None);
+    }
+
+    /// A provider connection closed: unregister it and fail what it was handling.
+    pub fn provider_gone(self: &Arc<Self>, conn_id: u64) {
+        let name = self.registry.write().expect("registry lock").remove(conn_id);
+        let lost: Vec<RequestId> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .iter()
+            .filter(|(_, p)| p.route == Route::Provider(conn_id))
+            .map(|(id, _)| *id)
+            .collect();
+        if let Some(name) = &name {
+            tracing::info!(provider = %name, lost = lost.len(), "provider disconnected");
+        }
+        for id in lost {
+            let error = TaskError::new(ErrorCode::ProviderLost, "the provider went away before answering");
+            self.complete(Response::err(id, error), Some(conn_id));
+        }
+    }
+
+    /// Forwarded requests run on the peer; streams named without a node are ours.
+    fn prepare_forward(&self, request: &mut Request) -> Result<(), TaskError> {
+        if let Some(stream) = &mut request.stream {
+            if stream.node.is_none() {
+                let Some(own) = &self.config.advertise_url else {
+                    return Err(TaskError::new(
+                        ErrorCode::InvalidRequest,
+                        "forwarding a task with a local stream needs the coordinator's --advertise-url",
+                    ));
+                };
+                stream.node = Some(own.clone());
+            }
+        }
+        request.reply_to = None;
+        Ok(())
+    }
+
+    fn peer(&self, node: &NodeUrl) -> Result<HttpClient, cerana_client::ClientError> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(client) = peers.get(node) {
+            return Ok(client.clone());
+        }
+        let client = HttpClient::new(node.clone(), self.config.peer_token.clone(), self.config.peer_ca.as_deref())?;
+        peers.insert(node.clone(), client.clone());
+        Ok(client)
+    }
+
+    async fn forward(self: Arc<Self>, node: NodeUrl, request: Request) {
+        let id = request.id;
+        let outcome = match self.peer(&node) {
+            Ok(client) => client.call(&request).await,
+            Err(e) => Err(e),
+        };
+        let response = match outcome {
+            Ok(mut response) => {
+                if let Some(stream) = &mut response.stream {
+                    stream.node.get_or_insert_with(|| node.clone());
+                }
+                if let Err(e) = &mut response.outcome {
+                    e.node.get_or_insert_with(|| node.to_string());
+                }
+                response
+            }
+            Err(cerana_client::ClientError::Api(error)) => Response::err(id, error.with_node(node.to_string())),
+            Err(e) => Response::err(
+                id,
+                TaskError::new(ErrorCode::PeerUnreachable, format!("forwarding to {node} failed: {e}"))
+                    .with_node(node.to_string()),
+            ),
+        };
+        self.complete(response, None);
+    }
+
+    async fn post_reply(self: Arc<Self>, url: String, response: Response) {
+        let Ok(base) = NodeUrl::new(url.clone()) else {
+            tracing::warn!(%url, "reply_to is not an http(s) URL; response kept only in the journal");
+            return;
+        };
+        match self.peer(&base) {
+            Ok(client) => {
+                if let Err(e) = client.post_response(&url, &response).await {
+                    tracing::warn!(%url, "delivering a response to reply_to failed: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(%url, "cannot reach reply_to: {e}"),
+        }
+    }
+}
+
+fn deliver(reply: ReplySink, response: Response) {
+    match reply {
+        ReplySink::Conn(conn) => {
+            conn.send(&FromCoordinator::Response(response));
+        }
+        ReplySink::Waiter(tx) => {
+            let _ = tx.send(response);
+        }
+        ReplySink::Detached => {}
+    }
+}
+
+/// Raw JSON for a serializable value.
+pub fn to_raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, TaskError> {
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("cannot encode a result: {e}")))
+}

@@ -1,0 +1,428 @@
+//! The HTTP(S) API for remote clients and peer coordinators.
+//!
+//! - `POST /v1/tasks[?wait=false]`: run a task (the body is a request; `id` may be omitted).
+//! - `GET /v1/tasks[?limit=&task=&state=]`, `GET /v1/tasks/{id}`: the journal.
+//! - `GET /v1/providers`, `GET /v1/catalog`: what is registered and documented.
+//! - `POST /v1/streams/{id}`, `GET /v1/streams/{id}`: the two ends of a byte stream.
+//! - `GET /health`: liveness, the only path that needs no token.
+
+use crate::core::{Core, ReplySink};
+use crate::streams::{Piece, StreamEnd};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request as AxumRequest, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use cerana_client::{ApiErrorBody, HttpClient};
+use cerana_protocol::tasks::coordinator::{HistoryArgs, TaskState};
+use cerana_protocol::{
+    ErrorCode, NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName,
+};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// Request bodies (other than streams) larger than this are refused.
+const MAX_BODY: usize = cerana_protocol::frame::MAX_FRAME_LEN;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct AppState {
+    core: Arc<Core>,
+}
+
+fn api_error(status: StatusCode, error: TaskError) -> AxumResponse {
+    (status, Json(ApiErrorBody { error })).into_response()
+}
+
+fn status_for(code: ErrorCode) -> StatusCode {
+    use cerana_protocol::error::ErrorClass::*;
+    match code.class() {
+        BadInput => StatusCode::BAD_REQUEST,
+        NotFound => StatusCode::NOT_FOUND,
+        Conflict => StatusCode::CONFLICT,
+        Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Auth => StatusCode::UNAUTHORIZED,
+        Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    let state = AppState { core };
+    let api = Router::new()
+        .route("/v1/tasks", post(post_task).get(list_tasks))
+        .route("/v1/tasks/{id}", get(get_task))
+        .route("/v1/providers", get(providers))
+        .route("/v1/catalog", get(catalog))
+        .route("/v1/streams/{id}", post(stream_put).get(stream_get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .merge(api)
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, TaskError::new(ErrorCode::NotFound, "no such path")) })
+        .with_state(state)
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: AxumRequest, next: Next) -> AxumResponse {
+    if let Some(expected) = &state.core.config.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(token) if token_matches(token.as_bytes(), expected.as_bytes()) => {}
+            Some(_) => return api_error(StatusCode::UNAUTHORIZED, TaskError::new(ErrorCode::Unauthenticated, "wrong bearer token")),
+            None => {
+                return api_error(
+                    StatusCode::UNAUTHORIZED,
+                    TaskError::new(ErrorCode::Unauthenticated, "this API needs an Authorization: Bearer token"),
+                )
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// A request as HTTP callers send it: like [`Request`], but the id is optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpTaskRequest {
+    #[serde(default)]
+    id: Option<RequestId>,
+    task: TaskName,
+    #[serde(default)]
+    args: Option<Box<RawValue>>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    node: Option<NodeUrl>,
+    #[serde(default)]
+    stream: Option<StreamHandle>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    parent: Option<RequestId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: Option<bool>,
+}
+
+async fn post_task(
+    State(state): State<AppState>,
+    Query(query): Query<WaitQuery>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    body: Body,
+) -> AxumResponse {
+    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return api_error(StatusCode::PAYLOAD_TOO_LARGE, TaskError::new(ErrorCode::FrameTooLarge, e.to_string())),
+    };
+    let parsed: HttpTaskRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("malformed request: {e}")))
+        }
+    };
+    let request = Request {
+        id: parsed.id.unwrap_or_else(RequestId::random),
+        task: parsed.task,
+        args: parsed.args.unwrap_or_else(|| RawValue::from_string("{}".into()).expect("literal")),
+        timeout_ms: parsed.timeout_ms,
+        node: parsed.node,
+        stream: parsed.stream,
+        reply_to: parsed.reply_to,
+        parent: parsed.parent,
+    };
+    let id = request.id;
+    let caller = format!("http:{peer}");
+    if query.wait == Some(false) {
+        state.core.submit(request, caller, ReplySink::Detached);
+        return (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response();
+    }
+    let (tx, rx) = oneshot::channel();
+    state.core.submit(request, caller, ReplySink::Waiter(tx));
+    match rx.await {
+        Ok(response) => task_response(response),
+        Err(_) => api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, "the request was dropped")),
+    }
+}
+
+fn task_response(response: Response) -> AxumResponse {
+    let status = response.error().map_or(StatusCode::OK, |e| status_for(e.code));
+    match serde_json::to_vec(&response) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<u32>,
+    task: Option<TaskName>,
+    state: Option<TaskState>,
+}
+
+async fn list_tasks(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> AxumResponse {
+    let args = HistoryArgs { limit: q.limit, task: q.task, state: q.state };
+    let entries = state.core.journal.lock().expect("journal lock").query(&args);
+    Json(serde_json::json!({ "entries": entries })).into_response()
+}
+
+async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> AxumResponse {
+    let Ok(id) = id.parse::<RequestId>() else {
+        return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a task id")));
+    };
+    let journal = state.core.journal.lock().expect("journal lock");
+    match journal.find(id) {
+        Some(entry) => Json(entry.clone()).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, TaskError::new(ErrorCode::NotFound, format!("no task {id} in the journal"))),
+    }
+}
+
+fn builtin(state: &AppState, task: &str) -> AxumResponse {
+    let task = TaskName::new(task).expect("builtin names are valid");
+    match crate::builtin::run(&state.core, &task, "{}") {
+        Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw.get().to_owned()).into_response(),
+        Err(e) => api_error(status_for(e.code), e),
+    }
+}
+
+async fn providers(State(state): State<AppState>) -> AxumResponse {
+    builtin(&state, "coordinator-providers")
+}
+
+async fn catalog(State(state): State<AppState>) -> AxumResponse {
+    builtin(&state, "coordinator-tasks")
+}
+
+fn parse_stream_id(id: &str) -> Result<StreamId, AxumResponse> {
+    id.parse::<StreamId>().map_err(|_| {
+        api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a stream id")))
+    })
+}
+
+/// The body of `POST /v1/streams/{id}` is the stream's bytes; a body that ends with an error
+/// (the producer vanished) ends the stream without its end marker.
+async fn stream_put(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> AxumResponse {
+    let id = match parse_stream_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let tx = match state.core.streams.claim(id, StreamDirection::Put) {
+        Ok(StreamEnd::Producer(tx)) => tx,
+        Ok(StreamEnd::Consumer(_)) => unreachable!("claimed the put end"),
+        Err(e) => return api_error(StatusCode::CONFLICT, e),
+    };
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) if bytes.is_empty() => {}
+            Ok(bytes) => {
+                if tx.send(Piece::Data(bytes)).await.is_err() {
+                    return api_error(StatusCode::BAD_GATEWAY, TaskError::new(ErrorCode::StreamError, "the stream's reader went away"));
+                }
+            }
+            Err(e) => {
+                return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::StreamError, format!("upload broke off: {e}")))
+            }
+        }
+    }
+    let _ = tx.send(Piece::End).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Turns the consumer end of a stream into a body that errors (aborting the response) if the
+/// producer vanishes, so the reader can tell a truncated stream from a complete one.
+fn consumer_stream(rx: mpsc::Receiver<Piece>) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(rx))),
+            Some(Piece::End) => None,
+            None => Some((Err(std::io::Error::other("stream producer vanished")), None)),
+        }
+    })
+}
+
+fn consumer_body(rx: mpsc::Receiver<Piece>) -> Body {
+    Body::from_stream(consumer_stream(rx))
+}
+
+async fn stream_get(State(state): State<AppState>, Path(id): Path<String>) -> AxumResponse {
+    let id = match parse_stream_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match state.core.streams.claim(id, StreamDirection::Get) {
+        Ok(StreamEnd::Consumer(rx)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], consumer_body(rx)).into_response()
+        }
+        Ok(StreamEnd::Producer(_)) => unreachable!("claimed the get end"),
+        Err(e) => api_error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// Connects a local stream end to a stream that lives on another node's coordinator.
+pub async fn remote_stream_to_unix(
+    core: Arc<Core>,
+    mut stream: UnixStream,
+    node: NodeUrl,
+    id: StreamId,
+    direction: StreamDirection,
+) {
+    use tokio::io::AsyncWriteExt;
+    let client = match HttpClient::new(node.clone(), core.config.peer_token.clone(), core.config.peer_ca.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let error = TaskError::new(ErrorCode::PeerUnreachable, e.to_string()).with_node(node.to_string());
+            let _ = write_message(&mut stream, &cerana_protocol::FromCoordinator::Refused(error)).await;
+            return;
+        }
+    };
+    let welcome = cerana_protocol::FromCoordinator::Welcome(cerana_protocol::Welcome {
+        coordinator: core.config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: cerana_protocol::PROTOCOL_VERSION,
+    });
+    match direction {
+        StreamDirection::Get => {
+            let body = match client.stream_get(id).await {
+                Ok(body) => body,
+                Err(e) => {
+                    let error = TaskError::new(ErrorCode::StreamError, e.to_string()).with_node(node.to_string());
+                    let _ = write_message(&mut stream, &cerana_protocol::FromCoordinator::Refused(error)).await;
+                    return;
+                }
+            };
+            if write_message(&mut stream, &welcome).await.is_err() {
+                return;
+            }
+            let mut body = body;
+            loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            for piece in data.chunks(cerana_protocol::stream::MAX_CHUNK_LEN) {
+                                let header = (piece.len() as u32).to_be_bytes();
+                                if stream.write_all(&header).await.is_err() || stream.write_all(piece).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Some(Err(_)) => return, // remote producer vanished: no end marker
+                    None => {
+                        let _ = stream.write_all(&[0, 0, 0, 0]).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            }
+        }
+        StreamDirection::Put => {
+            if write_message(&mut stream, &welcome).await.is_err() {
+                return;
+            }
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(crate::unix::pump_from_unix(stream, tx));
+            let frames = futures_util::TryStreamExt::map_ok(consumer_stream(rx), hyper::body::Frame::data);
+            let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
+            if let Err(e) = client.stream_put(id, body).await {
+                tracing::warn!(%node, %id, "remote stream upload failed: {e}");
+            }
+        }
+    }
+}
+
+async fn write_message(stream: &mut UnixStream, message: &cerana_protocol::FromCoordinator) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = Vec::new();
+    cerana_protocol::frame::encode_json_into(&mut frame, message).map_err(std::io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+/// Serves the API on `listener`, over TLS when `tls` is given.
+pub async fn serve(core: Arc<Core>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let app = router(core);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accept on the HTTP listener failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let result = match tls {
+                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Loads a rustls server configuration from PEM files.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &certs[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no private key found", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

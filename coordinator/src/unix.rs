@@ -1,0 +1,355 @@
+//! The unix socket: local clients, providers, and stream ends.
+
+use crate::core::{now_ms, ConnSender, Core, ReplySink};
+use crate::registry::ProviderEntry;
+use crate::streams::{Piece, StreamEnd};
+use bytes::BytesMut;
+use cerana_protocol::frame::{encode_json_into, read_frame, FrameError, MAX_FRAME_LEN};
+use cerana_protocol::stream::MAX_CHUNK_LEN;
+use cerana_protocol::{
+    ErrorCode, FromCoordinator, ProviderHello, Response, StreamDirection, StreamHandle, TaskError, ToCoordinator,
+    Welcome, PROTOCOL_VERSION,
+};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// A peer must say who it is within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Why the unix socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another coordinator is already serving {0}")]
+    InUse(String),
+    #[error("cannot create {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+/// Binds the socket, replacing a stale file left by a dead coordinator but never a live one.
+pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io_err = |source| BindError::Io { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    // Owner and group only: anyone who can connect can run any task.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    Ok(listener)
+}
+
+pub async fn serve(core: Arc<Core>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let core = core.clone();
+                tokio::spawn(async move { handle(core, stream).await });
+            }
+            Err(e) => {
+                tracing::warn!("accept on the unix socket failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn send_now(stream: &mut UnixStream, message: &FromCoordinator) -> io::Result<()> {
+    let mut frame = Vec::new();
+    encode_json_into(&mut frame, message).map_err(io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+async fn refuse(stream: &mut UnixStream, error: TaskError) {
+    tracing::info!("refusing a connection: {error}");
+    let _ = send_now(stream, &FromCoordinator::Refused(error)).await;
+}
+
+fn frame_error(e: &FrameError) -> TaskError {
+    match e {
+        FrameError::TooLarge { .. } => TaskError::new(ErrorCode::FrameTooLarge, e.to_string()),
+        _ => TaskError::new(ErrorCode::InvalidRequest, e.to_string()),
+    }
+}
+
+fn welcome(core: &Core) -> FromCoordinator {
+    FromCoordinator::Welcome(Welcome {
+        coordinator: core.config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: PROTOCOL_VERSION,
+    })
+}
+
+async fn handle(core: Arc<Core>, mut stream: UnixStream) {
+    let cred = stream.peer_cred().ok();
+    let pid = cred.as_ref().and_then(|c| c.pid()).map(|p| p as u32);
+    let uid = cred.as_ref().map(|c| c.uid());
+    let mut buf = Vec::new();
+    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream, &mut buf, MAX_FRAME_LEN)).await;
+    let hello = match first {
+        Err(_) => return refuse(&mut stream, TaskError::new(ErrorCode::InvalidRequest, "no hello in time")).await,
+        Ok(Ok(false)) => return,
+        Ok(Err(e)) => return refuse(&mut stream, frame_error(&e)).await,
+        Ok(Ok(true)) => match serde_json::from_slice::<ToCoordinator>(&buf) {
+            Ok(hello) => hello,
+            Err(e) => {
+                let error = TaskError::new(ErrorCode::InvalidRequest, format!("malformed hello: {e}"));
+                return refuse(&mut stream, error).await;
+            }
+        },
+    };
+    let who = |name: &str| format!("unix:pid={},uid={},name={name}", opt(pid), opt(uid));
+    match hello {
+        ToCoordinator::ClientHello { name, protocol } => {
+            if let Err(e) = check_protocol(protocol) {
+                return refuse(&mut stream, e).await;
+            }
+            if send_now(&mut stream, &welcome(&core)).await.is_err() {
+                return;
+            }
+            let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+            run_connection(core, stream, conn_id, who(&name), false).await;
+        }
+        ToCoordinator::ProviderHello(hello) => {
+            if let Err(e) = check_protocol(hello.protocol) {
+                return refuse(&mut stream, e).await;
+            }
+            let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+            let caller = who(hello.name.as_str());
+            provider_connection(core, stream, conn_id, caller, hello, pid).await;
+        }
+        ToCoordinator::StreamOpen { stream: handle, direction } => {
+            stream_connection(core, stream, handle, direction).await;
+        }
+        other => {
+            let error = TaskError::new(ErrorCode::InvalidRequest, format!("expected a hello first, got {}", kind(&other)));
+            refuse(&mut stream, error).await;
+        }
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_owned(), |v| v.to_string())
+}
+
+fn kind(message: &ToCoordinator) -> &'static str {
+    match message {
+        ToCoordinator::ClientHello { .. } => "client_hello",
+        ToCoordinator::ProviderHello(_) => "provider_hello",
+        ToCoordinator::StreamOpen { .. } => "stream_open",
+        ToCoordinator::Request(_) => "request",
+        ToCoordinator::Response(_) => "response",
+        ToCoordinator::Cancel { .. } => "cancel",
+    }
+}
+
+fn check_protocol(protocol: u32) -> Result<(), TaskError> {
+    if protocol == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(TaskError::new(
+            ErrorCode::InvalidRequest,
+            format!("protocol version {protocol} is not supported (this coordinator speaks {PROTOCOL_VERSION})"),
+        ))
+    }
+}
+
+async fn provider_connection(
+    core: Arc<Core>,
+    mut stream: UnixStream,
+    conn_id: u64,
+    caller: String,
+    hello: ProviderHello,
+    pid: Option<u32>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sender = ConnSender::new(tx);
+    let name = hello.name.clone();
+    let tasks = hello.tasks.len();
+    let entry = ProviderEntry { conn_id, hello, sender: sender.clone(), pid, connected_at_ms: now_ms() };
+    // Welcome first, then register: a request routed here must not overtake the welcome.
+    if send_now(&mut stream, &welcome(&core)).await.is_err() {
+        return;
+    }
+    let registered = core.registry.write().expect("registry lock").register(entry);
+    if let Err(e) = registered {
+        return refuse(&mut stream, TaskError::new(ErrorCode::InvalidRequest, e.to_string())).await;
+    }
+    tracing::info!(provider = %name, tasks, ?pid, "provider registered");
+    run_split(core.clone(), stream, conn_id, caller, true, sender, rx).await;
+    core.provider_gone(conn_id);
+}
+
+async fn run_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, caller: String, is_provider: bool) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    run_split(core, stream, conn_id, caller, is_provider, ConnSender::new(tx), rx).await;
+}
+
+async fn run_split(
+    core: Arc<Core>,
+    stream: UnixStream,
+    conn_id: u64,
+    caller: String,
+    is_provider: bool,
+    sender: ConnSender,
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let (read, write) = stream.into_split();
+    let writer = tokio::spawn(write_loop(write, rx));
+    read_loop(&core, read, conn_id, &caller, is_provider, &sender).await;
+    drop(sender);
+    // The writer ends once every sender is gone (pending replies may still hold one).
+    let _ = writer.await;
+}
+
+async fn read_loop(
+    core: &Arc<Core>,
+    read: OwnedReadHalf,
+    conn_id: u64,
+    caller: &str,
+    is_provider: bool,
+    sender: &ConnSender,
+) {
+    let mut read = BufReader::with_capacity(64 * 1024, read);
+    let mut buf = Vec::new();
+    loop {
+        match read_frame(&mut read, &mut buf, MAX_FRAME_LEN).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                // After a bad length the framing is lost: say why and close.
+                sender.send(&FromCoordinator::Refused(frame_error(&e)));
+                return;
+            }
+        }
+        let message = match serde_json::from_slice::<ToCoordinator>(&buf) {
+            Ok(m) => m,
+            Err(e) => {
+                answer_malformed(sender, &buf, e);
+                continue;
+            }
+        };
+        match message {
+            ToCoordinator::Request(request) => {
+                core.submit(request, caller.to_owned(), ReplySink::Conn(sender.clone()));
+            }
+            ToCoordinator::Response(response) if is_provider => core.complete(response, Some(conn_id)),
+            ToCoordinator::Cancel { id } => core.cancel(id),
+            other => {
+                let error = TaskError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("unexpected {} on this connection", kind(&other)),
+                );
+                sender.send(&FromCoordinator::Refused(error));
+            }
+        }
+    }
+}
+
+/// A frame that is not a valid message: answer the request it claims to be when it carries
+/// an id, so the caller's wait ends; otherwise report it on the connection.
+fn answer_malformed(sender: &ConnSender, frame: &[u8], error: serde_json::Error) {
+    let id = serde_json::from_slice::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|v| v.get("request")?.get("id")?.as_str()?.parse().ok());
+    let error = TaskError::new(ErrorCode::InvalidRequest, format!("malformed message: {error}"));
+    match id {
+        Some(id) => sender.send(&FromCoordinator::Response(Response::err(id, error))),
+        None => sender.send(&FromCoordinator::Refused(error)),
+    };
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn stream_connection(core: Arc<Core>, mut stream: UnixStream, handle: StreamHandle, direction: StreamDirection) {
+    if let Some(node) = handle.node.clone().filter(|n| Some(n) != core.config.advertise_url.as_ref()) {
+        return crate::http::remote_stream_to_unix(core, stream, node, handle.id, direction).await;
+    }
+    let end = match core.streams.claim(handle.id, direction) {
+        Ok(end) => end,
+        Err(e) => return refuse(&mut stream, e).await,
+    };
+    if send_now(&mut stream, &welcome(&core)).await.is_err() {
+        return;
+    }
+    match end {
+        StreamEnd::Producer(tx) => pump_from_unix(stream, tx).await,
+        StreamEnd::Consumer(rx) => pump_to_unix(stream, rx).await,
+    }
+}
+
+/// Reads chunk frames from a producer's connection into the stream.
+pub async fn pump_from_unix(stream: UnixStream, tx: mpsc::Sender<Piece>) {
+    let mut reader = BufReader::with_capacity(MAX_CHUNK_LEN + 4, stream);
+    loop {
+        let mut header = [0u8; 4];
+        if reader.read_exact(&mut header).await.is_err() {
+            return; // producer vanished: dropping tx tells the consumer
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > MAX_CHUNK_LEN {
+            tracing::warn!(len, "stream chunk over the limit; dropping the stream");
+            return;
+        }
+        if len == 0 {
+            let _ = tx.send(Piece::End).await;
+            let mut stream = reader.into_inner();
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let mut chunk = BytesMut::zeroed(len);
+        if reader.read_exact(&mut chunk).await.is_err() {
+            return;
+        }
+        if tx.send(Piece::Data(chunk.freeze())).await.is_err() {
+            return; // consumer gone: closing tells the producer
+        }
+    }
+}
+
+/// Writes the stream's chunks to a consumer's connection; no end marker if the producer vanished.
+pub async fn pump_to_unix(mut stream: UnixStream, mut rx: mpsc::Receiver<Piece>) {
+    while let Some(piece) = rx.recv().await {
+        let chunk = match &piece {
+            Piece::Data(bytes) => &bytes[..],
+            Piece::End => &[][..],
+        };
+        let header = (chunk.len() as u32).to_be_bytes();
+        if stream.write_all(&header).await.is_err() || stream.write_all(chunk).await.is_err() {
+            return;
+        }
+        if matches!(piece, Piece::End) {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
