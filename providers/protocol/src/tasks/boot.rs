@@ -5,15 +5,16 @@
 //! returns that timeline, `boot-machines` one summary line per machine, so an operator sees
 //! where a machine's boot stopped.
 
+use crate::task::NoArgs;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-/// Task name: a machine's (or every machine's) boot timeline.
-pub const BOOT_EVENTS: &str = "boot-events";
-/// Task name: one summary per machine the bootserver has seen.
-pub const BOOT_MACHINES: &str = "boot-machines";
+crate::declare_tasks! {
+    BootEvents = "boot-events", "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
+    BootMachines = "boot-machines", "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
+}
 
 /// An Ethernet MAC address; parsed from `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (any case),
 /// always printed lower-case with colons.
@@ -97,11 +98,6 @@ pub struct BootEventsArgs {
 pub struct BootEventsResult {
     pub events: Vec<BootEvent>,
 }
-
-/// Arguments of `boot-machines` (none).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootMachinesArgs {}
 
 /// Result of `boot-machines`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

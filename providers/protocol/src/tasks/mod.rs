@@ -3,6 +3,7 @@
 //! Adding an area: write `tasks/<area>.rs` with a `declare_tasks!` block, add `pub mod <area>;`
 //! below and its `TASKS` to [`catalog`].
 
+pub mod boot;
 pub mod coordinator;
 pub mod init;
 pub mod node;
@@ -11,7 +12,7 @@ use crate::task::TaskInfo;
 
 /// All documented tasks.
 pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
-    [coordinator::TASKS, init::TASKS, node::TASKS].into_iter().flatten()
+    [boot::TASKS, coordinator::TASKS, init::TASKS, node::TASKS].into_iter().flatten()
 }
 
 /// Looks a task up by name.

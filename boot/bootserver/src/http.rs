@@ -1,0 +1,430 @@
+//! HTTP: iPXE scripts, kernel and initrd by content hash (with Range), health, boot events,
+//! node check-in.
+
+use crate::config::{BootAction, Config, HttpLimits};
+use crate::dhcp::DhcpService;
+use crate::events::EventLog;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use cerana_protocol::tasks::boot::{BootEventKind, BootEventsArgs, MacAddr};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CHAIN_TEMPLATE: &str = include_str!("../../ipxe/chain.ipxe");
+const BOOT_TEMPLATE: &str = include_str!("../../ipxe/boot.ipxe");
+const DISK_TEMPLATE: &str = include_str!("../../ipxe/disk.ipxe");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {image}: cannot read {path}: {source}")]
+    Read { image: String, path: String, source: std::io::Error },
+}
+
+/// A file served by its SHA-256.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub bytes: Bytes,
+    pub sha256: String,
+}
+
+impl Blob {
+    pub fn new(bytes: Bytes) -> Self {
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Blob { bytes, sha256 }
+    }
+}
+
+/// A bootable image: kernel, initrd and its extra command line.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub kernel: Blob,
+    pub initrd: Blob,
+    pub cmdline: String,
+}
+
+/// Images by name, their files by hash.
+#[derive(Debug, Default)]
+pub struct ImageStore {
+    images: HashMap<String, Image>,
+    blobs: HashMap<String, Blob>,
+}
+
+impl ImageStore {
+    /// Reads every configured image into memory (the node runs from RAM; the files already are).
+    pub fn load(config: &Config) -> Result<Self, ImageError> {
+        let mut store = ImageStore::default();
+        for (name, image) in &config.images {
+            let read = |path: &Path| {
+                std::fs::read(path).map(|b| Blob::new(Bytes::from(b))).map_err(|source| ImageError::Read {
+                    image: name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })
+            };
+            let image = Image { kernel: read(&image.kernel)?, initrd: read(&image.initrd)?, cmdline: image.cmdline.clone() };
+            tracing::info!(image = %name, kernel = %image.kernel.sha256, initrd = %image.initrd.sha256, "image loaded");
+            store.insert(name, image);
+        }
+        Ok(store)
+    }
+
+    pub fn insert(&mut self, name: &str, image: Image) {
+        self.blobs.insert(image.kernel.sha256.clone(), image.kernel.clone());
+        self.blobs.insert(image.initrd.sha256.clone(), image.initrd.clone());
+        self.images.insert(name.to_string(), image);
+    }
+
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.get(name)
+    }
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug)]
+pub struct HttpState {
+    pub config: Config,
+    /// `http://<server>[:port]`, no trailing slash.
+    pub base: String,
+    pub server_ip: Ipv4Addr,
+    pub images: ImageStore,
+    pub events: Arc<EventLog>,
+    pub dhcp: Option<Arc<DhcpService>>,
+}
+
+/// The routes.
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/boot.ipxe", get(boot_script))
+        .route("/images/{hash}/{file}", get(image_file))
+        .route("/events", get(events))
+        .route("/machines", get(machines))
+        .route("/leases", get(leases))
+        .route("/checkin", post(checkin))
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok", "images": state.images.images.len() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptQuery {
+    mac: Option<String>,
+    uuid: Option<String>,
+    arch: Option<String>,
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(template.to_string(), |out, (k, v)| out.replace(&format!("{{{{{k}}}}}"), v))
+}
+
+fn ipxe(body: String) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+async fn boot_script(State(state): State<Arc<HttpState>>, query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else {
+        return text(StatusCode::BAD_REQUEST, "#!ipxe\necho bad query: expected mac, uuid, arch\nexit 1\n".into());
+    };
+    let Some(mac_text) = q.mac.filter(|m| !m.is_empty()) else {
+        return ipxe(render(CHAIN_TEMPLATE, &[("base", &state.base)]));
+    };
+    let Ok(mac) = mac_text.parse::<MacAddr>() else {
+        return text(StatusCode::BAD_REQUEST, format!("#!ipxe\necho invalid MAC address {mac_text:?}\nexit 1\n"));
+    };
+    // iPXE sends an empty ${uuid} when the firmware has none; a malformed one is ignored too.
+    let uuid = q.uuid.as_deref().and_then(|u| u.parse::<uuid::Uuid>().ok());
+    let _ = q.arch;
+    let (action, machine_cmdline) = state.config.decide(Some(mac), uuid);
+    let mac_s = mac.to_string();
+    match action {
+        BootAction::Disk => {
+            state.events.record(mac, BootEventKind::HttpScript { image: None });
+            ipxe(render(DISK_TEMPLATE, &[("mac", &mac_s)]))
+        }
+        BootAction::Image(name) => {
+            let Some(image) = state.images.image(name) else {
+                tracing::error!(%mac, image = %name, "the decided image is not loaded");
+                return text(StatusCode::SERVICE_UNAVAILABLE, format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"));
+            };
+            state.events.record(mac, BootEventKind::HttpScript { image: Some(name.clone()) });
+            let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
+                state.server_ip.to_string()
+            } else {
+                state.config.boot.cluster_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
+            };
+            let cmdline = [
+                state.config.boot.cmdline.clone(),
+                format!("cerana.boot_server={}/", state.base),
+                format!("cerana.cluster_ips={cluster_ips}"),
+                format!("cerana.mgmt_mac={mac_s}"),
+                format!("cerana.initrd_hash=sha256-{}", image.initrd.sha256),
+                image.cmdline.clone(),
+                machine_cmdline.to_string(),
+            ]
+            .into_iter()
+            .filter(|s| !s.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+            ipxe(render(
+                BOOT_TEMPLATE,
+                &[
+                    ("base", &state.base),
+                    ("mac", &mac_s),
+                    ("image", name),
+                    ("kernel_hash", &image.kernel.sha256),
+                    ("initrd_hash", &image.initrd.sha256),
+                    ("cmdline", &cmdline),
+                ],
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageQuery {
+    mac: Option<String>,
+}
+
+/// A parsed `Range` header against a body of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No usable Range (absent, several ranges, another unit): the whole body.
+    Full,
+    /// Inclusive byte range.
+    Part(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+/// RFC 9110 14.1: one `bytes=` range; anything else is answered with the whole body.
+pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (start, end) = (start.trim(), end.trim());
+    let parse = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() { s.parse::<u64>().ok() } else { None };
+    match (start.is_empty(), end.is_empty()) {
+        (true, true) => RangeRequest::Full,
+        (true, false) => match parse(end) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if len == 0 => RangeRequest::Unsatisfiable,
+            Some(n) => RangeRequest::Part(len.saturating_sub(n), len - 1),
+            None => RangeRequest::Full,
+        },
+        (false, _) => {
+            let Some(first) = parse(start) else { return RangeRequest::Full };
+            let last = if end.is_empty() { Some(u64::MAX) } else { parse(end) };
+            match last {
+                None => RangeRequest::Full,
+                Some(last) if last < first => RangeRequest::Full,
+                Some(_) if first >= len => RangeRequest::Unsatisfiable,
+                Some(last) => RangeRequest::Part(first, last.min(len - 1)),
+            }
+        }
+    }
+}
+
+async fn image_file(
+    State(state): State<Arc<HttpState>>,
+    UrlPath((hash, file)): UrlPath<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<ImageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(hex) = hash.strip_prefix("sha256-").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        return text(StatusCode::NOT_FOUND, "expected /images/sha256-<64 hex digits>/<file>\n".into());
+    };
+    let Some(blob) = state.images.blobs.get(&hex.to_ascii_lowercase()) else {
+        return text(StatusCode::NOT_FOUND, format!("no file with hash sha256-{hex} on this server\n"));
+    };
+    let kind = match file.as_str() {
+        "vmlinuz" | "kernel" | "bzImage" => true,
+        "initrd" | "initrd.img" => false,
+        _ => return text(StatusCode::NOT_FOUND, format!("unknown file name {file:?}: use vmlinuz or initrd\n")),
+    };
+    let len = blob.bytes.len() as u64;
+    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len);
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, format!("\"sha256-{}\"", blob.sha256))
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    let body = match range {
+        RangeRequest::Full => blob.bytes.clone(),
+        RangeRequest::Part(first, last) => {
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+            blob.bytes.slice(first as usize..=last as usize)
+        }
+        RangeRequest::Unsatisfiable => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+    };
+    let mac = query.ok().and_then(|Query(q)| q.mac).and_then(|m| m.parse::<MacAddr>().ok()).or_else(|| match peer.ip() {
+        IpAddr::V4(ip) => state.events.mac_for_ip(ip),
+        IpAddr::V6(_) => None,
+    });
+    if let Some(mac) = mac {
+        let (hash, bytes) = (format!("sha256-{}", blob.sha256), body.len() as u64);
+        state.events.record(mac, if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } });
+    }
+    builder.header(header::CONTENT_LENGTH, body.len()).body(Body::from(body)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    mac: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn events(State(state): State<Arc<HttpState>>, query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Ok(Query(q)) = query else {
+        return text(StatusCode::BAD_REQUEST, "query: mac=<MAC>&limit=<N>\n".into());
+    };
+    let mac = match q.mac.map(|m| m.parse::<MacAddr>()).transpose() {
+        Ok(mac) => mac,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    axum::Json(state.events.events(&BootEventsArgs { mac, limit: q.limit })).into_response()
+}
+
+async fn machines(State(state): State<Arc<HttpState>>) -> Response {
+    axum::Json(state.events.machines()).into_response()
+}
+
+async fn leases(State(state): State<Arc<HttpState>>) -> Response {
+    axum::Json(state.dhcp.as_ref().map(|d| d.leases()).unwrap_or_default()).into_response()
+}
+
+/// What a booted node posts to `/checkin`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    pub mac: MacAddr,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+async fn checkin(State(state): State<Arc<HttpState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+    let limits = &state.config.http_limits;
+    let read = axum::body::to_bytes(request.into_body(), limits.max_body_bytes);
+    let body = match tokio::time::timeout(Duration::from_secs(limits.body_timeout_secs), read).await {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n".into()),
+        Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body refused: {e}\n")),
+        Ok(Ok(body)) => body,
+    };
+    let checkin: CheckIn = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n")),
+    };
+    if checkin.hostname.as_ref().is_some_and(|h| h.len() > 253) {
+        return text(StatusCode::BAD_REQUEST, "hostname longer than 253 bytes\n".into());
+    }
+    let ip = checkin.ip.or(match peer.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    });
+    state.events.record(checkin.mac, BootEventKind::CheckedIn { hostname: checkin.hostname, ip });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Serves `router` on `listener` with the configured bounds until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let permit = slots.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(limits.header_timeout_secs))
+                .max_buf_size(limits.max_header_bytes)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(Duration::from_secs(limits.max_connection_secs), conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection ended with an error"),
+                Err(_) => tracing::info!(%peer, "HTTP connection closed: longer than max_connection_secs"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), Part(0, 3));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Part(5, 9));
+        assert_eq!(parse_range(Some("bytes=-4"), 10), Part(6, 9));
+        assert_eq!(parse_range(Some("bytes=-40"), 10), Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Part(8, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=+1-2"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=99999999999999999999-"), 10), Full);
+    }
+
+    #[test]
+    fn templates_render() {
+        let out = render(CHAIN_TEMPLATE, &[("base", "http://10.0.0.1")]);
+        assert!(out.starts_with("#!ipxe\n"));
+        assert!(out.contains("chain http://10.0.0.1/boot.ipxe?mac=${netX/mac:uristring}"));
+        assert!(!out.contains("{{"));
+    }
+}

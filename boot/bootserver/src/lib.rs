@@ -1,0 +1,136 @@
+//! The CeranaOS bootserver: DHCPv4 (full, proxy, relayed), read-only TFTP for the iPXE loaders,
+//! HTTP for iPXE scripts and kernel/initrd by hash, IPv6 router advertisements to spare iPXE
+//! its IPv6 wait, and a per-MAC boot event log.
+//!
+//! [`Bootserver::start`] binds everything on the configured interface and runs it on the
+//! current tokio runtime; the binary `cerana-bootserver` is a thin wrapper around it.
+
+pub mod config;
+pub mod dhcp;
+pub mod events;
+pub mod http;
+pub mod lease;
+pub mod net;
+pub mod ra;
+pub mod tftp;
+
+use config::{Config, DhcpMode};
+use dhcp::{BootFiles, DhcpService, Port};
+use events::EventLog;
+use lease::{Allocator, FileLeaseStore, LeaseStore, MemoryLeaseStore};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Why the bootserver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Image(#[from] http::ImageError),
+    #[error("leases: {0}")]
+    Leases(#[from] lease::LeaseStoreError),
+    #[error("TFTP root {path}: {source}")]
+    TftpRoot { path: String, source: std::io::Error },
+    #[error("TFTP server: {0}")]
+    Tftp(String),
+    #[error("cannot register a socket with the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running bootserver.
+#[derive(Debug)]
+pub struct Bootserver {
+    pub server_ip: Ipv4Addr,
+    pub http_addr: SocketAddr,
+    pub events: Arc<EventLog>,
+    pub dhcp: Option<Arc<DhcpService>>,
+    tasks: JoinSet<(&'static str, std::io::Result<()>)>,
+}
+
+impl Bootserver {
+    /// Binds DHCP (67, and 4011 in proxy mode), TFTP (69), HTTP and router advertisements on
+    /// `config.interface` and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let iface = net::Interface::lookup(&config.interface)?;
+        let server_ip = match config.server_ip.or(iface.ipv4) {
+            Some(ip) => ip,
+            None => return Err(net::NetError::NoAddress(iface.name.clone()).into()),
+        };
+        let events = Arc::new(EventLog::new());
+        let images = http::ImageStore::load(&config)?;
+        let mut tasks = JoinSet::new();
+
+        let dhcp = if config.dhcp.mode == DhcpMode::Off {
+            None
+        } else {
+            let allocator = match (&config.dhcp.mode, &config.dhcp.pool) {
+                (DhcpMode::Full, Some(pool)) => {
+                    let store: Box<dyn LeaseStore> = match &config.state_dir {
+                        Some(dir) => Box::new(FileLeaseStore::open(dir)?),
+                        None => Box::new(MemoryLeaseStore::new()),
+                    };
+                    Some(Allocator::new(pool.clone(), store, vec![server_ip]))
+                }
+                _ => None,
+            };
+            let boot = BootFiles::new(&config.boot, server_ip, config.http_port);
+            let service = Arc::new(DhcpService::new(server_ip, config.dhcp.mode, allocator, boot, events.clone()));
+            let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+            let socket = net::udp_on_interface(&iface.name, any(dhcp::SERVER_PORT), true, "DHCP socket")?;
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(StartError::Runtime)?;
+            tasks.spawn({
+                let service = service.clone();
+                async move { ("DHCP", dhcp::serve(service, socket, Port::Dhcp).await) }
+            });
+            if config.dhcp.mode == DhcpMode::Proxy {
+                let socket = net::udp_on_interface(&iface.name, any(dhcp::PXE_PORT), true, "PXE socket (4011)")?;
+                let socket = tokio::net::UdpSocket::from_std(socket).map_err(StartError::Runtime)?;
+                let service = service.clone();
+                tasks.spawn(async move { ("PXE 4011", dhcp::serve(service, socket, Port::Pxe).await) });
+            }
+            Some(service)
+        };
+
+        let tftp_socket = net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
+        let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone())
+            .map_err(|source| StartError::TftpRoot { path: config.tftp_root.display().to_string(), source })?;
+        let tftp = tftp::server(tftp_socket, handler).await.map_err(|e| StartError::Tftp(e.to_string()))?;
+        tasks.spawn(async move { ("TFTP", tftp.serve().await.map_err(std::io::Error::other)) });
+
+        if config.router_advertisements {
+            match ra::socket(&iface.name, iface.index) {
+                Ok(socket) => {
+                    let index = iface.index;
+                    tasks.spawn(async move { ("router advertisements", ra::serve(socket, index).await) });
+                }
+                // IPv6 may be disabled on the node: iPXE then only loses its IPv6 wait.
+                Err(e) => tracing::warn!(error = %e, "no IPv6 router advertisements"),
+            }
+        }
+
+        let http_addr = SocketAddr::V4(SocketAddrV4::new(server_ip, config.http_port));
+        let listener = net::tcp_listener(&iface.name, http_addr)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Runtime)?;
+        let http_addr = listener.local_addr().map_err(StartError::Runtime)?;
+        let base = if http_addr.port() == 80 { format!("http://{server_ip}") } else { format!("http://{server_ip}:{}", http_addr.port()) };
+        let limits = config.http_limits.clone();
+        let state = Arc::new(http::HttpState { config, base, server_ip, images, events: events.clone(), dhcp: dhcp.clone() });
+        let app = http::router(state);
+        tasks.spawn(async move { ("HTTP", http::serve(listener, app, limits).await) });
+
+        tracing::info!(interface = %iface.name, %server_ip, %http_addr, "bootserver serving");
+        Ok(Bootserver { server_ip, http_addr, events, dhcp, tasks })
+    }
+
+    /// Waits until one of the servers stops (it only does on a socket error) and returns why.
+    pub async fn wait(&mut self) -> std::io::Error {
+        match self.tasks.join_next().await {
+            Some(Ok((what, Ok(())))) => std::io::Error::other(format!("{what} server stopped")),
+            Some(Ok((what, Err(e)))) => std::io::Error::other(format!("{what} server failed: {e}")),
+            Some(Err(e)) => std::io::Error::other(format!("a server task panicked: {e}")),
+            None => std::io::Error::other("no server running"),
+        }
+    }
+}
