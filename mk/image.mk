@@ -1,0 +1,30 @@
+# The CeranaOS image (kernel + initramfs, ISO/USB), the kernel config check and the QEMU VM
+# tests (issue #4). See image/README.md and testing/qemu/README.md.
+APT_PACKAGES += qemu-system-x86 ovmf xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
+	zstd xz-utils cpio busybox-static binutils kmod dpkg-dev dkms
+TEST_TARGETS += test-image test-vm
+BENCH_TARGETS += bench-boot
+
+IMAGE_PROFILE ?= base
+# Every file in the initramfs gets this mtime: the last commit's time, so builds repeat.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
+IMAGE_DIR = $(OUT_DIR)/image/$(IMAGE_PROFILE)
+CERANA_IMAGE = $(CARGO) run -q --release -p cerana-image --
+
+.PHONY: image image-full zfs-module iso check-kernel-config kernel test-image test-vm bench-boot
+
+# The OpenZFS modules for the image's kernel, cached under $(CACHE_DIR)/zfs (~7 min the first time).
+zfs-module: deps
+	image/scripts/zfs-module.sh
+
+image: deps
+	$(CERANA_IMAGE) build --profile $(IMAGE_PROFILE) --workspace $(CURDIR) --out-dir $(OUT_DIR) --cache-dir $(CACHE_DIR)
+
+image-full:
+	$(MAKE) --no-print-directory image IMAGE_PROFILE=full
+
+# The builder's unit tests, then two builds of the base image must give identical hashes.
+test-image: deps
+	$(CARGO) test -q -p cerana-image
+	image/scripts/check-reproducible.sh
