@@ -5,5 +5,16 @@
 //! every process and never exiting. The same binary runs off PID 1 as a child subreaper (e.g. in
 //! a fresh PID namespace) so supervision and shutdown can be tested on a host.
 
+pub mod boot;
 pub mod cmdline;
+pub mod control;
+pub mod harness;
+pub mod logbuf;
+pub mod modules;
+pub mod options;
+pub mod output;
+pub mod power;
+pub mod run;
+pub mod spawn;
+pub mod supervisor;
 pub mod table;
