@@ -54,7 +54,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let testkit = std::env::current_exe().map_err(|e| e.to_string())?;
-    let init_bin = testkit.with_file_name("cerana-init");
+    let init_bin = match args.iter().position(|a| a == "--init") {
+        Some(i) => PathBuf::from(args.get(i + 1).ok_or("--init needs a path")?),
+        None => testkit.with_file_name("cerana-init"),
+    };
     if !init_bin.exists() {
         return Err(format!("{} not built", init_bin.display()));
     }
@@ -86,6 +89,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let (cpu_med, cpu_max) = stats(cpu_ms);
     let (rss_med, rss_max) = stats(rss_kb);
     let (hwm_med, hwm_max) = stats(hwm_kb);
+    println!("bench-init: {}", init_bin.display());
     println!("bench-init: {services} services + 1 one-shot (notify readiness, dependency tree of depth {}), {rounds} rounds", (services as f64).log2().floor() as u32 + 2);
     println!("  exec -> node_ready          median {ready_med:7.1} ms   max {ready_max:7.1} ms   (includes the services' own start-up)");
     println!("  init CPU until node_ready   median {cpu_med:7.2} ms   max {cpu_max:7.2} ms   target < {CPU_TARGET_MS} ms");

@@ -4,7 +4,7 @@
 //! ```text
 //! cerana-init-testkit service [--delay-ms N] [--notify] [--unix PATH] [--tcp PORT]
 //!                             [--ignore-term] [--orphan-ms N] [--exit CODE] [--say TEXT]
-//! cerana-init-testkit bench [--services N] [--rounds N]
+//! cerana-init-testkit bench [--services N] [--rounds N] [--init PATH]
 //! ```
 
 use std::io::Write;
@@ -25,7 +25,7 @@ fn main() {
             }
         },
         _ => {
-            eprintln!("usage: cerana-init-testkit service [...] | bench [--services N] [--rounds N]");
+            eprintln!("usage: cerana-init-testkit service [...] | bench [--services N] [--rounds N] [--init PATH]");
             2
         }
     };
