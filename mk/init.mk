@@ -13,7 +13,7 @@ INIT_STATIC = $(INIT_TARGET_DIR)/init-static/release/cerana-init
 
 .PHONY: test-init bench-init init-static
 test-init:
-	$(CARGO) test -p cerana-init
+	$(CARGO) test -p cerana-init -p cerana-init-provider
 
 init-static:
 	CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
