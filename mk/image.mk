@@ -28,3 +28,13 @@ image-full:
 test-image: deps
 	$(CARGO) test -q -p cerana-image
 	image/scripts/check-reproducible.sh
+
+ISO = $(OUT_DIR)/iso/cerana.iso
+# The hybrid BIOS/UEFI ISO (CD, or USB stick via dd) of the base image, with its boot menu.
+iso: image
+	image/scripts/make-iso.sh $(IMAGE_DIR) $(ISO)
+
+# Boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
+# API from the host and powers off; one VM at a time (2 cores, TCG).
+test-vm: iso
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-qemu --test vm -- --test-threads=1

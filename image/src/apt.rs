@@ -53,7 +53,7 @@ pub fn parse_kernel_release(show: &str) -> Option<String> {
     let depends = show.lines().find_map(|l| l.strip_prefix("Depends:"))?;
     depends
         .split(',')
-        .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
         .find_map(|name| name.strip_prefix("linux-image-"))
         .map(str::to_owned)
 }

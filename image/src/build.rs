@@ -333,6 +333,8 @@ fn install_modules(fs: &mut Rootfs, kernel_root: &Path, release: &str, profile: 
         let src = rootfs::under(kernel_root, &format!("{moddir}/{name}"));
         fs.install(&src, &format!("{moddir}/{name}"), 0o644)?;
     }
+    let list: String = profile.load_at_boot.iter().map(|m| format!("{m}\n")).collect();
+    fs.write("/etc/cerana/modules", list.as_bytes(), 0o644)?;
     // Indexes (modules.dep, modules.alias, ...) for exactly the modules in the image.
     depmod(&fs.root, release)?;
     Ok(closure.len())

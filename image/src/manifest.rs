@@ -16,6 +16,8 @@ pub enum ManifestError {
     UnknownProfile(String, String),
     #[error("profile {0:?} inherits itself through {1:?}")]
     InheritanceCycle(String, String),
+    #[error("module {0:?} is loaded at boot but not listed in `modules`")]
+    BootModuleNotIncluded(String),
     #[error("{0:?} must be an absolute path")]
     RelativePath(String),
 }
@@ -58,6 +60,8 @@ pub struct ProfileSpec {
     #[serde(default)]
     pub modules: Vec<String>,
     #[serde(default)]
+    pub load_at_boot: Vec<String>,
+    #[serde(default)]
     pub zfs: bool,
 }
 
@@ -70,6 +74,7 @@ pub struct Profile {
     pub binaries: Vec<String>,
     pub files: Vec<String>,
     pub modules: Vec<String>,
+    pub load_at_boot: Vec<String>,
     pub zfs: bool,
 }
 
@@ -111,8 +116,12 @@ impl Manifest {
             extend_unique(&mut profile.binaries, &spec.binaries);
             extend_unique(&mut profile.files, &spec.files);
             extend_unique(&mut profile.modules, &spec.modules);
+            extend_unique(&mut profile.load_at_boot, &spec.load_at_boot);
             profile.busybox = spec.busybox.clone().or(profile.busybox);
             profile.zfs |= spec.zfs;
+        }
+        if let Some(m) = profile.load_at_boot.iter().find(|m| !profile.modules.contains(m)) {
+            return Err(ManifestError::BootModuleNotIncluded(m.clone()));
         }
         Ok(profile)
     }
@@ -162,6 +171,7 @@ packages = ["busybox-static", "libc6"]
 busybox = "/bin/busybox"
 binaries = ["/sbin/zpool"]
 modules = ["zfs"]
+load_at_boot = ["zfs"]
 zfs = true
 [profiles.full]
 inherit = "base"
@@ -199,6 +209,9 @@ modules = ["kvm_intel"]
         assert!(matches!(m.profile("full"), Err(ManifestError::InheritanceCycle(..))));
         let unknown = SAMPLE.replace("zfs = true", "zfs = true\nextra = 1");
         assert!(Manifest::parse(&unknown, Path::new("m.toml")).unwrap_err().to_string().contains("extra"));
+        let stray = SAMPLE.replace("load_at_boot = [\"zfs\"]", "load_at_boot = [\"zfs\", \"e1000\"]");
+        let m = Manifest::parse(&stray, Path::new("m.toml")).unwrap();
+        assert!(matches!(m.profile("base"), Err(ManifestError::BootModuleNotIncluded(n)) if n == "e1000"));
         let relative = SAMPLE.replace("\"/sbin/zpool\"", "\"sbin/zpool\"");
         assert!(matches!(Manifest::parse(&relative, Path::new("m.toml")), Err(ManifestError::RelativePath(_))));
     }

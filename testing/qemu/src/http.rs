@@ -1,0 +1,118 @@
+//! A small HTTP/1.1 client for the node's coordinator API (one request per connection).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("talking to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("malformed HTTP response: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub fn post_json(addr: SocketAddr, path: &str, token: &str, body: &[u8], timeout: Duration) -> Result<HttpResponse, HttpError> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect { addr, source })?;
+    let io = |source| HttpError::Io { addr, source };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).map_err(io)?;
+    stream.write_all(body).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, HttpError> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| HttpError::Malformed(format!("no end of headers in {} bytes", raw.len())))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| HttpError::Malformed("headers are not UTF-8".into()))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| HttpError::Malformed(format!("status line {status_line:?}")))?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = &raw[split + 4..];
+    let body = if chunked { dechunk(body)? } else { body.to_vec() };
+    Ok(HttpResponse { status, body })
+}
+
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| HttpError::Malformed("chunk size line".into()))?;
+        let size_text = std::str::from_utf8(&body[..eol]).unwrap_or("");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| HttpError::Malformed(format!("chunk size {size_text:?}")))?;
+        body = &body[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = body.get(..size).ok_or_else(|| HttpError::Malformed("chunk past end".into()))?;
+        out.extend_from_slice(chunk);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_chunked_responses_parse() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+        let r = parse_response(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (401, &b"abcde"[..]));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_response(b"nonsense").is_err());
+        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+    }
+
+    #[test]
+    fn posts_to_a_local_server() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone").unwrap();
+            req
+        });
+        let r = post_json(addr, "/v1/tasks", "t0k", b"{\"task\":\"x\"}", Duration::from_secs(5)).unwrap();
+        assert_eq!(r.body, b"done");
+        let req = server.join().unwrap();
+        assert!(req.starts_with("POST /v1/tasks HTTP/1.1\r\n"));
+        assert!(req.contains("Authorization: Bearer t0k\r\n"));
+        assert!(req.ends_with("{\"task\":\"x\"}"));
+    }
+}

@@ -1,0 +1,87 @@
+//! VM tests: boot the built image in QEMU (direct, ISO on BIOS, ISO on UEFI), reach node_ready,
+//! run `node-info` through the coordinator API from the host, and power off cleanly.
+//!
+//! `make test-vm` builds the image and the ISO and runs these with CERANA_IMAGE_DIR and
+//! CERANA_ISO set; without them (e.g. under a plain `cargo test --workspace`) they say so and
+//! skip, so a stale image is never booted by accident.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
+use cerana_qemu::{default_log_dir, Boot, Vm, VmConfig};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn runnable(var: &str) -> Option<PathBuf> {
+    let Some(path) = std::env::var_os(var).map(PathBuf::from) else {
+        eprintln!("skipping: {var} is not set (make test-vm sets it after building the image)");
+        return None;
+    };
+    let qemu_present = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("qemu-system-x86_64").is_file());
+    assert!(qemu_present, "{var} is set but qemu-system-x86_64 is missing (make deps installs it)");
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    Some(path)
+}
+
+/// The whole life of a node: ready, answers node-info over the API, orderly poweroff.
+fn boot_run_node_info_and_power_off(config: VmConfig) {
+    let mut vm = Vm::boot(&config).expect("QEMU starts");
+    let ready = vm.wait_for_event("node_ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}: node_ready after {:.1} s ({ready:?}); log {}", config.name, vm.elapsed().as_secs_f64(), vm.log_path().display());
+
+    let reply = vm.run_task("node-info", serde_json::json!({}), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
+    let text = reply.to_string();
+    assert!(reply.get("error").is_none_or(|e| e.is_null()), "node-info failed: {text}");
+    let result = reply.get("result").unwrap_or_else(|| panic!("no result in {text}"));
+    assert!(result.is_object(), "node-info result is not an object: {text}");
+
+    let status = vm.powerdown(POWERDOWN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "QEMU exit status {status}");
+    let events = vm.events();
+    assert!(
+        events.iter().any(|e| matches!(e, LifecycleEvent::ShutdownComplete { action: ShutdownAction::Poweroff })),
+        "no shutdown_complete(poweroff) event; log {}",
+        vm.log_path().display()
+    );
+}
+
+#[test]
+fn direct_boot_reaches_ready_answers_node_info_and_powers_off() {
+    let Some(image) = runnable("CERANA_IMAGE_DIR") else { return };
+    let mut config = VmConfig::direct("direct", &image, default_log_dir());
+    config.disks = vec![1 << 30];
+    boot_run_node_info_and_power_off(config);
+}
+
+#[test]
+fn iso_on_bios_reaches_ready_and_powers_off() {
+    let Some(iso) = runnable("CERANA_ISO") else { return };
+    boot_run_node_info_and_power_off(VmConfig::new("iso-bios", Boot::IsoBios(iso), default_log_dir()));
+}
+
+#[test]
+fn iso_on_uefi_reaches_ready_and_powers_off() {
+    let Some(iso) = runnable("CERANA_ISO") else { return };
+    boot_run_node_info_and_power_off(VmConfig::new("iso-uefi", Boot::IsoUefi(iso), default_log_dir()));
+}
+
+#[test]
+fn a_boot_that_never_gets_ready_times_out_with_the_console_tail() {
+    let Some(image) = runnable("CERANA_IMAGE_DIR") else { return };
+    let mut config = VmConfig::direct("no-ready", &image, default_log_dir());
+    // No init at all: the kernel panics, QEMU exits (-no-reboot), and the harness says so.
+    config.boot = Boot::Direct {
+        kernel: image.join("vmlinuz"),
+        initrd: image.join("initrd.img"),
+        cmdline: "rdinit=/does-not-exist init=/does-not-exist-either".into(),
+    };
+    config.api = false;
+    let mut vm = Vm::boot(&config).expect("QEMU starts");
+    let err = vm.wait_for_event("node_ready", READY_TIMEOUT).expect_err("there is no init to get ready");
+    let text = err.to_string();
+    assert!(text.contains("event node_ready"), "{text}");
+    assert!(text.contains("Kernel panic") || text.contains("/does-not-exist"), "console tail missing: {text}");
+}
