@@ -2,8 +2,25 @@
 # Host tests build network namespaces with veth pairs (root); real clients: busybox udhcpc,
 # curl (HTTP, tftp://), tftp-hpa. Debian's ipxe package provides undionly.kpxe / snponly.efi.
 APT_PACKAGES += busybox isc-dhcp-client curl tftp-hpa ipxe iproute2
-TEST_TARGETS += test-boot
+TEST_TARGETS += test-boot test-boot-fuzz
 
-.PHONY: test-boot
+# Seconds each fuzz target runs in `make test`.
+BOOT_FUZZ_SECS ?= 30
+BOOT_FUZZ_DIR = boot/bootserver/fuzz
+
+.PHONY: test-boot test-boot-fuzz
 test-boot:
 	$(CARGO) test -p cerana-bootserver
+
+# libFuzzer through cargo-fuzz. The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets
+# cargo-fuzz pass its -Z flags, and --sanitizer none skips ASan (the crate has no unsafe code;
+# coverage-guided search and the targets' assertions still run). Seeds in $(BOOT_FUZZ_DIR)/seeds.
+test-boot-fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@set -e; cd $(BOOT_FUZZ_DIR); for t in dhcp tftp; do \
+		mkdir -p corpus/$$t; \
+		echo "fuzzing $$t for $(BOOT_FUZZ_SECS) s"; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(BOOT_FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|INFO: Running)|panicked|ERROR|SUMMARY' ; \
+		test $${PIPESTATUS[0]} -eq 0; \
+	done
