@@ -76,13 +76,25 @@ pub fn mount_basics() -> Vec<String> {
     problems
 }
 
-/// Opens /dev/console and makes it init's stdin, stdout and stderr.
-pub fn take_console() -> io::Result<File> {
-    let console = OpenOptions::new()
+/// The console device a machine uses unless told otherwise.
+pub const CONSOLE: &str = "/dev/console";
+
+/// Opens the console (a device, or a file that is appended to) without making it init's
+/// controlling terminal.
+pub fn open_console(path: &Path) -> io::Result<File> {
+    let is_file = fs::metadata(path).map(|m| m.is_file()).unwrap_or(true);
+    OpenOptions::new()
         .read(true)
         .write(true)
+        .append(is_file)
+        .create(is_file)
         .custom_flags(libc::O_NOCTTY)
-        .open("/dev/console")?;
+        .open(path)
+}
+
+/// Opens the console and makes it init's stdin, stdout and stderr.
+pub fn take_console(path: &Path) -> io::Result<File> {
+    let console = open_console(path)?;
     for fd in 0..=2 {
         nix::unistd::dup2(console.as_raw_fd(), fd)?;
     }

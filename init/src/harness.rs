@@ -49,24 +49,36 @@ impl RunningInit {
     pub fn start(init_bin: &Path, dir: &Path, table: &str, extra: &[&str]) -> std::io::Result<Self> {
         let table_path = dir.join("services.toml");
         std::fs::write(&table_path, table)?;
-        let events = dir.join("events");
         let socket = dir.join("init.sock");
-        let console = dir.join("console");
+        let mut args: Vec<std::ffi::OsString> = vec![init_bin.into(), "--no-mount".into()];
+        for (flag, value) in [
+            ("--table", table_path),
+            ("--events", dir.join("events")),
+            ("--control-socket", socket.clone()),
+            ("--run-dir", dir.join("run")),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn(&[], &args, dir.join("events"), socket, dir.join("console"))
+    }
+
+    /// Runs `unshare --pid --fork --kill-child <unshare_args> <init_args>`; init's stdout and
+    /// stderr go to `console`.
+    pub fn spawn(
+        unshare_args: &[&str],
+        init_args: &[std::ffi::OsString],
+        events: PathBuf,
+        socket: PathBuf,
+        console: PathBuf,
+    ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&events);
         let out = std::fs::File::create(&console)?;
         let unshare = Command::new("unshare")
             .args(["--pid", "--fork", "--kill-child"])
-            .arg(init_bin)
-            .arg("--no-mount")
-            .arg("--table")
-            .arg(&table_path)
-            .arg("--events")
-            .arg(&events)
-            .arg("--control-socket")
-            .arg(&socket)
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .args(extra)
+            .args(unshare_args)
+            .args(init_args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -141,10 +153,15 @@ impl RunningInit {
     /// Waits (bounded) for init and its namespace to end; returns init's exit code as
     /// `unshare` reports it.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.wait_status(timeout).and_then(|s| s.code())
+    }
+
+    /// Waits (bounded) for `unshare` to end; `None` on timeout.
+    pub fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.unshare.try_wait() {
-                return status.code();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 return None;

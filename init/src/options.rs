@@ -8,7 +8,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/cerana";
 pub const DEFAULT_MODULE_LIST: &str = "/etc/cerana/modules";
 
 pub const USAGE: &str = "usage: cerana-init [--table FILE] [--no-mount] [--control-socket PATH] \
-[--events FILE] [--cmdline FILE] [--modules-dir DIR] [--module-list FILE] [--run-dir DIR]
+[--events FILE] [--cmdline FILE] [--modules-dir DIR] [--module-list FILE] [--run-dir DIR] \
+[--console PATH]
 
 As PID 1 (the image's /init) it mounts the basics, reads cerana.* settings from /proc/cmdline,
 loads modules, sets the node identity and supervises the services in --table.
@@ -30,6 +31,8 @@ pub struct Options {
     pub modules_dir: Option<PathBuf>,
     pub module_list: PathBuf,
     pub run_dir: PathBuf,
+    /// Messages, events and service output (default /dev/console on a machine, else stderr).
+    pub console: Option<PathBuf>,
     pub help: bool,
 }
 
@@ -44,6 +47,7 @@ impl Default for Options {
             modules_dir: None,
             module_list: DEFAULT_MODULE_LIST.into(),
             run_dir: DEFAULT_RUN_DIR.into(),
+            console: None,
             help: false,
         }
     }
@@ -77,6 +81,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> (Options, Vec<String>) 
                 | "--modules-dir"
                 | "--module-list"
                 | "--run-dir"
+                | "--console"
         );
         let value = if takes_value {
             match inline.or_else(|| args.next()) {
@@ -101,6 +106,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> (Options, Vec<String>) 
             ("--modules-dir", Some(v)) => o.modules_dir = Some(v),
             ("--module-list", Some(v)) => o.module_list = v,
             ("--run-dir", Some(v)) => o.run_dir = v,
+            ("--console", Some(v)) => o.console = Some(v),
             ("--no-mount", None) => o.no_mount = true,
             ("--help" | "-h", None) => o.help = true,
             _ => problems.push(format!("unknown argument {arg:?}")),
@@ -121,7 +127,7 @@ mod tests {
     fn flags_in_both_spellings() {
         let (o, p) = parse(args(
             "--table /t.toml --no-mount --control-socket=/c.sock --events /e --cmdline /cl \
-             --modules-dir /m --module-list /ml --run-dir /r",
+             --modules-dir /m --module-list /ml --run-dir /r --console /dev/ttyS1",
         ));
         assert_eq!(p, Vec::<String>::new());
         assert_eq!(o.table, PathBuf::from("/t.toml"));
@@ -132,6 +138,7 @@ mod tests {
         assert_eq!(o.modules_dir, Some("/m".into()));
         assert_eq!(o.module_list, PathBuf::from("/ml"));
         assert_eq!(o.run_dir, PathBuf::from("/r"));
+        assert_eq!(o.console, Some("/dev/ttyS1".into()));
     }
 
     #[test]

@@ -70,9 +70,12 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
         boot_problems = boot::mount_basics();
     }
     boot::ensure_std_fds();
-    let console = match mode {
-        Mode::Machine => boot::take_console().or_else(|_| stderr_copy()),
-        Mode::Contained { .. } => stderr_copy(),
+    let console = match (mode, &opts.console) {
+        (Mode::Machine, path) => {
+            boot::take_console(path.as_deref().unwrap_or(Path::new(boot::CONSOLE))).or_else(|_| stderr_copy())
+        }
+        (Mode::Contained { .. }, Some(path)) => boot::open_console(path),
+        (Mode::Contained { .. }, None) => stderr_copy(),
     };
     let Ok(console) = console else {
         // Nowhere to write: still supervise (events may go to the file).
@@ -165,7 +168,19 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
             out.error(&format!("sethostname: {e}"));
         }
     }
-    if let Some(token) = &settings.api_token {
+    // Without a token on the command line a machine gets a random one nobody knows: the
+    // coordinator starts the same way, and its HTTP API stays closed to the network.
+    let token = settings.api_token.clone().or_else(|| {
+        (mode == Mode::Machine).then(|| {
+            let hex: String = boot::random_bytes()
+                .iter()
+                .chain(boot::random_bytes().iter())
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            hex.parse().expect("64 hex digits are a valid token")
+        })
+    });
+    if let Some(token) = &token {
         match boot::write_api_token(&opts.run_dir, token) {
             Ok(()) => out.info(&format!("API token written to {}/api-token", opts.run_dir.display())),
             Err(e) => out.error(&format!("cannot write the API token: {e}")),
@@ -282,9 +297,10 @@ fn supervise(opts: Options, mode: Mode, mut out: Output) -> i32 {
         Mode::Machine | Mode::Contained { pid1: true } => RestScope::AllProcesses,
         Mode::Contained { pid1: false } => RestScope::OwnChildren,
     };
-    let console_for_shells = match mode {
-        Mode::Machine => File::options().read(true).write(true).open("/dev/console").ok(),
-        Mode::Contained { .. } => None,
+    let console_for_shells = match (mode, &opts.console) {
+        (_, Some(path)) => boot::open_console(path).ok(),
+        (Mode::Machine, None) => boot::open_console(Path::new(boot::CONSOLE)).ok(),
+        (Mode::Contained { .. }, None) => None,
     };
     let mut sup = Supervisor::new(table, rest_scope, console_for_shells, &mut out);
     let socket = opts.control_socket();

@@ -627,6 +627,20 @@ command = "true"
     }
 
     #[test]
+    fn the_base_node_table_is_valid_apart_from_binaries_missing_on_this_host() {
+        let t = load(include_str!("../services.base.toml"), &Settings::default());
+        let names: Vec<&str> = t.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["coordinator", "init-provider", "node-info"]);
+        for p in &t.problems {
+            let msg = &p.message;
+            assert!(
+                msg.contains("does not exist") || msg.contains("requires invalid service coordinator"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
     fn signals_parse_in_every_spelling() {
         assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
         assert_eq!(parse_signal("sigkill").unwrap(), Signal::SIGKILL);
