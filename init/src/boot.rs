@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -90,6 +90,15 @@ pub fn open_console(path: &Path) -> io::Result<File> {
         .create(is_file)
         .custom_flags(libc::O_NOCTTY)
         .open(path)
+}
+
+/// The terminal behind /dev/console (the last of /sys/class/tty/console/active, e.g.
+/// /dev/ttyS0). /dev/console itself cannot be a controlling terminal, so an interactive shell
+/// gets this one to have job control.
+pub fn console_tty(active: &str) -> Option<PathBuf> {
+    let name = active.split_whitespace().last()?;
+    let valid = name.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then(|| Path::new("/dev").join(name))
 }
 
 /// Opens the console and makes it init's stdin, stdout and stderr.
@@ -268,6 +277,14 @@ pub fn unmount_all() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_tty_is_the_last_active_console() {
+        assert_eq!(console_tty("tty0 ttyS0\n"), Some(PathBuf::from("/dev/ttyS0")));
+        assert_eq!(console_tty("hvc0"), Some(PathBuf::from("/dev/hvc0")));
+        assert_eq!(console_tty(""), None);
+        assert_eq!(console_tty("../etc/passwd"), None);
+    }
 
     #[test]
     fn machine_id_is_the_uuid_and_stable() {

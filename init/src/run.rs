@@ -299,7 +299,11 @@ fn supervise(opts: Options, mode: Mode, mut out: Output) -> i32 {
     };
     let console_for_shells = match (mode, &opts.console) {
         (_, Some(path)) => boot::open_console(path).ok(),
-        (Mode::Machine, None) => boot::open_console(Path::new(boot::CONSOLE)).ok(),
+        (Mode::Machine, None) => std::fs::read_to_string("/sys/class/tty/console/active")
+            .ok()
+            .and_then(|active| boot::console_tty(&active))
+            .and_then(|tty| boot::open_console(&tty).ok())
+            .or_else(|| boot::open_console(Path::new(boot::CONSOLE)).ok()),
         (Mode::Contained { .. }, None) => None,
     };
     let mut sup = Supervisor::new(table, rest_scope, console_for_shells, &mut out);
