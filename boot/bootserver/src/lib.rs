@@ -11,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod lease;
 pub mod net;
+pub mod provider;
 pub mod ra;
 pub mod tftp;
 

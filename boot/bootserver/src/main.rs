@@ -1,8 +1,6 @@
 //! `cerana-bootserver --config /etc/cerana/bootserver.toml`
 use anyhow::Context;
 use clap::Parser;
-use std::io::Write;
-use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
 /// DHCP, TFTP and HTTP boot server for CeranaOS nodes.
@@ -15,20 +13,13 @@ struct Args {
     /// Overrides `state_dir` of the configuration (lease journal).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Also serve the `boot-events` and `boot-machines` tasks through this coordinator socket
+    /// (reconnecting whenever it restarts).
+    #[arg(long, env = "CERANA_COORDINATOR_SOCKET")]
+    coordinator: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "CERANA_LOG", default_value = "info")]
     log: String,
-}
-
-/// Tells the supervisor we serve: `READY\n` on the fd named by CERANA_READY_FD.
-fn notify_ready() -> anyhow::Result<()> {
-    let Ok(fd) = std::env::var(cerana_protocol::READY_FD_ENV) else { return Ok(()) };
-    let fd: i32 = fd.parse().with_context(|| format!("{}={fd:?} is not a file descriptor", cerana_protocol::READY_FD_ENV))?;
-    // SAFETY: the supervisor passed this fd to us for exactly this purpose and nothing else in
-    // the process uses it; File takes ownership and closes it after the write.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
-    pipe.write_all(b"READY\n").context("writing the readiness line")?;
-    Ok(())
 }
 
 #[tokio::main]
@@ -40,7 +31,16 @@ async fn main() -> anyhow::Result<()> {
         config.state_dir = args.state_dir;
     }
     let mut server = cerana_bootserver::Bootserver::start(config).await.context("starting the bootserver")?;
-    notify_ready()?;
+    // Ready once DHCP, TFTP and HTTP serve; the coordinator may come later.
+    cerana_protocol::readiness::notify_ready();
+    if let Some(socket) = args.coordinator {
+        let provider = cerana_bootserver::provider::provider(server.events.clone());
+        tokio::spawn(async move {
+            if let Err(e) = provider.serve(socket).await {
+                tracing::error!(error = %e, "boot-* tasks are not served");
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         e = server.wait() => Err(e.into()),
