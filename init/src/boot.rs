@@ -22,7 +22,12 @@ struct MountSpec {
     data: &'static str,
 }
 
-const fn m(target: &'static str, fstype: &'static str, flags: MsFlags, data: &'static str) -> MountSpec {
+const fn m(
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: &'static str,
+) -> MountSpec {
     MountSpec {
         target,
         fstype,
@@ -42,11 +47,36 @@ pub fn mount_basics() -> Vec<String> {
         m("/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
         m("/proc", "proc", nosuid_nodev_noexec(), ""),
         m("/sys", "sysfs", nosuid_nodev_noexec(), ""),
-        m("/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0620,ptmxmode=0666,gid=5"),
-        m("/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
-        m("/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
-        m("/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
-        m("/sys/fs/cgroup", "cgroup2", nosuid_nodev_noexec(), "nsdelegate"),
+        m(
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            "mode=0620,ptmxmode=0666,gid=5",
+        ),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        ),
+        m(
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
+        m(
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=1777",
+        ),
+        m(
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev_noexec(),
+            "nsdelegate",
+        ),
     ];
     let mut problems = Vec::new();
     for spec in mounts {
@@ -55,7 +85,13 @@ pub fn mount_basics() -> Vec<String> {
             continue;
         }
         let data = (!spec.data.is_empty()).then_some(spec.data);
-        match mount(Some(spec.fstype), spec.target, Some(spec.fstype), spec.flags, data) {
+        match mount(
+            Some(spec.fstype),
+            spec.target,
+            Some(spec.fstype),
+            spec.flags,
+            data,
+        ) {
             // The kernel may have mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
             Ok(()) | Err(Errno::EBUSY) => {}
             Err(e) => problems.push(format!("mount {} on {}: {e}", spec.fstype, spec.target)),
@@ -177,7 +213,11 @@ pub fn machine_id_from_uuid(uuid: &str) -> Option<String> {
 impl Identity {
     /// Derives the identity. `product_uuid` is /sys/class/dmi/id/product_uuid; without a usable
     /// one the id comes from `random` (and is not stable across boots).
-    pub fn derive(product_uuid: Option<&str>, hostname: Option<&Hostname>, random: [u8; 16]) -> Self {
+    pub fn derive(
+        product_uuid: Option<&str>,
+        hostname: Option<&Hostname>,
+        random: [u8; 16],
+    ) -> Self {
         let (machine_id, source) = match product_uuid.and_then(machine_id_from_uuid) {
             Some(id) => (id, "smbios product uuid"),
             None => (
@@ -202,9 +242,17 @@ impl Identity {
     pub fn write_files(&self, root: &Path) -> io::Result<()> {
         let etc = root.join("etc");
         fs::create_dir_all(&etc)?;
-        write_file(&etc.join("machine-id"), format!("{}\n", self.machine_id).as_bytes(), 0o444)?;
+        write_file(
+            &etc.join("machine-id"),
+            format!("{}\n", self.machine_id).as_bytes(),
+            0o444,
+        )?;
         write_file(&etc.join("hostid"), &self.hostid.to_ne_bytes(), 0o644)?;
-        write_file(&etc.join("hostname"), format!("{}\n", self.hostname).as_bytes(), 0o644)
+        write_file(
+            &etc.join("hostname"),
+            format!("{}\n", self.hostname).as_bytes(),
+            0o644,
+        )
     }
 }
 
@@ -237,7 +285,11 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 /// Writes the API token to `<run_dir>/api-token`, mode 0600, for the coordinator.
 pub fn write_api_token(run_dir: &Path, token: &ApiToken) -> io::Result<()> {
     fs::create_dir_all(run_dir)?;
-    write_file(&run_dir.join("api-token"), format!("{}\n", token.expose()).as_bytes(), 0o600)
+    write_file(
+        &run_dir.join("api-token"),
+        format!("{}\n", token.expose()).as_bytes(),
+        0o600,
+    )
 }
 
 /// Mount points from /proc/mounts, in mount order.
@@ -280,7 +332,10 @@ mod tests {
 
     #[test]
     fn the_console_tty_is_the_last_active_console() {
-        assert_eq!(console_tty("tty0 ttyS0\n"), Some(PathBuf::from("/dev/ttyS0")));
+        assert_eq!(
+            console_tty("tty0 ttyS0\n"),
+            Some(PathBuf::from("/dev/ttyS0"))
+        );
         assert_eq!(console_tty("hvc0"), Some(PathBuf::from("/dev/hvc0")));
         assert_eq!(console_tty(""), None);
         assert_eq!(console_tty("../etc/passwd"), None);
@@ -291,12 +346,18 @@ mod tests {
         let uuid = "4C4C4544-0042-3510-8056-B4C04F565931\n";
         let a = Identity::derive(Some(uuid), None, [1; 16]);
         let b = Identity::derive(Some(uuid), None, [2; 16]);
-        assert_eq!(a, b, "the same machine gets the same identity on every boot");
+        assert_eq!(
+            a, b,
+            "the same machine gets the same identity on every boot"
+        );
         assert_eq!(a.machine_id, "4c4c4544004235108056b4c04f565931");
         assert_eq!(a.hostid, 0x4c4c4544);
         assert_eq!(a.hostname, "cerana-4c4c4544");
         let named: Hostname = "node7".parse().unwrap();
-        assert_eq!(Identity::derive(Some(uuid), Some(&named), [0; 16]).hostname, "node7");
+        assert_eq!(
+            Identity::derive(Some(uuid), Some(&named), [0; 16]).hostname,
+            "node7"
+        );
     }
 
     #[test]

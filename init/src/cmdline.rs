@@ -246,7 +246,9 @@ impl FromStr for ModuleName {
     fn from_str(s: &str) -> Result<Self, String> {
         if s.is_empty()
             || s.len() > 55
-            || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(format!("{s:?} is not a module name"));
         }
@@ -341,10 +343,7 @@ fn parse_list<T: FromStr<Err = E>, E: fmt::Display>(value: &str) -> Result<Vec<T
     value
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|item| {
-            item.parse::<T>()
-                .map_err(|e| format!("item {item:?}: {e}"))
-        })
+        .map(|item| item.parse::<T>().map_err(|e| format!("item {item:?}: {e}")))
         .collect()
 }
 
@@ -554,7 +553,8 @@ pub fn parse(cmdline: &str) -> ParsedCmdline {
 mod tests {
     use super::*;
 
-    const GOOD: &str = "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet cerana.rescue=0 cerana.cluster_bootstrap \
+    const GOOD: &str =
+        "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet cerana.rescue=0 cerana.cluster_bootstrap \
         cerana.cluster_ips=10.0.0.1,10.0.0.2 cerana.boot_server=http://10.0.0.1/ \
         cerana.mgmt_mac=52:54:00:AB:cd:01 cerana.mgmt_ip=172.16.10.2/16 cerana.mgmt_gw=172.16.0.1 \
         cerana.zfs_config=auto cerana.log=debug \
@@ -571,7 +571,10 @@ mod tests {
         assert_eq!(s.log, LogLevel::Debug);
         assert_eq!(
             s.cluster_ips,
-            vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]
+            vec![
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
         );
         assert_eq!(s.boot_server.as_deref(), Some("http://10.0.0.1/"));
         assert_eq!(s.mgmt_mac.unwrap().to_string(), "52:54:00:ab:cd:01");
@@ -625,7 +628,9 @@ mod tests {
                 "cerana.",
             ]
         );
-        assert!(p.problems[2].message.contains("did you mean cerana.cluster_ips"));
+        assert!(p.problems[2]
+            .message
+            .contains("did you mean cerana.cluster_ips"));
         // The good word after all the garbage still counts.
         assert!(p.settings.rescue);
         assert_eq!(p.settings.mgmt_mac, None);
@@ -669,7 +674,10 @@ mod tests {
         assert!(!holds("cerana.boot_server"));
         assert!("cerana.nope".parse::<Condition>().is_err());
         assert_eq!(
-            "!cerana.zfs_config=auto".parse::<Condition>().unwrap().to_string(),
+            "!cerana.zfs_config=auto"
+                .parse::<Condition>()
+                .unwrap()
+                .to_string(),
             "!cerana.zfs_config=auto"
         );
     }

@@ -251,7 +251,10 @@ pub fn request(socket: &Path, req: &ControlRequest, timeout: Duration) -> io::Re
     stream.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
     if len > cerana_protocol::frame::MAX_FRAME_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "reply frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "reply frame too large",
+        ));
     }
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload)?;

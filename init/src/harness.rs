@@ -46,7 +46,12 @@ impl RunningInit {
     /// Starts `init_bin --no-mount --table <dir>/services.toml ...` plus `extra` args, with
     /// the given table text, under `unshare --pid --fork`. Init's console goes to
     /// `<dir>/console`.
-    pub fn start(init_bin: &Path, dir: &Path, table: &str, extra: &[&str]) -> std::io::Result<Self> {
+    pub fn start(
+        init_bin: &Path,
+        dir: &Path,
+        table: &str,
+        extra: &[&str],
+    ) -> std::io::Result<Self> {
         let table_path = dir.join("services.toml");
         std::fs::write(&table_path, table)?;
         let socket = dir.join("init.sock");
@@ -86,11 +91,14 @@ impl RunningInit {
         let unshare_pid = unshare.id();
         let deadline = Instant::now() + Duration::from_secs(5);
         let pid = loop {
-            let children = std::fs::read_to_string(format!(
-                "/proc/{unshare_pid}/task/{unshare_pid}/children"
-            ))
-            .unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            let children =
+                std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+                    .unwrap_or_default();
+            if let Some(pid) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
                 break pid;
             }
             if Instant::now() > deadline {
@@ -178,7 +186,9 @@ impl RunningInit {
     /// CPU time init has used so far (from /proc/<pid>/schedstat, nanoseconds).
     pub fn cpu_time(&self) -> Option<Duration> {
         let s = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid)).ok()?;
-        Some(Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
+        Some(Duration::from_nanos(
+            s.split_whitespace().next()?.parse().ok()?,
+        ))
     }
 }
 

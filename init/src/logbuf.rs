@@ -77,7 +77,11 @@ impl LogBuffer {
     /// The newest `n` lines (all when `None`), oldest first.
     pub fn tail(&self, n: Option<usize>) -> Vec<String> {
         let n = n.unwrap_or(self.lines.len()).min(self.lines.len());
-        self.lines.iter().skip(self.lines.len() - n).cloned().collect()
+        self.lines
+            .iter()
+            .skip(self.lines.len() - n)
+            .cloned()
+            .collect()
     }
 
     pub fn dropped(&self) -> u64 {

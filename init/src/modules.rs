@@ -62,7 +62,10 @@ impl ModuleIndex {
             let deps = deps.split_whitespace().filter_map(name_of).collect();
             modules.insert(name, (path.trim().to_string(), deps));
         }
-        let builtin = modules_builtin.lines().filter_map(|l| name_of(l.trim())).collect();
+        let builtin = modules_builtin
+            .lines()
+            .filter_map(|l| name_of(l.trim()))
+            .collect();
         Self { modules, builtin }
     }
 
@@ -167,8 +170,8 @@ pub fn decompress(path: &Path) -> Result<Vec<u8>, ModuleError> {
         let mut input = std::io::BufReader::new(file);
         lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| fail(format!("{e:?}")))?;
     } else if name.ends_with(".ko.zst") {
-        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut file)
-            .map_err(|e| fail(e.to_string()))?;
+        let mut decoder =
+            ruzstd::decoding::StreamingDecoder::new(&mut file).map_err(|e| fail(e.to_string()))?;
         decoder
             .read_to_end(&mut out)
             .map_err(|e| fail(e.to_string()))?;
@@ -287,10 +290,19 @@ garbage line without colon
     #[test]
     fn dependencies_come_first_and_once() {
         let idx = ModuleIndex::parse(DEP, "kernel/drivers/input/evdev.ko\n");
-        let (order, unknown) = idx.load_order(&[n("zfs"), n("virtio-net"), n("spl"), n("evdev"), n("nope")]);
+        let (order, unknown) =
+            idx.load_order(&[n("zfs"), n("virtio-net"), n("spl"), n("evdev"), n("nope")]);
         assert_eq!(
             names(&order),
-            ["spl", "zcommon", "zunicode", "zfs", "failover", "net_failover", "virtio_net"]
+            [
+                "spl",
+                "zcommon",
+                "zunicode",
+                "zfs",
+                "failover",
+                "net_failover",
+                "virtio_net"
+            ]
         );
         assert_eq!(names(&unknown), ["nope"]);
     }
@@ -331,16 +343,31 @@ garbage line without colon
         let report = load_modules(dir.path(), &[n("zfs"), n("virtio_net")], &mut rec, &mut out);
         assert_eq!(
             rec.calls,
-            ["spl.ko.xz", "zcommon.ko.xz", "zunicode.ko.xz", "failover.ko", "net_failover.ko", "virtio_net.ko"]
+            [
+                "spl.ko.xz",
+                "zcommon.ko.xz",
+                "zunicode.ko.xz",
+                "failover.ko",
+                "net_failover.ko",
+                "virtio_net.ko"
+            ]
         );
-        assert_eq!(names(&report.loaded), ["spl", "zunicode", "failover", "net_failover", "virtio_net"]);
-        let failed: Vec<(&str, &str)> =
-            report.failed.iter().map(|(m, e)| (m.as_str(), e.as_str())).collect();
+        assert_eq!(
+            names(&report.loaded),
+            ["spl", "zunicode", "failover", "net_failover", "virtio_net"]
+        );
+        let failed: Vec<(&str, &str)> = report
+            .failed
+            .iter()
+            .map(|(m, e)| (m.as_str(), e.as_str()))
+            .collect();
         assert_eq!(failed[0].0, "zcommon");
         assert!(failed[0].1.contains("ENOEXEC"), "{}", failed[0].1);
         assert_eq!(failed[1], ("zfs", "needs zcommon, which failed"));
         let text = std::fs::read_to_string(events).unwrap();
-        assert!(text.contains(r#"{"event":"module_failed","module":"zfs","error":"needs zcommon, which failed"}"#));
+        assert!(text.contains(
+            r#"{"event":"module_failed","module":"zfs","error":"needs zcommon, which failed"}"#
+        ));
         assert!(text.contains(r#"{"event":"module_loaded","module":"spl"}"#));
     }
 
@@ -348,7 +375,12 @@ garbage line without colon
     fn a_missing_tree_fails_every_module_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = quiet_output(&dir.path().join("events"));
-        let report = load_modules(&dir.path().join("absent"), &[n("zfs")], &mut Recorder::default(), &mut out);
+        let report = load_modules(
+            &dir.path().join("absent"),
+            &[n("zfs")],
+            &mut Recorder::default(),
+            &mut out,
+        );
         assert!(report.failed[0].1.contains("modules.dep"));
     }
 
@@ -362,15 +394,24 @@ garbage line without colon
         std::fs::write(&xz, &packed).unwrap();
         assert_eq!(decompress(&xz).unwrap(), image);
         let zst = dir.path().join("m.ko.zst");
-        let packed = ruzstd::encoding::compress_to_vec(&image[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let packed = ruzstd::encoding::compress_to_vec(
+            &image[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         std::fs::write(&zst, &packed).unwrap();
         assert_eq!(decompress(&zst).unwrap(), image);
         let bad = dir.path().join("bad.ko.xz");
         std::fs::write(&bad, b"not xz").unwrap();
-        assert!(matches!(decompress(&bad), Err(ModuleError::Decompress { .. })));
+        assert!(matches!(
+            decompress(&bad),
+            Err(ModuleError::Decompress { .. })
+        ));
         let gz = dir.path().join("m.ko.gz");
         std::fs::write(&gz, b"").unwrap();
-        assert!(matches!(decompress(&gz), Err(ModuleError::UnsupportedCompression { .. })));
+        assert!(matches!(
+            decompress(&gz),
+            Err(ModuleError::UnsupportedCompression { .. })
+        ));
     }
 
     #[test]

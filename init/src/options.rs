@@ -148,7 +148,13 @@ mod tests {
         // "--table" takes the next word as its value whatever it looks like.
         assert_eq!(o.table, PathBuf::from("--no-mount=1"));
         assert!(!o.no_mount);
-        assert_eq!(p, ["unknown argument \"single\"", "unknown argument \"--bogus\""]);
+        assert_eq!(
+            p,
+            [
+                "unknown argument \"single\"",
+                "unknown argument \"--bogus\""
+            ]
+        );
         let (_, p) = parse(args("--events"));
         assert_eq!(p, ["--events needs a value"]);
         let (_, p) = parse(args("--no-mount=yes"));

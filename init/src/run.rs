@@ -72,7 +72,8 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
     boot::ensure_std_fds();
     let console = match (mode, &opts.console) {
         (Mode::Machine, path) => {
-            boot::take_console(path.as_deref().unwrap_or(Path::new(boot::CONSOLE))).or_else(|_| stderr_copy())
+            boot::take_console(path.as_deref().unwrap_or(Path::new(boot::CONSOLE)))
+                .or_else(|_| stderr_copy())
         }
         (Mode::Contained { .. }, Some(path)) => boot::open_console(path),
         (Mode::Contained { .. }, None) => stderr_copy(),
@@ -82,7 +83,10 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
         return run_without_console(opts, mode, started);
     };
     install_panic_hook();
-    let events_file = opts.events.as_deref().and_then(|p| Output::open_events_file(p).ok());
+    let events_file = opts
+        .events
+        .as_deref()
+        .and_then(|p| Output::open_events_file(p).ok());
     let mut out = Output::new(console, events_file, started);
     for p in &arg_problems {
         out.warn(&format!("ignoring argument: {p}"));
@@ -104,7 +108,10 @@ fn run_without_console(opts: Options, mode: Mode, started: Instant) -> i32 {
     let sink = File::options().write(true).open("/dev/null");
     match sink {
         Ok(null) => {
-            let events = opts.events.as_deref().and_then(|p| Output::open_events_file(p).ok());
+            let events = opts
+                .events
+                .as_deref()
+                .and_then(|p| Output::open_events_file(p).ok());
             supervise(opts, mode, Output::new(null, events, started))
         }
         Err(_) => reap_forever(),
@@ -156,7 +163,11 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
             out.error(&format!("cannot bring lo up: {e}"));
         }
         let uuid = boot::read_product_uuid();
-        let id = boot::Identity::derive(uuid.as_deref(), settings.hostname.as_ref(), boot::random_bytes());
+        let id = boot::Identity::derive(
+            uuid.as_deref(),
+            settings.hostname.as_ref(),
+            boot::random_bytes(),
+        );
         out.info(&format!(
             "machine-id {} ({}), hostid {:08x}, hostname {}",
             id.machine_id, id.source, id.hostid, id.hostname
@@ -182,7 +193,10 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
     });
     if let Some(token) = &token {
         match boot::write_api_token(&opts.run_dir, token) {
-            Ok(()) => out.info(&format!("API token written to {}/api-token", opts.run_dir.display())),
+            Ok(()) => out.info(&format!(
+                "API token written to {}/api-token",
+                opts.run_dir.display()
+            )),
             Err(e) => out.error(&format!("cannot write the API token: {e}")),
         }
     }
@@ -327,7 +341,13 @@ fn supervise(opts: Options, mode: Mode, mut out: Output) -> i32 {
     let mut panics = 0u32;
     loop {
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            loop_once(&mut sup, &mut control, &mut buttons, signals.as_ref().ok(), &mut out)
+            loop_once(
+                &mut sup,
+                &mut control,
+                &mut buttons,
+                signals.as_ref().ok(),
+                &mut out,
+            )
         }));
         match step {
             Ok(Some(action)) => break finish(action, mode, control.take(), &mut out),
@@ -381,17 +401,24 @@ fn loop_once(
         watch(b.as_raw_fd(), Role::Button(i));
     }
     let now = Instant::now();
-    let mut deadline = [sup.next_deadline(), control.as_ref().and_then(|c| c.next_deadline())]
-        .into_iter()
-        .flatten()
-        .min()
-        .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
-        .min(IDLE_WAKEUP);
+    let mut deadline = [
+        sup.next_deadline(),
+        control.as_ref().and_then(|c| c.next_deadline()),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
+    .min(IDLE_WAKEUP);
     if signals.is_none() || sup.shutting_down() {
         deadline = deadline.min(Duration::from_millis(50));
     }
     let timeout_ms = deadline.as_millis().min(i32::MAX as u128) as i32;
-    let timeout_ms = if timeout_ms == 0 && !deadline.is_zero() { 1 } else { timeout_ms };
+    let timeout_ms = if timeout_ms == 0 && !deadline.is_zero() {
+        1
+    } else {
+        timeout_ms
+    };
     // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     let mut reap = signals.is_none();
@@ -413,9 +440,12 @@ fn loop_once(
                                     "SIGINT (Ctrl-Alt-Del)",
                                     out,
                                 ),
-                                Some(s @ (Signal::SIGTERM | Signal::SIGUSR1 | Signal::SIGUSR2 | Signal::SIGPWR)) => {
-                                    sup.begin_shutdown(ShutdownAction::Poweroff, s.as_str(), out)
-                                }
+                                Some(
+                                    s @ (Signal::SIGTERM
+                                    | Signal::SIGUSR1
+                                    | Signal::SIGUSR2
+                                    | Signal::SIGPWR),
+                                ) => sup.begin_shutdown(ShutdownAction::Poweroff, s.as_str(), out),
                                 _ => {}
                             }
                         }
@@ -455,7 +485,12 @@ fn loop_once(
 }
 
 /// After every service and process is gone: on a machine unmount and reboot(2); off it, exit.
-fn finish(action: ShutdownAction, mode: Mode, control: Option<ControlServer>, out: &mut Output) -> i32 {
+fn finish(
+    action: ShutdownAction,
+    mode: Mode,
+    control: Option<ControlServer>,
+    out: &mut Output,
+) -> i32 {
     drop(control);
     if mode != Mode::Machine {
         out.info("shutdown complete");
@@ -464,7 +499,10 @@ fn finish(action: ShutdownAction, mode: Mode, control: Option<ControlServer>, ou
     }
     let busy = boot::unmount_all();
     if !busy.is_empty() {
-        out.warn(&format!("still mounted (remounted read-only): {}", busy.join(" ")));
+        out.warn(&format!(
+            "still mounted (remounted read-only): {}",
+            busy.join(" ")
+        ));
     }
     out.info("shutdown complete");
     out.event(LifecycleEvent::ShutdownComplete { action });

@@ -163,7 +163,10 @@ impl Service {
 enum ShutdownPhase {
     StopServices,
     /// Services are gone; the remaining processes got SIGTERM (`killed`: and SIGKILL).
-    KillRest { deadline: Instant, killed: bool },
+    KillRest {
+        deadline: Instant,
+        killed: bool,
+    },
     Done,
 }
 
@@ -188,7 +191,12 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Takes over a checked table and reports its problems and skipped entries.
-    pub fn new(table: Table, rest_scope: RestScope, console: Option<File>, out: &mut Output) -> Self {
+    pub fn new(
+        table: Table,
+        rest_scope: RestScope,
+        console: Option<File>,
+        out: &mut Output,
+    ) -> Self {
         for p in &table.problems {
             out.error(&format!("service table: {p}"));
             out.event(LifecycleEvent::TableProblem {
@@ -262,7 +270,16 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut times: Vec<Instant> = Vec::new();
         for s in &self.services {
-            times.extend([s.next_start, s.ready_deadline, s.next_probe, s.stop_deadline].into_iter().flatten());
+            times.extend(
+                [
+                    s.next_start,
+                    s.ready_deadline,
+                    s.next_probe,
+                    s.stop_deadline,
+                ]
+                .into_iter()
+                .flatten(),
+            );
         }
         if let Some((_, ShutdownPhase::KillRest { deadline, .. })) = self.shutdown {
             times.push(deadline);
@@ -306,7 +323,9 @@ impl Supervisor {
         let now = Instant::now();
         let shutting_down = self.shutting_down();
         let s = &mut self.services[i];
-        let ran = s.started_at.map_or(Duration::ZERO, |t| now.duration_since(t));
+        let ran = s
+            .started_at
+            .map_or(Duration::ZERO, |t| now.duration_since(t));
         s.pid = None;
         s.ready_read = None;
         s.ready_deadline = None;
@@ -372,18 +391,30 @@ impl Supervisor {
         }
         if restart {
             s.failures_in_row += 1;
-            let delay = backoff_delay(spec.restart_delay, spec.restart_delay_max, s.failures_in_row);
+            let delay = backoff_delay(
+                spec.restart_delay,
+                spec.restart_delay_max,
+                s.failures_in_row,
+            );
             s.state = ServiceState::Backoff;
             s.next_start = Some(now + delay);
             s.detail = Some(format!("{how}; restarting in {} ms", delay.as_millis()));
-            out.warn(&format!("{}: {how}; restarting in {} ms", s.name, delay.as_millis()));
+            out.warn(&format!(
+                "{}: {how}; restarting in {} ms",
+                s.name,
+                delay.as_millis()
+            ));
             out.event(exited(Some(delay)));
         } else {
             out.event(exited(None));
             if success {
                 s.state = ServiceState::Stopped;
                 s.detail = Some(how);
-                out.info(&format!("{}: {}", s.name, s.detail.as_deref().unwrap_or("")));
+                out.info(&format!(
+                    "{}: {}",
+                    s.name,
+                    s.detail.as_deref().unwrap_or("")
+                ));
             } else {
                 s.state = ServiceState::Failed;
                 s.detail = Some(how.clone());
@@ -461,7 +492,10 @@ impl Supervisor {
         } else if eof {
             s.ready_read = None;
             if s.state == ServiceState::Starting {
-                let msg = format!("closed {} without writing READY", cerana_protocol::READY_FD_ENV);
+                let msg = format!(
+                    "closed {} without writing READY",
+                    cerana_protocol::READY_FD_ENV
+                );
                 self.fail_readiness(i, &msg, out);
             }
         }
@@ -562,8 +596,11 @@ impl Supervisor {
                     s.state = ServiceState::Failed;
                     s.detail = Some(why);
                 } else {
-                    let delay =
-                        backoff_delay(spec.restart_delay, spec.restart_delay_max, s.failures_in_row);
+                    let delay = backoff_delay(
+                        spec.restart_delay,
+                        spec.restart_delay_max,
+                        s.failures_in_row,
+                    );
                     s.state = ServiceState::Backoff;
                     s.next_start = Some(now + delay);
                     s.detail = Some(format!("{why}; retrying in {} ms", delay.as_millis()));
@@ -610,7 +647,10 @@ impl Supervisor {
                     out.error(&format!("{}: still alive after SIGKILL", s.name));
                     s.stop_deadline = None;
                 } else {
-                    out.warn(&format!("{}: ignored its stop signal; sending SIGKILL", s.name));
+                    out.warn(&format!(
+                        "{}: ignored its stop signal; sending SIGKILL",
+                        s.name
+                    ));
                     s.killed = true;
                     s.stop_deadline = Some(now + REST_KILL_GRACE);
                     s.signal_group(Signal::SIGKILL);
@@ -636,12 +676,10 @@ impl Supervisor {
                         self.fail_readiness(i, &format!("not ready within {ms} ms"), out);
                     }
                 }
-                ServiceState::Waiting => {
-                    match self.deps_satisfied(i) {
-                        Ok(()) => self.start(i, out),
-                        Err(why) => self.services[i].detail = Some(why),
-                    }
-                }
+                ServiceState::Waiting => match self.deps_satisfied(i) {
+                    Ok(()) => self.start(i, out),
+                    Err(why) => self.services[i].detail = Some(why),
+                },
                 ServiceState::Backoff if s.next_start.is_some_and(|t| t <= now) => {
                     let s = &mut self.services[i];
                     s.restarts += 1;
@@ -688,12 +726,16 @@ impl Supervisor {
         s.signal_group(sig);
     }
 
-    /// Starts a service that is stopped, failed or backing off. Its dependencies gate it.
+    /// Starts a service that is stopped, failed or backing off, or runs a finished one-shot
+    /// task again. Its dependencies gate it.
     pub fn request_start(&mut self, name: &str) -> Result<ServiceStatus, ControlError> {
         let i = self.control_target(name)?;
         let s = &mut self.services[i];
         match s.state {
-            ServiceState::Stopped | ServiceState::Failed | ServiceState::Backoff => {
+            ServiceState::Stopped
+            | ServiceState::Failed
+            | ServiceState::Backoff
+            | ServiceState::Done => {
                 s.state = ServiceState::Waiting;
                 s.next_start = None;
                 s.failures_in_row = 0;
@@ -945,7 +987,10 @@ requires = ["base"]
 
     #[test]
     fn children_of_finds_our_own_child() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let found = children_of(std::process::id() as i32);
         let _ = child.kill();
         let _ = child.wait();

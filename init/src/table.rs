@@ -185,7 +185,9 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, String>
     if command.contains('/') {
         let p = PathBuf::from(command);
         if !p.is_absolute() {
-            return Err(format!("command {command:?} must be absolute or a bare name"));
+            return Err(format!(
+                "command {command:?} must be absolute or a bare name"
+            ));
         }
         return if executable(&p) {
             Ok(p)
@@ -207,10 +209,14 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, String>
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<Entry, String> {
-    let raw: RawService = value.try_into().map_err(|e: toml::de::Error| {
-        e.message().trim().to_string()
-    })?;
-    let path_var = raw.env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
+    let raw: RawService = value
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().trim().to_string())?;
+    let path_var = raw
+        .env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
     let command = resolve_command(&raw.command, path_var)?;
     let stop_signal = parse_signal(raw.stop_signal.as_deref().unwrap_or("TERM"))?;
     let when = raw
@@ -221,7 +227,11 @@ fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<En
     if let Some(dep) = raw.requires.iter().find(|d| d.as_str() == name) {
         return Err(format!("requires itself ({dep})"));
     }
-    if raw.env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+    if raw
+        .env
+        .keys()
+        .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
         return Err("env has a name that is empty or contains '=' or NUL".into());
     }
     if raw.oneshot && raw.ready != Readiness::Started {
@@ -337,10 +347,7 @@ fn requires_of(entry: &Entry) -> &[String] {
 fn mark_unknown_dependencies(table: &mut Table) {
     let names: Vec<String> = table.entries.iter().map(|e| e.name.clone()).collect();
     for e in &mut table.entries {
-        if let Some(missing) = requires_of(&e.entry)
-            .iter()
-            .find(|d| !names.contains(d))
-        {
+        if let Some(missing) = requires_of(&e.entry).iter().find(|d| !names.contains(d)) {
             e.entry = Entry::Invalid {
                 reason: format!("requires unknown service {missing:?}"),
             };
@@ -365,7 +372,12 @@ fn mark_cycles(table: &mut Table) {
     let edges: Vec<Vec<usize>> = table
         .entries
         .iter()
-        .map(|e| requires_of(&e.entry).iter().map(|d| index[d.as_str()]).collect())
+        .map(|e| {
+            requires_of(&e.entry)
+                .iter()
+                .map(|d| index[d.as_str()])
+                .collect()
+        })
         .collect();
     let mut marks = vec![Mark::New; edges.len()];
     let mut cycles: Vec<Vec<usize>> = Vec::new();
@@ -398,7 +410,10 @@ fn mark_cycles(table: &mut Table) {
         }
     }
     for cycle in cycles {
-        let mut names: Vec<&str> = cycle.iter().map(|&i| table.entries[i].name.as_str()).collect();
+        let mut names: Vec<&str> = cycle
+            .iter()
+            .map(|&i| table.entries[i].name.as_str())
+            .collect();
         names.push(names[0]);
         let reason = format!("dependency cycle: {}", names.join(" -> "));
         for &i in &cycle {
@@ -528,7 +543,10 @@ requires = ["etcd"]
         assert!(reason(&t, "cluster-tick").contains("requires disabled service etcd"));
         let bootstrap = cmdline::parse("cerana.cluster_bootstrap").settings;
         let t = load(EXAMPLE, &bootstrap);
-        assert_eq!(names_of(&t, |e| matches!(e, Entry::Disabled { .. })), Vec::<&str>::new());
+        assert_eq!(
+            names_of(&t, |e| matches!(e, Entry::Disabled { .. })),
+            Vec::<&str>::new()
+        );
     }
 
     #[test]
@@ -601,7 +619,11 @@ command = "true"
         );
         assert_eq!(names_of(&t, |e| matches!(e, Entry::Enabled(_))), ["good"]);
         assert!(t.problems[0].message.contains("colour"));
-        assert!(reason(&t, "typo").contains("unknown field `restrat`"), "{}", reason(&t, "typo"));
+        assert!(
+            reason(&t, "typo").contains("unknown field `restrat`"),
+            "{}",
+            reason(&t, "typo")
+        );
         assert!(reason(&t, "missing").contains("/nonexistent/bin/daemon does not exist"));
         assert!(reason(&t, "notexec").contains("not an executable"));
         assert!(reason(&t, "relative").contains("absolute"));
@@ -634,7 +656,8 @@ command = "true"
         for p in &t.problems {
             let msg = &p.message;
             assert!(
-                msg.contains("does not exist") || msg.contains("requires invalid service coordinator"),
+                msg.contains("does not exist")
+                    || msg.contains("requires invalid service coordinator"),
                 "{p}"
             );
         }

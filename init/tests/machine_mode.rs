@@ -74,10 +74,18 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     )
     .unwrap();
     let root_arg = format!("--root={}", root.display());
-    let init_args: Vec<std::ffi::OsString> = ["/init", "--cmdline", "/cmdline", "--events", "/events", "--console", "/console.log"]
-        .iter()
-        .map(Into::into)
-        .collect();
+    let init_args: Vec<std::ffi::OsString> = [
+        "/init",
+        "--cmdline",
+        "/cmdline",
+        "--events",
+        "/events",
+        "--console",
+        "/console.log",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
     let mut init = RunningInit::spawn(
         &["--mount", "--uts", "--net", &root_arg],
         &init_args,
@@ -86,11 +94,23 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         dir.path().join("unshare.out"),
     )
     .unwrap();
-    init.wait_for("early_boot_done", WAIT, |e| matches!(e, E::EarlyBootDone { .. }));
-    let warned = init.wait_for("cmdline_parsed", WAIT, |e| matches!(e, E::CmdlineParsed { .. }));
-    assert!(matches!(&warned, E::CmdlineParsed { warnings } if warnings.len() == 1 && warnings[0].starts_with("cerana.bogus")), "{warned:?}");
-    let failed = init.wait_for("module_failed", WAIT, |e| matches!(e, E::ModuleFailed { .. }));
-    assert!(matches!(&failed, E::ModuleFailed { module, error } if module == "fake_driver" && error.contains("the kernel refused")), "{failed:?}");
+    init.wait_for("early_boot_done", WAIT, |e| {
+        matches!(e, E::EarlyBootDone { .. })
+    });
+    let warned = init.wait_for("cmdline_parsed", WAIT, |e| {
+        matches!(e, E::CmdlineParsed { .. })
+    });
+    assert!(
+        matches!(&warned, E::CmdlineParsed { warnings } if warnings.len() == 1 && warnings[0].starts_with("cerana.bogus")),
+        "{warned:?}"
+    );
+    let failed = init.wait_for("module_failed", WAIT, |e| {
+        matches!(e, E::ModuleFailed { .. })
+    });
+    assert!(
+        matches!(&failed, E::ModuleFailed { module, error } if module == "fake_driver" && error.contains("the kernel refused")),
+        "{failed:?}"
+    );
     init.wait_for("node_ready", WAIT, |e| matches!(e, E::NodeReady { .. }));
 
     // What init set up, seen through its own /proc entry (its mount and network namespaces).
@@ -107,7 +127,9 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         ("cgroup2", "/sys/fs/cgroup"),
     ] {
         assert!(
-            mounts.lines().any(|l| l.split(' ').nth(1) == Some(point) && l.split(' ').nth(2) == Some(fstype)),
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(point) && l.split(' ').nth(2) == Some(fstype)),
             "{fstype} on {point} missing:\n{mounts}"
         );
     }
@@ -123,10 +145,20 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         u32::from_str_radix(&machine_id[..8], 16).unwrap(),
         "hostid is the machine-id's first 4 bytes"
     );
-    if let Some(uuid) = std::fs::read_to_string("/sys/class/dmi/id/product_uuid").ok().and_then(|u| cerana_init::boot::machine_id_from_uuid(&u)) {
-        assert_eq!(machine_id.trim(), uuid, "machine-id comes from the SMBIOS product UUID");
+    if let Some(uuid) = std::fs::read_to_string("/sys/class/dmi/id/product_uuid")
+        .ok()
+        .and_then(|u| cerana_init::boot::machine_id_from_uuid(&u))
+    {
+        assert_eq!(
+            machine_id.trim(),
+            uuid,
+            "machine-id comes from the SMBIOS product UUID"
+        );
     }
-    assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "testnode\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "testnode\n"
+    );
     let uts = Command::new("nsenter")
         .args(["-t", &init.pid.to_string(), "--uts", "hostname"])
         .output();
@@ -134,17 +166,37 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         assert_eq!(String::from_utf8_lossy(&uts.stdout).trim(), "testnode");
     }
     let token = proc_root.join("run/cerana/api-token");
-    assert_eq!(std::fs::read_to_string(&token).unwrap(), "0123456789abcdef0123\n");
-    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&token).unwrap(),
+        "0123456789abcdef0123\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let console = std::fs::read_to_string(root.join("console.log")).unwrap();
     assert!(console.contains("[svc] up"), "{console}");
-    assert!(console.contains("CERANA-EVENT {\"event\":\"node_ready\""), "{console}");
+    assert!(
+        console.contains("CERANA-EVENT {\"event\":\"node_ready\""),
+        "{console}"
+    );
 
     // SIGTERM: orderly poweroff ending in reboot(2), which ends the namespace's init.
     init.signal(nix::sys::signal::Signal::SIGTERM);
-    init.wait_for("svc stopped", WAIT, |e| matches!(e, E::ServiceStopped { service, .. } if service == "svc"));
-    let done = init.wait_for("shutdown_complete", WAIT, |e| matches!(e, E::ShutdownComplete { .. }));
-    assert_eq!(done, E::ShutdownComplete { action: ShutdownAction::Poweroff });
+    init.wait_for(
+        "svc stopped",
+        WAIT,
+        |e| matches!(e, E::ServiceStopped { service, .. } if service == "svc"),
+    );
+    let done = init.wait_for("shutdown_complete", WAIT, |e| {
+        matches!(e, E::ShutdownComplete { .. })
+    });
+    assert_eq!(
+        done,
+        E::ShutdownComplete {
+            action: ShutdownAction::Poweroff
+        }
+    );
     let status = init.wait_status(WAIT).expect("the namespace ends");
     assert!(
         status.signal() == Some(libc::SIGINT) || status.code() == Some(128 + libc::SIGINT),

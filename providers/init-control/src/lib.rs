@@ -42,7 +42,10 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, req: ControlRequest) -> Re
     })?;
     match reply {
         ControlReply::Ok(value) => serde_json::from_value(value).map_err(|e| {
-            TaskError::new(ErrorCode::Internal, format!("init answered with an unexpected shape: {e}"))
+            TaskError::new(
+                ErrorCode::Internal,
+                format!("init answered with an unexpected shape: {e}"),
+            )
         }),
         ControlReply::Error { code, message } => Err(TaskError::new(code, message)),
     }
@@ -59,20 +62,47 @@ pub fn provider(socket: PathBuf) -> Provider {
         })
         .task::<InitServiceStart, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s2.clone();
-            async move { call(&socket, ControlRequest::Start { service: args.service }).await }
+            async move {
+                call(
+                    &socket,
+                    ControlRequest::Start {
+                        service: args.service,
+                    },
+                )
+                .await
+            }
         })
         .task::<InitServiceStop, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s3.clone();
-            async move { call(&socket, ControlRequest::Stop { service: args.service }).await }
+            async move {
+                call(
+                    &socket,
+                    ControlRequest::Stop {
+                        service: args.service,
+                    },
+                )
+                .await
+            }
         })
         .task::<InitServiceRestart, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s4.clone();
-            async move { call(&socket, ControlRequest::Restart { service: args.service }).await }
+            async move {
+                call(
+                    &socket,
+                    ControlRequest::Restart {
+                        service: args.service,
+                    },
+                )
+                .await
+            }
         })
         .task::<InitServiceLogs, _, _>(move |_ctx, args: ServiceLogsArgs| {
             let socket = s5.clone();
             async move {
-                let req = ControlRequest::Logs { service: args.service, lines: args.lines };
+                let req = ControlRequest::Logs {
+                    service: args.service,
+                    lines: args.lines,
+                };
                 call(&socket, req).await
             }
         })

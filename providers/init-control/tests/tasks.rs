@@ -23,7 +23,9 @@ fn init_binary() -> Option<PathBuf> {
 
 async fn coordinator_with_provider(dir: &Path, init_socket: PathBuf) -> (Coordinator, UnixClient) {
     let socket = dir.join("coordinator.sock");
-    let coordinator = Coordinator::start(Config::new(&socket)).await.expect("coordinator");
+    let coordinator = Coordinator::start(Config::new(&socket))
+        .await
+        .expect("coordinator");
     let provider = cerana_init_provider::provider(init_socket);
     let serve_socket = socket.clone();
     tokio::spawn(async move {
@@ -34,7 +36,9 @@ async fn coordinator_with_provider(dir: &Path, init_socket: PathBuf) -> (Coordin
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client.run::<InitServiceList>(&NoArgs {}).await {
-            Err(CallError::Task(e)) if matches!(e.code, ErrorCode::NoProvider | ErrorCode::UnknownTask) => {
+            Err(CallError::Task(e))
+                if matches!(e.code, ErrorCode::NoProvider | ErrorCode::UnknownTask) =>
+            {
                 assert!(Instant::now() < deadline, "provider never registered: {e}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -52,15 +56,27 @@ async fn an_unreachable_init_is_a_clear_unavailable_error() {
     match client.run::<InitServiceList>(&NoArgs {}).await {
         Err(CallError::Task(e)) => {
             assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
-            assert!(e.message.contains(missing.to_str().unwrap()), "{}", e.message);
+            assert!(
+                e.message.contains(missing.to_str().unwrap()),
+                "{}",
+                e.message
+            );
         }
         other => panic!("{other:?}"),
     }
     // Malformed arguments are refused before they reach init.
     let raw = serde_json::value::to_raw_value(&serde_json::json!({"service": 3})).unwrap();
     let task = cerana_protocol::TaskName::new("init-service-stop").unwrap();
-    let response = client.call(cerana_protocol::Request::new(task, raw)).await.unwrap();
-    assert!(response.error().is_some_and(|e| e.code == ErrorCode::InvalidArgs), "{response:?}");
+    let response = client
+        .call(cerana_protocol::Request::new(task, raw))
+        .await
+        .unwrap();
+    assert!(
+        response
+            .error()
+            .is_some_and(|e| e.code == ErrorCode::InvalidArgs),
+        "{response:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +96,9 @@ command = "sh"
 args = ["-c", "echo hello from alpha; exec sleep 1000"]
 "#;
     let mut init = RunningInit::start(&init_bin, dir.path(), table, &[]).unwrap();
-    init.wait_for("node_ready", Duration::from_secs(20), |e| matches!(e, LifecycleEvent::NodeReady { .. }));
+    init.wait_for("node_ready", Duration::from_secs(20), |e| {
+        matches!(e, LifecycleEvent::NodeReady { .. })
+    });
     let (_coordinator, client) = coordinator_with_provider(dir.path(), init.socket.clone()).await;
 
     let list = client.run::<InitServiceList>(&NoArgs {}).await.unwrap();
@@ -89,7 +107,10 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let args = ServiceLogsArgs { service: "alpha".into(), lines: Some(5) };
+        let args = ServiceLogsArgs {
+            service: "alpha".into(),
+            lines: Some(5),
+        };
         let logs = client.run::<InitServiceLogs>(&args).await.unwrap();
         if logs.lines.iter().any(|l| l == "hello from alpha") {
             break;
@@ -98,22 +119,35 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let alpha = ServiceArgs { service: "alpha".into() };
+    let alpha = ServiceArgs {
+        service: "alpha".into(),
+    };
     let stopping = client.run::<InitServiceStop>(&alpha).await.unwrap();
     assert_eq!(stopping.state, ServiceState::Stopping);
-    init.wait_for("alpha stopped", Duration::from_secs(20), |e| {
-        matches!(e, LifecycleEvent::ServiceStopped { service, .. } if service == "alpha")
-    });
+    init.wait_for(
+        "alpha stopped",
+        Duration::from_secs(20),
+        |e| matches!(e, LifecycleEvent::ServiceStopped { service, .. } if service == "alpha"),
+    );
     client.run::<InitServiceStart>(&alpha).await.unwrap();
-    init.wait_for("alpha started", Duration::from_secs(20), |e| {
-        matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha")
-    });
+    init.wait_for(
+        "alpha started",
+        Duration::from_secs(20),
+        |e| matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha"),
+    );
     client.run::<InitServiceRestart>(&alpha).await.unwrap();
-    init.wait_for("alpha restarted", Duration::from_secs(20), |e| {
-        matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha")
-    });
+    init.wait_for(
+        "alpha restarted",
+        Duration::from_secs(20),
+        |e| matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha"),
+    );
 
-    match client.run::<InitServiceStop>(&ServiceArgs { service: "ghost".into() }).await {
+    match client
+        .run::<InitServiceStop>(&ServiceArgs {
+            service: "ghost".into(),
+        })
+        .await
+    {
         Err(CallError::Task(e)) => assert_eq!(e.code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
     }

@@ -64,9 +64,11 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let table = table(services, &testkit.display().to_string());
     let (mut ready_ms, mut cpu_ms, mut rss_kb, mut hwm_kb) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        let dir: PathBuf = std::env::temp_dir().join(format!("cerana-init-bench-{}-{round}", std::process::id()));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("cerana-init-bench-{}-{round}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut init = RunningInit::start(&init_bin, &dir, &table, &[]).map_err(|e| e.to_string())?;
+        let mut init =
+            RunningInit::start(&init_bin, &dir, &table, &[]).map_err(|e| e.to_string())?;
         let ready = init.wait_for("node_ready", Duration::from_secs(20), |e| {
             matches!(e, LifecycleEvent::NodeReady { .. })
         });
@@ -82,7 +84,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         drop(init);
         let _ = std::fs::remove_dir_all(&dir);
         if code != Some(0) {
-            return Err(format!("round {round}: init exited with {code:?} after SIGTERM"));
+            return Err(format!(
+                "round {round}: init exited with {code:?} after SIGTERM"
+            ));
         }
     }
     let (ready_med, ready_max) = stats(ready_ms);
