@@ -219,10 +219,10 @@ impl Identity {
         random: [u8; 16],
     ) -> Self {
         let (machine_id, source) = match product_uuid.and_then(machine_id_from_uuid) {
-            Some(id) => (id, "smbios product uuid"),
+            Some(id) => (id, "the SMBIOS product uuid"),
             None => (
                 random.iter().map(|b| format!("{b:02x}")).collect(),
-                "random (no SMBIOS product uuid; not stable across boots)",
+                "random bytes: no SMBIOS product uuid, so not stable across boots",
             ),
         };
         let hostid = u32::from_str_radix(&machine_id[..8], 16).unwrap_or(0);

@@ -169,7 +169,7 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
             boot::random_bytes(),
         );
         out.info(&format!(
-            "machine-id {} ({}), hostid {:08x}, hostname {}",
+            "machine-id {} (from {}), hostid {:08x}, hostname {}",
             id.machine_id, id.source, id.hostid, id.hostname
         ));
         if let Err(e) = id.write_files(Path::new("/")) {

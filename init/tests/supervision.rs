@@ -609,5 +609,14 @@ fn rescue_mode_runs_a_shell_instead_of_the_services() {
     );
     init.wait_for("rescue shell", WAIT, started("rescue-shell"));
     assert!(!init.events().iter().any(started("normal")));
-    poweroff(&mut init);
+    // SIGINT (what the kernel sends for Ctrl-Alt-Del) means reboot.
+    init.signal(nix::sys::signal::Signal::SIGINT);
+    let done = init.wait_for("shutdown_complete", WAIT, shutdown_complete);
+    assert_eq!(
+        done,
+        E::ShutdownComplete {
+            action: ShutdownAction::Reboot
+        }
+    );
+    assert_eq!(init.wait_exit(WAIT), Some(0));
 }
