@@ -18,8 +18,10 @@ CERANA_IMAGE = $(CARGO) run -q --release -p cerana-image --
 zfs-module: deps
 	image/scripts/zfs-module.sh
 
-image: deps
-	$(CERANA_IMAGE) build --profile $(IMAGE_PROFILE) --workspace $(CURDIR) --out-dir $(OUT_DIR) --cache-dir $(CACHE_DIR)
+# /init is the static, size-optimised cerana-init from mk/init.mk (`make init-static`).
+image: deps init-static
+	$(CERANA_IMAGE) build --profile $(IMAGE_PROFILE) --workspace $(CURDIR) --out-dir $(OUT_DIR) \
+	  --cache-dir $(CACHE_DIR) --init $(INIT_STATIC)
 
 image-full:
 	$(MAKE) --no-print-directory image IMAGE_PROFILE=full

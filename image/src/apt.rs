@@ -48,6 +48,27 @@ pub fn candidate(package: &str) -> Result<String, AptError> {
     parse_candidate(&policy).ok_or_else(|| AptError::NoCandidate(package.into()))
 }
 
+/// Candidates of many packages with one `apt-cache policy` (its output has one section per
+/// package, each starting with `name:` at column 0).
+pub fn candidates(packages: &[String]) -> Result<Vec<(String, String)>, AptError> {
+    let policy = run(Command::new("apt-cache").arg("policy").args(packages))?;
+    let mut sections = std::collections::BTreeMap::new();
+    let mut current: Option<&str> = None;
+    for line in policy.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            current = Some(line.trim_end_matches(':'));
+            continue;
+        }
+        if let (Some(name), Some(version)) = (current, parse_candidate(line)) {
+            sections.entry(name.to_owned()).or_insert(version);
+        }
+    }
+    packages
+        .iter()
+        .map(|p| sections.get(p).map(|v| (p.clone(), v.clone())).ok_or_else(|| AptError::NoCandidate(p.clone())))
+        .collect()
+}
+
 /// The kernel release (e.g. `6.1.0-56-amd64`) a meta package like linux-image-amd64 depends on.
 pub fn parse_kernel_release(show: &str) -> Option<String> {
     let depends = show.lines().find_map(|l| l.strip_prefix("Depends:"))?;
@@ -95,10 +116,7 @@ pub struct Deb {
 /// (`$CACHE_DIR/debs`), downloading the missing ones in one `apt-get download`.
 pub fn fetch(packages: &[String], cache: &Path) -> Result<Vec<Deb>, AptError> {
     std::fs::create_dir_all(cache).map_err(|source| AptError::Io { path: cache.into(), source })?;
-    let mut resolved = Vec::new();
-    for package in packages {
-        resolved.push((package.clone(), candidate(package)?));
-    }
+    let resolved = candidates(packages)?;
     let missing: Vec<String> = resolved
         .iter()
         .filter(|(p, v)| cached_deb(cache, p, v).is_none())
@@ -135,6 +153,19 @@ mod tests {
         assert_eq!(parse_candidate(policy).as_deref(), Some("2.1.11-1+deb12u1"));
         assert_eq!(parse_candidate("nope:\n  Installed: (none)\n  Candidate: (none)\n"), None);
         assert_eq!(parse_candidate(""), None);
+    }
+
+    #[test]
+    fn candidates_are_split_by_package() {
+        if Command::new("apt-cache").arg("--version").output().is_err() {
+            eprintln!("skipping: apt-cache is not installed");
+            return;
+        }
+        let got = candidates(&["dpkg".into(), "apt".into()]).unwrap();
+        assert_eq!(got.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["dpkg", "apt"]);
+        assert!(got.iter().all(|(_, v)| !v.is_empty()));
+        let err = candidates(&["dpkg".into(), "no-such-package-cerana".into()]).unwrap_err();
+        assert!(err.to_string().contains("no-such-package-cerana"), "{err}");
     }
 
     #[test]

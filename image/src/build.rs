@@ -105,6 +105,8 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// Skip `cargo build` and take whatever binaries are already in the target directory.
     pub no_cargo: bool,
+    /// An already built /init (e.g. the static, size-optimised one from `make init-static`).
+    pub init_binary: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -345,7 +347,9 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
     let _s = step("building the project's binaries (cargo build --release)");
     let (target_dir, available) = workspace_binaries(&opts.workspace)?;
     let mut wanted: Vec<&String> = manifest.project.binaries.iter().collect();
-    wanted.push(&manifest.project.init);
+    if opts.init_binary.is_none() {
+        wanted.push(&manifest.project.init);
+    }
     let present: Vec<(&String, &String)> =
         wanted.iter().filter_map(|b| available.get(*b).map(|pkg| (*b, pkg))).collect();
     if !present.is_empty() && !opts.no_cargo {
@@ -375,6 +379,11 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
         } else {
             installed.push((*bin).clone());
         }
+    }
+    if let Some(path) = &opts.init_binary {
+        fs.install(path, "/init", 0o755)?;
+        fs.add_libraries_of(path, "/init")?;
+        init = path.display().to_string();
     }
     if init.is_empty() {
         // cerana-init has not landed: boot into a rescue shell that says so on the console.

@@ -34,16 +34,19 @@ enum Cmd {
         /// Use the binaries already built instead of running cargo.
         #[arg(long)]
         no_cargo: bool,
+        /// Use this file as /init instead of building the manifest's init binary.
+        #[arg(long)]
+        init: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Build { profile, workspace, out_dir, cache_dir, source_date_epoch, compression, no_cargo } => {
+        Cmd::Build { profile, workspace, out_dir, cache_dir, source_date_epoch, compression, no_cargo, init } => {
             let workspace = workspace.canonicalize().context("workspace directory")?;
             let out_dir = if out_dir.is_absolute() { out_dir } else { workspace.join(out_dir) };
-            let opts = BuildOptions { workspace, profile, out_dir, cache_dir, source_date_epoch, compression, no_cargo };
+            let opts = BuildOptions { workspace, profile, out_dir, cache_dir, source_date_epoch, compression, no_cargo, init_binary: init };
             let report = build(&opts)?;
             println!("{}", report.dir.display());
         }

@@ -17,6 +17,11 @@ use crate::qmp::{Qmp, QmpError};
 
 /// The guest port the coordinator's HTTP API listens on.
 pub const GUEST_API_PORT: u16 = 8080;
+/// QEMU user-mode networking's fixed guest address, gateway and the NIC's MAC, passed to init
+/// as `cerana.mgmt_mac`, `cerana.mgmt_ip`, `cerana.mgmt_gw`.
+pub const GUEST_MAC: &str = "52:54:00:ce:7a:01";
+pub const GUEST_IP: &str = "10.0.2.15";
+pub const GUEST_GW: &str = "10.0.2.2";
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -192,7 +197,14 @@ impl Vm {
             "virtio-rng-pci".into(),
         ];
         args.extend(Accel::detect().qemu_args());
-        let mut cmdline = format!("console=ttyS0,115200 panic=-1 cerana.api_token={}", vm.token);
+        // Node settings for the kernel command line (direct boot) or the ISO's seed disk.
+        let mut node_args = format!("cerana.api_token={}", vm.token);
+        if config.api {
+            node_args.push_str(&format!(
+                " cerana.mgmt_mac={GUEST_MAC} cerana.mgmt_ip={GUEST_IP}/24 cerana.mgmt_gw={GUEST_GW}"
+            ));
+        }
+        let mut cmdline = format!("console=ttyS0,115200 panic=-1 {node_args}");
         if config.api {
             let port = free_loopback_port()?;
             vm.api = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
@@ -200,7 +212,7 @@ impl Vm {
             args.push("-netdev".into());
             args.push(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
             args.push("-device".into());
-            args.push("virtio-net-pci,netdev=n0".into());
+            args.push(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"));
         }
         for (i, size) in config.disks.iter().enumerate() {
             let disk = work.join(format!("disk{i}.raw"));
@@ -232,7 +244,7 @@ impl Vm {
                 // The ISO's grub menu looks for /cerana-extra.cfg on every disk and appends its
                 // `cerana_extra` to the kernel command line: that is how the API token gets in.
                 let seed = work.join("seed.img");
-                make_seed_disk(&seed, &format!("cerana.api_token={}", vm.token))?;
+                make_seed_disk(&seed, &node_args)?;
                 args.extend(["-drive".into(), format!("file={},format=raw,if=ide,index=1,readonly=on", seed.display())]);
                 if matches!(config.boot, Boot::IsoUefi(_)) {
                     let (code, vars) = ovmf_files()?;
