@@ -2,7 +2,7 @@
 # tests (issue #4). See image/README.md and testing/qemu/README.md.
 APT_PACKAGES += qemu-system-x86 ovmf xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
 	zstd xz-utils cpio busybox-static binutils kmod dpkg-dev dkms
-TEST_TARGETS += test-image test-vm
+TEST_TARGETS += check-kernel-config test-image test-vm
 BENCH_TARGETS += bench-boot
 
 IMAGE_PROFILE ?= base
@@ -40,3 +40,13 @@ iso: image
 # API from the host and powers off; one VM at a time (2 cores, TCG).
 test-vm: iso
 	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-qemu --test vm -- --test-threads=1
+
+# The shipped kernel (Debian's linux-image the image takes) against kernel-config/cerana.config,
+# after the checker's own test (a config lacking an option fails, naming it).
+check-kernel-config: deps
+	kernel-config/test-check.sh
+	kernel-config/check.sh "$$(kernel-config/shipped-config.sh)"
+
+# Optional, not in CI: a custom kernel from Debian's linux-source with the fragment merged.
+kernel:
+	kernel-config/build-kernel.sh $(OUT_DIR)/kernel
