@@ -53,7 +53,17 @@ fn read_token(path: &PathBuf) -> anyhow::Result<String> {
     Ok(text.trim().to_owned())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cerana-coordinator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CERANA_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -41,12 +41,13 @@ pub enum RegisterError {
 }
 
 impl Registry {
-    pub fn register(&mut self, entry: ProviderEntry) -> Result<(), RegisterError> {
-        if entry.hello.tasks.is_empty() {
+    /// Checks a hello before it is welcomed.
+    pub fn validate(hello: &ProviderHello) -> Result<(), RegisterError> {
+        if hello.tasks.is_empty() {
             return Err(RegisterError::NoTasks);
         }
         let mut seen = std::collections::HashSet::new();
-        for t in &entry.hello.tasks {
+        for t in &hello.tasks {
             if crate::builtin::is_builtin(t.task.as_str()) {
                 return Err(RegisterError::Reserved(t.task.clone()));
             }
@@ -54,6 +55,11 @@ impl Registry {
                 return Err(RegisterError::Duplicate(t.task.clone()));
             }
         }
+        Ok(())
+    }
+
+    pub fn register(&mut self, entry: ProviderEntry) -> Result<(), RegisterError> {
+        Self::validate(&entry.hello)?;
         let entry = Arc::new(entry);
         for t in &entry.hello.tasks {
             let list = self.by_task.entry(t.task.clone()).or_default();

@@ -1,7 +1,7 @@
 //! The unix socket: local clients, providers, and stream ends.
 
 use crate::core::{now_ms, ConnSender, Core, ReplySink};
-use crate::registry::ProviderEntry;
+use crate::registry::{ProviderEntry, Registry};
 use crate::streams::{Piece, StreamEnd};
 use bytes::BytesMut;
 use cerana_protocol::frame::{encode_json_into, read_frame, FrameError, MAX_FRAME_LEN};
@@ -122,7 +122,7 @@ async fn handle(core: Arc<Core>, mut stream: UnixStream) {
                 return;
             }
             let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-            run_connection(core, stream, conn_id, who(&name), false).await;
+            client_connection(core, stream, conn_id, who(&name)).await;
         }
         ToCoordinator::ProviderHello(hello) => {
             if let Err(e) = check_protocol(hello.protocol) {
@@ -181,6 +181,9 @@ async fn provider_connection(
     let name = hello.name.clone();
     let tasks = hello.tasks.len();
     let entry = ProviderEntry { conn_id, hello, sender: sender.clone(), pid, connected_at_ms: now_ms() };
+    if let Err(e) = Registry::validate(&entry.hello) {
+        return refuse(&mut stream, TaskError::new(ErrorCode::InvalidRequest, e.to_string())).await;
+    }
     // Welcome first, then register: a request routed here must not overtake the welcome.
     if send_now(&mut stream, &welcome(&core)).await.is_err() {
         return;
@@ -190,30 +193,22 @@ async fn provider_connection(
         return refuse(&mut stream, TaskError::new(ErrorCode::InvalidRequest, e.to_string())).await;
     }
     tracing::info!(provider = %name, tasks, ?pid, "provider registered");
-    run_split(core.clone(), stream, conn_id, caller, true, sender, rx).await;
-    core.provider_gone(conn_id);
-}
-
-async fn run_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, caller: String, is_provider: bool) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    run_split(core, stream, conn_id, caller, is_provider, ConnSender::new(tx), rx).await;
-}
-
-async fn run_split(
-    core: Arc<Core>,
-    stream: UnixStream,
-    conn_id: u64,
-    caller: String,
-    is_provider: bool,
-    sender: ConnSender,
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
     let (read, write) = stream.into_split();
     let writer = tokio::spawn(write_loop(write, rx));
-    read_loop(&core, read, conn_id, &caller, is_provider, &sender).await;
-    drop(sender);
-    // The writer ends once every sender is gone (pending replies may still hold one).
-    let _ = writer.await;
+    read_loop(&core, read, conn_id, &caller, true, &sender).await;
+    // Unregistering drops the registry's sender; the writer has nobody left to write to.
+    core.provider_gone(conn_id);
+    writer.abort();
+}
+
+async fn client_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, caller: String) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sender = ConnSender::new(tx);
+    let (read, write) = stream.into_split();
+    // The writer outlives the read side while replies are pending (a client may half-close);
+    // it ends when the last pending reply is delivered or a write fails.
+    tokio::spawn(write_loop(write, rx));
+    read_loop(&core, read, conn_id, &caller, false, &sender).await;
 }
 
 async fn read_loop(

@@ -68,6 +68,9 @@ pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), Se
             }
         }
     });
+    // However this session ends (even by being dropped), the socket must close: handlers still
+    // running hold senders that would otherwise keep the writer, and so the socket, alive.
+    let _writer = AbortOnDrop(writer.abort_handle());
     let waiters: SubTaskWaiters = Arc::default();
     let link = Link { outgoing, waiters: waiters.clone(), socket: socket.to_owned() };
     let running: Running = Arc::default();
@@ -106,9 +109,15 @@ pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), Se
     };
     // Sub-tasks in flight can no longer be answered on this connection.
     waiters.lock().expect("waiters lock").clear();
-    drop(link);
-    writer.abort();
     result
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn start(provider: &Arc<Provider>, link: &Link, running: &Running, request: Request) {
