@@ -50,3 +50,10 @@ check-kernel-config: deps
 # Optional, not in CI: a custom kernel from Debian's linux-source with the fragment merged.
 kernel:
 	kernel-config/build-kernel.sh $(OUT_DIR)/kernel
+
+# Time to node_ready vs the busybox-only floor (same kernel, same QEMU), sizes vs budget.
+bench-boot: deps
+	$(MAKE) --no-print-directory image IMAGE_PROFILE=floor
+	$(MAKE) --no-print-directory image IMAGE_PROFILE=base
+	$(CARGO) run -q --release -p cerana-qemu --bin cerana-boot-bench -- \
+	  --base $(OUT_DIR)/image/base --floor $(OUT_DIR)/image/floor

@@ -189,7 +189,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     for path in &profile.files {
         fs.take(path)?;
     }
-    let (init, project_binaries) = install_project(opts, &manifest, &mut fs)?;
+    let (init, project_binaries) = match &profile.init_script {
+        Some(script) => {
+            fs.install(&opts.workspace.join(script), "/init", 0o755)?;
+            (script.clone(), Vec::new())
+        }
+        None => install_project(opts, &manifest, &mut fs)?,
+    };
     write_etc(&mut fs)?;
     let module_count = install_modules(&mut fs, &kernel_root, &kernel_release, &profile)?;
     if let Some(busybox) = &profile.busybox {

@@ -63,6 +63,9 @@ pub struct ProfileSpec {
     pub load_at_boot: Vec<String>,
     #[serde(default)]
     pub zfs: bool,
+    /// A script from the repo used as /init instead of the project's binaries (the boot floor).
+    #[serde(default)]
+    pub init_script: Option<String>,
 }
 
 /// A profile with its inheritance applied.
@@ -76,6 +79,7 @@ pub struct Profile {
     pub modules: Vec<String>,
     pub load_at_boot: Vec<String>,
     pub zfs: bool,
+    pub init_script: Option<String>,
 }
 
 impl Manifest {
@@ -119,6 +123,7 @@ impl Manifest {
             extend_unique(&mut profile.load_at_boot, &spec.load_at_boot);
             profile.busybox = spec.busybox.clone().or(profile.busybox);
             profile.zfs |= spec.zfs;
+            profile.init_script = spec.init_script.clone().or(profile.init_script);
         }
         if let Some(m) = profile.load_at_boot.iter().find(|m| !profile.modules.contains(m)) {
             return Err(ManifestError::BootModuleNotIncluded(m.clone()));
