@@ -1,7 +1,8 @@
 # The bootserver (issue #6): DHCP/TFTP/HTTP/iPXE. See boot/README.md.
 # Host tests build network namespaces with veth pairs (root); real clients: busybox udhcpc,
-# curl (HTTP, tftp://), tftp-hpa. Debian's ipxe package provides undionly.kpxe / snponly.efi.
-APT_PACKAGES += busybox isc-dhcp-client curl tftp-hpa ipxe iproute2
+# curl (HTTP, tftp://), tftp-hpa; QEMU guests (BIOS iPXE ROM, OVMF PXE). Debian's ipxe package
+# provides undionly.kpxe / snponly.efi.
+APT_PACKAGES += busybox isc-dhcp-client curl tftp-hpa ipxe iproute2 qemu-system-x86 ovmf
 TEST_TARGETS += test-boot test-boot-fuzz
 
 # Seconds each fuzz target runs in `make test`.

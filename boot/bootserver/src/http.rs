@@ -424,7 +424,7 @@ mod tests {
     fn templates_render() {
         let out = render(CHAIN_TEMPLATE, &[("base", "http://10.0.0.1")]);
         assert!(out.starts_with("#!ipxe\n"));
-        assert!(out.contains("chain http://10.0.0.1/boot.ipxe?mac=${netX/mac:uristring}"));
+        assert!(out.contains("chain http://10.0.0.1/boot.ipxe?mac=${netX/mac:hexhyp}"));
         assert!(!out.contains("{{"));
     }
 }

@@ -183,7 +183,7 @@ fn http_serves_scripts_images_with_ranges_and_records_the_timeline() {
     let (kh, ih) = (sha256_hex(&pattern(100_000)), sha256_hex(&initrd));
     // The script iPXE is pointed at chains to the per-machine one.
     let chain = lab.get("/boot.ipxe");
-    assert!(chain.starts_with("#!ipxe\n") && chain.contains("chain http://10.77.0.1/boot.ipxe?mac=${netX/mac:uristring}"), "{chain}");
+    assert!(chain.starts_with("#!ipxe\n") && chain.contains("chain http://10.77.0.1/boot.ipxe?mac=${netX/mac:hexhyp}"), "{chain}");
     let mac = "52:54:00:00:00:0c";
     let script = lab.get(&format!("/boot.ipxe?mac={}&uuid=&arch=x86_64", mac.replace(':', "%3A")));
     for want in [
