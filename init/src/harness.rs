@@ -78,9 +78,31 @@ impl RunningInit {
         socket: PathBuf,
         console: PathBuf,
     ) -> std::io::Result<Self> {
+        Self::spawn_in(&[], unshare_args, init_args, events, socket, console)
+    }
+
+    /// Like [`spawn`](Self::spawn), with `prefix` run first (a program that execs the rest,
+    /// e.g. `ip netns exec NAME`).
+    pub fn spawn_in(
+        prefix: &[&str],
+        unshare_args: &[&str],
+        init_args: &[std::ffi::OsString],
+        events: PathBuf,
+        socket: PathBuf,
+        console: PathBuf,
+    ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(&events);
         let out = std::fs::File::create(&console)?;
-        let unshare = Command::new("unshare")
+        let (program, prefix_args) = match prefix.split_first() {
+            Some((p, rest)) => (*p, rest.to_vec()),
+            None => ("unshare", Vec::new()),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&prefix_args);
+        if !prefix.is_empty() {
+            cmd.arg("unshare");
+        }
+        let unshare = cmd
             .args(["--pid", "--fork", "--kill-child"])
             .args(unshare_args)
             .args(init_args)

@@ -11,6 +11,7 @@ pub mod control;
 pub mod harness;
 pub mod logbuf;
 pub mod modules;
+pub mod net;
 pub mod options;
 pub mod output;
 pub mod power;

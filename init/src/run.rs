@@ -235,6 +235,47 @@ fn load_kernel_modules(settings: &Settings, opts: &Options, mode: Mode, out: &mu
     ));
 }
 
+/// How long init waits for the management NIC's driver to create the interface.
+const MGMT_NIC_WAIT: Duration = Duration::from_secs(5);
+
+/// Configures the management interface when the command line gives an address.
+fn mgmt_network(settings: &Settings, out: &mut Output) {
+    let Some(address) = settings.mgmt_ip else {
+        if settings.mgmt_mac.is_some() || settings.mgmt_gw.is_some() {
+            out.warn(
+                "cerana.mgmt_mac/mgmt_gw without cerana.mgmt_ip: management interface left alone",
+            );
+        }
+        return;
+    };
+    let sys = Path::new("/sys/class/net");
+    let result = crate::net::find_mgmt_interface(sys, settings.mgmt_mac.as_ref(), MGMT_NIC_WAIT)
+        .and_then(|iface| crate::net::configure(&iface, address, settings.mgmt_gw));
+    match result {
+        Ok(cfg) => {
+            let via = cfg
+                .gateway
+                .map(|g| format!(", default route via {g}"))
+                .unwrap_or_default();
+            out.info(&format!(
+                "management interface {}: {}{via}",
+                cfg.interface, cfg.address
+            ));
+            out.event(LifecycleEvent::NetworkConfigured {
+                interface: cfg.interface,
+                address: cfg.address.to_string(),
+                gateway: cfg.gateway.map(|g| g.to_string()),
+            });
+        }
+        Err(e) => {
+            out.error(&format!("management interface: {e}"));
+            out.event(LifecycleEvent::NetworkFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+}
+
 fn load_table(settings: &Settings, opts: &Options, out: &mut Output) -> Table {
     if settings.rescue {
         out.warn("cerana.rescue: starting a shell on the console instead of the services");
@@ -306,6 +347,9 @@ fn supervise(opts: Options, mode: Mode, mut out: Output) -> i32 {
     let settings = read_settings(&opts, mode, &mut out);
     node_setup(&settings, &opts, mode, &mut out);
     load_kernel_modules(&settings, &opts, mode, &mut out);
+    if mode == Mode::Machine {
+        mgmt_network(&settings, &mut out);
+    }
     let table = load_table(&settings, &opts, &mut out);
     let rest_scope = match mode {
         Mode::Machine | Mode::Contained { pid1: true } => RestScope::AllProcesses,

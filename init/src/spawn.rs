@@ -44,13 +44,17 @@ pub enum Stdio3<'a> {
 /// Spawns `spec` in its own session (so its process group can be signalled as a whole), with
 /// a clean environment, signals unblocked and default dispositions.
 pub fn spawn(spec: &ServiceSpec, stdio: Stdio3<'_>) -> io::Result<Spawned> {
+    let console = matches!(stdio, Stdio3::Console(_));
     let mut cmd = Command::new(&spec.command);
     cmd.args(&spec.args)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
-        .env("HOME", "/")
-        .envs(&spec.env);
-    let console = matches!(stdio, Stdio3::Console(_));
+        .env("HOME", "/");
+    if !console {
+        // Output goes to a ring buffer and a serial console: no colour escapes.
+        cmd.env("NO_COLOR", "1");
+    }
+    cmd.envs(&spec.env);
     match stdio {
         Stdio3::Log(w) => {
             cmd.stdin(Stdio::null())

@@ -43,15 +43,73 @@ fn kernel_release() -> String {
         .into_owned()
 }
 
+/// A named network namespace with a veth pair (`eth7` with a fixed MAC, and its peer).
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn create() -> Self {
+        let name = format!("cerana-init-test-{}", std::process::id());
+        let ns = Self { name };
+        let run = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "ip {args:?} failed");
+        };
+        run(&["netns", "add", &ns.name]);
+        run(&[
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            "eth7",
+            "address",
+            "52:54:00:12:34:56",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth7p",
+        ]);
+        run(&["-n", &ns.name, "link", "set", "eth7p", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 #[test]
 fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     if let Some(why) = why_cannot_run() {
         eprintln!("skipping: {why}");
         return;
     }
-    if Command::new("ldd").arg("--version").output().is_err() {
-        eprintln!("skipping: needs ldd");
-        return;
+    for tool in ["ldd", "ip"] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            eprintln!("skipping: needs {tool}");
+            return;
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -70,9 +128,13 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     std::fs::write(modules.join("modules.dep"), "kernel/fake_driver.ko:\n").unwrap();
     std::fs::write(
         root.join("cmdline"),
-        "console=ttyS0 cerana.hostname=testnode cerana.api_token=0123456789abcdef0123 cerana.bogus\n",
+        "console=ttyS0 cerana.hostname=testnode cerana.api_token=0123456789abcdef0123 cerana.bogus \
+         cerana.mgmt_mac=52:54:00:12:34:56 cerana.mgmt_ip=10.77.0.2/24 cerana.mgmt_gw=10.77.0.1\n",
     )
     .unwrap();
+    // A network namespace with a NIC for cerana.mgmt_* (a veth: the host cannot load the
+    // dummy driver); removed on every exit path.
+    let netns = NetNs::create();
     let root_arg = format!("--root={}", root.display());
     let init_args: Vec<std::ffi::OsString> = [
         "/init",
@@ -86,8 +148,9 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     .iter()
     .map(Into::into)
     .collect();
-    let mut init = RunningInit::spawn(
-        &["--mount", "--uts", "--net", &root_arg],
+    let mut init = RunningInit::spawn_in(
+        &["ip", "netns", "exec", &netns.name],
+        &["--mount", "--uts", &root_arg],
         &init_args,
         root.join("events"),
         root.join("run/cerana/init.sock"),
@@ -111,7 +174,25 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         matches!(&failed, E::ModuleFailed { module, error } if module == "fake_driver" && error.contains("the kernel refused")),
         "{failed:?}"
     );
+    let net = init.wait_for("network", WAIT, |e| {
+        matches!(e, E::NetworkConfigured { .. } | E::NetworkFailed { .. })
+    });
+    assert_eq!(
+        net,
+        E::NetworkConfigured {
+            interface: "eth7".into(),
+            address: "10.77.0.2/24".into(),
+            gateway: Some("10.77.0.1".into()),
+        }
+    );
     init.wait_for("node_ready", WAIT, |e| matches!(e, E::NodeReady { .. }));
+    let addrs = netns.ip(&["-4", "-o", "addr", "show", "dev", "eth7"]);
+    assert!(addrs.contains("inet 10.77.0.2/24"), "{addrs}");
+    let routes = netns.ip(&["-4", "route", "show", "default"]);
+    assert!(
+        routes.contains("default via 10.77.0.1 dev eth7"),
+        "{routes}"
+    );
 
     // What init set up, seen through its own /proc entry (its mount and network namespaces).
     let proc_root = PathBuf::from(format!("/proc/{}/root", init.pid));

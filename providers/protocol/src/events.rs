@@ -39,6 +39,15 @@ pub enum LifecycleEvent {
     ServiceSkipped { service: String, reason: String },
     ModuleLoaded { module: String },
     ModuleFailed { module: String, error: String },
+    /// The management interface got `cerana.mgmt_ip` (and a default route via `gateway`).
+    NetworkConfigured {
+        interface: String,
+        address: String,
+        #[serde(default)]
+        gateway: Option<String>,
+    },
+    /// The management interface could not be set up; the node goes on without it.
+    NetworkFailed { error: String },
     ServiceStarted { service: String, pid: u32 },
     ServiceReady { service: String, after_ms: u64 },
     /// A service's process ended; `restart_in_ms` is set when it will be restarted.
@@ -91,6 +100,8 @@ impl LifecycleEvent {
             Self::ServiceSkipped { .. } => "service_skipped",
             Self::ModuleLoaded { .. } => "module_loaded",
             Self::ModuleFailed { .. } => "module_failed",
+            Self::NetworkConfigured { .. } => "network_configured",
+            Self::NetworkFailed { .. } => "network_failed",
             Self::ServiceStarted { .. } => "service_started",
             Self::ServiceReady { .. } => "service_ready",
             Self::ServiceExited { .. } => "service_exited",
