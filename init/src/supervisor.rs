@@ -832,7 +832,7 @@ impl Supervisor {
                 }
                 if self.services.iter().all(|s| s.pid.is_none()) {
                     let n = signal_rest(self.rest_scope, Signal::SIGTERM);
-                    if n > 0 || self.children_left {
+                    if n > 0 {
                         out.info("sending SIGTERM to the remaining processes");
                     }
                     self.shutdown = Some((
