@@ -305,33 +305,22 @@ fn mount_points() -> Vec<String> {
 /// Syncs, then unmounts everything but / and /dev in reverse mount order; /dev and what stays
 /// busy are remounted read-only. Returns the mount points that could not be unmounted.
 pub fn unmount_all() -> Vec<String> {
+    fn remount_read_only(point: &str) {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        let _ = mount(None::<&str>, point, None::<&str>, flags, None::<&str>);
+    }
     nix::unistd::sync();
     let mut left = Vec::new();
     for point in mount_points().into_iter().rev() {
-        if point == "/" {
-            continue;
-        }
-        // Init's own console stays open on /dev until reboot(2): remounting it read-only is
-        // all that can be done, and all that is needed.
-        if point == "/dev" {
-            let _ = mount(
-                None::<&str>,
-                point.as_str(),
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            );
-            continue;
-        }
-        if umount2(point.as_str(), MntFlags::empty()).is_err() {
-            let _ = mount(
-                None::<&str>,
-                point.as_str(),
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            );
-            left.push(point);
+        match point.as_str() {
+            "/" => {}
+            // Init's own console stays open on /dev until reboot(2).
+            "/dev" => remount_read_only(&point),
+            _ if umount2(point.as_str(), MntFlags::empty()).is_ok() => {}
+            _ => {
+                remount_read_only(&point);
+                left.push(point);
+            }
         }
     }
     nix::unistd::sync();
