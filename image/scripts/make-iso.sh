@@ -41,9 +41,16 @@ find "$tree" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
 mkdir -p "$(dirname "$output")"
 echo "make-iso: grub-mkrescue -> $output" >&2
-# Fixed volume id and timestamps (xorriso honours SOURCE_DATE_EPOCH) so two builds match.
-grub-mkrescue -o "$output.tmp" "$tree" -- -volid CERANAOS \
-  -volume_date all_file_dates "=$SOURCE_DATE_EPOCH" >"$work/mkrescue.log" 2>&1 \
+# Reproducible: grub-mkrescue formats its EFI image with mformat, which picks a random volume
+# serial; a wrapper first in PATH fixes it (mtools takes its dates from SOURCE_DATE_EPOCH).
+# xorriso gets fixed dates, a volume UUID from SOURCE_DATE_EPOCH, and GPT GUIDs derived from it.
+mkdir -p "$work/bin"
+printf '#!/bin/sh\nexec %s -N 43455241 "$@"\n' "$(command -v mformat)" >"$work/bin/mformat"
+chmod +x "$work/bin/mformat"
+uuid_date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S00)
+PATH="$work/bin:$PATH" grub-mkrescue -o "$output.tmp" "$tree" -- -volid CERANAOS \
+  -volume_date all_file_dates "=$SOURCE_DATE_EPOCH" -volume_date uuid "$uuid_date" \
+  -boot_image any gpt_disk_guid=volume_date_uuid >"$work/mkrescue.log" 2>&1 \
   || { cat "$work/mkrescue.log" >&2; echo "make-iso: grub-mkrescue failed" >&2; exit 1; }
 mv "$output.tmp" "$output"
 (cd "$(dirname "$output")" && sha256sum "$(basename "$output")" > "$(basename "$output").sha256")
