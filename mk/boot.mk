@@ -4,12 +4,17 @@
 # provides undionly.kpxe / snponly.efi.
 APT_PACKAGES += busybox isc-dhcp-client curl tftp-hpa ipxe iproute2 qemu-system-x86 ovmf
 TEST_TARGETS += test-boot test-boot-fuzz
+# Peers of the network benchmark (perfdhcp is in kea-admin). Their packaged services are not
+# used: the benchmark runs each one itself inside its own network namespaces.
+APT_PACKAGES += kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light
+BENCH_TARGETS += bench-boot-net
+BOOT_TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 # Seconds each fuzz target runs in `make test`.
 BOOT_FUZZ_SECS ?= 30
 BOOT_FUZZ_DIR = boot/bootserver/fuzz
 
-.PHONY: test-boot test-boot-fuzz
+.PHONY: test-boot test-boot-fuzz bench-boot-net
 test-boot:
 	$(CARGO) test -p cerana-bootserver
 
@@ -25,3 +30,10 @@ test-boot-fuzz:
 			-max_total_time=$(BOOT_FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|INFO: Running)|panicked|ERROR|SUMMARY' ; \
 		test $${PIPESTATUS[0]} -eq 0; \
 	done
+
+# DHCP DORA/s vs dnsmasq and Kea (leases persisted, then in memory), TFTP and HTTP initrd
+# MB/s vs tftpd-hpa and nginx; prints a table with the ratios. See boot/bench/net.sh.
+bench-boot-net:
+	$(CARGO) build --release -p cerana-bootserver
+	boot/bench/net.sh $(BOOT_TARGET_DIR)/release/cerana-bootserver
+	LEASES=memory PARTS=dhcp boot/bench/net.sh $(BOOT_TARGET_DIR)/release/cerana-bootserver
