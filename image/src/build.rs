@@ -176,7 +176,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         }
     }
 
-    let kernel_root = unpack_kernel(&kernel_deb, &opts.out_dir.join("image").join(".work"), zfs_dir.as_deref(), &kernel_release)?;
+    let kernel_root = unpack_kernel(&kernel_deb, &work, zfs_dir.as_deref(), &kernel_release)?;
 
     let mut fs = Rootfs::new(work.join("root"), sysroot.clone())?;
     let _s = step("assembling the image root");
@@ -187,7 +187,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         fs.take(path)?;
     }
     for path in &profile.files {
-        fs.take(path)?;
+        fs.take_data(path)?;
     }
     let (init, project_binaries) = match &profile.init_script {
         Some(script) => {
@@ -351,7 +351,10 @@ fn install_modules(fs: &mut Rootfs, kernel_root: &Path, release: &str, profile: 
 /// Builds and installs the workspace's binaries that exist now; returns what /init is.
 fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) -> Result<(String, Vec<String>), BuildError> {
     let _s = step("building the project's binaries (cargo build --release)");
-    let (target_dir, available) = workspace_binaries(&opts.workspace)?;
+    let (workspace_target, available) = workspace_binaries(&opts.workspace)?;
+    // A target directory of its own: building this set of packages elsewhere resolves shared
+    // dependencies' features differently and would rebuild them on every image build.
+    let target_dir = workspace_target.join("image-bins");
     let mut wanted: Vec<&String> = manifest.project.binaries.iter().collect();
     if opts.init_binary.is_none() {
         wanted.push(&manifest.project.init);
@@ -360,7 +363,7 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
         wanted.iter().filter_map(|b| available.get(*b).map(|pkg| (*b, pkg))).collect();
     if !present.is_empty() && !opts.no_cargo {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.arg("build").arg("--release").current_dir(&opts.workspace);
+        cmd.arg("build").arg("--release").arg("--target-dir").arg(&target_dir).current_dir(&opts.workspace);
         for (bin, pkg) in &present {
             cmd.args(["-p", pkg, "--bin", bin]);
         }

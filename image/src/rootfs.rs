@@ -116,10 +116,15 @@ impl Rootfs {
     /// Copies `abs` (file, symlink or whole directory) from the sysroot; ELF files bring their
     /// libraries.
     pub fn take(&mut self, abs: &str) -> Result<(), RootfsError> {
-        self.take_depth(abs, 0)
+        self.take_depth(abs, 0, true)
     }
 
-    fn take_depth(&mut self, abs: &str, depth: usize) -> Result<(), RootfsError> {
+    /// Copies `abs` as it is: ELF files in it (e.g. firmware for other machines) are data.
+    pub fn take_data(&mut self, abs: &str) -> Result<(), RootfsError> {
+        self.take_depth(abs, 0, false)
+    }
+
+    fn take_depth(&mut self, abs: &str, depth: usize, libraries: bool) -> Result<(), RootfsError> {
         if depth > 40 {
             return Err(RootfsError::SymlinkLoop(abs.into()));
         }
@@ -140,7 +145,7 @@ impl Rootfs {
             } else {
                 normalise(&Path::new(abs).parent().unwrap_or(Path::new("/")).join(&target))
             };
-            return self.take_depth(&resolved, depth + 1);
+            return self.take_depth(&resolved, depth + 1, libraries);
         }
         if meta.is_dir() {
             std::fs::create_dir_all(&dst).map_err(io(&dst))?;
@@ -151,12 +156,15 @@ impl Rootfs {
                 .collect();
             names.sort();
             for name in names {
-                self.take_depth(&format!("{}/{name}", abs.trim_end_matches('/')), depth)?;
+                self.take_depth(&format!("{}/{name}", abs.trim_end_matches('/')), depth, libraries)?;
             }
             return Ok(());
         }
         std::fs::copy(&src, &dst).map_err(io(&src))?;
-        self.add_libraries_of(&dst, abs)
+        if libraries {
+            self.add_libraries_of(&dst, abs)?;
+        }
+        Ok(())
     }
 
     /// Adds the interpreter and DT_NEEDED closure of an ELF file already in the root.
@@ -247,6 +255,21 @@ mod tests {
         assert!(err.contains("/bin/nope"), "{err}");
         let err = fs.take("/bin/true").unwrap_err().to_string();
         assert!(err.contains("ld-linux") || err.contains("libc.so.6"), "{err}");
+    }
+
+    #[test]
+    fn data_files_are_not_treated_as_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysroot = dir.path().join("sys");
+        std::fs::create_dir_all(sysroot.join("usr/share/qemu")).unwrap();
+        let mut elf32 = vec![0u8; 64];
+        elf32[..5].copy_from_slice(b"\x7fELF\x01");
+        std::fs::write(sysroot.join("usr/share/qemu/hppa-firmware.img"), &elf32).unwrap();
+        let mut fs = Rootfs::new(dir.path().join("root"), sysroot).unwrap();
+        fs.take_data("/usr/share/qemu").unwrap();
+        assert!(fs.exists("/usr/share/qemu/hppa-firmware.img"));
+        let mut fs2 = Rootfs::new(dir.path().join("root2"), dir.path().join("sys")).unwrap();
+        assert!(matches!(fs2.take("/usr/share/qemu/hppa-firmware.img"), Err(RootfsError::Elf { .. })));
     }
 
     #[test]

@@ -245,7 +245,7 @@ impl Vm {
                 // `cerana_extra` to the kernel command line: that is how the API token gets in.
                 let seed = work.join("seed.img");
                 make_seed_disk(&seed, &node_args)?;
-                args.extend(["-drive".into(), format!("file={},format=raw,if=ide,index=1,readonly=on", seed.display())]);
+                args.extend(["-drive".into(), format!("file={},format=raw,if=ide,index=1", seed.display())]);
                 if matches!(config.boot, Boot::IsoUefi(_)) {
                     let (code, vars) = ovmf_files()?;
                     let vars_copy = work.join("OVMF_VARS.fd");
