@@ -38,8 +38,23 @@ struct Vm {
     mac: String,
 }
 
-/// Starts the server (with or without router advertisements) and one VM.
+/// Where a built CeranaOS image is (vmlinuz, initrd.img), if one is.
+fn built_image() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os("CERANA_IMAGE_DIR").map(Into::into),
+        std::env::var_os("OUT_DIR").map(|d| std::path::PathBuf::from(d).join("image/base")),
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../out/image/base")),
+    ];
+    candidates.into_iter().flatten().find(|d| d.join("vmlinuz").is_file() && d.join("initrd.img").is_file())
+}
+
+/// Starts the server (with or without router advertisements) and one VM; `image` replaces the
+/// stub kernel and initrd with a real image's.
 fn boot_vm(uefi: bool, router_advertisements: bool, mac: &str) -> Vm {
+    boot_vm_with(uefi, router_advertisements, mac, None)
+}
+
+fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Option<&std::path::Path>) -> Vm {
     let mut lab = Lab::new(false);
     let (br, tap) = (format!("{}b", lab.cli_if), format!("{}t", lab.cli_if));
     let ns = lab.cli.clone();
@@ -54,10 +69,16 @@ fn boot_vm(uefi: bool, router_advertisements: bool, mac: &str) -> Vm {
     let config = config.replace("header_timeout_secs = 2", "header_timeout_secs = 10");
     let config = if router_advertisements { config } else { format!("router_advertisements = false\n{config}") };
     std::fs::write(lab.path("vmlinuz"), stub_bzimage()).unwrap();
+    if let Some(dir) = image {
+        std::fs::remove_file(lab.path("vmlinuz")).unwrap();
+        std::fs::remove_file(lab.path("initrd")).unwrap();
+        std::os::unix::fs::symlink(dir.join("vmlinuz"), lab.path("vmlinuz")).unwrap();
+        std::os::unix::fs::symlink(dir.join("initrd.img"), lab.path("initrd")).unwrap();
+    }
     lab.start_server(&config);
     let serial = lab.path("serial.log");
     let mut qemu = Command::new("ip");
-    qemu.args(["netns", "exec", &ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nodefaults", "-display", "none", "-no-reboot"])
+    qemu.args(["netns", "exec", &ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
@@ -129,4 +150,24 @@ fn uefi_pxe_fetches_snponly_by_tftp_then_chains_to_ipxe() {
     let arch = events.iter().find(|e| e["event"] == "dhcp_discover").unwrap()["client"]["arch"].as_u64();
     assert!(matches!(arch, Some(7) | Some(9)), "UEFI x86-64 architecture in option 93: {arch:?}");
     assert!(events.iter().any(|e| e["event"] == "dhcp_discover" && e["client"]["ipxe"] == true), "iPXE came up from snponly.efi");
+}
+
+#[test]
+fn a_built_cerana_image_pxe_boots_to_node_ready() {
+    require!("curl", "qemu-system-x86_64");
+    let Some(image) = built_image() else {
+        eprintln!("SKIP: no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)");
+        return;
+    };
+    let vm = boot_vm_with(false, true, "52:54:00:b0:00:02", Some(&image));
+    let serial = vm.lab.path("serial.log");
+    let ready = wait_for(Duration::from_secs(240), || {
+        let text = String::from_utf8_lossy(&read(&serial)).into_owned();
+        text.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\"")).then_some(())
+    });
+    let tail = String::from_utf8_lossy(&read(&serial)).lines().rev().take(30).collect::<Vec<_>>().join("\n");
+    assert!(ready.is_some(), "the PXE-booted node never reported node_ready; serial (last lines, newest first):\n{tail}");
+    let events = timeline(&vm);
+    let initrd = events.iter().find(|e| e["event"] == "http_initrd").expect("initrd served");
+    assert_eq!(initrd["bytes"].as_u64(), Some(std::fs::metadata(image.join("initrd.img")).unwrap().len()));
 }
