@@ -258,7 +258,20 @@ async fn image_file(
     let Some(hex) = hash.strip_prefix("sha256-").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
         return text(StatusCode::NOT_FOUND, "expected /images/sha256-<64 hex digits>/<file>\n".into());
     };
-    let Some(blob) = state.images.blobs.get(&hex.to_ascii_lowercase()) else {
+    let hex = hex.to_ascii_lowercase();
+    if file == "manifest" {
+        // Self-replication: what a node booted from this initrd needs to fetch.
+        return match state.images.images.values().find(|i| i.initrd.sha256 == hex) {
+            Some(image) => axum::Json(crate::replicate::Manifest {
+                kernel: format!("sha256-{}", image.kernel.sha256),
+                initrd: format!("sha256-{}", image.initrd.sha256),
+                cmdline: image.cmdline.clone(),
+            })
+            .into_response(),
+            None => text(StatusCode::NOT_FOUND, format!("no image with initrd sha256-{hex} on this server\n")),
+        };
+    }
+    let Some(blob) = state.images.blobs.get(&hex) else {
         return text(StatusCode::NOT_FOUND, format!("no file with hash sha256-{hex} on this server\n"));
     };
     let kind = match file.as_str() {

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod net;
 pub mod provider;
 pub mod ra;
+pub mod replicate;
 pub mod tftp;
 
 use config::{Config, DhcpMode};

@@ -1,6 +1,6 @@
 //! `cerana-bootserver --config /etc/cerana/bootserver.toml`
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// DHCP, TFTP and HTTP boot server for CeranaOS nodes.
@@ -20,12 +20,35 @@ struct Args {
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "CERANA_LOG", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch the kernel and initrd this node booted from its boot server, check their hashes and
+    /// keep them under DEST/sha256-<initrd hash>/ so this node can serve them too.
+    Fetch {
+        /// The boot server, e.g. http://10.0.0.1 (the value of cerana.boot_server).
+        #[arg(long)]
+        server: String,
+        /// sha256-<hex> of the initrd (the value of cerana.initrd_hash).
+        #[arg(long)]
+        initrd_hash: String,
+        #[arg(long, default_value = "/data/platform")]
+        dest: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?).with_writer(std::io::stderr).init();
+    if let Some(Command::Fetch { server, initrd_hash, dest }) = args.command {
+        let (dir, manifest) = cerana_bootserver::replicate::fetch(&server, &initrd_hash, &dest).await?;
+        println!("{}", serde_json::json!({ "dir": dir, "kernel": manifest.kernel, "initrd": manifest.initrd, "cmdline": manifest.cmdline }));
+        return Ok(());
+    }
     let mut config = cerana_bootserver::config::Config::load(&args.config)?;
     if args.state_dir.is_some() {
         config.state_dir = args.state_dir;

@@ -379,3 +379,28 @@ fn router_advertisements_reach_the_segment() {
     let ra = ra.expect("a router advertisement within 10 s");
     assert_eq!(&ra[4..8], &[64, 0, 0, 0], "hop limit 64, no M/O flags, router lifetime 0");
 }
+
+#[test]
+fn a_node_fetches_its_image_by_hash_to_serve_it_again() {
+    require!("curl");
+    let mut lab = Lab::new(true);
+    lab.start_server(&lab.config(FULL, ""));
+    let initrd = pattern(1_000_003);
+    let hash = format!("sha256-{}", sha256_hex(&initrd));
+    let dest = lab.path("platform");
+    let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
+    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1/", "--initrd-hash", &hash, "--dest", dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["initrd"], hash.as_str());
+    assert_eq!(printed["cmdline"], "cerana.zfs_config=auto");
+    assert_eq!(read(&dest.join(&hash).join("initrd")), initrd);
+    assert_eq!(read(&dest.join(&hash).join("vmlinuz")), pattern(100_000));
+    // An initrd the server does not have, and a malformed hash: clear errors, nothing written.
+    let missing = format!("sha256-{}", "1".repeat(64));
+    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1", "--initrd-hash", &missing, "--dest", dest.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1", "--initrd-hash", "sha256-xyz", "--dest", dest.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not sha256-"));
+    assert!(!dest.join(&missing).exists());
+}

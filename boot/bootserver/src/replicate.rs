@@ -1,0 +1,101 @@
+//! Self-replication: a node fetches the kernel and initrd it booted from its boot server, by
+//! hash, checks them, and can then serve them itself (`cerana-bootserver fetch`).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `GET /images/sha256-<initrd hash>/manifest`: what belongs to an image, named by its initrd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `sha256-<hex>` of the kernel.
+    pub kernel: String,
+    /// `sha256-<hex>` of the initrd.
+    pub initrd: String,
+    /// The image's own extra command line.
+    pub cmdline: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0:?} is not sha256-<64 hex digits>")]
+    BadHash(String),
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{url}: content has sha256-{got}, expected {want}")]
+    Mismatch { url: String, got: String, want: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn check_hash(hash: &str) -> Result<&str, FetchError> {
+    hash.strip_prefix("sha256-")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| FetchError::BadHash(hash.to_string()))
+}
+
+type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Empty<bytes::Bytes>>;
+
+async fn get(client: &Client, url: &str) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
+    let err = |message: String| FetchError::Http { url: url.to_string(), message };
+    let uri: http::Uri = url.parse().map_err(|e| err(format!("{e}")))?;
+    let response = client.get(uri).await.map_err(|e| err(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(err(format!("HTTP {}", response.status())));
+    }
+    Ok(response)
+}
+
+/// Downloads `url` into `path` (through a temporary file) and checks its SHA-256 is `want`.
+async fn download(client: &Client, url: &str, want: &str, path: &Path) -> Result<u64, FetchError> {
+    use http_body_util::BodyExt;
+    let io = |source| FetchError::Io { path: path.to_path_buf(), source };
+    let mut body = get(client, url).await?.into_body();
+    let tmp = path.with_extension("part");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| FetchError::Http { url: url.to_string(), message: e.to_string() })?;
+        if let Ok(data) = frame.into_data() {
+            hasher.update(&data);
+            file.write_all(&data).map_err(io)?;
+            len += data.len() as u64;
+        }
+    }
+    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if format!("sha256-{got}") != want {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FetchError::Mismatch { url: url.to_string(), got, want: want.to_string() });
+    }
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(len)
+}
+
+/// Fetches the image whose initrd is `initrd_hash` from `server` (`http://host[:port]`) into
+/// `dest/<initrd_hash>/{vmlinuz,initrd}`, both checked; returns that directory and the manifest.
+pub async fn fetch(server: &str, initrd_hash: &str, dest: &Path) -> Result<(PathBuf, Manifest), FetchError> {
+    check_hash(initrd_hash)?;
+    let server = server.trim_end_matches('/');
+    let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let url = format!("{server}/images/{initrd_hash}/manifest");
+    let body = {
+        use http_body_util::BodyExt;
+        let response = get(&client, &url).await?;
+        let limited = http_body_util::Limited::new(response.into_body(), 64 * 1024);
+        limited.collect().await.map_err(|e| FetchError::Http { url: url.clone(), message: e.to_string() })?.to_bytes()
+    };
+    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| FetchError::Http { url: url.clone(), message: format!("bad manifest: {e}") })?;
+    check_hash(&manifest.kernel)?;
+    if manifest.initrd != initrd_hash {
+        return Err(FetchError::Http { url, message: format!("manifest names initrd {}", manifest.initrd) });
+    }
+    let dir = dest.join(initrd_hash);
+    std::fs::create_dir_all(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
+    download(&client, &format!("{server}/images/{}/vmlinuz", manifest.kernel), &manifest.kernel, &dir.join("vmlinuz")).await?;
+    download(&client, &format!("{server}/images/{}/initrd", manifest.initrd), &manifest.initrd, &dir.join("initrd")).await?;
+    Ok((dir, manifest))
+}
