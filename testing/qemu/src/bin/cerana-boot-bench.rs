@@ -50,14 +50,24 @@ fn floor_run(dir: &Path) -> anyhow::Result<f64> {
     Ok(secs)
 }
 
-/// Host seconds from QEMU start to node_ready, and the guest's own uptime then.
-fn base_run(dir: &Path) -> anyhow::Result<(f64, u64)> {
+struct BaseRun {
+    secs: f64,
+    uptime_ms: u64,
+    /// MemTotal - MemAvailable from node-info right after node_ready.
+    used_bytes: u64,
+}
+
+/// Host seconds from QEMU start to node_ready, the guest's own uptime then, memory in use.
+fn base_run(dir: &Path) -> anyhow::Result<BaseRun> {
     let mut vm = Vm::boot(&VmConfig::direct("bench-base", dir, default_log_dir()))?;
     let ready = vm.wait_for_event("node_ready", Duration::from_secs(300))?;
     let secs = vm.elapsed().as_secs_f64();
     let LifecycleEvent::NodeReady { uptime_ms } = ready else { bail!("unexpected event {ready:?}") };
+    let info = vm.run_task("node-info", serde_json::json!({}), Duration::from_secs(60))?;
+    let mem = &info["result"]["memory"];
+    let used_bytes = mem["total_bytes"].as_u64().unwrap_or(0).saturating_sub(mem["available_bytes"].as_u64().unwrap_or(0));
     vm.powerdown(Duration::from_secs(120))?;
-    Ok((secs, uptime_ms))
+    Ok(BaseRun { secs, uptime_ms, used_bytes })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,13 +79,16 @@ fn main() -> anyhow::Result<()> {
     let mut floor = Vec::new();
     let mut base = Vec::new();
     let mut guest = Vec::new();
+    let mut used = Vec::new();
     for run in 1..=cli.runs {
         let f = floor_run(&cli.floor)?;
-        let (b, up) = base_run(&cli.base)?;
-        eprintln!("run {run}: floor {f:.2} s, node_ready {b:.2} s (guest uptime {:.2} s)", up as f64 / 1000.0);
+        let b = base_run(&cli.base)?;
+        let up = b.uptime_ms as f64 / 1000.0;
+        eprintln!("run {run}: floor {f:.2} s, node_ready {:.2} s (guest uptime {up:.2} s)", b.secs);
         floor.push(f);
-        base.push(b);
-        guest.push(up as f64 / 1000.0);
+        base.push(b.secs);
+        guest.push(up);
+        used.push(b.used_bytes as f64);
     }
     let (f, b) = (median(floor), median(base));
     println!("boot time under {accel:?}, median of {} runs, from QEMU start (host clock):", cli.runs);
@@ -91,5 +104,7 @@ fn main() -> anyhow::Result<()> {
     println!("  kernel {:.2} MiB + initramfs {:.2} MiB compressed = {:.2} MiB of {:.2} MiB budget ({:.0}%)",
         mb(kernel), mb(initrd), mb(kernel + initrd), mb(budget), 100.0 * (kernel + initrd) as f64 / budget as f64);
     println!("  initramfs unpacked {:.2} MiB", mb(unpacked));
+    println!("memory in use at node_ready (MemTotal - MemAvailable: kernel, tmpfs root, all services): {:.1} MiB", median(used) / 1_048_576.0);
+    println!("init RSS: not measurable from the host yet (no task reports it); see `make bench-init` for cerana-init's RSS");
     Ok(())
 }
