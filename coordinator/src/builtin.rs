@@ -26,15 +26,20 @@ pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawV
     match task.as_str() {
         "coordinator-status" => {
             args::<NoArgs>(task, raw_args)?;
-            let journal = core.journal.lock().expect("journal lock");
+            let providers = core.registry.read().expect("registry lock").len() as u32;
+            let in_flight = core.in_flight() as u32;
+            let (journal_entries, journal_capacity) = {
+                let journal = core.journal.lock().expect("journal lock");
+                (journal.len() as u32, journal.capacity() as u32)
+            };
             to_raw(&CoordinatorStatusResult {
                 name: core.config.name.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 uptime_seconds: core.started.elapsed().as_secs_f64(),
-                providers: core.registry.read().expect("registry lock").len() as u32,
-                in_flight: core.in_flight() as u32,
-                journal_entries: journal.len() as u32,
-                journal_capacity: journal.capacity() as u32,
+                providers,
+                in_flight,
+                journal_entries,
+                journal_capacity,
             })
         }
         "coordinator-providers" => {

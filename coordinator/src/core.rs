@@ -75,6 +75,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// Shared state of a running coordinator.
+///
+/// Lock order: `pending` before `journal` before nothing; `registry` is never held while
+/// taking another lock.
 #[derive(Debug)]
 pub struct Core {
     pub config: Config,
@@ -177,6 +180,7 @@ impl Core {
     fn dispatch(self: &Arc<Self>, request: Request, candidates: Vec<Arc<ProviderEntry>>) {
         let id = request.id;
         let message = FromCoordinator::Request(request);
+        let mut failed_over = false;
         for provider in &candidates {
             {
                 let mut pending = self.pending.lock().expect("pending lock");
@@ -185,11 +189,16 @@ impl Core {
                 entry.provider_name = Some(provider.hello.name.clone());
             }
             if provider.sender.send(&message) {
-                if let Some(e) = self.journal.lock().expect("journal lock").get_mut(self.journal_seq(id)) {
-                    e.provider = Some(provider.hello.name.clone());
+                if failed_over {
+                    // Lock order is pending → journal; never hold the journal while taking pending.
+                    let seq = self.journal_seq(id);
+                    if let Some(e) = self.journal.lock().expect("journal lock").get_mut(seq) {
+                        e.provider = Some(provider.hello.name.clone());
+                    }
                 }
                 return;
             }
+            failed_over = true;
             tracing::info!(provider = %provider.hello.name, "provider gone; trying the next one");
         }
         let task = match &message {
