@@ -6,11 +6,13 @@ BENCH_TARGETS += bench-task-api
 build:
 	$(CARGO) build --workspace --release --bins
 
-# Unit tests beside the code and integration tests under each crate's tests/. Tests that need
-# root or a VM check for it themselves and say why they skip.
+# Unit tests beside the code and integration tests under each crate's tests/, for every crate
+# that no other target tests (bootserver, init, image and the VM harness have their own targets).
+# Tests that need root check for it themselves and say why they skip.
+OWN_TEST_TARGET_CRATES = cerana-bootserver cerana-init cerana-init-provider cerana-image cerana-qemu
 test-workspace:
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace $(addprefix --exclude ,$(OWN_TEST_TARGET_CRATES)) --all-targets
 
 bench-task-api:
 	$(CARGO) build --release -p cerana-bench -p cerana-coordinator -p cerana-node-info
-	$(CURDIR)/target/release/cerana-bench task-api
+	$(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/cerana-bench task-api

@@ -663,3 +663,35 @@ async fn cancelling_a_request_stops_it() {
     let response = tokio::time::timeout(Duration::from_secs(5), call).await.unwrap().unwrap().unwrap();
     assert_eq!(response.error().unwrap().code, ErrorCode::Cancelled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_callers_all_get_their_answers() {
+    let dir = TestDir::new();
+    let socket = dir.socket("c");
+    let _coordinator = start(config(&socket)).await;
+    let _provider = spawn_provider(echo_provider("echo", 50), &socket);
+    let probe = client(&socket).await;
+    wait_for_provider(&probe, "echo", 1).await;
+    let mut callers = Vec::new();
+    for c in 0..8 {
+        let client = client(&socket).await;
+        for w in 0..8 {
+            let client = client.clone();
+            callers.push(tokio::spawn(async move {
+                for i in 0..200 {
+                    let data = format!("{c}-{w}-{i}");
+                    let answer = client.run::<NodeEcho>(&echo(&data)).await.unwrap();
+                    assert_eq!(answer.data, format!("echo:{data}"));
+                    if i % 50 == 0 {
+                        // Journal and status queries interleave with routing.
+                        client.run::<cerana_protocol::tasks::coordinator::CoordinatorStatus>(&NoArgs {}).await.unwrap();
+                    }
+                }
+            }));
+        }
+    }
+    let all = futures_util::future::join_all(callers);
+    for result in tokio::time::timeout(Duration::from_secs(120), all).await.expect("no caller may hang") {
+        result.unwrap();
+    }
+}
