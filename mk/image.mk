@@ -1,7 +1,7 @@
 # The CeranaOS image (kernel + initramfs, ISO/USB), the kernel config check and the QEMU VM
 # tests (issue #4). See image/README.md and testing/qemu/README.md.
 APT_PACKAGES += qemu-system-x86 ovmf xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
-	zstd xz-utils cpio busybox-static binutils kmod dpkg-dev dkms
+	zstd xz-utils cpio busybox-static binutils kmod dkms
 TEST_TARGETS += check-kernel-config test-image test-vm
 BENCH_TARGETS += bench-boot
 
@@ -36,10 +36,10 @@ ISO = $(OUT_DIR)/iso/cerana.iso
 iso: image
 	image/scripts/make-iso.sh $(IMAGE_DIR) $(ISO)
 
-# Boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
+# The harness's unit tests, then boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
 # API from the host and powers off; one VM at a time (2 cores, TCG).
 test-vm: iso
-	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-qemu --test vm -- --test-threads=1
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-qemu --all-targets -- --test-threads=1
 
 # The shipped kernel (Debian's linux-image the image takes) against kernel-config/cerana.config,
 # after the checker's own test (a config lacking an option fails, naming it).
