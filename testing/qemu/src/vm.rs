@@ -66,11 +66,22 @@ pub struct VmConfig {
     pub api: bool,
     /// Where the console log is kept (`<name>-<pid>-<n>.log`).
     pub log_dir: PathBuf,
+    /// The QEMU program, looked up in PATH unless it contains a `/`.
+    pub qemu: String,
 }
 
 impl VmConfig {
     pub fn new(name: &str, boot: Boot, log_dir: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), boot, memory_mib: 1536, cpus: 2, disks: Vec::new(), api: true, log_dir: log_dir.into() }
+        Self {
+            name: name.into(),
+            boot,
+            memory_mib: 1536,
+            cpus: 2,
+            disks: Vec::new(),
+            api: true,
+            log_dir: log_dir.into(),
+            qemu: "qemu-system-x86_64".into(),
+        }
     }
 
     /// Direct boot of an image directory (`vmlinuz`, `initrd.img`) as written by `make image`.
@@ -160,7 +171,12 @@ pub fn make_seed_disk(path: &Path, extra_cmdline: &str) -> Result<(), VmError> {
 impl Vm {
     /// Starts QEMU; returns once the process runs (not once the guest is up).
     pub fn boot(config: &VmConfig) -> Result<Self, VmError> {
-        let qemu = find_in_path("qemu-system-x86_64").ok_or_else(|| VmError::Missing("qemu-system-x86_64".into()))?;
+        let qemu = if config.qemu.contains('/') {
+            Some(PathBuf::from(&config.qemu)).filter(|p| p.is_file())
+        } else {
+            find_in_path(&config.qemu)
+        };
+        let qemu = qemu.ok_or_else(|| VmError::Missing(config.qemu.clone()))?;
         std::fs::create_dir_all(&config.log_dir).map_err(io(format!("creating {}", config.log_dir.display())))?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let unique = format!("{}-{}-{stamp}", config.name, std::process::id());
@@ -396,5 +412,32 @@ impl Drop for Vm {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_qemu_or_kernel_is_named_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = VmConfig::direct("t", dir.path(), dir.path().join("logs"));
+        config.qemu = "/nonexistent/qemu-system-x86_64".into();
+        let err = Vm::boot(&config).unwrap_err();
+        assert!(matches!(&err, VmError::Missing(p) if p.contains("/nonexistent/")), "{err}");
+        assert!(err.to_string().contains("make deps"), "{err}");
+        // With a QEMU that exists (any file will do for the check), the missing kernel is named.
+        config.qemu = "/bin/true".into();
+        let err = Vm::boot(&config).unwrap_err().to_string();
+        assert!(err.contains("vmlinuz"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (a, b) = (random_token().unwrap(), random_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 }
