@@ -6,9 +6,10 @@ TEST_TARGETS += check-kernel-config test-image test-vm
 BENCH_TARGETS += bench-boot
 
 IMAGE_PROFILE ?= base
-# Every file in the initramfs gets this mtime: the last commit's time, so builds repeat.
-SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-export SOURCE_DATE_EPOCH
+# Every file in the initramfs and the ISO gets this mtime: the last commit's time, so builds
+# repeat. Passed only to the image steps: exported to every recipe, it would make the cc crate
+# (ring) rebuild after each commit.
+IMAGE_EPOCH := $(or $(SOURCE_DATE_EPOCH),$(shell git log -1 --format=%ct 2>/dev/null),0)
 IMAGE_DIR = $(OUT_DIR)/image/$(IMAGE_PROFILE)
 CERANA_IMAGE = $(CARGO) run -q --release -p cerana-image --
 
@@ -21,7 +22,7 @@ zfs-module: deps
 # /init is the static, size-optimised cerana-init from mk/init.mk (`make init-static`).
 image: deps init-static
 	$(CERANA_IMAGE) build --profile $(IMAGE_PROFILE) --workspace $(CURDIR) --out-dir $(OUT_DIR) \
-	  --cache-dir $(CACHE_DIR) --init $(INIT_STATIC)
+	  --cache-dir $(CACHE_DIR) --init $(INIT_STATIC) --source-date-epoch $(IMAGE_EPOCH)
 
 image-full:
 	$(MAKE) --no-print-directory image IMAGE_PROFILE=full
@@ -34,7 +35,7 @@ test-image: deps
 ISO = $(OUT_DIR)/iso/cerana.iso
 # The hybrid BIOS/UEFI ISO (CD, or USB stick via dd) of the base image, with its boot menu.
 iso: image
-	image/scripts/make-iso.sh $(IMAGE_DIR) $(ISO)
+	SOURCE_DATE_EPOCH=$(IMAGE_EPOCH) image/scripts/make-iso.sh $(IMAGE_DIR) $(ISO)
 
 # The harness's unit tests, then boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
 # API from the host and powers off; one VM at a time (2 cores, TCG).

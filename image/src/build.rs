@@ -364,6 +364,8 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
     if !present.is_empty() && !opts.no_cargo {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.arg("build").arg("--release").arg("--target-dir").arg(&target_dir).current_dir(&opts.workspace);
+        // The cc crate tracks SOURCE_DATE_EPOCH: a new value would rebuild ring and everything above it.
+        cmd.env_remove("SOURCE_DATE_EPOCH");
         for (bin, pkg) in &present {
             cmd.args(["-p", pkg, "--bin", bin]);
         }
