@@ -340,18 +340,26 @@ impl Core {
         deliver(pending.reply, response);
     }
 
-    /// The request's time is up: tell its provider to stop and its caller why.
-    fn expire(self: &Arc<Self>, id: RequestId, after: Duration) {
-        let cancel_to = {
+    /// Tells the provider handling `id` to stop; false when `id` is no longer pending.
+    fn cancel_at_provider(&self, id: RequestId) -> bool {
+        let conn = {
             let map = self.pending.lock().expect("pending lock");
-            let Some(p) = map.get(&id) else { return };
+            let Some(p) = map.get(&id) else { return false };
             match p.route {
-                Route::Provider(conn) => self.registry.read().expect("registry lock").sender(conn),
-                Route::Forward(_) => None,
+                Route::Provider(conn) => conn,
+                Route::Forward(_) => return true,
             }
         };
-        if let Some(sender) = cancel_to {
+        if let Some(sender) = self.registry.read().expect("registry lock").sender(conn) {
             sender.send(&FromCoordinator::Cancel { id });
+        }
+        true
+    }
+
+    /// The request's time is up: tell its provider to stop and its caller why.
+    fn expire(self: &Arc<Self>, id: RequestId, after: Duration) {
+        if !self.cancel_at_provider(id) {
+            return;
         }
         let error = TaskError::new(ErrorCode::Timeout, format!("no response within {} ms", after.as_millis()));
         self.complete(Response::err(id, error), None);
@@ -359,16 +367,8 @@ impl Core {
 
     /// The caller gave up on `id`.
     pub fn cancel(self: &Arc<Self>, id: RequestId) {
-        let cancel_to = {
-            let map = self.pending.lock().expect("pending lock");
-            let Some(p) = map.get(&id) else { return };
-            match p.route {
-                Route::Provider(conn) => self.registry.read().expect("registry lock").sender(conn),
-                Route::Forward(_) => None,
-            }
-        };
-        if let Some(sender) = cancel_to {
-            sender.send(&FromCoordinator::Cancel { id });
+        if !self.cancel_at_provider(id) {
+            return;
         }
         self.complete(Response::err(id, TaskError::new(ErrorCode::Cancelled, "cancelled by the caller")), None);
     }

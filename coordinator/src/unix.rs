@@ -4,7 +4,7 @@ use crate::core::{now_ms, ConnSender, Core, ReplySink};
 use crate::registry::{ProviderEntry, Registry};
 use crate::streams::{Piece, StreamEnd};
 use bytes::BytesMut;
-use cerana_protocol::frame::{encode_json_into, read_frame, FrameError, MAX_FRAME_LEN};
+use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, FrameError, MAX_FRAME_LEN};
 use cerana_protocol::stream::MAX_CHUNK_LEN;
 use cerana_protocol::{
     ErrorCode, FromCoordinator, ProviderHello, Response, StreamDirection, StreamHandle, TaskError, ToCoordinator,
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -194,7 +194,7 @@ async fn provider_connection(
     }
     tracing::info!(provider = %name, tasks, ?pid, "provider registered");
     let (read, write) = stream.into_split();
-    let writer = tokio::spawn(write_loop(write, rx));
+    let writer = tokio::spawn(write_queued_frames(write, rx));
     read_loop(&core, read, conn_id, &caller, true, &sender).await;
     // Unregistering drops the registry's sender; the writer has nobody left to write to.
     core.provider_gone(conn_id);
@@ -207,7 +207,7 @@ async fn client_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, ca
     let (read, write) = stream.into_split();
     // The writer outlives the read side while replies are pending (a client may half-close);
     // it ends when the last pending reply is delivered or a write fails.
-    tokio::spawn(write_loop(write, rx));
+    tokio::spawn(write_queued_frames(write, rx));
     read_loop(&core, read, conn_id, &caller, false, &sender).await;
 }
 
@@ -268,22 +268,6 @@ fn answer_malformed(sender: &ConnSender, frame: &[u8], error: serde_json::Error)
     };
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if write.write_all(&batch).await.is_err() {
-            return;
-        }
-    }
-}
 
 async fn stream_connection(core: Arc<Core>, mut stream: UnixStream, handle: StreamHandle, direction: StreamDirection) {
     if let Some(node) = handle.node.clone().filter(|n| Some(n) != core.config.advertise_url.as_ref()) {

@@ -62,6 +62,14 @@ fn echo_provider(name: &str, priority: u16) -> Provider {
     })
 }
 
+/// Serves `test-sleep`: answers after the requested time.
+fn sleeper() -> Provider {
+    Provider::new("sleeper", "test").task::<TestSleep, _, _>(|_ctx, args: SleepArgs| async move {
+        tokio::time::sleep(Duration::from_millis(args.ms)).await;
+        Ok(NoArgs {})
+    })
+}
+
 fn echo(data: &str) -> EchoArgs {
     EchoArgs { data: data.into() }
 }
@@ -200,10 +208,7 @@ async fn a_provider_dying_mid_task_fails_the_task_not_the_coordinator() {
     let dir = TestDir::new();
     let socket = dir.socket("c");
     let _coordinator = start(config(&socket)).await;
-    let sleeper = Provider::new("sleeper", "test").task::<TestSleep, _, _>(|_ctx, args: SleepArgs| async move {
-        tokio::time::sleep(Duration::from_millis(args.ms)).await;
-        Ok(NoArgs {})
-    });
+    let sleeper = sleeper();
     let provider = spawn_provider(sleeper, &socket);
     let client = client(&socket).await;
     wait_for_provider(&client, "sleeper", 1).await;
@@ -446,10 +451,7 @@ async fn bad_input_gets_structured_errors_and_the_coordinator_stays_up() {
     request.args = serde_json::value::to_raw_value(&serde_json::json!({"data": 7})).unwrap();
     assert_eq!(client.call(request).await.unwrap().error().unwrap().code, ErrorCode::InvalidArgs);
     // A duplicate id while the first is in flight.
-    let sleeper = Provider::new("sleeper", "test").task::<TestSleep, _, _>(|_ctx, args: SleepArgs| async move {
-        tokio::time::sleep(Duration::from_millis(args.ms)).await;
-        Ok(NoArgs {})
-    });
+    let sleeper = sleeper();
     let _sleeper = spawn_provider(sleeper, &socket);
     wait_for_provider(&client, "sleeper", 1).await;
     let request = Request::for_task::<TestSleep>(&SleepArgs { ms: 300 }).unwrap();
@@ -645,10 +647,7 @@ async fn cancelling_a_request_stops_it() {
     let dir = TestDir::new();
     let socket = dir.socket("c");
     let _coordinator = start(config(&socket)).await;
-    let sleeper = Provider::new("sleeper", "test").task::<TestSleep, _, _>(|_ctx, args: SleepArgs| async move {
-        tokio::time::sleep(Duration::from_millis(args.ms)).await;
-        Ok(NoArgs {})
-    });
+    let sleeper = sleeper();
     let _provider = spawn_provider(sleeper, &socket);
     let client: UnixClient = client(&socket).await;
     wait_for_provider(&client, "sleeper", 1).await;

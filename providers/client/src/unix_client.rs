@@ -1,7 +1,7 @@
 //! The framed unix-socket client.
 
 use crate::ClientError;
-use cerana_protocol::frame::{encode_json_into, read_frame, MAX_FRAME_LEN};
+use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, MAX_FRAME_LEN};
 use cerana_protocol::{
     FromCoordinator, Request, RequestId, Response, StreamDirection, StreamHandle, ToCoordinator, Welcome,
     PROTOCOL_VERSION,
@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -73,7 +72,7 @@ impl UnixClient {
         let (read, write) = stream.into_split();
         let pending: PendingMap = Arc::default();
         let (outgoing, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(write, rx));
+        tokio::spawn(write_queued_frames(write, rx));
         tokio::spawn(read_loop(BufReader::with_capacity(64 * 1024, read), pending.clone()));
         Ok(Self { outgoing, pending, welcome, socket: path.to_owned() })
     }
@@ -116,23 +115,6 @@ impl UnixClient {
     }
 }
 
-/// Writes queued frames, coalescing whatever is queued into one write.
-async fn write_loop(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(frame) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if write.write_all(&batch).await.is_err() {
-            return;
-        }
-    }
-}
 
 async fn read_loop(mut read: BufReader<tokio::net::unix::OwnedReadHalf>, pending: PendingMap) {
     let mut buf = Vec::new();

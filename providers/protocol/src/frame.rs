@@ -75,6 +75,29 @@ mod io {
         }
     }
 
+    /// Writes already-encoded frames from `queue` until it closes or a write fails, coalescing
+    /// whatever is queued into one write: under load many frames cost one syscall.
+    pub async fn write_queued_frames<W: AsyncWrite + Unpin>(
+        mut writer: W,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    ) {
+        const BATCH: usize = 256 * 1024;
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while let Some(frame) = queue.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&frame);
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Writes one frame holding `payload` (not flushed).
     pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, payload: &[u8]) -> Result<(), FrameError> {
         if payload.len() > MAX_FRAME_LEN {
@@ -87,7 +110,7 @@ mod io {
 }
 
 #[cfg(feature = "tokio")]
-pub use io::{read_frame, write_frame};
+pub use io::{read_frame, write_frame, write_queued_frames};
 
 #[cfg(all(test, feature = "tokio"))]
 mod tests {

@@ -3,7 +3,7 @@
 use crate::context::{Context, Link, SubTaskWaiters};
 use crate::Provider;
 use cerana_client::{handshake, ClientError};
-use cerana_protocol::frame::{encode_json_into, read_frame, MAX_FRAME_LEN};
+use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, MAX_FRAME_LEN};
 use cerana_protocol::{
     ErrorCode, FromCoordinator, ProviderHello, Request, RequestId, Response, TaskError, TaskRegistration,
     ToCoordinator, PROTOCOL_VERSION,
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -50,24 +50,9 @@ pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), Se
     }
     cerana_protocol::readiness::notify_ready();
 
-    let (read, mut write) = stream.into_split();
-    let (outgoing, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some(frame) = rx.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&frame);
-            while batch.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if write.write_all(&batch).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (read, write) = stream.into_split();
+    let (outgoing, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(write_queued_frames(write, rx));
     // However this session ends (even by being dropped), the socket must close: handlers still
     // running hold senders that would otherwise keep the writer, and so the socket, alive.
     let _writer = AbortOnDrop(writer.abort_handle());
