@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
 
 /// Frames queued for one connection's writer.
 #[derive(Debug, Clone)]
@@ -65,7 +64,8 @@ struct Pending {
     reply_to: Option<String>,
     route: Route,
     provider_name: Option<cerana_protocol::ProviderName>,
-    timer: Option<AbortHandle>,
+    deadline: Instant,
+    timeout: Duration,
     journal_seq: u64,
     accepted: Instant,
 }
@@ -253,14 +253,6 @@ impl Core {
         if let ReplySink::Conn(conn) = &reply {
             conn.send(&FromCoordinator::Ack { id });
         }
-        let core = Arc::downgrade(self);
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(core) = core.upgrade() {
-                core.expire(id, timeout);
-            }
-        })
-        .abort_handle();
         pending.insert(
             id,
             Pending {
@@ -269,7 +261,8 @@ impl Core {
                 reply_to: request.reply_to.clone(),
                 route,
                 provider_name: provider.map(|p| p.hello.name.clone()),
-                timer: Some(timer),
+                deadline: Instant::now() + timeout,
+                timeout,
                 journal_seq,
                 accepted: Instant::now(),
             },
@@ -302,9 +295,6 @@ impl Core {
             }
             map.remove(&response.id).expect("checked above")
         };
-        if let Some(timer) = &pending.timer {
-            timer.abort();
-        }
         if let Err(error) = &mut response.outcome {
             error.task.get_or_insert_with(|| pending.task.clone());
             if let (None, Some(p)) = (&error.provider, &pending.provider_name) {
@@ -354,6 +344,23 @@ impl Core {
             sender.send(&FromCoordinator::Cancel { id });
         }
         true
+    }
+
+    /// Expires every request whose deadline has passed. One sweeper calls this a few times a
+    /// second instead of a timer task per request, which costs a spawn and an abort each.
+    pub fn expire_due(self: &Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<(RequestId, Duration)> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, p)| (*id, p.timeout))
+            .collect();
+        for (id, timeout) in due {
+            self.expire(id, timeout);
+        }
     }
 
     /// The request's time is up: tell its provider to stop and its caller why.

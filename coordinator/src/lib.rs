@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// How late a timeout may fire.
+const TIMEOUT_RESOLUTION: Duration = Duration::from_millis(20);
+
 /// Why the coordinator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -68,13 +71,19 @@ impl Coordinator {
         }
         let sweeper = Arc::downgrade(&core);
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(TIMEOUT_RESOLUTION);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = 0u64;
             loop {
                 tick.tick().await;
                 let Some(core) = sweeper.upgrade() else { return };
-                let dropped = core.streams.sweep();
-                if dropped > 0 {
-                    tracing::info!(dropped, "dropped streams whose other end never arrived");
+                core.expire_due();
+                ticks += 1;
+                if ticks % 50 == 0 {
+                    let dropped = core.streams.sweep();
+                    if dropped > 0 {
+                        tracing::info!(dropped, "dropped streams whose other end never arrived");
+                    }
                 }
             }
         }));
