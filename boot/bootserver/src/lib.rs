@@ -5,6 +5,7 @@
 //! [`Bootserver::start`] binds everything on the configured interface and runs it on the
 //! current tokio runtime; the binary `cerana-bootserver` is a thin wrapper around it.
 
+pub mod bootstrap;
 pub mod config;
 pub mod dhcp;
 pub mod events;

@@ -1,0 +1,202 @@
+//! The bootstrap node's bootserver configuration, derived from its kernel command line:
+//! `cerana-bootserver bootstrap-config` (run by init when `cerana.cluster_bootstrap` is set).
+//! The management address `cerana.mgmt_ip=A.B.C.D/N` gives the interface (the one holding
+//! it) and the lease pool (host addresses .100 to .249 of a /24 or larger network).
+use crate::config::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("the command line has no cerana.mgmt_ip=A.B.C.D/N")]
+    NoMgmtIp,
+    #[error("cerana.mgmt_ip={0:?}: {1}")]
+    BadMgmtIp(String, String),
+    #[error("cerana.mgmt_gw={0:?} is not an IPv4 address in the management network")]
+    BadGateway(String),
+    #[error("the management network /{0} is too small for a lease pool (needs /24 or larger)")]
+    NetworkTooSmall(u8),
+    #[error(
+        "the management address {0} is inside the lease pool (use host .1 to .99 or .250 to .254)"
+    )]
+    AddressInPool(Ipv4Addr),
+    #[error("no interface holds the management address {0}")]
+    NoInterface(Ipv4Addr),
+    #[error("listing interfaces: {0}")]
+    Interfaces(#[from] nix::Error),
+}
+
+/// What the configuration is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub address: Ipv4Addr,
+    pub net: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    /// Passed on to the nodes it boots, so one token opens the whole cluster's API.
+    pub api_token: Option<String>,
+}
+
+/// The value of `cerana.KEY=` (the last one wins, as init reads it).
+fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .last()
+}
+
+impl Bootstrap {
+    pub fn from_cmdline(cmdline: &str) -> Result<Self, BootstrapError> {
+        let mgmt = setting(cmdline, "cerana.mgmt_ip").ok_or(BootstrapError::NoMgmtIp)?;
+        let bad = |why: String| BootstrapError::BadMgmtIp(mgmt.to_string(), why);
+        let (addr, prefix) = mgmt
+            .split_once('/')
+            .ok_or_else(|| bad("not ADDRESS/PREFIX".into()))?;
+        let address: Ipv4Addr = addr.parse().map_err(|e| bad(format!("{e}")))?;
+        let prefix: u8 = prefix.parse().map_err(|e| bad(format!("prefix: {e}")))?;
+        if prefix > 24 {
+            return Err(BootstrapError::NetworkTooSmall(prefix));
+        }
+        let bits = u32::MAX << (32 - u32::from(prefix));
+        let net = Ipv4Net::new(Ipv4Addr::from(u32::from(address) & bits), prefix).map_err(bad)?;
+        let gateway = match setting(cmdline, "cerana.mgmt_gw") {
+            None => None,
+            Some(g) => Some(
+                g.parse()
+                    .ok()
+                    .filter(|g| net.contains(*g))
+                    .ok_or_else(|| BootstrapError::BadGateway(g.to_string()))?,
+            ),
+        };
+        let b = Bootstrap {
+            address,
+            net,
+            gateway,
+            api_token: setting(cmdline, "cerana.api_token").map(str::to_string),
+        };
+        let [first, last] = b.range();
+        if (first..=last).contains(&address) {
+            return Err(BootstrapError::AddressInPool(address));
+        }
+        Ok(b)
+    }
+
+    /// Host addresses .100 to .249 of the network.
+    pub fn range(&self) -> [Ipv4Addr; 2] {
+        let base = u32::from(self.net.network());
+        [Ipv4Addr::from(base + 100), Ipv4Addr::from(base + 249)]
+    }
+
+    /// The configuration file: this interface, this node's kernel and initrd as image `cerana`.
+    pub fn config(
+        &self,
+        interface: &str,
+        kernel: &Path,
+        initrd: &Path,
+        tftp_root: &Path,
+    ) -> String {
+        let [first, last] = self.range();
+        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let mut out = format!(
+            "# Written by cerana-bootserver bootstrap-config from the kernel command line.\n\
+             interface = {}\nserver_ip = \"{}\"\nhttp_port = 80\ntftp_root = {}\nrouter_advertisements = true\n\n\
+             [dhcp]\nmode = \"full\"\n[dhcp.pool]\nnet = \"{}/{}\"\nrange = [\"{first}\", \"{last}\"]\nlease_secs = 43200\n",
+            quote(interface),
+            self.address,
+            quote(&tftp_root.display().to_string()),
+            self.net.network(),
+            self.net.prefix_len(),
+        );
+        if let Some(gw) = self.gateway {
+            out.push_str(&format!("gateway = \"{gw}\"\n"));
+        }
+        let image_cmdline = self
+            .api_token
+            .as_deref()
+            .map(|t| format!("cerana.api_token={t}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\n[boot]\ndefault = {{ image = \"cerana\" }}\ncmdline = \"console=ttyS0\"\n\n\
+             [images.cerana]\nkernel = {}\ninitrd = {}\ncmdline = {}\n",
+            quote(&kernel.display().to_string()),
+            quote(&initrd.display().to_string()),
+            quote(&image_cmdline),
+        ));
+        out
+    }
+}
+
+/// The interface holding `address`.
+pub fn interface_with(address: Ipv4Addr) -> Result<String, BootstrapError> {
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let ip = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|s| s.ip());
+        if ip == Some(address) {
+            return Ok(ifa.interface_name);
+        }
+    }
+    Err(BootstrapError::NoInterface(address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_pool_gateway_and_token_from_the_command_line() {
+        let b = Bootstrap::from_cmdline("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip=10.99.0.2/24 cerana.mgmt_gw=10.99.0.1 cerana.api_token=abcdefghijklmnop").unwrap();
+        assert_eq!(
+            b.range(),
+            [
+                "10.99.0.100".parse::<Ipv4Addr>().unwrap(),
+                "10.99.0.249".parse().unwrap()
+            ]
+        );
+        let text = b.config(
+            "eth0",
+            Path::new("/run/k"),
+            Path::new("/run/i"),
+            Path::new("/usr/lib/ipxe"),
+        );
+        let config: crate::config::Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        assert!(text.contains("gateway = \"10.99.0.1\""));
+        assert!(text.contains("cmdline = \"cerana.api_token=abcdefghijklmnop\""));
+        assert!(text.contains("interface = \"eth0\""));
+    }
+
+    #[test]
+    fn rejects_missing_bad_or_unusable_addresses() {
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.cluster_bootstrap"),
+            Err(BootstrapError::NoMgmtIp)
+        ));
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2"),
+            Err(BootstrapError::BadMgmtIp(..))
+        ));
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.x/24"),
+            Err(BootstrapError::BadMgmtIp(..))
+        ));
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2/28"),
+            Err(BootstrapError::NetworkTooSmall(28))
+        ));
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.120/24"),
+            Err(BootstrapError::AddressInPool(_))
+        ));
+        assert!(matches!(
+            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2/24 cerana.mgmt_gw=10.1.0.1"),
+            Err(BootstrapError::BadGateway(_))
+        ));
+    }
+
+    #[test]
+    fn finds_the_loopback_interface_by_address() {
+        assert_eq!(interface_with(Ipv4Addr::LOCALHOST).unwrap(), "lo");
+    }
+}
