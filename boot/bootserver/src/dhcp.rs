@@ -35,11 +35,7 @@ pub enum Malformed {
     #[error("option {code} at offset {offset} runs past the end of the packet")]
     Truncated { code: u8, offset: usize },
     #[error("option {code} has length {len}, expected {expected}")]
-    OptionLength {
-        code: u8,
-        len: usize,
-        expected: &'static str,
-    },
+    OptionLength { code: u8, len: usize, expected: &'static str },
     #[error("option {code} appears twice")]
     Duplicate { code: u8 },
     #[error("no DHCP message type (option 53): BOOTP is not served")]
@@ -104,10 +100,7 @@ fn sanitize(data: &[u8]) -> Result<(Vec<u8>, RawInfo), Malformed> {
         return Err(Malformed::NotRequest(data[0]));
     }
     if data[1] != 1 || data[2] != 6 {
-        return Err(Malformed::Hardware {
-            htype: data[1],
-            hlen: data[2],
-        });
+        return Err(Malformed::Hardware { htype: data[1], hlen: data[2] });
     }
     if data[HEADER_LEN..HEADER_LEN + 4] != MAGIC_COOKIE {
         return Err(Malformed::NoCookie);
@@ -126,20 +119,10 @@ fn sanitize(data: &[u8]) -> Result<(Vec<u8>, RawInfo), Malformed> {
             255 => break,
             _ => {}
         }
-        let len = *data
-            .get(i + 1)
-            .ok_or(Malformed::Truncated { code, offset: i })? as usize;
-        let value = data
-            .get(i + 2..i + 2 + len)
-            .ok_or(Malformed::Truncated { code, offset: i })?;
+        let len = *data.get(i + 1).ok_or(Malformed::Truncated { code, offset: i })? as usize;
+        let value = data.get(i + 2..i + 2 + len).ok_or(Malformed::Truncated { code, offset: i })?;
         i += 2 + len;
-        let bad = |expected| {
-            Err(Malformed::OptionLength {
-                code,
-                len,
-                expected,
-            })
-        };
+        let bad = |expected| Err(Malformed::OptionLength { code, len, expected });
         let ok = match code {
             53 | 52 => len == 1,
             1 | 50 | 51 | 54 | 58 | 59 => len == 4,
@@ -177,11 +160,7 @@ fn sanitize(data: &[u8]) -> Result<(Vec<u8>, RawInfo), Malformed> {
                 // Sub-options must tile the option exactly; the codec assumes they do.
                 let mut j = 0;
                 while j < value.len() {
-                    let sub_len = *value.get(j + 1).ok_or(Malformed::OptionLength {
-                        code,
-                        len,
-                        expected: "well-formed sub-options",
-                    })? as usize;
+                    let sub_len = *value.get(j + 1).ok_or(Malformed::OptionLength { code, len, expected: "well-formed sub-options" })? as usize;
                     j += 2 + sub_len;
                 }
                 if j != value.len() {
@@ -211,19 +190,10 @@ struct Request {
 impl Request {
     fn parse(data: &[u8]) -> Result<Request, Malformed> {
         let (clean, info) = sanitize(data)?;
-        let msg = Message::decode(&mut Decoder::new(&clean))
-            .map_err(|e| Malformed::Codec(e.to_string()))?;
-        let mac = MacAddr::from_slice(msg.chaddr()).ok_or(Malformed::Hardware {
-            htype: 1,
-            hlen: msg.hlen(),
-        })?;
+        let msg = Message::decode(&mut Decoder::new(&clean)).map_err(|e| Malformed::Codec(e.to_string()))?;
+        let mac = MacAddr::from_slice(msg.chaddr()).ok_or(Malformed::Hardware { htype: 1, hlen: msg.hlen() })?;
         let kind = msg.opts().msg_type().ok_or(Malformed::NoMessageType)?;
-        Ok(Request {
-            msg,
-            mac,
-            kind,
-            info,
-        })
+        Ok(Request { msg, mac, kind, info })
     }
 
     fn ipv4_opt(&self, code: OptionCode) -> Option<Ipv4Addr> {
@@ -238,12 +208,7 @@ impl Request {
     }
 
     fn client(&self) -> DhcpClientInfo {
-        DhcpClientInfo {
-            arch: self.info.arch,
-            ipxe: self.info.ipxe,
-            pxe: self.info.pxe,
-            relay: self.relay(),
-        }
+        DhcpClientInfo { arch: self.info.arch, ipxe: self.info.ipxe, pxe: self.info.pxe, relay: self.relay() }
     }
 }
 
@@ -258,16 +223,8 @@ pub struct BootFiles {
 
 impl BootFiles {
     pub fn new(boot: &BootConfig, server_ip: Ipv4Addr, http_port: u16) -> Self {
-        let host = if http_port == 80 {
-            server_ip.to_string()
-        } else {
-            format!("{server_ip}:{http_port}")
-        };
-        BootFiles {
-            bios: boot.bios_bootfile.clone(),
-            uefi: boot.uefi_bootfile.clone(),
-            script_url: format!("http://{host}/boot.ipxe"),
-        }
+        let host = if http_port == 80 { server_ip.to_string() } else { format!("{server_ip}:{http_port}") };
+        BootFiles { bios: boot.bios_bootfile.clone(), uefi: boot.uefi_bootfile.clone(), script_url: format!("http://{host}/boot.ipxe") }
     }
 
     /// None for a client that is not network-booting; an error for a firmware we have no loader for.
@@ -281,9 +238,7 @@ impl BootFiles {
         match info.arch.unwrap_or(0) {
             0 => Ok(Some(&self.bios)),
             7 | 9 => Ok(Some(&self.uefi)),
-            other => Err(format!(
-                "no boot loader for client architecture {other} (option 93)"
-            )),
+            other => Err(format!("no boot loader for client architecture {other} (option 93)")),
         }
     }
 }
@@ -301,22 +256,9 @@ pub struct DhcpService {
 
 impl DhcpService {
     /// `allocator` is required in full mode and unused otherwise.
-    pub fn new(
-        server_ip: Ipv4Addr,
-        mode: DhcpMode,
-        allocator: Option<Allocator>,
-        boot: BootFiles,
-        events: Arc<EventLog>,
-    ) -> Self {
+    pub fn new(server_ip: Ipv4Addr, mode: DhcpMode, allocator: Option<Allocator>, boot: BootFiles, events: Arc<EventLog>) -> Self {
         let pool = allocator.as_ref().map(|a| a.pool().clone());
-        DhcpService {
-            server_ip,
-            mode,
-            pool,
-            allocator: allocator.map(Mutex::new),
-            boot,
-            events,
-        }
+        DhcpService { server_ip, mode, pool, allocator: allocator.map(Mutex::new), boot, events }
     }
 
     pub fn mode(&self) -> DhcpMode {
@@ -337,10 +279,7 @@ impl DhcpService {
 
     /// The leases, for `/leases` and tests.
     pub fn leases(&self) -> Vec<crate::lease::Lease> {
-        self.allocator
-            .as_ref()
-            .and_then(|a| self.lock(a).leases().ok())
-            .unwrap_or_default()
+        self.allocator.as_ref().and_then(|a| self.lock(a).leases().ok()).unwrap_or_default()
     }
 
     fn lock<'a>(&self, a: &'a Mutex<Allocator>) -> std::sync::MutexGuard<'a, Allocator> {
@@ -348,20 +287,12 @@ impl DhcpService {
     }
 
     /// Handles one datagram received from `from` on `port`; `now` is seconds since the epoch.
-    pub fn handle(
-        &self,
-        data: &[u8],
-        from: SocketAddrV4,
-        port: Port,
-        now: u64,
-    ) -> Result<Handled, DhcpError> {
+    pub fn handle(&self, data: &[u8], from: SocketAddrV4, port: Port, now: u64) -> Result<Handled, DhcpError> {
         let req = Request::parse(data)?;
         match (self.mode, port) {
             (DhcpMode::Off, _) => Ok(Handled::Ignored("DHCP is off".into())),
             (DhcpMode::Full, Port::Dhcp) => self.full(&req, now),
-            (DhcpMode::Full, Port::Pxe) => Ok(Handled::Ignored(
-                "port 4011 is only served in proxy mode".into(),
-            )),
+            (DhcpMode::Full, Port::Pxe) => Ok(Handled::Ignored("port 4011 is only served in proxy mode".into())),
             (DhcpMode::Proxy, _) => self.proxy(&req, from, port),
         }
     }
@@ -376,64 +307,31 @@ impl DhcpService {
         };
         if let Some(relay) = req.relay() {
             if !pool.net.contains(relay) {
-                return Ok(Handled::Ignored(format!(
-                    "relay {relay} is outside the pool's network {}",
-                    pool.net
-                )));
+                return Ok(Handled::Ignored(format!("relay {relay} is outside the pool's network {}", pool.net)));
             }
         }
         let mac = req.mac;
         match req.kind {
             MessageType::Discover => {
-                self.record(
-                    req,
-                    BootEventKind::DhcpDiscover {
-                        client: req.client(),
-                    },
-                );
+                self.record(req, BootEventKind::DhcpDiscover { client: req.client() });
                 let requested = req.ipv4_opt(OptionCode::RequestedIpAddress);
                 let ip = match self.lock(allocator).offer(mac, requested, now) {
                     Ok(ip) => ip,
-                    Err(AllocError::Store(e)) => {
-                        return Err(DhcpError::Store(AllocError::Store(e)))
-                    }
+                    Err(AllocError::Store(e)) => return Err(DhcpError::Store(AllocError::Store(e))),
                     Err(e) => {
-                        self.record(
-                            req,
-                            BootEventKind::DhcpIgnored {
-                                reason: e.to_string(),
-                            },
-                        );
+                        self.record(req, BootEventKind::DhcpIgnored { reason: e.to_string() });
                         return Ok(Handled::Ignored(e.to_string()));
                     }
                 };
                 let bootfile = self.bootfile(req);
-                self.record(
-                    req,
-                    BootEventKind::DhcpOffer {
-                        ip: Some(ip),
-                        bootfile: bootfile.clone(),
-                    },
-                );
-                self.reply(
-                    req,
-                    MessageType::Offer,
-                    Some(ip),
-                    Some(pool),
-                    bootfile.as_deref(),
-                )
+                self.record(req, BootEventKind::DhcpOffer { ip: Some(ip), bootfile: bootfile.clone() });
+                self.reply(req, MessageType::Offer, Some(ip), Some(pool), bootfile.as_deref())
             }
             MessageType::Request => {
                 let server_id = req.ipv4_opt(OptionCode::ServerIdentifier);
                 let requested = req.ipv4_opt(OptionCode::RequestedIpAddress);
                 let ciaddr = Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified());
-                self.record(
-                    req,
-                    BootEventKind::DhcpRequest {
-                        client: req.client(),
-                        ip: requested.or(ciaddr),
-                    },
-                );
+                self.record(req, BootEventKind::DhcpRequest { client: req.client(), ip: requested.or(ciaddr) });
                 if let Some(sid) = server_id {
                     if sid != self.server_ip {
                         self.lock(allocator).forget_offer(mac);
@@ -452,21 +350,8 @@ impl DhcpService {
                 match committed {
                     Ok(_) => {
                         let bootfile = self.bootfile(req);
-                        self.record(
-                            req,
-                            BootEventKind::DhcpAck {
-                                ip: Some(ip),
-                                bootfile: bootfile.clone(),
-                                lease_secs: Some(pool.lease_secs),
-                            },
-                        );
-                        self.reply(
-                            req,
-                            MessageType::Ack,
-                            Some(ip),
-                            Some(pool),
-                            bootfile.as_deref(),
-                        )
+                        self.record(req, BootEventKind::DhcpAck { ip: Some(ip), bootfile: bootfile.clone(), lease_secs: Some(pool.lease_secs) });
+                        self.reply(req, MessageType::Ack, Some(ip), Some(pool), bootfile.as_deref())
                     }
                     Err(AllocError::Store(e)) => Err(DhcpError::Store(AllocError::Store(e))),
                     Err(e) => self.nak(req, e.to_string()),
@@ -475,23 +360,14 @@ impl DhcpService {
             MessageType::Release => {
                 let ip = req.msg.ciaddr();
                 self.record(req, BootEventKind::DhcpRelease { ip });
-                let released = self
-                    .lock(allocator)
-                    .release(mac, ip, now)
-                    .map_err(DhcpError::Store)?;
-                Ok(Handled::Ignored(if released {
-                    format!("released {ip}")
-                } else {
-                    format!("release of {ip}, which {mac} does not hold")
-                }))
+                let released = self.lock(allocator).release(mac, ip, now).map_err(DhcpError::Store)?;
+                Ok(Handled::Ignored(if released { format!("released {ip}") } else { format!("release of {ip}, which {mac} does not hold") }))
             }
             MessageType::Decline => {
                 let ip = req.ipv4_opt(OptionCode::RequestedIpAddress);
                 self.record(req, BootEventKind::DhcpDecline { ip });
                 if let Some(ip) = ip {
-                    self.lock(allocator)
-                        .decline(mac, ip, now)
-                        .map_err(DhcpError::Store)?;
+                    self.lock(allocator).decline(mac, ip, now).map_err(DhcpError::Store)?;
                 }
                 Ok(Handled::Ignored("decline recorded".into()))
             }
@@ -499,61 +375,32 @@ impl DhcpService {
                 let bootfile = self.bootfile(req);
                 self.reply(req, MessageType::Ack, None, Some(pool), bootfile.as_deref())
             }
-            other => Ok(Handled::Ignored(format!(
-                "{other:?} is not a client message"
-            ))),
+            other => Ok(Handled::Ignored(format!("{other:?} is not a client message"))),
         }
     }
 
     fn proxy(&self, req: &Request, from: SocketAddrV4, port: Port) -> Result<Handled, DhcpError> {
         if !req.info.pxe && !req.info.ipxe {
-            return Ok(Handled::Ignored(
-                "not a PXE client; proxyDHCP answers only PXE clients".into(),
-            ));
+            return Ok(Handled::Ignored("not a PXE client; proxyDHCP answers only PXE clients".into()));
         }
         match (req.kind, port) {
             (MessageType::Discover, Port::Dhcp) => {
-                self.record(
-                    req,
-                    BootEventKind::DhcpDiscover {
-                        client: req.client(),
-                    },
-                );
+                self.record(req, BootEventKind::DhcpDiscover { client: req.client() });
                 let bootfile = self.bootfile(req);
                 if bootfile.is_none() {
                     return Ok(Handled::Ignored("no boot file for this client".into()));
                 }
-                self.record(
-                    req,
-                    BootEventKind::DhcpOffer {
-                        ip: None,
-                        bootfile: bootfile.clone(),
-                    },
-                );
+                self.record(req, BootEventKind::DhcpOffer { ip: None, bootfile: bootfile.clone() });
                 self.reply(req, MessageType::Offer, None, None, bootfile.as_deref())
             }
             (MessageType::Request, Port::Pxe) => {
-                self.record(
-                    req,
-                    BootEventKind::DhcpRequest {
-                        client: req.client(),
-                        ip: None,
-                    },
-                );
+                self.record(req, BootEventKind::DhcpRequest { client: req.client(), ip: None });
                 let bootfile = self.bootfile(req);
                 if bootfile.is_none() {
                     return Ok(Handled::Ignored("no boot file for this client".into()));
                 }
-                self.record(
-                    req,
-                    BootEventKind::DhcpAck {
-                        ip: None,
-                        bootfile: bootfile.clone(),
-                        lease_secs: None,
-                    },
-                );
-                let mut handled =
-                    self.reply(req, MessageType::Ack, None, None, bootfile.as_deref())?;
+                self.record(req, BootEventKind::DhcpAck { ip: None, bootfile: bootfile.clone(), lease_secs: None });
+                let mut handled = self.reply(req, MessageType::Ack, None, None, bootfile.as_deref())?;
                 if let Handled::Reply(reply) = &mut handled {
                     if req.relay().is_none() {
                         reply.to = from;
@@ -564,17 +411,13 @@ impl DhcpService {
             (MessageType::Request, Port::Dhcp) => {
                 // The client accepted the real server's offer; remember its address so its
                 // TFTP and HTTP requests are attributed to it.
-                let ip = req
-                    .ipv4_opt(OptionCode::RequestedIpAddress)
-                    .or(Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
+                let ip = req.ipv4_opt(OptionCode::RequestedIpAddress).or(Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
                 if let Some(ip) = ip {
                     self.events.learn_ip(ip, req.mac);
                 }
                 Ok(Handled::Ignored("REQUEST for the address server".into()))
             }
-            (other, _) => Ok(Handled::Ignored(format!(
-                "{other:?} is not answered in proxy mode"
-            ))),
+            (other, _) => Ok(Handled::Ignored(format!("{other:?} is not answered in proxy mode"))),
         }
     }
 
@@ -590,12 +433,7 @@ impl DhcpService {
     }
 
     fn nak(&self, req: &Request, reason: String) -> Result<Handled, DhcpError> {
-        self.record(
-            req,
-            BootEventKind::DhcpNak {
-                reason: reason.clone(),
-            },
-        );
+        self.record(req, BootEventKind::DhcpNak { reason: reason.clone() });
         tracing::info!(mac = %req.mac, %reason, "DHCPNAK");
         self.reply(req, MessageType::Nak, None, None, None)
     }
@@ -609,14 +447,7 @@ impl DhcpService {
         bootfile: Option<&str>,
     ) -> Result<Handled, DhcpError> {
         let m = &req.msg;
-        let mut r = Message::new_with_id(
-            m.xid(),
-            Ipv4Addr::UNSPECIFIED,
-            yiaddr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            Ipv4Addr::UNSPECIFIED,
-            m.giaddr(),
-            m.chaddr(),
-        );
+        let mut r = Message::new_with_id(m.xid(), Ipv4Addr::UNSPECIFIED, yiaddr.unwrap_or(Ipv4Addr::UNSPECIFIED), Ipv4Addr::UNSPECIFIED, m.giaddr(), m.chaddr());
         r.set_opcode(Opcode::BootReply).set_flags(m.flags());
         if kind == MessageType::Ack {
             r.set_ciaddr(m.ciaddr());
@@ -658,11 +489,7 @@ impl DhcpService {
             r.opts_mut().insert(info.clone());
         }
         let bytes = r.to_vec().map_err(|e| DhcpError::Encode(e.to_string()))?;
-        Ok(Handled::Reply(Reply {
-            bytes,
-            to: destination(m, kind),
-            kind,
-        }))
+        Ok(Handled::Reply(Reply { bytes, to: destination(m, kind), kind }))
     }
 }
 
@@ -679,20 +506,8 @@ fn destination(m: &Message, kind: MessageType) -> SocketAddrV4 {
 }
 
 /// Builds a request as a client would send it (tests, fuzz seeds, benchmarks).
-pub fn client_message(
-    kind: MessageType,
-    mac: MacAddr,
-    xid: u32,
-    extra: Vec<DhcpOption>,
-) -> Message {
-    let mut m = Message::new_with_id(
-        xid,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac.octets(),
-    );
+pub fn client_message(kind: MessageType, mac: MacAddr, xid: u32, extra: Vec<DhcpOption>) -> Message {
+    let mut m = Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac.octets());
     m.set_flags(Flags::default().set_broadcast());
     m.opts_mut().insert(DhcpOption::MessageType(kind));
     for opt in extra {
@@ -702,11 +517,7 @@ pub fn client_message(
 }
 
 /// Receives on `socket` (bound to one interface) and answers until the socket fails.
-pub async fn serve(
-    service: Arc<DhcpService>,
-    socket: tokio::net::UdpSocket,
-    port: Port,
-) -> std::io::Result<()> {
+pub async fn serve(service: Arc<DhcpService>, socket: tokio::net::UdpSocket, port: Port) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
@@ -714,9 +525,7 @@ pub async fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let std::net::SocketAddr::V4(from) = from else {
-            continue;
-        };
+        let std::net::SocketAddr::V4(from) = from else { continue };
         let now = crate::events::now_ms() / 1000;
         match service.handle(&buf[..len], from, port, now) {
             Ok(Handled::Reply(reply)) => {
@@ -724,9 +533,7 @@ pub async fn serve(
                     tracing::warn!(to = %reply.to, error = %e, "cannot send DHCP reply");
                 }
             }
-            Ok(Handled::Ignored(reason)) => {
-                tracing::debug!(%from, %reason, "DHCP request not answered")
-            }
+            Ok(Handled::Ignored(reason)) => tracing::debug!(%from, %reason, "DHCP request not answered"),
             Err(e) => tracing::warn!(%from, len, error = %e, "DHCP packet dropped"),
         }
     }
@@ -782,77 +589,38 @@ mod tests {
     #[test]
     fn dora_with_bios_pxe_then_ipxe() {
         let s = service(DhcpMode::Full);
-        let (offer, to) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(1), 7, pxe(0)),
-            Port::Dhcp,
-        ));
+        let (offer, to) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 7, pxe(0)), Port::Dhcp));
         assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(offer.xid(), 7);
-        assert_eq!(
-            offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
-            "undionly.kpxe"
-        );
+        assert_eq!(offer.fname_str().unwrap().unwrap().trim_end_matches('\0'), "undionly.kpxe");
         assert_eq!(offer.siaddr(), SERVER);
         let ip = offer.yiaddr();
         assert_eq!(ip, Ipv4Addr::new(10, 5, 0, 100));
         let mut req = pxe(0);
         req.push(DhcpOption::RequestedIpAddress(ip));
         req.push(DhcpOption::ServerIdentifier(SERVER));
-        let (ack, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Request, mac(1), 8, req),
-            Port::Dhcp,
-        ));
+        let (ack, _) = reply_msg(send(&s, &client_message(MessageType::Request, mac(1), 8, req), Port::Dhcp));
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(ack.yiaddr(), ip);
-        assert_eq!(
-            ack.opts().get(OptionCode::AddressLeaseTime),
-            Some(&DhcpOption::AddressLeaseTime(600))
-        );
+        assert_eq!(ack.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(600)));
         // iPXE comes back: same address, the HTTP script as boot file.
         let mut ipxe = pxe(0);
         ipxe.push(DhcpOption::UserClass(b"iPXE".to_vec()));
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(1), 9, ipxe),
-            Port::Dhcp,
-        ));
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 9, ipxe), Port::Dhcp));
         assert_eq!(offer.yiaddr(), ip);
-        assert_eq!(
-            offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
-            "http://10.5.0.1/boot.ipxe"
-        );
+        assert_eq!(offer.fname_str().unwrap().unwrap().trim_end_matches('\0'), "http://10.5.0.1/boot.ipxe");
     }
 
     #[test]
     fn uefi_gets_efi_loader_and_unknown_arch_none() {
         let s = service(DhcpMode::Full);
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(2), 1, pxe(7)),
-            Port::Dhcp,
-        ));
-        assert_eq!(
-            offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
-            "snponly.efi"
-        );
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(3), 1, pxe(11)),
-            Port::Dhcp,
-        ));
-        assert!(
-            offer.fname().is_none(),
-            "no loader for ARM64, still an address"
-        );
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(2), 1, pxe(7)), Port::Dhcp));
+        assert_eq!(offer.fname_str().unwrap().unwrap().trim_end_matches('\0'), "snponly.efi");
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(3), 1, pxe(11)), Port::Dhcp));
+        assert!(offer.fname().is_none(), "no loader for ARM64, still an address");
         // A plain client gets an address and no boot file.
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(4), 1, vec![]),
-            Port::Dhcp,
-        ));
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(4), 1, vec![]), Port::Dhcp));
         assert!(offer.fname().is_none());
         assert!(!offer.yiaddr().is_unspecified());
     }
@@ -860,77 +628,30 @@ mod tests {
     #[test]
     fn request_for_other_server_is_ignored_and_bad_address_naked() {
         let s = service(DhcpMode::Full);
-        let other = vec![
-            DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 5, 0, 2)),
-            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 5, 0, 100)),
-        ];
-        assert!(matches!(
-            send(
-                &s,
-                &client_message(MessageType::Request, mac(1), 1, other),
-                Port::Dhcp
-            ),
-            Handled::Ignored(_)
-        ));
-        let wrong = vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-            192, 168, 1, 5,
-        ))];
-        let (nak, to) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Request, mac(1), 1, wrong),
-            Port::Dhcp,
-        ));
+        let other = vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 5, 0, 2)), DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 5, 0, 100))];
+        assert!(matches!(send(&s, &client_message(MessageType::Request, mac(1), 1, other), Port::Dhcp), Handled::Ignored(_)));
+        let wrong = vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 1, 5))];
+        let (nak, to) = reply_msg(send(&s, &client_message(MessageType::Request, mac(1), 1, wrong), Port::Dhcp));
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         assert_eq!(to.ip(), &Ipv4Addr::BROADCAST);
         // Someone else's address: NAK.
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(5), 1, vec![]),
-            Port::Dhcp,
-        ));
-        let req = vec![
-            DhcpOption::RequestedIpAddress(offer.yiaddr()),
-            DhcpOption::ServerIdentifier(SERVER),
-        ];
-        reply_msg(send(
-            &s,
-            &client_message(MessageType::Request, mac(5), 1, req.clone()),
-            Port::Dhcp,
-        ));
-        let (nak, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Request, mac(6), 1, req),
-            Port::Dhcp,
-        ));
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(5), 1, vec![]), Port::Dhcp));
+        let req = vec![DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(SERVER)];
+        reply_msg(send(&s, &client_message(MessageType::Request, mac(5), 1, req.clone()), Port::Dhcp));
+        let (nak, _) = reply_msg(send(&s, &client_message(MessageType::Request, mac(6), 1, req), Port::Dhcp));
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
     }
 
     #[test]
     fn renewal_is_unicast_to_ciaddr() {
         let s = service(DhcpMode::Full);
-        let (offer, _) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(1), 1, vec![]),
-            Port::Dhcp,
-        ));
+        let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 1, vec![]), Port::Dhcp));
         let ip = offer.yiaddr();
-        reply_msg(send(
-            &s,
-            &client_message(
-                MessageType::Request,
-                mac(1),
-                2,
-                vec![DhcpOption::RequestedIpAddress(ip)],
-            ),
-            Port::Dhcp,
-        ));
+        reply_msg(send(&s, &client_message(MessageType::Request, mac(1), 2, vec![DhcpOption::RequestedIpAddress(ip)]), Port::Dhcp));
         let mut renew = client_message(MessageType::Request, mac(1), 3, vec![]);
         renew.set_ciaddr(ip).set_flags(Flags::default());
         let (ack, to) = reply_msg(send(&s, &renew, Port::Dhcp));
-        assert_eq!(
-            (ack.opts().msg_type(), to),
-            (Some(MessageType::Ack), SocketAddrV4::new(ip, 68))
-        );
+        assert_eq!((ack.opts().msg_type(), to), (Some(MessageType::Ack), SocketAddrV4::new(ip, 68)));
         assert_eq!(ack.ciaddr(), ip);
     }
 
@@ -940,18 +661,12 @@ mod tests {
         let mut m = client_message(MessageType::Discover, mac(1), 1, vec![]);
         m.set_giaddr(Ipv4Addr::new(10, 5, 0, 254));
         let mut info = dhcproto::v4::relay::RelayAgentInformation::default();
-        info.insert(dhcproto::v4::relay::RelayInfo::AgentCircuitId(
-            b"port7".to_vec(),
-        ));
-        m.opts_mut()
-            .insert(DhcpOption::RelayAgentInformation(info.clone()));
+        info.insert(dhcproto::v4::relay::RelayInfo::AgentCircuitId(b"port7".to_vec()));
+        m.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
         let (offer, to) = reply_msg(send(&s, &m, Port::Dhcp));
         assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 5, 0, 254), 67));
         assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 5, 0, 254));
-        assert_eq!(
-            offer.opts().get(OptionCode::RelayAgentInformation),
-            Some(&DhcpOption::RelayAgentInformation(info))
-        );
+        assert_eq!(offer.opts().get(OptionCode::RelayAgentInformation), Some(&DhcpOption::RelayAgentInformation(info)));
         m.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
         assert!(matches!(send(&s, &m, Port::Dhcp), Handled::Ignored(_)));
     }
@@ -959,52 +674,26 @@ mod tests {
     #[test]
     fn proxy_mode_offers_boot_info_only() {
         let s = service(DhcpMode::Proxy);
-        assert!(matches!(
-            send(
-                &s,
-                &client_message(MessageType::Discover, mac(1), 1, vec![]),
-                Port::Dhcp
-            ),
-            Handled::Ignored(_)
-        ));
+        assert!(matches!(send(&s, &client_message(MessageType::Discover, mac(1), 1, vec![]), Port::Dhcp), Handled::Ignored(_)));
         let mut opts = pxe(7);
         opts.push(DhcpOption::ClientMachineIdentifier([0u8; 17].to_vec()));
-        let (offer, to) = reply_msg(send(
-            &s,
-            &client_message(MessageType::Discover, mac(1), 1, opts.clone()),
-            Port::Dhcp,
-        ));
+        let (offer, to) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 1, opts.clone()), Port::Dhcp));
         assert_eq!(to.ip(), &Ipv4Addr::BROADCAST);
         assert!(offer.yiaddr().is_unspecified());
-        assert_eq!(
-            offer.fname_str().unwrap().unwrap().trim_end_matches('\0'),
-            "snponly.efi"
-        );
-        assert_eq!(
-            offer.opts().get(OptionCode::ClassIdentifier),
-            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
-        );
-        assert!(offer
-            .opts()
-            .get(OptionCode::ClientMachineIdentifier)
-            .is_some());
+        assert_eq!(offer.fname_str().unwrap().unwrap().trim_end_matches('\0'), "snponly.efi");
+        assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+        assert!(offer.opts().get(OptionCode::ClientMachineIdentifier).is_some());
         assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
         let mut req = client_message(MessageType::Request, mac(1), 2, opts);
         req.set_ciaddr(Ipv4Addr::new(10, 5, 0, 77));
         let from = SocketAddrV4::new(Ipv4Addr::new(10, 5, 0, 77), 4011);
-        let h = s
-            .handle(&req.to_vec().unwrap(), from, Port::Pxe, 0)
-            .unwrap();
-        let Handled::Reply(r) = h else {
-            panic!("no ack")
-        };
+        let h = s.handle(&req.to_vec().unwrap(), from, Port::Pxe, 0).unwrap();
+        let Handled::Reply(r) = h else { panic!("no ack") };
         assert_eq!((r.kind, r.to), (MessageType::Ack, from));
     }
 
     fn raw_discover() -> Vec<u8> {
-        client_message(MessageType::Discover, mac(1), 1, pxe(0))
-            .to_vec()
-            .unwrap()
+        client_message(MessageType::Discover, mac(1), 1, pxe(0)).to_vec().unwrap()
     }
 
     fn option_offset(pkt: &[u8], code: u8) -> usize {
@@ -1020,32 +709,20 @@ mod tests {
         let s = service(DhcpMode::Full);
         let h = |d: &[u8]| s.handle(d, FROM, Port::Dhcp, 0);
         let good = raw_discover();
-        assert!(matches!(
-            h(&good[..100]),
-            Err(DhcpError::Malformed(Malformed::TooShort(100)))
-        ));
+        assert!(matches!(h(&good[..100]), Err(DhcpError::Malformed(Malformed::TooShort(100)))));
         for cut in 241..good.len() - 1 {
             // Every truncation either still parses (cut between options) or is refused; none panics.
             let _ = h(&good[..cut]);
         }
         let mut bad = good.clone();
         bad[2] = 20;
-        assert!(matches!(
-            h(&bad),
-            Err(DhcpError::Malformed(Malformed::Hardware { hlen: 20, .. }))
-        ));
+        assert!(matches!(h(&bad), Err(DhcpError::Malformed(Malformed::Hardware { hlen: 20, .. }))));
         let mut bad = good.clone();
         bad[0] = 2;
-        assert!(matches!(
-            h(&bad),
-            Err(DhcpError::Malformed(Malformed::NotRequest(2)))
-        ));
+        assert!(matches!(h(&bad), Err(DhcpError::Malformed(Malformed::NotRequest(2)))));
         let mut bad = good.clone();
         bad[236] = 0;
-        assert!(matches!(
-            h(&bad),
-            Err(DhcpError::Malformed(Malformed::NoCookie))
-        ));
+        assert!(matches!(h(&bad), Err(DhcpError::Malformed(Malformed::NoCookie))));
         let mut bad = good.clone();
         let at = option_offset(&bad, 53);
         bad[at + 1] = 2;
@@ -1056,16 +733,10 @@ mod tests {
         assert!(matches!(h(&bad), Err(DhcpError::Malformed(_))));
         let mut bad = good[..240].to_vec();
         bad.extend([12, 1, b'x', 255]);
-        assert!(matches!(
-            h(&bad),
-            Err(DhcpError::Malformed(Malformed::NoMessageType))
-        ));
+        assert!(matches!(h(&bad), Err(DhcpError::Malformed(Malformed::NoMessageType))));
         let mut dup = good[..240].to_vec();
         dup.extend([53, 1, 1, 53, 1, 3, 255]);
-        assert!(matches!(
-            h(&dup),
-            Err(DhcpError::Malformed(Malformed::Duplicate { code: 53 }))
-        ));
+        assert!(matches!(h(&dup), Err(DhcpError::Malformed(Malformed::Duplicate { code: 53 }))));
         let mut relay = good[..240].to_vec();
         relay.extend([53, 1, 1, 82, 4, 1, 5, 0, 0, 255]);
         assert!(matches!(h(&relay), Err(DhcpError::Malformed(_))));

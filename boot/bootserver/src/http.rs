@@ -27,11 +27,7 @@ const DISK_TEMPLATE: &str = include_str!("../../ipxe/disk.ipxe");
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("image {image}: cannot read {path}: {source}")]
-    Read {
-        image: String,
-        path: String,
-        source: std::io::Error,
-    },
+    Read { image: String, path: String, source: std::io::Error },
 }
 
 /// A file served by its SHA-256.
@@ -43,10 +39,7 @@ pub struct Blob {
 
 impl Blob {
     pub fn new(bytes: Bytes) -> Self {
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         Blob { bytes, sha256 }
     }
 }
@@ -72,19 +65,13 @@ impl ImageStore {
         let mut store = ImageStore::default();
         for (name, image) in &config.images {
             let read = |path: &Path| {
-                std::fs::read(path)
-                    .map(|b| Blob::new(Bytes::from(b)))
-                    .map_err(|source| ImageError::Read {
-                        image: name.clone(),
-                        path: path.display().to_string(),
-                        source,
-                    })
+                std::fs::read(path).map(|b| Blob::new(Bytes::from(b))).map_err(|source| ImageError::Read {
+                    image: name.clone(),
+                    path: path.display().to_string(),
+                    source,
+                })
             };
-            let image = Image {
-                kernel: read(&image.kernel)?,
-                initrd: read(&image.initrd)?,
-                cmdline: image.cmdline.clone(),
-            };
+            let image = Image { kernel: read(&image.kernel)?, initrd: read(&image.initrd)?, cmdline: image.cmdline.clone() };
             tracing::info!(image = %name, kernel = %image.kernel.sha256, initrd = %image.initrd.sha256, "image loaded");
             store.insert(name, image);
         }
@@ -92,10 +79,8 @@ impl ImageStore {
     }
 
     pub fn insert(&mut self, name: &str, image: Image) {
-        self.blobs
-            .insert(image.kernel.sha256.clone(), image.kernel.clone());
-        self.blobs
-            .insert(image.initrd.sha256.clone(), image.initrd.clone());
+        self.blobs.insert(image.kernel.sha256.clone(), image.kernel.clone());
+        self.blobs.insert(image.initrd.sha256.clone(), image.initrd.clone());
         self.images.insert(name.to_string(), image);
     }
 
@@ -142,50 +127,26 @@ struct ScriptQuery {
 }
 
 fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 fn render(template: &str, vars: &[(&str, &str)]) -> String {
-    vars.iter().fold(template.to_string(), |out, (k, v)| {
-        out.replace(&format!("{{{{{k}}}}}"), v)
-    })
+    vars.iter().fold(template.to_string(), |out, (k, v)| out.replace(&format!("{{{{{k}}}}}"), v))
 }
 
 fn ipxe(body: String) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
-async fn boot_script(
-    State(state): State<Arc<HttpState>>,
-    query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+async fn boot_script(State(state): State<Arc<HttpState>>, query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>) -> Response {
     let Ok(Query(q)) = query else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "#!ipxe\necho bad query: expected mac, uuid, arch\nexit 1\n".into(),
-        );
+        return text(StatusCode::BAD_REQUEST, "#!ipxe\necho bad query: expected mac, uuid, arch\nexit 1\n".into());
     };
     let Some(mac_text) = q.mac.filter(|m| !m.is_empty()) else {
         return ipxe(render(CHAIN_TEMPLATE, &[("base", &state.base)]));
     };
     let Ok(mac) = mac_text.parse::<MacAddr>() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("#!ipxe\necho invalid MAC address {mac_text:?}\nexit 1\n"),
-        );
+        return text(StatusCode::BAD_REQUEST, format!("#!ipxe\necho invalid MAC address {mac_text:?}\nexit 1\n"));
     };
     // iPXE sends an empty ${uuid} when the firmware has none; a malformed one is ignored too.
     let uuid = q.uuid.as_deref().and_then(|u| u.parse::<uuid::Uuid>().ok());
@@ -194,36 +155,19 @@ async fn boot_script(
     let mac_s = mac.to_string();
     match action {
         BootAction::Disk => {
-            state
-                .events
-                .record(mac, BootEventKind::HttpScript { image: None });
+            state.events.record(mac, BootEventKind::HttpScript { image: None });
             ipxe(render(DISK_TEMPLATE, &[("mac", &mac_s)]))
         }
         BootAction::Image(name) => {
             let Some(image) = state.images.image(name) else {
                 tracing::error!(%mac, image = %name, "the decided image is not loaded");
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"),
-                );
+                return text(StatusCode::SERVICE_UNAVAILABLE, format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"));
             };
-            state.events.record(
-                mac,
-                BootEventKind::HttpScript {
-                    image: Some(name.clone()),
-                },
-            );
+            state.events.record(mac, BootEventKind::HttpScript { image: Some(name.clone()) });
             let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
                 state.server_ip.to_string()
             } else {
-                state
-                    .config
-                    .boot
-                    .cluster_ips
-                    .iter()
-                    .map(|ip| ip.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                state.config.boot.cluster_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
             };
             let cmdline = [
                 state.config.boot.cmdline.clone(),
@@ -231,11 +175,7 @@ async fn boot_script(
                 format!("cerana.cluster_ips={cluster_ips}"),
                 format!("cerana.mgmt_mac={mac_s}"),
                 format!("cerana.initrd_hash=sha256-{}", image.initrd.sha256),
-                state
-                    .dhcp
-                    .as_ref()
-                    .and_then(|d| d.mgmt_settings(mac))
-                    .unwrap_or_default(),
+                state.dhcp.as_ref().and_then(|d| d.mgmt_settings(mac)).unwrap_or_default(),
                 image.cmdline.clone(),
                 machine_cmdline.to_string(),
             ]
@@ -287,13 +227,7 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let (start, end) = (start.trim(), end.trim());
-    let parse = |s: &str| {
-        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
-            s.parse::<u64>().ok()
-        } else {
-            None
-        }
-    };
+    let parse = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() { s.parse::<u64>().ok() } else { None };
     match (start.is_empty(), end.is_empty()) {
         (true, true) => RangeRequest::Full,
         (true, false) => match parse(end) {
@@ -303,14 +237,8 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
             None => RangeRequest::Full,
         },
         (false, _) => {
-            let Some(first) = parse(start) else {
-                return RangeRequest::Full;
-            };
-            let last = if end.is_empty() {
-                Some(u64::MAX)
-            } else {
-                parse(end)
-            };
+            let Some(first) = parse(start) else { return RangeRequest::Full };
+            let last = if end.is_empty() { Some(u64::MAX) } else { parse(end) };
             match last {
                 None => RangeRequest::Full,
                 Some(last) if last < first => RangeRequest::Full,
@@ -328,57 +256,32 @@ async fn image_file(
     query: Result<Query<ImageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(hex) = hash
-        .strip_prefix("sha256-")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-    else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "expected /images/sha256-<64 hex digits>/<file>\n".into(),
-        );
+    let Some(hex) = hash.strip_prefix("sha256-").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        return text(StatusCode::NOT_FOUND, "expected /images/sha256-<64 hex digits>/<file>\n".into());
     };
     let hex = hex.to_ascii_lowercase();
     if file == "manifest" {
         // Self-replication: what a node booted from this initrd needs to fetch.
-        return match state
-            .images
-            .images
-            .values()
-            .find(|i| i.initrd.sha256 == hex)
-        {
+        return match state.images.images.values().find(|i| i.initrd.sha256 == hex) {
             Some(image) => axum::Json(crate::replicate::Manifest {
                 kernel: format!("sha256-{}", image.kernel.sha256),
                 initrd: format!("sha256-{}", image.initrd.sha256),
                 cmdline: image.cmdline.clone(),
             })
             .into_response(),
-            None => text(
-                StatusCode::NOT_FOUND,
-                format!("no image with initrd sha256-{hex} on this server\n"),
-            ),
+            None => text(StatusCode::NOT_FOUND, format!("no image with initrd sha256-{hex} on this server\n")),
         };
     }
     let Some(blob) = state.images.blobs.get(&hex) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no file with hash sha256-{hex} on this server\n"),
-        );
+        return text(StatusCode::NOT_FOUND, format!("no file with hash sha256-{hex} on this server\n"));
     };
     let kind = match file.as_str() {
         "vmlinuz" | "kernel" | "bzImage" => true,
         "initrd" | "initrd.img" => false,
-        _ => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("unknown file name {file:?}: use vmlinuz or initrd\n"),
-            )
-        }
+        _ => return text(StatusCode::NOT_FOUND, format!("unknown file name {file:?}: use vmlinuz or initrd\n")),
     };
     let len = blob.bytes.len() as u64;
-    let range = parse_range(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        len,
-    );
+    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), len);
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes")
@@ -387,9 +290,7 @@ async fn image_file(
     let body = match range {
         RangeRequest::Full => blob.bytes.clone(),
         RangeRequest::Part(first, last) => {
-            builder = builder
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
             blob.bytes.slice(first as usize..=last as usize)
         }
         RangeRequest::Unsatisfiable => {
@@ -400,29 +301,15 @@ async fn image_file(
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
     };
-    let mac = query
-        .ok()
-        .and_then(|Query(q)| q.mac)
-        .and_then(|m| m.parse::<MacAddr>().ok())
-        .or_else(|| match peer.ip() {
-            IpAddr::V4(ip) => state.events.mac_for_ip(ip),
-            IpAddr::V6(_) => None,
-        });
+    let mac = query.ok().and_then(|Query(q)| q.mac).and_then(|m| m.parse::<MacAddr>().ok()).or_else(|| match peer.ip() {
+        IpAddr::V4(ip) => state.events.mac_for_ip(ip),
+        IpAddr::V6(_) => None,
+    });
     if let Some(mac) = mac {
         let (hash, bytes) = (format!("sha256-{}", blob.sha256), body.len() as u64);
-        state.events.record(
-            mac,
-            if kind {
-                BootEventKind::HttpKernel { hash, bytes }
-            } else {
-                BootEventKind::HttpInitrd { hash, bytes }
-            },
-        );
+        state.events.record(mac, if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } });
     }
-    builder
-        .header(header::CONTENT_LENGTH, body.len())
-        .body(Body::from(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    builder.header(header::CONTENT_LENGTH, body.len()).body(Body::from(body)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,25 +319,15 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
-async fn events(
-    State(state): State<Arc<HttpState>>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
+async fn events(State(state): State<Arc<HttpState>>, query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>) -> Response {
     let Ok(Query(q)) = query else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "query: mac=<MAC>&limit=<N>\n".into(),
-        );
+        return text(StatusCode::BAD_REQUEST, "query: mac=<MAC>&limit=<N>\n".into());
     };
     let mac = match q.mac.map(|m| m.parse::<MacAddr>()).transpose() {
         Ok(mac) => mac,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    axum::Json(state.events.events(&BootEventsArgs {
-        mac,
-        limit: q.limit,
-    }))
-    .into_response()
+    axum::Json(state.events.events(&BootEventsArgs { mac, limit: q.limit })).into_response()
 }
 
 async fn machines(State(state): State<Arc<HttpState>>) -> Response {
@@ -472,72 +349,35 @@ pub struct CheckIn {
     pub ip: Option<Ipv4Addr>,
 }
 
-async fn checkin(
-    State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+async fn checkin(State(state): State<Arc<HttpState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
     let limits = &state.config.http_limits;
     let read = axum::body::to_bytes(request.into_body(), limits.max_body_bytes);
-    let body = match tokio::time::timeout(Duration::from_secs(limits.body_timeout_secs), read).await
-    {
-        Err(_) => {
-            return text(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body too slow\n".into(),
-            )
-        }
-        Ok(Err(e)) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body refused: {e}\n"),
-            )
-        }
+    let body = match tokio::time::timeout(Duration::from_secs(limits.body_timeout_secs), read).await {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n".into()),
+        Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body refused: {e}\n")),
         Ok(Ok(body)) => body,
     };
     let checkin: CheckIn = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n"),
-            )
-        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n")),
     };
     if checkin.hostname.as_ref().is_some_and(|h| h.len() > 253) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "hostname longer than 253 bytes\n".into(),
-        );
+        return text(StatusCode::BAD_REQUEST, "hostname longer than 253 bytes\n".into());
     }
     let ip = checkin.ip.or(match peer.ip() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     });
-    state.events.record(
-        checkin.mac,
-        BootEventKind::CheckedIn {
-            hostname: checkin.hostname,
-            ip,
-        },
-    );
+    state.events.record(checkin.mac, BootEventKind::CheckedIn { hostname: checkin.hostname, ip });
     StatusCode::NO_CONTENT.into_response()
 }
 
 /// Serves `router` on `listener` with the configured bounds until the listener fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    limits: HttpLimits,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
+        let permit = slots.clone().acquire_owned().await.map_err(std::io::Error::other)?;
         let (stream, peer) = match listener.accept().await {
             Ok(v) => v,
             Err(e) => {
@@ -549,11 +389,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(app.clone(), request)
-            });
+        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app.clone(), request)
+        });
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -564,15 +403,10 @@ pub async fn serve(
                 .max_buf_size(limits.max_header_bytes)
                 .keep_alive(true);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(Duration::from_secs(limits.max_connection_secs), conn).await
-            {
+            match tokio::time::timeout(Duration::from_secs(limits.max_connection_secs), conn).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "HTTP connection closed: longer than max_connection_secs")
-                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection ended with an error"),
+                Err(_) => tracing::info!(%peer, "HTTP connection closed: longer than max_connection_secs"),
             }
         });
     }

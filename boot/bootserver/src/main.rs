@@ -8,11 +8,7 @@ use std::path::PathBuf;
 #[command(version)]
 struct Args {
     /// Configuration file (TOML).
-    #[arg(
-        long,
-        env = "CERANA_BOOTSERVER_CONFIG",
-        default_value = "/etc/cerana/bootserver.toml"
-    )]
+    #[arg(long, env = "CERANA_BOOTSERVER_CONFIG", default_value = "/etc/cerana/bootserver.toml")]
     config: PathBuf,
     /// Overrides `state_dir` of the configuration (lease journal).
     #[arg(long)]
@@ -62,58 +58,27 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
-        .with_writer(std::io::stderr)
-        .init();
-    if let Some(Command::Fetch {
-        server,
-        initrd_hash,
-        dest,
-    }) = args.command
-    {
-        let (dir, manifest) =
-            cerana_bootserver::replicate::fetch(&server, &initrd_hash, &dest).await?;
-        println!(
-            "{}",
-            serde_json::json!({ "dir": dir, "kernel": manifest.kernel, "initrd": manifest.initrd, "cmdline": manifest.cmdline })
-        );
+    tracing_subscriber::fmt().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?).with_writer(std::io::stderr).init();
+    if let Some(Command::Fetch { server, initrd_hash, dest }) = args.command {
+        let (dir, manifest) = cerana_bootserver::replicate::fetch(&server, &initrd_hash, &dest).await?;
+        println!("{}", serde_json::json!({ "dir": dir, "kernel": manifest.kernel, "initrd": manifest.initrd, "cmdline": manifest.cmdline }));
         return Ok(());
     }
-    if let Some(Command::BootstrapConfig {
-        cmdline,
-        kernel,
-        initrd,
-        tftp_root,
-        output,
-    }) = args.command
-    {
-        let text = std::fs::read_to_string(&cmdline)
-            .with_context(|| format!("reading {}", cmdline.display()))?;
+    if let Some(Command::BootstrapConfig { cmdline, kernel, initrd, tftp_root, output }) = args.command {
+        let text = std::fs::read_to_string(&cmdline).with_context(|| format!("reading {}", cmdline.display()))?;
         let bootstrap = cerana_bootserver::bootstrap::Bootstrap::from_cmdline(&text)?;
         let interface = cerana_bootserver::bootstrap::interface_with(bootstrap.address)?;
-        std::fs::write(
-            &output,
-            bootstrap.config(&interface, &kernel, &initrd, &tftp_root),
-        )
-        .with_context(|| format!("writing {}", output.display()))?;
+        std::fs::write(&output, bootstrap.config(&interface, &kernel, &initrd, &tftp_root)).with_context(|| format!("writing {}", output.display()))?;
         // The check the server itself makes, so a bad file fails here, not at its start.
         cerana_bootserver::config::Config::load(&output)?;
-        println!(
-            "{} written: interface {interface}, address {}",
-            output.display(),
-            bootstrap.address
-        );
+        println!("{} written: interface {interface}, address {}", output.display(), bootstrap.address);
         return Ok(());
     }
     let mut config = cerana_bootserver::config::Config::load(&args.config)?;
     if args.state_dir.is_some() {
         config.state_dir = args.state_dir;
     }
-    let mut server = cerana_bootserver::Bootserver::start(config)
-        .await
-        .context("starting the bootserver")?;
+    let mut server = cerana_bootserver::Bootserver::start(config).await.context("starting the bootserver")?;
     // Ready once DHCP, TFTP and HTTP serve; the coordinator may come later.
     cerana_protocol::readiness::notify_ready();
     if let Some(socket) = args.coordinator {
