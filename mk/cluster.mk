@@ -1,0 +1,20 @@
+# make cluster / cluster-down (issue #6): a QEMU cluster of CeranaOS nodes in a network
+# namespace; node 1 boots directly with cerana.cluster_bootstrap, nodes 2..N PXE-boot from its
+# bootserver (node 3 on UEFI). Logic in testing/cluster (cerana-cluster). See boot/README.md.
+APT_PACKAGES += qemu-system-x86 ovmf iproute2 tar
+TEST_TARGETS += test-cluster
+
+NODES ?= 3
+CLUSTER_DIR = $(OUT_DIR)/cluster
+CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-cluster --
+
+.PHONY: cluster cluster-down test-cluster
+cluster: image
+	$(CARGO) build -q --release -p cerana-cli
+	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --image-dir $(IMAGE_DIR)
+
+cluster-down:
+	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) down
+
+test-cluster: image
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-cluster -- --nocapture

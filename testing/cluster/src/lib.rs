@@ -1,0 +1,315 @@
+//! A QEMU cluster of CeranaOS nodes (`make cluster`): a network namespace holding a bridge and
+//! one tap per VM, plus a veth whose host end gets `<subnet>.1` so the host reaches the nodes.
+//! Node 1 boots the image directly with `cerana.cluster_bootstrap` and a small virtio disk
+//! (serial `cerana-boot`, a plain tar of vmlinuz and initrd.img) from which its bootserver
+//! serves the same image; nodes 2..N boot from the network (BIOS: the NIC's iPXE ROM; UEFI:
+//! OVMF's PXE, then snponly.efi). Every QEMU is daemonised with a pidfile in the state dir,
+//! so the cluster outlives the command; [`Cluster::down`] ends it from that directory alone.
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{what}: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("node {node} not ready within {secs} s; its console (last lines):\n{tail}")]
+    NotReady { node: usize, secs: u64, tail: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |e| ClusterError::Io(what, e)
+}
+
+/// Runs a command, failing with its stderr.
+fn run(args: &[&str]) -> Result<String, ClusterError> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(io(args[0]))?;
+    if !out.status.success() {
+        return Err(ClusterError::Command { what: args.join(" "), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// How one cluster is laid out; two layouts with different names and subnets can run at once.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Network namespace; the bridge `br0` and taps `tap1..` live in it.
+    pub netns: String,
+    /// The veth's host end (the other end is on the bridge).
+    pub host_if: String,
+    /// First three octets of the /24: host `.1`, node 1 `.2`, leases `.100`-`.249`.
+    pub subnet: String,
+    pub nodes: usize,
+    /// Nodes (1-based, never 1) that PXE-boot on UEFI (OVMF) rather than BIOS.
+    pub uefi_nodes: Vec<usize>,
+    pub memory_mb: u32,
+    pub image_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn mac(&self, node: usize) -> String {
+        format!("52:54:00:c1:00:{node:02x}")
+    }
+    pub fn host_ip(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+    pub fn bootstrap_ip(&self) -> String {
+        format!("{}.2", self.subnet)
+    }
+    pub fn console(&self, node: usize) -> PathBuf {
+        self.state_dir.join(format!("node{node}.log"))
+    }
+    fn pidfile(&self, node: usize) -> PathBuf {
+        self.state_dir.join(format!("node{node}.pid"))
+    }
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir.join("api-token")
+    }
+}
+
+/// Whether a console log holds the `node_ready` lifecycle event.
+pub fn console_is_ready(text: &str) -> bool {
+    text.lines().any(|l| l.trim_end_matches('\r').starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\""))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A random API token shared by every node (passed on by the bootserver in its scripts).
+fn random_token() -> Result<String, ClusterError> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(io("/dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub layout: Layout,
+    pub token: String,
+}
+
+impl Cluster {
+    /// Creates the network and starts node 1; [`Cluster::down`] undoes whatever was done even
+    /// when this fails half-way.
+    pub fn up(layout: Layout) -> Result<Self, ClusterError> {
+        if layout.nodes == 0 || layout.nodes > 99 {
+            return Err(ClusterError::Invalid(format!("{} nodes: between 1 and 99", layout.nodes)));
+        }
+        for f in ["vmlinuz", "initrd.img"] {
+            if !layout.image_dir.join(f).is_file() {
+                return Err(ClusterError::Invalid(format!("no {f} in {} (make image)", layout.image_dir.display())));
+            }
+        }
+        if !layout.uefi_nodes.is_empty() && !Path::new(OVMF).exists() {
+            return Err(ClusterError::Invalid(format!("UEFI nodes need {OVMF} (Debian package ovmf)")));
+        }
+        std::fs::create_dir_all(&layout.state_dir).map_err(io(layout.state_dir.display().to_string()))?;
+        std::fs::write(layout.state_dir.join("netns"), format!("{}\n{}\n", layout.netns, layout.host_if)).map_err(io("state"))?;
+        let token = random_token()?;
+        std::fs::write(layout.token_file(), &token).map_err(io("token"))?;
+        let cluster = Cluster { layout, token };
+        cluster.network()?;
+        cluster.start_bootstrap()?;
+        Ok(cluster)
+    }
+
+    fn network(&self) -> Result<(), ClusterError> {
+        let l = &self.layout;
+        let ns = l.netns.as_str();
+        let peer = "veth-host";
+        run(&["ip", "netns", "add", ns])?;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", ns, "link", "set", "br0", "up"])?;
+        run(&["ip", "link", "add", &l.host_if, "type", "veth", "peer", "name", peer, "netns", ns])?;
+        run(&["ip", "-n", ns, "link", "set", peer, "master", "br0", "up"])?;
+        run(&["ip", "addr", "add", &format!("{}/24", l.host_ip()), "dev", &l.host_if])?;
+        run(&["ip", "link", "set", &l.host_if, "up"])?;
+        for node in 1..=l.nodes {
+            let tap = format!("tap{node}");
+            run(&["ip", "-n", ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+            run(&["ip", "-n", ns, "link", "set", &tap, "master", "br0", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn qemu(&self, node: usize, extra: &[String]) -> Result<(), ClusterError> {
+        let l = &self.layout;
+        let console = l.console(node);
+        let _ = std::fs::remove_file(&console);
+        let memory = l.memory_mb.to_string();
+        let mut args: Vec<String> = ["ip", "netns", "exec", &l.netns, "qemu-system-x86_64", "-accel", "tcg", "-m", &memory, "-nodefaults", "-display", "none", "-daemonize"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-name".into(), format!("cerana-node{node}"), "-pidfile".into(), l.pidfile(node).display().to_string()]);
+        args.extend(["-serial".into(), format!("file:{}", console.display())]);
+        args.extend(["-netdev".into(), format!("tap,id=n0,ifname=tap{node},script=no,downscript=no")]);
+        args.extend(extra.iter().cloned());
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        Ok(())
+    }
+
+    fn start_bootstrap(&self) -> Result<(), ClusterError> {
+        let l = &self.layout;
+        let tar = l.state_dir.join("boot-image.tar");
+        let (tar_s, dir) = (tar.display().to_string(), l.image_dir.display().to_string());
+        run(&["tar", "--format=ustar", "-cf", &tar_s, "-C", &dir, "vmlinuz", "initrd.img"])?;
+        let append = format!("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip={}/24 cerana.mgmt_gw={} cerana.api_token={}", l.bootstrap_ip(), l.host_ip(), self.token);
+        self.qemu(
+            1,
+            &[
+                "-kernel".into(),
+                format!("{dir}/vmlinuz"),
+                "-initrd".into(),
+                format!("{dir}/initrd.img"),
+                "-append".into(),
+                append,
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={},romfile=", l.mac(1)),
+                "-drive".into(),
+                format!("file={tar_s},format=raw,if=none,id=bootimg,readonly=on"),
+                "-device".into(),
+                "virtio-blk-pci,drive=bootimg,serial=cerana-boot".into(),
+            ],
+        )
+    }
+
+    /// Starts nodes 2..N (after node 1's bootserver is up: node_ready means every service is).
+    pub fn start_pxe_nodes(&self) -> Result<(), ClusterError> {
+        let l = &self.layout;
+        for node in 2..=l.nodes {
+            let mac = l.mac(node);
+            let extra: Vec<String> = if l.uefi_nodes.contains(&node) {
+                // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
+                vec!["-bios".into(), OVMF.into(), "-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]
+            } else {
+                vec!["-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]
+            };
+            self.qemu(node, &extra)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every node in `nodes` has reported node_ready on its console.
+    pub fn wait_ready(&self, nodes: impl IntoIterator<Item = usize>, limit: Duration) -> Result<Vec<(usize, Duration)>, ClusterError> {
+        let start = Instant::now();
+        let mut waiting: Vec<usize> = nodes.into_iter().collect();
+        let mut ready = Vec::new();
+        loop {
+            waiting.retain(|&n| {
+                let done = console_is_ready(&String::from_utf8_lossy(&std::fs::read(self.layout.console(n)).unwrap_or_default()));
+                if done {
+                    ready.push((n, start.elapsed()));
+                }
+                !done
+            });
+            if waiting.is_empty() {
+                return Ok(ready);
+            }
+            if start.elapsed() > limit {
+                let n = waiting[0];
+                return Err(ClusterError::NotReady { node: n, secs: limit.as_secs(), tail: tail(&self.layout.console(n), 25) });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// GET `path` from node 1's bootserver (port 80) through the host's veth.
+    pub fn bootserver_get(&self, path: &str) -> Result<serde_json::Value, ClusterError> {
+        let addr = format!("{}:80", self.layout.bootstrap_ip());
+        let what = format!("GET http://{addr}{path}");
+        let mut stream = std::net::TcpStream::connect_timeout(&addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?, Duration::from_secs(5)).map_err(io(what.clone()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io(what.clone()))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(io(what.clone()))?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(io(what.clone()))?;
+        let text = String::from_utf8_lossy(&raw);
+        let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
+        serde_json::from_str(body).map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {body}")))
+    }
+
+    /// How to reach the nodes, for people.
+    pub fn usage(&self) -> String {
+        let l = &self.layout;
+        let token = l.token_file().display().to_string();
+        let mut s = format!("CeranaOS cluster: {} node(s) in network namespace {} (host side {} = {})\n", l.nodes, l.netns, l.host_if, l.host_ip());
+        s.push_str(&format!("  node 1 (bootstrap, bootserver): {}  console {}\n", l.bootstrap_ip(), l.console(1).display()));
+        for n in 2..=l.nodes {
+            let fw = if l.uefi_nodes.contains(&n) { "UEFI" } else { "BIOS" };
+            s.push_str(&format!("  node {n} (PXE, {fw}, MAC {}): address leased by node 1, see /leases  console {}\n", l.mac(n), l.console(n).display()));
+        }
+        s.push_str(&format!(
+            "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
+            ip = l.bootstrap_ip()
+        ));
+        s
+    }
+}
+
+/// Kills the VMs whose pidfiles are in `state_dir` and deletes the namespace (its bridge, taps
+/// and the veth with it). Safe to call on a half-made or already removed cluster.
+pub fn down(state_dir: &Path) -> Result<(), ClusterError> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return Ok(()) };
+    let mut pids = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("node") && name.ends_with(".pid") {
+            if let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
+                // Only a QEMU we started: its name is on the command line.
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("cerana-node") {
+                    let _ = run(&["kill", "-TERM", &pid.to_string()]);
+                    pids.push(pid);
+                }
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for p in pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        let _ = run(&["kill", "-KILL", &p.to_string()]);
+    }
+    if let Ok(text) = std::fs::read_to_string(state_dir.join("netns")) {
+        let mut lines = text.lines();
+        if let (Some(ns), Some(host_if)) = (lines.next(), lines.next()) {
+            let _ = run(&["ip", "netns", "del", ns]);
+            let _ = run(&["ip", "link", "del", host_if]);
+        }
+        let _ = std::fs::remove_file(state_dir.join("netns"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ready_is_found_only_as_a_lifecycle_event() {
+        assert!(console_is_ready("x\r\nCERANA-EVENT {\"event\":\"node_ready\",\"uptime_ms\":5}\r\n"));
+        assert!(!console_is_ready("echo CERANA-EVENT {\"event\":\"node_ready\"}\n"));
+        assert!(!console_is_ready("CERANA-EVENT {\"event\":\"service_ready\"}\n"));
+    }
+
+    #[test]
+    fn addresses_follow_the_subnet() {
+        let l = Layout { netns: "n".into(), host_if: "h".into(), subnet: "10.99.0".into(), nodes: 3, uefi_nodes: vec![3], memory_mb: 1024, image_dir: "/i".into(), state_dir: "/s".into() };
+        assert_eq!((l.host_ip(), l.bootstrap_ip(), l.mac(12)), ("10.99.0.1".into(), "10.99.0.2".into(), "52:54:00:c1:00:0c".into()));
+    }
+}

@@ -1,0 +1,79 @@
+//! `cerana-cluster up|down`: see the library and boot/README.md.
+use anyhow::Context;
+use cerana_cluster::{Cluster, Layout};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where pidfiles, consoles and the API token go.
+    #[arg(long, default_value = "out/cluster")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Boot the cluster, wait until every node is ready, leave it running.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The built image (vmlinuz, initrd.img).
+        #[arg(long, default_value = "out/image/base")]
+        image_dir: PathBuf,
+        /// Nodes that PXE-boot on UEFI (OVMF); the rest use BIOS.
+        #[arg(long, value_delimiter = ',', default_value = "3")]
+        uefi: Vec<usize>,
+        #[arg(long, default_value = "cerana-cluster")]
+        netns: String,
+        #[arg(long, default_value = "cerana-cl0")]
+        host_if: String,
+        #[arg(long, default_value = "10.99.0")]
+        subnet: String,
+        #[arg(long, default_value_t = 1024)]
+        memory_mb: u32,
+        /// Seconds to wait for every node's node_ready.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Stop the VMs and delete the namespace, bridge, taps and veth.
+    Down,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Cmd::Down => {
+            cerana_cluster::down(&args.state_dir)?;
+            println!("cluster in {} stopped", args.state_dir.display());
+        }
+        Cmd::Up { nodes, image_dir, uefi, netns, host_if, subnet, memory_mb, timeout } => {
+            // A cluster already running from this directory is replaced.
+            cerana_cluster::down(&args.state_dir)?;
+            let uefi_nodes = uefi.into_iter().filter(|&n| n >= 2 && n <= nodes).collect();
+            let layout = Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, image_dir, state_dir: args.state_dir.clone() };
+            let result = bring_up(layout, Duration::from_secs(timeout));
+            if result.is_err() {
+                cerana_cluster::down(&args.state_dir)?;
+            }
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn bring_up(layout: Layout, limit: Duration) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let cluster = Cluster::up(layout).context("starting the cluster")?;
+    cluster.wait_ready([1], limit)?;
+    println!("node 1 ready after {:.1} s; PXE-booting nodes 2..{}", start.elapsed().as_secs_f64(), cluster.layout.nodes);
+    cluster.start_pxe_nodes()?;
+    for (node, after) in cluster.wait_ready(2..=cluster.layout.nodes, limit)? {
+        println!("node {node} ready {:.1} s after it started", after.as_secs_f64());
+    }
+    println!("all {} nodes ready after {:.1} s\n", cluster.layout.nodes, start.elapsed().as_secs_f64());
+    print!("{}", cluster.usage());
+    Ok(())
+}
