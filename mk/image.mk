@@ -1,7 +1,7 @@
 # The CeranaOS image (kernel + initramfs, ISO/USB), the kernel config check and the QEMU VM
 # tests (issue #4). See image/README.md and testing/qemu/README.md.
 APT_PACKAGES += qemu-system-x86 ovmf xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
-	zstd xz-utils cpio busybox-static binutils kmod dkms
+	zstd xz-utils cpio binutils kmod dkms
 TEST_TARGETS += check-kernel-config test-image test-vm
 BENCH_TARGETS += bench-boot
 
