@@ -22,14 +22,22 @@ help:
 	@echo "make cluster       build everything and boot a QEMU cluster (NODES=3)"
 	@echo "make test          install what is needed and run every test (unit, integration, VM)"
 	@echo "make bench         run the benchmarks and print figures against their peers"
+	@echo "make cluster-down  stop the cluster and remove its network namespace"
 	@echo "make deps          only install the apt packages and Rust targets the build needs"
 
 deps:
 	@scripts/ensure-deps $(sort $(APT_PACKAGES))
 
-# Runs every test target in order; the first failure stops the run.
+# Fast host tests first, then the image and the VM tests that boot it (the bootserver's PXE
+# test boots the built image too); targets not named here run last. The first failure stops.
+TEST_ORDER := test-workspace test-init check-kernel-config test-image test-vm test-boot test-boot-fuzz test-cluster
+ORDERED_TEST_TARGETS = $(filter $(TEST_TARGETS),$(TEST_ORDER)) $(filter-out $(TEST_ORDER),$(TEST_TARGETS))
+
 test: deps
-	@set -e; for t in $(TEST_TARGETS); do echo "==> make $$t"; $(MAKE) --no-print-directory $$t; done
+	@set -e; start=$$(date +%s); for t in $(ORDERED_TEST_TARGETS); do \
+	  echo "==> make $$t"; t0=$$(date +%s); $(MAKE) --no-print-directory $$t; \
+	  echo "==> $$t passed in $$(( $$(date +%s) - t0 )) s"; done; \
+	echo "==> every test target passed in $$(( $$(date +%s) - start )) s" 
 
 bench: deps
 	@set -e; for t in $(BENCH_TARGETS); do echo "==> make $$t"; $(MAKE) --no-print-directory $$t; done
