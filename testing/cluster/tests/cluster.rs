@@ -20,6 +20,7 @@ struct Down(PathBuf);
 impl Drop for Down {
     fn drop(&mut self) {
         let _ = cerana_cluster::down(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -71,6 +72,10 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
         for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd"] {
             at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("node {node}: {want} missing or out of order in {kinds:?}"));
         }
+        // The script gave the node its lease as cerana.mgmt_ip, and init configured it.
+        let ip = machines["machines"].as_array().into_iter().flatten().find(|m| m["mac"] == mac.as_str()).and_then(|m| m["ip"].as_str()).unwrap_or_else(|| panic!("node {node} has no lease in {machines}"));
+        let console = std::fs::read_to_string(cluster.layout.console(node)).unwrap_or_default();
+        assert!(console.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("network_configured") && l.contains(&format!("\"{ip}/24\""))), "node {node} did not configure its leased address {ip}");
         if cluster.layout.uefi_nodes.contains(&node) {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
         }
