@@ -12,6 +12,7 @@ CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-cluster --
 cluster: image
 	$(CARGO) build -q --release -p cerana-cli
 	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --image-dir $(IMAGE_DIR)
+	@echo "cerana CLI: $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/cerana"
 
 cluster-down:
 	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) down

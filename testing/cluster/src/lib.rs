@@ -249,7 +249,10 @@ impl Cluster {
         s.push_str(&format!("  node 1 (bootstrap, bootserver): {}  console {}\n", l.bootstrap_ip(), l.console(1).display()));
         for n in 2..=l.nodes {
             let fw = if l.uefi_nodes.contains(&n) { "UEFI" } else { "BIOS" };
-            s.push_str(&format!("  node {n} (PXE, {fw}, MAC {}): address leased by node 1, see /leases  console {}\n", l.mac(n), l.console(n).display()));
+            // The address node 1 leased it (and its script gave it as cerana.mgmt_ip).
+            let leases = self.bootserver_get("/leases").unwrap_or_default();
+            let ip = leases.as_array().into_iter().flatten().find(|x| x["mac"] == l.mac(n).as_str()).and_then(|x| x["ip"].as_str()).unwrap_or("(no lease)").to_string();
+            s.push_str(&format!("  node {n} (PXE, {fw}, MAC {}): {ip}  console {}\n", l.mac(n), l.console(n).display()));
         }
         s.push_str(&format!(
             "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
