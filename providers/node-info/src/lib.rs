@@ -71,6 +71,7 @@ impl FactSource {
             uptime_seconds,
             cpu: CpuFacts { model, count, load_1m, load_5m, load_15m },
             memory: parse_meminfo(&path, &meminfo)?,
+            init_rss_bytes: self.read("proc/1/status").ok().and_then(|(_, status)| parse_vm_rss(&status)),
         })
     }
 }
@@ -88,6 +89,12 @@ pub fn parse_cpuinfo(text: &str) -> (String, u32) {
         .find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned()))
         .unwrap_or_else(|| "unknown".to_owned());
     (model, count.max(1))
+}
+
+/// `VmRSS` of a `/proc/PID/status` in bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Total, free and available memory in bytes.
@@ -153,7 +160,9 @@ mod tests {
         write("proc/loadavg", "0.10 0.20 0.30 1/100 42\n");
         write("proc/cpuinfo", "processor\t: 0\nmodel name\t: Test CPU\n\nprocessor\t: 1\nmodel name\t: Test CPU\n");
         write("proc/meminfo", "MemTotal:  2048 kB\nMemFree:  1024 kB\nMemAvailable:  1536 kB\n");
+        write("proc/1/status", "Name:\tinit\nVmRSS:\t    1852 kB\n");
         let facts = FactSource::at(root.path()).collect().unwrap();
+        assert_eq!(facts.init_rss_bytes, Some(1852 * 1024));
         assert_eq!(facts.hostname, "node-7");
         assert_eq!(facts.machine_id, None);
         assert_eq!(facts.cpu.count, 2);

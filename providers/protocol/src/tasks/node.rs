@@ -18,6 +18,8 @@ pub struct NodeFacts {
     pub uptime_seconds: f64,
     pub cpu: CpuFacts,
     pub memory: MemoryFacts,
+    /// Resident memory of PID 1 (on a CeranaOS node, cerana-init), when readable.
+    pub init_rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
