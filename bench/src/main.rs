@@ -33,6 +33,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[index]) / 10.0
 }
 
+/// One operation may take at most this long; a hung path fails the benchmark (and its child
+/// processes are killed on the way out) instead of hanging it.
+const OP_LIMIT: Duration = Duration::from_secs(10);
+
+async fn bounded(op: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(OP_LIMIT, op).await.map_err(|_| anyhow::anyhow!("an operation took over {OP_LIMIT:?}"))?
+}
+
 /// Runs `concurrency` workers, each calling `op` in a loop; latencies in tenths of µs.
 async fn measure<F, Fut>(concurrency: usize, make: F) -> Result<Figures>
 where
@@ -45,13 +53,13 @@ where
         workers.push(tokio::spawn(async move {
             let warm_until = Instant::now() + WARMUP;
             while Instant::now() < warm_until {
-                op().await?;
+                bounded(op()).await?;
             }
             let mut latencies = Vec::with_capacity(100_000);
             let start = Instant::now();
             while start.elapsed() < MEASURE {
                 let t = Instant::now();
-                op().await?;
+                bounded(op()).await?;
                 latencies.push((t.elapsed().as_nanos() / 100) as u32);
             }
             Ok::<_, anyhow::Error>((latencies, start.elapsed()))
