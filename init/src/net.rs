@@ -121,6 +121,14 @@ impl Ioctls {
         })
     }
 
+    fn open(interface: &str) -> Result<Self, NetError> {
+        Self::new(interface).map_err(|source| NetError::Ioctl {
+            what: "socket",
+            interface: interface.to_string(),
+            source,
+        })
+    }
+
     fn call<T>(
         &self,
         what: &'static str,
@@ -185,6 +193,11 @@ pub struct MgmtConfig {
     pub gateway: Option<IpAddr>,
 }
 
+/// Brings `interface` up; for `lo` the kernel then gives it 127.0.0.1/8 and ::1.
+pub fn link_up(interface: &str) -> Result<(), NetError> {
+    Ioctls::open(interface)?.up()
+}
+
 /// Finds the management interface, waiting up to `wait` for its driver to create it.
 pub fn find_mgmt_interface(
     sys_class_net: &Path,
@@ -230,11 +243,7 @@ pub fn configure(
         }
         Some(IpAddr::V4(g)) => Some(g),
     };
-    let io = Ioctls::new(interface).map_err(|source| NetError::Ioctl {
-        what: "socket",
-        interface: interface.to_string(),
-        source,
-    })?;
+    let io = Ioctls::open(interface)?;
     io.address(v4, address.prefix)?;
     io.up()?;
     if let Some(g) = gw {

@@ -159,7 +159,7 @@ fn read_settings(opts: &Options, mode: Mode, out: &mut Output) -> Settings {
 /// Identity, loopback (machine only) and the API token.
 fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output) {
     if mode == Mode::Machine {
-        if let Err(e) = boot::loopback_up() {
+        if let Err(e) = crate::net::link_up("lo") {
             out.error(&format!("cannot bring lo up: {e}"));
         }
         let uuid = boot::read_product_uuid();

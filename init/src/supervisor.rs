@@ -85,6 +85,18 @@ pub struct Service {
 }
 
 impl Service {
+    /// Schedules the next start after the backoff its failures so far earn.
+    fn back_off(&mut self, spec: &ServiceSpec, now: Instant) -> Duration {
+        let delay = backoff_delay(
+            spec.restart_delay,
+            spec.restart_delay_max,
+            self.failures_in_row,
+        );
+        self.state = ServiceState::Backoff;
+        self.next_start = Some(now + delay);
+        delay
+    }
+
     fn new(name: String, entry: Entry) -> Self {
         let (state, detail) = match &entry {
             Entry::Enabled(_) => (ServiceState::Waiting, None),
@@ -343,8 +355,9 @@ impl Supervisor {
         let Some(spec) = s.spec().cloned() else {
             return;
         };
+        let name = s.name.clone();
         let exited = |restart_in: Option<Duration>| LifecycleEvent::ServiceExited {
-            service: s.name.clone(),
+            service: name.clone(),
             pid: pid.as_raw() as u32,
             code,
             signal,
@@ -391,13 +404,7 @@ impl Supervisor {
         }
         if restart {
             s.failures_in_row += 1;
-            let delay = backoff_delay(
-                spec.restart_delay,
-                spec.restart_delay_max,
-                s.failures_in_row,
-            );
-            s.state = ServiceState::Backoff;
-            s.next_start = Some(now + delay);
+            let delay = s.back_off(&spec, now);
             s.detail = Some(format!("{how}; restarting in {} ms", delay.as_millis()));
             out.warn(&format!(
                 "{}: {how}; restarting in {} ms",
@@ -596,13 +603,7 @@ impl Supervisor {
                     s.state = ServiceState::Failed;
                     s.detail = Some(why);
                 } else {
-                    let delay = backoff_delay(
-                        spec.restart_delay,
-                        spec.restart_delay_max,
-                        s.failures_in_row,
-                    );
-                    s.state = ServiceState::Backoff;
-                    s.next_start = Some(now + delay);
+                    let delay = s.back_off(&spec, now);
                     s.detail = Some(format!("{why}; retrying in {} ms", delay.as_millis()));
                 }
             }
