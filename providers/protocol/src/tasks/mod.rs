@@ -5,14 +5,31 @@
 
 pub mod boot;
 pub mod coordinator;
+pub mod health;
 pub mod init;
+pub mod kvm;
+pub mod metrics;
+pub mod netns;
 pub mod node;
+pub mod service;
+pub mod zfs;
 
 use crate::task::TaskInfo;
 
 /// All documented tasks.
 pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
-    [boot::TASKS, coordinator::TASKS, init::TASKS, node::TASKS].into_iter().flatten()
+    [
+        boot::TASKS,
+        coordinator::TASKS,
+        health::TASKS,
+        init::TASKS,
+        kvm::TASKS,
+        metrics::TASKS,
+        netns::TASKS,
+        node::TASKS,
+        service::TASKS,
+        zfs::TASKS,
+    ].into_iter().flatten()
 }
 
 /// Looks a task up by name.
