@@ -1,3 +1,299 @@
-//! `netns-*`, `firewall-*`, `namespace-set-user`: network namespaces, links, addresses, routes and per-bundle firewalls (issue #7).
+//! `netns-*`, `firewall-*`, `namespace-set-user`: network namespaces, links, addresses, routes and
+//! per-bundle firewalls (issue #7), served by the `netns` provider (`cerana-netns`).
+//!
+//! Names travel as strings and are checked by the provider, which answers with a specific code
+//! (`name_too_long` for a link name over 15 bytes, `invalid_argument` for other bad names) and a
+//! stable `details.reason` (see the provider's README for the list).
+//!
+//! `netns: None` in a request means the provider's own (the node's) namespace. A named namespace
+//! is the bind mount `/run/netns/NAME`, the place `ip netns` and containers use.
 
-crate::declare_tasks! {}
+use crate::task::NoArgs;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+crate::declare_tasks! {
+    NetnsCreate = "netns-create", "Creates the named network namespace /run/netns/NAME (loopback up)", NetnsArgs => NetnsInfo;
+    NetnsDelete = "netns-delete", "Deletes a named network namespace (its links go with it)", NetnsArgs => NetnsInfo;
+    NetnsList = "netns-list", "Lists the named network namespaces", NoArgs => NetnsListResult;
+    NetnsVethAdd = "netns-veth-add", "Creates a veth pair, each end in its namespace, optionally up", VethAddArgs => VethAddResult;
+    NetnsBridgeAdd = "netns-bridge-add", "Creates a bridge in a namespace, optionally up", BridgeAddArgs => LinkInfo;
+    NetnsLinkSet = "netns-link-set", "Sets a link up or down, its MTU, or its bridge (master)", LinkSetArgs => LinkInfo;
+    NetnsLinkMove = "netns-link-move", "Moves a link into another namespace", LinkMoveArgs => LinkInfo;
+    NetnsLinkDelete = "netns-link-delete", "Deletes a link (a veth's peer goes with it)", LinkRef => NoArgs;
+    NetnsLinkList = "netns-link-list", "Lists the links of a namespace with their addresses", NetnsRef => LinkListResult;
+    NetnsAddressAdd = "netns-address-add", "Adds an address (CIDR) to a link; refuses one overlapping the namespace's", AddressArgs => LinkInfo;
+    NetnsAddressDelete = "netns-address-delete", "Removes an address (CIDR) from a link", AddressArgs => LinkInfo;
+    NetnsRouteAdd = "netns-route-add", "Adds a route (destination CIDR or default, gateway and/or link)", RouteArgs => RouteListResult;
+    NetnsRouteDelete = "netns-route-delete", "Deletes a route", RouteArgs => RouteListResult;
+    NetnsRouteList = "netns-route-list", "Lists the main routing table of a namespace", NetnsRef => RouteListResult;
+    FirewallApply = "firewall-apply", "Replaces a bundle's nftables firewall (in its namespace) in one transaction", FirewallApplyArgs => FirewallInfo;
+    FirewallGet = "firewall-get", "Reads a bundle's firewall back from the kernel", BundleRef => FirewallInfo;
+    FirewallList = "firewall-list", "Reads every bundle's firewall back from the kernel", NoArgs => FirewallListResult;
+    FirewallRemove = "firewall-remove", "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoArgs;
+    NamespaceSetUser = "namespace-set-user", "Writes a process's uid and gid maps (1 to 5 ranges each)", SetUserArgs => SetUserResult;
+}
+
+/// A named namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsArgs {
+    pub name: String,
+}
+
+/// A namespace, or the node's own when `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsRef {
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsInfo {
+    pub name: String,
+    /// The bind mount holding the namespace.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetnsListResult {
+    pub namespaces: Vec<NetnsInfo>,
+}
+
+/// One end of a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethEnd {
+    pub name: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethAddArgs {
+    pub end: VethEnd,
+    pub peer: VethEnd,
+    /// Bring both ends up (default true).
+    #[serde(default = "yes")]
+    pub up: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VethAddResult {
+    pub end: LinkInfo,
+    pub peer: LinkInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeAddArgs {
+    pub name: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default = "yes")]
+    pub up: bool,
+}
+
+/// A link by name in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRef {
+    pub name: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+/// What to change on a link; fields left out stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSetArgs {
+    pub name: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+    #[serde(default)]
+    pub up: Option<bool>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// `Some("br0")` attaches the link to a bridge of the same namespace, `Some("")` detaches it.
+    #[serde(default)]
+    pub master: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkMoveArgs {
+    pub name: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The namespace to move it into (`None`: the node's own).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    /// `veth`, `bridge`, ... (`None` for links without a kind, such as loopback).
+    pub kind: Option<String>,
+    pub mac: Option<String>,
+    /// Administratively up.
+    pub up: bool,
+    pub mtu: Option<u32>,
+    /// The bridge the link is attached to.
+    pub master: Option<String>,
+    /// Addresses in CIDR notation.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkListResult {
+    pub links: Vec<LinkInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressArgs {
+    pub link: String,
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// `10.0.0.1/24`, `fd00::1/64`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteArgs {
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// A CIDR, or `default`.
+    pub destination: String,
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// The outgoing link.
+    #[serde(default)]
+    pub link: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteInfo {
+    pub destination: String,
+    pub gateway: Option<IpAddr>,
+    pub link: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteListResult {
+    pub routes: Vec<RouteInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A port a bundle declares: open to everyone (`public`) or to the listed bundles only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallPort {
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub connected_bundles: Vec<String>,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallApplyArgs {
+    pub bundle: String,
+    /// The namespace the bundle's services run in (named; the node's own is refused).
+    pub netns: String,
+    #[serde(default)]
+    pub ports: Vec<FirewallPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    pub bundle: String,
+}
+
+/// One rule as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRule {
+    /// The kernel's rule handle.
+    pub handle: u64,
+    /// `established`, `loopback`, `icmp`, `public` or `connected`.
+    pub kind: String,
+    pub protocol: Option<Protocol>,
+    pub port: Option<u16>,
+    /// For `connected`: the bundle the sources belong to.
+    pub from_bundle: Option<String>,
+    /// For `connected`: the source addresses the rule matches.
+    pub sources: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallInfo {
+    pub bundle: String,
+    pub netns: String,
+    /// The input chain's policy (`drop`).
+    pub policy: String,
+    pub rules: Vec<FirewallRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallListResult {
+    pub firewalls: Vec<FirewallInfo>,
+}
+
+/// `length` ids from `id` inside the namespace map to `host_id..` outside (as in /proc/PID/uid_map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdRange {
+    pub id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetUserArgs {
+    pub pid: u32,
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetUserResult {
+    pub pid: u32,
+    /// The maps as the kernel shows them afterwards.
+    pub uid_map: String,
+    pub gid_map: String,
+}
