@@ -60,8 +60,14 @@ pub struct VmConfig {
     pub boot: Boot,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// Sizes of the raw virtio disks to create, in bytes.
+    /// Sizes of the raw virtio disks to create, in bytes (removed with the VM).
     pub disks: Vec<u64>,
+    /// Existing raw disk files attached after `disks`, kept when the VM ends: a later VM with
+    /// the same files (and `uuid`) is the same machine booting again.
+    pub disk_files: Vec<PathBuf>,
+    /// The SMBIOS system UUID (`-uuid`); init derives the machine-id and the ZFS hostid from it.
+    /// `None`: QEMU's default.
+    pub uuid: Option<String>,
     /// Forward a loopback port to the guest's API and pass a random token.
     pub api: bool,
     /// Where the console log is kept (`<name>-<pid>-<n>.log`).
@@ -78,6 +84,8 @@ impl VmConfig {
             memory_mib: 1536,
             cpus: 2,
             disks: Vec::new(),
+            disk_files: Vec::new(),
+            uuid: None,
             api: true,
             log_dir: log_dir.into(),
             qemu: "qemu-system-x86_64".into(),
@@ -236,6 +244,17 @@ impl Vm {
             file.set_len(*size).map_err(io(format!("sizing {}", disk.display())))?;
             args.push("-drive".into());
             args.push(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()));
+        }
+        for disk in &config.disk_files {
+            if !disk.is_file() {
+                return Err(VmError::Missing(disk.display().to_string()));
+            }
+            // writeback, not unsafe: what the guest flushed must be on the file for the next boot.
+            args.push("-drive".into());
+            args.push(format!("file={},format=raw,if=virtio,cache=writeback", disk.display()));
+        }
+        if let Some(uuid) = &config.uuid {
+            args.extend(["-uuid".into(), uuid.clone()]);
         }
         match &config.boot {
             Boot::Direct { kernel, initrd, cmdline: extra } => {

@@ -1,0 +1,154 @@
+//! Booting CeranaOS guests for the zfs VM tests and benchmark, and talking to their API.
+
+#![allow(dead_code)]
+
+use cerana_qemu::http::{parse_response, post_json};
+use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The word that enables the provider's test-only tasks (src/testing.rs).
+pub const TEST_TASKS: &str = "cerana_zfs.test_tasks=1";
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+pub const LONG: Duration = Duration::from_secs(900);
+
+/// The image directory from `CERANA_IMAGE_DIR`, or why the test skips.
+pub fn image_dir() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from) else {
+        eprintln!("skipping: CERANA_IMAGE_DIR is not set (run `make test-zfs`, which builds the image)");
+        return None;
+    };
+    if !dir.join("vmlinuz").exists() || !dir.join("initrd.img").exists() {
+        eprintln!("skipping: {} has no vmlinuz/initrd.img (run `make image`)", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+/// A failed task: HTTP status, the Task API code and the ZFS reason.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub status: u16,
+    pub code: String,
+    pub reason: Option<String>,
+    pub message: String,
+}
+
+pub struct Node {
+    pub vm: Vm,
+    pub name: String,
+}
+
+/// A sparse raw disk file of `bytes`.
+pub fn disk_file(path: &Path, bytes: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(bytes).unwrap();
+}
+
+impl Node {
+    /// Boots the image with `disks` new disks, `files` kept disk files, a fixed machine UUID,
+    /// and `cmdline`, then waits for node_ready.
+    pub fn boot(image: &Path, name: &str, disks: &[u64], files: &[PathBuf], uuid: &str, cmdline: &str) -> Node {
+        let mut config = VmConfig::direct(name, image, default_log_dir());
+        config.disks = disks.to_vec();
+        config.disk_files = files.to_vec();
+        config.uuid = Some(uuid.into());
+        if let cerana_qemu::Boot::Direct { cmdline: extra, .. } = &mut config.boot {
+            *extra = format!("{cmdline} {TEST_TASKS}");
+        }
+        let started = Instant::now();
+        let mut vm = Vm::boot(&config).unwrap();
+        vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap();
+        eprintln!("[{name}] node_ready after {:.1} s (console: {})", started.elapsed().as_secs_f64(), vm.log_path().display());
+        Node { vm, name: name.into() }
+    }
+
+    fn post(&self, path: &str, body: &[u8], timeout: Duration) -> (u16, Vec<u8>) {
+        let addr = self.vm.api_addr().unwrap();
+        let r = post_json(addr, path, self.vm.token(), body, timeout).unwrap_or_else(|e| panic!("[{}] POST {path}: {e}", self.name));
+        (r.status, r.body)
+    }
+
+    /// Runs a task, optionally with an input stream; returns the whole response object.
+    pub fn request(&self, task: &str, args: Value, stream: Option<&str>) -> Result<Value, Failure> {
+        let mut body = json!({ "task": task, "args": args, "timeout_ms": LONG.as_millis() as u64 });
+        if let Some(id) = stream {
+            body["stream"] = json!({ "id": id });
+        }
+        let started = Instant::now();
+        let (status, raw) = self.post("/v1/tasks", body.to_string().as_bytes(), LONG);
+        let value: Value = serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{task}: not JSON ({e}): {}", String::from_utf8_lossy(&raw)));
+        eprintln!("[{}] {task} {args} -> {status} in {:.2} s", self.name, started.elapsed().as_secs_f64(), args = body["args"]);
+        match value.get("error") {
+            None if status == 200 => Ok(value),
+            _ => {
+                let e = &value["error"];
+                Err(Failure {
+                    status,
+                    code: e["code"].as_str().unwrap_or_default().into(),
+                    reason: e["details"]["reason"].as_str().map(str::to_owned),
+                    message: e["message"].as_str().unwrap_or_default().into(),
+                })
+            }
+        }
+    }
+
+    /// Runs a task that must succeed; returns its result.
+    pub fn ok(&self, task: &str, args: Value) -> Value {
+        match self.request(task, args.clone(), None) {
+            Ok(v) => v["result"].clone(),
+            Err(e) => panic!("[{}] {task} {args} failed: {e:?}", self.name),
+        }
+    }
+
+    /// Runs a task that must fail with `code` and ZFS reason `reason`.
+    pub fn fails(&self, task: &str, args: Value, code: &str, reason: Option<&str>) -> Failure {
+        match self.request(task, args.clone(), None) {
+            Ok(v) => panic!("[{}] {task} {args} succeeded, expected {code}/{reason:?}: {v}", self.name),
+            Err(e) => {
+                assert_eq!((e.code.as_str(), e.reason.as_deref()), (code, reason), "[{}] {task} {args}: {e:?}", self.name);
+                e
+            }
+        }
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.ok("zfs-exists", json!({ "name": name }))["exists"].as_bool().unwrap()
+    }
+
+    /// Reads a stream off the node (`GET /v1/streams/{id}`).
+    pub fn read_stream(&self, id: &str) -> Vec<u8> {
+        let addr = self.vm.api_addr().unwrap();
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(LONG)).unwrap();
+        write!(conn, "GET /v1/streams/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", self.vm.token()).unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).unwrap();
+        let r = parse_response(&raw).unwrap();
+        assert_eq!(r.status, 200, "GET stream {id}: {}", String::from_utf8_lossy(&r.body));
+        r.body
+    }
+
+    /// Runs `task` with `bytes` as its input stream, uploaded from the host.
+    pub fn request_with_upload(&self, task: &str, args: Value, bytes: Vec<u8>) -> Result<Value, Failure> {
+        let id = cerana_protocol::StreamId::random().to_string();
+        let addr = self.vm.api_addr().unwrap();
+        let token = self.vm.token().to_owned();
+        let path = format!("/v1/streams/{id}");
+        let upload = std::thread::spawn(move || post_json(addr, &path, &token, &bytes, LONG).map(|r| r.status));
+        let result = self.request(task, args, Some(&id));
+        let upload_status = upload.join().unwrap();
+        eprintln!("[{}] upload for {task}: {upload_status:?}", self.name);
+        result
+    }
+
+    pub fn powerdown(mut self) {
+        let status = self.vm.powerdown(Duration::from_secs(180)).unwrap();
+        eprintln!("[{}] powered off ({status})", self.name);
+        let events = self.vm.events();
+        assert!(events.iter().any(|e| e.name() == "shutdown_complete"), "[{}] no shutdown_complete", self.name);
+    }
+}
