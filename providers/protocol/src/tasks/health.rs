@@ -43,8 +43,8 @@ pub enum ProcessTarget {
     Pid(u32),
     /// The oldest process in a cgroup v2 directory (absolute, under /sys/fs/cgroup) or below it.
     Cgroup(String),
-    /// The oldest process of a service: its cgroup `<services cgroup>/<id>` (see
-    /// [`crate::tasks::metrics::SERVICES_CGROUP`]).
+    /// The oldest process of a service, by container id `<bundle_id>.<id>`: its cgroup
+    /// `<services cgroup>/<bundle_id>.<id>` (see [`crate::tasks::metrics::SERVICES_CGROUP`]).
     Service(String),
 }
 

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// The parent cgroup (v2) under which the `service` provider puts each service's cgroup,
-/// `<SERVICES_CGROUP>/<service id>`. Providers take another one from [`SERVICES_CGROUP_ENV`].
-pub const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cerana/services";
+/// `<SERVICES_CGROUP>/<bundle_id>.<id>` (the container id). Providers take another one from
+/// [`SERVICES_CGROUP_ENV`].
+pub const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cerana-services";
 
 /// Environment variable overriding [`SERVICES_CGROUP`] (tests, other layouts).
 pub const SERVICES_CGROUP_ENV: &str = "CERANA_SERVICES_CGROUP";
@@ -217,7 +218,7 @@ pub struct HostMetrics {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceMetricsArgs {
-    /// The service id: its cgroup is `<services cgroup>/<service>`.
+    /// The service's container id `<bundle_id>.<id>`: its cgroup is `<services cgroup>/<service>`.
     pub service: String,
 }
 
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn service_ids_that_could_leave_the_cgroup_are_refused() {
-        for ok in ["web", "a.b-c_d@1", "0f6c1a8e-5a7e-4d3c-9a52-0c9d8c1f1a2b"] {
+        for ok in ["web", "bundle-1.web", "a.b-c_d@1", "0f6c1a8e-5a7e-4d3c-9a52-0c9d8c1f1a2b"] {
             check_service_id(ok).unwrap();
         }
         for bad in ["", ".", "..", "a/b", "../x", "a b", &"x".repeat(129)] {
