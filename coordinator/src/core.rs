@@ -86,6 +86,7 @@ pub struct Core {
     pending: Mutex<HashMap<RequestId, Pending>>,
     pub journal: Mutex<Journal>,
     pub streams: StreamBroker,
+    pub task_counters: crate::metrics::TaskCounters,
     peers: Mutex<HashMap<NodeUrl, HttpClient>>,
 }
 
@@ -100,6 +101,7 @@ impl Core {
             pending: Mutex::new(HashMap::new()),
             journal: Mutex::new(journal),
             streams,
+            task_counters: Default::default(),
             peers: Mutex::new(HashMap::new()),
         })
     }
@@ -307,6 +309,7 @@ impl Core {
             Err(e) if e.code == ErrorCode::Cancelled => TaskState::Cancelled,
             Err(_) => TaskState::Failed,
         };
+        self.task_counters.record(&pending.task, &response.outcome, state, pending.accepted.elapsed());
         {
             let mut journal = self.journal.lock().expect("journal lock");
             if let Some(entry) = journal.get_mut(pending.journal_seq) {

@@ -3,6 +3,7 @@
 //! - `POST /v1/tasks[?wait=false]`: run a task (the body is a request; `id` may be omitted).
 //! - `GET /v1/tasks[?limit=&task=&state=]`, `GET /v1/tasks/{id}`: the journal.
 //! - `GET /v1/providers`, `GET /v1/catalog`: what is registered and documented.
+//! - `GET /metrics`: Prometheus text (coordinator, providers, node and services; see `metrics.rs`).
 //! - `POST /v1/streams/{id}`, `GET /v1/streams/{id}`: the two ends of a byte stream.
 //! - `GET /health`: liveness, the only path that needs no token.
 
@@ -66,6 +67,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/v1/providers", get(providers))
         .route("/v1/catalog", get(catalog))
         .route("/v1/streams/{id}", post(stream_put).get(stream_get))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
@@ -207,6 +209,11 @@ fn builtin(state: &AppState, task: &str) -> AxumResponse {
         Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw.get().to_owned()).into_response(),
         Err(e) => api_error(status_for(e.code), e),
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> AxumResponse {
+    let text = crate::metrics::render(&state.core).await;
+    ([(header::CONTENT_TYPE, cerana_metrics::exposition::CONTENT_TYPE)], text).into_response()
 }
 
 async fn providers(State(state): State<AppState>) -> AxumResponse {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod registry;
 pub mod streams;
 pub mod unix;

@@ -166,7 +166,12 @@ impl Source {
     }
 
     pub fn disk(&self, args: DiskArgs) -> Result<DiskMetrics, ReadError> {
-        let mounts = self.parsed("proc/self/mounts", procfs::parse_mounts)?;
+        let mut mounts = self.parsed("proc/self/mounts", procfs::parse_mounts)?;
+        // A mount stacked on a mountpoint hides the ones below it (and statvfs sees only it).
+        let mut seen = std::collections::HashSet::new();
+        mounts.reverse();
+        mounts.retain(|m| seen.insert(m.mountpoint.clone()));
+        mounts.reverse();
         let filesystems = mounts
             .into_iter()
             .filter(|m| args.all || !procfs::is_pseudo_fs(&m.fstype))

@@ -40,7 +40,7 @@ fn node_tree() -> Tree {
     tree.write("proc/77/stat", "77 (x) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 5 100 10 0\n");
     tree.write("etc/os-release", "PRETTY_NAME=\"CeranaOS\"\n");
     tree.write("etc/machine-id", "abc123\n");
-    tree.write("proc/self/mounts", "tmpfs / tmpfs rw 0 0\nproc /proc proc rw 0 0\n");
+    tree.write("proc/self/mounts", "rootfs / rootfs rw 0 0\ntmpfs / tmpfs rw 0 0\nproc /proc proc rw 0 0\n");
     tree.write("proc/diskstats", "253 0 vda 10 0 80 1 0 0 0 0 0 2 3 0 0 0 0\n");
     tree.write(
         "proc/net/dev",
@@ -80,8 +80,8 @@ fn every_task_reads_its_fixture() {
     let memory = source.memory().unwrap();
     assert_eq!(memory.memory.available_bytes, 1536 * 1024);
     let disk = source.disk(DiskArgs::default()).unwrap();
-    assert_eq!(disk.filesystems.len(), 1, "proc is left out: {disk:?}");
-    assert_eq!(disk.filesystems[0].mountpoint, "/");
+    assert_eq!(disk.filesystems.len(), 1, "proc and the hidden rootfs are left out: {disk:?}");
+    assert_eq!((disk.filesystems[0].mountpoint.as_str(), disk.filesystems[0].fstype.as_str()), ("/", "tmpfs"));
     assert!(disk.filesystems[0].usage.as_ref().unwrap().total_bytes > 0, "statvfs of the fixture root");
     assert_eq!(source.disk(DiskArgs { all: true }).unwrap().filesystems.len(), 2);
     assert_eq!(disk.io[0].read_bytes, 80 * 512);
