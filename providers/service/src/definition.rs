@@ -2,7 +2,9 @@
 //! maps, namespace name, root filesystem source.
 
 use crate::error::ServiceError;
-use cerana_protocol::tasks::service::{CreateArgs, IdRange, Limits, RestartPolicy, RootfsKind, ServiceRef, User};
+use cerana_protocol::tasks::service::{
+    BindMount, CreateArgs, IdRange, Limits, RestartPolicy, RootfsKind, ServiceRef, User,
+};
 use cerana_protocol::tasks::zfs::{DatasetName, SnapshotName};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -97,6 +99,7 @@ pub struct ServiceDef {
     pub cwd: String,
     pub limits: Limits,
     pub user: User,
+    pub mounts: Vec<BindMount>,
     pub netns: Option<String>,
     pub restart: RestartPolicy,
 }
@@ -125,6 +128,7 @@ impl ServiceDef {
         }
         check_limits(&args.limits, node)?;
         check_user(&args.user)?;
+        check_mounts(&args.mounts)?;
         if let Some(ns) = &args.netns {
             check_netns_name(ns)?;
         }
@@ -146,6 +150,7 @@ impl ServiceDef {
             cwd,
             limits: args.limits,
             user: args.user.clone(),
+            mounts: args.mounts.clone(),
             netns: args.netns.clone(),
             restart: args.restart,
         })
@@ -229,6 +234,27 @@ fn check_user(user: &User) -> Result<(), ServiceError> {
         }
         _ => Err(ServiceError::invalid("user: give both uid_map and gid_map, or neither")),
     }
+}
+
+const MAX_MOUNTS: usize = 16;
+
+fn absolute_clean(path: &str) -> bool {
+    path.starts_with('/') && !path.contains('\0') && !path.split('/').any(|c| c == "..")
+}
+
+fn check_mounts(mounts: &[BindMount]) -> Result<(), ServiceError> {
+    if mounts.len() > MAX_MOUNTS {
+        return Err(ServiceError::invalid(format!("at most {MAX_MOUNTS} mounts (got {})", mounts.len())));
+    }
+    for m in mounts {
+        if !absolute_clean(&m.source) || !absolute_clean(&m.destination) || m.destination == "/" {
+            return Err(ServiceError::invalid(format!(
+                "mount {} -> {}: both must be absolute paths without '..', the destination not /",
+                m.source, m.destination
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A name `ip netns` accepts: one path component.
@@ -322,6 +348,10 @@ mod tests {
                 a.dataset = "data//x".into();
             }),
             Box::new(|a| a.restart.delay_ms = a.restart.max_delay_ms + 1),
+            Box::new(|a| {
+                a.mounts = vec![BindMount { source: "/srv".into(), destination: "/a/../../etc".into(), read_only: false }]
+            }),
+            Box::new(|a| a.mounts = vec![BindMount { source: "rel".into(), destination: "/x".into(), read_only: false }]),
         ];
         for (i, change) in cases.drain(..).enumerate() {
             let mut a = args();

@@ -293,6 +293,125 @@ mod tests {
         assert!(find_binary(root.path(), "/bin/escape", "/bin").is_err());
     }
 
+    /// ZFS as the zfs provider answers (the kernel module cannot load on a build host): a set
+    /// of names and the reasons of its errors; records every call.
+    #[derive(Debug, Default)]
+    struct RecordingZfs {
+        names: Mutex<std::collections::BTreeSet<String>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    fn zfs_error(reason: ZfsErrorReason, name: &str) -> TaskError {
+        TaskError::new(reason.code(), format!("{name}: {reason}")).with_details(serde_json::json!({ "reason": reason.as_str() }))
+    }
+
+    impl RecordingZfs {
+        fn with(names: &[&str]) -> Self {
+            let zfs = Self::default();
+            zfs.names.lock().unwrap().extend(names.iter().map(|n| n.to_string()));
+            zfs
+        }
+        fn record(&self, call: String) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn add(&self, name: &str) -> Result<(), TaskError> {
+            if self.names.lock().unwrap().insert(name.to_owned()) {
+                Ok(())
+            } else {
+                Err(zfs_error(ZfsErrorReason::Exists, name))
+            }
+        }
+    }
+
+    impl Zfs for RecordingZfs {
+        fn exists<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, TaskError>> {
+            self.record(format!("exists {name}"));
+            Box::pin(async move { Ok(self.names.lock().unwrap().contains(name)) })
+        }
+        fn create_filesystem<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TaskError>> {
+            self.record(format!("create {name}"));
+            Box::pin(async move { self.add(name) })
+        }
+        fn snapshot<'a>(&'a self, dataset: &'a str, snapname: &'a str) -> BoxFuture<'a, Result<(), TaskError>> {
+            self.record(format!("snapshot {dataset}@{snapname}"));
+            Box::pin(async move { self.add(&format!("{dataset}@{snapname}")) })
+        }
+        fn clone_to<'a>(&'a self, origin: &'a str, name: &'a str, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), TaskError>> {
+            self.record(format!("clone {origin} {name} {}", mountpoint.display()));
+            Box::pin(async move {
+                if !self.names.lock().unwrap().contains(origin) {
+                    return Err(zfs_error(ZfsErrorReason::NotFound, origin));
+                }
+                self.add(name)
+            })
+        }
+        fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TaskError>> {
+            self.record(format!("destroy {name}"));
+            Box::pin(async move {
+                if self.names.lock().unwrap().remove(name) {
+                    Ok(())
+                } else {
+                    Err(zfs_error(ZfsErrorReason::NotFound, name))
+                }
+            })
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_dataset_is_snapshotted_once_and_cloned_afresh_on_every_start() {
+        let zfs = RecordingZfs::with(&["data", "data/img"]);
+        let key = ServiceKey::new("b1", "web").unwrap();
+        let source = RootfsSource::ZfsDataset(DatasetName::new("data/img").unwrap());
+        let taken = block_on(check_source(&source, &key, &zfs)).unwrap();
+        assert_eq!(taken.unwrap().as_str(), "data/img@service-web");
+        let run_dir = Path::new("/run/cerana/service/services/b1.web");
+        let first = block_on(prepare(&source, &key, run_dir, &zfs)).unwrap();
+        assert_eq!(first.clone.as_deref(), Some("data/running-clones/b1.web"));
+        assert_eq!(first.path, run_dir.join("rootfs"));
+        block_on(first.release(&zfs)).unwrap();
+        let second = block_on(prepare(&source, &key, run_dir, &zfs)).unwrap();
+        block_on(second.release(&zfs)).unwrap();
+        let calls = zfs.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [
+                "exists data/img",
+                "snapshot data/img@service-web",
+                "exists data/running-clones",
+                "create data/running-clones",
+                "destroy data/running-clones/b1.web",
+                "clone data/img@service-web data/running-clones/b1.web /run/cerana/service/services/b1.web/rootfs",
+                "destroy data/running-clones/b1.web",
+                "exists data/running-clones",
+                "destroy data/running-clones/b1.web",
+                "clone data/img@service-web data/running-clones/b1.web /run/cerana/service/services/b1.web/rootfs",
+                "destroy data/running-clones/b1.web",
+            ]
+        );
+        assert!(!zfs.names.lock().unwrap().contains("data/running-clones/b1.web"));
+        // Created again with overwrite: the snapshot exists and is reused, not taken again.
+        assert_eq!(block_on(check_source(&source, &key, &zfs)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_missing_dataset_or_snapshot_is_dataset_missing_and_makes_nothing() {
+        let zfs = RecordingZfs::with(&["data"]);
+        let key = ServiceKey::new("b1", "web").unwrap();
+        for source in [
+            RootfsSource::ZfsDataset(DatasetName::new("data/none").unwrap()),
+            RootfsSource::ZfsSnapshot(SnapshotName::new("data/none@v1").unwrap()),
+            RootfsSource::Overlay("/nonexistent/dir".into()),
+        ] {
+            let err = block_on(check_source(&source, &key, &zfs)).unwrap_err();
+            assert_eq!(err.reason().as_str(), "dataset-missing", "{source:?}");
+        }
+        assert_eq!(*zfs.names.lock().unwrap(), ["data".to_owned()].into());
+    }
+
     #[test]
     fn clone_names_follow_the_original_layout() {
         let key = ServiceKey::new("b1", "web").unwrap();

@@ -3,7 +3,8 @@
 use crate::definition::ServiceDef;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,19 @@ pub fn build(def: &ServiceDef, at: &Placement<'_>) -> Result<Spec, SpecError> {
         process.set_rlimits(defaults.rlimits().clone());
     }
     spec.set_process(Some(process));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for m in &def.mounts {
+        let mode = if m.read_only { "ro" } else { "rw" };
+        mounts.push(
+            MountBuilder::default()
+                .destination(&m.destination)
+                .typ("bind")
+                .source(&m.source)
+                .options(vec!["rbind".to_owned(), "rprivate".to_owned(), mode.to_owned()])
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(mounts));
 
     let mut namespaces = Vec::new();
     for typ in [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount] {
@@ -118,7 +132,7 @@ mod tests {
 
     #[test]
     fn limits_become_cgroup_resources() {
-        let d = def(r#","limits":{"cpu":500,"memory":67108864,"processes":32}"#);
+        let d = def(r#","limits":{"cpu":500,"memory":67108864,"processes":32},"mounts":[{"source":"/data/x","destination":"/srv","read_only":true}]"#);
         let s = spec_json(&d, None);
         let r = &s["linux"]["resources"];
         assert_eq!(r["cpu"]["quota"], 50_000);
@@ -129,6 +143,9 @@ mod tests {
         assert_eq!(s["root"]["path"], "/run/x/rootfs");
         assert_eq!(s["process"]["args"][2], "x");
         assert_eq!(s["hostname"], "web");
+        let bind = s["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/srv").unwrap();
+        assert_eq!(bind["source"], "/data/x");
+        assert_eq!(bind["options"], serde_json::json!(["rbind", "rprivate", "ro"]));
     }
 
     #[test]

@@ -172,6 +172,9 @@ impl Services {
                 return Err(ServiceError::NetnsMissing(ns.clone()));
             }
         }
+        if let Some(m) = def.mounts.iter().find(|m| !Path::new(&m.source).exists()) {
+            return Err(ServiceError::DatasetMissing(format!("{} (mount source)", m.source)));
+        }
         let zfs = self.inner.zfs.as_ref();
         let own_snapshot = rootfs::check_source(&def.rootfs, &def.key, zfs).await?;
         let (control, control_rx) = mpsc::unbounded_channel();

@@ -5,7 +5,9 @@
 //! Root filesystem: busybox-static from scripts/test-rootfs.sh (or $CERANA_SERVICE_TEST_ROOTFS),
 //! used as the lower layer of an overlay (`rootfs: overlay`, there being no ZFS pool here).
 
-use cerana_protocol::tasks::service::{CreateArgs, LogsArgs, ServiceErrorReason, ServiceInfo, ServiceState};
+use cerana_protocol::tasks::service::{
+    BindMount, CreateArgs, LogsArgs, ServiceErrorReason, ServiceInfo, ServiceState,
+};
 use cerana_service::cgroup::Layout;
 use cerana_service::definition::ServiceKey;
 use cerana_service::rootfs::ZfsTasks;
@@ -134,7 +136,17 @@ fn reason(e: &cerana_service::ServiceError) -> ServiceErrorReason {
 #[tokio::test]
 async fn a_service_runs_as_pid_1_with_its_limits_and_its_output_is_kept() {
     let Some(h) = host() else { return };
-    let mut args = h.args("limits", "echo pid=$$; echo to-stderr >&2; exec sleep 600");
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello.txt"), "from-the-host\n").unwrap();
+    let mut args = h.args(
+        "limits",
+        "echo pid=$$; cat /srv/in/hello.txt; touch /srv/in/x 2>/dev/null || echo read-only; echo to-stderr >&2; exec sleep 600",
+    );
+    args.mounts = vec![BindMount {
+        source: shared.path().display().to_string(),
+        destination: "/srv/in".into(),
+        read_only: true,
+    }];
     args.limits.cpu = Some(500);
     args.limits.memory = Some(64 << 20);
     args.limits.processes = Some(32);
@@ -142,7 +154,9 @@ async fn a_service_runs_as_pid_1_with_its_limits_and_its_output_is_kept() {
     assert_eq!(info.state, ServiceState::Running);
     let pid = info.pid.unwrap();
     let logs = h.wait_for_log("limits", "to-stderr", Duration::from_secs(5)).await;
-    assert!(logs.iter().any(|(_, _, l)| l == "pid=1"), "{logs:?}");
+    for want in ["pid=1", "from-the-host", "read-only"] {
+        assert!(logs.iter().any(|(_, _, l)| l == want), "no {want:?} in {logs:?}");
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
     assert!(nspid.ends_with("\t1"), "not PID 1 in its namespace: {nspid}");
@@ -314,6 +328,9 @@ async fn bad_input_gets_typed_errors_and_leaves_nothing_behind() {
 
     let mut args = h.args("nodata", "true");
     args.dataset = "/nonexistent/rootfs".into();
+    expect("nodata", h.services.create(&args).await, ServiceErrorReason::DatasetMissing);
+    let mut args = h.args("nodata", "true");
+    args.mounts = vec![BindMount { source: "/nonexistent/data".into(), destination: "/data".into(), read_only: false }];
     expect("nodata", h.services.create(&args).await, ServiceErrorReason::DatasetMissing);
 
     for (cpu, memory, processes) in [(Some(1), None, None), (None, Some(1024), None), (None, None, Some(0))] {

@@ -198,6 +198,10 @@ pub struct CreateArgs {
     pub limits: Limits,
     #[serde(default)]
     pub user: User,
+    /// Host directories bind-mounted into the container (e.g. a dataset's mountpoint, like the
+    /// original's per-service bundle datasets), at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<BindMount>,
     /// A named network namespace (`/run/netns/NAME`, from `ip netns add` or the netns
     /// provider); without it the container gets a new empty one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,6 +211,18 @@ pub struct CreateArgs {
     /// Replace an existing service of the same `(bundle_id, id)`.
     #[serde(default)]
     pub overwrite: bool,
+}
+
+/// A host directory seen inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindMount {
+    /// Absolute host path; must exist.
+    pub source: String,
+    /// Absolute path in the container (made if missing).
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
