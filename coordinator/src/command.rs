@@ -1,7 +1,7 @@
-//! `cerana-coordinator`: the node's task router. See `coordinator/README.md`.
+//! The `cerana-coordinator` command line: the node's task router. See `coordinator/README.md`.
 
 use anyhow::Context;
-use cerana_coordinator::{Config, Coordinator, TlsFiles};
+use crate::{Config, Coordinator, TlsFiles};
 use cerana_protocol::NodeUrl;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -53,7 +53,8 @@ fn read_token(path: &PathBuf) -> anyhow::Result<String> {
     Ok(text.trim().to_owned())
 }
 
-fn main() -> std::process::ExitCode {
+/// The whole program: parses `std::env::args()`, serves until SIGTERM.
+pub fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

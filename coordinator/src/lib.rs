@@ -6,6 +6,7 @@
 //! bounded journal of what it did. See `README.md` in this folder.
 
 pub mod builtin;
+pub mod command;
 pub mod config;
 pub mod core;
 pub mod http;

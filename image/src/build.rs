@@ -194,7 +194,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             fs.install(&opts.workspace.join(script), "/init", 0o755)?;
             (script.clone(), Vec::new())
         }
-        None => install_project(opts, &manifest, &mut fs)?,
+        None => install_project(opts, &manifest, &profile, &mut fs)?,
     };
     write_etc(&mut fs)?;
     let module_count = install_modules(&mut fs, &kernel_root, &kernel_release, &profile)?;
@@ -348,14 +348,22 @@ fn install_modules(fs: &mut Rootfs, kernel_root: &Path, release: &str, profile: 
     Ok(closure.len())
 }
 
+/// The project's multi-call binary; `[project] multicall` names link to it.
+const MULTICALL_BINARY: &str = "cerana-multicall";
+
 /// Builds and installs the workspace's binaries that exist now; returns what /init is.
-fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) -> Result<(String, Vec<String>), BuildError> {
+fn install_project(
+    opts: &BuildOptions,
+    manifest: &Manifest,
+    profile: &Profile,
+    fs: &mut Rootfs,
+) -> Result<(String, Vec<String>), BuildError> {
     let _s = step("building the project's binaries (cargo build --release)");
     let (workspace_target, available) = workspace_binaries(&opts.workspace)?;
     // A target directory of its own: building this set of packages elsewhere resolves shared
     // dependencies' features differently and would rebuild them on every image build.
     let target_dir = workspace_target.join("image-bins");
-    let mut wanted: Vec<&String> = manifest.project.binaries.iter().collect();
+    let mut wanted: Vec<&String> = manifest.project.binaries.iter().chain(&profile.project_binaries).collect();
     if opts.init_binary.is_none() {
         wanted.push(&manifest.project.init);
     }
@@ -391,6 +399,12 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
             installed.push((*bin).clone());
         }
     }
+    if installed.iter().any(|b| b == MULTICALL_BINARY) {
+        for applet in &manifest.project.multicall {
+            fs.symlink(&format!("/usr/bin/{applet}"), MULTICALL_BINARY)?;
+            installed.push(applet.clone());
+        }
+    }
     if let Some(path) = &opts.init_binary {
         fs.install(path, "/init", 0o755)?;
         fs.add_libraries_of(path, "/init")?;
@@ -403,8 +417,17 @@ fn install_project(opts: &BuildOptions, manifest: &Manifest, fs: &mut Rootfs) ->
         init = "image/fallback-init.sh".into();
     }
     let services = opts.workspace.join(&manifest.project.services);
-    if services.exists() {
+    if services.exists() && profile.services.is_empty() {
         fs.install(&services, "/etc/cerana/services.toml", 0o644)?;
+    } else if services.exists() {
+        // The profile's tables follow the base table in the one file init reads.
+        let mut table = std::fs::read(&services).map_err(io(&services))?;
+        for extra in &profile.services {
+            let path = opts.workspace.join(extra);
+            table.push(b'\n');
+            table.extend(std::fs::read(&path).map_err(io(&path))?);
+        }
+        fs.write("/etc/cerana/services.toml", &table, 0o644)?;
     }
     Ok((init, installed))
 }

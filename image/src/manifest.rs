@@ -20,6 +20,8 @@ pub enum ManifestError {
     BootModuleNotIncluded(String),
     #[error("{0:?} must be an absolute path")]
     RelativePath(String),
+    #[error("multi-call name {0:?} must be a plain file name")]
+    BadMulticallName(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +43,10 @@ pub struct KernelSpec {
 pub struct ProjectSpec {
     pub init: String,
     pub binaries: Vec<String>,
+    /// Names installed as `/usr/bin/<name> -> cerana-multicall` (the applets of the
+    /// multi-call binary, which must be among `binaries`).
+    #[serde(default)]
+    pub multicall: Vec<String>,
     pub services: String,
 }
 
@@ -66,6 +72,13 @@ pub struct ProfileSpec {
     /// A script from the repo used as /init instead of the project's binaries (the boot floor).
     #[serde(default)]
     pub init_script: Option<String>,
+    /// Workspace binaries only this profile carries (besides `[project] binaries`), installed
+    /// as /usr/bin/<name> with their shared libraries, e.g. the kvm provider (libvirt).
+    #[serde(default)]
+    pub project_binaries: Vec<String>,
+    /// Service tables (repo paths) appended to `[project] services` for this profile.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// A profile with its inheritance applied.
@@ -80,6 +93,8 @@ pub struct Profile {
     pub load_at_boot: Vec<String>,
     pub zfs: bool,
     pub init_script: Option<String>,
+    pub project_binaries: Vec<String>,
+    pub services: Vec<String>,
 }
 
 impl Manifest {
@@ -90,6 +105,9 @@ impl Manifest {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
         let manifest: Self = toml::from_str(text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
+        if let Some(bad) = manifest.project.multicall.iter().find(|n| n.is_empty() || n.contains('/') || n.starts_with('.')) {
+            return Err(ManifestError::BadMulticallName(bad.clone()));
+        }
         for spec in manifest.profiles.values() {
             for p in spec.binaries.iter().chain(&spec.files).chain(&spec.busybox) {
                 if !p.starts_with('/') {
@@ -121,6 +139,8 @@ impl Manifest {
             extend_unique(&mut profile.files, &spec.files);
             extend_unique(&mut profile.modules, &spec.modules);
             extend_unique(&mut profile.load_at_boot, &spec.load_at_boot);
+            extend_unique(&mut profile.project_binaries, &spec.project_binaries);
+            extend_unique(&mut profile.services, &spec.services);
             profile.busybox = spec.busybox.clone().or(profile.busybox);
             profile.zfs |= spec.zfs;
             profile.init_script = spec.init_script.clone().or(profile.init_script);
@@ -164,6 +184,16 @@ impl Budget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn multicall_names_are_plain_file_names() {
+        for bad in ["../init", "/usr/bin/x", ""] {
+            let text = SAMPLE.replace("binaries = [\"cerana\"]", &format!("binaries = [\"cerana\"]\nmulticall = [{bad:?}]"));
+            assert!(matches!(Manifest::parse(&text, Path::new("m")), Err(ManifestError::BadMulticallName(_))), "{bad}");
+        }
+        let text = SAMPLE.replace("binaries = [\"cerana\"]", "binaries = [\"cerana\"]\nmulticall = [\"cerana-zfs\"]");
+        assert_eq!(Manifest::parse(&text, Path::new("m")).unwrap().project.multicall, ["cerana-zfs"]);
+    }
+
     const SAMPLE: &str = r#"
 [kernel]
 package = "linux-image-amd64"
@@ -182,6 +212,8 @@ zfs = true
 inherit = "base"
 packages = ["libc6", "qemu-system-x86"]
 modules = ["kvm_intel"]
+project_binaries = ["cerana-kvm"]
+services = ["init/services.full.toml"]
 "#;
 
     #[test]
@@ -192,6 +224,9 @@ modules = ["kvm_intel"]
         assert_eq!(full.modules, ["zfs", "kvm_intel"]);
         assert!(full.zfs);
         assert_eq!(full.busybox.as_deref(), Some("/bin/busybox"));
+        assert_eq!((full.project_binaries.as_slice(), full.services.as_slice()), (&["cerana-kvm".to_owned()][..], &["init/services.full.toml".to_owned()][..]));
+        let base = m.profile("base").unwrap();
+        assert!(base.project_binaries.is_empty() && base.services.is_empty());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `cerana-bootserver bootstrap-config` (run by init when `cerana.cluster_bootstrap` is set).
 //! The management address `cerana.mgmt_ip=A.B.C.D/N` gives the interface (the one holding
 //! it) and the lease pool (host addresses .100 to .249 of a /24 or larger network).
-use crate::config::Ipv4Net;
+use crate::config::{DhcpMode, Ipv4Net};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -37,7 +37,7 @@ pub struct Bootstrap {
 }
 
 /// The value of `cerana.KEY=` (the last one wins, as init reads it).
-fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline
         .split_whitespace()
         .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -45,7 +45,23 @@ fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Bootstrap {
+    /// The bootstrap node: its address must lie outside the lease pool it will serve.
     pub fn from_cmdline(cmdline: &str) -> Result<Self, BootstrapError> {
+        let b = Self::parse(cmdline)?;
+        let [first, last] = b.range();
+        if (first..=last).contains(&b.address) {
+            return Err(BootstrapError::AddressInPool(b.address));
+        }
+        Ok(b)
+    }
+
+    /// A node that booted from another one (its address came from that node's pool, which the
+    /// allocator never hands out as long as it is this server's own).
+    pub fn for_replica(cmdline: &str) -> Result<Self, BootstrapError> {
+        Self::parse(cmdline)
+    }
+
+    fn parse(cmdline: &str) -> Result<Self, BootstrapError> {
         let mgmt = setting(cmdline, "cerana.mgmt_ip").ok_or(BootstrapError::NoMgmtIp)?;
         let bad = |why: String| BootstrapError::BadMgmtIp(mgmt.to_string(), why);
         let (addr, prefix) = mgmt
@@ -73,10 +89,6 @@ impl Bootstrap {
             gateway,
             api_token: setting(cmdline, "cerana.api_token").map(str::to_string),
         };
-        let [first, last] = b.range();
-        if (first..=last).contains(&address) {
-            return Err(BootstrapError::AddressInPool(address));
-        }
         Ok(b)
     }
 
@@ -86,23 +98,30 @@ impl Bootstrap {
         [Ipv4Addr::from(base + 100), Ipv4Addr::from(base + 249)]
     }
 
-    /// The configuration file: this interface, this node's kernel and initrd as image `cerana`.
+    /// The configuration file: this interface, this node's kernel and initrd as image `cerana`,
+    /// DHCP in `dhcp` mode (the pool is written in every mode, so `boot-dhcp` can switch to full).
     pub fn config(
         &self,
         interface: &str,
         kernel: &Path,
         initrd: &Path,
         tftp_root: &Path,
+        dhcp: DhcpMode,
     ) -> String {
         let [first, last] = self.range();
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = format!(
             "# Written by cerana-bootserver bootstrap-config from the kernel command line.\n\
              interface = {}\nserver_ip = \"{}\"\nhttp_port = 80\ntftp_root = {}\nrouter_advertisements = true\n\n\
-             [dhcp]\nmode = \"full\"\n[dhcp.pool]\nnet = \"{}/{}\"\nrange = [\"{first}\", \"{last}\"]\nlease_secs = 43200\n",
+             [dhcp]\nmode = \"{}\"\n[dhcp.pool]\nnet = \"{}/{}\"\nrange = [\"{first}\", \"{last}\"]\nlease_secs = 43200\n",
             quote(interface),
             self.address,
             quote(&tftp_root.display().to_string()),
+            match dhcp {
+                DhcpMode::Full => "full",
+                DhcpMode::Proxy => "proxy",
+                DhcpMode::Off => "off",
+            },
             self.net.network(),
             self.net.prefix_len(),
         );
@@ -145,6 +164,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_replica_may_hold_a_pool_address_and_starts_with_dhcp_off() {
+        let line = "cerana.boot_server=http://10.99.0.2/ cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
+        assert!(matches!(Bootstrap::from_cmdline(line), Err(BootstrapError::AddressInPool(_))));
+        let b = Bootstrap::for_replica(line).unwrap();
+        let text = b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off);
+        let config: crate::config::Config = toml::from_str(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.dhcp.mode, DhcpMode::Off);
+        assert!(config.dhcp.pool.is_some(), "kept for boot-dhcp full");
+    }
+
+    #[test]
     fn derives_pool_gateway_and_token_from_the_command_line() {
         let b = Bootstrap::from_cmdline("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip=10.99.0.2/24 cerana.mgmt_gw=10.99.0.1 cerana.api_token=abcdefghijklmnop").unwrap();
         assert_eq!(
@@ -159,9 +190,11 @@ mod tests {
             Path::new("/run/k"),
             Path::new("/run/i"),
             Path::new("/usr/lib/ipxe"),
+            DhcpMode::Full,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
+        assert_eq!(config.dhcp.mode, DhcpMode::Full);
         assert!(text.contains("gateway = \"10.99.0.1\""));
         assert!(text.contains("cmdline = \"cerana.api_token=abcdefghijklmnop\""));
         assert!(text.contains("interface = \"eth0\""));

@@ -2,7 +2,7 @@
 //! node check-in.
 
 use crate::config::{BootAction, Config, HttpLimits};
-use crate::dhcp::DhcpService;
+use crate::dhcp_control::DhcpControl;
 use crate::events::EventLog;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use cerana_protocol::tasks::boot::{BootEventKind, BootEventsArgs, MacAddr};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -98,7 +98,7 @@ pub struct HttpState {
     pub server_ip: Ipv4Addr,
     pub images: ImageStore,
     pub events: Arc<EventLog>,
-    pub dhcp: Option<Arc<DhcpService>>,
+    pub dhcp: Arc<DhcpControl>,
 }
 
 /// The routes.
@@ -175,7 +175,7 @@ async fn boot_script(State(state): State<Arc<HttpState>>, query: Result<Query<Sc
                 format!("cerana.cluster_ips={cluster_ips}"),
                 format!("cerana.mgmt_mac={mac_s}"),
                 format!("cerana.initrd_hash=sha256-{}", image.initrd.sha256),
-                state.dhcp.as_ref().and_then(|d| d.mgmt_settings(mac)).unwrap_or_default(),
+                state.dhcp.service().and_then(|d| d.mgmt_settings(mac)).unwrap_or_default(),
                 image.cmdline.clone(),
                 machine_cmdline.to_string(),
             ]
@@ -335,11 +335,11 @@ async fn machines(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn leases(State(state): State<Arc<HttpState>>) -> Response {
-    axum::Json(state.dhcp.as_ref().map(|d| d.leases()).unwrap_or_default()).into_response()
+    axum::Json(state.dhcp.service().map(|d| d.leases()).unwrap_or_default()).into_response()
 }
 
 /// What a booted node posts to `/checkin`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckIn {
     pub mac: MacAddr,

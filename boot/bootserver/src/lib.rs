@@ -6,10 +6,13 @@
 //! current tokio runtime; the binary `cerana-bootserver` is a thin wrapper around it.
 
 pub mod bootstrap;
+pub mod command;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp_control;
 pub mod events;
 pub mod http;
+pub mod join;
 pub mod lease;
 pub mod net;
 pub mod provider;
@@ -17,10 +20,10 @@ pub mod ra;
 pub mod replicate;
 pub mod tftp;
 
-use config::{Config, DhcpMode};
-use dhcp::{BootFiles, DhcpService, Port};
+use config::Config;
+use dhcp::BootFiles;
+use dhcp_control::{DhcpControl, DhcpSwitchError};
 use events::EventLog;
-use lease::{Allocator, FileLeaseStore, LeaseStore, MemoryLeaseStore};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -32,8 +35,8 @@ pub enum StartError {
     Net(#[from] net::NetError),
     #[error(transparent)]
     Image(#[from] http::ImageError),
-    #[error("leases: {0}")]
-    Leases(#[from] lease::LeaseStoreError),
+    #[error("DHCP: {0}")]
+    Dhcp(#[from] DhcpSwitchError),
     #[error("TFTP root {path}: {source}")]
     TftpRoot { path: String, source: std::io::Error },
     #[error("TFTP server: {0}")]
@@ -48,13 +51,14 @@ pub struct Bootserver {
     pub server_ip: Ipv4Addr,
     pub http_addr: SocketAddr,
     pub events: Arc<EventLog>,
-    pub dhcp: Option<Arc<DhcpService>>,
+    /// DHCP, switchable at run time (`boot-dhcp`).
+    pub dhcp: Arc<DhcpControl>,
     tasks: JoinSet<(&'static str, std::io::Result<()>)>,
 }
 
 impl Bootserver {
-    /// Binds DHCP (67, and 4011 in proxy mode), TFTP (69), HTTP and router advertisements on
-    /// `config.interface` and starts serving.
+    /// Binds DHCP (67, and 4011 in proxy mode; none when off), TFTP (69), HTTP and router
+    /// advertisements on `config.interface` and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let iface = net::Interface::lookup(&config.interface)?;
         let server_ip = match config.server_ip.or(iface.ipv4) {
@@ -65,36 +69,16 @@ impl Bootserver {
         let images = http::ImageStore::load(&config)?;
         let mut tasks = JoinSet::new();
 
-        let dhcp = if config.dhcp.mode == DhcpMode::Off {
-            None
-        } else {
-            let allocator = match (&config.dhcp.mode, &config.dhcp.pool) {
-                (DhcpMode::Full, Some(pool)) => {
-                    let store: Box<dyn LeaseStore> = match &config.state_dir {
-                        Some(dir) => Box::new(FileLeaseStore::open(dir)?),
-                        None => Box::new(MemoryLeaseStore::new()),
-                    };
-                    Some(Allocator::new(pool.clone(), store, vec![server_ip]))
-                }
-                _ => None,
-            };
-            let boot = BootFiles::new(&config.boot, server_ip, config.http_port);
-            let service = Arc::new(DhcpService::new(server_ip, config.dhcp.mode, allocator, boot, events.clone()));
-            let any = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-            let socket = net::udp_on_interface(&iface.name, any(dhcp::SERVER_PORT), true, "DHCP socket")?;
-            let socket = tokio::net::UdpSocket::from_std(socket).map_err(StartError::Runtime)?;
-            tasks.spawn({
-                let service = service.clone();
-                async move { ("DHCP", dhcp::serve(service, socket, Port::Dhcp).await) }
-            });
-            if config.dhcp.mode == DhcpMode::Proxy {
-                let socket = net::udp_on_interface(&iface.name, any(dhcp::PXE_PORT), true, "PXE socket (4011)")?;
-                let socket = tokio::net::UdpSocket::from_std(socket).map_err(StartError::Runtime)?;
-                let service = service.clone();
-                tasks.spawn(async move { ("PXE 4011", dhcp::serve(service, socket, Port::Pxe).await) });
-            }
-            Some(service)
-        };
+        let boot = BootFiles::new(&config.boot, server_ip, config.http_port);
+        let dhcp = Arc::new(DhcpControl::new(
+            iface.name.clone(),
+            server_ip,
+            config.dhcp.pool.clone(),
+            config.state_dir.clone(),
+            boot,
+            events.clone(),
+        ));
+        dhcp.switch(config.dhcp.mode, &[])?;
 
         let tftp_socket = net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
         let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone())

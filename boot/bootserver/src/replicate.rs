@@ -48,6 +48,38 @@ async fn get(client: &Client, url: &str) -> Result<hyper::Response<hyper::body::
     Ok(response)
 }
 
+/// GETs `url` and decodes its JSON body of at most `limit` bytes.
+async fn get_json<T: serde::de::DeserializeOwned>(client: &Client, url: &str, limit: usize) -> Result<T, FetchError> {
+    use http_body_util::BodyExt;
+    let err = |message: String| FetchError::Http { url: url.to_string(), message };
+    let response = get(client, url).await?;
+    let body = http_body_util::Limited::new(response.into_body(), limit).collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| err(format!("bad response: {e}")))
+}
+
+/// The leases another bootserver (`http://host[:port]`) holds, from its `/leases`.
+pub async fn fetch_leases(server: &str) -> Result<Vec<crate::lease::Lease>, FetchError> {
+    let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    get_json(&client, &format!("{}/leases", server.trim_end_matches('/')), 4 << 20).await
+}
+
+/// Tells the boot server (`http://host[:port]`) this node is up: `POST /checkin`.
+pub async fn check_in(server: &str, checkin: &crate::http::CheckIn) -> Result<(), FetchError> {
+    let url = format!("{}/checkin", server.trim_end_matches('/'));
+    let err = |message: String| FetchError::Http { url: url.clone(), message };
+    let body = serde_json::to_vec(checkin).map_err(|e| err(e.to_string()))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::post(&url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| err(e.to_string()))?;
+    let response = client.request(request).await.map_err(|e| err(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(err(format!("HTTP {}", response.status())));
+    }
+    Ok(())
+}
+
 /// Downloads `url` into `path` (through a temporary file) and checks its SHA-256 is `want`.
 async fn download(client: &Client, url: &str, want: &str, path: &Path) -> Result<u64, FetchError> {
     use http_body_util::BodyExt;
@@ -82,13 +114,7 @@ pub async fn fetch(server: &str, initrd_hash: &str, dest: &Path) -> Result<(Path
     let server = server.trim_end_matches('/');
     let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let url = format!("{server}/images/{initrd_hash}/manifest");
-    let body = {
-        use http_body_util::BodyExt;
-        let response = get(&client, &url).await?;
-        let limited = http_body_util::Limited::new(response.into_body(), 64 * 1024);
-        limited.collect().await.map_err(|e| FetchError::Http { url: url.clone(), message: e.to_string() })?.to_bytes()
-    };
-    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| FetchError::Http { url: url.clone(), message: format!("bad manifest: {e}") })?;
+    let manifest: Manifest = get_json(&client, &url, 64 * 1024).await?;
     check_hash(&manifest.kernel)?;
     if manifest.initrd != initrd_hash {
         return Err(FetchError::Http { url, message: format!("manifest names initrd {}", manifest.initrd) });

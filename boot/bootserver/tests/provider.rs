@@ -1,7 +1,8 @@
-//! `boot-events` and `boot-machines` through a real (in-process) coordinator.
+//! `boot-events`, `boot-machines` and `boot-dhcp` through a real (in-process) coordinator.
 
 use cerana_bootserver::events::EventLog;
-use cerana_protocol::tasks::boot::{BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr};
+use cerana_bootserver::dhcp_control::DhcpControl;
+use cerana_protocol::tasks::boot::{BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr};
 use cerana_protocol::NoArgs;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -17,7 +18,10 @@ async fn boot_tasks_answer_from_the_event_log() {
     events.record(a, BootEventKind::DhcpAck { ip: Some(Ipv4Addr::new(10, 0, 0, 100)), bootfile: Some("undionly.kpxe".into()), lease_secs: Some(60) });
     events.record(a, BootEventKind::TftpFile { path: "undionly.kpxe".into(), bytes: 70_000, complete: true });
     events.record(b, BootEventKind::DhcpNak { reason: "wrong network".into() });
-    let provider = cerana_bootserver::provider::provider(events.clone());
+    let boot = cerana_bootserver::dhcp::BootFiles::new(&Default::default(), Ipv4Addr::LOCALHOST, 80);
+    // No pool and DHCP off: switching is checked here, serving in tests/netns.rs.
+    let dhcp = Arc::new(DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone()));
+    let provider = cerana_bootserver::provider::provider(events.clone(), dhcp.clone());
     let serving = tokio::spawn({
         let socket = socket.clone();
         async move { provider.serve(socket).await }
@@ -40,5 +44,14 @@ async fn boot_tasks_answer_from_the_event_log() {
     assert_eq!(machines.len(), 2);
     assert_eq!((machines[0].mac, machines[0].stage, machines[0].ip), (a, BootStage::Firmware, Some(Ipv4Addr::new(10, 0, 0, 100))));
     assert_eq!(machines[1].stage, BootStage::Dhcp);
+
+    let off = client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Off, import_leases_from: None }).await.unwrap();
+    assert_eq!((off.previous, off.mode, off.imported_leases), (BootDhcpMode::Off, BootDhcpMode::Off, 0));
+    let no_pool = client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Full, import_leases_from: None }).await.unwrap_err();
+    assert!(no_pool.to_string().contains("needs an address pool"), "{no_pool}");
+    let misplaced = BootDhcpArgs { mode: BootDhcpMode::Off, import_leases_from: Some("http://127.0.0.1:9".into()) };
+    let err = client.run::<BootDhcp>(&misplaced).await.unwrap_err();
+    assert!(err.to_string().contains("only applies to full mode"), "{err}");
+    assert_eq!(dhcp.mode(), cerana_bootserver::config::DhcpMode::Off, "failed switches change nothing");
     serving.abort();
 }

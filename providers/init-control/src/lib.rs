@@ -52,6 +52,11 @@ pub async fn call<T: DeserializeOwned>(socket: &Path, req: ControlRequest) -> Re
 }
 
 /// The provider, talking to init at `socket`.
+/// The whole `cerana-init-provider` program: init's control socket from `CERANA_INIT_SOCKET`.
+pub fn main() -> std::process::ExitCode {
+    provider(init_socket_from_env()).main()
+}
+
 pub fn provider(socket: PathBuf) -> Provider {
     let s = move || socket.clone();
     let (s1, s2, s3, s4, s5, s6, s7) = (s(), s(), s(), s(), s(), s(), s());

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    cerana_init_provider::provider(cerana_init_provider::init_socket_from_env()).main()
+    cerana_init_provider::main()
 }

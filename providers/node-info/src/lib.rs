@@ -117,6 +117,11 @@ pub fn parse_meminfo(path: &Path, text: &str) -> Result<MemoryFacts, FactsError>
     })
 }
 
+/// The whole `cerana-node-info` program (see [`Provider::main`]).
+pub fn main() -> std::process::ExitCode {
+    provider().main()
+}
+
 /// The provider with its handlers, reading facts from `/`.
 pub fn provider() -> Provider {
     provider_reading(FactSource::default())

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    cerana_node_info::provider().main()
+    cerana_node_info::main()
 }

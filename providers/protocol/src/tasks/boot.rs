@@ -14,6 +14,7 @@ use std::str::FromStr;
 crate::declare_tasks! {
     BootEvents = "boot-events", "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
     BootMachines = "boot-machines", "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
+    BootDhcp = "boot-dhcp", "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment), optionally importing another server's leases", BootDhcpArgs => BootDhcpResult;
 }
 
 /// An Ethernet MAC address; parsed from `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (any case),
@@ -97,6 +98,39 @@ pub struct BootEventsArgs {
 #[serde(deny_unknown_fields)]
 pub struct BootEventsResult {
     pub events: Vec<BootEvent>,
+}
+
+/// How a bootserver answers DHCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootDhcpMode {
+    /// Addresses from the pool, with boot information.
+    Full,
+    /// Boot information only; another server hands out addresses.
+    Proxy,
+    /// No DHCP (HTTP and TFTP still serve).
+    Off,
+}
+
+/// Arguments of `boot-dhcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootDhcpArgs {
+    pub mode: BootDhcpMode,
+    /// Another bootserver (`http://host[:port]`) whose active leases are imported before full
+    /// mode starts, so addresses it handed out are not given again.
+    #[serde(default)]
+    pub import_leases_from: Option<String>,
+}
+
+/// Result of `boot-dhcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootDhcpResult {
+    pub previous: BootDhcpMode,
+    pub mode: BootDhcpMode,
+    /// Active leases inside this server's pool taken from `import_leases_from`.
+    pub imported_leases: u32,
 }
 
 /// Result of `boot-machines`.

@@ -1,0 +1,116 @@
+//! `cerana-bootserver join`, run once on every node that booted from the network: it keeps a
+//! checked copy of the image it booted (self-replication), writes a configuration that serves
+//! that image with DHCP off, and checks in with the boot server so its timeline shows the node
+//! arrived. Only one DHCP server may answer on a segment; `boot-dhcp` moves DHCP here.
+
+use crate::bootstrap::{self, Bootstrap, BootstrapError};
+use crate::config::{Config, ConfigError, DhcpMode};
+use crate::http::CheckIn;
+use crate::replicate::{self, FetchError};
+use cerana_protocol::tasks::boot::MacAddr;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the command line has no {0} (this node did not boot from a CeranaOS boot server)")]
+    Missing(&'static str),
+    #[error("cerana.mgmt_mac={0:?}: {1}")]
+    BadMac(String, String),
+    #[error(transparent)]
+    Address(#[from] BootstrapError),
+    #[error("fetching this node's image: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("the configuration written is not valid: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// What `join` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Joined {
+    pub image_dir: PathBuf,
+    pub kernel: String,
+    pub initrd: String,
+    pub config: PathBuf,
+    pub interface: String,
+    /// Whether the boot server took the check-in; a failed check-in does not undo the rest.
+    pub checked_in: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check_in_error: Option<String>,
+}
+
+/// The values of the command line a network-booted node needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSettings {
+    pub boot_server: String,
+    pub initrd_hash: String,
+    pub mac: MacAddr,
+    pub replica: Bootstrap,
+}
+
+impl JoinSettings {
+    pub fn from_cmdline(cmdline: &str) -> Result<Self, JoinError> {
+        let get = |key: &'static str| bootstrap::setting(cmdline, key).ok_or(JoinError::Missing(key));
+        let boot_server = get("cerana.boot_server")?.trim_end_matches('/').to_string();
+        let initrd_hash = get("cerana.initrd_hash")?.to_string();
+        let mac_text = get("cerana.mgmt_mac")?;
+        let mac = mac_text.parse().map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(mac_text.into(), e.to_string()))?;
+        Ok(JoinSettings { boot_server, initrd_hash, mac, replica: Bootstrap::for_replica(cmdline)? })
+    }
+}
+
+/// See the module docs. `dest` receives `<initrd hash>/{vmlinuz,initrd}`.
+pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -> Result<Joined, JoinError> {
+    let settings = JoinSettings::from_cmdline(cmdline)?;
+    let interface = bootstrap::interface_with(settings.replica.address)?;
+    let (dir, manifest) = replicate::fetch(&settings.boot_server, &settings.initrd_hash, dest).await?;
+    let text = settings.replica.config(&interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off);
+    let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
+    // Through a temporary file: a half-written configuration must never be read.
+    let tmp = output.with_extension("tmp");
+    std::fs::write(&tmp, &text).map_err(write_err)?;
+    Config::load(&tmp)?;
+    std::fs::rename(&tmp, output).map_err(write_err)?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    let checkin = CheckIn { mac: settings.mac, hostname, ip: Some(settings.replica.address) };
+    let check_in_error = replicate::check_in(&settings.boot_server, &checkin).await.err().map(|e| e.to_string());
+    if let Some(e) = &check_in_error {
+        tracing::warn!(error = %e, "check-in with the boot server failed");
+    }
+    Ok(Joined {
+        image_dir: dir,
+        kernel: manifest.kernel,
+        initrd: manifest.initrd,
+        config: output.to_path_buf(),
+        interface,
+        checked_in: check_in_error.is_none(),
+        check_in_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = "console=ttyS0 cerana.boot_server=http://10.99.0.2/ cerana.cluster_ips=10.99.0.2 \
+        cerana.mgmt_mac=52:54:00:c1:00:02 cerana.initrd_hash=sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+        cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
+
+    #[test]
+    fn settings_come_from_the_command_line_the_boot_server_wrote() {
+        let s = JoinSettings::from_cmdline(LINE).unwrap();
+        assert_eq!(s.boot_server, "http://10.99.0.2");
+        assert_eq!(s.mac.to_string(), "52:54:00:c1:00:02");
+        assert_eq!(s.replica.address.to_string(), "10.99.0.100");
+    }
+
+    #[test]
+    fn a_node_not_booted_from_the_network_is_told_so() {
+        let err = JoinSettings::from_cmdline("console=ttyS0 cerana.mgmt_ip=10.99.0.100/24").unwrap_err();
+        assert!(matches!(err, JoinError::Missing("cerana.boot_server")), "{err}");
+        let err = JoinSettings::from_cmdline(&LINE.replace("52:54:00:c1:00:02", "52:54:zz")).unwrap_err();
+        assert!(matches!(err, JoinError::BadMac(..)), "{err}");
+    }
+}

@@ -1,0 +1,399 @@
+//! `cerana`: run tasks on CeranaOS nodes and inspect their coordinators.
+
+mod args;
+mod render;
+
+use anyhow::Context as _;
+use cerana_client::{open_stream, Client, ClientError, HttpClient, UnixClient};
+use cerana_protocol::error::ErrorClass;
+use cerana_protocol::stream::{ChunkReader, ChunkWriter};
+use cerana_protocol::{NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+EXAMPLES:
+  cerana task run node-info                         facts about this node
+  cerana task run zfs-create name=data/x type=filesystem
+  cerana task run kv-set --json args.json           arguments from a file (- for stdin)
+  cerana task run zfs-receive name=data/y --stream-in backup.zfs
+  cerana --node http://10.0.0.5:8080 --token-file token task history --limit 5
+  cerana task list                                  every task and who serves it
+
+ARGUMENTS:
+  key=value words become the task's JSON arguments. Values that parse as JSON are typed
+  (10, true, [1,2], {\"a\":1}, \"quoted\"); anything else is a string. Dotted keys nest:
+  props.compression=lz4 gives {\"props\":{\"compression\":\"lz4\"}}.
+
+EXIT CODES:
+  0 success   1 task failed   2 usage   3 bad input (unknown task, invalid arguments)
+  4 not found   5 conflict (exists, busy)   6 timeout   7 unavailable (no provider, node
+  unreachable)   8 authentication";
+
+#[derive(Parser, Debug)]
+#[command(name = "cerana", version, about = "Run tasks on CeranaOS nodes and inspect their coordinators", after_help = AFTER_HELP)]
+struct Cli {
+    /// A node's coordinator URL (http:// or https://); without it, the local unix socket.
+    #[arg(long, global = true, env = "CERANA_NODE")]
+    node: Option<NodeUrl>,
+    /// The local coordinator's unix socket.
+    #[arg(long, global = true, env = "CERANA_COORDINATOR_SOCKET", default_value = cerana_protocol::DEFAULT_COORDINATOR_SOCKET)]
+    socket: PathBuf,
+    /// File holding the bearer token for --node.
+    #[arg(long, global = true, env = "CERANA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an https --node.
+    #[arg(long, global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run and inspect tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Connected providers and the tasks each serves.
+    Providers,
+    /// The coordinator's name, version, uptime and load.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Run a task and print its result.
+    Run {
+        /// The task's name, e.g. node-info.
+        task: TaskName,
+        /// Arguments as key=value words.
+        args: Vec<String>,
+        /// Arguments as a JSON object from a file, or - for stdin.
+        #[arg(long, value_name = "FILE")]
+        json: Option<String>,
+        /// Feed this file (or - for stdin) to the task as its input stream.
+        #[arg(long, value_name = "FILE")]
+        stream_in: Option<String>,
+        /// Write the task's output stream to this file (or - for stdout).
+        #[arg(long, value_name = "FILE")]
+        stream_out: Option<String>,
+        /// Run the task on another node, forwarded by the coordinator.
+        #[arg(long, value_name = "URL")]
+        on: Option<NodeUrl>,
+        /// Seconds to wait for the result (the coordinator's default otherwise).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Only submit the task and print its id; see `cerana task get ID`.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Every task that is documented or served, with its providers.
+    List,
+    /// Recent tasks, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<TaskName>,
+        /// Only tasks in this state (accepted, running, done, failed, timed_out, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One task's journal entry, with its result while it is kept.
+    Get { id: RequestId },
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+    fn task(error: &TaskError) -> Self {
+        let code = match error.code.class() {
+            ErrorClass::Failed => 1,
+            ErrorClass::BadInput => 3,
+            ErrorClass::NotFound => 4,
+            ErrorClass::Conflict => 5,
+            ErrorClass::Timeout => 6,
+            ErrorClass::Unavailable => 7,
+            ErrorClass::Auth => 8,
+        };
+        Self { code, message: error.to_string() }
+    }
+    fn client(error: ClientError) -> Self {
+        match &error {
+            ClientError::Refused(e) | ClientError::Api(e) => Self::task(e),
+            ClientError::Connect { .. } | ClientError::Closed => Self { code: 7, message: error.to_string() },
+            _ => Self { code: 1, message: error.to_string() },
+        }
+    }
+    fn other(error: anyhow::Error) -> Self {
+        Self { code: 1, message: format!("{error:#}") }
+    }
+}
+
+/// The whole `cerana` program: parses `std::env::args()`; the exit code says how a task ended.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    match &cli.node {
+        Some(node) => {
+            let token = match &cli.token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| Failure::usage(format!("cannot read token file {}: {e}", path.display())))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => std::env::var("CERANA_TOKEN").ok(),
+            };
+            HttpClient::new(node.clone(), token, cli.ca_cert.as_deref()).map(Client::Http).map_err(Failure::client)
+        }
+        None => UnixClient::connect(&cli.socket, "cerana-cli").await.map(Client::Unix).map_err(Failure::client),
+    }
+}
+
+fn print(cli: &Cli, value: &serde_json::Value) {
+    match cli.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Table => print!("{}", render::table(value)),
+    }
+}
+
+fn read_input(source: &str) -> anyhow::Result<String> {
+    if source == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading stdin")
+    } else {
+        std::fs::read_to_string(source).with_context(|| format!("reading {source}"))
+    }
+}
+
+/// Runs a coordinator-* task and prints its result.
+async fn builtin(cli: &Cli, client: &Client, task: &str, args: serde_json::Value) -> Result<(), Failure> {
+    let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
+    let request = Request::new(TaskName::new(task).expect("builtin names are valid"), raw);
+    let response = client.call(request).await.map_err(Failure::client)?;
+    let value = result_value(&response)?;
+    print(cli, &value);
+    Ok(())
+}
+
+fn result_value(response: &Response) -> Result<serde_json::Value, Failure> {
+    match &response.outcome {
+        Ok(raw) => serde_json::from_str(raw.get()).map_err(|e| Failure::other(e.into())),
+        Err(e) => Err(Failure::task(e)),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = connect(&cli).await?;
+    match &cli.command {
+        Command::Providers => builtin(&cli, &client, "coordinator-providers", serde_json::json!({})).await,
+        Command::Status => builtin(&cli, &client, "coordinator-status", serde_json::json!({})).await,
+        Command::Task(TaskCommand::List) => {
+            let raw = serde_json::value::to_raw_value(&serde_json::json!({})).map_err(|e| Failure::other(e.into()))?;
+            let request = Request::new(TaskName::new("coordinator-tasks").expect("valid"), raw);
+            let response = client.call(request).await.map_err(Failure::client)?;
+            let mut value = result_value(&response)?;
+            if cli.output == Output::Table {
+                // One line per task: providers in the order they are tried.
+                if let Some(tasks) = value.get_mut("tasks").and_then(|t| t.as_array_mut()) {
+                    for task in tasks.iter_mut() {
+                        let providers: Vec<String> = task["providers"]
+                            .as_array()
+                            .map(|ps| ps.iter().map(|p| format!("{}({})", p["provider"].as_str().unwrap_or("?"), p["priority"])).collect())
+                            .unwrap_or_default();
+                        let served = if task["builtin"] == true { "coordinator".to_owned() } else if providers.is_empty() { "-".to_owned() } else { providers.join(",") };
+                        *task = serde_json::json!({"task": task["task"], "served_by": served, "description": task["description"]});
+                    }
+                }
+            }
+            print(&cli, &value);
+            Ok(())
+        }
+        Command::Task(TaskCommand::History { limit, task, state }) => {
+            let mut args = serde_json::json!({ "limit": limit });
+            if let Some(task) = task {
+                args["task"] = serde_json::json!(task);
+            }
+            if let Some(state) = state {
+                args["state"] = serde_json::json!(state);
+            }
+            let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
+            let response = client.call(Request::new(TaskName::new("coordinator-history").expect("valid"), raw)).await.map_err(Failure::client)?;
+            let mut value = result_value(&response)?;
+            if cli.output == Output::Table {
+                if let Some(entries) = value.get_mut("entries").and_then(|e| e.as_array_mut()) {
+                    for e in entries.iter_mut() {
+                        let ms = e["duration_us"].as_u64().map(|us| format!("{:.3}", us as f64 / 1000.0));
+                        *e = serde_json::json!({
+                            "id": e["id"], "task": e["task"], "state": e["state"],
+                            "provider": e.get("provider").cloned().or_else(|| e.get("forwarded_to").cloned()),
+                            "ms": ms, "caller": e["caller"], "error": e.get("error"),
+                        });
+                    }
+                }
+            }
+            print(&cli, &value);
+            Ok(())
+        }
+        Command::Task(TaskCommand::Get { id }) => {
+            builtin(&cli, &client, "coordinator-task-get", serde_json::json!({ "id": id })).await
+        }
+        Command::Task(TaskCommand::Run { task, args, json, stream_in, stream_out, on, timeout, no_wait }) => {
+            let json_text = json.as_deref().map(read_input).transpose().map_err(|e| Failure::usage(format!("{e:#}")))?;
+            let value = args::build(json_text.as_deref(), args).map_err(|e| Failure::usage(e.to_string()))?;
+            let raw = serde_json::value::to_raw_value(&value).map_err(|e| Failure::other(e.into()))?;
+            let mut request = Request::new(task.clone(), raw);
+            request.node = on.clone();
+            request.timeout_ms = timeout.map(|s| s * 1000);
+            let feeder = match stream_in {
+                Some(source) => {
+                    let id = StreamId::random();
+                    request.stream = Some(StreamHandle::local(id));
+                    Some(tokio::spawn(feed_stream(cli.socket.clone(), http_of(&client), id, source.clone())))
+                }
+                None => None,
+            };
+            if *no_wait {
+                let Client::Http(http) = &client else {
+                    return Err(Failure::usage("--no-wait needs --node (the unix socket always waits)"));
+                };
+                http.submit(&request).await.map_err(Failure::client)?;
+                print(&cli, &serde_json::json!({ "id": request.id }));
+                return Ok(());
+            }
+            let response = client.call(request).await.map_err(Failure::client)?;
+            if let Some(feeder) = feeder {
+                match feeder.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if response.outcome.is_ok() => return Err(Failure::other(e)),
+                    _ => {}
+                }
+            }
+            let value = result_value(&response)?;
+            if let (Some(target), Some(handle)) = (stream_out, &response.stream) {
+                drain_stream(&cli.socket, http_of(&client), handle.clone(), target).await.map_err(Failure::other)?;
+            } else if stream_out.is_some() {
+                return Err(Failure::usage(format!("{task} returned no output stream")));
+            }
+            if stream_out.as_deref() != Some("-") {
+                print(&cli, &value);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn http_of(client: &Client) -> Option<HttpClient> {
+    match client {
+        Client::Http(http) => Some(http.clone()),
+        Client::Unix(_) => None,
+    }
+}
+
+async fn feed_stream(socket: PathBuf, http: Option<HttpClient>, id: StreamId, source: String) -> anyhow::Result<()> {
+    let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send + Sync> = if source == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(tokio::fs::File::open(&source).await.with_context(|| format!("opening {source}"))?)
+    };
+    match http {
+        None => {
+            let conn = open_stream(&socket, StreamHandle::local(id), StreamDirection::Put).await?;
+            let mut writer = ChunkWriter::new(conn);
+            writer.copy_from(&mut input).await?;
+            writer.finish().await?;
+        }
+        Some(http) => {
+            use futures_util::TryStreamExt;
+            use http_body_util::BodyExt;
+            let stream = tokio_util_like::reader_stream(input).map_ok(hyper::body::Frame::data);
+            http.stream_put(id, BodyExt::boxed(http_body_util::StreamBody::new(stream))).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn drain_stream(socket: &std::path::Path, http: Option<HttpClient>, handle: StreamHandle, target: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if target == "-" {
+        Box::new(tokio::io::stdout())
+    } else {
+        Box::new(tokio::fs::File::create(target).await.with_context(|| format!("creating {target}"))?)
+    };
+    match http {
+        None => {
+            let conn = open_stream(socket, handle, StreamDirection::Get).await?;
+            ChunkReader::new(conn).copy_to(&mut out).await?;
+        }
+        Some(http) => {
+            use http_body_util::BodyExt;
+            let mut body = http.stream_get(handle.id).await?;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.context("the stream broke off")?;
+                if let Ok(data) = frame.into_data() {
+                    out.write_all(&data).await?;
+                }
+            }
+            out.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reading an `AsyncRead` as a stream of byte chunks.
+mod tokio_util_like {
+    use bytes::Bytes;
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    pub fn reader_stream<R: AsyncRead + Unpin + Send + Sync + 'static>(
+        reader: R,
+    ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + Sync {
+        futures_util::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            let mut buf = vec![0u8; 256 * 1024];
+            match reader.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(reader)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+}
