@@ -61,11 +61,32 @@ impl JoinSettings {
     }
 }
 
+/// Attempts (with doubling pauses from 250 ms, about 30 s in all) before the fetch is given up:
+/// the boot server may be busy booting other machines.
+const FETCH_ATTEMPTS: u32 = 8;
+
+async fn fetch_with_retries(settings: &JoinSettings, dest: &Path) -> Result<(PathBuf, replicate::Manifest), FetchError> {
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match replicate::fetch(&settings.boot_server, &settings.initrd_hash, dest).await {
+            // A wrong hash or a malformed one will not get better.
+            Err(e @ (FetchError::Http { .. } | FetchError::Io { .. })) if attempt < FETCH_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "fetching this node's image; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(8));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// See the module docs. `dest` receives `<initrd hash>/{vmlinuz,initrd}`.
 pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -> Result<Joined, JoinError> {
     let settings = JoinSettings::from_cmdline(cmdline)?;
     let interface = bootstrap::interface_with(settings.replica.address)?;
-    let (dir, manifest) = replicate::fetch(&settings.boot_server, &settings.initrd_hash, dest).await?;
+    let (dir, manifest) = fetch_with_retries(&settings, dest).await?;
     let text = settings.replica.config(&interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off);
     let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
     // Through a temporary file: a half-written configuration must never be read.

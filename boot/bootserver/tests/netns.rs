@@ -404,3 +404,124 @@ fn a_node_fetches_its_image_by_hash_to_serve_it_again() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not sha256-"));
     assert!(!dest.join(&missing).exists());
 }
+
+/// `boot-dhcp`'s machinery: DHCP off answers nothing, full serves with imported leases honoured,
+/// off again goes quiet, proxy answers PXE clients only — all in one running server.
+#[test]
+fn dhcp_switches_at_run_time_and_honours_imported_leases() {
+    require!();
+    use cerana_bootserver::config::{BootConfig, DhcpMode, PoolConfig};
+    use cerana_bootserver::dhcp::BootFiles;
+    use cerana_bootserver::dhcp_control::DhcpControl;
+    use cerana_bootserver::lease::Lease;
+    use std::sync::Arc;
+    let lab = Lab::new(false);
+    let pool: PoolConfig = toml::from_str(&FULL.replace("mode = \"full\"\n[dhcp.pool]\n", "")).unwrap();
+    let events = Arc::new(cerana_bootserver::events::EventLog::new());
+    let srv_if = lab.srv_if.clone();
+    // Sockets are made on a thread inside the server namespace; the runtime's worker (started
+    // there too) serves them.
+    let (runtime, dhcp) = lab.with_server_netns(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let boot = BootFiles::new(&BootConfig::default(), SERVER_IP, 80);
+        let dhcp = Arc::new(DhcpControl::new(srv_if, SERVER_IP, Some(pool), None, boot, events));
+        (runtime, dhcp)
+    });
+    let switch = |mode: DhcpMode, imported: Vec<Lease>| {
+        let (runtime, dhcp) = (&runtime, dhcp.clone());
+        lab.with_server_netns(move || {
+            let _guard = runtime.enter();
+            dhcp.switch(mode, &imported).unwrap()
+        })
+    };
+    let cli_if = lab.cli_if.clone();
+    let discover = |xid: u32, mac: MacAddr, extra: Vec<DhcpOption>| {
+        let cli_if = cli_if.clone();
+        lab.with_client_netns(move || {
+            let s = udp(&cli_if, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+            let m = client_message(MessageType::Discover, mac, xid, extra);
+            s.send_to(&m.to_vec().unwrap(), (Ipv4Addr::BROADCAST, 67)).unwrap();
+            recv_matching(&s, Duration::from_millis(1500), |d, _| decode(d).filter(|m| m.xid() == xid))
+        })
+    };
+    let client = MacAddr([0x52, 0x54, 0, 0x77, 0, 1]);
+    assert!(discover(1, client, vec![]).is_none(), "DHCP is off: no answer");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let imported = vec![
+        Lease { mac: MacAddr([2, 0, 0, 0, 0, 1]), ip: Ipv4Addr::new(10, 77, 0, 100), expires: now + 600 },
+        Lease { mac: MacAddr([2, 0, 0, 0, 0, 2]), ip: Ipv4Addr::new(10, 77, 0, 101), expires: now.saturating_sub(5) },
+        Lease { mac: MacAddr([2, 0, 0, 0, 0, 3]), ip: Ipv4Addr::new(10, 77, 0, 200), expires: now + 600 },
+    ];
+    assert_eq!(switch(DhcpMode::Full, imported), (DhcpMode::Off, 1), "only the active lease inside the pool counts");
+    assert_eq!(dhcp.mode(), DhcpMode::Full);
+    let offer = discover(2, client, vec![]).expect("an offer once DHCP is full");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 77, 0, 101), ".100 is held by an imported lease; the expired .101 is free");
+
+    assert_eq!(switch(DhcpMode::Off, vec![]), (DhcpMode::Full, 0));
+    assert!(discover(3, client, vec![]).is_none(), "off again: no answer");
+
+    assert_eq!(switch(DhcpMode::Proxy, vec![]), (DhcpMode::Off, 0));
+    assert!(discover(4, client, vec![]).is_none(), "a proxy ignores plain DHCP clients");
+    let offer = discover(5, client, pxe_opts(0, false)).expect("a proxy offer to a PXE client");
+    assert!(offer.yiaddr().is_unspecified() && fname(&offer) == "undionly.kpxe", "{offer:?}");
+    drop(dhcp);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// What a network-booted node does once up (`cerana-bootserver join`): keeps a checked copy of
+/// its image, checks in, and serves that image itself with DHCP off.
+#[test]
+fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
+    require!("curl");
+    let mut lab = Lab::new(true);
+    lab.start_server(&lab.config(FULL, ""));
+    let initrd_hash = format!("sha256-{}", sha256_hex(&pattern(1_000_003)));
+    let mac = mac_of(&lab);
+    let cmdline = lab.path("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!("console=ttyS0 cerana.boot_server=http://{SERVER_IP}/ cerana.mgmt_mac={mac} cerana.initrd_hash={initrd_hash} cerana.mgmt_ip={CLIENT_IP}/24 cerana.api_token=0123456789abcdef\n"),
+    )
+    .unwrap();
+    let (dest, config, tftp) = (lab.path("replica"), lab.path("replica.toml"), lab.path("tftp"));
+    let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let out = lab.in_client(&[bin, "join", "--cmdline", &path(&cmdline), "--dest", &path(&dest), "--tftp-root", &path(&tftp), "--output", &path(&config)]);
+    assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+    let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((joined["initrd"].as_str(), joined["checked_in"].as_bool()), (Some(initrd_hash.as_str()), Some(true)), "{joined}");
+    assert_eq!(read(&dest.join(&initrd_hash).join("initrd")), pattern(1_000_003));
+    assert!(events_of(&lab, &mac).contains(&"checked_in".to_string()), "the boot server saw the check-in");
+
+    // The replica's own server: same image, DHCP off (a second DHCP server on the segment
+    // waits for boot-dhcp).
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("mode = \"off\""), "{text}");
+    let log = std::fs::File::create(lab.path("replica.log")).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.cli, bin, "--config", &path(&config)])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    lab.adopt(child);
+    let manifest_url = format!("http://{CLIENT_IP}/images/{initrd_hash}/manifest");
+    let served = wait_for(Duration::from_secs(15), || {
+        let out = lab.curl_from_server(&["-sf", "--max-time", "1", &manifest_url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    let served = served.unwrap_or_else(|| panic!("the replica does not serve its image: {}", String::from_utf8_lossy(&read(&lab.path("replica.log")))));
+    let manifest: serde_json::Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(manifest["initrd"], initrd_hash.as_str());
+    assert_eq!(manifest["cmdline"], "cerana.api_token=0123456789abcdef");
+
+    // A node whose command line lacks what the boot server writes is told so; nothing written.
+    std::fs::write(&cmdline, "console=ttyS0\n").unwrap();
+    let elsewhere = lab.path("elsewhere.toml");
+    let out = lab.in_client(&[bin, "join", "--cmdline", &path(&cmdline), "--dest", &path(&dest), "--output", &path(&elsewhere)]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cerana.boot_server"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!elsewhere.exists());
+}
