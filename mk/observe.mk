@@ -6,3 +6,9 @@
 .PHONY: test-observe
 test-observe:
 	$(CARGO) test -p cerana-metrics -p cerana-health
+
+# A booted node (QEMU, about a minute under TCG): init starts both providers from the multi-call
+# binary; their tasks answer through the node's API and /metrics parses with the node's part.
+TEST_TARGETS += test-observe-vm
+test-observe-vm: image
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-metrics --test vm -- --nocapture
