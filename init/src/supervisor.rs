@@ -612,7 +612,7 @@ impl Supervisor {
 
     fn probe(spec: &ServiceSpec) -> bool {
         match &spec.ready {
-            Readiness::UnixSocket(path) => UnixStream::connect(path).is_ok(),
+            Readiness::UnixSocket(path) => unix_socket_accepts(path),
             Readiness::TcpPort(port) => TcpStream::connect_timeout(
                 &SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
                 Duration::from_millis(100),
@@ -932,9 +932,41 @@ pub enum ControlError {
     ShuttingDown,
 }
 
+
+/// Whether something listens on the unix socket at `path`. Stream sockets are the common case;
+/// some daemons listen on a seqpacket socket (systemd-udevd's /run/udev/control), where a
+/// stream connect fails with EPROTOTYPE.
+fn unix_socket_accepts(path: &std::path::Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    match UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
+            let Ok(addr) = UnixAddr::new(path) else { return false };
+            socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+                .is_ok_and(|fd| connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).is_ok())
+        }
+        Err(_) => false,
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_by_unix_socket_accepts_stream_and_seqpacket_listeners() {
+        use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        let dir = tempfile::tempdir().unwrap();
+        let stream = dir.path().join("stream");
+        let _stream_listener = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+        assert!(unix_socket_accepts(&stream));
+        let seqpacket = dir.path().join("seqpacket");
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&seqpacket).unwrap()).unwrap();
+        assert!(!unix_socket_accepts(&seqpacket), "bound but not listening");
+        listen(&fd, Backlog::new(4).unwrap()).unwrap();
+        assert!(unix_socket_accepts(&seqpacket), "udevd's kind of control socket");
+        assert!(!unix_socket_accepts(&dir.path().join("nothing")));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
