@@ -5,6 +5,7 @@ use crate::error::ServiceError;
 use cerana_protocol::tasks::service::{
     BindMount, CreateArgs, IdRange, Limits, RestartPolicy, RootfsKind, ServiceRef, User,
 };
+use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::zfs::{DatasetName, SnapshotName};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -102,6 +103,7 @@ pub struct ServiceDef {
     pub mounts: Vec<BindMount>,
     pub netns: Option<String>,
     pub restart: RestartPolicy,
+    pub health_checks: Vec<HealthCheck>,
 }
 
 impl ServiceDef {
@@ -129,6 +131,9 @@ impl ServiceDef {
         check_limits(&args.limits, node)?;
         check_user(&args.user)?;
         check_mounts(&args.mounts)?;
+        for check in &args.health_checks {
+            check.validate().map_err(|e| ServiceError::invalid(format!("health check {}: {e}", check.task())))?;
+        }
         if let Some(ns) = &args.netns {
             check_netns_name(ns)?;
         }
@@ -153,6 +158,7 @@ impl ServiceDef {
             mounts: args.mounts.clone(),
             netns: args.netns.clone(),
             restart: args.restart,
+            health_checks: args.health_checks.clone(),
         })
     }
 

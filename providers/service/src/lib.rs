@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod definition;
 pub mod error;
+pub mod health;
 pub mod logs;
 pub mod rootfs;
 pub mod shim;
@@ -62,9 +63,17 @@ pub fn provider_with(services: Services, zfs: ZfsTasks) -> Provider {
             let services = s1.clone();
             async move { Ok(services.create(&args).await?) }
         })
-        .task::<ServiceGet, _, _>(move |_ctx, r: ServiceRef| {
+        .task::<ServiceGet, _, _>(move |ctx, r: ServiceRef| {
             let services = s2.clone();
-            async move { Ok(services.get_info(&key(&r)?)?) }
+            async move {
+                let key = key(&r)?;
+                let mut info = services.get_info(&key)?;
+                let checks = services.health_checks(&key)?;
+                if !checks.is_empty() {
+                    info.health = Some(health::run(&ctx, &checks).await);
+                }
+                Ok(info)
+            }
         })
         .task::<ServiceList, _, _>(move |_ctx, a: ListArgs| {
             let services = s3.clone();

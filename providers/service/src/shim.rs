@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -103,6 +103,32 @@ impl ShimArgs {
             stop_timeout,
         })
     }
+}
+
+/// Makes `command` run the shim with `args`: argv0 `cerana-service`, and a new pipe's write
+/// end as fd 3 (and PDEATHSIG=SIGTERM). Returns the read end. The write end stays in the
+/// command's closure until the command is dropped: drop it after spawning to see EOF.
+pub fn prepare_command(command: &mut std::process::Command, args: &ShimArgs) -> nix::Result<OwnedFd> {
+    use std::os::unix::process::CommandExt;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    command.arg0("cerana-service").args(args.to_args());
+    // SAFETY: between fork and exec the closure only calls dup2, fcntl and prctl, which are
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = write.as_raw_fd();
+            if fd == STATUS_FD {
+                let flags = libc::fcntl(STATUS_FD, libc::F_GETFD);
+                libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, STATUS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The provider gone, its containers stop instead of running unmanaged.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(read)
 }
 
 struct Reporter(File);

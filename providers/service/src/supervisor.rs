@@ -6,14 +6,15 @@ use crate::definition::{NodeCapacity, ServiceDef, ServiceKey};
 use crate::error::ServiceError;
 use crate::logs::LogBuffer;
 use crate::rootfs::{self, Rootfs, Zfs};
-use crate::shim::{ShimArgs, ShimEvent, STATUS_FD};
+use crate::shim::{ShimArgs, ShimEvent};
 use crate::spec::{self, Placement};
 use cerana_protocol::tasks::service::{
     CreateArgs, ExitInfo, LogStream, LogsArgs, LogsResult, RestartMode, ServiceInfo, ServiceState,
 };
+use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::zfs::SnapshotName;
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -45,13 +46,19 @@ pub struct Config {
 
 /// Environment variable naming [`Config::run_dir`] (default /run/cerana/service).
 pub const RUN_DIR_ENV: &str = "CERANA_SERVICE_DIR";
+/// Environment variable setting [`Config::stop_timeout`] in milliseconds (default 5000).
+pub const STOP_TIMEOUT_ENV: &str = "CERANA_SERVICE_STOP_TIMEOUT_MS";
 
 impl Config {
-    /// The defaults, with `run_dir` from [`RUN_DIR_ENV`] when set.
+    /// The defaults, with `run_dir` and `stop_timeout` from [`RUN_DIR_ENV`] and
+    /// [`STOP_TIMEOUT_ENV`] when set.
     pub fn from_env() -> Self {
         let mut config = Self::default();
         if let Some(dir) = std::env::var_os(RUN_DIR_ENV) {
             config.run_dir = PathBuf::from(dir);
+        }
+        if let Some(ms) = std::env::var(STOP_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()) {
+            config.stop_timeout = Duration::from_millis(ms);
         }
         config
     }
@@ -211,6 +218,11 @@ impl Services {
         Ok(info(self.get(key)?.as_ref()))
     }
 
+    /// The service's health checks.
+    pub fn health_checks(&self, key: &ServiceKey) -> Result<Vec<HealthCheck>, ServiceError> {
+        Ok(self.get(key)?.def.health_checks.clone())
+    }
+
     pub fn list(&self, bundle_id: Option<&str>) -> Vec<ServiceInfo> {
         let table = self.inner.table.lock().expect("table lock");
         table.values().filter(|s| bundle_id.is_none_or(|b| s.def.key.bundle_id == b)).map(|s| info(s)).collect()
@@ -276,6 +288,7 @@ fn info(s: &Service) -> ServiceInfo {
         last_exit: st.last_exit,
         last_error: st.last_error.clone(),
         cgroup: s.cgroup.clone(),
+        health: None,
     }
 }
 
@@ -401,33 +414,13 @@ async fn launch(
         no_pivot: inner.no_pivot,
         stop_timeout: inner.config.stop_timeout,
     };
-    let (status_rx, status_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| shim_failed("pipe", e))?;
-    let status_fd = status_tx.as_raw_fd();
     let mut command = Command::new(&inner.config.shim_exe);
-    command
-        .arg0("cerana-service")
-        .args(args.to_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    // SAFETY: between fork and exec the closure only calls dup2, fcntl and prctl, which are
-    // async-signal-safe, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if status_fd == STATUS_FD {
-                let flags = libc::fcntl(STATUS_FD, libc::F_GETFD);
-                libc::fcntl(STATUS_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(status_fd, STATUS_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The provider gone, its containers stop instead of running unmanaged.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let mut shim = command.spawn().map_err(|e| shim_failed(&format!("spawn {}", inner.config.shim_exe.display()), e))?;
-    drop(status_tx);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
+    let status_rx = crate::shim::prepare_command(command.as_std_mut(), &args).map_err(|e| shim_failed("pipe", e))?;
+    let spawned = command.spawn();
+    // The parent's copy of the write end lives in the command; dropping it lets EOF arrive.
+    drop(command);
+    let mut shim = spawned.map_err(|e| shim_failed(&format!("spawn {}", inner.config.shim_exe.display()), e))?;
     if let Some(out) = shim.stdout.take() {
         tokio::spawn(keep_lines(service.clone(), LogStream::Stdout, number, out));
     }

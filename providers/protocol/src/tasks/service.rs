@@ -6,7 +6,8 @@
 //! explicitly with `rootfs`. Every error carries a stable reason in `details.reason`
 //! ([`ServiceErrorReason`]), e.g. `{"reason": "binary-missing"}`.
 
-use crate::ErrorCode;
+use crate::tasks::health::{HealthCheck, HealthReport};
+use crate::{ErrorCode, TaskError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -208,6 +209,10 @@ pub struct CreateArgs {
     pub netns: Option<String>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Checks `service-get` runs (as `health-*` sub-tasks, in parallel) for the service's
+    /// health, e.g. `{"type": "health-tcp-response", "args": {"address": "10.0.0.2:80"}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
     /// Replace an existing service of the same `(bundle_id, id)`.
     #[serde(default)]
     pub overwrite: bool,
@@ -307,6 +312,28 @@ pub struct ServiceInfo {
     pub last_error: Option<String>,
     /// The container's cgroup (relative to the cgroup mount).
     pub cgroup: String,
+    /// The outcome of the service's health checks (`service-get` only; none defined: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// A service's health: every check passed, or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub healthy: bool,
+    pub checks: Vec<CheckOutcome>,
+}
+
+/// One health check: the report of the `health-*` task, or why it could not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckOutcome {
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<HealthReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,144 @@
+//! The service provider on a booted CeranaOS node with a real ZFS pool (`make test-service-vm`;
+//! skips without `CERANA_IMAGE_DIR`): a service runs on a clone of a dataset, restarts on a
+//! fresh clone, and is removed cleanly, its clone destroyed.
+//!
+//! The dataset is filled by a first service: an overlay over the node's /bin (busybox) with the
+//! dataset's mountpoint bind-mounted in, which copies busybox into it.
+
+use cerana_qemu::http::post_json;
+use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+const TASK_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn image_dir() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from) else {
+        eprintln!("SKIP: CERANA_IMAGE_DIR is not set (run `make test-service-vm`, which builds the image)");
+        return None;
+    };
+    if !dir.join("vmlinuz").exists() || !dir.join("initrd.img").exists() {
+        eprintln!("SKIP: {} has no vmlinuz/initrd.img (run `make image`)", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+struct Node {
+    vm: Vm,
+}
+
+impl Node {
+    /// The response object of a task: `Ok(result)` or `Err(error)`.
+    fn run(&self, task: &str, args: Value) -> Result<Value, Value> {
+        let body = json!({ "task": task, "args": args, "timeout_ms": TASK_TIMEOUT.as_millis() as u64 });
+        let addr = self.vm.api_addr().expect("the API is forwarded");
+        let started = Instant::now();
+        let r = post_json(addr, "/v1/tasks", self.vm.token(), body.to_string().as_bytes(), TASK_TIMEOUT)
+            .unwrap_or_else(|e| panic!("POST {task}: {e}"));
+        let value: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{task}: not JSON ({e})"));
+        eprintln!("{task} -> {} in {:.2} s", r.status, started.elapsed().as_secs_f64());
+        match value.get("error") {
+            None if r.status == 200 => Ok(value["result"].clone()),
+            _ => Err(value["error"].clone()),
+        }
+    }
+
+    fn ok(&self, task: &str, args: Value) -> Value {
+        self.run(task, args.clone()).unwrap_or_else(|e| panic!("{task} {args}: {e}"))
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.ok("zfs-exists", json!({ "name": name }))["exists"].as_bool().unwrap()
+    }
+
+    fn logs(&self, id: &str) -> Vec<(u64, String)> {
+        let r = self.ok("service-logs", json!({ "id": id, "bundle_id": "vm" }));
+        r["lines"].as_array().unwrap().iter().map(|l| (l["run"].as_u64().unwrap(), l["line"].as_str().unwrap().to_owned())).collect()
+    }
+
+    fn wait_for_line(&self, id: &str, run: u64, want: &str) -> Vec<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = self.logs(id);
+            if logs.iter().any(|(r, l)| *r == run && l == want) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "no {want:?} from run {run} of {id}: {logs:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[test]
+fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
+    let Some(image) = image_dir() else { return };
+    let mut config = VmConfig::direct("service-zfs", &image, default_log_dir());
+    config.disks = vec![1 << 30];
+    if let cerana_qemu::Boot::Direct { cmdline, .. } = &mut config.boot {
+        *cmdline = "cerana.zfs_config=auto".into();
+    }
+    let mut vm = Vm::boot(&config).unwrap();
+    vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap();
+    let node = Node { vm };
+
+    // The image dataset, filled with busybox by a seeding service.
+    node.ok("zfs-create", json!({ "name": "data/datasets/img" }));
+    let seed = "/busybox mkdir -p /mnt/img/bin && /busybox cp /busybox /mnt/img/bin/busybox && \
+                for a in sh sleep touch echo; do /busybox ln -s busybox /mnt/img/bin/$a; done && /busybox echo seeded";
+    node.ok(
+        "service-create",
+        json!({
+            "id": "seed", "bundle_id": "vm", "dataset": "/bin", "rootfs": "overlay",
+            "cmd": ["/busybox", "sh", "-c", seed],
+            "mounts": [{ "source": "/data/datasets/img", "destination": "/mnt/img" }],
+            "restart": { "mode": "never" },
+        }),
+    );
+    node.wait_for_line("seed", 0, "seeded");
+    node.ok("service-remove", json!({ "id": "seed", "bundle_id": "vm" }));
+    node.ok("zfs-snapshot", json!({ "name": "data/datasets/img", "snapname": "v1" }));
+
+    let script = "[ -e /marker ] && echo marker-seen; touch /marker; echo running; exec sleep 600";
+    let info = node.ok(
+        "service-create",
+        json!({
+            "id": "web", "bundle_id": "vm", "dataset": "data/datasets/img@v1",
+            "cmd": ["/bin/sh", "-c", script], "limits": { "memory": 67108864, "processes": 32 },
+        }),
+    );
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["clone"], "data/running-clones/vm.web", "{info}");
+    let clone = node.ok("zfs-get", json!({ "name": "data/running-clones/vm.web" }));
+    assert_eq!(clone["dataset"]["origin"], "data/datasets/img@v1", "{clone}");
+    node.wait_for_line("web", 0, "running");
+
+    let restarted = node.ok("service-restart", json!({ "id": "web", "bundle_id": "vm" }));
+    assert_eq!((restarted["state"].as_str(), restarted["restarts"].as_u64()), (Some("running"), Some(1)), "{restarted}");
+    let logs = node.wait_for_line("web", 1, "running");
+    assert!(!logs.iter().any(|(_, l)| l == "marker-seen"), "run 1 saw run 0's file: the clone was not fresh: {logs:?}");
+    assert!(node.exists("data/running-clones/vm.web"));
+
+    node.ok("service-remove", json!({ "id": "web", "bundle_id": "vm" }));
+    assert!(!node.exists("data/running-clones/vm.web"), "the clone outlived its service");
+    assert!(node.exists("data/datasets/img@v1"), "the given snapshot is not the provider's to destroy");
+    let err = node.run("service-get", json!({ "id": "web", "bundle_id": "vm" })).unwrap_err();
+    assert_eq!((err["code"].as_str(), err["details"]["reason"].as_str()), (Some("not_found"), Some("not-found")), "{err}");
+    let err = node
+        .run("service-create", json!({ "id": "x", "bundle_id": "vm", "dataset": "data/datasets/none@v1", "cmd": ["/bin/sh"] }))
+        .unwrap_err();
+    assert_eq!(err["details"]["reason"], "dataset-missing", "{err}");
+    let listed = node.ok("zfs-list", json!({ "name": "data/running-clones" }));
+    let clones: Vec<&str> = listed["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .filter(|n| n.starts_with("data/running-clones/"))
+        .collect();
+    assert!(clones.is_empty(), "clones left: {clones:?}");
+    let mut vm = node.vm;
+    let _ = vm.powerdown(Duration::from_secs(120));
+}
