@@ -3,6 +3,7 @@
 //! node's token) parses with every family, the node's included. `make test-observe-vm` builds
 //! the image and sets CERANA_IMAGE_DIR; without it the test says so and skips.
 
+use cerana_protocol::events::LifecycleEvent;
 use cerana_qemu::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -60,8 +61,14 @@ fn get(vm: &Vm, path: &str) -> (u16, String) {
 fn metrics_and_health_run_on_a_booted_node() {
     let Some(image) = image_dir() else { return };
     let mut vm = Vm::boot(&VmConfig::direct("observe", &image, default_log_dir())).expect("QEMU starts");
-    vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("node_ready after {:.1} s; console {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
+    // Both providers ready is what this test needs; node_ready (every service) is test-vm's.
+    let ready = |service: &str, e: &LifecycleEvent| matches!(e, LifecycleEvent::ServiceReady { service: s, .. } if s == service);
+    let both = vm.console().wait(BOOT_TIMEOUT, |state| {
+        let up = |name| state.events.iter().any(|e| ready(name, e));
+        (up("metrics") && up("health")).then_some(())
+    });
+    assert!(both.is_ok(), "metrics and health not ready within {BOOT_TIMEOUT:?}: {both:?}; console {}", vm.log_path().display());
+    eprintln!("metrics and health ready after {:.1} s; console {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
 
     let host = result(&vm, "metrics-host", json!({}));
     assert!(host["boot_time"].as_u64().unwrap() > 0 && host["processes"].as_u64().unwrap() > 5, "{host}");
