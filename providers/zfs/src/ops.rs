@@ -106,15 +106,12 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, Property>, ZfsErr
         .collect()
 }
 
-/// `zfs holds -Hp`: `name<TAB>tag<TAB>timestamp`.
+/// `zfs holds -H`: `name<TAB>tag<TAB>date`.
 pub fn parse_holds(text: &str) -> Result<Vec<Hold>, ZfsError> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
-            [_, tag, created] => Ok(Hold {
-                tag: tag.into(),
-                created: number("timestamp", created)?.unwrap_or(0),
-            }),
+            [_, tag, created] => Ok(Hold { tag: tag.into(), created: created.into() }),
             _ => Err(ZfsError::new(ZfsErrorReason::Failed, format!("unexpected zfs holds line {line:?}"))),
         })
         .collect()
@@ -266,7 +263,7 @@ impl Zfs {
             }
             other => other.into(),
         })?;
-        let text = match self.zfs(&args(["holds", "-Hp", snap.as_str()])).await {
+        let text = match self.zfs(&args(["holds", "-H", snap.as_str()])).await {
             Ok(text) => text,
             Err(e) => return Err(self.refine(snap.dataset().pool(), e).await),
         };
@@ -447,8 +444,9 @@ mod tests {
         assert_eq!(props["compression"], Property { value: "lz4".into(), source: "local".into() });
         assert_eq!(props.len(), 3);
         assert!(parse_properties("broken line").is_err());
-        let holds = parse_holds("data/x@s\tkeep\t1700000000\ndata/x@s\tbackup\t1700000005\n").unwrap();
-        assert_eq!(holds, vec![Hold { tag: "keep".into(), created: 1_700_000_000 }, Hold { tag: "backup".into(), created: 1_700_000_005 }]);
+        let holds = parse_holds("data/x@s\tkeep\tSun Nov 22 08:25 2026\ndata/x@s\tbackup\tMon Nov 23 09:00 2026\n").unwrap();
+        assert_eq!(holds[0], Hold { tag: "keep".into(), created: "Sun Nov 22 08:25 2026".into() });
+        assert_eq!(holds.len(), 2);
         assert!(parse_holds("").unwrap().is_empty());
     }
 

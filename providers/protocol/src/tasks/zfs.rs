@@ -421,8 +421,8 @@ pub struct GetResult {
 #[serde(deny_unknown_fields)]
 pub struct Hold {
     pub tag: String,
-    /// Seconds since the epoch.
-    pub created: u64,
+    /// When the hold was placed, as `zfs holds` prints it (OpenZFS 2.1 has no `-p` for holds).
+    pub created: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
