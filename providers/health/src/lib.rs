@@ -11,7 +11,7 @@ use cerana_protocol::tasks::health::{
     HttpStatusArgs, ProcessTarget, TcpResponseArgs, UptimeArgs, MAX_TCP_RESPONSE,
 };
 use cerana_protocol::tasks::metrics::{SERVICES_CGROUP, SERVICES_CGROUP_ENV};
-use cerana_protocol::{ErrorCode, TaskError};
+use cerana_protocol::{ErrorCode, Task, TaskError};
 use cerana_provider_sdk::Provider;
 use http_body_util::Full;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -299,26 +299,22 @@ pub fn provider() -> Provider {
     provider_with(Checker::system())
 }
 
+/// Serves task `T` by running its arguments as the check `wrap` makes of them.
+fn serve<T: Task<Output = HealthReport>>(provider: Provider, checker: &Checker, wrap: fn(T::Args) -> HealthCheck) -> Provider {
+    let checker = checker.clone();
+    provider.task::<T, _, _>(move |_ctx, args| {
+        let checker = checker.clone();
+        async move { Ok(checker.run(&wrap(args)).await?) }
+    })
+}
+
 /// The provider running its checks with `checker`.
 pub fn provider_with(checker: Checker) -> Provider {
-    let (uptime, file, tcp, http) = (checker.clone(), checker.clone(), checker.clone(), checker);
-    Provider::new("health", env!("CARGO_PKG_VERSION"))
-        .task::<HealthUptime, _, _>(move |_ctx, args: UptimeArgs| {
-            let checker = uptime.clone();
-            async move { Ok(checker.uptime(&args).await?) }
-        })
-        .task::<HealthFile, _, _>(move |_ctx, args: FileArgs| {
-            let checker = file.clone();
-            async move { Ok(checker.file(&args).await?) }
-        })
-        .task::<HealthTcpResponse, _, _>(move |_ctx, args: TcpResponseArgs| {
-            let checker = tcp.clone();
-            async move { Ok(checker.tcp_response(&args).await?) }
-        })
-        .task::<HealthHttpStatus, _, _>(move |_ctx, args: HttpStatusArgs| {
-            let checker = http.clone();
-            async move { Ok(checker.http_status(&args).await?) }
-        })
+    let provider = Provider::new("health", env!("CARGO_PKG_VERSION"));
+    let provider = serve::<HealthUptime>(provider, &checker, HealthCheck::Uptime);
+    let provider = serve::<HealthFile>(provider, &checker, HealthCheck::File);
+    let provider = serve::<HealthTcpResponse>(provider, &checker, HealthCheck::TcpResponse);
+    serve::<HealthHttpStatus>(provider, &checker, HealthCheck::HttpStatus)
 }
 
 #[cfg(test)]
