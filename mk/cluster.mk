@@ -18,4 +18,4 @@ cluster-down:
 	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) down
 
 test-cluster: image
-	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-cluster -- --nocapture
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-cluster -- --nocapture --test-threads=1

@@ -87,6 +87,30 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// One HTTP/1.0 exchange with a JSON answer (any status: the body says what went wrong).
+fn http_json(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Result<serde_json::Value, ClusterError> {
+    let what = format!("{method} http://{addr}{path}");
+    let sockaddr = addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(5)).map_err(io(what.clone()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io(what.clone()))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).map_err(io(what.clone()))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io(what.clone()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
+    serde_json::from_str(body).map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {body}")))
+}
+
 /// A random API token shared by every node (passed on by the bootserver in its scripts).
 fn random_token() -> Result<String, ClusterError> {
     let mut bytes = [0u8; 16];
@@ -189,18 +213,23 @@ impl Cluster {
 
     /// Starts nodes 2..N (after node 1's bootserver is up: node_ready means every service is).
     pub fn start_pxe_nodes(&self) -> Result<(), ClusterError> {
+        (2..=self.layout.nodes).try_for_each(|node| self.start_pxe_node(node))
+    }
+
+    /// Starts one node that boots from the network (BIOS, or UEFI when listed in `uefi_nodes`).
+    pub fn start_pxe_node(&self, node: usize) -> Result<(), ClusterError> {
         let l = &self.layout;
-        for node in 2..=l.nodes {
-            let mac = l.mac(node);
-            let extra: Vec<String> = if l.uefi_nodes.contains(&node) {
-                // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
-                vec!["-bios".into(), OVMF.into(), "-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]
-            } else {
-                vec!["-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]
-            };
-            self.qemu(node, &extra)?;
+        if node < 2 || node > l.nodes {
+            return Err(ClusterError::Invalid(format!("node {node}: PXE nodes are 2..={}", l.nodes)));
         }
-        Ok(())
+        let mac = l.mac(node);
+        let extra: Vec<String> = if l.uefi_nodes.contains(&node) {
+            // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
+            vec!["-bios".into(), OVMF.into(), "-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]
+        } else {
+            vec!["-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]
+        };
+        self.qemu(node, &extra)
     }
 
     /// Waits until every node in `nodes` has reported node_ready on its console.
@@ -229,16 +258,37 @@ impl Cluster {
 
     /// GET `path` from node 1's bootserver (port 80) through the host's veth.
     pub fn bootserver_get(&self, path: &str) -> Result<serde_json::Value, ClusterError> {
-        let addr = format!("{}:80", self.layout.bootstrap_ip());
-        let what = format!("GET http://{addr}{path}");
-        let mut stream = std::net::TcpStream::connect_timeout(&addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?, Duration::from_secs(5)).map_err(io(what.clone()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io(what.clone()))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(io(what.clone()))?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(io(what.clone()))?;
-        let text = String::from_utf8_lossy(&raw);
-        let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
-        serde_json::from_str(body).map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {body}")))
+        self.bootserver_get_at(&self.layout.bootstrap_ip(), path)
+    }
+
+    /// GET `path` from the bootserver (port 80) of the node at `ip`.
+    pub fn bootserver_get_at(&self, ip: &str, path: &str) -> Result<serde_json::Value, ClusterError> {
+        http_json(&format!("{ip}:80"), "GET", path, None, None)
+    }
+
+    /// The address node 1 leased to `node` (2..N), from its `/leases`.
+    pub fn leased_ip(&self, node: usize) -> Result<String, ClusterError> {
+        let mac = self.layout.mac(node);
+        let leases = self.bootserver_get("/leases")?;
+        leases
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["mac"] == mac.as_str())
+            .and_then(|x| x["ip"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| ClusterError::Invalid(format!("node {node} ({mac}) has no lease on node 1: {leases}")))
+    }
+
+    /// Runs `task` through the coordinator API (port 8080) of the node at `ip` with the
+    /// cluster's token; returns the result, or the task's error as [`ClusterError::Invalid`].
+    pub fn task(&self, ip: &str, task: &str, args: serde_json::Value) -> Result<serde_json::Value, ClusterError> {
+        let body = serde_json::json!({ "task": task, "args": args }).to_string();
+        let response = http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(&self.token), Some(&body))?;
+        match response.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => Err(ClusterError::Invalid(format!("{task} on {ip}: {response}"))),
+        }
     }
 
     /// How to reach the nodes, for people.
@@ -250,8 +300,7 @@ impl Cluster {
         for n in 2..=l.nodes {
             let fw = if l.uefi_nodes.contains(&n) { "UEFI" } else { "BIOS" };
             // The address node 1 leased it (and its script gave it as cerana.mgmt_ip).
-            let leases = self.bootserver_get("/leases").unwrap_or_default();
-            let ip = leases.as_array().into_iter().flatten().find(|x| x["mac"] == l.mac(n).as_str()).and_then(|x| x["ip"].as_str()).unwrap_or("(no lease)").to_string();
+            let ip = self.leased_ip(n).unwrap_or_else(|_| "(no lease)".into());
             s.push_str(&format!("  node {n} (PXE, {fw}, MAC {}): {ip}  console {}\n", l.mac(n), l.console(n).display()));
         }
         s.push_str(&format!(

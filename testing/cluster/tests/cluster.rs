@@ -24,18 +24,36 @@ impl Drop for Down {
     }
 }
 
-#[test]
-fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
+/// The image to boot, or why the test cannot run here.
+fn prerequisites() -> Result<PathBuf, String> {
     let root = std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     let qemu = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
-    let Some(image) = image_dir() else {
-        eprintln!("SKIP: no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)");
-        return;
-    };
+    let image = image_dir().ok_or("no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)")?;
     if !root || !qemu || !Path::new(cerana_cluster::OVMF).exists() {
-        eprintln!("SKIP: needs root, qemu-system-x86_64 and {}", cerana_cluster::OVMF);
-        return;
+        return Err(format!("needs root, qemu-system-x86_64 and {}", cerana_cluster::OVMF));
     }
+    Ok(image)
+}
+
+/// A node's `boot-join` one-shot fetched its image from `server` (checked by hash) and checked in.
+fn assert_replicated(console: &str, server: &str, node: usize) {
+    let joined = console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("[boot-join] "))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("node {node}: no boot-join result on its console"));
+    assert_eq!(joined["checked_in"], true, "node {node}: {joined}");
+    let cmdline_server = format!("cerana.boot_server=http://{server}/");
+    assert!(console.contains(&cmdline_server), "node {node} was booted by {server}");
+    assert!(joined["image_dir"].as_str().is_some_and(|d| d.ends_with(joined["initrd"].as_str().unwrap_or("?"))), "node {node}: {joined}");
+}
+
+#[test]
+fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
+    let image = match prerequisites() {
+        Ok(image) => image,
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
     let state = std::env::temp_dir().join(format!("cerana-cluster-test-{}", std::process::id()));
     // Copies: the image may be rebuilt while the test runs.
     std::fs::create_dir_all(state.join("image")).unwrap();
@@ -69,16 +87,89 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
         let kinds: Vec<&str> = events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
         eprintln!("node {node} ({mac}) timeline: {kinds:?}");
         let mut at = 0;
-        for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd"] {
+        for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd", "checked_in"] {
             at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("node {node}: {want} missing or out of order in {kinds:?}"));
         }
         // The script gave the node its lease as cerana.mgmt_ip, and init configured it.
         let ip = machines["machines"].as_array().into_iter().flatten().find(|m| m["mac"] == mac.as_str()).and_then(|m| m["ip"].as_str()).unwrap_or_else(|| panic!("node {node} has no lease in {machines}"));
         let console = std::fs::read_to_string(cluster.layout.console(node)).unwrap_or_default();
         assert!(console.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("network_configured") && l.contains(&format!("\"{ip}/24\""))), "node {node} did not configure its leased address {ip}");
+        assert_replicated(&console, &cluster.layout.bootstrap_ip(), node);
         if cluster.layout.uefi_nodes.contains(&node) {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
         }
     }
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Self-replication: node 2 boots from node 1, keeps its image, takes DHCP over (with node 1's
+/// leases), and node 3 then boots entirely from node 2.
+#[test]
+fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
+    let image = match prerequisites() {
+        Ok(image) => image,
+        Err(why) => return eprintln!("SKIP: {why}"),
+    };
+    let state = std::env::temp_dir().join(format!("cerana-replica-test-{}", std::process::id()));
+    std::fs::create_dir_all(state.join("image")).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(image.join(f), state.join("image").join(f)).unwrap();
+    }
+    let _down = Down(state.clone());
+    let layout = Layout {
+        netns: format!("cerana-cr{}", std::process::id()),
+        host_if: "cerana-cr0".into(),
+        subnet: "10.97.0".into(),
+        nodes: 3,
+        uefi_nodes: vec![],
+        memory_mb: 1024,
+        image_dir: state.join("image"),
+        state_dir: state.clone(),
+    };
+    let start = Instant::now();
+    let cluster = Cluster::up(layout).expect("cluster up");
+    cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
+    cluster.start_pxe_node(2).unwrap();
+    cluster.wait_ready([2], Duration::from_secs(300)).expect("node 2");
+    let node1 = cluster.layout.bootstrap_ip();
+    let node2 = cluster.leased_ip(2).unwrap();
+    eprintln!("node 2 ({node2}) ready after {:.1} s", start.elapsed().as_secs_f64());
+
+    // Node 2 already serves the image it booted, with DHCP off.
+    let manifest = cluster.bootserver_get_at(&node2, &format!("/images/{}/manifest", initrd_hash(&state.join("image/initrd.img")))).expect("node 2 serves its image");
+    assert!(manifest["kernel"].as_str().is_some_and(|k| k.starts_with("sha256-")), "{manifest}");
+    // DHCP moves: on at node 2 (importing node 1's leases), then off at node 1.
+    let on = cluster.task(&node2, "boot-dhcp", serde_json::json!({"mode": "full", "import_leases_from": format!("http://{node1}")})).expect("boot-dhcp full on node 2");
+    assert_eq!((on["previous"].as_str(), on["mode"].as_str()), (Some("off"), Some("full")), "{on}");
+    let off = cluster.task(&node1, "boot-dhcp", serde_json::json!({"mode": "off"})).expect("boot-dhcp off on node 1");
+    assert_eq!(off["previous"], "full", "{off}");
+    let bad = cluster.task(&node2, "boot-dhcp", serde_json::json!({"mode": "sideways"})).unwrap_err();
+    assert!(bad.to_string().contains("invalid_args") || bad.to_string().contains("unknown variant"), "{bad}");
+
+    let third = Instant::now();
+    cluster.start_pxe_node(3).unwrap();
+    cluster.wait_ready([3], Duration::from_secs(300)).expect("node 3 boots from node 2");
+    eprintln!("node 3 ready {:.1} s after it started, booted by node 2", third.elapsed().as_secs_f64());
+    let mac3 = cluster.layout.mac(3);
+    let events = cluster.bootserver_get_at(&node2, &format!("/events?mac={mac3}")).expect("node 2's events");
+    let kinds: Vec<&str> = events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
+    let mut at = 0;
+    for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd", "checked_in"] {
+        at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("node 3 on node 2: {want} missing or out of order in {kinds:?}"));
+    }
+    let on_node1 = cluster.bootserver_get(&format!("/events?mac={mac3}")).expect("node 1's events");
+    assert!(
+        !on_node1["events"].as_array().into_iter().flatten().any(|e| e["event"] == "dhcp_ack" || e["event"] == "http_initrd"),
+        "node 1 (DHCP off) must not have booted node 3: {on_node1}"
+    );
+    let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
+    assert_replicated(&console, &node2, 3);
+    eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// `sha256-<hex>` of a file, as the bootserver names images.
+fn initrd_hash(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let text = String::from_utf8_lossy(&out.stdout);
+    format!("sha256-{}", text.split_whitespace().next().unwrap_or_default())
 }
