@@ -3,10 +3,31 @@
 //!
 //! `make test-kvm` builds the full image and sets CERANA_FULL_IMAGE_DIR; without it the test
 //! says so and skips, so a stale image is never booted by accident.
+//!
+//! With CERANA_KVM_NESTED=1 (and CERANA_IMAGE_DIR naming the base image) it also runs the host
+//! tests' tiny guest as a nested TCG guest inside the node: its kernel and initrd travel as two
+//! raw virtio disks (QEMU boots a kernel from a block device as from a file), `kvm-define` +
+//! `kvm-start` through the API, the marker read back with `kvm-console-log`. TCG inside TCG is
+//! slow, so `make test-kvm` leaves this out.
 
+use cerana_kvm::testbed::{self, GUEST_MARKER};
 use cerana_qemu::{default_log_dir, Vm, VmConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// `src` zero-padded to whole 512-byte sectors at `dst`, to be attached as a raw disk.
+fn as_disk(src: &Path, dst: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(src).unwrap();
+    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+    std::fs::write(dst, bytes).unwrap();
+    dst.to_owned()
+}
+
+fn task(vm: &Vm, name: &str, args: serde_json::Value) -> serde_json::Value {
+    let reply = vm.run_task(name, args, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(reply["error"].is_null(), "{name} failed: {reply}; log {}", vm.log_path().display());
+    reply["result"].clone()
+}
 
 #[test]
 fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
@@ -17,9 +38,19 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
     assert!(image.join("initrd.img").is_file(), "no full image at {}", image.display());
     let mut config = VmConfig::direct("kvm-full", &image, default_log_dir());
     config.memory_mib = 2048;
+    let nested = std::env::var_os("CERANA_KVM_NESTED").is_some_and(|v| v == "1");
+    let work = tempfile::tempdir().unwrap();
+    if nested {
+        let base = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from).expect("CERANA_IMAGE_DIR (the base image) for the nested guest");
+        let guest = testbed::test_guest(&base, work.path()).unwrap();
+        // vda: the kernel, vdb: the initrd.
+        config.disk_files = vec![as_disk(&guest.kernel, &work.path().join("kernel.raw")), as_disk(&guest.initrd, &work.path().join("initrd.raw"))];
+    }
     let mut vm = Vm::boot(&config).expect("QEMU starts");
-    vm.wait_for_event("node_ready", Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("full image: node_ready after {:.1} s; log {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
+    // The kvm service being ready is what this test is about (node_ready also waits for
+    // services of other areas).
+    vm.wait_for_text(r#"{"event":"service_ready","service":"kvm""#, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("full image: kvm service ready {:.1} s after QEMU started; log {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
 
     // The kvm provider registers once libvirtd's socket is up; until then: no_provider.
     let started = Instant::now();
@@ -34,6 +65,30 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
     assert!(reply["error"].is_null(), "kvm-list failed: {reply}; log {}", vm.log_path().display());
     assert_eq!(reply["result"], serde_json::json!({ "vms": [] }), "{reply}");
     eprintln!("full image: kvm-list answered {:.1} s after boot", vm.elapsed().as_secs_f64());
+
+    if nested {
+        let args = serde_json::json!({"name": "nested", "vcpus": 1, "memory_mib": 128, "virt_type": "tcg",
+            "direct_kernel": {"kernel": "/dev/vda", "initrd": "/dev/vdb", "cmdline": "console=ttyS0 panic=-1"}});
+        let defined = task(&vm, "kvm-define", args);
+        eprintln!("nested: defined, hypervisor {}", defined["hypervisor"]);
+        let started = Instant::now();
+        task(&vm, "kvm-start", serde_json::json!({"name": "nested"}));
+        loop {
+            let log = task(&vm, "kvm-console-log", serde_json::json!({"name": "nested"}));
+            if log["text"].as_str().unwrap_or_default().contains(GUEST_MARKER) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(900), "no marker from the nested guest: {log}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        eprintln!("nested: TCG guest inside the TCG node printed its marker {:.1} s after kvm-start", started.elapsed().as_secs_f64());
+        let got = task(&vm, "kvm-get", serde_json::json!({"name": "nested"}));
+        assert_eq!((got["state"].as_str(), got["hypervisor"].as_str()), (Some("running"), Some("tcg")), "{got}");
+        let t = Instant::now();
+        task(&vm, "kvm-shutdown", serde_json::json!({"name": "nested", "timeout_ms": 120000}));
+        eprintln!("nested: ACPI shutdown took {:.1} s", t.elapsed().as_secs_f64());
+        task(&vm, "kvm-undefine", serde_json::json!({"name": "nested"}));
+    }
 
     let status = vm.powerdown(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "QEMU exit status {status}");
