@@ -117,7 +117,14 @@ fn every_task_and_bad_input(n: &Node) {
     // destroy, everything at once
     n.ok("zfs-destroy", json!({ "name": "data/t", "recursive": true, "recursive_clones": true, "force_unmount": true }));
     assert!(!n.exists("data/t") && !n.exists("data/tclone2"));
-    n.ok("zfs-destroy", json!({ "name": "data/vol" }));
+    // udev may still be probing the new volume (blkid holds it open for a moment): that is busy.
+    for attempt in 1..=10 {
+        match n.request("zfs-destroy", json!({ "name": "data/vol" }), None) {
+            Ok(_) => break,
+            Err(e) if e.reason.as_deref() == Some("busy") && attempt < 10 => std::thread::sleep(std::time::Duration::from_secs(1)),
+            Err(e) => panic!("destroying data/vol: {e:?}"),
+        }
+    }
 }
 
 /// 256 MiB through zfs-send and zfs-receive, paired by the coordinator inside the guest.
