@@ -22,6 +22,8 @@ use tokio::sync::Mutex;
 pub const TABLE: &str = "cerana";
 const CHAIN: &str = "input";
 const COMMENT_PREFIX: &str = "cerana:";
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 
 /// Why a firewall operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +132,8 @@ pub fn ruleset(spec: &FirewallSpec, sources: &BTreeMap<String, Vec<IpAddr>>) -> 
         rule(format!("{COMMENT_PREFIX}kind=loopback"), vec![matches(json!({"meta": {"key": "iifname"}}), json!("lo"))]),
         rule(
             format!("{COMMENT_PREFIX}kind=icmp"),
-            vec![matches(json!({"meta": {"key": "l4proto"}}), json!({"set": ["icmp", "ipv6-icmp"]}))],
+            // Numbers, not names: a node has no /etc/protocols for nft to resolve them with.
+            vec![matches(json!({"meta": {"key": "l4proto"}}), json!({"set": [IPPROTO_ICMP, IPPROTO_ICMPV6]}))],
         ),
     ];
     for port in &spec.ports {
