@@ -652,7 +652,13 @@ command = "true"
     fn the_base_node_table_is_valid_apart_from_binaries_missing_on_this_host() {
         let t = load(include_str!("../services.base.toml"), &Settings::default());
         let names: Vec<&str> = t.entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["boot-image", "bootserver", "coordinator", "init-provider", "node-info", "udev-coldplug", "udevd", "zfs"]);
+        assert_eq!(
+            names,
+            [
+                "boot-image", "boot-join", "bootserver", "bootserver-replica", "coordinator", "health", "init-provider", "metrics",
+                "netns", "node-info", "udev-coldplug", "udevd", "zfs",
+            ]
+        );
         for p in &t.problems {
             let msg = &p.message;
             assert!(
