@@ -48,29 +48,34 @@ fn assert_replicated(console: &str, server: &str, node: usize) {
     assert!(joined["image_dir"].as_str().is_some_and(|d| d.ends_with(joined["initrd"].as_str().unwrap_or("?"))), "node {node}: {joined}");
 }
 
+/// A 3-node layout named `cerana-<tag><pid>` on `<subnet>.0/24` with a copy of the image (it
+/// may be rebuilt while the test runs), and the guard that removes it all.
+fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, image: &Path) -> (Layout, Down) {
+    let state = std::env::temp_dir().join(format!("cerana-{tag}-test-{}", std::process::id()));
+    std::fs::create_dir_all(state.join("image")).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(image.join(f), state.join("image").join(f)).unwrap();
+    }
+    let layout = Layout {
+        netns: format!("cerana-{tag}{}", std::process::id()),
+        host_if: format!("cerana-{tag}0"),
+        subnet: subnet.into(),
+        nodes: 3,
+        uefi_nodes,
+        memory_mb: 1024,
+        image_dir: state.join("image"),
+        state_dir: state.clone(),
+    };
+    (layout, Down(state))
+}
+
 #[test]
 fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     let image = match prerequisites() {
         Ok(image) => image,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    let state = std::env::temp_dir().join(format!("cerana-cluster-test-{}", std::process::id()));
-    // Copies: the image may be rebuilt while the test runs.
-    std::fs::create_dir_all(state.join("image")).unwrap();
-    for f in ["vmlinuz", "initrd.img"] {
-        std::fs::copy(image.join(f), state.join("image").join(f)).unwrap();
-    }
-    let _down = Down(state.clone());
-    let layout = Layout {
-        netns: format!("cerana-ct{}", std::process::id()),
-        host_if: "cerana-ct0".into(),
-        subnet: "10.98.0".into(),
-        nodes: 3,
-        uefi_nodes: vec![3],
-        memory_mb: 1024,
-        image_dir: state.join("image"),
-        state_dir: state.clone(),
-    };
+    let (layout, _down) = layout_for("ct", "10.98.0", vec![3], &image);
     let start = Instant::now();
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
@@ -110,22 +115,8 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
         Ok(image) => image,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    let state = std::env::temp_dir().join(format!("cerana-replica-test-{}", std::process::id()));
-    std::fs::create_dir_all(state.join("image")).unwrap();
-    for f in ["vmlinuz", "initrd.img"] {
-        std::fs::copy(image.join(f), state.join("image").join(f)).unwrap();
-    }
-    let _down = Down(state.clone());
-    let layout = Layout {
-        netns: format!("cerana-cr{}", std::process::id()),
-        host_if: "cerana-cr0".into(),
-        subnet: "10.97.0".into(),
-        nodes: 3,
-        uefi_nodes: vec![],
-        memory_mb: 1024,
-        image_dir: state.join("image"),
-        state_dir: state.clone(),
-    };
+    let (layout, _down) = layout_for("cr", "10.97.0", vec![], &image);
+    let state = layout.state_dir.clone();
     let start = Instant::now();
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
