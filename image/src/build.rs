@@ -46,6 +46,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io { path: path.to_owned(), source }
 }
 
+/// zstd level of profiles that name none.
+pub const DEFAULT_ZSTD_LEVEL: u8 = 19;
+
 /// How the initramfs is compressed; both are deterministic and supported by Debian's kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compression {
@@ -61,11 +64,11 @@ impl Compression {
         }
     }
 
-    fn command(self) -> Command {
+    fn command(self, zstd_level: u8) -> Command {
         match self {
             Self::Zstd => {
                 let mut c = Command::new("zstd");
-                c.args(["-19", "-T1", "-q", "-c", "--no-check"]);
+                c.arg(format!("-{zstd_level}")).args(["-T1", "-q", "-c", "--no-check"]);
                 c
             }
             Self::Xz => {
@@ -77,12 +80,12 @@ impl Compression {
         }
     }
 
-    /// Compresses `input` into `output`.
-    pub fn compress(self, input: &Path, output: &Path) -> Result<(), BuildError> {
+    /// Compresses `input` into `output` (`zstd_level`, 1–19, applies to zstd only).
+    pub fn compress(self, input: &Path, output: &Path, zstd_level: u8) -> Result<(), BuildError> {
         let file_in = std::fs::File::open(input).map_err(io(input))?;
         let file_out = std::fs::File::create(output).map_err(io(output))?;
         let status = self
-            .command()
+            .command(zstd_level)
             .stdin(file_in)
             .stdout(file_out)
             .status()
@@ -216,7 +219,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let initrd_path = dest.join(&initrd_name);
     {
         let _s = step("compressing the initramfs");
-        opts.compression.compress(&cpio_path, &initrd_path)?;
+        opts.compression.compress(&cpio_path, &initrd_path, profile.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL))?;
     }
     let vmlinuz = dest.join("vmlinuz");
     let kernel_src = kernel_root.join(format!("boot/vmlinuz-{kernel_release}"));

@@ -22,6 +22,8 @@ pub enum ManifestError {
     RelativePath(String),
     #[error("multi-call name {0:?} must be a plain file name")]
     BadMulticallName(String),
+    #[error("zstd_level {0} of profile {1}: zstd levels are 1 to 19")]
+    BadZstdLevel(u8, String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +78,10 @@ pub struct ProfileSpec {
     /// as /usr/bin/<name> with their shared libraries, e.g. the kvm provider (libvirt).
     #[serde(default)]
     pub project_binaries: Vec<String>,
+    /// zstd level of the initramfs (default 19). Level 19 costs ~1 MB/s of CPU: right for the
+    /// base image, where every byte counts against its budget, too slow for a 180 MB one.
+    #[serde(default)]
+    pub zstd_level: Option<u8>,
     /// Service tables (repo paths) appended to `[project] services` for this profile.
     #[serde(default)]
     pub services: Vec<String>,
@@ -95,6 +101,7 @@ pub struct Profile {
     pub init_script: Option<String>,
     pub project_binaries: Vec<String>,
     pub services: Vec<String>,
+    pub zstd_level: Option<u8>,
 }
 
 impl Manifest {
@@ -107,6 +114,9 @@ impl Manifest {
         let manifest: Self = toml::from_str(text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
         if let Some(bad) = manifest.project.multicall.iter().find(|n| n.is_empty() || n.contains('/') || n.starts_with('.')) {
             return Err(ManifestError::BadMulticallName(bad.clone()));
+        }
+        if let Some((name, spec)) = manifest.profiles.iter().find(|(_, p)| p.zstd_level.is_some_and(|l| !(1..=19).contains(&l))) {
+            return Err(ManifestError::BadZstdLevel(spec.zstd_level.unwrap_or_default(), name.clone()));
         }
         for spec in manifest.profiles.values() {
             for p in spec.binaries.iter().chain(&spec.files).chain(&spec.busybox) {
@@ -141,6 +151,7 @@ impl Manifest {
             extend_unique(&mut profile.load_at_boot, &spec.load_at_boot);
             extend_unique(&mut profile.project_binaries, &spec.project_binaries);
             extend_unique(&mut profile.services, &spec.services);
+            profile.zstd_level = spec.zstd_level.or(profile.zstd_level);
             profile.busybox = spec.busybox.clone().or(profile.busybox);
             profile.zfs |= spec.zfs;
             profile.init_script = spec.init_script.clone().or(profile.init_script);
@@ -183,6 +194,15 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_sets_its_zstd_level_and_children_inherit_it() {
+        let text = SAMPLE.replace("[profiles.full]\n", "[profiles.full]\nzstd_level = 9\n");
+        let m = Manifest::parse(&text, Path::new("m")).unwrap();
+        assert_eq!((m.profile("base").unwrap().zstd_level, m.profile("full").unwrap().zstd_level), (None, Some(9)));
+        let text = SAMPLE.replace("[profiles.full]\n", "[profiles.full]\nzstd_level = 22\n");
+        assert!(matches!(Manifest::parse(&text, Path::new("m")), Err(ManifestError::BadZstdLevel(22, _))));
+    }
 
     #[test]
     fn multicall_names_are_plain_file_names() {
