@@ -85,7 +85,9 @@ impl DhcpControl {
 
     /// Stops whatever DHCP runs and starts `mode`; in full mode `imported` leases (active ones
     /// inside the pool) are added to the store first. Returns the mode before and how many
-    /// leases were imported. On error the previous mode keeps running.
+    /// leases were imported. An error found before the sockets change (no pool, the lease
+    /// store) leaves the previous mode running; a failure to bind the new sockets leaves DHCP
+    /// off, since the old sockets had to close first.
     pub fn switch(&self, mode: DhcpMode, imported: &[Lease]) -> Result<(DhcpMode, usize), DhcpSwitchError> {
         let mut running = self.lock();
         let previous = running.as_ref().map_or(DhcpMode::Off, |r| r.service.mode());
