@@ -13,6 +13,7 @@ use crate::net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Why DHCP could not be switched.
@@ -50,6 +51,9 @@ pub struct DhcpControl {
     boot: BootFiles,
     events: Arc<EventLog>,
     running: Mutex<Option<Running>>,
+    /// A serving loop that dies says why here; the bootserver then stops with that error, so
+    /// its supervisor restarts it instead of leaving a node that silently answers no DHCP.
+    failures: mpsc::UnboundedSender<String>,
 }
 
 impl std::fmt::Debug for DhcpControl {
@@ -66,8 +70,10 @@ impl DhcpControl {
         state_dir: Option<PathBuf>,
         boot: BootFiles,
         events: Arc<EventLog>,
-    ) -> Self {
-        DhcpControl { interface, server_ip, pool, state_dir, boot, events, running: Mutex::new(None) }
+    ) -> (Self, DhcpFailures) {
+        let (failures, rx) = mpsc::unbounded_channel();
+        let control = DhcpControl { interface, server_ip, pool, state_dir, boot, events, running: Mutex::new(None), failures };
+        (control, DhcpFailures(rx))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
@@ -140,10 +146,49 @@ impl DhcpControl {
         let socket = net::udp_on_interface(&self.interface, any, true, what)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DhcpSwitchError::Runtime)?;
         let service = service.clone();
+        let failures = self.failures.clone();
         Ok(tokio::spawn(async move {
             if let Err(e) = dhcp::serve(service, socket, which).await {
                 tracing::error!(error = %e, "{what}: DHCP stopped serving");
+                // Nobody listening means the bootserver is going away anyway.
+                let _ = failures.send(format!("{what}: {e}"));
             }
         }))
+    }
+
+    #[cfg(test)]
+    fn report_failure(&self, why: &str) {
+        let _ = self.failures.send(why.to_owned());
+    }
+}
+
+/// Where a [`DhcpControl`]'s serving loops report that they died.
+#[derive(Debug)]
+pub struct DhcpFailures(mpsc::UnboundedReceiver<String>);
+
+impl DhcpFailures {
+    /// The first failure of a DHCP serving loop; pending for as long as DHCP is healthy (or off).
+    pub async fn next(&mut self) -> std::io::Error {
+        match self.0.recv().await {
+            Some(why) => std::io::Error::other(why),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dying_serving_loop_is_reported() {
+        let boot = BootFiles::new(&crate::config::BootConfig::default(), Ipv4Addr::LOCALHOST, 8080);
+        let (control, mut failures) =
+            DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, Arc::new(EventLog::new()));
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), failures.next()).await;
+        assert!(quiet.is_err(), "no failure while nothing failed");
+        control.report_failure("DHCP socket: gone");
+        let err = tokio::time::timeout(std::time::Duration::from_secs(5), failures.next()).await.unwrap();
+        assert_eq!(err.to_string(), "DHCP socket: gone");
     }
 }

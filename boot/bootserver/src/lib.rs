@@ -70,15 +70,17 @@ impl Bootserver {
         let mut tasks = JoinSet::new();
 
         let boot = BootFiles::new(&config.boot, server_ip, config.http_port);
-        let dhcp = Arc::new(DhcpControl::new(
+        let (dhcp, mut dhcp_failures) = DhcpControl::new(
             iface.name.clone(),
             server_ip,
             config.dhcp.pool.clone(),
             config.state_dir.clone(),
             boot,
             events.clone(),
-        ));
+        );
+        let dhcp = Arc::new(dhcp);
         dhcp.switch(config.dhcp.mode, &[])?;
+        tasks.spawn(async move { ("DHCP", Err(dhcp_failures.next().await)) });
 
         let tftp_socket = net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
         let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone())

@@ -424,7 +424,7 @@ fn dhcp_switches_at_run_time_and_honours_imported_leases() {
     let (runtime, dhcp) = lab.with_server_netns(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let boot = BootFiles::new(&BootConfig::default(), SERVER_IP, 80);
-        let dhcp = Arc::new(DhcpControl::new(srv_if, SERVER_IP, Some(pool), None, boot, events));
+        let dhcp = Arc::new(DhcpControl::new(srv_if, SERVER_IP, Some(pool), None, boot, events).0);
         (runtime, dhcp)
     });
     let switch = |mode: DhcpMode, imported: Vec<Lease>| {

@@ -20,7 +20,7 @@ async fn boot_tasks_answer_from_the_event_log() {
     events.record(b, BootEventKind::DhcpNak { reason: "wrong network".into() });
     let boot = cerana_bootserver::dhcp::BootFiles::new(&Default::default(), Ipv4Addr::LOCALHOST, 80);
     // No pool and DHCP off: switching is checked here, serving in tests/netns.rs.
-    let dhcp = Arc::new(DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone()));
+    let dhcp = Arc::new(DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone()).0);
     let provider = cerana_bootserver::provider::provider(events.clone(), dhcp.clone());
     let serving = tokio::spawn({
         let socket = socket.clone();
