@@ -5,7 +5,7 @@
 # benchmark compares service-create with libcontainer directly and crun on the same bundle. See
 # providers/service/README.md.
 APT_PACKAGES += crun iproute2 dpkg
-TEST_TARGETS += test-service
+TEST_TARGETS += test-service test-service-vm
 BENCH_TARGETS += bench-service
 OWN_TEST_TARGET_CRATES += cerana-service
 

@@ -353,6 +353,8 @@ fn install_modules(fs: &mut Rootfs, kernel_root: &Path, release: &str, profile: 
 
 /// The project's multi-call binary; `[project] multicall` names link to it.
 const MULTICALL_BINARY: &str = "cerana-multicall";
+/// The cargo profile the image's binaries are built with (root Cargo.toml: size over speed).
+const CARGO_PROFILE: &str = "image";
 
 /// Builds and installs the workspace's binaries that exist now; returns what /init is.
 fn install_project(
@@ -361,7 +363,7 @@ fn install_project(
     profile: &Profile,
     fs: &mut Rootfs,
 ) -> Result<(String, Vec<String>), BuildError> {
-    let _s = step("building the project's binaries (cargo build --release)");
+    let _s = step("building the project's binaries (cargo build --profile image)");
     let (workspace_target, available) = workspace_binaries(&opts.workspace)?;
     // A target directory of its own: building this set of packages elsewhere resolves shared
     // dependencies' features differently and would rebuild them on every image build.
@@ -374,7 +376,7 @@ fn install_project(
         wanted.iter().filter_map(|b| available.get(*b).map(|pkg| (*b, pkg))).collect();
     if !present.is_empty() && !opts.no_cargo {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.arg("build").arg("--release").arg("--target-dir").arg(&target_dir).current_dir(&opts.workspace);
+        cmd.arg("build").arg("--profile").arg(CARGO_PROFILE).arg("--target-dir").arg(&target_dir).current_dir(&opts.workspace);
         // The cc crate tracks SOURCE_DATE_EPOCH: a new value would rebuild ring and everything above it.
         cmd.env_remove("SOURCE_DATE_EPOCH");
         for (bin, pkg) in &present {
@@ -388,7 +390,7 @@ fn install_project(
     let mut installed = Vec::new();
     let mut init = String::new();
     for (bin, _) in &present {
-        let built = target_dir.join("release").join(bin);
+        let built = target_dir.join(CARGO_PROFILE).join(bin);
         if !built.exists() {
             continue;
         }

@@ -19,6 +19,7 @@ const APPLETS: &[(&str, fn() -> ExitCode)] = &[
     ("cerana-metrics", cerana_metrics::main),
     ("cerana-netns", cerana_netns::main),
     ("cerana-node-info", cerana_node_info::main),
+    ("cerana-service", cerana_service::main),
     ("cerana-zfs", cerana_zfs::main),
 ];
 
