@@ -24,6 +24,8 @@ pub enum BootstrapError {
     NoInterface(Ipv4Addr),
     #[error("listing interfaces: {0}")]
     Interfaces(#[from] nix::Error),
+    #[error("cerana.zfs_config={0:?}: expected auto or manual")]
+    ZfsConfig(String),
 }
 
 /// What the configuration is made of.
@@ -34,6 +36,8 @@ pub struct Bootstrap {
     pub gateway: Option<Ipv4Addr>,
     /// Passed on to the nodes it boots, so one token opens the whole cluster's API.
     pub api_token: Option<String>,
+    /// `cerana.zfs_config` (auto or manual), passed on too: the cluster's storage policy.
+    pub zfs_config: Option<String>,
 }
 
 /// The value of `cerana.KEY=` (the last one wins, as init reads it).
@@ -88,6 +92,11 @@ impl Bootstrap {
             net,
             gateway,
             api_token: setting(cmdline, "cerana.api_token").map(str::to_string),
+            zfs_config: match setting(cmdline, "cerana.zfs_config") {
+                None => None,
+                Some(v @ ("auto" | "manual")) => Some(v.to_string()),
+                Some(other) => return Err(BootstrapError::ZfsConfig(other.to_string())),
+            },
         };
         Ok(b)
     }
@@ -128,11 +137,15 @@ impl Bootstrap {
         if let Some(gw) = self.gateway {
             out.push_str(&format!("gateway = \"{gw}\"\n"));
         }
-        let image_cmdline = self
-            .api_token
-            .as_deref()
-            .map(|t| format!("cerana.api_token={t}"))
-            .unwrap_or_default();
+        // What the booted nodes share with this one: the API token and the storage policy.
+        let image_cmdline = [
+            self.api_token.as_deref().map(|t| format!("cerana.api_token={t}")),
+            self.zfs_config.as_deref().map(|z| format!("cerana.zfs_config={z}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
         out.push_str(&format!(
             "\n[boot]\ndefault = {{ image = \"cerana\" }}\ncmdline = \"console=ttyS0\"\n\n\
              [images.cerana]\nkernel = {}\ninitrd = {}\ncmdline = {}\n",
@@ -162,6 +175,19 @@ pub fn interface_with(address: Ipv4Addr) -> Result<String, BootstrapError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_storage_policy_reaches_the_booted_nodes_and_a_bad_one_is_refused() {
+        let line = "cerana.mgmt_ip=10.99.0.2/24 cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto";
+        let text = Bootstrap::from_cmdline(line).unwrap().config("eth0", Path::new("/k"), Path::new("/i"), Path::new("/t"), DhcpMode::Full);
+        let config: crate::config::Config = toml::from_str(&text).unwrap();
+        assert_eq!(config.images["cerana"].cmdline, "cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto");
+        let text = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24").unwrap().config("eth0", Path::new("/k"), Path::new("/i"), Path::new("/t"), DhcpMode::Full);
+        let config: crate::config::Config = toml::from_str(&text).unwrap();
+        assert_eq!(config.images["cerana"].cmdline, "");
+        let err = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24 cerana.zfs_config=yes").unwrap_err();
+        assert_eq!(err.to_string(), "cerana.zfs_config=\"yes\": expected auto or manual");
+    }
 
     #[test]
     fn a_replica_may_hold_a_pool_address_and_starts_with_dhcp_off() {

@@ -51,6 +51,11 @@ pub struct Layout {
     /// Nodes (1-based, never 1) that PXE-boot on UEFI (OVMF) rather than BIOS.
     pub uefi_nodes: Vec<usize>,
     pub memory_mb: u32,
+    /// Size of each node's data disk (0: none). With disks, node 1 boots with
+    /// `cerana.zfs_config=auto` and its bootserver passes that on, so every node makes (or, on a
+    /// later `make cluster`, imports) its pool `data` on it. The disk files stay in the state
+    /// dir across `cluster-down`: a node's datasets outlive its RAM-resident system.
+    pub data_disk_mb: u64,
     pub image_dir: PathBuf,
     pub state_dir: PathBuf,
 }
@@ -73,6 +78,14 @@ impl Layout {
     }
     pub fn token_file(&self) -> PathBuf {
         self.state_dir.join("api-token")
+    }
+    pub fn data_disk(&self, node: usize) -> PathBuf {
+        self.state_dir.join(format!("node{node}-data.img"))
+    }
+    /// A fixed SMBIOS UUID per node: init derives the machine id and the ZFS hostid from it,
+    /// so a node that boots again finds its pool its own and imports it cleanly.
+    pub fn uuid(&self, node: usize) -> String {
+        format!("c3a0a000-0000-4000-8000-{node:012x}")
     }
 }
 
@@ -181,6 +194,18 @@ impl Cluster {
         args.extend(["-name".into(), format!("cerana-node{node}"), "-pidfile".into(), l.pidfile(node).display().to_string()]);
         args.extend(["-serial".into(), format!("file:{}", console.display())]);
         args.extend(["-netdev".into(), format!("tap,id=n0,ifname=tap{node},script=no,downscript=no")]);
+        args.extend(["-uuid".into(), l.uuid(node)]);
+        if l.data_disk_mb > 0 {
+            let disk = l.data_disk(node);
+            // Sparse; an existing disk keeps its pool (grown if the size asked for is larger).
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&disk).map_err(io(disk.display().to_string()))?;
+            let want = l.data_disk_mb << 20;
+            if file.metadata().map_err(io(disk.display().to_string()))?.len() < want {
+                file.set_len(want).map_err(io(disk.display().to_string()))?;
+            }
+            args.extend(["-drive".into(), format!("file={},format=raw,if=none,id=data,cache=unsafe", disk.display())]);
+            args.extend(["-device".into(), format!("virtio-blk-pci,drive=data,serial=cerana-data-{node}")]);
+        }
         args.extend(extra.iter().cloned());
         run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         Ok(())
@@ -191,7 +216,10 @@ impl Cluster {
         let tar = l.state_dir.join("boot-image.tar");
         let (tar_s, dir) = (tar.display().to_string(), l.image_dir.display().to_string());
         run(&["tar", "--format=ustar", "-cf", &tar_s, "-C", &dir, "vmlinuz", "initrd.img"])?;
-        let append = format!("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip={}/24 cerana.mgmt_gw={} cerana.api_token={}", l.bootstrap_ip(), l.host_ip(), self.token);
+        let mut append = format!("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip={}/24 cerana.mgmt_gw={} cerana.api_token={}", l.bootstrap_ip(), l.host_ip(), self.token);
+        if l.data_disk_mb > 0 {
+            append.push_str(" cerana.zfs_config=auto");
+        }
         self.qemu(
             1,
             &[
@@ -361,7 +389,17 @@ mod tests {
 
     #[test]
     fn addresses_follow_the_subnet() {
-        let l = Layout { netns: "n".into(), host_if: "h".into(), subnet: "10.99.0".into(), nodes: 3, uefi_nodes: vec![3], memory_mb: 1024, image_dir: "/i".into(), state_dir: "/s".into() };
+        let l = Layout {
+            netns: "n".into(),
+            host_if: "h".into(),
+            subnet: "10.99.0".into(),
+            nodes: 3,
+            uefi_nodes: vec![3],
+            memory_mb: 1024,
+            data_disk_mb: 0,
+            image_dir: "/i".into(),
+            state_dir: "/s".into(),
+        };
         assert_eq!((l.host_ip(), l.bootstrap_ip(), l.mac(12)), ("10.99.0.1".into(), "10.99.0.2".into(), "52:54:00:c1:00:0c".into()));
     }
 }

@@ -34,6 +34,9 @@ enum Cmd {
         subnet: String,
         #[arg(long, default_value_t = 1024)]
         memory_mb: u32,
+        /// Each node's data disk for its ZFS pool, in MiB (sparse; kept across `down`); 0: none.
+        #[arg(long, default_value_t = 8192)]
+        data_disk_mb: u64,
         /// Seconds to wait for every node's node_ready.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -49,11 +52,12 @@ fn main() -> anyhow::Result<()> {
             cerana_cluster::down(&args.state_dir)?;
             println!("cluster in {} stopped", args.state_dir.display());
         }
-        Cmd::Up { nodes, image_dir, uefi, netns, host_if, subnet, memory_mb, timeout } => {
+        Cmd::Up { nodes, image_dir, uefi, netns, host_if, subnet, memory_mb, data_disk_mb, timeout } => {
             // A cluster already running from this directory is replaced.
             cerana_cluster::down(&args.state_dir)?;
             let uefi_nodes = uefi.into_iter().filter(|&n| n >= 2 && n <= nodes).collect();
-            let layout = Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, image_dir, state_dir: args.state_dir.clone() };
+            let state_dir = args.state_dir.clone();
+            let layout = Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, data_disk_mb, image_dir, state_dir };
             let result = bring_up(layout, Duration::from_secs(timeout));
             if result.is_err() {
                 cerana_cluster::down(&args.state_dir)?;

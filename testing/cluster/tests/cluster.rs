@@ -50,7 +50,7 @@ fn assert_replicated(console: &str, server: &str, node: usize) {
 
 /// A 3-node layout named `cerana-<tag><pid>` on `<subnet>.0/24` with a copy of the image (it
 /// may be rebuilt while the test runs), and the guard that removes it all.
-fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, image: &Path) -> (Layout, Down) {
+fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, data_disk_mb: u64, image: &Path) -> (Layout, Down) {
     let state = std::env::temp_dir().join(format!("cerana-{tag}-test-{}", std::process::id()));
     std::fs::create_dir_all(state.join("image")).unwrap();
     for f in ["vmlinuz", "initrd.img"] {
@@ -63,6 +63,7 @@ fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, image: &Path) -> 
         nodes: 3,
         uefi_nodes,
         memory_mb: 1024,
+        data_disk_mb,
         image_dir: state.join("image"),
         state_dir: state.clone(),
     };
@@ -75,7 +76,8 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
         Ok(image) => image,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    let (layout, _down) = layout_for("ct", "10.98.0", vec![3], &image);
+    // With data disks: node 1's cerana.zfs_config=auto reaches the PXE nodes through its scripts.
+    let (layout, _down) = layout_for("ct", "10.98.0", vec![3], 1024, &image);
     let start = Instant::now();
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
@@ -103,7 +105,9 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
         if cluster.layout.uefi_nodes.contains(&node) {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
         }
+        assert_pool_on_data_disk(&cluster, ip, node);
     }
+    assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
 }
 
@@ -115,7 +119,7 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
         Ok(image) => image,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    let (layout, _down) = layout_for("cr", "10.97.0", vec![], &image);
+    let (layout, _down) = layout_for("cr", "10.97.0", vec![], 0, &image);
     let state = layout.state_dir.clone();
     let start = Instant::now();
     let cluster = Cluster::up(layout).expect("cluster up");
@@ -156,6 +160,14 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
     assert_replicated(&console, &node2, 3);
     eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// The node made its pool `data` on its data disk alone (never on node 1's boot-image disk).
+fn assert_pool_on_data_disk(cluster: &Cluster, ip: &str, node: usize) {
+    let pool = cluster.task(ip, "zfs-pool-status", serde_json::json!({})).unwrap_or_else(|e| panic!("node {node}: {e}"));
+    eprintln!("node {node} pool: {pool}");
+    assert_eq!((pool["imported"].as_bool(), pool["health"].as_str()), (Some(true), Some("ONLINE")), "node {node}: {pool}");
+    assert_eq!(pool["disks"].as_array().map(Vec::len), Some(1), "node {node}: one data disk: {pool}");
 }
 
 /// `sha256-<hex>` of a file, as the bootserver names images.
