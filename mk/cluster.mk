@@ -5,13 +5,15 @@ APT_PACKAGES += qemu-system-x86 ovmf iproute2 tar
 TEST_TARGETS += test-cluster
 
 NODES ?= 3
+# Each node's data disk for its ZFS pool (sparse, kept across cluster-down); 0 for none.
+DATA_DISK_MB ?= 8192
 CLUSTER_DIR = $(OUT_DIR)/cluster
 CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-cluster --
 
 .PHONY: cluster cluster-down test-cluster
 cluster: image
 	$(CARGO) build -q --release -p cerana-cli
-	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --image-dir $(IMAGE_DIR)
+	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --data-disk-mb $(DATA_DISK_MB) --image-dir $(IMAGE_DIR)
 	@echo "cerana CLI: $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/cerana"
 
 cluster-down:

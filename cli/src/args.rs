@@ -14,6 +14,8 @@ pub enum ArgsError {
     NotAnObject(&'static str),
     #[error("--json is not valid JSON: {0}")]
     BadJson(String),
+    #[error("argument {word:?} starts with '{{' but is not a JSON object: {error}")]
+    BadJsonWord { word: String, error: String },
 }
 
 /// A value as typed: JSON when it parses as JSON (numbers, booleans, null, arrays, objects,
@@ -33,8 +35,9 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Builds the arguments object: the `--json` document (if any), then each `key=value` word,
-/// where dotted keys (`a.b=1`) build nested objects.
+/// Builds the arguments object: the `--json` document (if any), then each word in order: a
+/// `key=value`, where dotted keys (`a.b=1`) build nested objects, or a whole JSON object
+/// (`'{"name":"data/x"}'`) whose keys are set as they are.
 pub fn build(json: Option<&str>, words: &[String]) -> Result<Value, ArgsError> {
     let mut args = match json {
         Some(text) => match serde_json::from_str::<Value>(text).map_err(|e| ArgsError::BadJson(e.to_string()))? {
@@ -44,6 +47,14 @@ pub fn build(json: Option<&str>, words: &[String]) -> Result<Value, ArgsError> {
         None => Map::new(),
     };
     for word in words {
+        if word.trim_start().starts_with('{') {
+            let bad = |error: String| ArgsError::BadJsonWord { word: word.clone(), error };
+            match serde_json::from_str::<Value>(word).map_err(|e| bad(e.to_string()))? {
+                Value::Object(map) => args.extend(map),
+                other => return Err(bad(format!("got {}", kind(&other)))),
+            }
+            continue;
+        }
         let (key, value) = word.split_once('=').ok_or_else(|| ArgsError::NotKeyValue(word.clone()))?;
         let path: Vec<&str> = key.split('.').collect();
         if path.iter().any(|p| p.is_empty()) {
@@ -82,6 +93,13 @@ mod tests {
     fn json_documents_merge_under_key_values() {
         let args = build(Some(r#"{"a": 1, "b": {"c": 2}}"#), &words(&["b.d=3", "a=4"])).unwrap();
         assert_eq!(args, json!({"a": 4, "b": {"c": 2, "d": 3}}));
+    }
+
+    #[test]
+    fn a_word_may_be_a_whole_json_object() {
+        let args = build(None, &words(&[r#"{"id": "web", "cmd": ["/bin/sh", "-c", "a=b"]}"#, "limits.memory=8"])).unwrap();
+        assert_eq!(args, json!({"id": "web", "cmd": ["/bin/sh", "-c", "a=b"], "limits": {"memory": 8}}));
+        assert!(matches!(build(None, &words(&["{oops"])), Err(ArgsError::BadJsonWord { .. })));
     }
 
     #[test]

@@ -24,7 +24,8 @@ EXAMPLES:
 ARGUMENTS:
   key=value words become the task's JSON arguments. Values that parse as JSON are typed
   (10, true, [1,2], {\"a\":1}, \"quoted\"); anything else is a string. Dotted keys nest:
-  props.compression=lz4 gives {\"props\":{\"compression\":\"lz4\"}}.
+  props.compression=lz4 gives {\"props\":{\"compression\":\"lz4\"}}. A word that starts
+  with { is a whole JSON object: cerana task run zfs-get '{\"name\":\"data/x\"}'.
 
 EXIT CODES:
   0 success   1 task failed   2 usage   3 bad input (unknown task, invalid arguments)
@@ -76,7 +77,7 @@ enum TaskCommand {
     Run {
         /// The task's name, e.g. node-info.
         task: TaskName,
-        /// Arguments as key=value words.
+        /// Arguments as key=value words, or JSON objects.
         args: Vec<String>,
         /// Arguments as a JSON object from a file, or - for stdin.
         #[arg(long, value_name = "FILE")]

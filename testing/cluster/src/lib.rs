@@ -82,10 +82,11 @@ impl Layout {
     pub fn data_disk(&self, node: usize) -> PathBuf {
         self.state_dir.join(format!("node{node}-data.img"))
     }
-    /// A fixed SMBIOS UUID per node: init derives the machine id and the ZFS hostid from it,
-    /// so a node that boots again finds its pool its own and imports it cleanly.
+    /// A fixed SMBIOS UUID per node: init derives the machine id, hostname and ZFS hostid
+    /// from its first 8 hex digits, so those differ per node, and a node that boots again
+    /// finds its pool its own and imports it cleanly.
     pub fn uuid(&self, node: usize) -> String {
-        format!("c3a0a000-0000-4000-8000-{node:012x}")
+        format!("c3a0{node:04x}-0000-4000-8000-000000000000")
     }
 }
 
@@ -401,5 +402,7 @@ mod tests {
             state_dir: "/s".into(),
         };
         assert_eq!((l.host_ip(), l.bootstrap_ip(), l.mac(12)), ("10.99.0.1".into(), "10.99.0.2".into(), "52:54:00:c1:00:0c".into()));
+        // init takes the hostname and the ZFS hostid from the first 8 hex digits.
+        assert_eq!((&l.uuid(1)[..8], &l.uuid(12)[..8]), ("c3a00001", "c3a0000c"));
     }
 }
