@@ -466,9 +466,14 @@ fn workspace_binaries(workspace: &Path) -> Result<(PathBuf, BTreeMap<String, Str
     Ok((target_dir, bins))
 }
 
+/// Debian's fixed system groups (base-passwd) that udev's rules give devices to, and the
+/// dynamic ones udev's package adds; without them udevd warns about every rule on each boot.
+const SYSTEM_GROUPS: &str = "root:x:0:\ntty:x:5:\ndisk:x:6:\nlp:x:7:\nkmem:x:15:\ndialout:x:20:\ncdrom:x:24:\n\
+tape:x:26:\naudio:x:29:\nvideo:x:44:\ninput:x:101:\nkvm:x:102:\nrender:x:103:\nsgx:x:104:\nnogroup:x:65534:\n";
+
 fn write_etc(fs: &mut Rootfs) -> Result<(), BuildError> {
-    fs.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
-    fs.write("/etc/group", b"root:x:0:\n", 0o644)?;
+    fs.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644)?;
+    fs.write("/etc/group", SYSTEM_GROUPS.as_bytes(), 0o644)?;
     fs.write("/etc/hostname", b"cerana\n", 0o644)?;
     fs.write("/etc/os-release", b"NAME=CeranaOS\nID=cerana\nPRETTY_NAME=\"CeranaOS\"\n", 0o644)?;
     fs.write("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files dns\n", 0o644)?;

@@ -40,6 +40,9 @@ fn boot_run_node_info_and_power_off(config: VmConfig) {
 
     let status = vm.powerdown(POWERDOWN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "QEMU exit status {status}");
+    // udevd names every group its rules use that /etc/group lacks.
+    let console = std::fs::read_to_string(vm.log_path()).unwrap_or_default();
+    assert!(!console.contains("Unknown group"), "udev rules name groups the image lacks; log {}", vm.log_path().display());
     let events = vm.events();
     assert!(
         events.iter().any(|e| matches!(e, LifecycleEvent::ShutdownComplete { action: ShutdownAction::Poweroff })),
