@@ -656,7 +656,7 @@ command = "true"
             names,
             [
                 "boot-image", "boot-join", "bootserver", "bootserver-replica", "coordinator", "health", "init-provider", "metrics",
-                "netns", "node-info", "service", "udev-coldplug", "udevd", "zfs",
+                "netns", "node-info", "service", "udev-coldplug", "udev-coldplug-block", "udevd", "zfs",
             ]
         );
         for p in &t.problems {
