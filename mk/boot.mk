@@ -21,8 +21,12 @@ test-boot:
 # libFuzzer through cargo-fuzz. The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets
 # cargo-fuzz pass its -Z flags, and --sanitizer none skips ASan (the crate has no unsafe code;
 # coverage-guided search and the targets' assertions still run). Seeds in $(BOOT_FUZZ_DIR)/seeds.
+# cargo-fuzz is installed once per version under $(CACHE_DIR) unless one is on PATH already.
+CARGO_FUZZ_VERSION = 0.13.2
+CARGO_FUZZ_ROOT = $(CACHE_DIR)/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+test-boot-fuzz: export PATH := $(PATH):$(CARGO_FUZZ_ROOT)/bin
 test-boot-fuzz:
-	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
 	@set -e; cd $(BOOT_FUZZ_DIR); for t in dhcp tftp; do \
 		mkdir -p corpus/$$t; \
 		echo "fuzzing $$t for $(BOOT_FUZZ_SECS) s"; \
