@@ -656,7 +656,8 @@ command = "true"
             names,
             [
                 "boot-image", "boot-join", "bootserver", "bootserver-replica", "coordinator", "health", "init-provider", "metrics",
-                "netns", "node-info", "service", "udev-coldplug", "udev-coldplug-block", "udevd", "zfs",
+                "netfilter-modules", "netns", "node-info", "service", "udev-coldplug", "udev-coldplug-block", "udevd", "zfs",
+                "zfs-module",
             ]
         );
         for p in &t.problems {
