@@ -253,6 +253,31 @@ async fn providers_run_sub_tasks_through_the_coordinator() {
 }
 
 #[tokio::test]
+async fn a_stopping_provider_runs_its_shutdown_hook_while_it_still_serves() {
+    let dir = TestDir::new();
+    let socket = dir.socket("c");
+    let _coordinator = start(config(&socket)).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    let hook_socket = socket.clone();
+    // The hook calls a task this very provider serves: it answers only if still connected.
+    let provider = echo_provider("leaving", 50).on_shutdown(move || async move {
+        let reply = client(&hook_socket).await.run::<NodeEcho>(&echo("bye")).await;
+        let _ = answered.send(reply.map(|r| r.data).map_err(|e| e.to_string()));
+    });
+    let serving = tokio::spawn(provider.serve_until(socket.clone(), async {
+        let _ = stopped.await;
+    }));
+    let client = client(&socket).await;
+    wait_for_provider(&client, "leaving", 1).await;
+    stop.send(()).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), answer).await.expect("the hook ran").unwrap();
+    assert_eq!(reply.as_deref(), Ok("leaving:bye"));
+    tokio::time::timeout(Duration::from_secs(10), serving).await.expect("serve_until returned").unwrap().unwrap();
+    wait_for_provider(&client, "leaving", 0).await;
+}
+
+#[tokio::test]
 async fn forwards_tasks_to_another_coordinator_over_http() {
     let dir = TestDir::new();
     let token = "peer-token-0123456789abcdef".to_owned();

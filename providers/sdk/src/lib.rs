@@ -35,6 +35,9 @@ use std::time::Duration;
 type ErasedHandler =
     dyn Fn(Context, Box<RawValue>) -> BoxFuture<'static, Result<Box<RawValue>, TaskError>> + Send + Sync;
 
+/// What a provider does when asked to stop; see [`Provider::on_shutdown`].
+type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
 pub(crate) struct Registered {
     priority: Option<u16>,
     handler: Arc<ErasedHandler>,
@@ -46,6 +49,8 @@ pub struct Provider {
     version: String,
     priority: u16,
     handlers: BTreeMap<TaskName, Registered>,
+    // A Mutex only so that Provider stays Sync (it is shared by its sessions); taken once.
+    on_shutdown: std::sync::Mutex<Option<ShutdownHook>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -75,7 +80,25 @@ impl Provider {
     /// When `name` is not a valid provider name: names are fixed in code.
     pub fn new(name: &str, version: &str) -> Self {
         let name = ProviderName::new(name).unwrap_or_else(|e| panic!("invalid provider name: {e}"));
-        Self { name, version: version.to_owned(), priority: cerana_protocol::message::DEFAULT_PRIORITY, handlers: BTreeMap::new() }
+        Self {
+            name,
+            version: version.to_owned(),
+            priority: cerana_protocol::message::DEFAULT_PRIORITY,
+            handlers: BTreeMap::new(),
+            on_shutdown: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs `hook` when the provider is asked to stop (SIGTERM under [`Provider::main`]) while
+    /// it is still connected and serving, so the hook can run sub-tasks (destroy clones, say);
+    /// the provider exits when the hook is done. The supervisor's stop timeout bounds it.
+    pub fn on_shutdown<F, Fut>(self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self.on_shutdown.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(move || hook().boxed()));
+        self
     }
 
     /// Lower is tried first when several providers serve a task (default 50).
@@ -150,8 +173,29 @@ impl Provider {
         }
     }
 
+    /// Serves (as [`Provider::serve`]) until `stop` resolves, then runs the shutdown hook with
+    /// the connection still up and returns.
+    pub async fn serve_until(self, socket: impl AsRef<Path>, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let hook = self.on_shutdown.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut serving = tokio::spawn(self.serve(socket.as_ref().to_owned()));
+        tokio::select! {
+            served = &mut serving => return match served {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Ok(()),
+            },
+            () = stop => {}
+        }
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        serving.abort();
+        Ok(())
+    }
+
     /// A provider's whole `main`: takes `--coordinator PATH` (or `CERANA_COORDINATOR_SOCKET`),
-    /// logs to stderr (filter in `CERANA_LOG`), and serves.
+    /// logs to stderr (filter in `CERANA_LOG`), serves, and on SIGTERM runs its shutdown hook
+    /// and exits 0.
     pub fn main(self) -> ExitCode {
         init_logging();
         let socket = match socket_from_args(std::env::args().skip(1), &self.name) {
@@ -170,7 +214,19 @@ impl Provider {
             }
         };
         let name = self.name.clone();
-        match runtime.block_on(self.serve(socket)) {
+        let stop = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                    tracing::info!("SIGTERM: stopping");
+                }
+                Err(e) => {
+                    tracing::warn!("cannot watch for SIGTERM ({e}); it will kill this provider outright");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        match runtime.block_on(self.serve_until(socket, stop)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(provider = %name, "{e}");

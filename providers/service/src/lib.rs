@@ -53,8 +53,15 @@ fn key(r: &ServiceRef) -> Result<ServiceKey, TaskError> {
 /// The provider serving `services`; each request's context is handed to `zfs` for the
 /// sub-tasks of later restarts.
 pub fn provider_with(services: Services, zfs: ZfsTasks) -> Provider {
-    let (s1, s2, s3, s4, s5, s6) =
-        (services.clone(), services.clone(), services.clone(), services.clone(), services.clone(), services);
+    let (s1, s2, s3, s4, s5, s6, s7) = (
+        services.clone(),
+        services.clone(),
+        services.clone(),
+        services.clone(),
+        services.clone(),
+        services.clone(),
+        services,
+    );
     let remember = move |ctx: &Context| zfs.remember(ctx);
     let r1 = remember.clone();
     Provider::new("service", env!("CARGO_PKG_VERSION"))
@@ -95,4 +102,8 @@ pub fn provider_with(services: Services, zfs: ZfsTasks) -> Provider {
             let services = s6.clone();
             async move { Ok(services.logs(&a)?) }
         })
+        // On a node's shutdown: stop the containers and destroy their clones while the zfs
+        // provider and the coordinator still run (init stops dependants first), so no
+        // running-clone outlives its service on the pool.
+        .on_shutdown(move || async move { s7.stop_all().await })
 }

@@ -261,9 +261,10 @@ impl Services {
     /// Stops every service (on shutdown), in parallel.
     pub async fn stop_all(&self) {
         let keys: Vec<ServiceKey> = self.inner.table.lock().expect("table lock").keys().cloned().collect();
-        let removals = keys.iter().map(|k| self.remove(k));
-        for r in removals {
-            let _ = r.await;
+        for (key, result) in keys.iter().zip(futures_util::future::join_all(keys.iter().map(|k| self.remove(k))).await) {
+            if let Err(e) = result {
+                tracing::warn!(service = %key, "stopping at shutdown: {e}");
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The service provider on a booted CeranaOS node with a real ZFS pool (`make test-service-vm`;
 //! skips without `CERANA_IMAGE_DIR`): a service runs on a clone of a dataset, restarts on a
-//! fresh clone, and is removed cleanly, its clone destroyed.
+//! fresh clone, and is removed cleanly, its clone destroyed; a service still running when the
+//! node powers off is stopped by the provider on its way down, so the node boots again (same
+//! disk) with no clone left on the pool.
 //!
 //! The dataset is filled by a first service: an overlay over the node's /bin (busybox) with the
 //! dataset's mountpoint bind-mounted in, which copies busybox into it.
@@ -75,14 +77,22 @@ impl Node {
 #[test]
 fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
     let Some(image) = image_dir() else { return };
-    let mut config = VmConfig::direct("service-zfs", &image, default_log_dir());
-    config.disks = vec![1 << 30];
-    if let cerana_qemu::Boot::Direct { cmdline, .. } = &mut config.boot {
-        *cmdline = "cerana.zfs_config=auto".into();
-    }
-    let mut vm = Vm::boot(&config).unwrap();
-    vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap();
-    let node = Node { vm };
+    // A disk file of our own (kept between the two boots of this node, removed at the end).
+    let disk = std::env::temp_dir().join(format!("cerana-service-vm-{}.img", std::process::id()));
+    let _disk = RemoveOnDrop(disk.clone());
+    std::fs::File::create(&disk).and_then(|f| f.set_len(1 << 30)).unwrap();
+    let boot = || {
+        let mut config = VmConfig::direct("service-zfs", &image, default_log_dir());
+        config.disk_files = vec![disk.clone()];
+        config.uuid = Some("5e41ce00-0000-4000-8000-000000000001".into());
+        if let cerana_qemu::Boot::Direct { cmdline, .. } = &mut config.boot {
+            *cmdline = "cerana.zfs_config=auto".into();
+        }
+        let mut vm = Vm::boot(&config).unwrap();
+        vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap();
+        Node { vm }
+    };
+    let node = boot();
 
     // The image dataset, filled with busybox by a seeding service.
     node.ok("zfs-create", json!({ "name": "data/datasets/img" }));
@@ -139,6 +149,25 @@ fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
         .filter(|n| n.starts_with("data/running-clones/"))
         .collect();
     assert!(clones.is_empty(), "clones left: {clones:?}");
+
+    // Still running at poweroff: the provider's shutdown stops it and destroys its clone.
+    node.ok("service-create", json!({ "id": "left", "bundle_id": "vm", "dataset": "data/datasets/img@v1", "cmd": ["/bin/sleep", "600"] }));
+    assert!(node.exists("data/running-clones/vm.left"));
+    let mut vm = node.vm;
+    assert!(vm.powerdown(Duration::from_secs(120)).unwrap().success());
+    let console = std::fs::read_to_string(vm.log_path()).unwrap_or_default();
+    assert!(console.contains("init: service: stopped (exited with status 0)"), "the service provider did not stop cleanly; log {}", vm.log_path().display());
+    drop(vm);
+    let node = boot();
+    assert!(node.exists("data/datasets/img@v1"), "the pool came back");
+    assert!(!node.exists("data/running-clones/vm.left"), "a clone outlived the node's shutdown");
     let mut vm = node.vm;
     let _ = vm.powerdown(Duration::from_secs(120));
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
