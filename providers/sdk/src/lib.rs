@@ -226,7 +226,10 @@ impl Provider {
                 }
             }
         };
-        match runtime.block_on(self.serve_until(socket, stop)) {
+        let served = runtime.block_on(self.serve_until(socket, stop));
+        // A blocking call still running (a stuck zfs command, say) must not hold the exit.
+        runtime.shutdown_timeout(Duration::from_millis(500));
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(provider = %name, "{e}");
