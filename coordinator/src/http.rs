@@ -237,9 +237,9 @@ async fn stream_put(State(state): State<AppState>, Path(id): Path<String>, body:
         Ok(id) => id,
         Err(r) => return r,
     };
-    let tx = match state.core.streams.claim(id, StreamDirection::Put) {
+    let tx = match state.core.streams.claim(id, StreamDirection::Put, false) {
         Ok(StreamEnd::Producer(tx)) => tx,
-        Ok(StreamEnd::Consumer(_)) => unreachable!("claimed the put end"),
+        Ok(_) => unreachable!("claimed a channel's put end"),
         Err(e) => return api_error(StatusCode::CONFLICT, e),
     };
     let mut body = body.into_data_stream();
@@ -282,11 +282,11 @@ async fn stream_get(State(state): State<AppState>, Path(id): Path<String>) -> Ax
         Ok(id) => id,
         Err(r) => return r,
     };
-    match state.core.streams.claim(id, StreamDirection::Get) {
+    match state.core.streams.claim(id, StreamDirection::Get, false) {
         Ok(StreamEnd::Consumer(rx)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], consumer_body(rx)).into_response()
         }
-        Ok(StreamEnd::Producer(_)) => unreachable!("claimed the get end"),
+        Ok(_) => unreachable!("claimed a channel's get end"),
         Err(e) => api_error(StatusCode::CONFLICT, e),
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::core::{now_ms, ConnSender, Core, ReplySink};
 use crate::registry::{ProviderEntry, Registry};
-use crate::streams::{Piece, StreamEnd};
+use crate::streams::{producer_vanished, Piece, StreamEnd, Verdict};
 use bytes::BytesMut;
 use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, FrameError, MAX_FRAME_LEN};
 use cerana_protocol::stream::MAX_CHUNK_LEN;
@@ -132,8 +132,8 @@ async fn handle(core: Arc<Core>, mut stream: UnixStream) {
             let caller = who(hello.name.as_str());
             provider_connection(core, stream, conn_id, caller, hello, pid).await;
         }
-        ToCoordinator::StreamOpen { stream: handle, direction } => {
-            stream_connection(core, stream, handle, direction).await;
+        ToCoordinator::StreamOpen { stream: handle, direction, accept_pipe } => {
+            stream_connection(core, stream, handle, direction, accept_pipe).await;
         }
         other => {
             let error = TaskError::new(ErrorCode::InvalidRequest, format!("expected a hello first, got {}", kind(&other)));
@@ -154,6 +154,7 @@ fn kind(message: &ToCoordinator) -> &'static str {
         ToCoordinator::Request(_) => "request",
         ToCoordinator::Response(_) => "response",
         ToCoordinator::Cancel { .. } => "cancel",
+        ToCoordinator::StreamEnd { .. } => "stream_end",
     }
 }
 
@@ -269,21 +270,90 @@ fn answer_malformed(sender: &ConnSender, frame: &[u8], error: serde_json::Error)
 }
 
 
-async fn stream_connection(core: Arc<Core>, mut stream: UnixStream, handle: StreamHandle, direction: StreamDirection) {
+async fn stream_connection(
+    core: Arc<Core>,
+    mut stream: UnixStream,
+    handle: StreamHandle,
+    direction: StreamDirection,
+    accept_pipe: bool,
+) {
     if let Some(node) = handle.node.clone().filter(|n| Some(n) != core.config.advertise_url.as_ref()) {
         return crate::http::remote_stream_to_unix(core, stream, node, handle.id, direction).await;
     }
-    let end = match core.streams.claim(handle.id, direction) {
+    let end = match core.streams.claim(handle.id, direction, accept_pipe) {
         Ok(end) => end,
         Err(e) => return refuse(&mut stream, e).await,
     };
-    if send_now(&mut stream, &welcome(&core)).await.is_err() {
-        return;
-    }
     match end {
-        StreamEnd::Producer(tx) => pump_from_unix(stream, tx).await,
-        StreamEnd::Consumer(rx) => pump_to_unix(stream, rx).await,
+        StreamEnd::Producer(tx) => {
+            if send_now(&mut stream, &welcome(&core)).await.is_ok() {
+                pump_from_unix(stream, tx).await;
+            }
+        }
+        StreamEnd::Consumer(rx) => {
+            if send_now(&mut stream, &welcome(&core)).await.is_ok() {
+                pump_to_unix(stream, rx).await;
+            }
+        }
+        StreamEnd::PipeProducer { pipe, verdict } => {
+            if hand_over_pipe(&core, &mut stream, pipe).await {
+                let _ = verdict.send(producer_verdict(&mut stream).await);
+            }
+        }
+        StreamEnd::PipeConsumer { pipe, verdict } => {
+            if hand_over_pipe(&core, &mut stream, pipe).await {
+                relay_verdict(stream, verdict).await;
+            }
+        }
     }
+}
+
+/// Sends the pipe welcome with the pipe attached, and closes the coordinator's copy: the stream
+/// sees end of file only when no copy of the write side is left open.
+async fn hand_over_pipe(core: &Core, stream: &mut UnixStream, pipe: std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let FromCoordinator::Welcome(welcome) = welcome(core) else { unreachable!("welcome() is a welcome") };
+    let mut frame = Vec::new();
+    if encode_json_into(&mut frame, &FromCoordinator::StreamPipe(welcome)).is_err() {
+        return false;
+    }
+    match cerana_protocol::fd_frame::write_frame_with_fd(stream, &frame, pipe.as_fd()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!("handing a stream pipe over failed: {e}");
+            false
+        }
+    }
+}
+
+/// Waits for a pipe producer's verdict; a connection that closes without one is a producer
+/// that vanished.
+async fn producer_verdict(stream: &mut UnixStream) -> Verdict {
+    let mut buf = Vec::new();
+    match read_frame(stream, &mut buf, MAX_FRAME_LEN).await {
+        Ok(true) => match serde_json::from_slice::<ToCoordinator>(&buf) {
+            Ok(ToCoordinator::StreamEnd { error: None }) => Ok(()),
+            Ok(ToCoordinator::StreamEnd { error: Some(e) }) => Err(e),
+            Ok(other) => Err(TaskError::new(
+                ErrorCode::StreamError,
+                format!("the stream's producer sent {} instead of stream_end", kind(&other)),
+            )),
+            Err(e) => Err(TaskError::new(ErrorCode::StreamError, format!("malformed stream_end: {e}"))),
+        },
+        Ok(false) | Err(_) => Err(producer_vanished()),
+    }
+}
+
+/// Tells a pipe consumer how the stream ended, unless it leaves first.
+async fn relay_verdict(mut stream: UnixStream, verdict: tokio::sync::oneshot::Receiver<Verdict>) {
+    let mut probe = [0u8; 1];
+    let outcome = tokio::select! {
+        outcome = verdict => outcome.unwrap_or_else(|_| Err(producer_vanished())),
+        // A consumer sends nothing on this connection: any read result means it is gone.
+        _ = stream.read(&mut probe) => return,
+    };
+    let _ = send_now(&mut stream, &FromCoordinator::StreamEnd { error: outcome.err() }).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Reads chunk frames from a producer's connection into the stream.

@@ -81,28 +81,8 @@ fn task_error(result: Result<impl std::fmt::Debug, CallError>) -> TaskError {
     }
 }
 
-/// Order-sensitive hash over a byte stream, independent of how it is chunked.
-#[derive(Default)]
-struct StreamHasher {
-    hash: u64,
-    bytes: u64,
-}
-
-impl StreamHasher {
-    fn update(&mut self, data: &[u8]) {
-        for &b in data {
-            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        self.bytes += data.len() as u64;
-    }
-    fn summary(&self) -> StreamSummary {
-        StreamSummary { bytes: self.bytes, hash: self.hash }
-    }
-}
-
-/// Deterministic test data: chunk `i` is filled with a pattern derived from `i`.
-fn pattern_chunk(i: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (i as usize * 31 + j * 7) as u8).collect()
+fn summary(hasher: &StreamHasher) -> StreamSummary {
+    StreamSummary { bytes: hasher.bytes, hash: hasher.hash }
 }
 
 #[tokio::test]
@@ -562,7 +542,7 @@ async fn tasks_consume_and_produce_streams() {
     while let Some(chunk) = reader.next_chunk().await.unwrap() {
         hasher.update(chunk);
     }
-    assert_eq!(hasher.summary(), promised);
+    assert_eq!(summary(&hasher), promised);
 }
 
 fn stream_provider() -> Provider {
@@ -573,7 +553,7 @@ fn stream_provider() -> Provider {
             while let Some(chunk) = reader.next_chunk().await.map_err(|e| TaskError::new(ErrorCode::StreamError, e.to_string()))? {
                 hasher.update(chunk);
             }
-            Ok(hasher.summary())
+            Ok(summary(&hasher))
         })
         .task::<TestSource, _, _>(|ctx, args: SourceArgs| async move {
             let mut writer = ctx.output_stream().await?;
@@ -597,7 +577,7 @@ fn stream_provider() -> Provider {
                 }
                 let _ = writer.finish().await;
             });
-            Ok(hasher.summary())
+            Ok(summary(&hasher))
         })
 }
 
@@ -626,7 +606,7 @@ async fn a_gigabyte_streams_through_the_coordinator_in_bounded_memory() {
                 writer.write_chunk(chunk).await.unwrap();
             }
             writer.finish().await.unwrap();
-            hasher.summary()
+            summary(&hasher)
         })
     };
     let mut request = Request::for_task::<TestSink>(&NoArgs {}).unwrap();

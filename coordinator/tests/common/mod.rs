@@ -118,3 +118,24 @@ impl Drop for CoordinatorProcess {
         self.kill();
     }
 }
+
+/// Order-sensitive hash over a byte stream, independent of how it is chunked.
+#[derive(Debug, Default)]
+pub struct StreamHasher {
+    pub hash: u64,
+    pub bytes: u64,
+}
+
+impl StreamHasher {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        self.bytes += data.len() as u64;
+    }
+}
+
+/// Deterministic test data: chunk `i` is filled with a pattern derived from `i`.
+pub fn pattern_chunk(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 31 + j * 7) as u8).collect()
+}

@@ -5,9 +5,11 @@
 //! peer coordinators do. [`Client`] is either, for tools that take `--node` or `--socket`.
 
 mod http_client;
+mod pipe_stream;
 mod unix_client;
 
 pub use http_client::{ApiErrorBody, HttpClient};
+pub use pipe_stream::{open_input, open_output, InputEnd, OutputEnd, PipeFinish, PipeVerdict};
 pub use unix_client::{handshake, open_stream, UnixClient};
 
 use cerana_protocol::{Request, Response, Task, TaskError};

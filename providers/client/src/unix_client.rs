@@ -32,7 +32,7 @@ pub async fn handshake(stream: &mut UnixStream, hello: &ToCoordinator) -> Result
     }
 }
 
-async fn connect(path: &Path) -> Result<UnixStream, ClientError> {
+pub(crate) async fn connect(path: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(path)
         .await
         .map_err(|source| ClientError::Connect { target: path.display().to_string(), source })
@@ -46,7 +46,7 @@ pub async fn open_stream(
     direction: StreamDirection,
 ) -> Result<UnixStream, ClientError> {
     let mut socket = connect(path).await?;
-    handshake(&mut socket, &ToCoordinator::StreamOpen { stream, direction }).await?;
+    handshake(&mut socket, &ToCoordinator::StreamOpen { stream, direction, accept_pipe: false }).await?;
     Ok(socket)
 }
 

@@ -14,6 +14,8 @@
 pub mod error;
 pub mod events;
 pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod fd_frame;
 pub mod message;
 pub mod names;
 pub mod readiness;

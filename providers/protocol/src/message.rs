@@ -183,8 +183,21 @@ fn default_priority() -> u16 {
 pub enum ToCoordinator {
     ClientHello { name: String, protocol: u32 },
     ProviderHello(ProviderHello),
-    /// Turns this connection into one end of a byte stream.
-    StreamOpen { stream: StreamHandle, direction: StreamDirection },
+    /// Turns this connection into one end of a byte stream. With `accept_pipe` the coordinator
+    /// may answer [`FromCoordinator::StreamPipe`] and hand over a pipe instead of carrying the
+    /// bytes itself.
+    StreamOpen {
+        stream: StreamHandle,
+        direction: StreamDirection,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accept_pipe: bool,
+    },
+    /// On a pipe stream's producer end, after the pipe's write end is closed: how the stream
+    /// ended (a pipe's end of file alone cannot tell a finished stream from a dead producer).
+    StreamEnd {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<TaskError>,
+    },
     Request(Request),
     /// A provider's answer to a request routed to it.
     Response(Response),
@@ -216,6 +229,16 @@ pub enum FromCoordinator {
     Request(Request),
     /// The coordinator no longer wants the result of this request (timeout or cancel).
     Cancel { id: RequestId },
+    /// The welcome of a stream end opened with `accept_pipe` that gets a pipe: the pipe's file
+    /// descriptor travels with this frame (`SCM_RIGHTS`) and the bytes no longer pass through
+    /// the coordinator.
+    StreamPipe(Welcome),
+    /// On a pipe stream's consumer end: how the producer said the stream ended. No error means
+    /// the bytes read before end of file are the whole stream.
+    StreamEnd {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<TaskError>,
+    },
 }
 
 #[cfg(test)]
@@ -261,6 +284,20 @@ mod tests {
         assert!(serde_json::from_str::<Response>(&both).is_err());
         let neither = format!(r#"{{"id":"{id}"}}"#);
         assert!(serde_json::from_str::<Response>(&neither).is_err());
+    }
+
+    #[test]
+    fn stream_open_asks_for_a_pipe_only_when_it_says_so() {
+        let handle = StreamHandle::local(StreamId::random());
+        let plain = ToCoordinator::StreamOpen { stream: handle.clone(), direction: StreamDirection::Get, accept_pipe: false };
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("accept_pipe"), "older coordinators keep understanding it: {text}");
+        let piped = ToCoordinator::StreamOpen { stream: handle, direction: StreamDirection::Put, accept_pipe: true };
+        let text = serde_json::to_string(&piped).unwrap();
+        let ToCoordinator::StreamOpen { accept_pipe, .. } = serde_json::from_str(&text).unwrap() else { panic!() };
+        assert!(accept_pipe);
+        let end: FromCoordinator = serde_json::from_str(r#"{"stream_end":{}}"#).unwrap();
+        assert!(matches!(end, FromCoordinator::StreamEnd { error: None }));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum StreamError {
     ChunkTooLarge { len: usize, max: usize },
     #[error("stream refused: {0}")]
     Refused(crate::TaskError),
+    #[error("the stream's producer failed: {0}")]
+    ProducerFailed(crate::TaskError),
     #[error("stream i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

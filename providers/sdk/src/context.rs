@@ -1,7 +1,7 @@
 //! What a handler gets besides its arguments: the request's identity, its input stream, and a
 //! way to send sub-tasks through the coordinator.
 
-use cerana_client::open_stream;
+use cerana_client::{open_input, open_output, open_stream, InputEnd, OutputEnd};
 use cerana_protocol::frame::encode_json_into;
 use cerana_protocol::stream::{ChunkReader, ChunkWriter};
 use cerana_protocol::{
@@ -95,6 +95,25 @@ impl Context {
             .ok_or_else(|| TaskError::new(ErrorCode::InvalidArgs, "this task needs an input stream"))?;
         let socket = open_stream(&self.link.socket, handle, StreamDirection::Get).await.map_err(stream_failure)?;
         Ok(ChunkReader::new(socket))
+    }
+
+    /// Opens the request's input stream, as a pipe when the coordinator can give one (see
+    /// [`InputEnd`]): for handlers that feed the stream to a child process.
+    pub async fn input(&self) -> Result<InputEnd, TaskError> {
+        let handle = self
+            .input
+            .clone()
+            .ok_or_else(|| TaskError::new(ErrorCode::InvalidArgs, "this task needs an input stream"))?;
+        open_input(&self.link.socket, handle).await.map_err(stream_failure)
+    }
+
+    /// Opens a new output stream, as a pipe when the coordinator can give one (see
+    /// [`OutputEnd`]); its handle is returned to the caller with the result.
+    pub async fn output(&self) -> Result<OutputEnd, TaskError> {
+        let handle = StreamHandle::local(StreamId::random());
+        let end = open_output(&self.link.socket, handle.clone()).await.map_err(stream_failure)?;
+        *self.output.lock().expect("output lock") = Some(handle);
+        Ok(end)
     }
 
     /// Opens a new output stream; its handle is returned to the caller with the result. Write

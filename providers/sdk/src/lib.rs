@@ -19,6 +19,7 @@ mod context;
 mod session;
 
 pub use context::Context;
+pub use cerana_client::{InputEnd, OutputEnd, PipeFinish, PipeVerdict};
 pub use cerana_protocol::{ErrorCode, TaskError};
 
 use cerana_protocol::{ProviderName, Task, TaskName};

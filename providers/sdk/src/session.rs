@@ -90,6 +90,9 @@ pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), Se
             }
             FromCoordinator::Ack { .. } | FromCoordinator::Welcome(_) => {}
             FromCoordinator::Refused(e) => tracing::warn!("the coordinator reported: {e}"),
+            FromCoordinator::StreamPipe(_) | FromCoordinator::StreamEnd { .. } => {
+                tracing::warn!("a stream message arrived on the provider connection")
+            }
         }
     };
     // Sub-tasks in flight can no longer be answered on this connection.

@@ -19,7 +19,7 @@ use cerana_protocol::tasks::zfs::{
     ZfsPoolStatus, ZfsReceive, ZfsRename, ZfsRollback, ZfsSend, ZfsSnapshot, ZfsUnmount,
 };
 use cerana_protocol::TaskError;
-use cerana_provider_sdk::Provider;
+use cerana_provider_sdk::{InputEnd, OutputEnd, Provider};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,15 +64,31 @@ pub fn provider_with(zfs: Zfs, machine: Machine) -> Provider {
         let zfs = send_zfs.clone();
         async move {
             let cmd = zfs.send_command(&a.name, a.from.as_deref()).await?;
-            let child = streams::spawn_send(&cmd)?;
-            let out = ctx.output_stream().await?;
             let name = a.name.clone();
-            tokio::spawn(async move {
-                match streams::pump_send(child, out).await {
-                    Ok(bytes) => tracing::info!("sent {name}: {bytes} bytes"),
-                    Err(e) => tracing::warn!("sending {name} failed: {e}"),
+            match ctx.output().await? {
+                OutputEnd::Pipe { pipe, finish } => {
+                    let child = streams::spawn_send_into(&cmd, pipe)?;
+                    tokio::spawn(async move {
+                        let outcome = streams::wait_send(child).await;
+                        match &outcome {
+                            Ok(()) => tracing::info!("sent {name} through a pipe"),
+                            Err(e) => tracing::warn!("sending {name} failed: {e}"),
+                        }
+                        if let Err(e) = finish.finish(streams::verdict(&outcome)).await {
+                            tracing::warn!("cannot report how sending {name} ended: {e}");
+                        }
+                    });
                 }
-            });
+                OutputEnd::Chunks(out) => {
+                    let child = streams::spawn_send(&cmd)?;
+                    tokio::spawn(async move {
+                        match streams::pump_send(child, out).await {
+                            Ok(bytes) => tracing::info!("sent {name}: {bytes} bytes"),
+                            Err(e) => tracing::warn!("sending {name} failed: {e}"),
+                        }
+                    });
+                }
+            }
             Ok(SendResult { name: a.name, from: a.from })
         }
     });
@@ -81,8 +97,10 @@ pub fn provider_with(zfs: Zfs, machine: Machine) -> Provider {
         let zfs = recv_zfs.clone();
         async move {
             let (target, cmd) = zfs.receive_command(&a.name, a.force).await?;
-            let input = ctx.input_stream().await?;
-            let bytes = streams::receive(&cmd, input).await?;
+            let bytes = match ctx.input().await? {
+                InputEnd::Pipe { pipe, verdict } => streams::receive_from_pipe(&cmd, pipe, verdict).await?,
+                InputEnd::Chunks(input) => streams::receive(&cmd, input).await?,
+            };
             Ok(ReceiveResult { dataset: zfs.dataset(target.as_str()).await?, bytes })
         }
     })

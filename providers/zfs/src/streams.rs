@@ -1,9 +1,17 @@
 //! `zfs send` into a Task API stream, and a Task API stream into `zfs receive`.
+//!
+//! When the coordinator hands over a pipe (both ends are local and accept one), `zfs send`
+//! writes straight into it and `zfs receive` reads it through a kernel-side splice that only
+//! counts the bytes: nothing is copied through a provider or the coordinator. Otherwise the
+//! bytes travel as chunk frames.
 
 use crate::error::ZfsError;
 use cerana_protocol::stream::{ChunkReader, ChunkWriter};
 use cerana_protocol::tasks::zfs::ZfsErrorReason;
+use cerana_provider_sdk::{PipeVerdict, TaskError};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes gathered from `zfs send`'s pipe before a chunk goes out (a pipe read yields 64 KiB at
@@ -142,5 +150,154 @@ pub async fn receive<R: AsyncRead + Unpin>(args: &[String], mut input: ChunkRead
             e.reason = ZfsErrorReason::StreamCorrupt;
         }
         Err(e)
+    }
+}
+
+/// How long a consumer waits, after `zfs receive` exited, for the producer's verdict: the
+/// producer sends it as soon as its `zfs send` has exited, which has happened by then.
+const VERDICT_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts `zfs <send args>` writing into the stream's pipe; [`wait_send`] then says how it went.
+pub fn spawn_send_into(args: &[String], pipe: OwnedFd) -> Result<tokio::process::Child, ZfsError> {
+    spawn_zfs(args, Stdio::null(), Stdio::from(pipe))
+}
+
+/// Waits for a `zfs send` started by [`spawn_send_into`]: its verdict for the stream.
+pub async fn wait_send(mut child: tokio::process::Child) -> Result<(), ZfsError> {
+    let errors = collect_stderr(child.stderr.take().expect("stderr is piped"));
+    let status = child.wait().await.map_err(spawn_failed)?;
+    let stderr = errors.await.unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ZfsError::from_stderr(&stderr))
+    }
+}
+
+/// The verdict a producer sends for its stream.
+pub fn verdict(outcome: &Result<(), ZfsError>) -> Result<(), TaskError> {
+    outcome.as_ref().map(|_| ()).map_err(|e| TaskError::from(e.clone()))
+}
+
+/// Bytes one splice may move: the pipe's size.
+const SPLICE_BYTES: usize = PIPE_BYTES as usize;
+
+/// Moves everything from `input` to `output` inside the kernel and counts it. Returns early,
+/// with an error, when `stop` becomes readable or hangs up (its other end was dropped).
+fn splice_all(input: &OwnedFd, output: &OwnedFd, stop: &OwnedFd) -> std::io::Result<u64> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::pipe::{splice, SpliceFlags};
+    let mut total = 0u64;
+    loop {
+        let mut fds = [PollFd::new(input, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if !fds[1].revents().is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped"));
+        }
+        match splice(input, None, output, None, SPLICE_BYTES, SpliceFlags::MOVE) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Feeds a pipe stream into `zfs <receive args>`, then checks the producer's verdict: a
+/// stream its producer did not finish is `stream-corrupt` even if `zfs receive` took it.
+pub async fn receive_from_pipe(args: &[String], input: OwnedFd, verdict: PipeVerdict) -> Result<u64, ZfsError> {
+    let pipe_failed = |e: std::io::Error| ZfsError::new(ZfsErrorReason::Unavailable, format!("cannot make a pipe: {e}"));
+    let (child_stdin, feed) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failed(e.into()))?;
+    widen_pipe(std::os::fd::AsRawFd::as_raw_fd(&feed));
+    let (stop_rx, stop_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failed(e.into()))?;
+    let mut child = spawn_zfs(args, Stdio::from(child_stdin), Stdio::null())?;
+    let errors = collect_stderr(child.stderr.take().expect("stderr is piped"));
+    // Dropping `stop_tx` (this future ending or being cancelled) releases the splicing thread;
+    // the thread drops `feed` when it ends, which is zfs receive's end of input.
+    let spliced = tokio::task::spawn_blocking(move || splice_all(&input, &feed, &stop_rx));
+    let status = child.wait().await.map_err(spawn_failed);
+    drop(stop_tx);
+    let status = status?;
+    let copied = spliced.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    let stderr = errors.await.unwrap_or_default();
+    let heard = match tokio::time::timeout(VERDICT_WAIT, verdict.wait()).await {
+        Ok(heard) => heard,
+        Err(_) => Err(cerana_protocol::stream::StreamError::PeerVanished),
+    };
+    let total = copied.as_ref().map_or(0, |n| *n);
+    if status.success() {
+        return match heard {
+            Ok(()) => Ok(total),
+            Err(e) => Err(ZfsError::new(
+                ZfsErrorReason::StreamCorrupt,
+                format!("zfs receive took the stream but its producer did not finish it ({e})"),
+            )),
+        };
+    }
+    let mut e = ZfsError::from_stderr(&stderr);
+    // A specific refusal (the target exists, the pool is missing) stands; otherwise the stream
+    // is at fault, and a producer that did not finish it says why.
+    if matches!(e.reason, ZfsErrorReason::Failed | ZfsErrorReason::InvalidArgument) {
+        if let Err(broken) = heard {
+            return Err(ZfsError::new(
+                ZfsErrorReason::StreamCorrupt,
+                format!("the stream broke off after {total} bytes ({broken}); nothing was received"),
+            ));
+        }
+        if stderr.contains("stream") {
+            e.reason = ZfsErrorReason::StreamCorrupt;
+        }
+    }
+    Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn splicing_moves_and_counts_every_byte_and_stops_when_asked() {
+        let (input, mut source) = {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            (r, std::fs::File::from(w))
+        };
+        let (mut sink, output) = {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            (std::fs::File::from(r), w)
+        };
+        let (stop_rx, stop_tx) = rustix::pipe::pipe().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn({
+            let data = data.clone();
+            move || {
+                source.write_all(&data).unwrap();
+            }
+        });
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            sink.read_to_end(&mut out).unwrap();
+            out
+        });
+        let moved = splice_all(&input, &output, &stop_rx).unwrap();
+        writer.join().unwrap();
+        drop(output);
+        assert_eq!(moved, data.len() as u64);
+        assert_eq!(reader.join().unwrap(), data);
+
+        // A producer that never writes nor closes: dropping the stop pipe releases the thread.
+        let (idle_input, _idle_writer) = rustix::pipe::pipe().unwrap();
+        let (_r, idle_output) = rustix::pipe::pipe().unwrap();
+        let (stop_rx2, stop_tx2) = rustix::pipe::pipe().unwrap();
+        let stuck = std::thread::spawn(move || splice_all(&idle_input, &idle_output, &stop_rx2));
+        drop(stop_tx2);
+        let outcome = stuck.join().unwrap();
+        assert_eq!(outcome.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        drop(stop_tx);
     }
 }
