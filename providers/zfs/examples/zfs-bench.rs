@@ -16,7 +16,7 @@ const MIB: u64 = 1 << 20;
 fn main() -> ExitCode {
     let Some(image) = image_dir() else { return ExitCode::FAILURE };
     let iterations: u32 = std::env::var("ZFS_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
-    let rounds: u32 = std::env::var("ZFS_BENCH_STREAM_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let rounds: u32 = std::env::var("ZFS_BENCH_STREAM_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let n = Node::boot(&image, "zfs-bench", &[4096 * MIB], &[], "be0cbe0c-0000-4000-8000-00000000be0c", "cerana.zfs_config=auto");
     n.ok("zfs-create", json!({ "name": "data/source" }));
     n.ok("zfs-test-write", json!({ "dataset": "data/source", "file": "blob", "bytes": 256 * MIB, "seed": 5 }));
