@@ -122,8 +122,9 @@ impl ModuleIndex {
 }
 
 /// Hands a module to the kernel.
-pub trait ModuleLoader {
-    fn load(&mut self, path: &Path) -> Result<(), ModuleError>;
+/// Loads one module file; called from several threads at once.
+pub trait ModuleLoader: Sync {
+    fn load(&self, path: &Path) -> Result<(), ModuleError>;
 }
 
 /// The real loader: `finit_module` for `.ko`, `init_module` on the decompressed image for
@@ -132,7 +133,7 @@ pub trait ModuleLoader {
 pub struct KernelLoader;
 
 impl ModuleLoader for KernelLoader {
-    fn load(&mut self, path: &Path) -> Result<(), ModuleError> {
+    fn load(&self, path: &Path) -> Result<(), ModuleError> {
         let params = c"";
         let result = if path.extension().is_some_and(|e| e == "ko") {
             let file = File::open(path).map_err(|source| ModuleError::Read {
@@ -188,11 +189,41 @@ pub struct LoadReport {
     pub failed: Vec<(ModuleName, String)>,
 }
 
-/// Loads `wanted` and their dependencies from `dir`, reporting each outcome on `out`.
+/// Threads loading modules at once: independent modules (the virtio chain, ahci waiting for
+/// its SATA links, the storage CRCs) then overlap instead of queueing behind each other.
+const MAX_LOADERS: usize = 4;
+
+/// Loads `wanted` and their dependencies from `dir`, reporting each outcome on `out`. A module
+/// is loaded only after its dependencies loaded; independent ones load in parallel.
 pub fn load_modules(
     dir: &Path,
     wanted: &[ModuleName],
-    loader: &mut dyn ModuleLoader,
+    loader: &dyn ModuleLoader,
+    out: &mut Output,
+) -> LoadReport {
+    let loaders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_LOADERS);
+    load_modules_with(dir, wanted, loader, loaders, out)
+}
+
+/// The loading state the loader threads share.
+struct Progress {
+    /// Modules not started yet, dependencies first.
+    pending: Vec<ModuleName>,
+    /// Finished modules in the order they finished: `Err` holds why one failed.
+    finished: Vec<(ModuleName, Result<(), String>)>,
+}
+
+impl Progress {
+    fn outcome(&self, m: &ModuleName) -> Option<&Result<(), String>> {
+        self.finished.iter().find(|(f, _)| f == m).map(|(_, r)| r)
+    }
+}
+
+fn load_modules_with(
+    dir: &Path,
+    wanted: &[ModuleName],
+    loader: &dyn ModuleLoader,
+    loaders: usize,
     out: &mut Output,
 ) -> LoadReport {
     let mut report = LoadReport::default();
@@ -218,28 +249,52 @@ pub fn load_modules(
     for m in unknown {
         fail(&mut report, &m, ModuleError::NotFound.to_string(), out);
     }
-    for m in order {
-        if let Some((dep, _)) = index
-            .deps_of(&m)
-            .iter()
-            .find_map(|d| report.failed.iter().find(|(f, _)| f == d))
-        {
-            let error = ModuleError::Dependency(dep.to_string()).to_string();
-            fail(&mut report, &m, error, out);
-            continue;
-        }
-        let Some(rel) = index.path_of(&m) else {
-            continue;
+    let order: Vec<ModuleName> = order.into_iter().filter(|m| index.path_of(m).is_some()).collect();
+    let progress = std::sync::Mutex::new(Progress { pending: order, finished: Vec::new() });
+    let changed = std::sync::Condvar::new();
+    let work = || loop {
+        let mut state = progress.lock().expect("module progress lock");
+        // The first pending module whose dependencies are all finished; `order` is
+        // topological, so while nothing is in flight the first pending one qualifies.
+        let next = loop {
+            if state.pending.is_empty() {
+                return;
+            }
+            let ready = state.pending.iter().position(|m| index.deps_of(m).iter().all(|d| state.outcome(d).is_some()));
+            match ready {
+                Some(i) => break state.pending.remove(i),
+                None => state = changed.wait(state).expect("module progress lock"),
+            }
         };
-        match loader.load(&dir.join(rel)) {
+        let failed_dep = index.deps_of(&next).iter().find(|d| matches!(state.outcome(d), Some(Err(_)))).cloned();
+        let outcome = match failed_dep {
+            Some(dep) => Err(ModuleError::Dependency(dep.to_string()).to_string()),
+            None => {
+                drop(state);
+                let path = dir.join(index.path_of(&next).unwrap_or_default());
+                let outcome = loader.load(&path).map_err(|e| e.to_string());
+                state = progress.lock().expect("module progress lock");
+                outcome
+            }
+        };
+        state.finished.push((next, outcome));
+        changed.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..loaders {
+            scope.spawn(work);
+        }
+        work();
+    });
+    let finished = progress.into_inner().expect("module progress lock").finished;
+    for (m, outcome) in finished {
+        match outcome {
             Ok(()) => {
                 out.debug(&format!("module {m} loaded"));
-                out.event(LifecycleEvent::ModuleLoaded {
-                    module: m.to_string(),
-                });
+                out.event(LifecycleEvent::ModuleLoaded { module: m.to_string() });
                 report.loaded.push(m);
             }
-            Err(e) => fail(&mut report, &m, e.to_string(), out),
+            Err(error) => fail(&mut report, &m, error, out),
         }
     }
     report
@@ -307,14 +362,34 @@ garbage line without colon
         assert_eq!(names(&unknown), ["nope"]);
     }
 
+    /// Records each load's start and end; loads overlap when several threads run.
     #[derive(Default)]
     struct Recorder {
-        calls: Vec<String>,
+        calls: std::sync::Mutex<Vec<String>>,
+        running: std::sync::atomic::AtomicUsize,
+        most_at_once: std::sync::atomic::AtomicUsize,
+    }
+    impl Recorder {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        /// Index of `what` in the record, which must be there.
+        fn at(&self, what: &str) -> usize {
+            let calls = self.calls();
+            calls.iter().position(|c| c == what).unwrap_or_else(|| panic!("{what} not in {calls:?}"))
+        }
     }
     impl ModuleLoader for Recorder {
-        fn load(&mut self, path: &Path) -> Result<(), ModuleError> {
+        fn load(&self, path: &Path) -> Result<(), ModuleError> {
+            use std::sync::atomic::Ordering::SeqCst;
             let file = path.file_name().unwrap().to_string_lossy().to_string();
-            self.calls.push(file.clone());
+            self.calls.lock().unwrap().push(format!("start {file}"));
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most_at_once.fetch_max(now, SeqCst);
+            // Long enough for another thread to start a load meanwhile, if one may.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.running.fetch_sub(1, SeqCst);
+            self.calls.lock().unwrap().push(format!("end {file}"));
             if file.starts_with("zcommon") {
                 return Err(ModuleError::Kernel {
                     path: path.into(),
@@ -339,23 +414,17 @@ garbage line without colon
         std::fs::write(dir.path().join("modules.dep"), DEP).unwrap();
         let events = dir.path().join("events");
         let mut out = quiet_output(&events);
-        let mut rec = Recorder::default();
-        let report = load_modules(dir.path(), &[n("zfs"), n("virtio_net")], &mut rec, &mut out);
-        assert_eq!(
-            rec.calls,
-            [
-                "spl.ko.xz",
-                "zcommon.ko.xz",
-                "zunicode.ko.xz",
-                "failover.ko",
-                "net_failover.ko",
-                "virtio_net.ko"
-            ]
-        );
-        assert_eq!(
-            names(&report.loaded),
-            ["spl", "zunicode", "failover", "net_failover", "virtio_net"]
-        );
+        let rec = Recorder::default();
+        let report = load_modules_with(dir.path(), &[n("zfs"), n("virtio_net")], &rec, 2, &mut out);
+        let started: BTreeSet<String> = rec.calls().iter().filter_map(|c| c.strip_prefix("start ").map(str::to_owned)).collect();
+        let expected = ["spl.ko.xz", "zcommon.ko.xz", "zunicode.ko.xz", "failover.ko", "net_failover.ko", "virtio_net.ko"];
+        assert_eq!(started, expected.iter().map(|s| s.to_string()).collect(), "zfs itself is never tried");
+        for (dep, module) in [("spl.ko.xz", "zcommon.ko.xz"), ("spl.ko.xz", "zunicode.ko.xz"), ("failover.ko", "net_failover.ko"), ("net_failover.ko", "virtio_net.ko")] {
+            assert!(rec.at(&format!("end {dep}")) < rec.at(&format!("start {module}")), "{module} before {dep}: {:?}", rec.calls());
+        }
+        assert_eq!(rec.most_at_once.load(std::sync::atomic::Ordering::SeqCst), 2, "independent chains overlap");
+        let loaded: BTreeSet<&str> = report.loaded.iter().map(ModuleName::as_str).collect();
+        assert_eq!(loaded, BTreeSet::from(["spl", "zunicode", "failover", "net_failover", "virtio_net"]));
         let failed: Vec<(&str, &str)> = report
             .failed
             .iter()
@@ -378,7 +447,7 @@ garbage line without colon
         let report = load_modules(
             &dir.path().join("absent"),
             &[n("zfs")],
-            &mut Recorder::default(),
+            &Recorder::default(),
             &mut out,
         );
         assert!(report.failed[0].1.contains("modules.dep"));

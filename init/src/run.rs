@@ -227,7 +227,7 @@ fn load_kernel_modules(settings: &Settings, opts: &Options, mode: Mode, out: &mu
     if wanted.is_empty() {
         return;
     }
-    let report = modules::load_modules(&dir, &wanted, &mut KernelLoader, out);
+    let report = modules::load_modules(&dir, &wanted, &KernelLoader, out);
     out.info(&format!(
         "modules: {} loaded, {} failed",
         report.loaded.len(),
