@@ -142,7 +142,9 @@ fn pipe_provider() -> Provider {
 async fn setup() -> (TestDir, std::path::PathBuf, cerana_coordinator::Coordinator, cerana_client::UnixClient) {
     let dir = TestDir::new();
     let socket = dir.socket("c");
-    let coordinator = start(config(&socket)).await;
+    let mut cfg = config(&socket);
+    cfg.listen = Some("127.0.0.1:0".parse().unwrap());
+    let coordinator = start(cfg).await;
     let _provider = spawn_provider(pipe_provider(), &socket);
     let client = client(&socket).await;
     wait_for_provider(&client, "piper", 1).await;
@@ -231,4 +233,22 @@ async fn a_pipe_reader_of_a_chunk_stream_tells_complete_from_truncated() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_pipe_stream_read_over_http_aborts_unless_its_producer_succeeded() {
+    use http_body_util::BodyExt;
+    let (_dir, _socket, coordinator, client) = setup().await;
+    let url = cerana_protocol::NodeUrl::new(format!("http://{}", coordinator.http_addr().unwrap())).unwrap();
+    let http = cerana_client::HttpClient::new(url, None, None).unwrap();
+
+    let (sent, handle) = source(&client, 3 << 20, false).await;
+    let body = http.stream_get(handle.id).await.unwrap().collect().await.unwrap().to_bytes();
+    let mut hasher = StreamHasher::default();
+    hasher.update(&body);
+    assert_eq!(summary(&hasher, true), sent);
+
+    let (_, handle) = source(&client, 1 << 20, true).await;
+    let body = http.stream_get(handle.id).await.unwrap().collect().await;
+    assert!(body.is_err(), "a stream whose producer failed must not read as complete");
 }
