@@ -320,6 +320,12 @@ impl Cluster {
         }
     }
 
+    /// Sends a whole task request (`{task, args, node?, stream?}`) to the coordinator at `ip`
+    /// and returns the whole response (`result` or `error`, and `stream`).
+    pub fn request(&self, ip: &str, request: &serde_json::Value) -> Result<serde_json::Value, ClusterError> {
+        http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(&self.token), Some(&request.to_string()))
+    }
+
     /// How to reach the nodes, for people.
     pub fn usage(&self) -> String {
         let l = &self.layout;

@@ -108,7 +108,33 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
         assert_pool_on_data_disk(&cluster, ip, node);
     }
     assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
+    let ips: Vec<String> = [2, 3].iter().map(|n| cluster.leased_ip(*n).unwrap()).collect();
+    replicate_across_nodes(&cluster, &cluster.layout.bootstrap_ip(), &ips[0], &ips[1]);
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// A dataset snapshotted on `source` is sent there by a task forwarded from `via`, and
+/// received on `target`, whose coordinator pulls the stream from `source`'s.
+fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &str) {
+    use serde_json::json;
+    let node = |ip: &str| format!("http://{ip}:8080");
+    let on = |ip: &str, task: &str, args: serde_json::Value| {
+        let response = cluster.request(via, &json!({ "task": task, "args": args, "node": node(ip) })).unwrap();
+        assert!(response.get("result").is_some(), "{task} on {ip}: {response}");
+        response
+    };
+    on(source, "zfs-create", json!({ "name": "data/replicated", "properties": { "compression": "lz4" } }));
+    on(source, "zfs-snapshot", json!({ "name": "data/replicated", "snapname": "s" }));
+    let sent = on(source, "zfs-send", json!({ "name": "data/replicated@s" }));
+    let stream = sent["stream"].clone();
+    assert_eq!(stream["node"], node(source), "the stream names the node it lives on: {sent}");
+    let received = cluster.request(target, &json!({ "task": "zfs-receive", "args": { "name": "data/replicated" }, "stream": stream })).unwrap();
+    let bytes = received["result"]["bytes"].as_u64().unwrap_or_else(|| panic!("zfs-receive on {target}: {received}"));
+    assert!(bytes > 0, "{received}");
+    let copy = on(target, "zfs-list", json!({ "name": "data/replicated", "types": ["snapshot"] }));
+    let names: Vec<&str> = copy["result"]["datasets"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["data/replicated@s"], "{copy}");
+    eprintln!("replicated data/replicated@s from {source} to {target}: {bytes} stream bytes");
 }
 
 /// Self-replication: node 2 boots from node 1, keeps its image, takes DHCP over (with node 1's
