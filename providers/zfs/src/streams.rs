@@ -182,9 +182,10 @@ pub fn verdict(outcome: &Result<(), ZfsError>) -> Result<(), TaskError> {
 /// Bytes one splice may move: the pipe's size.
 const SPLICE_BYTES: usize = PIPE_BYTES as usize;
 
-/// Moves everything from `input` to `output` inside the kernel and counts it. Returns early,
-/// with an error, when `stop` becomes readable or hangs up (its other end was dropped).
-fn splice_all(input: &OwnedFd, output: &OwnedFd, stop: &OwnedFd) -> std::io::Result<u64> {
+/// Moves everything from `input` to `output` inside the kernel and counts it: the bytes moved,
+/// and how it ended. Input that is ready (data or its end) is moved before `stop` is looked at;
+/// only an idle input stops when `stop` becomes readable or hangs up (its writer was dropped).
+fn splice_all(input: &OwnedFd, output: &OwnedFd, stop: &OwnedFd) -> (u64, std::io::Result<()>) {
     use rustix::event::{poll, PollFd, PollFlags};
     use rustix::pipe::{splice, SpliceFlags};
     let mut total = 0u64;
@@ -193,16 +194,19 @@ fn splice_all(input: &OwnedFd, output: &OwnedFd, stop: &OwnedFd) -> std::io::Res
         match poll(&mut fds, None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return (total, Err(e.into())),
         }
-        if !fds[1].revents().is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped"));
+        if fds[0].revents().is_empty() {
+            if !fds[1].revents().is_empty() {
+                return (total, Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped")));
+            }
+            continue;
         }
         match splice(input, None, output, None, SPLICE_BYTES, SpliceFlags::MOVE) {
-            Ok(0) => return Ok(total),
+            Ok(0) => return (total, Ok(())),
             Ok(n) => total += n as u64,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return (total, Err(e.into())),
         }
     }
 }
@@ -223,13 +227,14 @@ pub async fn receive_from_pipe(args: &[String], input: OwnedFd, verdict: PipeVer
     let status = child.wait().await.map_err(spawn_failed);
     drop(stop_tx);
     let status = status?;
-    let copied = spliced.await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    // Bytes moved before the splice ended, however it ended (zfs receive may exit right after
+    // the stream's last record).
+    let total = spliced.await.map_or(0, |(moved, _)| moved);
     let stderr = errors.await.unwrap_or_default();
     let heard = match tokio::time::timeout(VERDICT_WAIT, verdict.wait()).await {
         Ok(heard) => heard,
         Err(_) => Err(cerana_protocol::stream::StreamError::PeerVanished),
     };
-    let total = copied.as_ref().map_or(0, |n| *n);
     if status.success() {
         return match heard {
             Ok(()) => Ok(total),
@@ -284,7 +289,8 @@ mod tests {
             sink.read_to_end(&mut out).unwrap();
             out
         });
-        let moved = splice_all(&input, &output, &stop_rx).unwrap();
+        let (moved, ended) = splice_all(&input, &output, &stop_rx);
+        ended.unwrap();
         writer.join().unwrap();
         drop(output);
         assert_eq!(moved, data.len() as u64);
@@ -296,8 +302,28 @@ mod tests {
         let (stop_rx2, stop_tx2) = rustix::pipe::pipe().unwrap();
         let stuck = std::thread::spawn(move || splice_all(&idle_input, &idle_output, &stop_rx2));
         drop(stop_tx2);
-        let outcome = stuck.join().unwrap();
-        assert_eq!(outcome.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        let (moved, outcome) = stuck.join().unwrap();
+        assert_eq!((moved, outcome.unwrap_err().kind()), (0, std::io::ErrorKind::Interrupted));
         drop(stop_tx);
+    }
+
+    #[test]
+    fn input_already_there_is_moved_even_when_stop_came_first() {
+        // zfs receive exited (so the stop pipe hung up) before the splicer saw the stream's end.
+        let (input, writer) = rustix::pipe::pipe().unwrap();
+        let (mut sink, output) = {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            (std::fs::File::from(r), w)
+        };
+        let (stop_rx, stop_tx) = rustix::pipe::pipe().unwrap();
+        std::fs::File::from(writer).write_all(&[7u8; 10_000]).unwrap();
+        drop(stop_tx);
+        let (moved, ended) = splice_all(&input, &output, &stop_rx);
+        assert_eq!(moved, 10_000);
+        ended.unwrap();
+        drop(output);
+        let mut out = Vec::new();
+        sink.read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 10_000);
     }
 }
