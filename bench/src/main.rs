@@ -45,7 +45,11 @@ async fn bounded(op: impl std::future::Future<Output = Result<()>>) -> Result<()
 async fn measure<F, Fut>(concurrency: usize, make: F) -> Result<Figures>
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send>>>,
+    Fut: std::future::Future<
+        Output = Result<
+            Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send>,
+        >,
+    >,
 {
     let mut workers = Vec::new();
     for i in 0..concurrency {
@@ -149,7 +153,11 @@ async fn wait_for_socket(path: &Path) -> Result<()> {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
@@ -159,7 +167,8 @@ async fn task_api() -> Result<()> {
     let coord_socket = dir.path().join("coordinator.sock");
     let me = std::env::current_exe()?;
     let _floor = spawn(&me, &["echo-server", floor_socket.to_str().context("path")?])?;
-    let coordinator = spawn(&sibling("cerana-coordinator")?, &["--socket", coord_socket.to_str().context("path")?, "--no-http"])?;
+    let coordinator =
+        spawn(&sibling("cerana-coordinator")?, &["--socket", coord_socket.to_str().context("path")?, "--no-http"])?;
     wait_for_socket(&floor_socket).await?;
     wait_for_socket(&coord_socket).await?;
     let _provider = spawn(&sibling("cerana-node-info")?, &["--coordinator", coord_socket.to_str().context("path")?])?;
@@ -171,7 +180,11 @@ async fn task_api() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let frame = echo_request_frame()?;
-    println!("task-api: no-op task (node-echo, {} B request frame) on {} cores", frame.len(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "task-api: no-op task (node-echo, {} B request frame) on {} cores",
+        frame.len(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!("{:<34} {:>5} {:>10} {:>9} {:>9}", "path", "conc", "tasks/s", "p50 µs", "p99 µs");
     let mut results = Vec::new();
     let levels: Vec<usize> = std::env::var("CERANA_BENCH_CONCURRENCY")
@@ -186,20 +199,21 @@ async fn task_api() -> Result<()> {
                 let stream = UnixStream::connect(&socket).await?;
                 let (read, write) = stream.into_split();
                 let state = std::sync::Arc::new(tokio::sync::Mutex::new((BufReader::new(read), write, Vec::new())));
-                let op: Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send> =
-                    Box::new(move || {
-                        let state = state.clone();
-                        let frame = frame.clone();
-                        Box::pin(async move {
-                            let mut guard = state.lock().await;
-                            let (read, write, buf) = &mut *guard;
-                            write.write_all(&frame).await?;
-                            if !read_frame(read, buf, MAX_FRAME_LEN).await? {
-                                bail!("floor server closed");
-                            }
-                            Ok(())
-                        })
-                    });
+                let op: Box<
+                    dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send,
+                > = Box::new(move || {
+                    let state = state.clone();
+                    let frame = frame.clone();
+                    Box::pin(async move {
+                        let mut guard = state.lock().await;
+                        let (read, write, buf) = &mut *guard;
+                        write.write_all(&frame).await?;
+                        if !read_frame(read, buf, MAX_FRAME_LEN).await? {
+                            bail!("floor server closed");
+                        }
+                        Ok(())
+                    })
+                });
                 Ok(op)
             }
         })
@@ -208,14 +222,15 @@ async fn task_api() -> Result<()> {
             let socket = coord_socket.clone();
             async move {
                 let client = UnixClient::connect(&socket, "bench").await?;
-                let op: Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send> =
-                    Box::new(move || {
-                        let client = client.clone();
-                        Box::pin(async move {
-                            client.run::<NodeEcho>(&EchoArgs { data: PAYLOAD.into() }).await?;
-                            Ok(())
-                        })
-                    });
+                let op: Box<
+                    dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send,
+                > = Box::new(move || {
+                    let client = client.clone();
+                    Box::pin(async move {
+                        client.run::<NodeEcho>(&EchoArgs { data: PAYLOAD.into() }).await?;
+                        Ok(())
+                    })
+                });
                 Ok(op)
             }
         })

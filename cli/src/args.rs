@@ -84,8 +84,8 @@ mod tests {
 
     #[test]
     fn key_values_are_typed_and_nested() {
-        let args = build(None, &words(&["name=data/x", "size=10", "ro=true", "props.compression=lz4", r#"s="10""#]))
-            .unwrap();
+        let args =
+            build(None, &words(&["name=data/x", "size=10", "ro=true", "props.compression=lz4", r#"s="10""#])).unwrap();
         assert_eq!(args, json!({"name": "data/x", "size": 10, "ro": true, "props": {"compression": "lz4"}, "s": "10"}));
     }
 
@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn a_word_may_be_a_whole_json_object() {
-        let args = build(None, &words(&[r#"{"id": "web", "cmd": ["/bin/sh", "-c", "a=b"]}"#, "limits.memory=8"])).unwrap();
+        let args =
+            build(None, &words(&[r#"{"id": "web", "cmd": ["/bin/sh", "-c", "a=b"]}"#, "limits.memory=8"])).unwrap();
         assert_eq!(args, json!({"id": "web", "cmd": ["/bin/sh", "-c", "a=b"], "limits": {"memory": 8}}));
         assert!(matches!(build(None, &words(&["{oops"])), Err(ArgsError::BadJsonWord { .. })));
     }

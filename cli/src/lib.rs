@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use cerana_client::{open_stream, Client, ClientError, HttpClient, UnixClient};
 use cerana_protocol::error::ErrorClass;
 use cerana_protocol::stream::{ChunkReader, ChunkWriter};
-use cerana_protocol::{NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName};
+use cerana_protocol::{
+    NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -235,9 +237,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     for task in tasks.iter_mut() {
                         let providers: Vec<String> = task["providers"]
                             .as_array()
-                            .map(|ps| ps.iter().map(|p| format!("{}({})", p["provider"].as_str().unwrap_or("?"), p["priority"])).collect())
+                            .map(|ps| {
+                                ps.iter()
+                                    .map(|p| format!("{}({})", p["provider"].as_str().unwrap_or("?"), p["priority"]))
+                                    .collect()
+                            })
                             .unwrap_or_default();
-                        let served = if task["builtin"] == true { "coordinator".to_owned() } else if providers.is_empty() { "-".to_owned() } else { providers.join(",") };
+                        let served = if task["builtin"] == true {
+                            "coordinator".to_owned()
+                        } else if providers.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            providers.join(",")
+                        };
                         *task = serde_json::json!({"task": task["task"], "served_by": served, "description": task["description"]});
                     }
                 }
@@ -254,7 +266,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 args["state"] = serde_json::json!(state);
             }
             let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
-            let response = client.call(Request::new(TaskName::new("coordinator-history").expect("valid"), raw)).await.map_err(Failure::client)?;
+            let response = client
+                .call(Request::new(TaskName::new("coordinator-history").expect("valid"), raw))
+                .await
+                .map_err(Failure::client)?;
             let mut value = result_value(&response)?;
             if cli.output == Output::Table {
                 if let Some(entries) = value.get_mut("entries").and_then(|e| e.as_array_mut()) {
@@ -275,7 +290,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             builtin(&cli, &client, "coordinator-task-get", serde_json::json!({ "id": id })).await
         }
         Command::Task(TaskCommand::Run { task, args, json, stream_in, stream_out, on, timeout, no_wait }) => {
-            let json_text = json.as_deref().map(read_input).transpose().map_err(|e| Failure::usage(format!("{e:#}")))?;
+            let json_text =
+                json.as_deref().map(read_input).transpose().map_err(|e| Failure::usage(format!("{e:#}")))?;
             let value = args::build(json_text.as_deref(), args).map_err(|e| Failure::usage(e.to_string()))?;
             let raw = serde_json::value::to_raw_value(&value).map_err(|e| Failure::other(e.into()))?;
             let mut request = Request::new(task.clone(), raw);
@@ -349,7 +365,12 @@ async fn feed_stream(socket: PathBuf, http: Option<HttpClient>, id: StreamId, so
     Ok(())
 }
 
-async fn drain_stream(socket: &std::path::Path, http: Option<HttpClient>, handle: StreamHandle, target: &str) -> anyhow::Result<()> {
+async fn drain_stream(
+    socket: &std::path::Path,
+    http: Option<HttpClient>,
+    handle: StreamHandle,
+    target: &str,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if target == "-" {
         Box::new(tokio::io::stdout())

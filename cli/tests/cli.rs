@@ -61,7 +61,11 @@ async fn runs_tasks_and_shows_history() {
     let run = cerana(&socket, &["task", "run", "node-info"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    assert!(run.stdout.contains(&format!("hostname {}", hostname.trim())) || run.stdout.contains(hostname.trim()), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("hostname {}", hostname.trim())) || run.stdout.contains(hostname.trim()),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("memory.total_bytes"), "{}", run.stdout);
 
     let run = cerana(&socket, &["task", "run", "node-echo", "data=hello", "-o", "json"]).await;
@@ -112,15 +116,39 @@ async fn talks_to_a_remote_node_with_a_token() {
 
     let run = cerana(&socket, &["--node", &url, "task", "run", "node-info", "-o", "json"]).await;
     assert_eq!(run.code, 8, "no token: {}", run.stderr);
-    let run = cerana(&socket, &["--node", &url, "--token-file", token_file.to_str().unwrap(), "task", "run", "node-info", "-o", "json"]).await;
+    let run = cerana(
+        &socket,
+        &["--node", &url, "--token-file", token_file.to_str().unwrap(), "task", "run", "node-info", "-o", "json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert!(value["cpu"]["count"].as_u64().unwrap() >= 1);
 
-    let run = cerana(&socket, &["--node", &url, "--token-file", token_file.to_str().unwrap(), "task", "run", "node-echo", "data=later", "--no-wait", "-o", "json"]).await;
+    let run = cerana(
+        &socket,
+        &[
+            "--node",
+            &url,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "task",
+            "run",
+            "node-echo",
+            "data=later",
+            "--no-wait",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let id = serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["id"].as_str().unwrap().to_owned();
-    let run = cerana(&socket, &["--node", &url, "--token-file", token_file.to_str().unwrap(), "task", "get", &id, "-o", "json"]).await;
+    let run = cerana(
+        &socket,
+        &["--node", &url, "--token-file", token_file.to_str().unwrap(), "task", "get", &id, "-o", "json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let entry: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(entry["result"]["data"], "later");

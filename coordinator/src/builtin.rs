@@ -18,8 +18,7 @@ pub fn is_builtin(task: &str) -> bool {
 }
 
 fn args<T: DeserializeOwned>(task: &TaskName, raw: &str) -> Result<T, TaskError> {
-    serde_json::from_str(raw)
-        .map_err(|e| TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {task}: {e}")))
+    serde_json::from_str(raw).map_err(|e| TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {task}: {e}")))
 }
 
 pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawValue>, TaskError> {
@@ -89,7 +88,12 @@ fn task_listing(core: &Core) -> Vec<TaskListing> {
     for (task, providers) in core.registry.read().expect("registry lock").served_tasks() {
         listing
             .entry(task.to_string())
-            .or_insert_with(|| TaskListing { task: task.clone(), description: String::new(), providers: Vec::new(), builtin: false })
+            .or_insert_with(|| TaskListing {
+                task: task.clone(),
+                description: String::new(),
+                providers: Vec::new(),
+                builtin: false,
+            })
             .providers = providers;
     }
     listing.into_values().collect()

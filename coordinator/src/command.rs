@@ -1,7 +1,7 @@
 //! The `cerana-coordinator` command line: the node's task router. See `coordinator/README.md`.
 
-use anyhow::Context;
 use crate::{Config, Coordinator, TlsFiles};
+use anyhow::Context;
 use cerana_protocol::NodeUrl;
 use clap::Parser;
 use std::net::SocketAddr;

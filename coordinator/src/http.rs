@@ -81,7 +81,12 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: AxumRequest, next: Next) -> AxumResponse {
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: AxumRequest,
+    next: Next,
+) -> AxumResponse {
     if let Some(expected) = &state.core.config.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -90,7 +95,12 @@ async fn require_token(State(state): State<AppState>, headers: HeaderMap, reques
             .map(str::trim);
         match given {
             Some(token) if token_matches(token.as_bytes(), expected.as_bytes()) => {}
-            Some(_) => return api_error(StatusCode::UNAUTHORIZED, TaskError::new(ErrorCode::Unauthenticated, "wrong bearer token")),
+            Some(_) => {
+                return api_error(
+                    StatusCode::UNAUTHORIZED,
+                    TaskError::new(ErrorCode::Unauthenticated, "wrong bearer token"),
+                )
+            }
             None => {
                 return api_error(
                     StatusCode::UNAUTHORIZED,
@@ -138,12 +148,17 @@ async fn post_task(
 ) -> AxumResponse {
     let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => return api_error(StatusCode::PAYLOAD_TOO_LARGE, TaskError::new(ErrorCode::FrameTooLarge, e.to_string())),
+        Err(e) => {
+            return api_error(StatusCode::PAYLOAD_TOO_LARGE, TaskError::new(ErrorCode::FrameTooLarge, e.to_string()))
+        }
     };
     let parsed: HttpTaskRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("malformed request: {e}")))
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                TaskError::new(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
+            )
         }
     };
     let request = Request {
@@ -166,7 +181,9 @@ async fn post_task(
     state.core.submit(request, caller, ReplySink::Waiter(tx));
     match rx.await {
         Ok(response) => task_response(response),
-        Err(_) => api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, "the request was dropped")),
+        Err(_) => {
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, "the request was dropped"))
+        }
     }
 }
 
@@ -194,12 +211,18 @@ async fn list_tasks(State(state): State<AppState>, Query(q): Query<HistoryQuery>
 
 async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> AxumResponse {
     let Ok(id) = id.parse::<RequestId>() else {
-        return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a task id")));
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a task id")),
+        );
     };
     let journal = state.core.journal.lock().expect("journal lock");
     match journal.find(id) {
         Some(entry) => Json(entry.clone()).into_response(),
-        None => api_error(StatusCode::NOT_FOUND, TaskError::new(ErrorCode::NotFound, format!("no task {id} in the journal"))),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            TaskError::new(ErrorCode::NotFound, format!("no task {id} in the journal")),
+        ),
     }
 }
 
@@ -226,7 +249,10 @@ async fn catalog(State(state): State<AppState>) -> AxumResponse {
 
 fn parse_stream_id(id: &str) -> Result<StreamId, AxumResponse> {
     id.parse::<StreamId>().map_err(|_| {
-        api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a stream id")))
+        api_error(
+            StatusCode::BAD_REQUEST,
+            TaskError::new(ErrorCode::InvalidRequest, format!("{id:?} is not a stream id")),
+        )
     })
 }
 
@@ -248,11 +274,17 @@ async fn stream_put(State(state): State<AppState>, Path(id): Path<String>, body:
             Ok(bytes) if bytes.is_empty() => {}
             Ok(bytes) => {
                 if tx.send(Piece::Data(bytes)).await.is_err() {
-                    return api_error(StatusCode::BAD_GATEWAY, TaskError::new(ErrorCode::StreamError, "the stream's reader went away"));
+                    return api_error(
+                        StatusCode::BAD_GATEWAY,
+                        TaskError::new(ErrorCode::StreamError, "the stream's reader went away"),
+                    );
                 }
             }
             Err(e) => {
-                return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::StreamError, format!("upload broke off: {e}")))
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    TaskError::new(ErrorCode::StreamError, format!("upload broke off: {e}")),
+                )
             }
         }
     }

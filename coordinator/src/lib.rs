@@ -59,9 +59,9 @@ impl Coordinator {
         };
         let unix_listener = unix::bind(&config.socket).await?;
         let tcp = match config.listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?,
-            ),
+            Some(addr) => {
+                Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?)
+            }
             None => None,
         };
         let http_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());

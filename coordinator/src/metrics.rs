@@ -69,7 +69,11 @@ impl TaskCounters {
         for ((task, outcome), tally) in &tallies {
             out.sample("cerana_coordinator_tasks_total", &[("task", task), ("outcome", outcome)], tally.count as f64);
         }
-        out.family("cerana_coordinator_task_seconds_total", Kind::Counter, "Seconds from acceptance to outcome, summed");
+        out.family(
+            "cerana_coordinator_task_seconds_total",
+            Kind::Counter,
+            "Seconds from acceptance to outcome, summed",
+        );
         for ((task, outcome), tally) in &tallies {
             out.sample("cerana_coordinator_task_seconds_total", &[("task", task), ("outcome", outcome)], tally.seconds);
         }
@@ -91,7 +95,12 @@ pub async fn render(core: &Arc<Core>) -> String {
         tracing::debug!("/metrics without the node's metrics: {e}");
     }
     let up = if node.is_ok() { 1.0 } else { 0.0 };
-    out.single("cerana_metrics_provider_up", Kind::Gauge, "1 when the metrics provider answered metrics-prometheus", up);
+    out.single(
+        "cerana_metrics_provider_up",
+        Kind::Gauge,
+        "1 when the metrics provider answered metrics-prometheus",
+        up,
+    );
     if let Ok(text) = node {
         out.append(&text);
     }
@@ -104,17 +113,28 @@ fn render_coordinator(core: &Arc<Core>, out: &mut Exposition) {
         &[("name", &core.config.name), ("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
-    out.single("cerana_coordinator_uptime_seconds", Kind::Gauge, "Seconds since the coordinator started", core.started.elapsed().as_secs_f64());
+    out.single(
+        "cerana_coordinator_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the coordinator started",
+        core.started.elapsed().as_secs_f64(),
+    );
     out.single("cerana_coordinator_in_flight", Kind::Gauge, "Tasks accepted and not finished", core.in_flight() as f64);
     let journal = core.journal.lock().expect("journal lock").len();
     out.single("cerana_coordinator_journal_entries", Kind::Gauge, "Tasks kept in the journal", journal as f64);
-    out.single("cerana_coordinator_streams_waiting", Kind::Gauge, "Streams waiting for their second end", core.streams.waiting() as f64);
+    out.single(
+        "cerana_coordinator_streams_waiting",
+        Kind::Gauge,
+        "Streams waiting for their second end",
+        core.streams.waiting() as f64,
+    );
     core.task_counters.render(out);
 }
 
 fn render_providers(core: &Arc<Core>, out: &mut Exposition) {
     let counts = core.in_flight_by_provider();
-    let providers = core.registry.read().expect("registry lock").providers(|conn| counts.get(&conn).copied().unwrap_or(0));
+    let providers =
+        core.registry.read().expect("registry lock").providers(|conn| counts.get(&conn).copied().unwrap_or(0));
     // One provider may be registered more than once (a reconnect racing the old connection).
     let mut by_name: BTreeMap<String, (u32, u32, Option<u32>)> = BTreeMap::new();
     for p in &providers {
@@ -142,7 +162,11 @@ fn render_providers(core: &Arc<Core>, out: &mut Exposition) {
     let (ticks, page) = (ticks_per_second(), page_size());
     out.family("cerana_provider_resident_memory_bytes", Kind::Gauge, "Resident memory of each provider's process");
     for (name, pid, stat) in &stats {
-        out.sample("cerana_provider_resident_memory_bytes", &[("provider", name), ("pid", pid)], (stat.rss_pages * page) as f64);
+        out.sample(
+            "cerana_provider_resident_memory_bytes",
+            &[("provider", name), ("pid", pid)],
+            (stat.rss_pages * page) as f64,
+        );
     }
     out.family("cerana_provider_cpu_seconds_total", Kind::Counter, "CPU seconds of each provider's process");
     for (name, pid, stat) in &stats {
@@ -154,13 +178,24 @@ fn render_providers(core: &Arc<Core>, out: &mut Exposition) {
 fn render_process(out: &mut Exposition) {
     let Some(stat) = process_stat("self") else { return };
     let ticks = ticks_per_second();
-    out.single("process_resident_memory_bytes", Kind::Gauge, "Resident memory size in bytes", (stat.rss_pages * page_size()) as f64);
-    out.single("process_cpu_seconds_total", Kind::Counter, "User and system CPU time in seconds", stat.cpu_seconds(ticks));
+    out.single(
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory size in bytes",
+        (stat.rss_pages * page_size()) as f64,
+    );
+    out.single(
+        "process_cpu_seconds_total",
+        Kind::Counter,
+        "User and system CPU time in seconds",
+        stat.cpu_seconds(ticks),
+    );
     out.single("process_threads", Kind::Gauge, "OS threads", stat.threads as f64);
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         out.single("process_open_fds", Kind::Gauge, "Open file descriptors", fds.count() as f64);
     }
-    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|t| parse_stat(&t, ticks).ok()).map(|s| s.boot_time);
+    let boot_time =
+        std::fs::read_to_string("/proc/stat").ok().and_then(|t| parse_stat(&t, ticks).ok()).map(|s| s.boot_time);
     if let Some(boot_time) = boot_time {
         let start = boot_time as f64 + stat.start_ticks as f64 / ticks;
         out.single("process_start_time_seconds", Kind::Gauge, "Start time of the process since the Unix epoch", start);

@@ -47,19 +47,34 @@ pub enum StreamEnd {
     Producer(mpsc::Sender<Piece>),
     Consumer(mpsc::Receiver<Piece>),
     /// The write side of the stream's pipe; the producer's verdict goes to `verdict`.
-    PipeProducer { pipe: OwnedFd, verdict: oneshot::Sender<Verdict> },
+    PipeProducer {
+        pipe: OwnedFd,
+        verdict: oneshot::Sender<Verdict>,
+    },
     /// The read side of the stream's pipe; the producer's verdict arrives on `verdict`.
-    PipeConsumer { pipe: OwnedFd, verdict: oneshot::Receiver<Verdict> },
+    PipeConsumer {
+        pipe: OwnedFd,
+        verdict: oneshot::Receiver<Verdict>,
+    },
 }
 
 /// What a stream keeps for the end that has not arrived yet.
 #[derive(Debug)]
 enum Waiting {
-    Channel { tx: Option<mpsc::Sender<Piece>>, rx: Option<mpsc::Receiver<Piece>> },
+    Channel {
+        tx: Option<mpsc::Sender<Piece>>,
+        rx: Option<mpsc::Receiver<Piece>>,
+    },
     /// The first end was a pipe producer: the read side waits for the consumer.
-    PipeRead { pipe: OwnedFd, verdict: oneshot::Receiver<Verdict> },
+    PipeRead {
+        pipe: OwnedFd,
+        verdict: oneshot::Receiver<Verdict>,
+    },
     /// The first end was a pipe consumer: the write side waits for the producer.
-    PipeWrite { pipe: OwnedFd, verdict: oneshot::Sender<Verdict> },
+    PipeWrite {
+        pipe: OwnedFd,
+        verdict: oneshot::Sender<Verdict>,
+    },
 }
 
 #[derive(Debug)]
@@ -169,7 +184,8 @@ fn first_end(direction: StreamDirection, accept_pipe: bool) -> Result<(StreamEnd
             StreamDirection::Get => (StreamEnd::Consumer(rx), Waiting::Channel { tx: Some(tx), rx: None }),
         });
     }
-    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failure(e.into()))?;
+    let (read, write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failure(e.into()))?;
     if let Err(e) = rustix::pipe::fcntl_setpipe_size(&write, PIPE_BYTES) {
         // Above /proc/sys/fs/pipe-max-size: the default size only costs speed.
         tracing::debug!("F_SETPIPE_SZ on a stream pipe: {e}");
@@ -189,7 +205,10 @@ fn first_end(direction: StreamDirection, accept_pipe: bool) -> Result<(StreamEnd
 
 /// Serves a channel consumer from a pipe producer: chunks as they come, and the end marker
 /// only when the producer says the stream ended cleanly.
-fn pump_pipe_to_channel(pipe: OwnedFd, verdict: oneshot::Receiver<Verdict>) -> Result<mpsc::Receiver<Piece>, TaskError> {
+fn pump_pipe_to_channel(
+    pipe: OwnedFd,
+    verdict: oneshot::Receiver<Verdict>,
+) -> Result<mpsc::Receiver<Piece>, TaskError> {
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe).map_err(pipe_failure)?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tokio::spawn(async move {
@@ -229,7 +248,10 @@ fn pump_channel_to_pipe(pipe: OwnedFd, verdict: oneshot::Sender<Verdict>) -> Res
                 Some(Piece::Data(bytes)) => {
                     if let Err(e) = pipe.write_all(&bytes).await {
                         // The consumer stopped reading; closing the channel tells the producer.
-                        break Err(TaskError::new(ErrorCode::StreamError, format!("the stream's consumer stopped reading: {e}")));
+                        break Err(TaskError::new(
+                            ErrorCode::StreamError,
+                            format!("the stream's consumer stopped reading: {e}"),
+                        ));
                     }
                 }
                 Some(Piece::End) => break Ok(()),
@@ -282,11 +304,19 @@ mod tests {
     async fn two_pipe_ends_share_one_pipe_and_the_verdict_is_relayed() {
         let broker = StreamBroker::new(Duration::from_secs(10));
         let id = StreamId::random();
-        let StreamEnd::PipeProducer { pipe: write, verdict: said } = broker.claim(id, StreamDirection::Put, true).unwrap() else { panic!() };
+        let StreamEnd::PipeProducer { pipe: write, verdict: said } =
+            broker.claim(id, StreamDirection::Put, true).unwrap()
+        else {
+            panic!()
+        };
         assert!(broker.claim(id, StreamDirection::Put, true).is_err(), "a second producer is refused");
         write_all(&write, b"straight through");
         drop(write);
-        let StreamEnd::PipeConsumer { pipe: read, verdict: heard } = broker.claim(id, StreamDirection::Get, true).unwrap() else { panic!() };
+        let StreamEnd::PipeConsumer { pipe: read, verdict: heard } =
+            broker.claim(id, StreamDirection::Get, true).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(broker.waiting(), 0);
         assert_eq!(read_to_end(read), b"straight through");
         said.send(Err(TaskError::new(ErrorCode::Failed, "zfs send failed"))).unwrap();
@@ -298,7 +328,10 @@ mod tests {
         for success in [true, false] {
             let broker = StreamBroker::new(Duration::from_secs(10));
             let id = StreamId::random();
-            let StreamEnd::PipeProducer { pipe, verdict } = broker.claim(id, StreamDirection::Put, true).unwrap() else { panic!() };
+            let StreamEnd::PipeProducer { pipe, verdict } = broker.claim(id, StreamDirection::Put, true).unwrap()
+            else {
+                panic!()
+            };
             let StreamEnd::Consumer(mut rx) = broker.claim(id, StreamDirection::Get, false).unwrap() else { panic!() };
             write_all(&pipe, b"abc");
             drop(pipe);
@@ -320,7 +353,10 @@ mod tests {
         for finish in [true, false] {
             let broker = StreamBroker::new(Duration::from_secs(10));
             let id = StreamId::random();
-            let StreamEnd::PipeConsumer { pipe, verdict } = broker.claim(id, StreamDirection::Get, true).unwrap() else { panic!() };
+            let StreamEnd::PipeConsumer { pipe, verdict } = broker.claim(id, StreamDirection::Get, true).unwrap()
+            else {
+                panic!()
+            };
             let StreamEnd::Producer(tx) = broker.claim(id, StreamDirection::Put, false).unwrap() else { panic!() };
             tx.send(Piece::Data(Bytes::from_static(b"chunk"))).await.unwrap();
             if finish {
@@ -336,7 +372,11 @@ mod tests {
     #[tokio::test]
     async fn an_unpaired_pipe_stream_expires_and_its_end_sees_end_of_file() {
         let broker = StreamBroker::new(Duration::from_millis(10));
-        let StreamEnd::PipeConsumer { pipe, verdict } = broker.claim(StreamId::random(), StreamDirection::Get, true).unwrap() else { panic!() };
+        let StreamEnd::PipeConsumer { pipe, verdict } =
+            broker.claim(StreamId::random(), StreamDirection::Get, true).unwrap()
+        else {
+            panic!()
+        };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(broker.sweep(), 1);
         assert!(read_to_end(pipe).is_empty());

@@ -136,7 +136,8 @@ async fn handle(core: Arc<Core>, mut stream: UnixStream) {
             stream_connection(core, stream, handle, direction, accept_pipe).await;
         }
         other => {
-            let error = TaskError::new(ErrorCode::InvalidRequest, format!("expected a hello first, got {}", kind(&other)));
+            let error =
+                TaskError::new(ErrorCode::InvalidRequest, format!("expected a hello first, got {}", kind(&other)));
             refuse(&mut stream, error).await;
         }
     }
@@ -268,7 +269,6 @@ fn answer_malformed(sender: &ConnSender, frame: &[u8], error: serde_json::Error)
         None => sender.send(&FromCoordinator::Refused(error)),
     };
 }
-
 
 async fn stream_connection(
     core: Arc<Core>,

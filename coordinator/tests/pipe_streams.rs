@@ -152,7 +152,8 @@ async fn setup() -> (TestDir, std::path::PathBuf, cerana_coordinator::Coordinato
 }
 
 async fn source(client: &cerana_client::UnixClient, bytes: u64, fail: bool) -> (PipeSummary, StreamHandle) {
-    let response = client.call(Request::for_task::<TestPipeSource>(&PipeSourceArgs { bytes, fail }).unwrap()).await.unwrap();
+    let response =
+        client.call(Request::for_task::<TestPipeSource>(&PipeSourceArgs { bytes, fail }).unwrap()).await.unwrap();
     (response.decode().unwrap(), response.stream.clone().expect("an output stream"))
 }
 
@@ -210,7 +211,8 @@ async fn a_pipe_reader_of_a_chunk_stream_tells_complete_from_truncated() {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let mut writer = ChunkWriter::new(open_stream(&socket, StreamHandle::local(id), StreamDirection::Put).await.unwrap());
+        let mut writer =
+            ChunkWriter::new(open_stream(&socket, StreamHandle::local(id), StreamDirection::Put).await.unwrap());
         let mut hasher = StreamHasher::default();
         for piece in source_data(2 << 20) {
             hasher.update(&piece);

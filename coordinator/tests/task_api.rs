@@ -99,7 +99,8 @@ async fn routes_tasks_and_journals_them() {
     assert!(facts.memory.total_bytes > 0);
     assert_eq!(client.run::<NodeEcho>(&echo("hi")).await.unwrap(), echo("hi"));
 
-    let history = client.run::<CoordinatorHistory>(&HistoryArgs { limit: Some(10), ..Default::default() }).await.unwrap();
+    let history =
+        client.run::<CoordinatorHistory>(&HistoryArgs { limit: Some(10), ..Default::default() }).await.unwrap();
     let info = history.entries.iter().find(|e| e.task.as_str() == "node-info").expect("node-info journaled");
     assert_eq!(info.state, TaskState::Done);
     assert_eq!(info.provider.as_ref().unwrap().as_str(), "node-info");
@@ -361,7 +362,8 @@ async fn serves_https_with_the_given_certificate() {
     tls.tls = Some(cerana_coordinator::TlsFiles { cert: cert_path.clone(), key: key_path });
     let coordinator = start(tls).await;
     let port = coordinator.http_addr().unwrap().port();
-    let client = HttpClient::new(NodeUrl::new(format!("https://localhost:{port}")).unwrap(), None, Some(&cert_path)).unwrap();
+    let client =
+        HttpClient::new(NodeUrl::new(format!("https://localhost:{port}")).unwrap(), None, Some(&cert_path)).unwrap();
     let response = client.call(&Request::for_task::<CoordinatorTasks>(&NoArgs {}).unwrap()).await.unwrap();
     assert!(response.outcome.is_ok());
     // Plain HTTP to the TLS port gets nowhere.
@@ -470,9 +472,8 @@ async fn bad_input_gets_structured_errors_and_the_coordinator_stays_up() {
     assert_eq!(error.code, ErrorCode::DuplicateId);
     assert!(first.await.unwrap().unwrap().outcome.is_ok());
     // A task name reserved for the coordinator cannot be registered.
-    let thief = Provider::new("thief", "test").task::<CoordinatorTasks, _, _>(|_ctx, _args| async move {
-        Err(TaskError::new(ErrorCode::Internal, "never"))
-    });
+    let thief = Provider::new("thief", "test")
+        .task::<CoordinatorTasks, _, _>(|_ctx, _args| async move { Err(TaskError::new(ErrorCode::Internal, "never")) });
     let err = thief.serve(&socket).await.unwrap_err();
     assert!(err.to_string().contains("answered by the coordinator itself"), "{err}");
 
@@ -502,11 +503,14 @@ async fn streams_fail_cleanly_when_a_peer_vanishes() {
 
     // A consumer whose producer never arrives is released after the rendezvous time.
     let lonely = open_stream(&socket, StreamHandle::local(StreamId::random()), StreamDirection::Get).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(10), ChunkReader::new(lonely).copy_to(&mut Vec::new())).await;
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(10), ChunkReader::new(lonely).copy_to(&mut Vec::new())).await;
     assert!(matches!(outcome, Ok(Err(StreamError::PeerVanished))), "{outcome:?}");
 
     // Over HTTP, a vanished producer aborts the body instead of ending it cleanly.
-    let http = HttpClient::new(NodeUrl::new(format!("http://{}", coordinator.http_addr().unwrap())).unwrap(), None, None).unwrap();
+    let http =
+        HttpClient::new(NodeUrl::new(format!("http://{}", coordinator.http_addr().unwrap())).unwrap(), None, None)
+            .unwrap();
     let id = StreamId::random();
     let producer = open_stream(&socket, StreamHandle::local(id), StreamDirection::Put).await.unwrap();
     let mut writer = ChunkWriter::new(producer);
@@ -550,7 +554,9 @@ fn stream_provider() -> Provider {
         .task::<TestSink, _, _>(|ctx, _args: NoArgs| async move {
             let mut reader = ctx.input_stream().await?;
             let mut hasher = StreamHasher::default();
-            while let Some(chunk) = reader.next_chunk().await.map_err(|e| TaskError::new(ErrorCode::StreamError, e.to_string()))? {
+            while let Some(chunk) =
+                reader.next_chunk().await.map_err(|e| TaskError::new(ErrorCode::StreamError, e.to_string()))?
+            {
                 hasher.update(chunk);
             }
             Ok(summary(&hasher))

@@ -117,11 +117,8 @@ pub struct Deb {
 pub fn fetch(packages: &[String], cache: &Path) -> Result<Vec<Deb>, AptError> {
     std::fs::create_dir_all(cache).map_err(|source| AptError::Io { path: cache.into(), source })?;
     let resolved = candidates(packages)?;
-    let missing: Vec<String> = resolved
-        .iter()
-        .filter(|(p, v)| cached_deb(cache, p, v).is_none())
-        .map(|(p, v)| format!("{p}={v}"))
-        .collect();
+    let missing: Vec<String> =
+        resolved.iter().filter(|(p, v)| cached_deb(cache, p, v).is_none()).map(|(p, v)| format!("{p}={v}")).collect();
     if !missing.is_empty() {
         eprintln!("image: downloading {} packages into {}", missing.len(), cache.display());
         run(Command::new("apt-get").arg("download").args(&missing).current_dir(cache))?;
@@ -170,7 +167,8 @@ mod tests {
 
     #[test]
     fn kernel_release_is_read_from_the_meta_package() {
-        let show = "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n";
+        let show =
+            "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n";
         assert_eq!(parse_kernel_release(show).as_deref(), Some("6.1.0-56-amd64"));
         assert_eq!(parse_kernel_release("Package: x\nDepends: libc6\n"), None);
     }

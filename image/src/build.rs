@@ -146,7 +146,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let manifest = Manifest::load(&image_dir.join("manifest.toml"))?;
     let budget = Budget::load(&image_dir.join("budget.toml"))?;
     let profile = manifest.profile(&opts.profile)?;
-    let max = budget.profiles.get(&opts.profile).ok_or_else(|| BuildError::NoBudget(opts.profile.clone()))?.max_boot_bytes;
+    let max =
+        budget.profiles.get(&opts.profile).ok_or_else(|| BuildError::NoBudget(opts.profile.clone()))?.max_boot_bytes;
     let work = opts.out_dir.join("image").join(".work").join(&opts.profile);
     let dest = opts.out_dir.join("image").join(&opts.profile);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
@@ -183,7 +184,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
 
     let mut fs = Rootfs::new(work.join("root"), sysroot.clone())?;
     let _s = step("assembling the image root");
-    for (dir, mode) in [("/dev", 0o755), ("/proc", 0o555), ("/sys", 0o555), ("/run", 0o755), ("/tmp", 0o1777), ("/root", 0o700), ("/etc", 0o755), ("/var", 0o755), ("/mnt", 0o755)] {
+    for (dir, mode) in [
+        ("/dev", 0o755),
+        ("/proc", 0o555),
+        ("/sys", 0o555),
+        ("/run", 0o755),
+        ("/tmp", 0o1777),
+        ("/root", 0o700),
+        ("/etc", 0o755),
+        ("/var", 0o755),
+        ("/mnt", 0o755),
+    ] {
         fs.mkdir(dir, mode)?;
     }
     for path in &profile.binaries {
@@ -251,7 +262,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         dest.display()
     );
     if total > max {
-        return Err(BuildError::OverBudget { profile: profile.name, kernel: kernel_bytes, initrd: initrd_bytes, total, max });
+        return Err(BuildError::OverBudget {
+            profile: profile.name,
+            kernel: kernel_bytes,
+            initrd: initrd_bytes,
+            total,
+            max,
+        });
     }
     Ok(BuildReport {
         dir: dest,
@@ -376,7 +393,12 @@ fn install_project(
         wanted.iter().filter_map(|b| available.get(*b).map(|pkg| (*b, pkg))).collect();
     if !present.is_empty() && !opts.no_cargo {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.arg("build").arg("--profile").arg(CARGO_PROFILE).arg("--target-dir").arg(&target_dir).current_dir(&opts.workspace);
+        cmd.arg("build")
+            .arg("--profile")
+            .arg(CARGO_PROFILE)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(&opts.workspace);
         // The cc crate tracks SOURCE_DATE_EPOCH: a new value would rebuild ring and everything above it.
         cmd.env_remove("SOURCE_DATE_EPOCH");
         for (bin, pkg) in &present {
@@ -472,7 +494,11 @@ const SYSTEM_GROUPS: &str = "root:x:0:\ntty:x:5:\ndisk:x:6:\nlp:x:7:\nkmem:x:15:
 tape:x:26:\naudio:x:29:\nvideo:x:44:\ninput:x:101:\nkvm:x:102:\nrender:x:103:\nsgx:x:104:\nnogroup:x:65534:\n";
 
 fn write_etc(fs: &mut Rootfs) -> Result<(), BuildError> {
-    fs.write("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644)?;
+    fs.write(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
     fs.write("/etc/group", SYSTEM_GROUPS.as_bytes(), 0o644)?;
     fs.write("/etc/hostname", b"cerana\n", 0o644)?;
     fs.write("/etc/os-release", b"NAME=CeranaOS\nID=cerana\nPRETTY_NAME=\"CeranaOS\"\n", 0o644)?;

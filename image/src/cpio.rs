@@ -130,11 +130,7 @@ mod tests {
         let mut buf = Vec::new();
         write_newc(&mut buf, &sample(), 0).unwrap();
         std::fs::write(&archive, &buf).unwrap();
-        let out = std::process::Command::new("cpio")
-            .args(["-t", "--quiet", "-F"])
-            .arg(&archive)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("cpio").args(["-t", "--quiet", "-F"]).arg(&archive).output().unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "bin\nbin/sh\ninit\n");
     }

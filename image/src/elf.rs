@@ -110,7 +110,9 @@ fn to_usize(v: u64) -> Result<usize, ElfError> {
 }
 
 fn slice(bytes: &[u8], at: usize, len: usize) -> Result<&[u8], ElfError> {
-    bytes.get(at..at.checked_add(len).ok_or(ElfError::Malformed("offset"))?).ok_or(ElfError::Malformed("offset past end"))
+    bytes
+        .get(at..at.checked_add(len).ok_or(ElfError::Malformed("offset"))?)
+        .ok_or(ElfError::Malformed("offset past end"))
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {

@@ -111,11 +111,16 @@ impl Manifest {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
-        let manifest: Self = toml::from_str(text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
-        if let Some(bad) = manifest.project.multicall.iter().find(|n| n.is_empty() || n.contains('/') || n.starts_with('.')) {
+        let manifest: Self =
+            toml::from_str(text).map_err(|source| ManifestError::Parse { path: path.into(), source })?;
+        if let Some(bad) =
+            manifest.project.multicall.iter().find(|n| n.is_empty() || n.contains('/') || n.starts_with('.'))
+        {
             return Err(ManifestError::BadMulticallName(bad.clone()));
         }
-        if let Some((name, spec)) = manifest.profiles.iter().find(|(_, p)| p.zstd_level.is_some_and(|l| !(1..=19).contains(&l))) {
+        if let Some((name, spec)) =
+            manifest.profiles.iter().find(|(_, p)| p.zstd_level.is_some_and(|l| !(1..=19).contains(&l)))
+        {
             return Err(ManifestError::BadZstdLevel(spec.zstd_level.unwrap_or_default(), name.clone()));
         }
         for spec in manifest.profiles.values() {
@@ -137,7 +142,10 @@ impl Manifest {
                 return Err(ManifestError::InheritanceCycle(name.into(), current));
             }
             let spec = self.profiles.get(&current).ok_or_else(|| {
-                ManifestError::UnknownProfile(current.clone(), self.profiles.keys().cloned().collect::<Vec<_>>().join(", "))
+                ManifestError::UnknownProfile(
+                    current.clone(),
+                    self.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+                )
             })?;
             next = spec.inherit.clone();
             chain.push((current, spec));
@@ -207,7 +215,8 @@ mod tests {
     #[test]
     fn multicall_names_are_plain_file_names() {
         for bad in ["../init", "/usr/bin/x", ""] {
-            let text = SAMPLE.replace("binaries = [\"cerana\"]", &format!("binaries = [\"cerana\"]\nmulticall = [{bad:?}]"));
+            let text =
+                SAMPLE.replace("binaries = [\"cerana\"]", &format!("binaries = [\"cerana\"]\nmulticall = [{bad:?}]"));
             assert!(matches!(Manifest::parse(&text, Path::new("m")), Err(ManifestError::BadMulticallName(_))), "{bad}");
         }
         let text = SAMPLE.replace("binaries = [\"cerana\"]", "binaries = [\"cerana\"]\nmulticall = [\"cerana-zfs\"]");
@@ -244,7 +253,10 @@ services = ["init/services.full.toml"]
         assert_eq!(full.modules, ["zfs", "kvm_intel"]);
         assert!(full.zfs);
         assert_eq!(full.busybox.as_deref(), Some("/bin/busybox"));
-        assert_eq!((full.project_binaries.as_slice(), full.services.as_slice()), (&["cerana-kvm".to_owned()][..], &["init/services.full.toml".to_owned()][..]));
+        assert_eq!(
+            (full.project_binaries.as_slice(), full.services.as_slice()),
+            (&["cerana-kvm".to_owned()][..], &["init/services.full.toml".to_owned()][..])
+        );
         let base = m.profile("base").unwrap();
         assert!(base.project_binaries.is_empty() && base.services.is_empty());
     }

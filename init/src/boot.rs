@@ -22,18 +22,8 @@ struct MountSpec {
     data: &'static str,
 }
 
-const fn m(
-    target: &'static str,
-    fstype: &'static str,
-    flags: MsFlags,
-    data: &'static str,
-) -> MountSpec {
-    MountSpec {
-        target,
-        fstype,
-        flags,
-        data,
-    }
+const fn m(target: &'static str, fstype: &'static str, flags: MsFlags, data: &'static str) -> MountSpec {
+    MountSpec { target, fstype, flags, data }
 }
 
 fn nosuid_nodev_noexec() -> MsFlags {
@@ -47,36 +37,11 @@ pub fn mount_basics() -> Vec<String> {
         m("/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
         m("/proc", "proc", nosuid_nodev_noexec(), ""),
         m("/sys", "sysfs", nosuid_nodev_noexec(), ""),
-        m(
-            "/dev/pts",
-            "devpts",
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            "mode=0620,ptmxmode=0666,gid=5",
-        ),
-        m(
-            "/dev/shm",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=1777",
-        ),
-        m(
-            "/run",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=0755",
-        ),
-        m(
-            "/tmp",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=1777",
-        ),
-        m(
-            "/sys/fs/cgroup",
-            "cgroup2",
-            nosuid_nodev_noexec(),
-            "nsdelegate",
-        ),
+        m("/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0620,ptmxmode=0666,gid=5"),
+        m("/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
+        m("/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
+        m("/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
+        m("/sys/fs/cgroup", "cgroup2", nosuid_nodev_noexec(), "nsdelegate"),
     ];
     let mut problems = Vec::new();
     for spec in mounts {
@@ -85,13 +50,7 @@ pub fn mount_basics() -> Vec<String> {
             continue;
         }
         let data = (!spec.data.is_empty()).then_some(spec.data);
-        match mount(
-            Some(spec.fstype),
-            spec.target,
-            Some(spec.fstype),
-            spec.flags,
-            data,
-        ) {
+        match mount(Some(spec.fstype), spec.target, Some(spec.fstype), spec.flags, data) {
             // The kernel may have mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
             Ok(()) | Err(Errno::EBUSY) => {}
             Err(e) => problems.push(format!("mount {} on {}: {e}", spec.fstype, spec.target)),
@@ -119,13 +78,7 @@ pub const CONSOLE: &str = "/dev/console";
 /// controlling terminal.
 pub fn open_console(path: &Path) -> io::Result<File> {
     let is_file = fs::metadata(path).map(|m| m.is_file()).unwrap_or(true);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .append(is_file)
-        .create(is_file)
-        .custom_flags(libc::O_NOCTTY)
-        .open(path)
+    OpenOptions::new().read(true).write(true).append(is_file).create(is_file).custom_flags(libc::O_NOCTTY).open(path)
 }
 
 /// The terminal behind /dev/console (the last of /sys/class/tty/console/active, e.g.
@@ -173,12 +126,7 @@ pub struct Identity {
 /// A machine id from the SMBIOS product UUID: its 32 hex digits. UUIDs firmware uses as "not
 /// set" (all zeros, all ones) are refused.
 pub fn machine_id_from_uuid(uuid: &str) -> Option<String> {
-    let hex: String = uuid
-        .trim()
-        .chars()
-        .filter(|c| *c != '-')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    let hex: String = uuid.trim().chars().filter(|c| *c != '-').map(|c| c.to_ascii_lowercase()).collect();
     let valid = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
     let placeholder = hex.bytes().all(|b| b == b'0') || hex.bytes().all(|b| b == b'f');
     (valid && !placeholder).then_some(hex)
@@ -187,11 +135,7 @@ pub fn machine_id_from_uuid(uuid: &str) -> Option<String> {
 impl Identity {
     /// Derives the identity. `product_uuid` is /sys/class/dmi/id/product_uuid; without a usable
     /// one the id comes from `random` (and is not stable across boots).
-    pub fn derive(
-        product_uuid: Option<&str>,
-        hostname: Option<&Hostname>,
-        random: [u8; 16],
-    ) -> Self {
+    pub fn derive(product_uuid: Option<&str>, hostname: Option<&Hostname>, random: [u8; 16]) -> Self {
         let (machine_id, source) = match product_uuid.and_then(machine_id_from_uuid) {
             Some(id) => (id, "the SMBIOS product uuid"),
             None => (
@@ -200,15 +144,9 @@ impl Identity {
             ),
         };
         let hostid = u32::from_str_radix(&machine_id[..8], 16).unwrap_or(0);
-        let hostname = hostname
-            .map(|h| h.as_str().to_string())
-            .unwrap_or_else(|| format!("cerana-{}", &machine_id[..8]));
-        Self {
-            machine_id,
-            hostid,
-            hostname,
-            source,
-        }
+        let hostname =
+            hostname.map(|h| h.as_str().to_string()).unwrap_or_else(|| format!("cerana-{}", &machine_id[..8]));
+        Self { machine_id, hostid, hostname, source }
     }
 
     /// Writes etc/machine-id, etc/hostid (4 bytes, host byte order, as `sethostid` does) and
@@ -216,17 +154,9 @@ impl Identity {
     pub fn write_files(&self, root: &Path) -> io::Result<()> {
         let etc = root.join("etc");
         fs::create_dir_all(&etc)?;
-        write_file(
-            &etc.join("machine-id"),
-            format!("{}\n", self.machine_id).as_bytes(),
-            0o444,
-        )?;
+        write_file(&etc.join("machine-id"), format!("{}\n", self.machine_id).as_bytes(), 0o444)?;
         write_file(&etc.join("hostid"), &self.hostid.to_ne_bytes(), 0o644)?;
-        write_file(
-            &etc.join("hostname"),
-            format!("{}\n", self.hostname).as_bytes(),
-            0o644,
-        )
+        write_file(&etc.join("hostname"), format!("{}\n", self.hostname).as_bytes(), 0o644)
     }
 }
 
@@ -246,11 +176,7 @@ pub fn random_bytes() -> [u8; 16] {
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let _ = fs::remove_file(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
     f.write_all(data)?;
     // The umask may have narrowed the mode.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -259,11 +185,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 /// Writes the API token to `<run_dir>/api-token`, mode 0600, for the coordinator.
 pub fn write_api_token(run_dir: &Path, token: &ApiToken) -> io::Result<()> {
     fs::create_dir_all(run_dir)?;
-    write_file(
-        &run_dir.join("api-token"),
-        format!("{}\n", token.expose()).as_bytes(),
-        0o600,
-    )
+    write_file(&run_dir.join("api-token"), format!("{}\n", token.expose()).as_bytes(), 0o600)
 }
 
 /// Mount points from /proc/mounts, in mount order.
@@ -307,10 +229,7 @@ mod tests {
 
     #[test]
     fn the_console_tty_is_the_last_active_console() {
-        assert_eq!(
-            console_tty("tty0 ttyS0\n"),
-            Some(PathBuf::from("/dev/ttyS0"))
-        );
+        assert_eq!(console_tty("tty0 ttyS0\n"), Some(PathBuf::from("/dev/ttyS0")));
         assert_eq!(console_tty("hvc0"), Some(PathBuf::from("/dev/hvc0")));
         assert_eq!(console_tty(""), None);
         assert_eq!(console_tty("../etc/passwd"), None);
@@ -321,28 +240,17 @@ mod tests {
         let uuid = "4C4C4544-0042-3510-8056-B4C04F565931\n";
         let a = Identity::derive(Some(uuid), None, [1; 16]);
         let b = Identity::derive(Some(uuid), None, [2; 16]);
-        assert_eq!(
-            a, b,
-            "the same machine gets the same identity on every boot"
-        );
+        assert_eq!(a, b, "the same machine gets the same identity on every boot");
         assert_eq!(a.machine_id, "4c4c4544004235108056b4c04f565931");
         assert_eq!(a.hostid, 0x4c4c4544);
         assert_eq!(a.hostname, "cerana-4c4c4544");
         let named: Hostname = "node7".parse().unwrap();
-        assert_eq!(
-            Identity::derive(Some(uuid), Some(&named), [0; 16]).hostname,
-            "node7"
-        );
+        assert_eq!(Identity::derive(Some(uuid), Some(&named), [0; 16]).hostname, "node7");
     }
 
     #[test]
     fn placeholder_or_garbage_uuids_fall_back_to_random() {
-        for bad in [
-            "00000000-0000-0000-0000-000000000000",
-            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
-            "not a uuid",
-            "",
-        ] {
+        for bad in ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "not a uuid", ""] {
             let id = Identity::derive(Some(bad), None, [0xab; 16]);
             assert_eq!(id.machine_id, "ab".repeat(16), "{bad}");
             assert!(id.source.starts_with("random"));
@@ -367,9 +275,6 @@ mod tests {
         write_api_token(&run, &token).unwrap();
         let meta = fs::metadata(run.join("api-token")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(
-            fs::read_to_string(run.join("api-token")).unwrap(),
-            "0123456789abcdef0123\n"
-        );
+        assert_eq!(fs::read_to_string(run.join("api-token")).unwrap(), "0123456789abcdef0123\n");
     }
 }

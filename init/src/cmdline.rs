@@ -97,11 +97,7 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -122,12 +118,9 @@ pub struct IpCidr {
 impl FromStr for IpCidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} has no /prefix (expected e.g. 172.16.10.2/16)"))?;
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let (addr, prefix) =
+            s.split_once('/').ok_or_else(|| format!("{s:?} has no /prefix (expected e.g. 172.16.10.2/16)"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = prefix
             .parse()
@@ -163,9 +156,7 @@ impl InitrdHash {
 impl FromStr for InitrdHash {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hex = s
-            .strip_prefix("sha256-")
-            .ok_or_else(|| "expected sha256-<64 hex digits>".to_string())?;
+        let hex = s.strip_prefix("sha256-").ok_or_else(|| "expected sha256-<64 hex digits>".to_string())?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("expected sha256-<64 hex digits>".into());
         }
@@ -244,12 +235,7 @@ impl ModuleName {
 impl FromStr for ModuleName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.is_empty()
-            || s.len() > 55
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if s.is_empty() || s.len() > 55 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(format!("{s:?} is not a module name"));
         }
         Ok(Self(s.replace('-', "_")))
@@ -416,19 +402,11 @@ impl Settings {
     /// The setting's value in command-line spelling, `None` when unset.
     fn value_of(&self, key: &str) -> Option<String> {
         fn join<T: ToString>(items: &[T]) -> Option<String> {
-            (!items.is_empty()).then(|| {
-                items
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
+            (!items.is_empty()).then(|| items.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
         }
         let flag = |b: bool| Some(b.to_string());
         match key {
-            "cerana.log" => serde_json::to_value(self.log)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string)),
+            "cerana.log" => serde_json::to_value(self.log).ok().and_then(|v| v.as_str().map(str::to_string)),
             "cerana.rescue" => flag(self.rescue),
             "cerana.cluster_bootstrap" => flag(self.cluster_bootstrap),
             "cerana.cluster_ips" => join(&self.cluster_ips),
@@ -496,11 +474,7 @@ impl FromStr for Condition {
         if !KNOWN_KEYS.contains(&key) {
             return Err(format!("condition {s:?}: {}", unknown_key_message(key)));
         }
-        Ok(Self {
-            negated,
-            key: key.to_string(),
-            equals,
-        })
+        Ok(Self { negated, key: key.to_string(), equals })
     }
 }
 
@@ -531,10 +505,7 @@ pub fn parse(cmdline: &str) -> ParsedCmdline {
             None => (word.as_str(), None),
         };
         if let Err(message) = parsed.settings.apply(key, value) {
-            parsed.problems.push(CmdlineProblem {
-                key: key.to_string(),
-                message,
-            });
+            parsed.problems.push(CmdlineProblem { key: key.to_string(), message });
             continue;
         }
         if seen.iter().any(|k| k == key) {
@@ -553,8 +524,7 @@ pub fn parse(cmdline: &str) -> ParsedCmdline {
 mod tests {
     use super::*;
 
-    const GOOD: &str =
-        "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet cerana.rescue=0 cerana.cluster_bootstrap \
+    const GOOD: &str = "BOOT_IMAGE=/vmlinuz console=ttyS0 quiet cerana.rescue=0 cerana.cluster_bootstrap \
         cerana.cluster_ips=10.0.0.1,10.0.0.2 cerana.boot_server=http://10.0.0.1/ \
         cerana.mgmt_mac=52:54:00:AB:cd:01 cerana.mgmt_ip=172.16.10.2/16 cerana.mgmt_gw=172.16.0.1 \
         cerana.zfs_config=auto cerana.log=debug \
@@ -569,13 +539,7 @@ mod tests {
         assert!(s.cluster_bootstrap);
         assert!(!s.rescue);
         assert_eq!(s.log, LogLevel::Debug);
-        assert_eq!(
-            s.cluster_ips,
-            vec![
-                "10.0.0.1".parse::<IpAddr>().unwrap(),
-                "10.0.0.2".parse().unwrap()
-            ]
-        );
+        assert_eq!(s.cluster_ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]);
         assert_eq!(s.boot_server.as_deref(), Some("http://10.0.0.1/"));
         assert_eq!(s.mgmt_mac.unwrap().to_string(), "52:54:00:ab:cd:01");
         assert_eq!(s.mgmt_ip.unwrap().to_string(), "172.16.10.2/16");
@@ -591,10 +555,7 @@ mod tests {
     #[test]
     fn every_documented_key_is_accepted() {
         for key in KNOWN_KEYS {
-            assert!(
-                GOOD.contains(key),
-                "{key} is missing from the good command line"
-            );
+            assert!(GOOD.contains(key), "{key} is missing from the good command line");
         }
     }
 
@@ -628,9 +589,7 @@ mod tests {
                 "cerana.",
             ]
         );
-        assert!(p.problems[2]
-            .message
-            .contains("did you mean cerana.cluster_ips"));
+        assert!(p.problems[2].message.contains("did you mean cerana.cluster_ips"));
         // The good word after all the garbage still counts.
         assert!(p.settings.rescue);
         assert_eq!(p.settings.mgmt_mac, None);
@@ -673,12 +632,6 @@ mod tests {
         assert!(!holds("cerana.zfs_config=auto"));
         assert!(!holds("cerana.boot_server"));
         assert!("cerana.nope".parse::<Condition>().is_err());
-        assert_eq!(
-            "!cerana.zfs_config=auto"
-                .parse::<Condition>()
-                .unwrap()
-                .to_string(),
-            "!cerana.zfs_config=auto"
-        );
+        assert_eq!("!cerana.zfs_config=auto".parse::<Condition>().unwrap().to_string(), "!cerana.zfs_config=auto");
     }
 }

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cerana_protocol::events::ShutdownAction;
-use cerana_protocol::tasks::init::{
-    ControlReply, ControlRequest, ServiceList, ServiceLogs, ShutdownAccepted,
-};
+use cerana_protocol::tasks::init::{ControlReply, ControlRequest, ServiceList, ServiceLogs, ShutdownAccepted};
 use cerana_protocol::ErrorCode;
 
 use crate::supervisor::{ControlError, Supervisor};
@@ -57,11 +55,7 @@ impl ControlServer {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        Ok(Self {
-            listener,
-            path: path.to_path_buf(),
-            clients: Vec::new(),
-        })
+        Ok(Self { listener, path: path.to_path_buf(), clients: Vec::new() })
     }
 
     pub fn path(&self) -> &Path {
@@ -84,11 +78,7 @@ impl ControlServer {
     pub fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
             if stream.set_nonblocking(true).is_ok() {
-                self.clients.push(Client {
-                    stream,
-                    buf: Vec::new(),
-                    since: Instant::now(),
-                });
+                self.clients.push(Client { stream, buf: Vec::new(), since: Instant::now() });
             }
         }
     }
@@ -119,17 +109,13 @@ impl ControlServer {
                     keep.push(c);
                     continue;
                 }
-                FrameState::TooLarge(n) => Some(error(
-                    ErrorCode::FrameTooLarge,
-                    format!("request of {n} bytes; at most {MAX_REQUEST}"),
-                )),
+                FrameState::TooLarge(n) => {
+                    Some(error(ErrorCode::FrameTooLarge, format!("request of {n} bytes; at most {MAX_REQUEST}")))
+                }
                 FrameState::Complete(payload) => {
                     let (reply, f) = match serde_json::from_slice::<ControlRequest>(payload) {
                         Ok(req) => handle(req, supervisor),
-                        Err(e) => (
-                            error(ErrorCode::InvalidRequest, format!("bad request: {e}")),
-                            Followup::None,
-                        ),
+                        Err(e) => (error(ErrorCode::InvalidRequest, format!("bad request: {e}")), Followup::None),
                     };
                     if f != Followup::None {
                         followup = f;
@@ -212,9 +198,7 @@ fn from_control(result: Result<impl serde::Serialize, ControlError>) -> ControlR
 pub fn handle(req: ControlRequest, sup: &mut Supervisor) -> (ControlReply, Followup) {
     let now = Instant::now();
     let reply = match req {
-        ControlRequest::List => ok(ServiceList {
-            services: sup.services().iter().map(|s| s.status(now)).collect(),
-        }),
+        ControlRequest::List => ok(ServiceList { services: sup.services().iter().map(|s| s.status(now)).collect() }),
         ControlRequest::Start { service } => from_control(sup.request_start(&service)),
         ControlRequest::Stop { service } => from_control(sup.request_stop(&service)),
         ControlRequest::Restart { service } => from_control(sup.request_restart(&service)),
@@ -227,11 +211,8 @@ pub fn handle(req: ControlRequest, sup: &mut Supervisor) -> (ControlReply, Follo
             None => from_control(Err::<(), _>(ControlError::NotFound(service))),
         },
         ControlRequest::Poweroff | ControlRequest::Reboot => {
-            let action = if req == ControlRequest::Poweroff {
-                ShutdownAction::Poweroff
-            } else {
-                ShutdownAction::Reboot
-            };
+            let action =
+                if req == ControlRequest::Poweroff { ShutdownAction::Poweroff } else { ShutdownAction::Reboot };
             return (ok(ShutdownAccepted { action }), Followup::Shutdown(action));
         }
     };
@@ -251,10 +232,7 @@ pub fn request(socket: &Path, req: &ControlRequest, timeout: Duration) -> io::Re
     stream.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
     if len > cerana_protocol::frame::MAX_FRAME_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "reply frame too large",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "reply frame too large"));
     }
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload)?;

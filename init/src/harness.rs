@@ -46,12 +46,7 @@ impl RunningInit {
     /// Starts `init_bin --no-mount --table <dir>/services.toml ...` plus `extra` args, with
     /// the given table text, under `unshare --pid --fork`. Init's console goes to
     /// `<dir>/console`.
-    pub fn start(
-        init_bin: &Path,
-        dir: &Path,
-        table: &str,
-        extra: &[&str],
-    ) -> std::io::Result<Self> {
+    pub fn start(init_bin: &Path, dir: &Path, table: &str, extra: &[&str]) -> std::io::Result<Self> {
         let table_path = dir.join("services.toml");
         std::fs::write(&table_path, table)?;
         let socket = dir.join("init.sock");
@@ -114,13 +109,8 @@ impl RunningInit {
         let deadline = Instant::now() + Duration::from_secs(5);
         let pid = loop {
             let children =
-                std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
-                    .unwrap_or_default();
-            if let Some(pid) = children
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
-            {
+                std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children")).unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
                 break pid;
             }
             if Instant::now() > deadline {
@@ -128,14 +118,7 @@ impl RunningInit {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        Ok(Self {
-            unshare,
-            pid,
-            events,
-            socket,
-            console,
-            seen: 0,
-        })
+        Ok(Self { unshare, pid, events, socket, console, seen: 0 })
     }
 
     /// Every event so far, in order.
@@ -208,9 +191,7 @@ impl RunningInit {
     /// CPU time init has used so far (from /proc/<pid>/schedstat, nanoseconds).
     pub fn cpu_time(&self) -> Option<Duration> {
         let s = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid)).ok()?;
-        Some(Duration::from_nanos(
-            s.split_whitespace().next()?.parse().ok()?,
-        ))
+        Some(Duration::from_nanos(s.split_whitespace().next()?.parse().ok()?))
     }
 }
 

@@ -16,13 +16,7 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            lines: VecDeque::new(),
-            bytes: 0,
-            capacity,
-            dropped: 0,
-            partial: Vec::new(),
-        }
+        Self { lines: VecDeque::new(), bytes: 0, capacity, dropped: 0, partial: Vec::new() }
     }
 
     /// Feeds raw output; returns the lines completed by it (for the console).
@@ -77,11 +71,7 @@ impl LogBuffer {
     /// The newest `n` lines (all when `None`), oldest first.
     pub fn tail(&self, n: Option<usize>) -> Vec<String> {
         let n = n.unwrap_or(self.lines.len()).min(self.lines.len());
-        self.lines
-            .iter()
-            .skip(self.lines.len() - n)
-            .cloned()
-            .collect()
+        self.lines.iter().skip(self.lines.len() - n).cloned().collect()
     }
 
     pub fn dropped(&self) -> u64 {

@@ -18,19 +18,13 @@ pub enum ModuleError {
     #[error("not found in modules.dep")]
     NotFound,
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot decompress {path}: {message}")]
     Decompress { path: PathBuf, message: String },
     #[error("{path}: unsupported compression (only .ko, .ko.xz, .ko.zst)")]
     UnsupportedCompression { path: PathBuf },
     #[error("the kernel refused {path}: {errno} ({})", errno.desc())]
-    Kernel {
-        path: PathBuf,
-        errno: nix::errno::Errno,
-    },
+    Kernel { path: PathBuf, errno: nix::errno::Errno },
     #[error("needs {0}, which failed")]
     Dependency(String),
 }
@@ -62,10 +56,7 @@ impl ModuleIndex {
             let deps = deps.split_whitespace().filter_map(name_of).collect();
             modules.insert(name, (path.trim().to_string(), deps));
         }
-        let builtin = modules_builtin
-            .lines()
-            .filter_map(|l| name_of(l.trim()))
-            .collect();
+        let builtin = modules_builtin.lines().filter_map(|l| name_of(l.trim())).collect();
         Self { modules, builtin }
     }
 
@@ -79,12 +70,7 @@ impl ModuleIndex {
     /// The modules to load for `wanted`, dependencies first, each once. Built-in modules are
     /// left out; unknown ones are returned separately.
     pub fn load_order(&self, wanted: &[ModuleName]) -> (Vec<ModuleName>, Vec<ModuleName>) {
-        fn visit(
-            idx: &ModuleIndex,
-            m: &ModuleName,
-            order: &mut Vec<ModuleName>,
-            seen: &mut BTreeSet<ModuleName>,
-        ) {
+        fn visit(idx: &ModuleIndex, m: &ModuleName, order: &mut Vec<ModuleName>, seen: &mut BTreeSet<ModuleName>) {
             if !seen.insert(m.clone()) {
                 return;
             }
@@ -136,10 +122,7 @@ impl ModuleLoader for KernelLoader {
     fn load(&self, path: &Path) -> Result<(), ModuleError> {
         let params = c"";
         let result = if path.extension().is_some_and(|e| e == "ko") {
-            let file = File::open(path).map_err(|source| ModuleError::Read {
-                path: path.into(),
-                source,
-            })?;
+            let file = File::open(path).map_err(|source| ModuleError::Read { path: path.into(), source })?;
             nix::kmod::finit_module(&file, params, nix::kmod::ModuleInitFlags::empty())
         } else {
             let image = decompress(path)?;
@@ -147,10 +130,7 @@ impl ModuleLoader for KernelLoader {
         };
         match result {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-            Err(errno) => Err(ModuleError::Kernel {
-                path: path.into(),
-                errno,
-            }),
+            Err(errno) => Err(ModuleError::Kernel { path: path.into(), errno }),
         }
     }
 }
@@ -158,24 +138,15 @@ impl ModuleLoader for KernelLoader {
 /// Reads a compressed module into memory.
 pub fn decompress(path: &Path) -> Result<Vec<u8>, ModuleError> {
     let name = path.to_string_lossy();
-    let mut file = File::open(path).map_err(|source| ModuleError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let fail = |message: String| ModuleError::Decompress {
-        path: path.into(),
-        message,
-    };
+    let mut file = File::open(path).map_err(|source| ModuleError::Read { path: path.into(), source })?;
+    let fail = |message: String| ModuleError::Decompress { path: path.into(), message };
     let mut out = Vec::new();
     if name.ends_with(".ko.xz") {
         let mut input = std::io::BufReader::new(file);
         lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| fail(format!("{e:?}")))?;
     } else if name.ends_with(".ko.zst") {
-        let mut decoder =
-            ruzstd::decoding::StreamingDecoder::new(&mut file).map_err(|e| fail(e.to_string()))?;
-        decoder
-            .read_to_end(&mut out)
-            .map_err(|e| fail(e.to_string()))?;
+        let mut decoder = ruzstd::decoding::StreamingDecoder::new(&mut file).map_err(|e| fail(e.to_string()))?;
+        decoder.read_to_end(&mut out).map_err(|e| fail(e.to_string()))?;
     } else {
         return Err(ModuleError::UnsupportedCompression { path: path.into() });
     }
@@ -195,12 +166,7 @@ const MAX_LOADERS: usize = 4;
 
 /// Loads `wanted` and their dependencies from `dir`, reporting each outcome on `out`. A module
 /// is loaded only after its dependencies loaded; independent ones load in parallel.
-pub fn load_modules(
-    dir: &Path,
-    wanted: &[ModuleName],
-    loader: &dyn ModuleLoader,
-    out: &mut Output,
-) -> LoadReport {
+pub fn load_modules(dir: &Path, wanted: &[ModuleName], loader: &dyn ModuleLoader, out: &mut Output) -> LoadReport {
     let loaders = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_LOADERS);
     load_modules_with(dir, wanted, loader, loaders, out)
 }
@@ -229,10 +195,7 @@ fn load_modules_with(
     let mut report = LoadReport::default();
     let fail = |report: &mut LoadReport, m: &ModuleName, error: String, out: &mut Output| {
         out.error(&format!("module {m}: {error}"));
-        out.event(LifecycleEvent::ModuleFailed {
-            module: m.to_string(),
-            error: error.clone(),
-        });
+        out.event(LifecycleEvent::ModuleFailed { module: m.to_string(), error: error.clone() });
         report.failed.push((m.clone(), error));
     };
     let index = match ModuleIndex::read(dir) {
@@ -345,20 +308,8 @@ garbage line without colon
     #[test]
     fn dependencies_come_first_and_once() {
         let idx = ModuleIndex::parse(DEP, "kernel/drivers/input/evdev.ko\n");
-        let (order, unknown) =
-            idx.load_order(&[n("zfs"), n("virtio-net"), n("spl"), n("evdev"), n("nope")]);
-        assert_eq!(
-            names(&order),
-            [
-                "spl",
-                "zcommon",
-                "zunicode",
-                "zfs",
-                "failover",
-                "net_failover",
-                "virtio_net"
-            ]
-        );
+        let (order, unknown) = idx.load_order(&[n("zfs"), n("virtio-net"), n("spl"), n("evdev"), n("nope")]);
+        assert_eq!(names(&order), ["spl", "zcommon", "zunicode", "zfs", "failover", "net_failover", "virtio_net"]);
         assert_eq!(names(&unknown), ["nope"]);
     }
 
@@ -391,10 +342,7 @@ garbage line without colon
             self.running.fetch_sub(1, SeqCst);
             self.calls.lock().unwrap().push(format!("end {file}"));
             if file.starts_with("zcommon") {
-                return Err(ModuleError::Kernel {
-                    path: path.into(),
-                    errno: nix::errno::Errno::ENOEXEC,
-                });
+                return Err(ModuleError::Kernel { path: path.into(), errno: nix::errno::Errno::ENOEXEC });
             }
             Ok(())
         }
@@ -416,27 +364,32 @@ garbage line without colon
         let mut out = quiet_output(&events);
         let rec = Recorder::default();
         let report = load_modules_with(dir.path(), &[n("zfs"), n("virtio_net")], &rec, 2, &mut out);
-        let started: BTreeSet<String> = rec.calls().iter().filter_map(|c| c.strip_prefix("start ").map(str::to_owned)).collect();
-        let expected = ["spl.ko.xz", "zcommon.ko.xz", "zunicode.ko.xz", "failover.ko", "net_failover.ko", "virtio_net.ko"];
+        let started: BTreeSet<String> =
+            rec.calls().iter().filter_map(|c| c.strip_prefix("start ").map(str::to_owned)).collect();
+        let expected =
+            ["spl.ko.xz", "zcommon.ko.xz", "zunicode.ko.xz", "failover.ko", "net_failover.ko", "virtio_net.ko"];
         assert_eq!(started, expected.iter().map(|s| s.to_string()).collect(), "zfs itself is never tried");
-        for (dep, module) in [("spl.ko.xz", "zcommon.ko.xz"), ("spl.ko.xz", "zunicode.ko.xz"), ("failover.ko", "net_failover.ko"), ("net_failover.ko", "virtio_net.ko")] {
-            assert!(rec.at(&format!("end {dep}")) < rec.at(&format!("start {module}")), "{module} before {dep}: {:?}", rec.calls());
+        for (dep, module) in [
+            ("spl.ko.xz", "zcommon.ko.xz"),
+            ("spl.ko.xz", "zunicode.ko.xz"),
+            ("failover.ko", "net_failover.ko"),
+            ("net_failover.ko", "virtio_net.ko"),
+        ] {
+            assert!(
+                rec.at(&format!("end {dep}")) < rec.at(&format!("start {module}")),
+                "{module} before {dep}: {:?}",
+                rec.calls()
+            );
         }
         assert_eq!(rec.most_at_once.load(std::sync::atomic::Ordering::SeqCst), 2, "independent chains overlap");
         let loaded: BTreeSet<&str> = report.loaded.iter().map(ModuleName::as_str).collect();
         assert_eq!(loaded, BTreeSet::from(["spl", "zunicode", "failover", "net_failover", "virtio_net"]));
-        let failed: Vec<(&str, &str)> = report
-            .failed
-            .iter()
-            .map(|(m, e)| (m.as_str(), e.as_str()))
-            .collect();
+        let failed: Vec<(&str, &str)> = report.failed.iter().map(|(m, e)| (m.as_str(), e.as_str())).collect();
         assert_eq!(failed[0].0, "zcommon");
         assert!(failed[0].1.contains("ENOEXEC"), "{}", failed[0].1);
         assert_eq!(failed[1], ("zfs", "needs zcommon, which failed"));
         let text = std::fs::read_to_string(events).unwrap();
-        assert!(text.contains(
-            r#"{"event":"module_failed","module":"zfs","error":"needs zcommon, which failed"}"#
-        ));
+        assert!(text.contains(r#"{"event":"module_failed","module":"zfs","error":"needs zcommon, which failed"}"#));
         assert!(text.contains(r#"{"event":"module_loaded","module":"spl"}"#));
     }
 
@@ -444,12 +397,7 @@ garbage line without colon
     fn a_missing_tree_fails_every_module_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let mut out = quiet_output(&dir.path().join("events"));
-        let report = load_modules(
-            &dir.path().join("absent"),
-            &[n("zfs")],
-            &Recorder::default(),
-            &mut out,
-        );
+        let report = load_modules(&dir.path().join("absent"), &[n("zfs")], &Recorder::default(), &mut out);
         assert!(report.failed[0].1.contains("modules.dep"));
     }
 
@@ -463,24 +411,15 @@ garbage line without colon
         std::fs::write(&xz, &packed).unwrap();
         assert_eq!(decompress(&xz).unwrap(), image);
         let zst = dir.path().join("m.ko.zst");
-        let packed = ruzstd::encoding::compress_to_vec(
-            &image[..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
+        let packed = ruzstd::encoding::compress_to_vec(&image[..], ruzstd::encoding::CompressionLevel::Fastest);
         std::fs::write(&zst, &packed).unwrap();
         assert_eq!(decompress(&zst).unwrap(), image);
         let bad = dir.path().join("bad.ko.xz");
         std::fs::write(&bad, b"not xz").unwrap();
-        assert!(matches!(
-            decompress(&bad),
-            Err(ModuleError::Decompress { .. })
-        ));
+        assert!(matches!(decompress(&bad), Err(ModuleError::Decompress { .. })));
         let gz = dir.path().join("m.ko.gz");
         std::fs::write(&gz, b"").unwrap();
-        assert!(matches!(
-            decompress(&gz),
-            Err(ModuleError::UnsupportedCompression { .. })
-        ));
+        assert!(matches!(decompress(&gz), Err(ModuleError::UnsupportedCompression { .. })));
     }
 
     #[test]

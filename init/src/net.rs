@@ -23,20 +23,13 @@ pub enum NetError {
     #[error("gateway {gateway} is not in {cidr}")]
     GatewayOutside { gateway: IpAddr, cidr: IpCidr },
     #[error("{what} on {interface}: {source}")]
-    Ioctl {
-        what: &'static str,
-        interface: String,
-        source: io::Error,
-    },
+    Ioctl { what: &'static str, interface: String, source: io::Error },
 }
 
 /// Interface names under `sys_class_net` (e.g. /sys/class/net), sorted.
 fn interfaces(sys_class_net: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(sys_class_net)
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -62,11 +55,7 @@ pub fn first_physical_ethernet(sys_class_net: &Path) -> Option<String> {
 
 /// The netmask of an IPv4 prefix length.
 pub fn netmask(prefix: u8) -> Ipv4Addr {
-    let bits = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    };
+    let bits = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
     Ipv4Addr::from(bits)
 }
 
@@ -79,9 +68,7 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it as sockaddr_in
@@ -92,11 +79,7 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
 fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
         *dst = src as libc::c_char;
     }
     req
@@ -115,10 +98,7 @@ impl Ioctls {
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
             None,
         )?;
-        Ok(Self {
-            sock,
-            interface: interface.to_string(),
-        })
+        Ok(Self { sock, interface: interface.to_string() })
     }
 
     fn open(interface: &str) -> Result<Self, NetError> {
@@ -129,12 +109,7 @@ impl Ioctls {
         })
     }
 
-    fn call<T>(
-        &self,
-        what: &'static str,
-        request: libc::Ioctl,
-        arg: &mut T,
-    ) -> Result<(), NetError> {
+    fn call<T>(&self, what: &'static str, request: libc::Ioctl, arg: &mut T) -> Result<(), NetError> {
         // SAFETY: `arg` is the struct this request reads/writes (ifreq or rtentry), owned by
         // the caller for the duration of the call.
         let rc = unsafe { libc::ioctl(self.sock.as_raw_fd(), request, arg as *mut T) };
@@ -177,9 +152,7 @@ impl Ioctls {
         rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
         rt.rt_dev = dev.as_mut_ptr() as *mut libc::c_char;
         match self.call("SIOCADDRT", libc::SIOCADDRT, &mut rt) {
-            Err(NetError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(())
-            }
+            Err(NetError::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             other => other,
         }
     }
@@ -199,11 +172,7 @@ pub fn link_up(interface: &str) -> Result<(), NetError> {
 }
 
 /// Finds the management interface, waiting up to `wait` for its driver to create it.
-pub fn find_mgmt_interface(
-    sys_class_net: &Path,
-    mac: Option<&MacAddr>,
-    wait: Duration,
-) -> Result<String, NetError> {
+pub fn find_mgmt_interface(sys_class_net: &Path, mac: Option<&MacAddr>, wait: Duration) -> Result<String, NetError> {
     let deadline = Instant::now() + wait;
     loop {
         let found = match mac {
@@ -224,11 +193,7 @@ pub fn find_mgmt_interface(
 }
 
 /// Brings `interface` up with `address` and, when given, a default route via `gateway`.
-pub fn configure(
-    interface: &str,
-    address: IpCidr,
-    gateway: Option<IpAddr>,
-) -> Result<MgmtConfig, NetError> {
+pub fn configure(interface: &str, address: IpCidr, gateway: Option<IpAddr>) -> Result<MgmtConfig, NetError> {
     let IpAddr::V4(v4) = address.addr else {
         return Err(NetError::Ipv6(address.addr));
     };
@@ -236,10 +201,7 @@ pub fn configure(
         None => None,
         Some(IpAddr::V6(g)) => return Err(NetError::Ipv6(IpAddr::V6(g))),
         Some(IpAddr::V4(g)) if !in_subnet(g, v4, address.prefix) => {
-            return Err(NetError::GatewayOutside {
-                gateway: IpAddr::V4(g),
-                cidr: address,
-            })
+            return Err(NetError::GatewayOutside { gateway: IpAddr::V4(g), cidr: address })
         }
         Some(IpAddr::V4(g)) => Some(g),
     };
@@ -249,11 +211,7 @@ pub fn configure(
     if let Some(g) = gw {
         io.default_route(g)?;
     }
-    Ok(MgmtConfig {
-        interface: interface.to_string(),
-        address,
-        gateway,
-    })
+    Ok(MgmtConfig { interface: interface.to_string(), address, gateway })
 }
 
 #[cfg(test)]
@@ -266,16 +224,8 @@ mod tests {
         assert_eq!(netmask(16), Ipv4Addr::new(255, 255, 0, 0));
         assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
-        assert!(in_subnet(
-            Ipv4Addr::new(10, 0, 2, 2),
-            Ipv4Addr::new(10, 0, 2, 15),
-            24
-        ));
-        assert!(!in_subnet(
-            Ipv4Addr::new(10, 0, 3, 2),
-            Ipv4Addr::new(10, 0, 2, 15),
-            24
-        ));
+        assert!(in_subnet(Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 15), 24));
+        assert!(!in_subnet(Ipv4Addr::new(10, 0, 3, 2), Ipv4Addr::new(10, 0, 2, 15), 24));
     }
 
     fn fake_sysfs() -> tempfile::TempDir {
@@ -300,17 +250,11 @@ mod tests {
     fn the_interface_is_found_by_mac_or_as_the_first_physical_nic() {
         let sys = fake_sysfs();
         let mac: MacAddr = "52:54:00:CE:7A:02".parse().unwrap();
-        assert_eq!(
-            interface_with_mac(sys.path(), &mac).as_deref(),
-            Some("ens4")
-        );
+        assert_eq!(interface_with_mac(sys.path(), &mac).as_deref(), Some("ens4"));
         assert_eq!(first_physical_ethernet(sys.path()).as_deref(), Some("ens3"));
         let absent: MacAddr = "52:54:00:00:00:01".parse().unwrap();
         let err = find_mgmt_interface(sys.path(), Some(&absent), Duration::ZERO).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no network interface with MAC 52:54:00:00:00:01"
-        );
+        assert_eq!(err.to_string(), "no network interface with MAC 52:54:00:00:00:01");
     }
 
     #[test]

@@ -55,9 +55,7 @@ impl Default for Options {
 
 impl Options {
     pub fn control_socket(&self) -> PathBuf {
-        self.control_socket
-            .clone()
-            .unwrap_or_else(|| self.run_dir.join("init.sock"))
+        self.control_socket.clone().unwrap_or_else(|| self.run_dir.join("init.sock"))
     }
 }
 
@@ -148,13 +146,7 @@ mod tests {
         // "--table" takes the next word as its value whatever it looks like.
         assert_eq!(o.table, PathBuf::from("--no-mount=1"));
         assert!(!o.no_mount);
-        assert_eq!(
-            p,
-            [
-                "unknown argument \"single\"",
-                "unknown argument \"--bogus\""
-            ]
-        );
+        assert_eq!(p, ["unknown argument \"single\"", "unknown argument \"--bogus\""]);
         let (_, p) = parse(args("--events"));
         assert_eq!(p, ["--events needs a value"]);
         let (_, p) = parse(args("--no-mount=yes"));

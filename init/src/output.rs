@@ -23,12 +23,7 @@ pub struct Output {
 impl Output {
     /// `console` is `/dev/console` on a machine, or a copy of stderr off PID 1.
     pub fn new(console: File, events_file: Option<File>, started: Instant) -> Self {
-        Self {
-            console,
-            events_file,
-            level: LogLevel::Info,
-            started,
-        }
+        Self { console, events_file, level: LogLevel::Info, started }
     }
 
     /// Opens `path` for appending events (created if absent).

@@ -14,11 +14,7 @@ const KEY_POWER: u16 = 116;
 pub fn power_button_events(devices: &str) -> Vec<String> {
     devices
         .split("\n\n")
-        .filter(|block| {
-            block
-                .lines()
-                .any(|l| l.starts_with("N: Name=") && l.contains("Power Button"))
-        })
+        .filter(|block| block.lines().any(|l| l.starts_with("N: Name=") && l.contains("Power Button")))
         .flat_map(|block| {
             block
                 .lines()

@@ -59,11 +59,7 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
         eprintln!("{}", options::USAGE);
         return 2;
     }
-    let mode = if pid1 && !opts.no_mount {
-        Mode::Machine
-    } else {
-        Mode::Contained { pid1 }
-    };
+    let mode = if pid1 && !opts.no_mount { Mode::Machine } else { Mode::Contained { pid1 } };
 
     let mut boot_problems = Vec::new();
     if mode == Mode::Machine {
@@ -72,8 +68,7 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
     boot::ensure_std_fds();
     let console = match (mode, &opts.console) {
         (Mode::Machine, path) => {
-            boot::take_console(path.as_deref().unwrap_or(Path::new(boot::CONSOLE)))
-                .or_else(|_| stderr_copy())
+            boot::take_console(path.as_deref().unwrap_or(Path::new(boot::CONSOLE))).or_else(|_| stderr_copy())
         }
         (Mode::Contained { .. }, Some(path)) => boot::open_console(path),
         (Mode::Contained { .. }, None) => stderr_copy(),
@@ -83,10 +78,7 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
         return run_without_console(opts, mode, started);
     };
     install_panic_hook();
-    let events_file = opts
-        .events
-        .as_deref()
-        .and_then(|p| Output::open_events_file(p).ok());
+    let events_file = opts.events.as_deref().and_then(|p| Output::open_events_file(p).ok());
     let mut out = Output::new(console, events_file, started);
     for p in &arg_problems {
         out.warn(&format!("ignoring argument: {p}"));
@@ -94,9 +86,7 @@ pub fn run(args: Vec<String>, started: Instant) -> i32 {
     for p in &boot_problems {
         out.error(&format!("early boot: {p}"));
     }
-    out.event(LifecycleEvent::EarlyBootDone {
-        uptime_ms: out.uptime_ms(),
-    });
+    out.event(LifecycleEvent::EarlyBootDone { uptime_ms: out.uptime_ms() });
     supervise(opts, mode, out)
 }
 
@@ -108,10 +98,7 @@ fn run_without_console(opts: Options, mode: Mode, started: Instant) -> i32 {
     let sink = File::options().write(true).open("/dev/null");
     match sink {
         Ok(null) => {
-            let events = opts
-                .events
-                .as_deref()
-                .and_then(|p| Output::open_events_file(p).ok());
+            let events = opts.events.as_deref().and_then(|p| Output::open_events_file(p).ok());
             supervise(opts, mode, Output::new(null, events, started))
         }
         Err(_) => reap_forever(),
@@ -137,12 +124,10 @@ fn read_settings(opts: &Options, mode: Mode, out: &mut Output) -> Settings {
         (None, Mode::Contained { .. }) => None,
     };
     let text = match &source {
-        Some(path) => std::fs::read(path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_else(|e| {
-                out.error(&format!("cannot read {}: {e}", path.display()));
-                String::new()
-            }),
+        Some(path) => std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|e| {
+            out.error(&format!("cannot read {}: {e}", path.display()));
+            String::new()
+        }),
         None => String::new(),
     };
     let parsed = cmdline::parse(&text);
@@ -150,9 +135,7 @@ fn read_settings(opts: &Options, mode: Mode, out: &mut Output) -> Settings {
     for p in &parsed.problems {
         out.warn(&format!("kernel command line: {p}"));
     }
-    out.event(LifecycleEvent::CmdlineParsed {
-        warnings: parsed.problems.iter().map(ToString::to_string).collect(),
-    });
+    out.event(LifecycleEvent::CmdlineParsed { warnings: parsed.problems.iter().map(ToString::to_string).collect() });
     parsed.settings
 }
 
@@ -163,11 +146,7 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
             out.error(&format!("cannot bring lo up: {e}"));
         }
         let uuid = boot::read_product_uuid();
-        let id = boot::Identity::derive(
-            uuid.as_deref(),
-            settings.hostname.as_ref(),
-            boot::random_bytes(),
-        );
+        let id = boot::Identity::derive(uuid.as_deref(), settings.hostname.as_ref(), boot::random_bytes());
         out.info(&format!(
             "machine-id {} (from {}), hostid {:08x}, hostname {}",
             id.machine_id, id.source, id.hostid, id.hostname
@@ -183,20 +162,14 @@ fn node_setup(settings: &Settings, opts: &Options, mode: Mode, out: &mut Output)
     // coordinator starts the same way, and its HTTP API stays closed to the network.
     let token = settings.api_token.clone().or_else(|| {
         (mode == Mode::Machine).then(|| {
-            let hex: String = boot::random_bytes()
-                .iter()
-                .chain(boot::random_bytes().iter())
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex: String =
+                boot::random_bytes().iter().chain(boot::random_bytes().iter()).map(|b| format!("{b:02x}")).collect();
             hex.parse().expect("64 hex digits are a valid token")
         })
     });
     if let Some(token) = &token {
         match boot::write_api_token(&opts.run_dir, token) {
-            Ok(()) => out.info(&format!(
-                "API token written to {}/api-token",
-                opts.run_dir.display()
-            )),
+            Ok(()) => out.info(&format!("API token written to {}/api-token", opts.run_dir.display())),
             Err(e) => out.error(&format!("cannot write the API token: {e}")),
         }
     }
@@ -228,11 +201,7 @@ fn load_kernel_modules(settings: &Settings, opts: &Options, mode: Mode, out: &mu
         return;
     }
     let report = modules::load_modules(&dir, &wanted, &KernelLoader, out);
-    out.info(&format!(
-        "modules: {} loaded, {} failed",
-        report.loaded.len(),
-        report.failed.len()
-    ));
+    out.info(&format!("modules: {} loaded, {} failed", report.loaded.len(), report.failed.len()));
 }
 
 /// How long init waits for the management NIC's driver to create the interface.
@@ -242,9 +211,7 @@ const MGMT_NIC_WAIT: Duration = Duration::from_secs(5);
 fn mgmt_network(settings: &Settings, out: &mut Output) {
     let Some(address) = settings.mgmt_ip else {
         if settings.mgmt_mac.is_some() || settings.mgmt_gw.is_some() {
-            out.warn(
-                "cerana.mgmt_mac/mgmt_gw without cerana.mgmt_ip: management interface left alone",
-            );
+            out.warn("cerana.mgmt_mac/mgmt_gw without cerana.mgmt_ip: management interface left alone");
         }
         return;
     };
@@ -253,14 +220,8 @@ fn mgmt_network(settings: &Settings, out: &mut Output) {
         .and_then(|iface| crate::net::configure(&iface, address, settings.mgmt_gw));
     match result {
         Ok(cfg) => {
-            let via = cfg
-                .gateway
-                .map(|g| format!(", default route via {g}"))
-                .unwrap_or_default();
-            out.info(&format!(
-                "management interface {}: {}{via}",
-                cfg.interface, cfg.address
-            ));
+            let via = cfg.gateway.map(|g| format!(", default route via {g}")).unwrap_or_default();
+            out.info(&format!("management interface {}: {}{via}", cfg.interface, cfg.address));
             out.event(LifecycleEvent::NetworkConfigured {
                 interface: cfg.interface,
                 address: cfg.address.to_string(),
@@ -269,9 +230,7 @@ fn mgmt_network(settings: &Settings, out: &mut Output) {
         }
         Err(e) => {
             out.error(&format!("management interface: {e}"));
-            out.event(LifecycleEvent::NetworkFailed {
-                error: e.to_string(),
-            });
+            out.event(LifecycleEvent::NetworkFailed { error: e.to_string() });
         }
     }
 }
@@ -385,13 +344,7 @@ fn supervise(opts: Options, mode: Mode, mut out: Output) -> i32 {
     let mut panics = 0u32;
     loop {
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            loop_once(
-                &mut sup,
-                &mut control,
-                &mut buttons,
-                signals.as_ref().ok(),
-                &mut out,
-            )
+            loop_once(&mut sup, &mut control, &mut buttons, signals.as_ref().ok(), &mut out)
         }));
         match step {
             Ok(Some(action)) => break finish(action, mode, control.take(), &mut out),
@@ -422,11 +375,7 @@ fn loop_once(
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut roles: Vec<Role> = Vec::new();
     let mut watch = |fd: RawFd, role: Role| {
-        fds.push(libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
         roles.push(role);
     };
     if let Some(s) = signals {
@@ -445,24 +394,17 @@ fn loop_once(
         watch(b.as_raw_fd(), Role::Button(i));
     }
     let now = Instant::now();
-    let mut deadline = [
-        sup.next_deadline(),
-        control.as_ref().and_then(|c| c.next_deadline()),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
-    .min(IDLE_WAKEUP);
+    let mut deadline = [sup.next_deadline(), control.as_ref().and_then(|c| c.next_deadline())]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(IDLE_WAKEUP, |d| d.saturating_duration_since(now))
+        .min(IDLE_WAKEUP);
     if signals.is_none() || sup.shutting_down() {
         deadline = deadline.min(Duration::from_millis(50));
     }
     let timeout_ms = deadline.as_millis().min(i32::MAX as u128) as i32;
-    let timeout_ms = if timeout_ms == 0 && !deadline.is_zero() {
-        1
-    } else {
-        timeout_ms
-    };
+    let timeout_ms = if timeout_ms == 0 && !deadline.is_zero() { 1 } else { timeout_ms };
     // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     let mut reap = signals.is_none();
@@ -479,17 +421,12 @@ fn loop_once(
                             let sig = Signal::try_from(info.ssi_signo as i32).ok();
                             match sig {
                                 Some(Signal::SIGCHLD) => reap = true,
-                                Some(Signal::SIGINT) => sup.begin_shutdown(
-                                    ShutdownAction::Reboot,
-                                    "SIGINT (Ctrl-Alt-Del)",
-                                    out,
-                                ),
-                                Some(
-                                    s @ (Signal::SIGTERM
-                                    | Signal::SIGUSR1
-                                    | Signal::SIGUSR2
-                                    | Signal::SIGPWR),
-                                ) => sup.begin_shutdown(ShutdownAction::Poweroff, s.as_str(), out),
+                                Some(Signal::SIGINT) => {
+                                    sup.begin_shutdown(ShutdownAction::Reboot, "SIGINT (Ctrl-Alt-Del)", out)
+                                }
+                                Some(s @ (Signal::SIGTERM | Signal::SIGUSR1 | Signal::SIGUSR2 | Signal::SIGPWR)) => {
+                                    sup.begin_shutdown(ShutdownAction::Poweroff, s.as_str(), out)
+                                }
                                 _ => {}
                             }
                         }
@@ -529,12 +466,7 @@ fn loop_once(
 }
 
 /// After every service and process is gone: on a machine unmount and reboot(2); off it, exit.
-fn finish(
-    action: ShutdownAction,
-    mode: Mode,
-    control: Option<ControlServer>,
-    out: &mut Output,
-) -> i32 {
+fn finish(action: ShutdownAction, mode: Mode, control: Option<ControlServer>, out: &mut Output) -> i32 {
     drop(control);
     if mode != Mode::Machine {
         out.info("shutdown complete");
@@ -543,10 +475,7 @@ fn finish(
     }
     let busy = boot::unmount_all();
     if !busy.is_empty() {
-        out.warn(&format!(
-            "still mounted (remounted read-only): {}",
-            busy.join(" ")
-        ));
+        out.warn(&format!("still mounted (remounted read-only): {}", busy.join(" ")));
     }
     out.info("shutdown complete");
     out.event(LifecycleEvent::ShutdownComplete { action });

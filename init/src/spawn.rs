@@ -25,10 +25,7 @@ pub struct Spawned {
 /// A pipe whose ends are close-on-exec in init; the read end does not block.
 pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC)?;
-    nix::fcntl::fcntl(
-        r.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
-    )?;
+    nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     Ok((r, w))
 }
 
@@ -46,10 +43,7 @@ pub enum Stdio3<'a> {
 pub fn spawn(spec: &ServiceSpec, stdio: Stdio3<'_>) -> io::Result<Spawned> {
     let console = matches!(stdio, Stdio3::Console(_));
     let mut cmd = Command::new(&spec.command);
-    cmd.args(&spec.args)
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", "/");
+    cmd.args(&spec.args).env_clear().env("PATH", DEFAULT_PATH).env("HOME", "/");
     if !console {
         // Output goes to a ring buffer and a serial console: no colour escapes.
         cmd.env("NO_COLOR", "1");
@@ -57,9 +51,7 @@ pub fn spawn(spec: &ServiceSpec, stdio: Stdio3<'_>) -> io::Result<Spawned> {
     cmd.envs(&spec.env);
     match stdio {
         Stdio3::Log(w) => {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::from(w.try_clone()?))
-                .stderr(Stdio::from(w.try_clone()?));
+            cmd.stdin(Stdio::null()).stdout(Stdio::from(w.try_clone()?)).stderr(Stdio::from(w.try_clone()?));
         }
         Stdio3::Console(Some(tty)) => {
             cmd.stdin(Stdio::from(tty.try_clone()?))
@@ -90,10 +82,7 @@ pub fn spawn(spec: &ServiceSpec, stdio: Stdio3<'_>) -> io::Result<Spawned> {
     let pid = Pid::from_raw(child.id() as i32);
     // Dropping `Child` neither waits nor kills; init reaps every pid in its WNOHANG loop.
     drop(child);
-    Ok(Spawned {
-        pid,
-        ready_read: ready.map(|(r, _w)| r),
-    })
+    Ok(Spawned { pid, ready_read: ready.map(|(r, _w)| r) })
 }
 
 /// Runs in the child between fork and exec.

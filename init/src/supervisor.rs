@@ -87,11 +87,7 @@ pub struct Service {
 impl Service {
     /// Schedules the next start after the backoff its failures so far earn.
     fn back_off(&mut self, spec: &ServiceSpec, now: Instant) -> Duration {
-        let delay = backoff_delay(
-            spec.restart_delay,
-            spec.restart_delay_max,
-            self.failures_in_row,
-        );
+        let delay = backoff_delay(spec.restart_delay, spec.restart_delay_max, self.failures_in_row);
         self.state = ServiceState::Backoff;
         self.next_start = Some(now + delay);
         delay
@@ -145,10 +141,7 @@ impl Service {
             name: self.name.clone(),
             state: self.state,
             pid: self.pid.map(|p| p.as_raw() as u32),
-            uptime_ms: self
-                .started_at
-                .filter(|_| self.pid.is_some())
-                .map(|t| now.duration_since(t).as_millis() as u64),
+            uptime_ms: self.started_at.filter(|_| self.pid.is_some()).map(|t| now.duration_since(t).as_millis() as u64),
             restarts: self.restarts,
             oneshot: self.spec().is_some_and(|s| s.oneshot),
             detail: self.detail.clone(),
@@ -203,41 +196,19 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Takes over a checked table and reports its problems and skipped entries.
-    pub fn new(
-        table: Table,
-        rest_scope: RestScope,
-        console: Option<File>,
-        out: &mut Output,
-    ) -> Self {
+    pub fn new(table: Table, rest_scope: RestScope, console: Option<File>, out: &mut Output) -> Self {
         for p in &table.problems {
             out.error(&format!("service table: {p}"));
-            out.event(LifecycleEvent::TableProblem {
-                service: p.service.clone(),
-                error: p.message.clone(),
-            });
+            out.event(LifecycleEvent::TableProblem { service: p.service.clone(), error: p.message.clone() });
         }
-        let services: Vec<Service> = table
-            .entries
-            .into_iter()
-            .map(|e| Service::new(e.name, e.entry))
-            .collect();
+        let services: Vec<Service> = table.entries.into_iter().map(|e| Service::new(e.name, e.entry)).collect();
         for s in &services {
             if let Entry::Disabled { reason, .. } = &s.entry {
                 out.info(&format!("{}: not started: {reason}", s.name));
-                out.event(LifecycleEvent::ServiceSkipped {
-                    service: s.name.clone(),
-                    reason: reason.clone(),
-                });
+                out.event(LifecycleEvent::ServiceSkipped { service: s.name.clone(), reason: reason.clone() });
             }
         }
-        Self {
-            services,
-            shutdown: None,
-            node_ready_sent: false,
-            children_left: true,
-            rest_scope,
-            console,
-        }
+        Self { services, shutdown: None, node_ready_sent: false, children_left: true, rest_scope, console }
     }
 
     pub fn services(&self) -> &[Service] {
@@ -282,16 +253,7 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut times: Vec<Instant> = Vec::new();
         for s in &self.services {
-            times.extend(
-                [
-                    s.next_start,
-                    s.ready_deadline,
-                    s.next_probe,
-                    s.stop_deadline,
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            times.extend([s.next_start, s.ready_deadline, s.next_probe, s.stop_deadline].into_iter().flatten());
         }
         if let Some((_, ShutdownPhase::KillRest { deadline, .. })) = self.shutdown {
             times.push(deadline);
@@ -309,9 +271,7 @@ impl Supervisor {
                     return;
                 }
                 Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, Some(code), None, out),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.on_exit(pid, None, Some(sig as i32), out)
-                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.on_exit(pid, None, Some(sig as i32), out),
                 Ok(_) => {}
                 Err(Errno::EINTR) => {}
                 Err(Errno::ECHILD) => {
@@ -335,9 +295,7 @@ impl Supervisor {
         let now = Instant::now();
         let shutting_down = self.shutting_down();
         let s = &mut self.services[i];
-        let ran = s
-            .started_at
-            .map_or(Duration::ZERO, |t| now.duration_since(t));
+        let ran = s.started_at.map_or(Duration::ZERO, |t| now.duration_since(t));
         s.pid = None;
         s.ready_read = None;
         s.ready_deadline = None;
@@ -345,10 +303,9 @@ impl Supervisor {
         s.stop_deadline = None;
         let how = match (code, signal) {
             (Some(c), _) => format!("exited with status {c}"),
-            (_, Some(sig)) => format!(
-                "killed by {}",
-                Signal::try_from(sig).map_or(sig.to_string(), |s| s.as_str().to_string())
-            ),
+            (_, Some(sig)) => {
+                format!("killed by {}", Signal::try_from(sig).map_or(sig.to_string(), |s| s.as_str().to_string()))
+            }
             _ => "ended".to_string(),
         };
         let success = code == Some(0);
@@ -367,10 +324,7 @@ impl Supervisor {
             Some(reason @ (StopReason::Requested | StopReason::Shutdown | StopReason::Restart)) => {
                 out.event(exited(None));
                 out.info(&format!("{}: stopped ({how})", s.name));
-                out.event(LifecycleEvent::ServiceStopped {
-                    service: s.name.clone(),
-                    killed: s.killed,
-                });
+                out.event(LifecycleEvent::ServiceStopped { service: s.name.clone(), killed: s.killed });
                 s.detail = Some(format!("stopped; {how}"));
                 s.state = if reason == StopReason::Restart && !shutting_down {
                     s.restarts += 1;
@@ -387,10 +341,7 @@ impl Supervisor {
             s.state = ServiceState::Done;
             s.detail = Some(how);
             out.event(exited(None));
-            out.event(LifecycleEvent::ServiceReady {
-                service: s.name.clone(),
-                after_ms: ran.as_millis() as u64,
-            });
+            out.event(LifecycleEvent::ServiceReady { service: s.name.clone(), after_ms: ran.as_millis() as u64 });
             return;
         }
         let restart = !shutting_down
@@ -406,22 +357,14 @@ impl Supervisor {
             s.failures_in_row += 1;
             let delay = s.back_off(&spec, now);
             s.detail = Some(format!("{how}; restarting in {} ms", delay.as_millis()));
-            out.warn(&format!(
-                "{}: {how}; restarting in {} ms",
-                s.name,
-                delay.as_millis()
-            ));
+            out.warn(&format!("{}: {how}; restarting in {} ms", s.name, delay.as_millis()));
             out.event(exited(Some(delay)));
         } else {
             out.event(exited(None));
             if success {
                 s.state = ServiceState::Stopped;
                 s.detail = Some(how);
-                out.info(&format!(
-                    "{}: {}",
-                    s.name,
-                    s.detail.as_deref().unwrap_or("")
-                ));
+                out.info(&format!("{}: {}", s.name, s.detail.as_deref().unwrap_or("")));
             } else {
                 s.state = ServiceState::Failed;
                 s.detail = Some(how.clone());
@@ -499,10 +442,7 @@ impl Supervisor {
         } else if eof {
             s.ready_read = None;
             if s.state == ServiceState::Starting {
-                let msg = format!(
-                    "closed {} without writing READY",
-                    cerana_protocol::READY_FD_ENV
-                );
+                let msg = format!("closed {} without writing READY", cerana_protocol::READY_FD_ENV);
                 self.fail_readiness(i, &msg, out);
             }
         }
@@ -519,19 +459,13 @@ impl Supervisor {
         s.detail = None;
         let after = s.started_at.map_or(0, |t| t.elapsed().as_millis() as u64);
         out.info(&format!("{}: ready after {after} ms", s.name));
-        out.event(LifecycleEvent::ServiceReady {
-            service: s.name.clone(),
-            after_ms: after,
-        });
+        out.event(LifecycleEvent::ServiceReady { service: s.name.clone(), after_ms: after });
     }
 
     fn fail_readiness(&mut self, i: usize, why: &str, out: &mut Output) {
         let s = &mut self.services[i];
         out.error(&format!("{}: {why}", s.name));
-        out.event(LifecycleEvent::ServiceFailed {
-            service: s.name.clone(),
-            error: why.to_string(),
-        });
+        out.event(LifecycleEvent::ServiceFailed { service: s.name.clone(), error: why.to_string() });
         s.detail = Some(why.to_string());
         s.ready_deadline = None;
         s.next_probe = None;
@@ -573,16 +507,11 @@ impl Supervisor {
                 s.state = ServiceState::Starting;
                 s.detail = None;
                 out.info(&format!("{}: started, pid {}", s.name, spawned.pid));
-                out.event(LifecycleEvent::ServiceStarted {
-                    service: s.name.clone(),
-                    pid: spawned.pid.as_raw() as u32,
-                });
+                out.event(LifecycleEvent::ServiceStarted { service: s.name.clone(), pid: spawned.pid.as_raw() as u32 });
                 if !spec.oneshot {
                     match spec.ready {
                         Readiness::Started => self.mark_ready(i, out),
-                        Readiness::Notify => {
-                            self.services[i].ready_deadline = Some(now + spec.ready_timeout)
-                        }
+                        Readiness::Notify => self.services[i].ready_deadline = Some(now + spec.ready_timeout),
                         Readiness::UnixSocket(_) | Readiness::TcpPort(_) => {
                             let s = &mut self.services[i];
                             s.ready_deadline = Some(now + spec.ready_timeout);
@@ -594,10 +523,7 @@ impl Supervisor {
             Err(e) => {
                 let why = format!("cannot start {}: {e}", spec.command.display());
                 out.error(&format!("{}: {why}", s.name));
-                out.event(LifecycleEvent::ServiceFailed {
-                    service: s.name.clone(),
-                    error: why.clone(),
-                });
+                out.event(LifecycleEvent::ServiceFailed { service: s.name.clone(), error: why.clone() });
                 s.failures_in_row += 1;
                 if spec.restart == RestartPolicy::Never {
                     s.state = ServiceState::Failed;
@@ -613,11 +539,10 @@ impl Supervisor {
     fn probe(spec: &ServiceSpec) -> bool {
         match &spec.ready {
             Readiness::UnixSocket(path) => unix_socket_accepts(path),
-            Readiness::TcpPort(port) => TcpStream::connect_timeout(
-                &SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
-                Duration::from_millis(100),
-            )
-            .is_ok(),
+            Readiness::TcpPort(port) => {
+                TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, *port)), Duration::from_millis(100))
+                    .is_ok()
+            }
             Readiness::Started | Readiness::Notify => false,
         }
     }
@@ -648,10 +573,7 @@ impl Supervisor {
                     out.error(&format!("{}: still alive after SIGKILL", s.name));
                     s.stop_deadline = None;
                 } else {
-                    out.warn(&format!(
-                        "{}: ignored its stop signal; sending SIGKILL",
-                        s.name
-                    ));
+                    out.warn(&format!("{}: ignored its stop signal; sending SIGKILL", s.name));
                     s.killed = true;
                     s.stop_deadline = Some(now + REST_KILL_GRACE);
                     s.signal_group(Signal::SIGKILL);
@@ -696,9 +618,7 @@ impl Supervisor {
         if !self.shutting_down() && !self.node_ready_sent && self.all_ready() {
             self.node_ready_sent = true;
             out.info("node ready: every enabled service is ready");
-            out.event(LifecycleEvent::NodeReady {
-                uptime_ms: out.uptime_ms(),
-            });
+            out.event(LifecycleEvent::NodeReady { uptime_ms: out.uptime_ms() });
         }
         self.shutdown_step(out);
     }
@@ -706,10 +626,7 @@ impl Supervisor {
     /// Node readiness: every enabled service is ready (one-shot tasks done). Invalid and
     /// disabled entries do not hold the node back; they were reported already.
     fn all_ready(&self) -> bool {
-        self.services
-            .iter()
-            .filter(|s| s.spec().is_some())
-            .all(Service::satisfies_dependants)
+        self.services.iter().filter(|s| s.spec().is_some()).all(Service::satisfies_dependants)
     }
 
     fn send_stop(&mut self, i: usize, reason: StopReason) {
@@ -733,10 +650,7 @@ impl Supervisor {
         let i = self.control_target(name)?;
         let s = &mut self.services[i];
         match s.state {
-            ServiceState::Stopped
-            | ServiceState::Failed
-            | ServiceState::Backoff
-            | ServiceState::Done => {
+            ServiceState::Stopped | ServiceState::Failed | ServiceState::Backoff | ServiceState::Done => {
                 s.state = ServiceState::Waiting;
                 s.next_start = None;
                 s.failures_in_row = 0;
@@ -780,9 +694,7 @@ impl Supervisor {
     }
 
     fn control_target(&self, name: &str) -> Result<usize, ControlError> {
-        let i = self
-            .index(name)
-            .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+        let i = self.index(name).ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         if self.shutting_down() {
             return Err(ControlError::ShuttingDown);
         }
@@ -801,10 +713,7 @@ impl Supervisor {
             return;
         }
         out.info(&format!("shutdown ({action:?}): {reason}"));
-        out.event(LifecycleEvent::ShutdownStarted {
-            action,
-            reason: reason.to_string(),
-        });
+        out.event(LifecycleEvent::ShutdownStarted { action, reason: reason.to_string() });
         self.shutdown = Some((action, ShutdownPhase::StopServices));
         for s in &mut self.services {
             s.next_start = None;
@@ -836,13 +745,8 @@ impl Supervisor {
                     if n > 0 {
                         out.info("sending SIGTERM to the remaining processes");
                     }
-                    self.shutdown = Some((
-                        action,
-                        ShutdownPhase::KillRest {
-                            deadline: now + REST_TERM_GRACE,
-                            killed: false,
-                        },
-                    ));
+                    self.shutdown =
+                        Some((action, ShutdownPhase::KillRest { deadline: now + REST_TERM_GRACE, killed: false }));
                     self.reap(out);
                     self.shutdown_step(out);
                 }
@@ -853,13 +757,8 @@ impl Supervisor {
                 } else if now >= deadline && !killed {
                     out.warn("processes left after SIGTERM; sending SIGKILL");
                     signal_rest(self.rest_scope, Signal::SIGKILL);
-                    self.shutdown = Some((
-                        action,
-                        ShutdownPhase::KillRest {
-                            deadline: now + REST_KILL_GRACE,
-                            killed: true,
-                        },
-                    ));
+                    self.shutdown =
+                        Some((action, ShutdownPhase::KillRest { deadline: now + REST_KILL_GRACE, killed: true }));
                 } else if now >= deadline {
                     out.error("processes survived SIGKILL; shutting down anyway");
                     self.shutdown = Some((action, ShutdownPhase::Done));
@@ -878,9 +777,7 @@ fn stop_order_ready(services: &[Service]) -> Vec<usize> {
         .enumerate()
         .filter(|(_, s)| alive(s) && s.state != ServiceState::Stopping)
         .filter(|(_, s)| {
-            !services.iter().any(|other| {
-                alive(other) && other.spec().is_some_and(|sp| sp.requires.contains(&s.name))
-            })
+            !services.iter().any(|other| alive(other) && other.spec().is_some_and(|sp| sp.requires.contains(&s.name)))
         })
         .map(|(i, _)| i)
         .collect()
@@ -909,14 +806,11 @@ pub fn children_of(parent: i32) -> Vec<i32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    // The comm field may hold spaces and parentheses: parse after the last ')'.
-                    let rest = &stat[stat.rfind(')')? + 2..];
-                    rest.split(' ').nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent)
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+                // The comm field may hold spaces and parentheses: parse after the last ')'.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(1)?.parse::<i32>().ok()
+            }) == Some(parent)
         })
         .collect()
 }
@@ -931,7 +825,6 @@ pub enum ControlError {
     #[error("the node is shutting down")]
     ShuttingDown,
 }
-
 
 /// Whether something listens on the unix socket at `path`. Stream sockets are the common case;
 /// some daemons listen on a seqpacket socket (systemd-udevd's /run/udev/control), where a
@@ -971,9 +864,7 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let ms = Duration::from_millis;
-        let delays: Vec<u128> = (1..=8)
-            .map(|n| backoff_delay(ms(100), ms(2000), n).as_millis())
-            .collect();
+        let delays: Vec<u128> = (1..=8).map(|n| backoff_delay(ms(100), ms(2000), n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
         assert_eq!(backoff_delay(ms(100), ms(2000), u32::MAX), ms(2000));
     }
@@ -996,17 +887,11 @@ requires = ["base"]
 "#,
             &Default::default(),
         );
-        let mut services: Vec<Service> = table
-            .entries
-            .into_iter()
-            .map(|e| Service::new(e.name, e.entry))
-            .collect();
+        let mut services: Vec<Service> = table.entries.into_iter().map(|e| Service::new(e.name, e.entry)).collect();
         for (n, s) in services.iter_mut().enumerate() {
             s.pid = Some(Pid::from_raw(1000 + n as i32));
         }
-        let names = |v: &[usize], s: &[Service]| -> Vec<String> {
-            v.iter().map(|&i| s[i].name.clone()).collect()
-        };
+        let names = |v: &[usize], s: &[Service]| -> Vec<String> { v.iter().map(|&i| s[i].name.clone()).collect() };
         let first = stop_order_ready(&services);
         assert_eq!(names(&first, &services), ["side", "top"]);
         for i in first {
@@ -1020,10 +905,7 @@ requires = ["base"]
 
     #[test]
     fn children_of_finds_our_own_child() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let found = children_of(std::process::id() as i32);
         let _ = child.kill();
         let _ = child.wait();

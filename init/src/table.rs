@@ -152,9 +152,7 @@ impl Table {
 fn valid_service_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Parses `TERM`, `SIGTERM` or a number.
@@ -163,11 +161,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
     }
     let upper = s.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
     Signal::from_str(&full).map_err(|_| format!("{s:?} is not a signal name"))
 }
 
@@ -175,9 +169,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 /// `PATH` (the service's own `PATH` when it sets one).
 pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, String> {
     fn executable(p: &Path) -> bool {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     }
     if command.is_empty() {
         return Err("command is empty".into());
@@ -185,9 +177,7 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, String>
     if command.contains('/') {
         let p = PathBuf::from(command);
         if !p.is_absolute() {
-            return Err(format!(
-                "command {command:?} must be absolute or a bare name"
-            ));
+            return Err(format!("command {command:?} must be absolute or a bare name"));
         }
         return if executable(&p) {
             Ok(p)
@@ -209,42 +199,23 @@ pub fn resolve_command(command: &str, path_var: &str) -> Result<PathBuf, String>
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<Entry, String> {
-    let raw: RawService = value
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().trim().to_string())?;
-    let path_var = raw
-        .env
-        .get("PATH")
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_PATH);
+    let raw: RawService = value.try_into().map_err(|e: toml::de::Error| e.message().trim().to_string())?;
+    let path_var = raw.env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
     let command = resolve_command(&raw.command, path_var)?;
     let stop_signal = parse_signal(raw.stop_signal.as_deref().unwrap_or("TERM"))?;
-    let when = raw
-        .when
-        .iter()
-        .map(|c| c.parse::<Condition>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let when = raw.when.iter().map(|c| c.parse::<Condition>()).collect::<Result<Vec<_>, _>>()?;
     if let Some(dep) = raw.requires.iter().find(|d| d.as_str() == name) {
         return Err(format!("requires itself ({dep})"));
     }
-    if raw
-        .env
-        .keys()
-        .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
-    {
+    if raw.env.keys().any(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
         return Err("env has a name that is empty or contains '=' or NUL".into());
     }
     if raw.oneshot && raw.ready != Readiness::Started {
         return Err("a oneshot task is ready when it exits with 0; drop `ready`".into());
     }
-    let delay = Duration::from_millis(
-        raw.restart_delay_ms
-            .unwrap_or(DEFAULT_RESTART_DELAY.as_millis() as u64),
-    );
-    let delay_max = Duration::from_millis(
-        raw.restart_delay_max_ms
-            .unwrap_or(DEFAULT_RESTART_DELAY_MAX.as_millis() as u64),
-    );
+    let delay = Duration::from_millis(raw.restart_delay_ms.unwrap_or(DEFAULT_RESTART_DELAY.as_millis() as u64));
+    let delay_max =
+        Duration::from_millis(raw.restart_delay_max_ms.unwrap_or(DEFAULT_RESTART_DELAY_MAX.as_millis() as u64));
     if delay.is_zero() || delay > delay_max {
         return Err("need 0 < restart_delay_ms <= restart_delay_max_ms".into());
     }
@@ -255,29 +226,18 @@ fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<En
         env: raw.env,
         requires: raw.requires,
         ready: raw.ready,
-        ready_timeout: raw
-            .ready_timeout_ms
-            .map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis),
-        restart: raw.restart.unwrap_or(if raw.oneshot {
-            RestartPolicy::Never
-        } else {
-            RestartPolicy::Always
-        }),
+        ready_timeout: raw.ready_timeout_ms.map_or(DEFAULT_READY_TIMEOUT, Duration::from_millis),
+        restart: raw.restart.unwrap_or(if raw.oneshot { RestartPolicy::Never } else { RestartPolicy::Always }),
         restart_delay: delay,
         restart_delay_max: delay_max,
         stop_signal,
-        stop_timeout: raw
-            .stop_timeout_ms
-            .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_millis),
+        stop_timeout: raw.stop_timeout_ms.map_or(DEFAULT_STOP_TIMEOUT, Duration::from_millis),
         when,
         oneshot: raw.oneshot,
         console: raw.console,
     };
     match spec.when.iter().find(|c| !settings.condition_holds(c)) {
-        Some(c) => Ok(Entry::Disabled {
-            reason: format!("condition {c} does not hold"),
-            spec,
-        }),
+        Some(c) => Ok(Entry::Disabled { reason: format!("condition {c} does not hold"), spec }),
         None => Ok(Entry::Enabled(spec)),
     }
 }
@@ -288,10 +248,9 @@ pub fn load(text: &str, settings: &Settings) -> Table {
     let doc: toml::Table = match text.parse() {
         Ok(doc) => doc,
         Err(e) => {
-            table.problems.push(TableProblem {
-                service: None,
-                message: format!("not valid TOML: {}", e.to_string().trim()),
-            });
+            table
+                .problems
+                .push(TableProblem { service: None, message: format!("not valid TOML: {}", e.to_string().trim()) });
             return table;
         }
     };
@@ -312,12 +271,9 @@ pub fn load(text: &str, settings: &Settings) -> Table {
         };
         for (name, value) in services {
             let entry = if valid_service_name(&name) {
-                check_entry(&name, value, settings)
-                    .unwrap_or_else(|reason| Entry::Invalid { reason })
+                check_entry(&name, value, settings).unwrap_or_else(|reason| Entry::Invalid { reason })
             } else {
-                Entry::Invalid {
-                    reason: "name must be 1-64 of a-z, 0-9, '-', '_'".into(),
-                }
+                Entry::Invalid { reason: "name must be 1-64 of a-z, 0-9, '-', '_'".into() }
             };
             table.entries.push(TableEntry { name, entry });
         }
@@ -328,10 +284,7 @@ pub fn load(text: &str, settings: &Settings) -> Table {
     propagate_blocked(&mut table);
     for e in &table.entries {
         if let Entry::Invalid { reason } = &e.entry {
-            table.problems.push(TableProblem {
-                service: Some(e.name.clone()),
-                message: reason.clone(),
-            });
+            table.problems.push(TableProblem { service: Some(e.name.clone()), message: reason.clone() });
         }
     }
     table
@@ -348,9 +301,7 @@ fn mark_unknown_dependencies(table: &mut Table) {
     let names: Vec<String> = table.entries.iter().map(|e| e.name.clone()).collect();
     for e in &mut table.entries {
         if let Some(missing) = requires_of(&e.entry).iter().find(|d| !names.contains(d)) {
-            e.entry = Entry::Invalid {
-                reason: format!("requires unknown service {missing:?}"),
-            };
+            e.entry = Entry::Invalid { reason: format!("requires unknown service {missing:?}") };
         }
     }
 }
@@ -363,32 +314,13 @@ fn mark_cycles(table: &mut Table) {
         OnPath,
         Done,
     }
-    let index: BTreeMap<&str, usize> = table
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.as_str(), i))
-        .collect();
-    let edges: Vec<Vec<usize>> = table
-        .entries
-        .iter()
-        .map(|e| {
-            requires_of(&e.entry)
-                .iter()
-                .map(|d| index[d.as_str()])
-                .collect()
-        })
-        .collect();
+    let index: BTreeMap<&str, usize> = table.entries.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect();
+    let edges: Vec<Vec<usize>> =
+        table.entries.iter().map(|e| requires_of(&e.entry).iter().map(|d| index[d.as_str()]).collect()).collect();
     let mut marks = vec![Mark::New; edges.len()];
     let mut cycles: Vec<Vec<usize>> = Vec::new();
 
-    fn visit(
-        n: usize,
-        edges: &[Vec<usize>],
-        marks: &mut [Mark],
-        path: &mut Vec<usize>,
-        cycles: &mut Vec<Vec<usize>>,
-    ) {
+    fn visit(n: usize, edges: &[Vec<usize>], marks: &mut [Mark], path: &mut Vec<usize>, cycles: &mut Vec<Vec<usize>>) {
         marks[n] = Mark::OnPath;
         path.push(n);
         for &d in &edges[n] {
@@ -410,16 +342,11 @@ fn mark_cycles(table: &mut Table) {
         }
     }
     for cycle in cycles {
-        let mut names: Vec<&str> = cycle
-            .iter()
-            .map(|&i| table.entries[i].name.as_str())
-            .collect();
+        let mut names: Vec<&str> = cycle.iter().map(|&i| table.entries[i].name.as_str()).collect();
         names.push(names[0]);
         let reason = format!("dependency cycle: {}", names.join(" -> "));
         for &i in &cycle {
-            table.entries[i].entry = Entry::Invalid {
-                reason: reason.clone(),
-            };
+            table.entries[i].entry = Entry::Invalid { reason: reason.clone() };
         }
     }
 }
@@ -441,13 +368,10 @@ fn propagate_blocked(table: &mut Table) {
             };
             let new = match (&table.entries[i].entry, dep_in(true), dep_in(false)) {
                 (Entry::Invalid { .. }, _, _) => continue,
-                (_, Some(dep), _) => Entry::Invalid {
-                    reason: format!("requires invalid service {dep}"),
-                },
-                (Entry::Enabled(spec), None, Some(dep)) => Entry::Disabled {
-                    spec: spec.clone(),
-                    reason: format!("requires disabled service {dep}"),
-                },
+                (_, Some(dep), _) => Entry::Invalid { reason: format!("requires invalid service {dep}") },
+                (Entry::Enabled(spec), None, Some(dep)) => {
+                    Entry::Disabled { spec: spec.clone(), reason: format!("requires disabled service {dep}") }
+                }
                 _ => continue,
             };
             table.entries[i].entry = new;
@@ -465,11 +389,7 @@ mod tests {
     use crate::cmdline;
 
     fn names_of(t: &Table, f: impl Fn(&Entry) -> bool) -> Vec<&str> {
-        t.entries
-            .iter()
-            .filter(|e| f(&e.entry))
-            .map(|e| e.name.as_str())
-            .collect()
+        t.entries.iter().filter(|e| f(&e.entry)).map(|e| e.name.as_str()).collect()
     }
 
     fn reason(t: &Table, name: &str) -> String {
@@ -522,31 +442,18 @@ requires = ["etcd"]
         assert_eq!(c.stop_signal, Signal::SIGINT);
         assert_eq!(c.stop_timeout, Duration::from_secs(3));
         assert_eq!(c.restart, RestartPolicy::Always);
-        assert_eq!(
-            c.ready,
-            Readiness::UnixSocket("/run/cerana/coordinator.sock".into())
-        );
-        let Entry::Enabled(n) = &t.get("node-info").unwrap().entry else {
-            panic!()
-        };
+        assert_eq!(c.ready, Readiness::UnixSocket("/run/cerana/coordinator.sock".into()));
+        let Entry::Enabled(n) = &t.get("node-info").unwrap().entry else { panic!() };
         assert!(n.command.is_absolute(), "bare names resolve through PATH");
         assert_eq!(n.ready, Readiness::Notify);
-        let Entry::Enabled(m) = &t.get("mkdirs").unwrap().entry else {
-            panic!()
-        };
+        let Entry::Enabled(m) = &t.get("mkdirs").unwrap().entry else { panic!() };
         assert_eq!(m.restart, RestartPolicy::Never);
         // Conditions: etcd is disabled without the flag, and so is what requires it.
-        assert_eq!(
-            names_of(&t, |e| matches!(e, Entry::Disabled { .. })),
-            ["cluster-tick", "etcd"]
-        );
+        assert_eq!(names_of(&t, |e| matches!(e, Entry::Disabled { .. })), ["cluster-tick", "etcd"]);
         assert!(reason(&t, "cluster-tick").contains("requires disabled service etcd"));
         let bootstrap = cmdline::parse("cerana.cluster_bootstrap").settings;
         let t = load(EXAMPLE, &bootstrap);
-        assert_eq!(
-            names_of(&t, |e| matches!(e, Entry::Disabled { .. })),
-            Vec::<&str>::new()
-        );
+        assert_eq!(names_of(&t, |e| matches!(e, Entry::Disabled { .. })), Vec::<&str>::new());
     }
 
     #[test]
@@ -619,11 +526,7 @@ command = "true"
         );
         assert_eq!(names_of(&t, |e| matches!(e, Entry::Enabled(_))), ["good"]);
         assert!(t.problems[0].message.contains("colour"));
-        assert!(
-            reason(&t, "typo").contains("unknown field `restrat`"),
-            "{}",
-            reason(&t, "typo")
-        );
+        assert!(reason(&t, "typo").contains("unknown field `restrat`"), "{}", reason(&t, "typo"));
         assert!(reason(&t, "missing").contains("/nonexistent/bin/daemon does not exist"));
         assert!(reason(&t, "notexec").contains("not an executable"));
         assert!(reason(&t, "relative").contains("absolute"));
@@ -655,18 +558,28 @@ command = "true"
         assert_eq!(
             names,
             [
-                "boot-image", "boot-join", "bootserver", "bootserver-replica", "coordinator", "health", "init-provider", "metrics",
-                "netfilter-modules", "netns", "node-info", "service", "udev-coldplug", "udev-coldplug-block", "udevd", "zfs",
+                "boot-image",
+                "boot-join",
+                "bootserver",
+                "bootserver-replica",
+                "coordinator",
+                "health",
+                "init-provider",
+                "metrics",
+                "netfilter-modules",
+                "netns",
+                "node-info",
+                "service",
+                "udev-coldplug",
+                "udev-coldplug-block",
+                "udevd",
+                "zfs",
                 "zfs-module",
             ]
         );
         for p in &t.problems {
             let msg = &p.message;
-            assert!(
-                msg.contains("does not exist")
-                    || msg.contains("requires invalid service"),
-                "{p}"
-            );
+            assert!(msg.contains("does not exist") || msg.contains("requires invalid service"), "{p}");
         }
     }
 

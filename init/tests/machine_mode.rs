@@ -23,10 +23,7 @@ fn install(root: &Path, bin: &str, at: &str) {
     std::fs::copy(bin, &dest).unwrap();
     let ldd = Command::new("ldd").arg(bin).output().expect("ldd");
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let lib = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(PathBuf::from);
+        let lib = line.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
         if let Some(lib) = lib {
             let dest = root.join(lib.strip_prefix("/").unwrap());
             std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -36,11 +33,7 @@ fn install(root: &Path, bin: &str, at: &str) {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .unwrap()
-        .release()
-        .to_string_lossy()
-        .into_owned()
+    nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned()
 }
 
 /// A named network namespace with a veth pair (`eth7` with a fixed MAC, and its peer).
@@ -53,11 +46,7 @@ impl NetNs {
         let name = format!("cerana-init-test-{}", std::process::id());
         let ns = Self { name };
         let run = |args: &[&str]| {
-            let ok = Command::new("ip")
-                .args(args)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            let ok = Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
             assert!(ok, "ip {args:?} failed");
         };
         run(&["netns", "add", &ns.name]);
@@ -80,20 +69,14 @@ impl NetNs {
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new("ip").args(["-n", &self.name]).args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -104,9 +87,7 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         return;
     }
     for tool in ["ldd", "ip"] {
-        if Command::new(tool).arg("-V").output().is_err()
-            && Command::new(tool).arg("--version").output().is_err()
-        {
+        if Command::new(tool).arg("-V").output().is_err() && Command::new(tool).arg("--version").output().is_err() {
             eprintln!("skipping: needs {tool}");
             return;
         }
@@ -136,18 +117,11 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     // dummy driver); removed on every exit path.
     let netns = NetNs::create();
     let root_arg = format!("--root={}", root.display());
-    let init_args: Vec<std::ffi::OsString> = [
-        "/init",
-        "--cmdline",
-        "/cmdline",
-        "--events",
-        "/events",
-        "--console",
-        "/console.log",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let init_args: Vec<std::ffi::OsString> =
+        ["/init", "--cmdline", "/cmdline", "--events", "/events", "--console", "/console.log"]
+            .iter()
+            .map(Into::into)
+            .collect();
     let mut init = RunningInit::spawn_in(
         &["ip", "netns", "exec", &netns.name],
         &["--mount", "--uts", &root_arg],
@@ -157,26 +131,18 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         dir.path().join("unshare.out"),
     )
     .unwrap();
-    init.wait_for("early_boot_done", WAIT, |e| {
-        matches!(e, E::EarlyBootDone { .. })
-    });
-    let warned = init.wait_for("cmdline_parsed", WAIT, |e| {
-        matches!(e, E::CmdlineParsed { .. })
-    });
+    init.wait_for("early_boot_done", WAIT, |e| matches!(e, E::EarlyBootDone { .. }));
+    let warned = init.wait_for("cmdline_parsed", WAIT, |e| matches!(e, E::CmdlineParsed { .. }));
     assert!(
         matches!(&warned, E::CmdlineParsed { warnings } if warnings.len() == 1 && warnings[0].starts_with("cerana.bogus")),
         "{warned:?}"
     );
-    let failed = init.wait_for("module_failed", WAIT, |e| {
-        matches!(e, E::ModuleFailed { .. })
-    });
+    let failed = init.wait_for("module_failed", WAIT, |e| matches!(e, E::ModuleFailed { .. }));
     assert!(
         matches!(&failed, E::ModuleFailed { module, error } if module == "fake_driver" && error.contains("the kernel refused")),
         "{failed:?}"
     );
-    let net = init.wait_for("network", WAIT, |e| {
-        matches!(e, E::NetworkConfigured { .. } | E::NetworkFailed { .. })
-    });
+    let net = init.wait_for("network", WAIT, |e| matches!(e, E::NetworkConfigured { .. } | E::NetworkFailed { .. }));
     assert_eq!(
         net,
         E::NetworkConfigured {
@@ -189,10 +155,7 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
     let addrs = netns.ip(&["-4", "-o", "addr", "show", "dev", "eth7"]);
     assert!(addrs.contains("inet 10.77.0.2/24"), "{addrs}");
     let routes = netns.ip(&["-4", "route", "show", "default"]);
-    assert!(
-        routes.contains("default via 10.77.0.1 dev eth7"),
-        "{routes}"
-    );
+    assert!(routes.contains("default via 10.77.0.1 dev eth7"), "{routes}");
 
     // What init set up, seen through its own /proc entry (its mount and network namespaces).
     let proc_root = PathBuf::from(format!("/proc/{}/root", init.pid));
@@ -208,9 +171,7 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         ("cgroup2", "/sys/fs/cgroup"),
     ] {
         assert!(
-            mounts
-                .lines()
-                .any(|l| l.split(' ').nth(1) == Some(point) && l.split(' ').nth(2) == Some(fstype)),
+            mounts.lines().any(|l| l.split(' ').nth(1) == Some(point) && l.split(' ').nth(2) == Some(fstype)),
             "{fstype} on {point} missing:\n{mounts}"
         );
     }
@@ -230,54 +191,25 @@ fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
         .ok()
         .and_then(|u| cerana_init::boot::machine_id_from_uuid(&u))
     {
-        assert_eq!(
-            machine_id.trim(),
-            uuid,
-            "machine-id comes from the SMBIOS product UUID"
-        );
+        assert_eq!(machine_id.trim(), uuid, "machine-id comes from the SMBIOS product UUID");
     }
-    assert_eq!(
-        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
-        "testnode\n"
-    );
-    let uts = Command::new("nsenter")
-        .args(["-t", &init.pid.to_string(), "--uts", "hostname"])
-        .output();
+    assert_eq!(std::fs::read_to_string(root.join("etc/hostname")).unwrap(), "testnode\n");
+    let uts = Command::new("nsenter").args(["-t", &init.pid.to_string(), "--uts", "hostname"]).output();
     if let Ok(uts) = uts {
         assert_eq!(String::from_utf8_lossy(&uts.stdout).trim(), "testnode");
     }
     let token = proc_root.join("run/cerana/api-token");
-    assert_eq!(
-        std::fs::read_to_string(&token).unwrap(),
-        "0123456789abcdef0123\n"
-    );
-    assert_eq!(
-        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "0123456789abcdef0123\n");
+    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
     let console = std::fs::read_to_string(root.join("console.log")).unwrap();
     assert!(console.contains("[svc] up"), "{console}");
-    assert!(
-        console.contains("CERANA-EVENT {\"event\":\"node_ready\""),
-        "{console}"
-    );
+    assert!(console.contains("CERANA-EVENT {\"event\":\"node_ready\""), "{console}");
 
     // SIGTERM: orderly poweroff ending in reboot(2), which ends the namespace's init.
     init.signal(nix::sys::signal::Signal::SIGTERM);
-    init.wait_for(
-        "svc stopped",
-        WAIT,
-        |e| matches!(e, E::ServiceStopped { service, .. } if service == "svc"),
-    );
-    let done = init.wait_for("shutdown_complete", WAIT, |e| {
-        matches!(e, E::ShutdownComplete { .. })
-    });
-    assert_eq!(
-        done,
-        E::ShutdownComplete {
-            action: ShutdownAction::Poweroff
-        }
-    );
+    init.wait_for("svc stopped", WAIT, |e| matches!(e, E::ServiceStopped { service, .. } if service == "svc"));
+    let done = init.wait_for("shutdown_complete", WAIT, |e| matches!(e, E::ShutdownComplete { .. }));
+    assert_eq!(done, E::ShutdownComplete { action: ShutdownAction::Poweroff });
     let status = init.wait_status(WAIT).expect("the namespace ends");
     assert!(
         status.signal() == Some(libc::SIGINT) || status.code() == Some(128 + libc::SIGINT),

@@ -16,9 +16,7 @@ pub enum BootstrapError {
     BadGateway(String),
     #[error("the management network /{0} is too small for a lease pool (needs /24 or larger)")]
     NetworkTooSmall(u8),
-    #[error(
-        "the management address {0} is inside the lease pool (use host .1 to .99 or .250 to .254)"
-    )]
+    #[error("the management address {0} is inside the lease pool (use host .1 to .99 or .250 to .254)")]
     AddressInPool(Ipv4Addr),
     #[error("no interface holds the management address {0}")]
     NoInterface(Ipv4Addr),
@@ -42,10 +40,7 @@ pub struct Bootstrap {
 
 /// The value of `cerana.KEY=` (the last one wins, as init reads it).
 pub(crate) fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .last()
+    cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).last()
 }
 
 impl Bootstrap {
@@ -68,9 +63,7 @@ impl Bootstrap {
     fn parse(cmdline: &str) -> Result<Self, BootstrapError> {
         let mgmt = setting(cmdline, "cerana.mgmt_ip").ok_or(BootstrapError::NoMgmtIp)?;
         let bad = |why: String| BootstrapError::BadMgmtIp(mgmt.to_string(), why);
-        let (addr, prefix) = mgmt
-            .split_once('/')
-            .ok_or_else(|| bad("not ADDRESS/PREFIX".into()))?;
+        let (addr, prefix) = mgmt.split_once('/').ok_or_else(|| bad("not ADDRESS/PREFIX".into()))?;
         let address: Ipv4Addr = addr.parse().map_err(|e| bad(format!("{e}")))?;
         let prefix: u8 = prefix.parse().map_err(|e| bad(format!("prefix: {e}")))?;
         if prefix > 24 {
@@ -81,10 +74,7 @@ impl Bootstrap {
         let gateway = match setting(cmdline, "cerana.mgmt_gw") {
             None => None,
             Some(g) => Some(
-                g.parse()
-                    .ok()
-                    .filter(|g| net.contains(*g))
-                    .ok_or_else(|| BootstrapError::BadGateway(g.to_string()))?,
+                g.parse().ok().filter(|g| net.contains(*g)).ok_or_else(|| BootstrapError::BadGateway(g.to_string()))?,
             ),
         };
         let b = Bootstrap {
@@ -109,14 +99,7 @@ impl Bootstrap {
 
     /// The configuration file: this interface, this node's kernel and initrd as image `cerana`,
     /// DHCP in `dhcp` mode (the pool is written in every mode, so `boot-dhcp` can switch to full).
-    pub fn config(
-        &self,
-        interface: &str,
-        kernel: &Path,
-        initrd: &Path,
-        tftp_root: &Path,
-        dhcp: DhcpMode,
-    ) -> String {
+    pub fn config(&self, interface: &str, kernel: &Path, initrd: &Path, tftp_root: &Path, dhcp: DhcpMode) -> String {
         let [first, last] = self.range();
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = format!(
@@ -160,11 +143,7 @@ impl Bootstrap {
 /// The interface holding `address`.
 pub fn interface_with(address: Ipv4Addr) -> Result<String, BootstrapError> {
     for ifa in nix::ifaddrs::getifaddrs()? {
-        let ip = ifa
-            .address
-            .as_ref()
-            .and_then(|a| a.as_sockaddr_in())
-            .map(|s| s.ip());
+        let ip = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|s| s.ip());
         if ip == Some(address) {
             return Ok(ifa.interface_name);
         }
@@ -179,10 +158,22 @@ mod tests {
     #[test]
     fn the_storage_policy_reaches_the_booted_nodes_and_a_bad_one_is_refused() {
         let line = "cerana.mgmt_ip=10.99.0.2/24 cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto";
-        let text = Bootstrap::from_cmdline(line).unwrap().config("eth0", Path::new("/k"), Path::new("/i"), Path::new("/t"), DhcpMode::Full);
+        let text = Bootstrap::from_cmdline(line).unwrap().config(
+            "eth0",
+            Path::new("/k"),
+            Path::new("/i"),
+            Path::new("/t"),
+            DhcpMode::Full,
+        );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(config.images["cerana"].cmdline, "cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto");
-        let text = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24").unwrap().config("eth0", Path::new("/k"), Path::new("/i"), Path::new("/t"), DhcpMode::Full);
+        let text = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24").unwrap().config(
+            "eth0",
+            Path::new("/k"),
+            Path::new("/i"),
+            Path::new("/t"),
+            DhcpMode::Full,
+        );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(config.images["cerana"].cmdline, "");
         let err = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24 cerana.zfs_config=yes").unwrap_err();
@@ -191,10 +182,12 @@ mod tests {
 
     #[test]
     fn a_replica_may_hold_a_pool_address_and_starts_with_dhcp_off() {
-        let line = "cerana.boot_server=http://10.99.0.2/ cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
+        let line =
+            "cerana.boot_server=http://10.99.0.2/ cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
         assert!(matches!(Bootstrap::from_cmdline(line), Err(BootstrapError::AddressInPool(_))));
         let b = Bootstrap::for_replica(line).unwrap();
-        let text = b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off);
+        let text =
+            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off);
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.dhcp.mode, DhcpMode::Off);
@@ -204,20 +197,9 @@ mod tests {
     #[test]
     fn derives_pool_gateway_and_token_from_the_command_line() {
         let b = Bootstrap::from_cmdline("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip=10.99.0.2/24 cerana.mgmt_gw=10.99.0.1 cerana.api_token=abcdefghijklmnop").unwrap();
-        assert_eq!(
-            b.range(),
-            [
-                "10.99.0.100".parse::<Ipv4Addr>().unwrap(),
-                "10.99.0.249".parse().unwrap()
-            ]
-        );
-        let text = b.config(
-            "eth0",
-            Path::new("/run/k"),
-            Path::new("/run/i"),
-            Path::new("/usr/lib/ipxe"),
-            DhcpMode::Full,
-        );
+        assert_eq!(b.range(), ["10.99.0.100".parse::<Ipv4Addr>().unwrap(), "10.99.0.249".parse().unwrap()]);
+        let text =
+            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Full);
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.dhcp.mode, DhcpMode::Full);
@@ -228,18 +210,9 @@ mod tests {
 
     #[test]
     fn rejects_missing_bad_or_unusable_addresses() {
-        assert!(matches!(
-            Bootstrap::from_cmdline("cerana.cluster_bootstrap"),
-            Err(BootstrapError::NoMgmtIp)
-        ));
-        assert!(matches!(
-            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2"),
-            Err(BootstrapError::BadMgmtIp(..))
-        ));
-        assert!(matches!(
-            Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.x/24"),
-            Err(BootstrapError::BadMgmtIp(..))
-        ));
+        assert!(matches!(Bootstrap::from_cmdline("cerana.cluster_bootstrap"), Err(BootstrapError::NoMgmtIp)));
+        assert!(matches!(Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2"), Err(BootstrapError::BadMgmtIp(..))));
+        assert!(matches!(Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.x/24"), Err(BootstrapError::BadMgmtIp(..))));
         assert!(matches!(
             Bootstrap::from_cmdline("cerana.mgmt_ip=10.0.0.2/28"),
             Err(BootstrapError::NetworkTooSmall(28))

@@ -89,17 +89,28 @@ pub fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
+        .with_writer(std::io::stderr)
+        .init();
     if let Some(Command::Fetch { server, initrd_hash, dest }) = args.command {
         let (dir, manifest) = crate::replicate::fetch(&server, &initrd_hash, &dest).await?;
-        println!("{}", serde_json::json!({ "dir": dir, "kernel": manifest.kernel, "initrd": manifest.initrd, "cmdline": manifest.cmdline }));
+        println!(
+            "{}",
+            serde_json::json!({ "dir": dir, "kernel": manifest.kernel, "initrd": manifest.initrd, "cmdline": manifest.cmdline })
+        );
         return Ok(());
     }
     if let Some(Command::BootstrapConfig { cmdline, kernel, initrd, tftp_root, output }) = args.command {
         let text = std::fs::read_to_string(&cmdline).with_context(|| format!("reading {}", cmdline.display()))?;
         let bootstrap = crate::bootstrap::Bootstrap::from_cmdline(&text)?;
         let interface = crate::bootstrap::interface_with(bootstrap.address)?;
-        std::fs::write(&output, bootstrap.config(&interface, &kernel, &initrd, &tftp_root, crate::config::DhcpMode::Full)).with_context(|| format!("writing {}", output.display()))?;
+        std::fs::write(
+            &output,
+            bootstrap.config(&interface, &kernel, &initrd, &tftp_root, crate::config::DhcpMode::Full),
+        )
+        .with_context(|| format!("writing {}", output.display()))?;
         // The check the server itself makes, so a bad file fails here, not at its start.
         crate::config::Config::load(&output)?;
         println!("{} written: interface {interface}, address {}", output.display(), bootstrap.address);

@@ -39,7 +39,11 @@ impl Ipv4Net {
     }
 
     fn mask_bits(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
     }
 
     pub fn netmask(&self) -> Ipv4Addr {
@@ -307,8 +311,8 @@ fn default_max_connections() -> usize {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let config: Config =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         config.validate()?;
@@ -430,7 +434,8 @@ cmdline = "cerana.rescue"
         assert!(toml::from_str::<Config>(&SAMPLE.replace("10.9.0.0/24", "10.9.0.1/24")).is_err());
         let c: Config = toml::from_str(&SAMPLE.replace("10.9.0.200", "10.9.1.200")).unwrap();
         assert!(c.validate().is_err());
-        let c: Config = toml::from_str(&SAMPLE.replace("boot = { image = \"cerana\" }", "boot = { image = \"nope\" }")).unwrap();
+        let c: Config =
+            toml::from_str(&SAMPLE.replace("boot = { image = \"cerana\" }", "boot = { image = \"nope\" }")).unwrap();
         assert!(c.validate().is_err());
     }
 

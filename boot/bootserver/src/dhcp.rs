@@ -160,7 +160,11 @@ fn sanitize(data: &[u8]) -> Result<(Vec<u8>, RawInfo), Malformed> {
                 // Sub-options must tile the option exactly; the codec assumes they do.
                 let mut j = 0;
                 while j < value.len() {
-                    let sub_len = *value.get(j + 1).ok_or(Malformed::OptionLength { code, len, expected: "well-formed sub-options" })? as usize;
+                    let sub_len = *value.get(j + 1).ok_or(Malformed::OptionLength {
+                        code,
+                        len,
+                        expected: "well-formed sub-options",
+                    })? as usize;
                     j += 2 + sub_len;
                 }
                 if j != value.len() {
@@ -224,7 +228,11 @@ pub struct BootFiles {
 impl BootFiles {
     pub fn new(boot: &BootConfig, server_ip: Ipv4Addr, http_port: u16) -> Self {
         let host = if http_port == 80 { server_ip.to_string() } else { format!("{server_ip}:{http_port}") };
-        BootFiles { bios: boot.bios_bootfile.clone(), uefi: boot.uefi_bootfile.clone(), script_url: format!("http://{host}/boot.ipxe") }
+        BootFiles {
+            bios: boot.bios_bootfile.clone(),
+            uefi: boot.uefi_bootfile.clone(),
+            script_url: format!("http://{host}/boot.ipxe"),
+        }
     }
 
     /// None for a client that is not network-booting; an error for a firmware we have no loader for.
@@ -256,7 +264,13 @@ pub struct DhcpService {
 
 impl DhcpService {
     /// `allocator` is required in full mode and unused otherwise.
-    pub fn new(server_ip: Ipv4Addr, mode: DhcpMode, allocator: Option<Allocator>, boot: BootFiles, events: Arc<EventLog>) -> Self {
+    pub fn new(
+        server_ip: Ipv4Addr,
+        mode: DhcpMode,
+        allocator: Option<Allocator>,
+        boot: BootFiles,
+        events: Arc<EventLog>,
+    ) -> Self {
         let pool = allocator.as_ref().map(|a| a.pool().clone());
         DhcpService { server_ip, mode, pool, allocator: allocator.map(Mutex::new), boot, events }
     }
@@ -350,7 +364,14 @@ impl DhcpService {
                 match committed {
                     Ok(_) => {
                         let bootfile = self.bootfile(req);
-                        self.record(req, BootEventKind::DhcpAck { ip: Some(ip), bootfile: bootfile.clone(), lease_secs: Some(pool.lease_secs) });
+                        self.record(
+                            req,
+                            BootEventKind::DhcpAck {
+                                ip: Some(ip),
+                                bootfile: bootfile.clone(),
+                                lease_secs: Some(pool.lease_secs),
+                            },
+                        );
                         self.reply(req, MessageType::Ack, Some(ip), Some(pool), bootfile.as_deref())
                     }
                     Err(AllocError::Store(e)) => Err(DhcpError::Store(AllocError::Store(e))),
@@ -361,7 +382,11 @@ impl DhcpService {
                 let ip = req.msg.ciaddr();
                 self.record(req, BootEventKind::DhcpRelease { ip });
                 let released = self.lock(allocator).release(mac, ip, now).map_err(DhcpError::Store)?;
-                Ok(Handled::Ignored(if released { format!("released {ip}") } else { format!("release of {ip}, which {mac} does not hold") }))
+                Ok(Handled::Ignored(if released {
+                    format!("released {ip}")
+                } else {
+                    format!("release of {ip}, which {mac} does not hold")
+                }))
             }
             MessageType::Decline => {
                 let ip = req.ipv4_opt(OptionCode::RequestedIpAddress);
@@ -411,7 +436,9 @@ impl DhcpService {
             (MessageType::Request, Port::Dhcp) => {
                 // The client accepted the real server's offer; remember its address so its
                 // TFTP and HTTP requests are attributed to it.
-                let ip = req.ipv4_opt(OptionCode::RequestedIpAddress).or(Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
+                let ip = req
+                    .ipv4_opt(OptionCode::RequestedIpAddress)
+                    .or(Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified()));
                 if let Some(ip) = ip {
                     self.events.learn_ip(ip, req.mac);
                 }
@@ -447,7 +474,14 @@ impl DhcpService {
         bootfile: Option<&str>,
     ) -> Result<Handled, DhcpError> {
         let m = &req.msg;
-        let mut r = Message::new_with_id(m.xid(), Ipv4Addr::UNSPECIFIED, yiaddr.unwrap_or(Ipv4Addr::UNSPECIFIED), Ipv4Addr::UNSPECIFIED, m.giaddr(), m.chaddr());
+        let mut r = Message::new_with_id(
+            m.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            yiaddr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            Ipv4Addr::UNSPECIFIED,
+            m.giaddr(),
+            m.chaddr(),
+        );
         r.set_opcode(Opcode::BootReply).set_flags(m.flags());
         if kind == MessageType::Ack {
             r.set_ciaddr(m.ciaddr());
@@ -507,7 +541,14 @@ fn destination(m: &Message, kind: MessageType) -> SocketAddrV4 {
 
 /// Builds a request as a client would send it (tests, fuzz seeds, benchmarks).
 pub fn client_message(kind: MessageType, mac: MacAddr, xid: u32, extra: Vec<DhcpOption>) -> Message {
-    let mut m = Message::new_with_id(xid, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &mac.octets());
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac.octets(),
+    );
     m.set_flags(Flags::default().set_broadcast());
     m.opts_mut().insert(DhcpOption::MessageType(kind));
     for opt in extra {
@@ -628,8 +669,14 @@ mod tests {
     #[test]
     fn request_for_other_server_is_ignored_and_bad_address_naked() {
         let s = service(DhcpMode::Full);
-        let other = vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 5, 0, 2)), DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 5, 0, 100))];
-        assert!(matches!(send(&s, &client_message(MessageType::Request, mac(1), 1, other), Port::Dhcp), Handled::Ignored(_)));
+        let other = vec![
+            DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 5, 0, 2)),
+            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 5, 0, 100)),
+        ];
+        assert!(matches!(
+            send(&s, &client_message(MessageType::Request, mac(1), 1, other), Port::Dhcp),
+            Handled::Ignored(_)
+        ));
         let wrong = vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 1, 5))];
         let (nak, to) = reply_msg(send(&s, &client_message(MessageType::Request, mac(1), 1, wrong), Port::Dhcp));
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
@@ -647,7 +694,11 @@ mod tests {
         let s = service(DhcpMode::Full);
         let (offer, _) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 1, vec![]), Port::Dhcp));
         let ip = offer.yiaddr();
-        reply_msg(send(&s, &client_message(MessageType::Request, mac(1), 2, vec![DhcpOption::RequestedIpAddress(ip)]), Port::Dhcp));
+        reply_msg(send(
+            &s,
+            &client_message(MessageType::Request, mac(1), 2, vec![DhcpOption::RequestedIpAddress(ip)]),
+            Port::Dhcp,
+        ));
         let mut renew = client_message(MessageType::Request, mac(1), 3, vec![]);
         renew.set_ciaddr(ip).set_flags(Flags::default());
         let (ack, to) = reply_msg(send(&s, &renew, Port::Dhcp));
@@ -674,14 +725,21 @@ mod tests {
     #[test]
     fn proxy_mode_offers_boot_info_only() {
         let s = service(DhcpMode::Proxy);
-        assert!(matches!(send(&s, &client_message(MessageType::Discover, mac(1), 1, vec![]), Port::Dhcp), Handled::Ignored(_)));
+        assert!(matches!(
+            send(&s, &client_message(MessageType::Discover, mac(1), 1, vec![]), Port::Dhcp),
+            Handled::Ignored(_)
+        ));
         let mut opts = pxe(7);
         opts.push(DhcpOption::ClientMachineIdentifier([0u8; 17].to_vec()));
-        let (offer, to) = reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 1, opts.clone()), Port::Dhcp));
+        let (offer, to) =
+            reply_msg(send(&s, &client_message(MessageType::Discover, mac(1), 1, opts.clone()), Port::Dhcp));
         assert_eq!(to.ip(), &Ipv4Addr::BROADCAST);
         assert!(offer.yiaddr().is_unspecified());
         assert_eq!(offer.fname_str().unwrap().unwrap().trim_end_matches('\0'), "snponly.efi");
-        assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+        assert_eq!(
+            offer.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
         assert!(offer.opts().get(OptionCode::ClientMachineIdentifier).is_some());
         assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
         let mut req = client_message(MessageType::Request, mac(1), 2, opts);

@@ -72,7 +72,8 @@ impl DhcpControl {
         events: Arc<EventLog>,
     ) -> (Self, DhcpFailures) {
         let (failures, rx) = mpsc::unbounded_channel();
-        let control = DhcpControl { interface, server_ip, pool, state_dir, boot, events, running: Mutex::new(None), failures };
+        let control =
+            DhcpControl { interface, server_ip, pool, state_dir, boot, events, running: Mutex::new(None), failures };
         (control, DhcpFailures(rx))
     }
 
@@ -111,7 +112,8 @@ impl DhcpControl {
         };
         // The old sockets go first: the new ones bind the same ports.
         *running = None;
-        let service = Arc::new(DhcpService::new(self.server_ip, mode, allocator, self.boot.clone(), self.events.clone()));
+        let service =
+            Arc::new(DhcpService::new(self.server_ip, mode, allocator, self.boot.clone(), self.events.clone()));
         let mut servers = vec![self.serve(&service, dhcp::SERVER_PORT, Port::Dhcp, "DHCP socket")?];
         if mode == DhcpMode::Proxy {
             servers.push(self.serve(&service, dhcp::PXE_PORT, Port::Pxe, "PXE socket (4011)")?);
@@ -141,7 +143,13 @@ impl DhcpControl {
         Ok((Allocator::new(pool, store, vec![self.server_ip]), count))
     }
 
-    fn serve(&self, service: &Arc<DhcpService>, port: u16, which: Port, what: &'static str) -> Result<JoinHandle<()>, DhcpSwitchError> {
+    fn serve(
+        &self,
+        service: &Arc<DhcpService>,
+        port: u16,
+        which: Port,
+        what: &'static str,
+    ) -> Result<JoinHandle<()>, DhcpSwitchError> {
         let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
         let socket = net::udp_on_interface(&self.interface, any, true, what)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DhcpSwitchError::Runtime)?;

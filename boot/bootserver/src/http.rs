@@ -71,7 +71,8 @@ impl ImageStore {
                     source,
                 })
             };
-            let image = Image { kernel: read(&image.kernel)?, initrd: read(&image.initrd)?, cmdline: image.cmdline.clone() };
+            let image =
+                Image { kernel: read(&image.kernel)?, initrd: read(&image.initrd)?, cmdline: image.cmdline.clone() };
             tracing::info!(image = %name, kernel = %image.kernel.sha256, initrd = %image.initrd.sha256, "image loaded");
             store.insert(name, image);
         }
@@ -135,10 +136,14 @@ fn render(template: &str, vars: &[(&str, &str)]) -> String {
 }
 
 fn ipxe(body: String) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
+        .into_response()
 }
 
-async fn boot_script(State(state): State<Arc<HttpState>>, query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn boot_script(
+    State(state): State<Arc<HttpState>>,
+    query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = query else {
         return text(StatusCode::BAD_REQUEST, "#!ipxe\necho bad query: expected mac, uuid, arch\nexit 1\n".into());
     };
@@ -161,7 +166,10 @@ async fn boot_script(State(state): State<Arc<HttpState>>, query: Result<Query<Sc
         BootAction::Image(name) => {
             let Some(image) = state.images.image(name) else {
                 tracing::error!(%mac, image = %name, "the decided image is not loaded");
-                return text(StatusCode::SERVICE_UNAVAILABLE, format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"));
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"),
+                );
             };
             state.events.record(mac, BootEventKind::HttpScript { image: Some(name.clone()) });
             let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
@@ -227,7 +235,8 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
         return RangeRequest::Full;
     };
     let (start, end) = (start.trim(), end.trim());
-    let parse = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() { s.parse::<u64>().ok() } else { None };
+    let parse =
+        |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() { s.parse::<u64>().ok() } else { None };
     match (start.is_empty(), end.is_empty()) {
         (true, true) => RangeRequest::Full,
         (true, false) => match parse(end) {
@@ -256,7 +265,8 @@ async fn image_file(
     query: Result<Query<ImageQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(hex) = hash.strip_prefix("sha256-").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())) else {
+    let Some(hex) = hash.strip_prefix("sha256-").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
         return text(StatusCode::NOT_FOUND, "expected /images/sha256-<64 hex digits>/<file>\n".into());
     };
     let hex = hex.to_ascii_lowercase();
@@ -290,7 +300,9 @@ async fn image_file(
     let body = match range {
         RangeRequest::Full => blob.bytes.clone(),
         RangeRequest::Part(first, last) => {
-            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{len}"));
             blob.bytes.slice(first as usize..=last as usize)
         }
         RangeRequest::Unsatisfiable => {
@@ -301,15 +313,22 @@ async fn image_file(
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
     };
-    let mac = query.ok().and_then(|Query(q)| q.mac).and_then(|m| m.parse::<MacAddr>().ok()).or_else(|| match peer.ip() {
-        IpAddr::V4(ip) => state.events.mac_for_ip(ip),
-        IpAddr::V6(_) => None,
-    });
+    let mac =
+        query.ok().and_then(|Query(q)| q.mac).and_then(|m| m.parse::<MacAddr>().ok()).or_else(|| match peer.ip() {
+            IpAddr::V4(ip) => state.events.mac_for_ip(ip),
+            IpAddr::V6(_) => None,
+        });
     if let Some(mac) = mac {
         let (hash, bytes) = (format!("sha256-{}", blob.sha256), body.len() as u64);
-        state.events.record(mac, if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } });
+        state.events.record(
+            mac,
+            if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } },
+        );
     }
-    builder.header(header::CONTENT_LENGTH, body.len()).body(Body::from(body)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    builder
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,7 +338,10 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
-async fn events(State(state): State<Arc<HttpState>>, query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn events(
+    State(state): State<Arc<HttpState>>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Ok(Query(q)) = query else {
         return text(StatusCode::BAD_REQUEST, "query: mac=<MAC>&limit=<N>\n".into());
     };
@@ -349,7 +371,11 @@ pub struct CheckIn {
     pub ip: Option<Ipv4Addr>,
 }
 
-async fn checkin(State(state): State<Arc<HttpState>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+async fn checkin(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let limits = &state.config.http_limits;
     let read = axum::body::to_bytes(request.into_body(), limits.max_body_bytes);
     let body = match tokio::time::timeout(Duration::from_secs(limits.body_timeout_secs), read).await {
@@ -359,7 +385,12 @@ async fn checkin(State(state): State<Arc<HttpState>>, ConnectInfo(peer): Connect
     };
     let checkin: CheckIn = match serde_json::from_slice(&body) {
         Ok(c) => c,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n"),
+            )
+        }
     };
     if checkin.hostname.as_ref().is_some_and(|h| h.len() > 253) {
         return text(StatusCode::BAD_REQUEST, "hostname longer than 253 bytes\n".into());

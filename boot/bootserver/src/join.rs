@@ -56,7 +56,9 @@ impl JoinSettings {
         let boot_server = get("cerana.boot_server")?.trim_end_matches('/').to_string();
         let initrd_hash = get("cerana.initrd_hash")?.to_string();
         let mac_text = get("cerana.mgmt_mac")?;
-        let mac = mac_text.parse().map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(mac_text.into(), e.to_string()))?;
+        let mac = mac_text
+            .parse()
+            .map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(mac_text.into(), e.to_string()))?;
         Ok(JoinSettings { boot_server, initrd_hash, mac, replica: Bootstrap::for_replica(cmdline)? })
     }
 }
@@ -65,7 +67,10 @@ impl JoinSettings {
 /// the boot server may be busy booting other machines.
 const FETCH_ATTEMPTS: u32 = 8;
 
-async fn fetch_with_retries(settings: &JoinSettings, dest: &Path) -> Result<(PathBuf, replicate::Manifest), FetchError> {
+async fn fetch_with_retries(
+    settings: &JoinSettings,
+    dest: &Path,
+) -> Result<(PathBuf, replicate::Manifest), FetchError> {
     let mut pause = std::time::Duration::from_millis(250);
     let mut attempt = 1;
     loop {
@@ -94,7 +99,10 @@ pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -
     std::fs::write(&tmp, &text).map_err(write_err)?;
     Config::load(&tmp)?;
     std::fs::rename(&tmp, output).map_err(write_err)?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
     let checkin = CheckIn { mac: settings.mac, hostname, ip: Some(settings.replica.address) };
     let check_in_error = replicate::check_in(&settings.boot_server, &checkin).await.err().map(|e| e.to_string());
     if let Some(e) = &check_in_error {

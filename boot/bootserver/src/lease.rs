@@ -159,9 +159,7 @@ impl FileLeaseStore {
     fn append(&mut self, entry: &JournalEntry) -> Result<(), LeaseStoreError> {
         let mut line = serde_json::to_vec(entry).expect("journal entries always serialize");
         line.push(b'\n');
-        self.journal
-            .write_all(&line)
-            .map_err(|source| LeaseStoreError::Io { path: self.path.clone(), source })?;
+        self.journal.write_all(&line).map_err(|source| LeaseStoreError::Io { path: self.path.clone(), source })?;
         self.lines += 1;
         if self.lines > 64 && self.lines > 2 * self.memory.by_mac.len() {
             self.compact()?;
@@ -252,7 +250,15 @@ impl Allocator {
         reserved.push(pool.net.network());
         reserved.push(pool.net.broadcast());
         let cursor = u32::from(pool.range[0]);
-        Allocator { pool, store, offers: HashMap::new(), offered_ips: HashMap::new(), reserved, declined: HashMap::new(), cursor }
+        Allocator {
+            pool,
+            store,
+            offers: HashMap::new(),
+            offered_ips: HashMap::new(),
+            reserved,
+            declined: HashMap::new(),
+            cursor,
+        }
     }
 
     pub fn pool(&self) -> &PoolConfig {
@@ -325,7 +331,10 @@ impl Allocator {
         let mut expired = None;
         for step in 0..size {
             let ip = Ipv4Addr::from(self.first() + (self.cursor - self.first() + step) % size);
-            if self.reserved.contains(&ip) || self.declined.get(&ip).is_some_and(|u| *u > now) || self.offer_holder(ip, now).is_some() {
+            if self.reserved.contains(&ip)
+                || self.declined.get(&ip).is_some_and(|u| *u > now)
+                || self.offer_holder(ip, now).is_some()
+            {
                 continue;
             }
             match self.store.by_ip(ip)? {

@@ -82,7 +82,8 @@ impl Bootserver {
         dhcp.switch(config.dhcp.mode, &[])?;
         tasks.spawn(async move { ("DHCP", Err(dhcp_failures.next().await)) });
 
-        let tftp_socket = net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
+        let tftp_socket =
+            net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
         let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone())
             .map_err(|source| StartError::TftpRoot { path: config.tftp_root.display().to_string(), source })?;
         let tftp = tftp::server(tftp_socket, handler).await.map_err(|e| StartError::Tftp(e.to_string()))?;
@@ -103,9 +104,14 @@ impl Bootserver {
         let listener = net::tcp_listener(&iface.name, http_addr)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Runtime)?;
         let http_addr = listener.local_addr().map_err(StartError::Runtime)?;
-        let base = if http_addr.port() == 80 { format!("http://{server_ip}") } else { format!("http://{server_ip}:{}", http_addr.port()) };
+        let base = if http_addr.port() == 80 {
+            format!("http://{server_ip}")
+        } else {
+            format!("http://{server_ip}:{}", http_addr.port())
+        };
         let limits = config.http_limits.clone();
-        let state = Arc::new(http::HttpState { config, base, server_ip, images, events: events.clone(), dhcp: dhcp.clone() });
+        let state =
+            Arc::new(http::HttpState { config, base, server_ip, images, events: events.clone(), dhcp: dhcp.clone() });
         let app = http::router(state);
         tasks.spawn(async move { ("HTTP", http::serve(listener, app, limits).await) });
 

@@ -35,7 +35,12 @@ impl Interface {
 }
 
 /// A UDP socket bound to `addr` that only sees traffic of `iface` (SO_BINDTODEVICE).
-pub fn udp_on_interface(iface: &str, addr: SocketAddr, broadcast: bool, what: &'static str) -> Result<std::net::UdpSocket, NetError> {
+pub fn udp_on_interface(
+    iface: &str,
+    addr: SocketAddr,
+    broadcast: bool,
+    what: &'static str,
+) -> Result<std::net::UdpSocket, NetError> {
     let err = |source| NetError::Socket { what, iface: iface.to_string(), source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;

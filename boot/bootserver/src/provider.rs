@@ -5,7 +5,9 @@
 use crate::config::DhcpMode;
 use crate::dhcp_control::DhcpControl;
 use crate::events::EventLog;
-use cerana_protocol::tasks::boot::{BootDhcp, BootDhcpArgs, BootDhcpMode, BootDhcpResult, BootEvents, BootEventsArgs, BootMachines};
+use cerana_protocol::tasks::boot::{
+    BootDhcp, BootDhcpArgs, BootDhcpMode, BootDhcpResult, BootEvents, BootEventsArgs, BootMachines,
+};
 use cerana_provider_sdk::{ErrorCode, Provider, TaskError};
 use std::sync::Arc;
 

@@ -21,7 +21,7 @@ pub fn advertisement() -> [u8; 16] {
     let mut ra = [0u8; 16];
     ra[0] = ROUTER_ADVERTISEMENT;
     ra[4] = 64; // current hop limit
-    // flags (M, O) = 0, router lifetime = 0, reachable time = 0, retrans timer = 0
+                // flags (M, O) = 0, router lifetime = 0, reachable time = 0, retrans timer = 0
     ra
 }
 

@@ -36,7 +36,10 @@ fn check_hash(hash: &str) -> Result<&str, FetchError> {
         .ok_or_else(|| FetchError::BadHash(hash.to_string()))
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Empty<bytes::Bytes>>;
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 async fn get(client: &Client, url: &str) -> Result<hyper::Response<hyper::body::Incoming>, FetchError> {
     let err = |message: String| FetchError::Http { url: url.to_string(), message };
@@ -53,7 +56,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(client: &Client, url: &str, li
     use http_body_util::BodyExt;
     let err = |message: String| FetchError::Http { url: url.to_string(), message };
     let response = get(client, url).await?;
-    let body = http_body_util::Limited::new(response.into_body(), limit).collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+    let body = http_body_util::Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| err(format!("bad response: {e}")))
 }
 
@@ -68,7 +75,8 @@ pub async fn check_in(server: &str, checkin: &crate::http::CheckIn) -> Result<()
     let url = format!("{}/checkin", server.trim_end_matches('/'));
     let err = |message: String| FetchError::Http { url: url.clone(), message };
     let body = serde_json::to_vec(checkin).map_err(|e| err(e.to_string()))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let request = hyper::Request::post(&url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
@@ -121,7 +129,9 @@ pub async fn fetch(server: &str, initrd_hash: &str, dest: &Path) -> Result<(Path
     }
     let dir = dest.join(initrd_hash);
     std::fs::create_dir_all(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
-    download(&client, &format!("{server}/images/{}/vmlinuz", manifest.kernel), &manifest.kernel, &dir.join("vmlinuz")).await?;
-    download(&client, &format!("{server}/images/{}/initrd", manifest.initrd), &manifest.initrd, &dir.join("initrd")).await?;
+    download(&client, &format!("{server}/images/{}/vmlinuz", manifest.kernel), &manifest.kernel, &dir.join("vmlinuz"))
+        .await?;
+    download(&client, &format!("{server}/images/{}/initrd", manifest.initrd), &manifest.initrd, &dir.join("initrd"))
+        .await?;
     Ok((dir, manifest))
 }

@@ -127,7 +127,8 @@ impl Drop for CountingReader {
         tracing::info!(client = %self.client, path = %self.path, bytes = self.read, complete, "TFTP transfer ended");
         if let IpAddr::V4(ip) = self.client.ip() {
             if let Some(mac) = self.events.mac_for_ip(ip) {
-                self.events.record(mac, BootEventKind::TftpFile { path: self.path.clone(), bytes: self.read, complete });
+                self.events
+                    .record(mac, BootEventKind::TftpFile { path: self.path.clone(), bytes: self.read, complete });
             }
         }
     }
@@ -137,7 +138,11 @@ impl Handler for ReadOnlyDir {
     type Reader = CountingReader;
     type Writer = futures_lite::io::Sink;
 
-    async fn read_req_open(&mut self, client: &SocketAddr, path: &Path) -> Result<(Self::Reader, Option<u64>), packet::Error> {
+    async fn read_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let requested = path.to_string_lossy().into_owned();
         let refuse = |why: PathRefusal| {
             tracing::warn!(%client, path = %requested, reason = %why, "TFTP read refused");
@@ -148,11 +153,23 @@ impl Handler for ReadOnlyDir {
         let file = std::fs::File::open(&full).map_err(|_| refuse(PathRefusal::NotFound))?;
         let size = file.metadata().map(|m| m.len()).map_err(|_| refuse(PathRefusal::NotFound))?;
         tracing::info!(%client, path = %requested, size, "TFTP read");
-        let reader = CountingReader { inner: blocking::Unblock::new(file), read: 0, size, path: requested, client: *client, events: self.events.clone() };
+        let reader = CountingReader {
+            inner: blocking::Unblock::new(file),
+            read: 0,
+            size,
+            path: requested,
+            client: *client,
+            events: self.events.clone(),
+        };
         Ok((reader, Some(size)))
     }
 
-    async fn write_req_open(&mut self, client: &SocketAddr, path: &Path, _size: Option<u64>) -> Result<Self::Writer, packet::Error> {
+    async fn write_req_open(
+        &mut self,
+        client: &SocketAddr,
+        path: &Path,
+        _size: Option<u64>,
+    ) -> Result<Self::Writer, packet::Error> {
         let requested = path.to_string_lossy().into_owned();
         tracing::warn!(%client, path = %requested, "TFTP write request refused: the server is read-only");
         self.record(client, BootEventKind::TftpRefused { path: requested, reason: "write request".into() });

@@ -56,7 +56,23 @@ fn udhcpc_gets_a_lease_and_renews_it() {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let child = Command::new("ip")
-        .args(["netns", "exec", &lab.cli, "busybox", "udhcpc", "-f", "-i", &lab.cli_if, "-t", "5", "-T", "1", "-A", "1", "-s"])
+        .args([
+            "netns",
+            "exec",
+            &lab.cli,
+            "busybox",
+            "udhcpc",
+            "-f",
+            "-i",
+            &lab.cli_if,
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-s",
+        ])
         .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -66,17 +82,22 @@ fn udhcpc_gets_a_lease_and_renews_it() {
     let pid = child.id();
     lab.adopt(child);
     let text = || String::from_utf8_lossy(&read(&log)).into_owned();
-    let bound = wait_for(Duration::from_secs(15), || text().lines().find(|l| l.starts_with("bound ")).map(str::to_string));
+    let bound =
+        wait_for(Duration::from_secs(15), || text().lines().find(|l| l.starts_with("bound ")).map(str::to_string));
     let bound = bound.unwrap_or_else(|| panic!("udhcpc got no lease: {}", text()));
     assert_eq!(bound, "bound 10.77.0.100 24 10.77.0.1 600");
     // SIGUSR1: renew (unicast REQUEST from the leased address).
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
-    let renewed = wait_for(Duration::from_secs(10), || text().lines().find(|l| l.starts_with("renew ")).map(str::to_string));
+    let renewed =
+        wait_for(Duration::from_secs(10), || text().lines().find(|l| l.starts_with("renew ")).map(str::to_string));
     assert_eq!(renewed.unwrap_or_else(|| panic!("no renewal: {}", text())), "renew 10.77.0.100 24 10.77.0.1 600");
     let mac = mac_of(&lab);
     let events = events_of(&lab, &mac);
     assert!(events.iter().filter(|e| *e == "dhcp_ack").count() >= 2, "lease and renewal acknowledged: {events:?}");
-    assert!(events.starts_with(&["dhcp_discover".into(), "dhcp_offer".into(), "dhcp_request".into(), "dhcp_ack".into()]), "{events:?}");
+    assert!(
+        events.starts_with(&["dhcp_discover".into(), "dhcp_offer".into(), "dhcp_request".into(), "dhcp_ack".into()]),
+        "{events:?}"
+    );
     let leases = lab.json("/leases");
     assert_eq!(leases[0]["mac"], mac.as_str());
     let journal = String::from_utf8_lossy(&read(&lab.path("state/leases.jsonl"))).into_owned();
@@ -120,7 +141,9 @@ fn proxy_dhcp_answers_pxe_clients_on_67_and_4011() {
         let mut request = client_message(MessageType::Request, mac, 2, pxe_opts(7, false));
         request.set_ciaddr(CLIENT_IP);
         s4011.send_to(&request.to_vec().unwrap(), (SERVER_IP, 4011)).unwrap();
-        let ack = recv_matching(&s4011, Duration::from_secs(3), |d, from| decode(d).filter(|m| m.xid() == 2).map(|m| (m, from)));
+        let ack = recv_matching(&s4011, Duration::from_secs(3), |d, from| {
+            decode(d).filter(|m| m.xid() == 2).map(|m| (m, from))
+        });
         (offer, ack, plain_reply)
     });
     assert!(plain.is_none(), "proxyDHCP must not answer non-PXE clients");
@@ -128,7 +151,10 @@ fn proxy_dhcp_answers_pxe_clients_on_67_and_4011() {
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
     assert!(offer.yiaddr().is_unspecified(), "a proxy hands out no address");
     assert_eq!((offer.siaddr(), fname(&offer).as_str()), (SERVER_IP, "snponly.efi"));
-    assert_eq!(offer.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+    assert_eq!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
     assert_eq!(offer.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SERVER_IP)));
     let (ack, from) = ack.expect("ack on 4011");
     assert_eq!(from, SocketAddr::V4(SocketAddrV4::new(SERVER_IP, 4011)));
@@ -153,7 +179,8 @@ fn relayed_requests_are_answered_to_the_relay() {
         discover.set_giaddr(CLIENT_IP).set_hops(1);
         discover.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
         s.send_to(&discover.to_vec().unwrap(), (SERVER_IP, 67)).unwrap();
-        let offer = recv_matching(&s, Duration::from_secs(3), |d, from| decode(d).filter(|m| m.xid() == 11).map(|m| (m, from)));
+        let offer =
+            recv_matching(&s, Duration::from_secs(3), |d, from| decode(d).filter(|m| m.xid() == 11).map(|m| (m, from)));
         let ip = offer.as_ref().map(|(m, _)| m.yiaddr()).unwrap_or(Ipv4Addr::UNSPECIFIED);
         let mut request = client_message(MessageType::Request, mac, 12, pxe_opts(0, true));
         request.set_giaddr(CLIENT_IP);
@@ -183,7 +210,10 @@ fn http_serves_scripts_images_with_ranges_and_records_the_timeline() {
     let (kh, ih) = (sha256_hex(&pattern(100_000)), sha256_hex(&initrd));
     // The script iPXE is pointed at chains to the per-machine one.
     let chain = lab.get("/boot.ipxe");
-    assert!(chain.starts_with("#!ipxe\n") && chain.contains("chain http://10.77.0.1/boot.ipxe?mac=${netX/mac:hexhyp}"), "{chain}");
+    assert!(
+        chain.starts_with("#!ipxe\n") && chain.contains("chain http://10.77.0.1/boot.ipxe?mac=${netX/mac:hexhyp}"),
+        "{chain}"
+    );
     let mac = "52:54:00:00:00:0c";
     let script = lab.get(&format!("/boot.ipxe?mac={}&uuid=&arch=x86_64", mac.replace(':', "%3A")));
     for want in [
@@ -217,14 +247,32 @@ fn http_serves_scripts_images_with_ranges_and_records_the_timeline() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "416");
     let full = lab.curl(&["-sS", "--fail", &url]);
     assert_eq!(sha256_hex(&full.stdout), ih);
-    let missing = lab.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://10.77.0.1/images/sha256-{}/initrd", "0".repeat(64))]);
+    let missing = lab.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://10.77.0.1/images/sha256-{}/initrd", "0".repeat(64)),
+    ]);
     assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
     let kernel = lab.curl(&["-sS", "--fail", &format!("http://10.77.0.1/images/sha256-{kh}/vmlinuz?mac={mac}")]);
     assert_eq!(kernel.stdout.len(), 100_000);
 
     // The booted node checks in.
     let body = format!("{{\"mac\":\"{mac}\",\"hostname\":\"node-c\"}}");
-    let out = lab.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/json", "--data", &body, "http://10.77.0.1/checkin"]);
+    let out = lab.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &body,
+        "http://10.77.0.1/checkin",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
     let events = events_of(&lab, mac);
     assert_eq!(events.first().map(String::as_str), Some("http_script"));
@@ -244,7 +292,16 @@ fn http_bounds_huge_and_slow_requests() {
     let big = format!("{{\"mac\":\"52:54:00:00:00:01\",\"hostname\":\"{}\"}}", "x".repeat(5000));
     let out = lab.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "--data", &big, "http://10.77.0.1/checkin"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
-    let out = lab.curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "--data", "{\"mac\":\"52:54:00:00:00:01\",\"extra\":1}", "http://10.77.0.1/checkin"]);
+    let out = lab.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data",
+        "{\"mac\":\"52:54:00:00:00:01\",\"extra\":1}",
+        "http://10.77.0.1/checkin",
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "unknown fields refused");
     // Header larger than max_header_bytes: refused, the server stays up.
     let huge_header = format!("x-junk: {}", "y".repeat(40_000));
@@ -266,7 +323,11 @@ fn http_bounds_huge_and_slow_requests() {
         slow.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
         let mut buf = [0u8; 64];
         let n = slow.read(&mut buf).unwrap_or(0);
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
     });
     assert!(lab.curl(&["-sf", "--max-time", "2", "http://10.77.0.1/health"]).status.success(), "server still serves");
 }
@@ -290,7 +351,16 @@ fn tftp_serves_read_only_with_options_and_refuses_escapes() {
     let r = lab.in_client(&["tftp", "-m", "binary", "10.77.0.1", "-c", "get", "undionly.kpxe", o]);
     assert_eq!(read(&out), pattern(70_001), "{}", String::from_utf8_lossy(&r.stderr));
     std::fs::write(lab.path("upload"), b"data").unwrap();
-    let put = lab.in_client(&["tftp", "-m", "binary", "10.77.0.1", "-c", "put", lab.path("upload").to_str().unwrap(), "uploaded"]);
+    let put = lab.in_client(&[
+        "tftp",
+        "-m",
+        "binary",
+        "10.77.0.1",
+        "-c",
+        "put",
+        lab.path("upload").to_str().unwrap(),
+        "uploaded",
+    ]);
     let said = format!("{}{}", String::from_utf8_lossy(&put.stdout), String::from_utf8_lossy(&put.stderr));
     assert!(said.contains("read-only"), "write request must be refused with a TFTP error: {said:?}");
     assert!(!lab.path("tftp/uploaded").exists());
@@ -305,7 +375,14 @@ fn tftp_serves_read_only_with_options_and_refuses_escapes() {
     // Malformed TFTP datagrams are dropped; the server goes on serving.
     lab.with_client_netns(|| {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        for junk in [&b""[..], b"\x00", b"\x00\x01", b"\x00\x01noterminator", b"\x00\x09x\x00octet\x00", b"\x00\x01a\x00octet\x00blksize\x00huge\x00"] {
+        for junk in [
+            &b""[..],
+            b"\x00",
+            b"\x00\x01",
+            b"\x00\x01noterminator",
+            b"\x00\x09x\x00octet\x00",
+            b"\x00\x01a\x00octet\x00blksize\x00huge\x00",
+        ] {
             s.send_to(junk, (SERVER_IP, 69)).unwrap();
         }
     });
@@ -319,7 +396,10 @@ fn dhcp_survives_malformed_packets_and_ignores_other_interfaces() {
     let mut lab = Lab::new(true);
     // A second link into the server namespace that the server is not bound to.
     let (other_srv, other_cli) = (format!("{}o", lab.srv_if), format!("{}o", lab.cli_if));
-    must(&["ip", "link", "add", &other_srv, "netns", &lab.srv, "type", "veth", "peer", "name", &other_cli, "netns", &lab.cli]);
+    must(&[
+        "ip", "link", "add", &other_srv, "netns", &lab.srv, "type", "veth", "peer", "name", &other_cli, "netns",
+        &lab.cli,
+    ]);
     must(&["ip", "-n", &lab.srv, "addr", "add", "10.78.0.1/24", "dev", &other_srv]);
     must(&["ip", "-n", &lab.srv, "link", "set", &other_srv, "up"]);
     must(&["ip", "-n", &lab.cli, "link", "set", &other_cli, "up"]);
@@ -328,11 +408,17 @@ fn dhcp_survives_malformed_packets_and_ignores_other_interfaces() {
     let stray = MacAddr([2, 0, 0, 0, 0, 0x77]);
     let (stray_reply, offer) = lab.with_client_netns(|| {
         let other = udp(&other_cli, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
-        other.send_to(&client_message(MessageType::Discover, stray, 5, vec![]).to_vec().unwrap(), (Ipv4Addr::BROADCAST, 67)).unwrap();
+        other
+            .send_to(
+                &client_message(MessageType::Discover, stray, 5, vec![]).to_vec().unwrap(),
+                (Ipv4Addr::BROADCAST, 67),
+            )
+            .unwrap();
         let stray_reply = recv_matching(&other, Duration::from_millis(1500), |d, _| decode(d).filter(|m| m.xid() == 5));
         drop(other);
         let s = udp(&cli_if, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
-        let good = client_message(MessageType::Discover, MacAddr([2, 0, 0, 0, 0, 1]), 6, pxe_opts(0, false)).to_vec().unwrap();
+        let good =
+            client_message(MessageType::Discover, MacAddr([2, 0, 0, 0, 0, 1]), 6, pxe_opts(0, false)).to_vec().unwrap();
         let mut junk: Vec<Vec<u8>> = vec![vec![], vec![1; 10], good[..239].to_vec(), good[..good.len() - 3].to_vec()];
         let mut hlen = good.clone();
         hlen[2] = 200;
@@ -356,7 +442,10 @@ fn dhcp_survives_malformed_packets_and_ignores_other_interfaces() {
     let offer = offer.expect("the server still answers after malformed packets");
     assert_eq!(fname(&offer), "undionly.kpxe");
     let log = lab.server_log();
-    assert!(log.contains("DHCP packet dropped") && log.contains("malformed packet"), "malformed packets are logged:\n{log}");
+    assert!(
+        log.contains("DHCP packet dropped") && log.contains("malformed packet"),
+        "malformed packets are logged:\n{log}"
+    );
 }
 
 #[test]
@@ -366,7 +455,8 @@ fn router_advertisements_reach_the_segment() {
     lab.start_server(&lab.config(FULL, ""));
     let cli_if = lab.cli_if.clone();
     let ra = lab.with_client_netns(|| {
-        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::RAW, Some(socket2::Protocol::ICMPV6)).unwrap();
+        let s =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::RAW, Some(socket2::Protocol::ICMPV6)).unwrap();
         s.bind_device(Some(cli_if.as_bytes())).unwrap();
         let s: std::net::UdpSocket = s.into();
         s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -389,7 +479,16 @@ fn a_node_fetches_its_image_by_hash_to_serve_it_again() {
     let hash = format!("sha256-{}", sha256_hex(&initrd));
     let dest = lab.path("platform");
     let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
-    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1/", "--initrd-hash", &hash, "--dest", dest.to_str().unwrap()]);
+    let out = lab.in_client(&[
+        bin,
+        "fetch",
+        "--server",
+        "http://10.77.0.1/",
+        "--initrd-hash",
+        &hash,
+        "--dest",
+        dest.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["initrd"], hash.as_str());
@@ -398,9 +497,31 @@ fn a_node_fetches_its_image_by_hash_to_serve_it_again() {
     assert_eq!(read(&dest.join(&hash).join("vmlinuz")), pattern(100_000));
     // An initrd the server does not have, and a malformed hash: clear errors, nothing written.
     let missing = format!("sha256-{}", "1".repeat(64));
-    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1", "--initrd-hash", &missing, "--dest", dest.to_str().unwrap()]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = lab.in_client(&[bin, "fetch", "--server", "http://10.77.0.1", "--initrd-hash", "sha256-xyz", "--dest", dest.to_str().unwrap()]);
+    let out = lab.in_client(&[
+        bin,
+        "fetch",
+        "--server",
+        "http://10.77.0.1",
+        "--initrd-hash",
+        &missing,
+        "--dest",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.in_client(&[
+        bin,
+        "fetch",
+        "--server",
+        "http://10.77.0.1",
+        "--initrd-hash",
+        "sha256-xyz",
+        "--dest",
+        dest.to_str().unwrap(),
+    ]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not sha256-"));
     assert!(!dest.join(&missing).exists());
 }
@@ -457,7 +578,11 @@ fn dhcp_switches_at_run_time_and_honours_imported_leases() {
     assert_eq!(dhcp.mode(), DhcpMode::Full);
     let offer = discover(2, client, vec![]).expect("an offer once DHCP is full");
     assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
-    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 77, 0, 101), ".100 is held by an imported lease; the expired .101 is free");
+    assert_eq!(
+        offer.yiaddr(),
+        Ipv4Addr::new(10, 77, 0, 101),
+        ".100 is held by an imported lease; the expired .101 is free"
+    );
 
     assert_eq!(switch(DhcpMode::Off, vec![]), (DhcpMode::Full, 0));
     assert!(discover(3, client, vec![]).is_none(), "off again: no answer");
@@ -488,10 +613,25 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     let (dest, config, tftp) = (lab.path("replica"), lab.path("replica.toml"), lab.path("tftp"));
     let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let out = lab.in_client(&[bin, "join", "--cmdline", &path(&cmdline), "--dest", &path(&dest), "--tftp-root", &path(&tftp), "--output", &path(&config)]);
+    let out = lab.in_client(&[
+        bin,
+        "join",
+        "--cmdline",
+        &path(&cmdline),
+        "--dest",
+        &path(&dest),
+        "--tftp-root",
+        &path(&tftp),
+        "--output",
+        &path(&config),
+    ]);
     assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
     let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((joined["initrd"].as_str(), joined["checked_in"].as_bool()), (Some(initrd_hash.as_str()), Some(true)), "{joined}");
+    assert_eq!(
+        (joined["initrd"].as_str(), joined["checked_in"].as_bool()),
+        (Some(initrd_hash.as_str()), Some(true)),
+        "{joined}"
+    );
     assert_eq!(read(&dest.join(&initrd_hash).join("initrd")), pattern(1_000_003));
     assert!(events_of(&lab, &mac).contains(&"checked_in".to_string()), "the boot server saw the check-in");
 
@@ -513,7 +653,9 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
         let out = lab.curl_from_server(&["-sf", "--max-time", "1", &manifest_url]);
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     });
-    let served = served.unwrap_or_else(|| panic!("the replica does not serve its image: {}", String::from_utf8_lossy(&read(&lab.path("replica.log")))));
+    let served = served.unwrap_or_else(|| {
+        panic!("the replica does not serve its image: {}", String::from_utf8_lossy(&read(&lab.path("replica.log"))))
+    });
     let manifest: serde_json::Value = serde_json::from_str(&served).unwrap();
     assert_eq!(manifest["initrd"], initrd_hash.as_str());
     assert_eq!(manifest["cmdline"], "cerana.api_token=0123456789abcdef");
@@ -521,7 +663,20 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     // A node whose command line lacks what the boot server writes is told so; nothing written.
     std::fs::write(&cmdline, "console=ttyS0\n").unwrap();
     let elsewhere = lab.path("elsewhere.toml");
-    let out = lab.in_client(&[bin, "join", "--cmdline", &path(&cmdline), "--dest", &path(&dest), "--output", &path(&elsewhere)]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cerana.boot_server"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.in_client(&[
+        bin,
+        "join",
+        "--cmdline",
+        &path(&cmdline),
+        "--dest",
+        &path(&dest),
+        "--output",
+        &path(&elsewhere),
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cerana.boot_server"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!elsewhere.exists());
 }

@@ -1,8 +1,10 @@
 //! `boot-events`, `boot-machines` and `boot-dhcp` through a real (in-process) coordinator.
 
-use cerana_bootserver::events::EventLog;
 use cerana_bootserver::dhcp_control::DhcpControl;
-use cerana_protocol::tasks::boot::{BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr};
+use cerana_bootserver::events::EventLog;
+use cerana_protocol::tasks::boot::{
+    BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr,
+};
 use cerana_protocol::NoArgs;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -15,7 +17,14 @@ async fn boot_tasks_answer_from_the_event_log() {
     let _coordinator = cerana_coordinator::Coordinator::start(cerana_coordinator::Config::new(&socket)).await.unwrap();
     let events = Arc::new(EventLog::new());
     let (a, b) = (MacAddr([0x52, 0x54, 0, 0, 0, 2]), MacAddr([0x52, 0x54, 0, 0, 0, 3]));
-    events.record(a, BootEventKind::DhcpAck { ip: Some(Ipv4Addr::new(10, 0, 0, 100)), bootfile: Some("undionly.kpxe".into()), lease_secs: Some(60) });
+    events.record(
+        a,
+        BootEventKind::DhcpAck {
+            ip: Some(Ipv4Addr::new(10, 0, 0, 100)),
+            bootfile: Some("undionly.kpxe".into()),
+            lease_secs: Some(60),
+        },
+    );
     events.record(a, BootEventKind::TftpFile { path: "undionly.kpxe".into(), bytes: 70_000, complete: true });
     events.record(b, BootEventKind::DhcpNak { reason: "wrong network".into() });
     let boot = cerana_bootserver::dhcp::BootFiles::new(&Default::default(), Ipv4Addr::LOCALHOST, 80);
@@ -38,16 +47,22 @@ async fn boot_tasks_answer_from_the_event_log() {
             }
         }
     };
-    let kinds: Vec<_> = timeline.events.iter().map(|e| serde_json::to_value(&e.kind).unwrap()["event"].clone()).collect();
+    let kinds: Vec<_> =
+        timeline.events.iter().map(|e| serde_json::to_value(&e.kind).unwrap()["event"].clone()).collect();
     assert_eq!(kinds, ["dhcp_ack", "tftp_file"]);
     let machines = client.run::<BootMachines>(&NoArgs {}).await.unwrap().machines;
     assert_eq!(machines.len(), 2);
-    assert_eq!((machines[0].mac, machines[0].stage, machines[0].ip), (a, BootStage::Firmware, Some(Ipv4Addr::new(10, 0, 0, 100))));
+    assert_eq!(
+        (machines[0].mac, machines[0].stage, machines[0].ip),
+        (a, BootStage::Firmware, Some(Ipv4Addr::new(10, 0, 0, 100)))
+    );
     assert_eq!(machines[1].stage, BootStage::Dhcp);
 
-    let off = client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Off, import_leases_from: None }).await.unwrap();
+    let off =
+        client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Off, import_leases_from: None }).await.unwrap();
     assert_eq!((off.previous, off.mode, off.imported_leases), (BootDhcpMode::Off, BootDhcpMode::Off, 0));
-    let no_pool = client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Full, import_leases_from: None }).await.unwrap_err();
+    let no_pool =
+        client.run::<BootDhcp>(&BootDhcpArgs { mode: BootDhcpMode::Full, import_leases_from: None }).await.unwrap_err();
     assert!(no_pool.to_string().contains("needs an address pool"), "{no_pool}");
     let misplaced = BootDhcpArgs { mode: BootDhcpMode::Off, import_leases_from: Some("http://127.0.0.1:9".into()) };
     let err = client.run::<BootDhcp>(&misplaced).await.unwrap_err();

@@ -64,7 +64,9 @@ fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Optio
     must(&["ip", "-n", &ns, "link", "set", &tap, "master", &br]);
     must(&["ip", "-n", &ns, "link", "set", &tap, "up"]);
     must(&["ip", "-n", &ns, "link", "set", &br, "up"]);
-    let config = lab.config(FULL, "").replace(&format!("tftp_root = \"{}\"", lab.path("tftp").display()), &format!("tftp_root = \"{IPXE_DIR}\""));
+    let config = lab
+        .config(FULL, "")
+        .replace(&format!("tftp_root = \"{}\"", lab.path("tftp").display()), &format!("tftp_root = \"{IPXE_DIR}\""));
     // TCG guests are slow: the stricter limits of the other tests would cut iPXE off.
     let config = config.replace("header_timeout_secs = 2", "header_timeout_secs = 10");
     let config = if router_advertisements { config } else { format!("router_advertisements = false\n{config}") };
@@ -79,10 +81,23 @@ fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Optio
     lab.start_server(&config);
     let serial = lab.path("serial.log");
     let mut qemu = Command::new("ip");
-    qemu.args(["netns", "exec", &ns, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+    qemu.args([
+        "netns",
+        "exec",
+        &ns,
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "1024",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
     if uefi {
         // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
         qemu.args(["-bios", OVMF, "-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]);
@@ -90,7 +105,12 @@ fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Optio
         qemu.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]);
     }
     if let Ok(dump) = std::env::var("BOOT_TEST_PCAP") {
-        let tcpdump = Command::new("ip").args(["netns", "exec", &lab.srv, "tcpdump", "-i", &lab.srv_if, "-w", &dump]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let tcpdump = Command::new("ip")
+            .args(["netns", "exec", &lab.srv, "tcpdump", "-i", &lab.srv_if, "-w", &dump])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         lab.adopt(tcpdump);
     }
     let child = qemu.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu");
@@ -112,7 +132,8 @@ fn wait_for_event(vm: &Vm, event: &str, limit: Duration) -> Vec<serde_json::Valu
 
 /// Milliseconds from iPXE's first DISCOVER to its script request.
 fn ipxe_dhcp_to_script_ms(events: &[serde_json::Value]) -> u64 {
-    let discover = events.iter().find(|e| e["event"] == "dhcp_discover" && e["client"]["ipxe"] == true).expect("iPXE DISCOVER");
+    let discover =
+        events.iter().find(|e| e["event"] == "dhcp_discover" && e["client"]["ipxe"] == true).expect("iPXE DISCOVER");
     let script = events.iter().find(|e| e["event"] == "http_script").expect("script");
     script["at_ms"].as_u64().unwrap() - discover["at_ms"].as_u64().unwrap()
 }
@@ -123,10 +144,14 @@ fn bios_ipxe_rom_boots_through_dhcp_script_kernel_and_initrd() {
     let vm = boot_vm(false, true, "52:54:00:b0:00:01");
     let events = wait_for_event(&vm, "http_initrd", Duration::from_secs(240));
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
-    let order = ["dhcp_discover", "dhcp_offer", "dhcp_request", "dhcp_ack", "http_script", "http_kernel", "http_initrd"];
+    let order =
+        ["dhcp_discover", "dhcp_offer", "dhcp_request", "dhcp_ack", "http_script", "http_kernel", "http_initrd"];
     let mut at = 0;
     for want in order {
-        at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("{want} missing or out of order: {kinds:?}"));
+        at += kinds[at..]
+            .iter()
+            .position(|k| *k == want)
+            .unwrap_or_else(|| panic!("{want} missing or out of order: {kinds:?}"));
     }
     let initrd = events.iter().find(|e| e["event"] == "http_initrd").unwrap();
     assert_eq!(initrd["bytes"], 1_000_003);
@@ -150,7 +175,10 @@ fn uefi_pxe_fetches_snponly_by_tftp_then_chains_to_ipxe() {
     assert_eq!((tftp["path"].as_str(), tftp["complete"].as_bool()), (Some("snponly.efi"), Some(true)));
     let arch = events.iter().find(|e| e["event"] == "dhcp_discover").unwrap()["client"]["arch"].as_u64();
     assert!(matches!(arch, Some(7) | Some(9)), "UEFI x86-64 architecture in option 93: {arch:?}");
-    assert!(events.iter().any(|e| e["event"] == "dhcp_discover" && e["client"]["ipxe"] == true), "iPXE came up from snponly.efi");
+    assert!(
+        events.iter().any(|e| e["event"] == "dhcp_discover" && e["client"]["ipxe"] == true),
+        "iPXE came up from snponly.efi"
+    );
 }
 
 #[test]
@@ -167,7 +195,10 @@ fn a_built_cerana_image_pxe_boots_to_node_ready() {
         text.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\"")).then_some(())
     });
     let tail = String::from_utf8_lossy(&read(&serial)).lines().rev().take(30).collect::<Vec<_>>().join("\n");
-    assert!(ready.is_some(), "the PXE-booted node never reported node_ready; serial (last lines, newest first):\n{tail}");
+    assert!(
+        ready.is_some(),
+        "the PXE-booted node never reported node_ready; serial (last lines, newest first):\n{tail}"
+    );
     let events = timeline(&vm);
     let initrd = events.iter().find(|e| e["event"] == "http_initrd").expect("initrd served");
     assert_eq!(initrd["bytes"].as_u64(), Some(std::fs::metadata(vm.lab.path("initrd")).unwrap().len()));

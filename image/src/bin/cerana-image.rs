@@ -46,7 +46,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build { profile, workspace, out_dir, cache_dir, source_date_epoch, compression, no_cargo, init } => {
             let workspace = workspace.canonicalize().context("workspace directory")?;
             let out_dir = if out_dir.is_absolute() { out_dir } else { workspace.join(out_dir) };
-            let opts = BuildOptions { workspace, profile, out_dir, cache_dir, source_date_epoch, compression, no_cargo, init_binary: init };
+            let opts = BuildOptions {
+                workspace,
+                profile,
+                out_dir,
+                cache_dir,
+                source_date_epoch,
+                compression,
+                no_cargo,
+                init_binary: init,
+            };
             let report = build(&opts)?;
             println!("{}", report.dir.display());
         }

@@ -90,10 +90,10 @@ impl HttpClient {
 
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Incoming>, ClientError> {
         let target = request.uri().to_string();
-        self.client.request(request).await.map_err(|e| ClientError::Connect {
-            target,
-            source: std::io::Error::other(error_chain(&e)),
-        })
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Connect { target, source: std::io::Error::other(error_chain(&e)) })
     }
 
     fn full(bytes: Vec<u8>) -> Body {
@@ -187,11 +187,8 @@ const MAX_RESPONSE_BODY: usize = cerana_protocol::frame::MAX_FRAME_LEN;
 async fn read_body(response: http::Response<Incoming>) -> Result<(http::StatusCode, Bytes), ClientError> {
     let status = response.status();
     let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BODY);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| ClientError::Protocol(format!("reading response body: {e}")))?
-        .to_bytes();
+    let bytes =
+        limited.collect().await.map_err(|e| ClientError::Protocol(format!("reading response body: {e}")))?.to_bytes();
     Ok((status, bytes))
 }
 

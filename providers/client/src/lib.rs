@@ -71,8 +71,8 @@ impl Client {
 
     /// Runs a typed task and decodes its result.
     pub async fn run<T: Task>(&self, args: &T::Args) -> Result<T::Output, CallError> {
-        let request = Request::for_task::<T>(args)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode arguments: {e}")))?;
+        let request =
+            Request::for_task::<T>(args).map_err(|e| ClientError::Protocol(format!("cannot encode arguments: {e}")))?;
         Ok(self.call(request).await?.decode()?)
     }
 }

@@ -24,7 +24,10 @@ pub enum InputEnd {
     Chunks(ChunkReader<UnixStream>),
     /// Read the pipe to its end of file, then ask [`PipeVerdict::wait`] whether that was the
     /// whole stream.
-    Pipe { pipe: OwnedFd, verdict: PipeVerdict },
+    Pipe {
+        pipe: OwnedFd,
+        verdict: PipeVerdict,
+    },
 }
 
 /// The producer end of a stream.
@@ -32,7 +35,10 @@ pub enum InputEnd {
 pub enum OutputEnd {
     Chunks(ChunkWriter<UnixStream>),
     /// Write the pipe, close every copy of it, then say how it went with [`PipeFinish::finish`].
-    Pipe { pipe: OwnedFd, finish: PipeFinish },
+    Pipe {
+        pipe: OwnedFd,
+        finish: PipeFinish,
+    },
 }
 
 /// Where a pipe consumer hears how the stream ended.

@@ -64,11 +64,9 @@ impl UnixClient {
     pub async fn connect(path: impl AsRef<Path>, name: &str) -> Result<Self, ClientError> {
         let path = path.as_ref();
         let mut stream = connect(path).await?;
-        let welcome = handshake(
-            &mut stream,
-            &ToCoordinator::ClientHello { name: name.to_owned(), protocol: PROTOCOL_VERSION },
-        )
-        .await?;
+        let welcome =
+            handshake(&mut stream, &ToCoordinator::ClientHello { name: name.to_owned(), protocol: PROTOCOL_VERSION })
+                .await?;
         let (read, write) = stream.into_split();
         let pending: PendingMap = Arc::default();
         let (outgoing, rx) = mpsc::unbounded_channel();
@@ -103,18 +101,18 @@ impl UnixClient {
     /// Asks the coordinator to give up on `id`.
     pub fn cancel(&self, id: RequestId) -> Result<(), ClientError> {
         let mut frame = Vec::new();
-        encode_json_into(&mut frame, &ToCoordinator::Cancel { id }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        encode_json_into(&mut frame, &ToCoordinator::Cancel { id })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.outgoing.send(frame).map_err(|_| ClientError::Closed)
     }
 
     /// Runs a typed task.
     pub async fn run<T: cerana_protocol::Task>(&self, args: &T::Args) -> Result<T::Output, crate::CallError> {
-        let request = Request::for_task::<T>(args)
-            .map_err(|e| ClientError::Protocol(format!("cannot encode arguments: {e}")))?;
+        let request =
+            Request::for_task::<T>(args).map_err(|e| ClientError::Protocol(format!("cannot encode arguments: {e}")))?;
         Ok(self.call(request).await?.decode()?)
     }
 }
-
 
 async fn read_loop(mut read: BufReader<tokio::net::unix::OwnedReadHalf>, pending: PendingMap) {
     let mut buf = Vec::new();

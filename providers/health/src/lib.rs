@@ -50,7 +50,8 @@ impl Checker {
     /// Checks against the running system; services' cgroups under `CERANA_SERVICES_CGROUP`
     /// or the default.
     pub fn system() -> Self {
-        let services = std::env::var_os(SERVICES_CGROUP_ENV).map_or_else(|| PathBuf::from(SERVICES_CGROUP), PathBuf::from);
+        let services =
+            std::env::var_os(SERVICES_CGROUP_ENV).map_or_else(|| PathBuf::from(SERVICES_CGROUP), PathBuf::from);
         Self::new("/proc", services)
     }
 
@@ -104,7 +105,10 @@ impl Checker {
         let uptime = Duration::from_secs_f64((now - started as f64 / ticks).max(0.0));
         let min = Duration::from_millis(args.min_uptime_ms);
         if uptime < min {
-            return Err((FailReason::TooYoung, format!("{what} is up {:.1} s, less than {:.1} s", uptime.as_secs_f64(), min.as_secs_f64())));
+            return Err((
+                FailReason::TooYoung,
+                format!("{what} is up {:.1} s, less than {:.1} s", uptime.as_secs_f64(), min.as_secs_f64()),
+            ));
         }
         Ok(format!("{what} is up {:.1} s", uptime.as_secs_f64()))
     }
@@ -153,9 +157,9 @@ impl Checker {
     pub async fn tcp_response(&self, args: &TcpResponseArgs) -> Result<HealthReport, InvalidArgs> {
         args.validate().map_err(InvalidArgs)?;
         let regex = match &args.regexp {
-            Some(pattern) => Some(
-                regex_lite::Regex::new(pattern).map_err(|e| InvalidArgs(format!("regexp {pattern:?}: {e}")))?,
-            ),
+            Some(pattern) => {
+                Some(regex_lite::Regex::new(pattern).map_err(|e| InvalidArgs(format!("regexp {pattern:?}: {e}")))?)
+            }
             None => None,
         };
         let args = args.clone();
@@ -165,12 +169,16 @@ impl Checker {
         let mut report = timed(timeout, async move {
             let mut stream = TcpStream::connect(&args.address).await.map_err(|e| connect_failure(&args.address, &e))?;
             if let Some(body) = &args.body {
-                stream.write_all(body.as_bytes()).await.map_err(|e| (FailReason::Unreachable, format!("sending the body: {e}")))?;
+                stream
+                    .write_all(body.as_bytes())
+                    .await
+                    .map_err(|e| (FailReason::Unreachable, format!("sending the body: {e}")))?;
             }
             let Some(regex) = regex else { return Ok(format!("connected to {}", args.address)) };
             let mut chunk = [0u8; 4096];
             loop {
-                let n = stream.read(&mut chunk).await.map_err(|e| (FailReason::Unreachable, format!("reading: {e}")))?;
+                let n =
+                    stream.read(&mut chunk).await.map_err(|e| (FailReason::Unreachable, format!("reading: {e}")))?;
                 let mut buffer = seen.lock().expect("buffer lock");
                 buffer.extend_from_slice(&chunk[..n]);
                 let text = String::from_utf8_lossy(&buffer);
@@ -179,7 +187,10 @@ impl Checker {
                 }
                 if n == 0 || buffer.len() >= MAX_TCP_RESPONSE {
                     let why = if n == 0 { "the connection closed" } else { "64 KiB read" };
-                    return Err((FailReason::NoMatch, format!("{why} without a match for {}: {}", regex.as_str(), excerpt(&text))));
+                    return Err((
+                        FailReason::NoMatch,
+                        format!("{why} without a match for {}: {}", regex.as_str(), excerpt(&text)),
+                    ));
                 }
             }
         })
@@ -187,7 +198,8 @@ impl Checker {
         if report.reason == Some(FailReason::Timeout) {
             let buffer = received.lock().expect("buffer lock");
             if !buffer.is_empty() {
-                report.message = format!("{}; received: {}", report.message, excerpt(&String::from_utf8_lossy(&buffer)));
+                report.message =
+                    format!("{}; received: {}", report.message, excerpt(&String::from_utf8_lossy(&buffer)));
             }
         }
         Ok(report)
@@ -195,7 +207,8 @@ impl Checker {
 
     pub async fn http_status(&self, args: &HttpStatusArgs) -> Result<HealthReport, InvalidArgs> {
         args.validate().map_err(InvalidArgs)?;
-        let method = http::Method::from_bytes(args.method().as_bytes()).map_err(|e| InvalidArgs(format!("method: {e}")))?;
+        let method =
+            http::Method::from_bytes(args.method().as_bytes()).map_err(|e| InvalidArgs(format!("method: {e}")))?;
         let body = Full::new(Bytes::from(args.body.clone().unwrap_or_default()));
         let request = http::Request::builder()
             .method(method)
@@ -239,7 +252,8 @@ fn read_proc(path: &Path) -> Result<String, (FailReason, String)> {
 }
 
 fn connect_failure(address: &str, e: &io::Error) -> (FailReason, String) {
-    let reason = if e.kind() == io::ErrorKind::ConnectionRefused { FailReason::Refused } else { FailReason::Unreachable };
+    let reason =
+        if e.kind() == io::ErrorKind::ConnectionRefused { FailReason::Refused } else { FailReason::Unreachable };
     (reason, format!("connecting to {address}: {e}"))
 }
 
@@ -282,8 +296,11 @@ fn http_client() -> HttpClient {
         .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     // Every check opens its own connection, as a new client would: a pooled one could hide a
     // server that no longer accepts.
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector)
@@ -300,7 +317,11 @@ pub fn provider() -> Provider {
 }
 
 /// Serves task `T` by running its arguments as the check `wrap` makes of them.
-fn serve<T: Task<Output = HealthReport>>(provider: Provider, checker: &Checker, wrap: fn(T::Args) -> HealthCheck) -> Provider {
+fn serve<T: Task<Output = HealthReport>>(
+    provider: Provider,
+    checker: &Checker,
+    wrap: fn(T::Args) -> HealthCheck,
+) -> Provider {
     let checker = checker.clone();
     provider.task::<T, _, _>(move |_ctx, args| {
         let checker = checker.clone();

@@ -7,11 +7,23 @@ fn checker() -> Checker {
 }
 
 fn file_args(path: &Path) -> FileArgs {
-    FileArgs { path: path.display().to_string(), not_exist: false, mode: None, min_size: None, max_size: None, timeout_ms: None }
+    FileArgs {
+        path: path.display().to_string(),
+        not_exist: false,
+        mode: None,
+        min_size: None,
+        max_size: None,
+        timeout_ms: None,
+    }
 }
 
 fn tcp_args(address: String, body: Option<&str>, regexp: Option<&str>, timeout_ms: u64) -> TcpResponseArgs {
-    TcpResponseArgs { address, body: body.map(Into::into), regexp: regexp.map(Into::into), timeout_ms: Some(timeout_ms) }
+    TcpResponseArgs {
+        address,
+        body: body.map(Into::into),
+        regexp: regexp.map(Into::into),
+        timeout_ms: Some(timeout_ms),
+    }
 }
 
 #[tokio::test]
@@ -21,14 +33,25 @@ async fn file_checks_existence_mode_and_size() {
     std::fs::write(&path, b"12345").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let c = checker();
-    let report = c.file(&FileArgs { mode: Some(FileMode::new(0o640).unwrap()), min_size: Some(5), max_size: Some(5), ..file_args(&path) }).await.unwrap();
+    let report = c
+        .file(&FileArgs {
+            mode: Some(FileMode::new(0o640).unwrap()),
+            min_size: Some(5),
+            max_size: Some(5),
+            ..file_args(&path)
+        })
+        .await
+        .unwrap();
     assert!(report.passed(), "{report:?}");
     assert!(report.message.contains("0640"));
     let fail = |args: FileArgs| {
         let c = c.clone();
         async move { c.file(&args).await.unwrap().reason }
     };
-    assert_eq!(fail(FileArgs { mode: Some(FileMode::new(0o644).unwrap()), ..file_args(&path) }).await, Some(FailReason::WrongMode));
+    assert_eq!(
+        fail(FileArgs { mode: Some(FileMode::new(0o644).unwrap()), ..file_args(&path) }).await,
+        Some(FailReason::WrongMode)
+    );
     assert_eq!(fail(FileArgs { min_size: Some(6), ..file_args(&path) }).await, Some(FailReason::TooSmall));
     assert_eq!(fail(FileArgs { max_size: Some(4), ..file_args(&path) }).await, Some(FailReason::TooLarge));
     assert_eq!(fail(FileArgs { not_exist: true, ..file_args(&path) }).await, Some(FailReason::Exists));
@@ -115,7 +138,11 @@ async fn uptime_of_a_pid_a_cgroup_and_a_service() {
     std::fs::create_dir_all(services.path().join("empty")).unwrap();
     std::fs::write(services.path().join("empty/cgroup.procs"), "").unwrap();
     let c = Checker::new("/proc", services.path());
-    let service = |id: &str, min_uptime_ms| UptimeArgs { target: ProcessTarget::Service(id.into()), min_uptime_ms, timeout_ms: None };
+    let service = |id: &str, min_uptime_ms| UptimeArgs {
+        target: ProcessTarget::Service(id.into()),
+        min_uptime_ms,
+        timeout_ms: None,
+    };
     let report = c.uptime(&service("web", 1)).await.unwrap();
     assert!(report.passed(), "pid 1 has been up longer than this test: {report:?}");
     assert_eq!(c.uptime(&service("empty", 0)).await.unwrap().reason, Some(FailReason::NotRunning));

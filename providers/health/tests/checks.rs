@@ -128,13 +128,16 @@ async fn http_and_tcp_checks_pass_and_fail_as_they_should() {
     assert!(h.client.run::<HealthTcpResponse>(&tcp(open.clone(), None, None)).await.unwrap().passed());
     let refused = h.client.run::<HealthTcpResponse>(&tcp(closed.clone(), None, None)).await.unwrap();
     assert_fails(&refused, FailReason::Refused);
-    let http_refused = h.client.run::<HealthHttpStatus>(&http(format!("http://{closed}/ok"), None, None)).await.unwrap();
+    let http_refused =
+        h.client.run::<HealthHttpStatus>(&http(format!("http://{closed}/ok"), None, None)).await.unwrap();
     assert_fails(&http_refused, FailReason::Refused);
     // Speaking HTTP over the TCP check, with a regexp on the status line.
     let request = "GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let matched = h.client.run::<HealthTcpResponse>(&tcp(open.clone(), Some(request), Some(r"^HTTP/1\.1 200"))).await.unwrap();
+    let matched =
+        h.client.run::<HealthTcpResponse>(&tcp(open.clone(), Some(request), Some(r"^HTTP/1\.1 200"))).await.unwrap();
     assert!(matched.passed(), "{matched:?}");
-    let unmatched = h.client.run::<HealthTcpResponse>(&tcp(open.clone(), Some(request), Some(r"^HTTP/1\.1 5\d\d"))).await.unwrap();
+    let unmatched =
+        h.client.run::<HealthTcpResponse>(&tcp(open.clone(), Some(request), Some(r"^HTTP/1\.1 5\d\d"))).await.unwrap();
     assert_fails(&unmatched, FailReason::NoMatch);
 
     // A check as a service definition carries it, run through its own request.
@@ -151,7 +154,8 @@ async fn http_and_tcp_checks_pass_and_fail_as_they_should() {
     let bad_url = task_error(h.client.run::<HealthHttpStatus>(&http("ftp://x".into(), None, None)).await);
     assert_eq!(bad_url.code, ErrorCode::InvalidArgs, "{bad_url}");
     let mut unknown_field = Request::for_task::<HealthTcpResponse>(&tcp(closed, None, None)).unwrap();
-    unknown_field.args = serde_json::value::RawValue::from_string(r#"{"address":"127.0.0.1:1","regex":"x"}"#.into()).unwrap();
+    unknown_field.args =
+        serde_json::value::RawValue::from_string(r#"{"address":"127.0.0.1:1","regex":"x"}"#.into()).unwrap();
     let error = h.client.call(unknown_field).await.unwrap().error().cloned().unwrap();
     assert_eq!(error.code, ErrorCode::InvalidArgs, "{error}");
     assert!(error.message.contains("unknown field"), "{error}");
@@ -178,7 +182,9 @@ async fn file_checks_through_the_coordinator() {
         async move { client.run::<HealthFile>(&args).await.unwrap() }
     };
     let mode = |bits| Some(FileMode::new(bits).unwrap());
-    assert!(run(FileArgs { mode: mode(0o600), min_size: Some(100), max_size: Some(100), ..args(&path) }).await.passed());
+    assert!(run(FileArgs { mode: mode(0o600), min_size: Some(100), max_size: Some(100), ..args(&path) })
+        .await
+        .passed());
     assert_fails(&run(FileArgs { mode: mode(0o644), ..args(&path) }).await, FailReason::WrongMode);
     assert_fails(&run(FileArgs { min_size: Some(101), ..args(&path) }).await, FailReason::TooSmall);
     assert_fails(&run(FileArgs { max_size: Some(99), ..args(&path) }).await, FailReason::TooLarge);
@@ -186,7 +192,8 @@ async fn file_checks_through_the_coordinator() {
     assert_fails(&run(args(&missing)).await, FailReason::Missing);
     assert!(run(FileArgs { not_exist: true, ..args(&missing) }).await.passed());
     assert_fails(&run(FileArgs { not_exist: true, ..args(&path) }).await, FailReason::Exists);
-    let both = task_error(h.client.run::<HealthFile>(&FileArgs { min_size: Some(2), max_size: Some(1), ..args(&path) }).await);
+    let both =
+        task_error(h.client.run::<HealthFile>(&FileArgs { min_size: Some(2), max_size: Some(1), ..args(&path) }).await);
     assert_eq!(both.code, ErrorCode::InvalidArgs);
 }
 
@@ -293,5 +300,8 @@ async fn uptime_of_a_service_by_its_real_cgroup() {
     // The sleeper is gone: its cgroup is empty again.
     let after = h.client.run::<HealthUptime>(&service(0)).await.unwrap();
     assert_fails(&after, FailReason::NotRunning);
-    assert_fails(&h.client.run::<HealthUptime>(&uptime(ProcessTarget::Service("b1.db".into()), 0)).await.unwrap(), FailReason::NotRunning);
+    assert_fails(
+        &h.client.run::<HealthUptime>(&uptime(ProcessTarget::Service("b1.db".into()), 0)).await.unwrap(),
+        FailReason::NotRunning,
+    );
 }

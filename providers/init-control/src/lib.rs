@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cerana_protocol::tasks::init::{
-    ControlReply, ControlRequest, InitPoweroff, InitReboot, InitServiceList, InitServiceLogs,
-    InitServiceRestart, InitServiceStart, InitServiceStop, ServiceArgs, ServiceLogsArgs,
+    ControlReply, ControlRequest, InitPoweroff, InitReboot, InitServiceList, InitServiceLogs, InitServiceRestart,
+    InitServiceStart, InitServiceStop, ServiceArgs, ServiceLogsArgs,
 };
 use cerana_protocol::{ErrorCode, NoArgs, TaskError};
 use cerana_provider_sdk::Provider;
@@ -21,32 +21,21 @@ pub const INIT_SOCKET_ENV: &str = "CERANA_INIT_SOCKET";
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn init_socket_from_env() -> PathBuf {
-    std::env::var_os(INIT_SOCKET_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_INIT_SOCKET))
+    std::env::var_os(INIT_SOCKET_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_INIT_SOCKET))
 }
 
 /// Sends one request to init and decodes its answer as `T`.
 pub async fn call<T: DeserializeOwned>(socket: &Path, req: ControlRequest) -> Result<T, TaskError> {
     let path = socket.to_owned();
-    let reply = tokio::task::spawn_blocking(move || {
-        cerana_init::control::request(&path, &req, CONTROL_TIMEOUT)
-    })
-    .await
-    .map_err(|e| TaskError::new(ErrorCode::Internal, format!("control request: {e}")))?
-    .map_err(|e| {
-        TaskError::new(
-            ErrorCode::Unavailable,
-            format!("init's control socket {}: {e}", socket.display()),
-        )
-    })?;
+    let reply = tokio::task::spawn_blocking(move || cerana_init::control::request(&path, &req, CONTROL_TIMEOUT))
+        .await
+        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("control request: {e}")))?
+        .map_err(|e| {
+            TaskError::new(ErrorCode::Unavailable, format!("init's control socket {}: {e}", socket.display()))
+        })?;
     match reply {
-        ControlReply::Ok(value) => serde_json::from_value(value).map_err(|e| {
-            TaskError::new(
-                ErrorCode::Internal,
-                format!("init answered with an unexpected shape: {e}"),
-            )
-        }),
+        ControlReply::Ok(value) => serde_json::from_value(value)
+            .map_err(|e| TaskError::new(ErrorCode::Internal, format!("init answered with an unexpected shape: {e}"))),
         ControlReply::Error { code, message } => Err(TaskError::new(code, message)),
     }
 }
@@ -67,47 +56,20 @@ pub fn provider(socket: PathBuf) -> Provider {
         })
         .task::<InitServiceStart, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s2.clone();
-            async move {
-                call(
-                    &socket,
-                    ControlRequest::Start {
-                        service: args.service,
-                    },
-                )
-                .await
-            }
+            async move { call(&socket, ControlRequest::Start { service: args.service }).await }
         })
         .task::<InitServiceStop, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s3.clone();
-            async move {
-                call(
-                    &socket,
-                    ControlRequest::Stop {
-                        service: args.service,
-                    },
-                )
-                .await
-            }
+            async move { call(&socket, ControlRequest::Stop { service: args.service }).await }
         })
         .task::<InitServiceRestart, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s4.clone();
-            async move {
-                call(
-                    &socket,
-                    ControlRequest::Restart {
-                        service: args.service,
-                    },
-                )
-                .await
-            }
+            async move { call(&socket, ControlRequest::Restart { service: args.service }).await }
         })
         .task::<InitServiceLogs, _, _>(move |_ctx, args: ServiceLogsArgs| {
             let socket = s5.clone();
             async move {
-                let req = ControlRequest::Logs {
-                    service: args.service,
-                    lines: args.lines,
-                };
+                let req = ControlRequest::Logs { service: args.service, lines: args.lines };
                 call(&socket, req).await
             }
         })

@@ -9,8 +9,8 @@ use cerana_coordinator::{Config, Coordinator};
 use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
 use cerana_protocol::tasks::init::{
-    InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceStart,
-    InitServiceStop, ServiceArgs, ServiceLogsArgs, ServiceState,
+    InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceStart, InitServiceStop, ServiceArgs,
+    ServiceLogsArgs, ServiceState,
 };
 use cerana_protocol::{ErrorCode, NoArgs};
 
@@ -23,9 +23,7 @@ fn init_binary() -> Option<PathBuf> {
 
 async fn coordinator_with_provider(dir: &Path, init_socket: PathBuf) -> (Coordinator, UnixClient) {
     let socket = dir.join("coordinator.sock");
-    let coordinator = Coordinator::start(Config::new(&socket))
-        .await
-        .expect("coordinator");
+    let coordinator = Coordinator::start(Config::new(&socket)).await.expect("coordinator");
     let provider = cerana_init_provider::provider(init_socket);
     let serve_socket = socket.clone();
     tokio::spawn(async move {
@@ -36,9 +34,7 @@ async fn coordinator_with_provider(dir: &Path, init_socket: PathBuf) -> (Coordin
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match client.run::<InitServiceList>(&NoArgs {}).await {
-            Err(CallError::Task(e))
-                if matches!(e.code, ErrorCode::NoProvider | ErrorCode::UnknownTask) =>
-            {
+            Err(CallError::Task(e)) if matches!(e.code, ErrorCode::NoProvider | ErrorCode::UnknownTask) => {
                 assert!(Instant::now() < deadline, "provider never registered: {e}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -56,27 +52,15 @@ async fn an_unreachable_init_is_a_clear_unavailable_error() {
     match client.run::<InitServiceList>(&NoArgs {}).await {
         Err(CallError::Task(e)) => {
             assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
-            assert!(
-                e.message.contains(missing.to_str().unwrap()),
-                "{}",
-                e.message
-            );
+            assert!(e.message.contains(missing.to_str().unwrap()), "{}", e.message);
         }
         other => panic!("{other:?}"),
     }
     // Malformed arguments are refused before they reach init.
     let raw = serde_json::value::to_raw_value(&serde_json::json!({"service": 3})).unwrap();
     let task = cerana_protocol::TaskName::new("init-service-stop").unwrap();
-    let response = client
-        .call(cerana_protocol::Request::new(task, raw))
-        .await
-        .unwrap();
-    assert!(
-        response
-            .error()
-            .is_some_and(|e| e.code == ErrorCode::InvalidArgs),
-        "{response:?}"
-    );
+    let response = client.call(cerana_protocol::Request::new(task, raw)).await.unwrap();
+    assert!(response.error().is_some_and(|e| e.code == ErrorCode::InvalidArgs), "{response:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,9 +80,7 @@ command = "sh"
 args = ["-c", "echo hello from alpha; exec sleep 1000"]
 "#;
     let mut init = RunningInit::start(&init_bin, dir.path(), table, &[]).unwrap();
-    init.wait_for("node_ready", Duration::from_secs(20), |e| {
-        matches!(e, LifecycleEvent::NodeReady { .. })
-    });
+    init.wait_for("node_ready", Duration::from_secs(20), |e| matches!(e, LifecycleEvent::NodeReady { .. }));
     let (_coordinator, client) = coordinator_with_provider(dir.path(), init.socket.clone()).await;
 
     let list = client.run::<InitServiceList>(&NoArgs {}).await.unwrap();
@@ -107,10 +89,7 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let args = ServiceLogsArgs {
-            service: "alpha".into(),
-            lines: Some(5),
-        };
+        let args = ServiceLogsArgs { service: "alpha".into(), lines: Some(5) };
         let logs = client.run::<InitServiceLogs>(&args).await.unwrap();
         if logs.lines.iter().any(|l| l == "hello from alpha") {
             break;
@@ -119,9 +98,7 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let alpha = ServiceArgs {
-        service: "alpha".into(),
-    };
+    let alpha = ServiceArgs { service: "alpha".into() };
     let stopping = client.run::<InitServiceStop>(&alpha).await.unwrap();
     assert_eq!(stopping.state, ServiceState::Stopping);
     init.wait_for(
@@ -142,12 +119,7 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
         |e| matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha"),
     );
 
-    match client
-        .run::<InitServiceStop>(&ServiceArgs {
-            service: "ghost".into(),
-        })
-        .await
-    {
+    match client.run::<InitServiceStop>(&ServiceArgs { service: "ghost".into() }).await {
         Err(CallError::Task(e)) => assert_eq!(e.code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
     }

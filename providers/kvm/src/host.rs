@@ -70,10 +70,7 @@ impl HostProbe {
 }
 
 pub fn cpu_has_virt_flags(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
 pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
@@ -174,7 +171,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("proc")).unwrap();
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
-        std::fs::write(dir.path().join("proc/cpuinfo"), format!("processor\t: 0\nflags\t\t: fpu {cpu_flags} sse\n")).unwrap();
+        std::fs::write(dir.path().join("proc/cpuinfo"), format!("processor\t: 0\nflags\t\t: fpu {cpu_flags} sse\n"))
+            .unwrap();
         std::fs::write(dir.path().join("proc/meminfo"), "MemTotal: 1000 kB\nMemAvailable:  512 kB\n").unwrap();
         if with_kvm {
             std::fs::write(dir.path().join("dev/kvm"), "").unwrap();

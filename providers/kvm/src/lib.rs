@@ -5,8 +5,8 @@
 //! node's libvirtd over `qemu:///system`. Where no libvirt runs (the base image profile) every
 //! task fails with `unavailable` and says so.
 
-pub mod testbed;
 pub mod host;
+pub mod testbed;
 pub mod vm;
 pub mod xml;
 
@@ -19,7 +19,7 @@ use cerana_provider_sdk::{Context, Provider};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-pub use vm::{Config, Volumes, Vms};
+pub use vm::{Config, Vms, Volumes};
 
 /// Environment variables that override [`Config`]'s defaults.
 pub const ENV_LIBVIRT_URI: &str = "CERANA_KVM_LIBVIRT_URI";

@@ -23,7 +23,8 @@ pub const INNER_FLAG: &str = "--inside-test-netns";
 const OUTER_MNT_ENV: &str = "CERANA_TESTBED_OUTER_MNT";
 
 /// Directories libvirtd (privileged) uses, each hidden under a tmpfs.
-const LIBVIRT_DIRS: &[&str] = &["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"];
+const LIBVIRT_DIRS: &[&str] =
+    &["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"];
 
 /// The libvirtd binary this machine has, if any.
 pub fn libvirtd_binary() -> Option<PathBuf> {
@@ -57,7 +58,9 @@ fn is_root() -> bool {
 /// Why the private daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("refusing to mount over libvirt's directories outside a private mount namespace (start through run_isolated)")]
+    #[error(
+        "refusing to mount over libvirt's directories outside a private mount namespace (start through run_isolated)"
+    )]
     NotIsolated,
     #[error("{what}: {detail}")]
     Setup { what: String, detail: String },
@@ -142,7 +145,8 @@ impl PrivateLibvirtd {
             .map_err(setup("/etc/libvirt/libvirtd.conf"))?;
         let log = work.join("libvirtd.log");
         let log_file = std::fs::File::create(&log).map_err(setup(log.display().to_string()))?;
-        let binary = libvirtd_binary().ok_or(DaemonError::Setup { what: "libvirtd".into(), detail: "not installed".into() })?;
+        let binary =
+            libvirtd_binary().ok_or(DaemonError::Setup { what: "libvirtd".into(), detail: "not installed".into() })?;
         let child = Command::new(binary)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().map_err(setup("log"))?)

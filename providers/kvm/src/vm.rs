@@ -5,8 +5,8 @@ use crate::host::{self, HostProbe, NetnsLink};
 use crate::xml::{fnv1a, VmRecord, METADATA_URI};
 use cerana_protocol::tasks::boot::MacAddr;
 use cerana_protocol::tasks::kvm::{
-    BootDevice, DiskInfo, DiskSource, KvmConsoleLogResult, KvmDefineArgs, KvmUndefineResult, NicAttach,
-    NicInfo, VmInfo, VmName, VmState, VmSummary,
+    BootDevice, DiskInfo, DiskSource, KvmConsoleLogResult, KvmDefineArgs, KvmUndefineResult, NicAttach, NicInfo,
+    VmInfo, VmName, VmState, VmSummary,
 };
 use cerana_protocol::tasks::zfs::DatasetName;
 use cerana_protocol::{ErrorCode, TaskError};
@@ -321,7 +321,10 @@ impl Vms {
         let asked = args.memory_mib.saturating_mul(MIB);
         if let Some(available) = self.config.host.available_memory() {
             if asked > available {
-                return Err(DefineError::InsufficientMemory { asked_mib: args.memory_mib, available_mib: available / MIB });
+                return Err(DefineError::InsufficientMemory {
+                    asked_mib: args.memory_mib,
+                    available_mib: available / MIB,
+                });
             }
         }
         for nic in &args.nics {
@@ -373,7 +376,13 @@ impl Vms {
                     (dev.display().to_string(), true)
                 }
             };
-            disks.push(DiskInfo { target: disk_target(i), source: spec.source.clone(), path, read_only: spec.read_only, created });
+            disks.push(DiskInfo {
+                target: disk_target(i),
+                source: spec.source.clone(),
+                path,
+                read_only: spec.read_only,
+                created,
+            });
         }
 
         let name_hash = fnv1a(&[args.name.as_str().as_bytes()]);
@@ -463,7 +472,9 @@ impl Vms {
         f: impl FnOnce(&Domain, VmRecord) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
         self.with_conn(|conn| {
-            let dom = Self::lookup(conn, name).map_err(ControlError::Libvirt)?.ok_or_else(|| ControlError::NotFound(name.clone()))?;
+            let dom = Self::lookup(conn, name)
+                .map_err(ControlError::Libvirt)?
+                .ok_or_else(|| ControlError::NotFound(name.clone()))?;
             let record = Self::record_of(&dom).ok_or_else(|| ControlError::Foreign(name.clone()))?;
             f(&dom, record)
         })
@@ -508,7 +519,10 @@ impl Vms {
                 return Ok(info);
             }
             if started.elapsed() >= timeout {
-                return Err(ControlError::ShutdownTimeout { name: name.clone(), waited_ms: timeout.as_millis() as u64 });
+                return Err(ControlError::ShutdownTimeout {
+                    name: name.clone(),
+                    waited_ms: timeout.as_millis() as u64,
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -545,7 +559,9 @@ impl Vms {
         if remove_storage {
             for disk in record.disks.iter().filter(|d| d.created) {
                 let result = match &disk.source {
-                    DiskSource::File { path } => std::fs::remove_file(path).map(|()| path.clone()).map_err(|e| e.to_string()),
+                    DiskSource::File { path } => {
+                        std::fs::remove_file(path).map(|()| path.clone()).map_err(|e| e.to_string())
+                    }
                     DiskSource::Zvol { dataset } => DatasetName::new(dataset)
                         .map_err(|e| e.to_string())
                         .and_then(|ds| volumes.destroy(&ds).map(|()| dataset.clone())),
@@ -557,14 +573,19 @@ impl Vms {
             }
         }
         if !failures.is_empty() {
-            return Err(ControlError::Remove { what: format!("parts of undefined VM {name}"), detail: failures.join("; ") });
+            return Err(ControlError::Remove {
+                what: format!("parts of undefined VM {name}"),
+                detail: failures.join("; "),
+            });
         }
         Ok(KvmUndefineResult { name: name.clone(), removed_storage: removed })
     }
 
     pub fn get(&self, name: &VmName) -> Result<VmInfo, ReadError> {
         self.with_conn(|conn| {
-            let dom = Self::lookup(conn, name).map_err(ReadError::Libvirt)?.ok_or_else(|| ReadError::NotFound(name.clone()))?;
+            let dom = Self::lookup(conn, name)
+                .map_err(ReadError::Libvirt)?
+                .ok_or_else(|| ReadError::NotFound(name.clone()))?;
             let record = Self::record_of(&dom).ok_or_else(|| ReadError::Foreign(name.clone()))?;
             Ok(self.info_of(&dom, record))
         })
@@ -592,7 +613,9 @@ impl Vms {
         let path = info.console_log;
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::NoLog { name: name.clone(), path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReadError::NoLog { name: name.clone(), path })
+            }
             Err(source) => return Err(ReadError::Io { path, source }),
         };
         let io = |source| ReadError::Io { path: path.clone(), source };
@@ -700,7 +723,9 @@ fn create_image_file(path: &Path, size: u64) -> Result<(), DefineError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(DefineError::DiskExists(path.display().to_string()))
         }
-        Err(e) => return Err(DefineError::Create { what: format!("image file {}", path.display()), detail: e.to_string() }),
+        Err(e) => {
+            return Err(DefineError::Create { what: format!("image file {}", path.display()), detail: e.to_string() })
+        }
     };
     if let Err(e) = file.set_len(size) {
         let _ = std::fs::remove_file(path);
@@ -749,13 +774,19 @@ mod tests {
         };
         assert!(check(&|a| a.vcpus = 0).contains("vcpus"));
         assert!(check(&|a| a.memory_mib = 1).contains("memory_mib"));
-        let file = |p: &str, size| DiskSpec { source: DiskSource::File { path: p.into() }, create_bytes: size, read_only: false };
+        let file = |p: &str, size| DiskSpec {
+            source: DiskSource::File { path: p.into() },
+            create_bytes: size,
+            read_only: false,
+        };
         assert!(check(&|a| a.disks = vec![file("rel.img", None)]).contains("absolute"));
         assert!(check(&|a| a.disks = vec![file("/a/../b", None)]).contains("absolute"));
         assert!(check(&|a| a.disks = vec![file("/a.img", Some(1000))]).contains("multiple of 512"));
-        let zvol = DiskSpec { source: DiskSource::Zvol { dataset: "bad@name".into() }, create_bytes: None, read_only: false };
+        let zvol =
+            DiskSpec { source: DiskSource::Zvol { dataset: "bad@name".into() }, create_bytes: None, read_only: false };
         assert!(check(&|a| a.disks = vec![zvol.clone()]).contains("zvol"));
-        let nic = |mac: &str| NicSpec { attach: NicAttach::Bridge { bridge: "br0".into() }, mac: Some(mac.parse().unwrap()) };
+        let nic =
+            |mac: &str| NicSpec { attach: NicAttach::Bridge { bridge: "br0".into() }, mac: Some(mac.parse().unwrap()) };
         assert!(check(&|a| a.nics = vec![nic("01:00:5e:00:00:01")]).contains("multicast"));
         assert!(check(&|a| a.nics = vec![nic("52:54:00:00:00:01"), nic("52:54:00:00:00:01")]).contains("two NICs"));
         assert!(check(&|a| a.boot = vec![BootDevice::Network]).contains("needs a NIC"));
@@ -780,7 +811,8 @@ mod tests {
         assert_eq!(e.details.unwrap()["reason"], "vm-exists");
         let e: TaskError = ControlError::Running(VmName::new("a").unwrap()).into();
         assert_eq!((e.code, e.details.unwrap()["reason"].as_str()), (ErrorCode::Busy, Some("running")));
-        let e: TaskError = ReadError::Unavailable(Unavailable { uri: "qemu:///system".into(), detail: "no socket".into() }).into();
+        let e: TaskError =
+            ReadError::Unavailable(Unavailable { uri: "qemu:///system".into(), detail: "no socket".into() }).into();
         assert_eq!(e.code, ErrorCode::Unavailable);
         assert!(e.message.contains("full profile"), "{}", e.message);
     }

@@ -2,10 +2,10 @@
 //! JSON in the domain's `<metadata>`), so `kvm-get` and `kvm-undefine` know what `kvm-define`
 //! made even after the provider restarts.
 
+use crate::host::NetnsLink;
 use cerana_protocol::tasks::kvm::{
     BootDevice, DirectKernel, DiskInfo, Hypervisor, NicAttach, NicInfo, VirtType, VmName,
 };
-use crate::host::NetnsLink;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -47,11 +47,7 @@ pub fn escape(s: &str) -> String {
 
 /// The inverse of [`escape`] for the five predefined entities (libvirt writes no others).
 pub fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&apos;", "'").replace("&quot;", "\"").replace("&amp;", "&")
 }
 
 impl VmRecord {
@@ -129,7 +125,9 @@ impl VmRecord {
             "    <serial type='file'>\n      <source path='{}' append='on'/>\n      <target port='0'/>\n    </serial>",
             escape(&self.console_log)
         );
-        x.push_str("    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n  </devices>\n</domain>\n");
+        x.push_str(
+            "    <controller type='usb' model='none'/>\n    <memballoon model='none'/>\n  </devices>\n</domain>\n",
+        );
         x
     }
 
@@ -187,7 +185,11 @@ mod tests {
                 },
             ],
             nics: vec![
-                NicInfo { mac: "52:54:00:12:34:56".parse::<MacAddr>().unwrap(), attach: NicAttach::Bridge { bridge: "br0".into() }, host_ifname: None },
+                NicInfo {
+                    mac: "52:54:00:12:34:56".parse::<MacAddr>().unwrap(),
+                    attach: NicAttach::Bridge { bridge: "br0".into() },
+                    host_ifname: None,
+                },
                 NicInfo {
                     mac: "52:54:00:12:34:57".parse().unwrap(),
                     attach: NicAttach::Netns { netns: "tenant".into(), ifname: Some("vm0".into()) },
@@ -215,7 +217,8 @@ mod tests {
         assert!(!xml.contains("host-passthrough"));
         let mut kvm = record();
         kvm.hypervisor = Hypervisor::Kvm;
-        kvm.direct_kernel = Some(DirectKernel { kernel: "/k".into(), initrd: None, cmdline: "console=ttyS0 a<b".into() });
+        kvm.direct_kernel =
+            Some(DirectKernel { kernel: "/k".into(), initrd: None, cmdline: "console=ttyS0 a<b".into() });
         let xml = kvm.domain_xml();
         assert!(xml.starts_with("<domain type='kvm'>") && xml.contains("host-passthrough"));
         assert!(xml.contains("<cmdline>console=ttyS0 a&lt;b</cmdline>") && !xml.contains("<boot "));

@@ -43,7 +43,9 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
     let nested = std::env::var_os("CERANA_KVM_NESTED").is_some_and(|v| v == "1");
     let work = tempfile::tempdir().unwrap();
     if nested {
-        let base = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from).expect("CERANA_IMAGE_DIR (the base image) for the nested guest");
+        let base = std::env::var_os("CERANA_IMAGE_DIR")
+            .map(PathBuf::from)
+            .expect("CERANA_IMAGE_DIR (the base image) for the nested guest");
         let guest = testbed::test_guest(&base, work.path()).unwrap();
         // vda: the kernel.
         config.disk_files = vec![as_disk(&guest.kernel, &work.path().join("kernel.raw"))];
@@ -51,13 +53,19 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
     let mut vm = Vm::boot(&config).expect("QEMU starts");
     // The kvm service being ready is what this test is about (node_ready also waits for
     // services of other areas).
-    vm.wait_for_text(r#"{"event":"service_ready","service":"kvm""#, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("full image: kvm service ready {:.1} s after QEMU started; log {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
+    vm.wait_for_text(r#"{"event":"service_ready","service":"kvm""#, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "full image: kvm service ready {:.1} s after QEMU started; log {}",
+        vm.elapsed().as_secs_f64(),
+        vm.log_path().display()
+    );
 
     // The kvm provider registers once libvirtd's socket is up; until then: no_provider.
     let started = Instant::now();
     let reply = loop {
-        let reply = vm.run_task("kvm-list", serde_json::json!({}), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+        let reply =
+            vm.run_task("kvm-list", serde_json::json!({}), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
         let unready = reply["error"]["code"] == "no_provider";
         if !unready || started.elapsed() > Duration::from_secs(120) {
             break reply;
@@ -81,15 +89,24 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
             let text = log["text"].as_str().unwrap_or_default();
             if seen_kernel.is_none() && text.contains("Linux version") {
                 seen_kernel = Some(started.elapsed());
-                eprintln!("nested: the guest kernel's banner on its serial console {:.1} s after kvm-start", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "nested: the guest kernel's banner on its serial console {:.1} s after kvm-start",
+                    started.elapsed().as_secs_f64()
+                );
             }
             if text.contains("VFS: Unable to mount root") || text.contains("Kernel panic") {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(900), "the nested guest did not get to its root mount: {log}");
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "the nested guest did not get to its root mount: {log}"
+            );
             std::thread::sleep(Duration::from_secs(2));
         }
-        eprintln!("nested: TCG guest inside the TCG node reached its root mount {:.1} s after kvm-start", started.elapsed().as_secs_f64());
+        eprintln!(
+            "nested: TCG guest inside the TCG node reached its root mount {:.1} s after kvm-start",
+            started.elapsed().as_secs_f64()
+        );
         let got = task(&vm, "kvm-get", serde_json::json!({"name": "nested"}));
         assert_eq!((got["state"].as_str(), got["hypervisor"].as_str()), (Some("running"), Some("tcg")), "{got}");
         task(&vm, "kvm-destroy", serde_json::json!({"name": "nested"}));

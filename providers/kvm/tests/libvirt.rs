@@ -9,8 +9,8 @@
 //! out/image/base.
 
 use cerana_kvm::testbed::{self, PrivateLibvirtd, TestGuest, GUEST_MARKER, GUEST_POWER_MARKER, INNER_FLAG};
-use cerana_kvm::{Config, Vms};
 use cerana_kvm::vm::NoVolumes;
+use cerana_kvm::{Config, Vms};
 use cerana_protocol::tasks::kvm::{
     DirectKernel, DiskSource, DiskSpec, Hypervisor, KvmDefineArgs, NicAttach, NicSpec, VirtType, VmName, VmState,
 };
@@ -104,7 +104,11 @@ fn wait_for_console(vms: &Vms, vm: &VmName, text: &str, limit: Duration) -> Dura
                 return started.elapsed();
             }
         }
-        assert!(started.elapsed() < limit, "{text:?} not on {vm}'s console within {limit:?}: {:?}", vms.console_log(vm, None).map(|l| l.text));
+        assert!(
+            started.elapsed() < limit,
+            "{text:?} not on {vm}'s console within {limit:?}: {:?}",
+            vms.console_log(vm, None).map(|l| l.text)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -130,7 +134,10 @@ fn scenario(daemon: &PrivateLibvirtd, guest: &TestGuest, work: &Path, peer_ns: &
             read_only: false,
         }],
         nics: vec![
-            NicSpec { attach: NicAttach::Bridge { bridge: "kvtest-br0".into() }, mac: Some("52:54:00:aa:00:01".parse().unwrap()) },
+            NicSpec {
+                attach: NicAttach::Bridge { bridge: "kvtest-br0".into() },
+                mac: Some("52:54:00:aa:00:01".parse().unwrap()),
+            },
             NicSpec { attach: NicAttach::Netns { netns: peer_ns.into(), ifname: Some("guest0".into()) }, mac: None },
         ],
         boot: vec![],
@@ -163,12 +170,21 @@ fn scenario(daemon: &PrivateLibvirtd, guest: &TestGuest, work: &Path, peer_ns: &
     assert_eq!(vms.get(&name("guest")).unwrap().uuid, info.uuid);
     let mut bad = args.clone();
     bad.name = name("bad");
-    bad.disks = vec![DiskSpec { source: DiskSource::File { path: work.join("none.img").display().to_string() }, create_bytes: None, read_only: false }];
+    bad.disks = vec![DiskSpec {
+        source: DiskSource::File { path: work.join("none.img").display().to_string() },
+        create_bytes: None,
+        read_only: false,
+    }];
     expect_err("missing disk", vms.define(&bad, &NoVolumes), ErrorCode::NotFound, "disk-missing");
     let mut bad = args.clone();
     bad.name = name("bad");
     bad.memory_mib = cerana_kvm::host::HostProbe::default().available_memory().unwrap() / (1 << 20) + 1024;
-    expect_err("memory beyond available", vms.define(&bad, &NoVolumes), ErrorCode::InvalidArgument, "insufficient-memory");
+    expect_err(
+        "memory beyond available",
+        vms.define(&bad, &NoVolumes),
+        ErrorCode::InvalidArgument,
+        "insufficient-memory",
+    );
     let mut bad = args.clone();
     bad.name = name("bad");
     bad.nics = vec![NicSpec { attach: NicAttach::Bridge { bridge: "nosuchbr".into() }, mac: None }];
@@ -195,7 +211,12 @@ fn scenario(daemon: &PrivateLibvirtd, guest: &TestGuest, work: &Path, peer_ns: &
     assert_eq!(host_links().lines().count(), links_before, "the half-made define left a veth:\n{}", host_links());
     expect_err("left no domain", vms.get(&name("bad")), ErrorCode::NotFound, "vm-not-found");
     expect_err("destroy of a stopped VM", vms.destroy(&name("guest")), ErrorCode::Busy, "not-running");
-    expect_err("console log before any run", vms.console_log(&name("guest"), None), ErrorCode::NotFound, "no-console-log");
+    expect_err(
+        "console log before any run",
+        vms.console_log(&name("guest"), None),
+        ErrorCode::NotFound,
+        "no-console-log",
+    );
     expect_err("start of an unknown VM", vms.start(&name("nobody")), ErrorCode::NotFound, "vm-not-found");
 
     // Boot, read the marker back, ACPI shutdown.
@@ -204,7 +225,12 @@ fn scenario(daemon: &PrivateLibvirtd, guest: &TestGuest, work: &Path, peer_ns: &
     println!("ok: start returned in {} ms, state {:?}", t.elapsed().as_millis(), info.state);
     assert_eq!(info.state, VmState::Running);
     expect_err("start of a running VM", vms.start(&name("guest")), ErrorCode::Busy, "running");
-    expect_err("undefine of a running VM", vms.undefine(&name("guest"), false, false, &NoVolumes), ErrorCode::Busy, "running");
+    expect_err(
+        "undefine of a running VM",
+        vms.undefine(&name("guest"), false, false, &NoVolumes),
+        ErrorCode::Busy,
+        "running",
+    );
     let booted = wait_for_console(&vms, &name("guest"), GUEST_MARKER, Duration::from_secs(120));
     println!("ok: guest marker on the serial console {:.1} s after start (TCG)", booted.as_secs_f64());
     let info = vms.get(&name("guest")).unwrap();

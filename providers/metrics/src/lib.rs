@@ -6,10 +6,9 @@ pub mod exposition;
 pub mod procfs;
 
 use cerana_protocol::tasks::metrics::{
-    check_service_id, CpuMetrics, DiskArgs, DiskMetrics, Filesystem, FsUsage, HostMetrics, Interface,
-    InterfaceAddress, MemoryMetrics, MetricsCpu, MetricsDisk, MetricsHost, MetricsMemory, MetricsNetwork,
-    MetricsPrometheus, MetricsService, NetworkMetrics, PrometheusText, ServiceUsage,
-    SERVICES_CGROUP, SERVICES_CGROUP_ENV,
+    check_service_id, CpuMetrics, DiskArgs, DiskMetrics, Filesystem, FsUsage, HostMetrics, Interface, InterfaceAddress,
+    MemoryMetrics, MetricsCpu, MetricsDisk, MetricsHost, MetricsMemory, MetricsNetwork, MetricsPrometheus,
+    MetricsService, NetworkMetrics, PrometheusText, ServiceUsage, SERVICES_CGROUP, SERVICES_CGROUP_ENV,
 };
 use cerana_protocol::{ErrorCode, Task, TaskError};
 use cerana_provider_sdk::Provider;
@@ -82,9 +81,8 @@ pub fn system_addresses() -> io::Result<Vec<(String, InterfaceAddress)>> {
             let len = netmask.and_then(|m| m.as_sockaddr_in().map(|m| prefix(m.ip().to_bits()))).unwrap_or(32);
             InterfaceAddress { address: v4.ip().into(), prefix_len: len }
         } else if let Some(v6) = address.as_sockaddr_in6() {
-            let len = netmask
-                .and_then(|m| m.as_sockaddr_in6().map(|m| m.ip().to_bits().count_ones() as u8))
-                .unwrap_or(128);
+            let len =
+                netmask.and_then(|m| m.as_sockaddr_in6().map(|m| m.ip().to_bits().count_ones() as u8)).unwrap_or(128);
             InterfaceAddress { address: v6.ip().into(), prefix_len: len }
         } else {
             continue;
@@ -119,7 +117,8 @@ pub struct Source {
 impl Source {
     /// The running system; the services cgroup from `CERANA_SERVICES_CGROUP` or the default.
     pub fn system() -> Self {
-        let services_cgroup = std::env::var_os(SERVICES_CGROUP_ENV).map_or_else(|| PathBuf::from(SERVICES_CGROUP), PathBuf::from);
+        let services_cgroup =
+            std::env::var_os(SERVICES_CGROUP_ENV).map_or_else(|| PathBuf::from(SERVICES_CGROUP), PathBuf::from);
         Self { root: PathBuf::from("/"), services_cgroup, addresses: system_addresses }
     }
 
@@ -177,7 +176,13 @@ impl Source {
             .filter(|m| args.all || !procfs::is_pseudo_fs(&m.fstype))
             .map(|m| {
                 let usage = fs_usage(&self.root.join(m.mountpoint.trim_start_matches('/')));
-                Filesystem { device: m.device, mountpoint: m.mountpoint, fstype: m.fstype, read_only: m.read_only, usage }
+                Filesystem {
+                    device: m.device,
+                    mountpoint: m.mountpoint,
+                    fstype: m.fstype,
+                    read_only: m.read_only,
+                    usage,
+                }
             })
             .collect();
         // Some containers and old kernels have no diskstats; that is no I/O to report, not an error.
@@ -195,7 +200,8 @@ impl Source {
             .into_iter()
             .map(|(name, counters)| {
                 let sys = |file: &str| self.optional(&format!("sys/class/net/{name}/{file}"));
-                let flags = sys("flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+                let flags =
+                    sys("flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
                 const IFF_UP: u32 = 0x1;
                 const IFF_LOOPBACK: u32 = 0x8;
                 Interface {
@@ -293,7 +299,11 @@ impl Source {
         part("network", self.network().map(|m| render_network(&mut out, &m)));
         part("host", self.host().map(|m| render_host(&mut out, &m)));
         part("services", self.services().map(|s| render_services(&mut out, &s)));
-        out.family("cerana_node_scrape_errors", Kind::Gauge, "1 for each part of the node's metrics that could not be read");
+        out.family(
+            "cerana_node_scrape_errors",
+            Kind::Gauge,
+            "1 for each part of the node's metrics that could not be read",
+        );
         for part in ["cpu", "memory", "disk", "network", "host", "services"] {
             let value = if failed.iter().any(|(p, _)| *p == part) { 1.0 } else { 0.0 };
             out.sample("cerana_node_scrape_errors", &[("part", part)], value);
@@ -341,9 +351,10 @@ pub fn cgroup_usage(service: &str, dir: &Path) -> Result<ServiceUsage, ReadError
     let counter = |file: &str| -> Result<u64, ReadError> {
         match read(file)? {
             None => Ok(0),
-            Some(text) => text.trim().parse().map_err(|_| {
-                parse_error(file, ParseError { what: format!("not a number: {:?}", text.trim()) })
-            }),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map_err(|_| parse_error(file, ParseError { what: format!("not a number: {:?}", text.trim()) })),
         }
     };
     let limit = |file: &str| -> Result<Option<u64>, ReadError> {
@@ -394,7 +405,9 @@ pub fn cgroup_pids(dir: &Path) -> Result<Vec<u32>, ReadError> {
             pids.push(pid);
         }
         let entries = std::fs::read_dir(&dir).map_err(|source| ReadError::Io { path: dir.clone(), source })?;
-        stack.extend(entries.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        stack.extend(
+            entries.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+        );
     }
     Ok(pids)
 }
@@ -428,7 +441,11 @@ fn render_memory(out: &mut Exposition, m: &MemoryMetrics) {
         ("cerana_node_memory_available_bytes", "Memory available for new work without swapping", r.available_bytes),
         ("cerana_node_memory_free_bytes", "Unused memory", r.free_bytes),
         ("cerana_node_memory_buffers_bytes", "Block device buffers", r.buffers_bytes),
-        ("cerana_node_memory_cached_bytes", "Page cache and reclaimable slab (includes the tmpfs root)", r.cached_bytes),
+        (
+            "cerana_node_memory_cached_bytes",
+            "Page cache and reclaimable slab (includes the tmpfs root)",
+            r.cached_bytes,
+        ),
         ("cerana_node_memory_shared_bytes", "tmpfs and shared memory", r.shared_bytes),
         ("cerana_node_swap_total_bytes", "Swap space", m.swap.total_bytes),
         ("cerana_node_swap_free_bytes", "Unused swap space", m.swap.free_bytes),
@@ -450,7 +467,8 @@ fn render_disk(out: &mut Exposition, m: &DiskMetrics) {
     for (name, help, field) in fs_families {
         out.family(name, Kind::Gauge, help);
         for (f, usage) in &fs {
-            let labels = [("device", f.device.as_str()), ("mountpoint", f.mountpoint.as_str()), ("fstype", f.fstype.as_str())];
+            let labels =
+                [("device", f.device.as_str()), ("mountpoint", f.mountpoint.as_str()), ("fstype", f.fstype.as_str())];
             out.sample(name, &labels, field(usage) as f64);
         }
     }
@@ -495,17 +513,16 @@ fn render_network(out: &mut Exposition, m: &NetworkMetrics) {
 }
 
 fn render_host(out: &mut Exposition, m: &HostMetrics) {
-    out.family("cerana_node_info", Kind::Gauge, "Facts about the node, as labels")
-        .sample(
-            "cerana_node_info",
-            &[
-                ("hostname", &m.hostname),
-                ("kernel_release", &m.kernel_release),
-                ("arch", &m.arch),
-                ("os", m.os.as_deref().unwrap_or("")),
-            ],
-            1.0,
-        );
+    out.family("cerana_node_info", Kind::Gauge, "Facts about the node, as labels").sample(
+        "cerana_node_info",
+        &[
+            ("hostname", &m.hostname),
+            ("kernel_release", &m.kernel_release),
+            ("arch", &m.arch),
+            ("os", m.os.as_deref().unwrap_or("")),
+        ],
+        1.0,
+    );
     out.single("cerana_node_boot_time_seconds", Kind::Gauge, "Unix time the node booted", m.boot_time as f64);
     out.single("cerana_node_uptime_seconds", Kind::Gauge, "Seconds since boot", m.uptime_seconds);
     out.single("cerana_node_processes", Kind::Gauge, "Processes on the node", f64::from(m.processes));
@@ -514,16 +531,28 @@ fn render_host(out: &mut Exposition, m: &HostMetrics) {
 fn render_services(out: &mut Exposition, services: &[ServiceUsage]) {
     type Field = fn(&ServiceUsage) -> Option<f64>;
     let families: [(&str, Kind, &str, Field); 10] = [
-        ("cerana_service_cpu_seconds_total", Kind::Counter, "CPU seconds used by the service's cgroup", |s| Some(s.cpu_seconds)),
+        ("cerana_service_cpu_seconds_total", Kind::Counter, "CPU seconds used by the service's cgroup", |s| {
+            Some(s.cpu_seconds)
+        }),
         ("cerana_service_cpu_user_seconds_total", Kind::Counter, "User-mode CPU seconds", |s| Some(s.cpu_user_seconds)),
-        ("cerana_service_cpu_system_seconds_total", Kind::Counter, "Kernel-mode CPU seconds", |s| Some(s.cpu_system_seconds)),
+        ("cerana_service_cpu_system_seconds_total", Kind::Counter, "Kernel-mode CPU seconds", |s| {
+            Some(s.cpu_system_seconds)
+        }),
         ("cerana_service_memory_bytes", Kind::Gauge, "Memory charged to the cgroup", |s| Some(s.memory_bytes as f64)),
-        ("cerana_service_memory_peak_bytes", Kind::Gauge, "Highest memory charged to the cgroup", |s| s.memory_peak_bytes.map(|v| v as f64)),
-        ("cerana_service_memory_limit_bytes", Kind::Gauge, "memory.max (absent: no limit)", |s| s.memory_limit_bytes.map(|v| v as f64)),
+        ("cerana_service_memory_peak_bytes", Kind::Gauge, "Highest memory charged to the cgroup", |s| {
+            s.memory_peak_bytes.map(|v| v as f64)
+        }),
+        ("cerana_service_memory_limit_bytes", Kind::Gauge, "memory.max (absent: no limit)", |s| {
+            s.memory_limit_bytes.map(|v| v as f64)
+        }),
         ("cerana_service_pids", Kind::Gauge, "Processes and threads in the cgroup", |s| Some(s.pids as f64)),
         ("cerana_service_pids_limit", Kind::Gauge, "pids.max (absent: no limit)", |s| s.pids_limit.map(|v| v as f64)),
-        ("cerana_service_io_read_bytes_total", Kind::Counter, "Bytes read from block devices", |s| Some(s.io_read_bytes as f64)),
-        ("cerana_service_io_written_bytes_total", Kind::Counter, "Bytes written to block devices", |s| Some(s.io_written_bytes as f64)),
+        ("cerana_service_io_read_bytes_total", Kind::Counter, "Bytes read from block devices", |s| {
+            Some(s.io_read_bytes as f64)
+        }),
+        ("cerana_service_io_written_bytes_total", Kind::Counter, "Bytes written to block devices", |s| {
+            Some(s.io_written_bytes as f64)
+        }),
     ];
     out.single("cerana_services", Kind::Gauge, "Services with a cgroup on this node", services.len() as f64);
     for (name, kind, help, field) in families {
@@ -542,7 +571,11 @@ fn render_services(out: &mut Exposition, services: &[ServiceUsage]) {
 
 /// Serves task `T` by running `read` on `source` off the runtime's worker threads (file reads
 /// and `statvfs` block).
-fn serve<T: Task>(provider: Provider, source: &Source, read: fn(&Source, T::Args) -> Result<T::Output, TaskError>) -> Provider {
+fn serve<T: Task>(
+    provider: Provider,
+    source: &Source,
+    read: fn(&Source, T::Args) -> Result<T::Output, TaskError>,
+) -> Provider {
     let source = source.clone();
     provider.task::<T, _, _>(move |_ctx, args| {
         let source = source.clone();

@@ -128,7 +128,12 @@ pub fn parse_meminfo(text: &str) -> Result<(RamUsage, SwapUsage), ParseError> {
             shared_bytes: optional("Shmem")?,
             used_percent: percent(total.saturating_sub(available), total),
         },
-        SwapUsage { total_bytes: swap_total, free_bytes: swap_free, used_bytes: swap_used, used_percent: percent(swap_used, swap_total) },
+        SwapUsage {
+            total_bytes: swap_total,
+            free_bytes: swap_free,
+            used_bytes: swap_used,
+            used_percent: percent(swap_used, swap_total),
+        },
     ))
 }
 
@@ -185,9 +190,29 @@ pub fn parse_mounts(text: &str) -> Result<Vec<Mount>, ParseError> {
 pub fn is_pseudo_fs(fstype: &str) -> bool {
     matches!(
         fstype,
-        "proc" | "sysfs" | "cgroup" | "cgroup2" | "devpts" | "devtmpfs" | "securityfs" | "debugfs" | "tracefs"
-            | "pstore" | "bpf" | "mqueue" | "hugetlbfs" | "configfs" | "fusectl" | "binfmt_misc" | "autofs"
-            | "nsfs" | "efivarfs" | "rpc_pipefs" | "selinuxfs" | "ramfs" | "overlay_internal"
+        "proc"
+            | "sysfs"
+            | "cgroup"
+            | "cgroup2"
+            | "devpts"
+            | "devtmpfs"
+            | "securityfs"
+            | "debugfs"
+            | "tracefs"
+            | "pstore"
+            | "bpf"
+            | "mqueue"
+            | "hugetlbfs"
+            | "configfs"
+            | "fusectl"
+            | "binfmt_misc"
+            | "autofs"
+            | "nsfs"
+            | "efivarfs"
+            | "rpc_pipefs"
+            | "selinuxfs"
+            | "ramfs"
+            | "overlay_internal"
     )
 }
 
@@ -275,7 +300,8 @@ impl ProcessStat {
 
 pub fn parse_process_stat(text: &str) -> Result<ProcessStat, ParseError> {
     // The command name is in parentheses and may itself hold spaces and parentheses.
-    let rest = text.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| parse_error("no ')' after the command name"))?;
+    let rest =
+        text.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| parse_error("no ')' after the command name"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // Fields after the name, numbered as in proc(5) minus 3: state is field 3.
     let at = |n: usize, what: &str| number::<u64>(what, fields.get(n - 3).copied());
@@ -387,7 +413,8 @@ mod tests {
 
     #[test]
     fn mounts_are_unescaped_and_pseudo_filesystems_known() {
-        let text = "rootfs / rootfs rw 0 0\n/dev/sda1 /mnt/my\\040disk ext4 ro,relatime 0 0\nproc /proc proc rw,nosuid 0 0\n";
+        let text =
+            "rootfs / rootfs rw 0 0\n/dev/sda1 /mnt/my\\040disk ext4 ro,relatime 0 0\nproc /proc proc rw,nosuid 0 0\n";
         let mounts = parse_mounts(text).unwrap();
         assert_eq!(mounts.len(), 3);
         assert_eq!(mounts[1].mountpoint, "/mnt/my disk");
@@ -423,10 +450,19 @@ mod tests {
         assert_eq!(counters.len(), 2);
         assert_eq!(counters[0].0, "lo");
         assert_eq!(counters[0].1.rx_bytes, 315447);
-        assert_eq!(counters[1].1, InterfaceCounters {
-            rx_bytes: 12345678901, rx_packets: 10, rx_errors: 1, rx_dropped: 2,
-            tx_bytes: 999, tx_packets: 9, tx_errors: 3, tx_dropped: 4,
-        });
+        assert_eq!(
+            counters[1].1,
+            InterfaceCounters {
+                rx_bytes: 12345678901,
+                rx_packets: 10,
+                rx_errors: 1,
+                rx_dropped: 2,
+                tx_bytes: 999,
+                tx_packets: 9,
+                tx_errors: 3,
+                tx_dropped: 4,
+            }
+        );
         assert!(parse_net_dev("h\nh\neth0 1 2 3\n").is_err());
         assert!(parse_net_dev("h\nh\neth0: 1 2 3\n").is_err());
     }
@@ -449,14 +485,23 @@ mod tests {
 
     #[test]
     fn cgroup_files() {
-        assert_eq!(keyed_value("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n", "user_usec"), Some(1_000_000));
+        assert_eq!(
+            keyed_value("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n", "user_usec"),
+            Some(1_000_000)
+        );
         assert_eq!(keyed_value("low 0\noom 1\noom_kill 2\n", "oom_kill"), Some(2));
         assert_eq!(keyed_value("oom 1\n", "oom_kill"), None);
-        assert_eq!(parse_io_stat("8:0 rbytes=100 wbytes=50 rios=1 wios=1\n253:0 rbytes=1 wbytes=2 dbytes=0\n"), (101, 52));
+        assert_eq!(
+            parse_io_stat("8:0 rbytes=100 wbytes=50 rios=1 wios=1\n253:0 rbytes=1 wbytes=2 dbytes=0\n"),
+            (101, 52)
+        );
         assert_eq!(parse_limit("max\n").unwrap(), None);
         assert_eq!(parse_limit("1048576\n").unwrap(), Some(1_048_576));
         assert!(parse_limit("lots").is_err());
-        assert_eq!(os_release_value("NAME=x\nPRETTY_NAME=\"CeranaOS 0.1\"\n", "PRETTY_NAME").as_deref(), Some("CeranaOS 0.1"));
+        assert_eq!(
+            os_release_value("NAME=x\nPRETTY_NAME=\"CeranaOS 0.1\"\n", "PRETTY_NAME").as_deref(),
+            Some("CeranaOS 0.1")
+        );
         assert_eq!(os_release_value("NAME=x\n", "PRETTY_NAME"), None);
     }
 }

@@ -46,7 +46,9 @@ fn node_tree() -> Tree {
         "proc/net/dev",
         "h\nh\n    lo: 1 2 0 0 0 0 0 0 1 2 0 0 0 0 0 0\n  eth0: 100 3 0 0 0 0 0 0 200 4 0 0 0 0 0 0\n",
     );
-    for (name, index, flags, mac) in [("lo", "1", "0x9", "00:00:00:00:00:00"), ("eth0", "2", "0x1003", "52:54:00:12:34:56")] {
+    for (name, index, flags, mac) in
+        [("lo", "1", "0x9", "00:00:00:00:00:00"), ("eth0", "2", "0x1003", "52:54:00:12:34:56")]
+    {
         tree.write(&format!("sys/class/net/{name}/ifindex"), index);
         tree.write(&format!("sys/class/net/{name}/flags"), flags);
         tree.write(&format!("sys/class/net/{name}/address"), mac);

@@ -44,7 +44,10 @@ async fn http_get(port: u16, path: &str) -> (String, String) {
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw)).await.expect("answered in time").unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "the test reads plain bodies only:\n{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "the test reads plain bodies only:\n{head}"
+    );
     (head.to_owned(), body.to_owned())
 }
 
@@ -63,7 +66,9 @@ fn value(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &
         .filter(|s| s.metric == metric)
         .find(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
 }

@@ -67,8 +67,16 @@ fn metrics_and_health_run_on_a_booted_node() {
         let up = |name| state.events.iter().any(|e| ready(name, e));
         (up("metrics") && up("health")).then_some(())
     });
-    assert!(both.is_ok(), "metrics and health not ready within {BOOT_TIMEOUT:?}: {both:?}; console {}", vm.log_path().display());
-    eprintln!("metrics and health ready after {:.1} s; console {}", vm.elapsed().as_secs_f64(), vm.log_path().display());
+    assert!(
+        both.is_ok(),
+        "metrics and health not ready within {BOOT_TIMEOUT:?}: {both:?}; console {}",
+        vm.log_path().display()
+    );
+    eprintln!(
+        "metrics and health ready after {:.1} s; console {}",
+        vm.elapsed().as_secs_f64(),
+        vm.log_path().display()
+    );
 
     let host = result(&vm, "metrics-host", json!({}));
     assert!(host["boot_time"].as_u64().unwrap() > 0 && host["processes"].as_u64().unwrap() > 5, "{host}");

@@ -169,7 +169,8 @@ async fn run(rounds: usize) -> Result<(), String> {
         }
     }
     let (fw_task, fw_nft) = firewall_rounds(&h, &names, rounds).await?;
-    let (task_set, task_down, ip_set, ip_down) = (Samples(task_set), Samples(task_down), Samples(ip_set), Samples(ip_down));
+    let (task_set, task_down, ip_set, ip_down) =
+        (Samples(task_set), Samples(task_down), Samples(ip_set), Samples(ip_down));
     println!("netns + veth + address setup, {rounds} rounds each (2 namespaces, lo up, veth up, 2 addresses)");
     println!("{:<28} {:>12} {:>12}", "", "median ms", "mean ms");
     println!("{:<28} {:>12.2} {:>12.2}", "setup through tasks", task_set.median_ms(), task_set.mean_ms());

@@ -139,7 +139,8 @@ pub fn ruleset(spec: &FirewallSpec, sources: &BTreeMap<String, Vec<IpAddr>>) -> 
     for port in &spec.ports {
         let proto = protocol_name(port.protocol);
         if port.public {
-            commands.push(rule(format!("{COMMENT_PREFIX}kind=public,proto={proto},port={}", port.port), vec![dport(port)]));
+            commands
+                .push(rule(format!("{COMMENT_PREFIX}kind=public,proto={proto},port={}", port.port), vec![dport(port)]));
             continue;
         }
         for other in &port.connected_bundles {
@@ -220,7 +221,13 @@ pub fn default_nft() -> PathBuf {
 
 /// Runs `nft -j ARGS` with `input` on stdin inside a namespace (on a thread that entered it, so
 /// the child starts there).
-async fn nft(namespaces: &Namespaces, program: &Path, netns: &NetnsName, args: &[&str], input: Option<String>) -> Result<String, FirewallError> {
+async fn nft(
+    namespaces: &Namespaces,
+    program: &Path,
+    netns: &NetnsName,
+    args: &[&str],
+    input: Option<String>,
+) -> Result<String, FirewallError> {
     let program = program.to_owned();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let shown = program.clone();
@@ -297,7 +304,12 @@ impl Firewalls {
         Ok(cidrs.iter().filter(|c| !c.is_link_local() && !c.addr().is_loopback()).map(Cidr::addr).collect())
     }
 
-    async fn install(&self, namespaces: &Namespaces, spec: &FirewallSpec, applied: &BTreeMap<BundleId, FirewallSpec>) -> Result<(), FirewallError> {
+    async fn install(
+        &self,
+        namespaces: &Namespaces,
+        spec: &FirewallSpec,
+        applied: &BTreeMap<BundleId, FirewallSpec>,
+    ) -> Result<(), FirewallError> {
         let mut sources = BTreeMap::new();
         for other in spec.connected() {
             let id = BundleId::new(&other)?;
@@ -336,7 +348,11 @@ impl Firewalls {
 
     /// Re-applies the firewalls that let in a bundle living in `netns`, after its addresses
     /// changed. Returns the bundles refreshed.
-    pub async fn refresh_for(&self, namespaces: &Namespaces, netns: &NetnsName) -> Result<Vec<BundleId>, FirewallError> {
+    pub async fn refresh_for(
+        &self,
+        namespaces: &Namespaces,
+        netns: &NetnsName,
+    ) -> Result<Vec<BundleId>, FirewallError> {
         let applied = self.applied.lock().await;
         let moved: BTreeSet<String> =
             applied.values().filter(|s| &s.netns == netns).map(|s| s.bundle.to_string()).collect();
@@ -348,7 +364,12 @@ impl Firewalls {
         Ok(refreshed)
     }
 
-    async fn read(&self, namespaces: &Namespaces, bundle: &BundleId, netns: &NetnsName) -> Result<FirewallInfo, FirewallError> {
+    async fn read(
+        &self,
+        namespaces: &Namespaces,
+        bundle: &BundleId,
+        netns: &NetnsName,
+    ) -> Result<FirewallInfo, FirewallError> {
         let listing = nft(namespaces, &self.nft, netns, &["list", "table", "inet", TABLE], None).await?;
         parse_listing(bundle, netns, &listing).map_err(|why| FirewallError::Listing { netns: netns.clone(), why })
     }

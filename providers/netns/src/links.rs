@@ -8,7 +8,9 @@ use crate::namespace::{NamespaceError, Namespaces};
 use cerana_protocol::tasks::netns::{LinkInfo, RouteInfo};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::collections::HashMap;
@@ -157,15 +159,24 @@ impl Net {
     /// request, so either both ends exist afterwards or neither does; then brings both up when
     /// asked (the kernel refuses IFF_UP on a peer created in another namespace), deleting the
     /// pair again if that fails.
-    pub async fn add_veth(&self, end: &LinkName, peer: &LinkName, peer_net: &Net, namespaces: &Namespaces, up: bool) -> Result<(), LinkError> {
+    pub async fn add_veth(
+        &self,
+        end: &LinkName,
+        peer: &LinkName,
+        peer_net: &Net,
+        namespaces: &Namespaces,
+        up: bool,
+    ) -> Result<(), LinkError> {
         self.ensure_absent(end).await?;
         peer_net.ensure_absent(peer).await?;
         if self.netns == peer_net.netns && end == peer {
             return Err(LinkError::LinkExists { link: peer.to_string(), netns: self.label() });
         }
         let peer_ns = namespaces.open(peer_net.netns.as_ref())?;
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.as_str()).setns_by_fd(peer_ns.as_raw_fd()).build();
-        let message = LinkVeth::new(end.as_str(), peer.as_str()).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
+        let peer_msg =
+            LinkMessageBuilder::<LinkUnspec>::new().name(peer.as_str()).setns_by_fd(peer_ns.as_raw_fd()).build();
+        let message =
+            LinkVeth::new(end.as_str(), peer.as_str()).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
         let result = self.handle.link().add(message).execute().await;
         drop(peer_ns);
         result.map_err(|e| self.failed("create a veth pair", e))?;
@@ -190,7 +201,13 @@ impl Net {
     }
 
     /// Changes up/down, MTU and bridge membership in one request.
-    pub async fn set_link(&self, name: &LinkName, up: Option<bool>, mtu: Option<u32>, master: Option<Option<&LinkName>>) -> Result<(), LinkError> {
+    pub async fn set_link(
+        &self,
+        name: &LinkName,
+        up: Option<bool>,
+        mtu: Option<u32>,
+        master: Option<Option<&LinkName>>,
+    ) -> Result<(), LinkError> {
         let index = self.link(name).await?.header.index;
         let mut builder = LinkUnspec::new_with_index(index);
         builder = match up {
@@ -271,7 +288,12 @@ impl Net {
         self.handle.address().del(found).execute().await.map_err(|e| self.failed("delete an address", e))
     }
 
-    fn route_message(&self, destination: Option<Cidr>, gateway: Option<IpAddr>, oif: Option<u32>) -> Result<RouteMessage, LinkError> {
+    fn route_message(
+        &self,
+        destination: Option<Cidr>,
+        gateway: Option<IpAddr>,
+        oif: Option<u32>,
+    ) -> Result<RouteMessage, LinkError> {
         let mut builder = RouteMessageBuilder::<IpAddr>::new();
         let destination = destination.unwrap_or_else(|| {
             let any = match gateway {
@@ -284,7 +306,9 @@ impl Net {
         builder = builder.destination_prefix(network.addr(), network.prefix()).map_err(invalid_route)?;
         if let Some(gateway) = gateway {
             if gateway.is_ipv4() != destination.addr().is_ipv4() {
-                return Err(LinkError::InvalidRoute(format!("gateway {gateway} is not of the family of {destination}")));
+                return Err(LinkError::InvalidRoute(format!(
+                    "gateway {gateway} is not of the family of {destination}"
+                )));
             }
             builder = builder.gateway(gateway).map_err(invalid_route)?;
         }
@@ -295,7 +319,12 @@ impl Net {
     }
 
     /// Adds a route to `destination` (`None`: default) through `gateway` and/or out of `link`.
-    pub async fn add_route(&self, destination: Option<Cidr>, gateway: Option<IpAddr>, link: Option<&LinkName>) -> Result<(), LinkError> {
+    pub async fn add_route(
+        &self,
+        destination: Option<Cidr>,
+        gateway: Option<IpAddr>,
+        link: Option<&LinkName>,
+    ) -> Result<(), LinkError> {
         if gateway.is_none() && link.is_none() {
             return Err(LinkError::InvalidRoute("a route needs a gateway, a link, or both".into()));
         }
@@ -310,9 +339,17 @@ impl Net {
     async fn route_messages(&self) -> Result<Vec<RouteMessage>, LinkError> {
         let mut routes = Vec::new();
         for query in [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()] {
-            let found: Vec<RouteMessage> =
-                self.handle.route().get(query).execute().try_collect().await.map_err(|e| self.failed("list routes", e))?;
-            routes.extend(found.into_iter().filter(|r| route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN) && r.header.kind == RouteType::Unicast));
+            let found: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| self.failed("list routes", e))?;
+            routes.extend(found.into_iter().filter(|r| {
+                route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN) && r.header.kind == RouteType::Unicast
+            }));
         }
         Ok(routes)
     }
@@ -324,7 +361,12 @@ impl Net {
         Ok(self.route_messages().await?.iter().map(|r| describe_route(r, &names)).collect())
     }
 
-    pub async fn delete_route(&self, destination: Option<Cidr>, gateway: Option<IpAddr>, link: Option<&LinkName>) -> Result<(), LinkError> {
+    pub async fn delete_route(
+        &self,
+        destination: Option<Cidr>,
+        gateway: Option<IpAddr>,
+        link: Option<&LinkName>,
+    ) -> Result<(), LinkError> {
         let wanted = self.route_message(destination, gateway, None)?;
         let wanted_dest = describe_route(&wanted, &HashMap::new()).destination;
         let names: HashMap<u32, String> =

@@ -68,13 +68,18 @@ impl Namespaces {
         if self.dir_ready.get().is_some() {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| NamespaceError::Io { op: "create", path: self.dir.clone(), source })?;
-        let shared = || mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+        std::fs::create_dir_all(&self.dir).map_err(|source| NamespaceError::Io {
+            op: "create",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let shared =
+            || mount(None::<&str>, &self.dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
         if let Err(nix::Error::EINVAL) = shared() {
             // Not a mount point yet: bind it onto itself, then share it.
-            mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(|source| NamespaceError::Sys { op: "bind-mount the namespace directory onto itself", source })?;
+            mount(Some(&self.dir), &self.dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(
+                |source| NamespaceError::Sys { op: "bind-mount the namespace directory onto itself", source },
+            )?;
             shared().map_err(|source| NamespaceError::Sys { op: "make the namespace directory shared", source })?;
         }
         let _ = self.dir_ready.set(());
@@ -118,7 +123,11 @@ impl Namespaces {
             Ok(()) | Err(nix::Error::EINVAL) => {}
             Err(source) => return Err(NamespaceError::Sys { op: "unmount the namespace", source }),
         }
-        std::fs::remove_file(&path).map_err(|source| NamespaceError::Io { op: "remove", path: path.clone(), source })?;
+        std::fs::remove_file(&path).map_err(|source| NamespaceError::Io {
+            op: "remove",
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 

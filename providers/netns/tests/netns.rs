@@ -98,7 +98,12 @@ async fn two_namespaces_talk_over_a_veth_with_bridges_routes_and_moves() {
     server.join().unwrap();
 
     // Routes: a default route through b, listed, then deleted.
-    let route = RouteArgs { netns: Some(a.clone()), destination: "default".into(), gateway: Some("10.77.0.2".parse().unwrap()), link: None };
+    let route = RouteArgs {
+        netns: Some(a.clone()),
+        destination: "default".into(),
+        gateway: Some("10.77.0.2".parse().unwrap()),
+        link: None,
+    };
     let routes = h.ok::<NetnsRouteAdd>(&route).await.routes;
     assert!(routes.iter().any(|r| r.destination == "default" && r.gateway == route.gateway), "{routes:?}");
     assert!(routes.iter().any(|r| r.destination == "10.77.0.0/24" && r.link.as_deref() == Some("va")), "{routes:?}");
@@ -123,7 +128,8 @@ async fn two_namespaces_talk_over_a_veth_with_bridges_routes_and_moves() {
     assert_eq!((port.master, port.up), (None, true));
 
     // Move vq from a to b; it is gone from a and present in b.
-    let moved = h.ok::<NetnsLinkMove>(&LinkMoveArgs { name: "vq".into(), netns: Some(a.clone()), to: Some(b.clone()) }).await;
+    let moved =
+        h.ok::<NetnsLinkMove>(&LinkMoveArgs { name: "vq".into(), netns: Some(a.clone()), to: Some(b.clone()) }).await;
     assert_eq!(moved.name, "vq");
     assert!(!links_of(&h, &a).await.iter().any(|l| l.name == "vq"));
     assert!(links_of(&h, &b).await.iter().any(|l| l.name == "vq"));
@@ -157,7 +163,8 @@ async fn bad_inputs_get_typed_errors_and_leave_nothing_behind() {
     let before = links_of(&h, &a).await.len();
 
     // A veth name over 15 bytes.
-    h.fails::<NetnsVethAdd>(&veth(("v0123456789abcdef", &a), ("vb", &b)), ErrorCode::NameTooLong, "link-name-too-long").await;
+    h.fails::<NetnsVethAdd>(&veth(("v0123456789abcdef", &a), ("vb", &b)), ErrorCode::NameTooLong, "link-name-too-long")
+        .await;
     h.fails::<NetnsBridgeAdd>(
         &BridgeAddArgs { name: "bridge-name-too-long".into(), netns: Some(a.clone()), up: true },
         ErrorCode::NameTooLong,
@@ -185,7 +192,9 @@ async fn bad_inputs_get_typed_errors_and_leave_nothing_behind() {
     h.ok::<NetnsVethAdd>(&veth(("vc", &a), ("vd", &b))).await;
     h.ok::<NetnsAddressAdd>(&address("va", &a, "10.79.0.1/24")).await;
     for overlapping in ["10.79.0.1/24", "10.79.0.9/24", "10.79.0.0/16", "10.79.0.77/32"] {
-        let err = h.fails::<NetnsAddressAdd>(&address("vc", &a, overlapping), ErrorCode::AlreadyExists, "address-overlap").await;
+        let err = h
+            .fails::<NetnsAddressAdd>(&address("vc", &a, overlapping), ErrorCode::AlreadyExists, "address-overlap")
+            .await;
         assert!(err.message.contains("10.79.0.1/24 on va"), "{err}");
     }
     assert!(assigned(links_of(&h, &a).await.iter().find(|l| l.name == "vc").unwrap()).is_empty());
@@ -205,12 +214,19 @@ async fn bad_inputs_get_typed_errors_and_leave_nothing_behind() {
     let firewall = FirewallApplyArgs {
         bundle: names.name("bundle-a"),
         netns: a.clone(),
-        ports: vec![FirewallPort { port: 80, protocol: Protocol::Tcp, public: false, connected_bundles: vec!["no-such-bundle".into()] }],
+        ports: vec![FirewallPort {
+            port: 80,
+            protocol: Protocol::Tcp,
+            public: false,
+            connected_bundles: vec!["no-such-bundle".into()],
+        }],
     };
     let err = h.fails::<FirewallApply>(&firewall, ErrorCode::NotFound, "unknown-bundle").await;
     assert_eq!(err.details.unwrap()["bundles"][0], "no-such-bundle");
-    h.fails::<FirewallGet>(&BundleRef { bundle: firewall.bundle.clone() }, ErrorCode::NotFound, "firewall-not-found").await;
-    let listing = std::process::Command::new("ip").args(["netns", "exec", &a, "nft", "list", "ruleset"]).output().unwrap();
+    h.fails::<FirewallGet>(&BundleRef { bundle: firewall.bundle.clone() }, ErrorCode::NotFound, "firewall-not-found")
+        .await;
+    let listing =
+        std::process::Command::new("ip").args(["netns", "exec", &a, "nft", "list", "ruleset"]).output().unwrap();
     assert!(String::from_utf8_lossy(&listing.stdout).trim().is_empty(), "no table was created");
     let in_missing = FirewallApplyArgs { bundle: "x".into(), netns: missing.clone(), ports: vec![] };
     h.fails::<FirewallApply>(&in_missing, ErrorCode::NotFound, "netns-not-found").await;
@@ -240,7 +256,11 @@ async fn firewall_lets_connected_bundles_in_and_keeps_others_out() {
     h.ok::<NetnsAddressAdd>(&address("ac", &a, "10.81.2.1/24")).await;
     h.ok::<NetnsAddressAdd>(&address("ca", &c, "10.81.2.2/24")).await;
     let (bundle_a, bundle_b, bundle_c) = (names.name("web"), names.name("api"), names.name("other"));
-    let apply = |bundle: &str, netns: &str, ports: Vec<FirewallPort>| FirewallApplyArgs { bundle: bundle.into(), netns: netns.into(), ports };
+    let apply = |bundle: &str, netns: &str, ports: Vec<FirewallPort>| FirewallApplyArgs {
+        bundle: bundle.into(),
+        netns: netns.into(),
+        ports,
+    };
     h.ok::<FirewallApply>(&apply(&bundle_b, &b, vec![])).await;
     h.ok::<FirewallApply>(&apply(&bundle_c, &c, vec![])).await;
     let ports = vec![
@@ -316,11 +336,19 @@ async fn namespace_set_user_writes_maps_once_and_validates_them() {
     let range = |id, host_id, length| IdRange { id, host_id, length };
     let args = |uids: Vec<IdRange>, gids: Vec<IdRange>| SetUserArgs { pid, uids, gids };
 
-    let err = h.fails::<NamespaceSetUser>(&args(vec![], vec![range(0, 1000, 1)]), ErrorCode::InvalidArgument, "invalid-id-map").await;
+    let err = h
+        .fails::<NamespaceSetUser>(&args(vec![], vec![range(0, 1000, 1)]), ErrorCode::InvalidArgument, "invalid-id-map")
+        .await;
     assert_eq!(err.details.unwrap()["errno"], 22);
     let six: Vec<IdRange> = (0..6).map(|i| range(i * 10, 200_000 + i * 10, 10)).collect();
-    h.fails::<NamespaceSetUser>(&args(six.clone(), six[..1].to_vec()), ErrorCode::InvalidArgument, "invalid-id-map").await;
-    h.fails::<NamespaceSetUser>(&args(vec![range(0, 1000, 0)], vec![range(0, 1000, 1)]), ErrorCode::InvalidArgument, "invalid-id-map").await;
+    h.fails::<NamespaceSetUser>(&args(six.clone(), six[..1].to_vec()), ErrorCode::InvalidArgument, "invalid-id-map")
+        .await;
+    h.fails::<NamespaceSetUser>(
+        &args(vec![range(0, 1000, 0)], vec![range(0, 1000, 1)]),
+        ErrorCode::InvalidArgument,
+        "invalid-id-map",
+    )
+    .await;
     assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap(), "", "refused maps write nothing");
     let no_such = SetUserArgs { pid: u32::MAX - 1, uids: vec![range(0, 1000, 1)], gids: vec![range(0, 1000, 1)] };
     h.fails::<NamespaceSetUser>(&no_such, ErrorCode::NotFound, "process-not-found").await;

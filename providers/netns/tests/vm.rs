@@ -49,7 +49,8 @@ fn run(vm: &Vm, task: &str, args: Value) -> Result<Value, (String, String, Strin
 }
 
 fn ok(vm: &Vm, task: &str, args: Value) -> Value {
-    run(vm, task, args.clone()).unwrap_or_else(|e| panic!("{task} {args} failed: {e:?}; console {}", vm.log_path().display()))
+    run(vm, task, args.clone())
+        .unwrap_or_else(|e| panic!("{task} {args} failed: {e:?}; console {}", vm.log_path().display()))
 }
 
 fn fails(vm: &Vm, task: &str, args: Value, code: &str, reason: &str) {
@@ -72,24 +73,50 @@ fn a_node_builds_bundle_networks_and_firewalls() {
     }
     let listed = ok(&vm, "netns-list", json!({}));
     assert_eq!(listed["namespaces"].as_array().unwrap().len(), 2, "{listed}");
-    let pair = ok(&vm, "netns-veth-add", json!({
-        "end": { "name": "web0", "netns": "web" }, "peer": { "name": "api0", "netns": "api" } }));
+    let pair = ok(
+        &vm,
+        "netns-veth-add",
+        json!({
+        "end": { "name": "web0", "netns": "web" }, "peer": { "name": "api0", "netns": "api" } }),
+    );
     assert_eq!(pair["end"]["up"], true, "{pair}");
     ok(&vm, "netns-address-add", json!({ "link": "web0", "netns": "web", "address": "10.50.0.1/24" }));
     ok(&vm, "netns-address-add", json!({ "link": "api0", "netns": "api", "address": "10.50.0.2/24" }));
-    fails(&vm, "netns-address-add", json!({ "link": "web0", "netns": "web", "address": "10.50.0.9/16" }), "already_exists", "address-overlap");
-    fails(&vm, "netns-veth-add", json!({
-        "end": { "name": "web-0123456789ab", "netns": "web" }, "peer": { "name": "x", "netns": "api" } }), "name_too_long", "link-name-too-long");
+    fails(
+        &vm,
+        "netns-address-add",
+        json!({ "link": "web0", "netns": "web", "address": "10.50.0.9/16" }),
+        "already_exists",
+        "address-overlap",
+    );
+    fails(
+        &vm,
+        "netns-veth-add",
+        json!({
+        "end": { "name": "web-0123456789ab", "netns": "web" }, "peer": { "name": "x", "netns": "api" } }),
+        "name_too_long",
+        "link-name-too-long",
+    );
 
     ok(&vm, "firewall-apply", json!({ "bundle": "api", "netns": "api" }));
-    let firewall = ok(&vm, "firewall-apply", json!({ "bundle": "web", "netns": "web", "ports": [
-        { "port": 5432, "connected_bundles": ["api"] }, { "port": 443, "public": true } ] }));
+    let firewall = ok(
+        &vm,
+        "firewall-apply",
+        json!({ "bundle": "web", "netns": "web", "ports": [
+        { "port": 5432, "connected_bundles": ["api"] }, { "port": 443, "public": true } ] }),
+    );
     assert_eq!(firewall["policy"], "drop", "{firewall}");
     let rules = firewall["rules"].as_array().unwrap();
     assert!(rules.iter().any(|r| r["kind"] == "connected" && r["sources"] == json!(["10.50.0.2"])), "{firewall}");
     assert!(rules.iter().any(|r| r["kind"] == "public" && r["port"] == 443), "{firewall}");
-    fails(&vm, "firewall-apply", json!({ "bundle": "db", "netns": "api", "ports": [
-        { "port": 1, "connected_bundles": ["nobody"] } ] }), "not_found", "unknown-bundle");
+    fails(
+        &vm,
+        "firewall-apply",
+        json!({ "bundle": "db", "netns": "api", "ports": [
+        { "port": 1, "connected_bundles": ["nobody"] } ] }),
+        "not_found",
+        "unknown-bundle",
+    );
     let all = ok(&vm, "firewall-list", json!({}));
     assert_eq!(all["firewalls"].as_array().unwrap().len(), 2, "{all}");
     fails(&vm, "firewall-remove", json!({ "bundle": "api" }), "busy", "bundle-referenced");

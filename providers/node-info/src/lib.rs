@@ -50,7 +50,8 @@ impl FactSource {
         let (_, hostname) = self.read("proc/sys/kernel/hostname")?;
         let (_, release) = self.read("proc/sys/kernel/osrelease")?;
         let (_, version) = self.read("proc/sys/kernel/version")?;
-        let machine_id = self.read("etc/machine-id").ok().map(|(_, id)| id.trim().to_owned()).filter(|id| !id.is_empty());
+        let machine_id =
+            self.read("etc/machine-id").ok().map(|(_, id)| id.trim().to_owned()).filter(|id| !id.is_empty());
         let (path, uptime) = self.read("proc/uptime")?;
         let uptime_seconds = first_number(&path, "uptime", &uptime)?;
         let (path, loadavg) = self.read("proc/loadavg")?;
@@ -86,7 +87,9 @@ pub fn parse_cpuinfo(text: &str) -> (String, u32) {
     let count = text.lines().filter(|l| l.starts_with("processor")).count() as u32;
     let model = text
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, v)| v.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     (model, count.max(1))
 }
@@ -105,9 +108,11 @@ pub fn parse_meminfo(path: &Path, text: &str) -> Result<MemoryFacts, FactsError>
             .find(|l| l.split(':').next() == Some(name))
             .ok_or_else(|| FactsError::Missing { path: path.to_owned(), field: name })?;
         let value = line.split_whitespace().nth(1).unwrap_or_default();
-        let kib: u64 = value
-            .parse()
-            .map_err(|_| FactsError::NotANumber { path: path.to_owned(), field: name, value: value.to_owned() })?;
+        let kib: u64 = value.parse().map_err(|_| FactsError::NotANumber {
+            path: path.to_owned(),
+            field: name,
+            value: value.to_owned(),
+        })?;
         Ok(kib * 1024)
     };
     Ok(MemoryFacts {

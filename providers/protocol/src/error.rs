@@ -71,8 +71,8 @@ impl ErrorCode {
     pub fn class(self) -> ErrorClass {
         use ErrorCode::*;
         match self {
-            InvalidRequest | FrameTooLarge | UnknownTask | InvalidArgs | DuplicateId
-            | NameTooLong | InvalidArgument => ErrorClass::BadInput,
+            InvalidRequest | FrameTooLarge | UnknownTask | InvalidArgs | DuplicateId | NameTooLong
+            | InvalidArgument => ErrorClass::BadInput,
             NotFound => ErrorClass::NotFound,
             AlreadyExists | Busy => ErrorClass::Conflict,
             Timeout => ErrorClass::Timeout,
@@ -193,10 +193,27 @@ mod tests {
     fn every_code_string_matches_serde() {
         use ErrorCode::*;
         for code in [
-            InvalidRequest, FrameTooLarge, UnknownTask, NoProvider, InvalidArgs, DuplicateId,
-            Timeout, ProviderLost, Cancelled, Unauthenticated, PeerUnreachable, StreamError,
-            NotFound, AlreadyExists, Busy, NameTooLong, InvalidArgument, PermissionDenied,
-            Unavailable, Failed, Internal,
+            InvalidRequest,
+            FrameTooLarge,
+            UnknownTask,
+            NoProvider,
+            InvalidArgs,
+            DuplicateId,
+            Timeout,
+            ProviderLost,
+            Cancelled,
+            Unauthenticated,
+            PeerUnreachable,
+            StreamError,
+            NotFound,
+            AlreadyExists,
+            Busy,
+            NameTooLong,
+            InvalidArgument,
+            PermissionDenied,
+            Unavailable,
+            Failed,
+            Internal,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

@@ -22,7 +22,9 @@ pub enum ShutdownAction {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum LifecycleEvent {
     /// Filesystems mounted, console and randomness available.
-    EarlyBootDone { uptime_ms: u64 },
+    EarlyBootDone {
+        uptime_ms: u64,
+    },
     /// The kernel command line was read; `warnings` lists unknown or malformed keys.
     CmdlineParsed {
         #[serde(default)]
@@ -36,9 +38,17 @@ pub enum LifecycleEvent {
         error: String,
     },
     /// A service whose conditions on the command line do not hold; it is not started.
-    ServiceSkipped { service: String, reason: String },
-    ModuleLoaded { module: String },
-    ModuleFailed { module: String, error: String },
+    ServiceSkipped {
+        service: String,
+        reason: String,
+    },
+    ModuleLoaded {
+        module: String,
+    },
+    ModuleFailed {
+        module: String,
+        error: String,
+    },
     /// The management interface got `cerana.mgmt_ip` (and a default route via `gateway`).
     NetworkConfigured {
         interface: String,
@@ -47,9 +57,17 @@ pub enum LifecycleEvent {
         gateway: Option<String>,
     },
     /// The management interface could not be set up; the node goes on without it.
-    NetworkFailed { error: String },
-    ServiceStarted { service: String, pid: u32 },
-    ServiceReady { service: String, after_ms: u64 },
+    NetworkFailed {
+        error: String,
+    },
+    ServiceStarted {
+        service: String,
+        pid: u32,
+    },
+    ServiceReady {
+        service: String,
+        after_ms: u64,
+    },
     /// A service's process ended; `restart_in_ms` is set when it will be restarted.
     ServiceExited {
         service: String,
@@ -62,10 +80,18 @@ pub enum LifecycleEvent {
         restart_in_ms: Option<u64>,
     },
     /// A service could not be started or gave up.
-    ServiceFailed { service: String, error: String },
+    ServiceFailed {
+        service: String,
+        error: String,
+    },
     /// Every service the node needs is ready.
-    NodeReady { uptime_ms: u64 },
-    ShutdownStarted { action: ShutdownAction, reason: String },
+    NodeReady {
+        uptime_ms: u64,
+    },
+    ShutdownStarted {
+        action: ShutdownAction,
+        reason: String,
+    },
     ServiceStopped {
         service: String,
         /// True when it ignored its stop signal and was killed.
@@ -73,7 +99,9 @@ pub enum LifecycleEvent {
         killed: bool,
     },
     /// Right before `reboot(2)`.
-    ShutdownComplete { action: ShutdownAction },
+    ShutdownComplete {
+        action: ShutdownAction,
+    },
 }
 
 impl LifecycleEvent {

@@ -13,9 +13,9 @@
 
 pub mod error;
 pub mod events;
-pub mod frame;
 #[cfg(feature = "tokio")]
 pub mod fd_frame;
+pub mod frame;
 pub mod message;
 pub mod names;
 pub mod readiness;
@@ -25,8 +25,8 @@ pub mod tasks;
 
 pub use error::{ErrorCode, TaskError};
 pub use message::{
-    FromCoordinator, ProviderHello, Request, Response, StreamDirection, StreamHandle,
-    TaskRegistration, ToCoordinator, Welcome,
+    FromCoordinator, ProviderHello, Request, Response, StreamDirection, StreamHandle, TaskRegistration, ToCoordinator,
+    Welcome,
 };
 pub use names::{NameError, NodeUrl, ProviderName, RequestId, StreamId, TaskName};
 pub use task::{Task, TaskInfo};

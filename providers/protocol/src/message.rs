@@ -47,7 +47,16 @@ pub(crate) fn empty_args() -> Box<RawValue> {
 impl Request {
     /// A request for `task` with already-encoded arguments and a fresh id.
     pub fn new(task: TaskName, args: Box<RawValue>) -> Self {
-        Self { id: RequestId::random(), task, args, timeout_ms: None, node: None, stream: None, reply_to: None, parent: None }
+        Self {
+            id: RequestId::random(),
+            task,
+            args,
+            timeout_ms: None,
+            node: None,
+            stream: None,
+            reply_to: None,
+            parent: None,
+        }
     }
 
     /// A request for a typed task.
@@ -80,9 +89,8 @@ impl Response {
     /// Decodes the result as `T`, turning a malformed result into an `internal` error.
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, TaskError> {
         match &self.outcome {
-            Ok(raw) => serde_json::from_str(raw.get()).map_err(|e| {
-                TaskError::new(crate::ErrorCode::Internal, format!("malformed task result: {e}"))
-            }),
+            Ok(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| TaskError::new(crate::ErrorCode::Internal, format!("malformed task result: {e}"))),
             Err(e) => Err(e.clone()),
         }
     }
@@ -181,7 +189,10 @@ fn default_priority() -> u16 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToCoordinator {
-    ClientHello { name: String, protocol: u32 },
+    ClientHello {
+        name: String,
+        protocol: u32,
+    },
     ProviderHello(ProviderHello),
     /// Turns this connection into one end of a byte stream. With `accept_pipe` the coordinator
     /// may answer [`FromCoordinator::StreamPipe`] and hand over a pipe instead of carrying the
@@ -202,7 +213,9 @@ pub enum ToCoordinator {
     /// A provider's answer to a request routed to it.
     Response(Response),
     /// The caller gives up on a request.
-    Cancel { id: RequestId },
+    Cancel {
+        id: RequestId,
+    },
 }
 
 /// The coordinator's answer to a hello.
@@ -222,13 +235,17 @@ pub enum FromCoordinator {
     /// The hello was refused; the connection closes after this.
     Refused(TaskError),
     /// The request was accepted and is being routed.
-    Ack { id: RequestId },
+    Ack {
+        id: RequestId,
+    },
     /// A request's final outcome.
     Response(Response),
     /// A request routed to this provider.
     Request(Request),
     /// The coordinator no longer wants the result of this request (timeout or cancel).
-    Cancel { id: RequestId },
+    Cancel {
+        id: RequestId,
+    },
     /// The welcome of a stream end opened with `accept_pipe` that gets a pipe: the pipe's file
     /// descriptor travels with this frame (`SCM_RIGHTS`) and the bytes no longer pass through
     /// the coordinator.
@@ -248,7 +265,8 @@ mod tests {
 
     #[test]
     fn requests_keep_raw_args_and_reject_unknown_fields() {
-        let text = r#"{"request":{"id":"67e55044-10b1-426f-9247-bb680e5fe0c8","task":"node-info","args":{"x": [1,2]}}}"#;
+        let text =
+            r#"{"request":{"id":"67e55044-10b1-426f-9247-bb680e5fe0c8","task":"node-info","args":{"x": [1,2]}}}"#;
         let msg: ToCoordinator = serde_json::from_str(text).unwrap();
         let ToCoordinator::Request(req) = msg else { panic!("not a request") };
         assert_eq!(req.args.get(), r#"{"x": [1,2]}"#);
@@ -289,7 +307,8 @@ mod tests {
     #[test]
     fn stream_open_asks_for_a_pipe_only_when_it_says_so() {
         let handle = StreamHandle::local(StreamId::random());
-        let plain = ToCoordinator::StreamOpen { stream: handle.clone(), direction: StreamDirection::Get, accept_pipe: false };
+        let plain =
+            ToCoordinator::StreamOpen { stream: handle.clone(), direction: StreamDirection::Get, accept_pipe: false };
         let text = serde_json::to_string(&plain).unwrap();
         assert!(!text.contains("accept_pipe"), "older coordinators keep understanding it: {text}");
         let piped = ToCoordinator::StreamOpen { stream: handle, direction: StreamDirection::Put, accept_pipe: true };

@@ -120,7 +120,8 @@ impl Context {
     /// it from a spawned task and return: the caller starts reading after it gets the result.
     pub async fn output_stream(&self) -> Result<ChunkWriter<UnixStream>, TaskError> {
         let handle = StreamHandle::local(StreamId::random());
-        let socket = open_stream(&self.link.socket, handle.clone(), StreamDirection::Put).await.map_err(stream_failure)?;
+        let socket =
+            open_stream(&self.link.socket, handle.clone(), StreamDirection::Put).await.map_err(stream_failure)?;
         *self.output.lock().expect("output lock") = Some(handle);
         Ok(ChunkWriter::new(socket))
     }

@@ -18,9 +18,9 @@
 mod context;
 mod session;
 
-pub use context::Context;
 pub use cerana_client::{InputEnd, OutputEnd, PipeFinish, PipeVerdict};
 pub use cerana_protocol::{ErrorCode, TaskError};
+pub use context::Context;
 
 use cerana_protocol::{ProviderName, Task, TaskName};
 use futures_util::future::BoxFuture;
@@ -138,9 +138,8 @@ impl Provider {
         let erased: Arc<ErasedHandler> = Arc::new(move |ctx: Context, raw: Box<RawValue>| {
             let handler = handler.clone();
             async move {
-                let args: T::Args = serde_json::from_str(raw.get()).map_err(|e| {
-                    TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {}: {e}", T::NAME))
-                })?;
+                let args: T::Args = serde_json::from_str(raw.get())
+                    .map_err(|e| TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {}: {e}", T::NAME)))?;
                 let output = handler(ctx, args).await?;
                 serde_json::value::to_raw_value(&output)
                     .map_err(|e| TaskError::new(ErrorCode::Internal, format!("cannot encode the result: {e}")))
@@ -246,10 +245,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-fn socket_from_args(
-    mut args: impl Iterator<Item = String>,
-    name: &ProviderName,
-) -> Result<Option<PathBuf>, String> {
+fn socket_from_args(mut args: impl Iterator<Item = String>, name: &ProviderName) -> Result<Option<PathBuf>, String> {
     let mut socket = std::env::var_os(cerana_protocol::COORDINATOR_SOCKET_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(cerana_protocol::DEFAULT_COORDINATOR_SOCKET));

@@ -29,9 +29,9 @@ pub(crate) enum SessionError {
 type Running = Arc<Mutex<HashMap<RequestId, AbortHandle>>>;
 
 pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), SessionError> {
-    let mut stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| SessionError::Client(ClientError::Connect { target: socket.display().to_string(), source }))?;
+    let mut stream = UnixStream::connect(socket).await.map_err(|source| {
+        SessionError::Client(ClientError::Connect { target: socket.display().to_string(), source })
+    })?;
     let hello = ProviderHello {
         name: provider.name.clone(),
         version: provider.version.clone(),
@@ -44,7 +44,9 @@ pub(crate) async fn run(provider: Arc<Provider>, socket: &Path) -> Result<(), Se
             .collect(),
     };
     match handshake(&mut stream, &ToCoordinator::ProviderHello(hello)).await {
-        Ok(welcome) => tracing::info!(coordinator = %welcome.coordinator, tasks = provider.handlers.len(), "registered"),
+        Ok(welcome) => {
+            tracing::info!(coordinator = %welcome.coordinator, tasks = provider.handlers.len(), "registered")
+        }
         Err(ClientError::Refused(e)) => return Err(SessionError::Refused(e)),
         Err(e) => return Err(SessionError::Client(e)),
     }

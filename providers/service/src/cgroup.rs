@@ -79,6 +79,9 @@ mod tests {
             Layout::Unified.controller_dir("memory", "/cerana-services/b.s"),
             Path::new("/sys/fs/cgroup/cerana-services/b.s")
         );
-        assert_eq!(Layout::V1.controller_dir("pids", "/cerana-services/b.s"), Path::new("/sys/fs/cgroup/pids/cerana-services/b.s"));
+        assert_eq!(
+            Layout::V1.controller_dir("pids", "/cerana-services/b.s"),
+            Path::new("/sys/fs/cgroup/pids/cerana-services/b.s")
+        );
     }
 }

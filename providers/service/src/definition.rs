@@ -2,10 +2,10 @@
 //! maps, namespace name, root filesystem source.
 
 use crate::error::ServiceError;
+use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::service::{
     BindMount, CreateArgs, IdRange, Limits, RestartPolicy, RootfsKind, ServiceRef, User,
 };
-use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::zfs::{DatasetName, SnapshotName};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,9 +26,7 @@ fn check_id(what: &str, id: &str) -> Result<(), ServiceError> {
     if ok {
         Ok(())
     } else {
-        Err(ServiceError::invalid(format!(
-            "{what} {id:?}: use 1 to 64 letters, digits and '-', not starting with '-'"
-        )))
+        Err(ServiceError::invalid(format!("{what} {id:?}: use 1 to 64 letters, digits and '-', not starting with '-'")))
     }
 }
 
@@ -121,7 +119,9 @@ impl ServiceDef {
                 return Err(ServiceError::invalid(format!("environment variable {name:?}: bad name or value")));
             }
             if name.starts_with("_CERANA_") {
-                return Err(ServiceError::invalid(format!("environment variable {name:?}: _CERANA_ names are reserved")));
+                return Err(ServiceError::invalid(format!(
+                    "environment variable {name:?}: _CERANA_ names are reserved"
+                )));
             }
         }
         let cwd = args.cwd.clone().unwrap_or_else(|| "/".to_owned());
@@ -282,7 +282,9 @@ fn host_dir(kind: &str, dataset: &str) -> Result<PathBuf, ServiceError> {
 fn rootfs_source(kind: RootfsKind, dataset: &str) -> Result<RootfsSource, ServiceError> {
     let bad_name = |e: cerana_protocol::tasks::zfs::NameError| ServiceError::invalid(format!("dataset: {e}"));
     Ok(match kind {
-        RootfsKind::Zfs if dataset.contains('@') => RootfsSource::ZfsSnapshot(SnapshotName::new(dataset).map_err(bad_name)?),
+        RootfsKind::Zfs if dataset.contains('@') => {
+            RootfsSource::ZfsSnapshot(SnapshotName::new(dataset).map_err(bad_name)?)
+        }
         RootfsKind::Zfs => RootfsSource::ZfsDataset(DatasetName::new(dataset).map_err(bad_name)?),
         RootfsKind::Overlay => RootfsSource::Overlay(host_dir("overlay", dataset)?),
         RootfsKind::Directory => RootfsSource::Directory(host_dir("directory", dataset)?),
@@ -297,8 +299,10 @@ mod tests {
     const NODE: NodeCapacity = NodeCapacity { cpus: 2, memory_bytes: 1 << 30 };
 
     fn args() -> CreateArgs {
-        serde_json::from_str(r#"{"id":"web","bundle_id":"b1","dataset":"/srv/root","rootfs":"overlay","cmd":["/bin/sh"]}"#)
-            .unwrap()
+        serde_json::from_str(
+            r#"{"id":"web","bundle_id":"b1","dataset":"/srv/root","rootfs":"overlay","cmd":["/bin/sh"]}"#,
+        )
+        .unwrap()
     }
 
     fn reason(args: &CreateArgs) -> ServiceErrorReason {
@@ -355,9 +359,12 @@ mod tests {
             }),
             Box::new(|a| a.restart.delay_ms = a.restart.max_delay_ms + 1),
             Box::new(|a| {
-                a.mounts = vec![BindMount { source: "/srv".into(), destination: "/a/../../etc".into(), read_only: false }]
+                a.mounts =
+                    vec![BindMount { source: "/srv".into(), destination: "/a/../../etc".into(), read_only: false }]
             }),
-            Box::new(|a| a.mounts = vec![BindMount { source: "rel".into(), destination: "/x".into(), read_only: false }]),
+            Box::new(|a| {
+                a.mounts = vec![BindMount { source: "rel".into(), destination: "/x".into(), read_only: false }]
+            }),
         ];
         for (i, change) in cases.drain(..).enumerate() {
             let mut a = args();

@@ -23,8 +23,12 @@ pub trait Zfs: Send + Sync + std::fmt::Debug {
     fn exists<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, TaskError>>;
     fn create_filesystem<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TaskError>>;
     fn snapshot<'a>(&'a self, dataset: &'a str, snapname: &'a str) -> BoxFuture<'a, Result<(), TaskError>>;
-    fn clone_to<'a>(&'a self, origin: &'a str, name: &'a str, mountpoint: &'a Path)
-        -> BoxFuture<'a, Result<(), TaskError>>;
+    fn clone_to<'a>(
+        &'a self,
+        origin: &'a str,
+        name: &'a str,
+        mountpoint: &'a Path,
+    ) -> BoxFuture<'a, Result<(), TaskError>>;
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TaskError>>;
 }
 
@@ -68,7 +72,12 @@ impl Zfs for ZfsTasks {
             self.ctx()?.call::<ZfsSnapshot>(&args).await.map(|_| ())
         })
     }
-    fn clone_to<'a>(&'a self, origin: &'a str, name: &'a str, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), TaskError>> {
+    fn clone_to<'a>(
+        &'a self,
+        origin: &'a str,
+        name: &'a str,
+        mountpoint: &'a Path,
+    ) -> BoxFuture<'a, Result<(), TaskError>> {
         Box::pin(async move {
             let properties = BTreeMap::from([("mountpoint".to_owned(), mountpoint.display().to_string())]);
             let args = CloneArgs { name: name.to_owned(), origin: origin.to_owned(), properties };
@@ -113,7 +122,11 @@ pub fn clone_name(pool: &str, key: &ServiceKey) -> Result<DatasetName, ServiceEr
 
 /// Checks that the source exists (before anything is made), and for a ZFS dataset takes its
 /// snapshot once. Returns what to release when the service is removed.
-pub async fn check_source(source: &RootfsSource, key: &ServiceKey, zfs: &dyn Zfs) -> Result<Option<SnapshotName>, ServiceError> {
+pub async fn check_source(
+    source: &RootfsSource,
+    key: &ServiceKey,
+    zfs: &dyn Zfs,
+) -> Result<Option<SnapshotName>, ServiceError> {
     let zfs_failed = |e: TaskError| ServiceError::Rootfs(format!("zfs: {e}"));
     match source {
         RootfsSource::Overlay(dir) | RootfsSource::Directory(dir) => {
@@ -147,7 +160,12 @@ pub async fn check_source(source: &RootfsSource, key: &ServiceKey, zfs: &dyn Zfs
 
 /// Makes a fresh root filesystem under `scratch_dir` (for an overlay) or at `mountpoint` (for a
 /// clone).
-pub async fn prepare(source: &RootfsSource, key: &ServiceKey, run_dir: &Path, zfs: &dyn Zfs) -> Result<Rootfs, ServiceError> {
+pub async fn prepare(
+    source: &RootfsSource,
+    key: &ServiceKey,
+    run_dir: &Path,
+    zfs: &dyn Zfs,
+) -> Result<Rootfs, ServiceError> {
     match source {
         RootfsSource::Directory(dir) => Ok(Rootfs { path: dir.clone(), clone: None, scratch: None }),
         RootfsSource::Overlay(lower) => prepare_overlay(lower, &run_dir.join("overlay")),
@@ -156,7 +174,12 @@ pub async fn prepare(source: &RootfsSource, key: &ServiceKey, run_dir: &Path, zf
     }
 }
 
-async fn prepare_clone(snap: &SnapshotName, key: &ServiceKey, run_dir: &Path, zfs: &dyn Zfs) -> Result<Rootfs, ServiceError> {
+async fn prepare_clone(
+    snap: &SnapshotName,
+    key: &ServiceKey,
+    run_dir: &Path,
+    zfs: &dyn Zfs,
+) -> Result<Rootfs, ServiceError> {
     let failed = |what: &str, e: TaskError| ServiceError::Rootfs(format!("{what}: {e}"));
     let pool = snap.dataset().pool().to_owned();
     let clone = clone_name(&pool, key)?;
@@ -231,14 +254,18 @@ pub fn find_binary(root: &Path, cmd0: &str, path: &str) -> Result<(), ServiceErr
     } else {
         path.split(':').filter(|d| d.starts_with('/')).map(|d| format!("{d}/{cmd0}")).collect()
     };
-    let root_fd = std::fs::File::open(root).map_err(|e| ServiceError::Rootfs(format!("open {}: {e}", root.display())))?;
+    let root_fd =
+        std::fs::File::open(root).map_err(|e| ServiceError::Rootfs(format!("open {}: {e}", root.display())))?;
     for candidate in &candidates {
         if let Some(mode) = stat_in_root(&root_fd, candidate) {
             let is_file = mode & libc::S_IFMT == libc::S_IFREG;
             if is_file && mode & 0o111 != 0 {
                 return Ok(());
             }
-            return Err(ServiceError::BinaryMissing { binary: cmd0.to_owned(), detail: format!(" ({candidate} is not an executable file)") });
+            return Err(ServiceError::BinaryMissing {
+                binary: cmd0.to_owned(),
+                detail: format!(" ({candidate} is not an executable file)"),
+            });
         }
     }
     let detail = if cmd0.contains('/') { String::new() } else { format!(" (searched {path})") };
@@ -255,7 +282,13 @@ fn stat_in_root(root: &std::fs::File, path: &str) -> Option<u32> {
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: valid fd, NUL-terminated path and an open_how of the size passed.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c_path.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
     };
     if fd < 0 {
         return None;
@@ -302,7 +335,8 @@ mod tests {
     }
 
     fn zfs_error(reason: ZfsErrorReason, name: &str) -> TaskError {
-        TaskError::new(reason.code(), format!("{name}: {reason}")).with_details(serde_json::json!({ "reason": reason.as_str() }))
+        TaskError::new(reason.code(), format!("{name}: {reason}"))
+            .with_details(serde_json::json!({ "reason": reason.as_str() }))
     }
 
     impl RecordingZfs {
@@ -336,7 +370,12 @@ mod tests {
             self.record(format!("snapshot {dataset}@{snapname}"));
             Box::pin(async move { self.add(&format!("{dataset}@{snapname}")) })
         }
-        fn clone_to<'a>(&'a self, origin: &'a str, name: &'a str, mountpoint: &'a Path) -> BoxFuture<'a, Result<(), TaskError>> {
+        fn clone_to<'a>(
+            &'a self,
+            origin: &'a str,
+            name: &'a str,
+            mountpoint: &'a Path,
+        ) -> BoxFuture<'a, Result<(), TaskError>> {
             self.record(format!("clone {origin} {name} {}", mountpoint.display()));
             Box::pin(async move {
                 if !self.names.lock().unwrap().contains(origin) {

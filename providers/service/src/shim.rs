@@ -85,7 +85,8 @@ impl ShimArgs {
                 "--cgroup" => cgroup = Some(value()?),
                 "--stop-timeout-ms" => {
                     let ms = value()?;
-                    stop_timeout = Duration::from_millis(ms.parse().map_err(|_| format!("bad --stop-timeout-ms {ms:?}"))?);
+                    stop_timeout =
+                        Duration::from_millis(ms.parse().map_err(|_| format!("bad --stop-timeout-ms {ms:?}"))?);
                 }
                 "--no-pivot" => no_pivot = true,
                 other => return Err(format!("unexpected argument {other:?}")),
@@ -255,7 +256,8 @@ fn wait_for_exit(pid: Pid, signals: &SigSet, stop_timeout: Duration) -> WaitStat
 }
 
 fn sigtimedwait(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let ts =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     let raw: &libc::sigset_t = set.as_ref();
     // SAFETY: `raw` and `ts` are valid for the call; a null siginfo pointer is allowed.
     let signo = unsafe { libc::sigtimedwait(raw, std::ptr::null_mut(), &ts) };

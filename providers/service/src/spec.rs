@@ -76,7 +76,13 @@ pub fn build(def: &ServiceDef, at: &Placement<'_>) -> Result<Spec, SpecError> {
         let map = |ranges: &[cerana_protocol::tasks::service::IdRange]| {
             ranges
                 .iter()
-                .map(|r| LinuxIdMappingBuilder::default().container_id(r.container_id).host_id(r.host_id).size(r.size).build())
+                .map(|r| {
+                    LinuxIdMappingBuilder::default()
+                        .container_id(r.container_id)
+                        .host_id(r.host_id)
+                        .size(r.size)
+                        .build()
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         linux = linux.uid_mappings(map(&def.user.uid_map)?).gid_mappings(map(&def.user.gid_map)?);
@@ -132,7 +138,9 @@ mod tests {
 
     #[test]
     fn limits_become_cgroup_resources() {
-        let d = def(r#","limits":{"cpu":500,"memory":67108864,"processes":32},"mounts":[{"source":"/data/x","destination":"/srv","read_only":true}]"#);
+        let d = def(
+            r#","limits":{"cpu":500,"memory":67108864,"processes":32},"mounts":[{"source":"/data/x","destination":"/srv","read_only":true}]"#,
+        );
         let s = spec_json(&d, None);
         let r = &s["linux"]["resources"];
         assert_eq!(r["cpu"]["quota"], 50_000);

@@ -8,10 +8,10 @@ use crate::logs::LogBuffer;
 use crate::rootfs::{self, Rootfs, Zfs};
 use crate::shim::{ShimArgs, ShimEvent};
 use crate::spec::{self, Placement};
+use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::service::{
     CreateArgs, ExitInfo, LogStream, LogsArgs, LogsResult, RestartMode, ServiceInfo, ServiceState,
 };
-use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::zfs::SnapshotName;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -157,15 +157,27 @@ impl Services {
     }
 
     fn get(&self, key: &ServiceKey) -> Result<Arc<Service>, ServiceError> {
-        self.inner.table.lock().expect("table lock").get(key).cloned().ok_or_else(|| ServiceError::NotFound(key.to_string()))
+        self.inner
+            .table
+            .lock()
+            .expect("table lock")
+            .get(key)
+            .cloned()
+            .ok_or_else(|| ServiceError::NotFound(key.to_string()))
     }
 
     pub async fn create(&self, args: &CreateArgs) -> Result<ServiceInfo, ServiceError> {
         let def = ServiceDef::check(args, self.inner.node)?;
         let missing = self.inner.layout.missing_controllers();
-        let wants = [("cpu", def.limits.cpu.is_some()), ("memory", def.limits.memory.is_some()), ("pids", def.limits.processes.is_some())];
+        let wants = [
+            ("cpu", def.limits.cpu.is_some()),
+            ("memory", def.limits.memory.is_some()),
+            ("pids", def.limits.processes.is_some()),
+        ];
         if let Some((controller, _)) = wants.iter().find(|(c, wanted)| *wanted && missing.contains(c)) {
-            return Err(ServiceError::Unavailable(format!("the {controller} cgroup controller is not available on this node")));
+            return Err(ServiceError::Unavailable(format!(
+                "the {controller} cgroup controller is not available on this node"
+            )));
         }
         let _change = self.inner.changes.lock().await;
         if self.inner.table.lock().expect("table lock").contains_key(&def.key) {
@@ -261,7 +273,8 @@ impl Services {
     /// Stops every service (on shutdown), in parallel.
     pub async fn stop_all(&self) {
         let keys: Vec<ServiceKey> = self.inner.table.lock().expect("table lock").keys().cloned().collect();
-        for (key, result) in keys.iter().zip(futures_util::future::join_all(keys.iter().map(|k| self.remove(k))).await) {
+        for (key, result) in keys.iter().zip(futures_util::future::join_all(keys.iter().map(|k| self.remove(k))).await)
+        {
             if let Err(e) = result {
                 tracing::warn!(service = %key, "stopping at shutdown: {e}");
             }
@@ -349,7 +362,12 @@ impl Run {
             Err(_) => {
                 tracing::error!("a shim did not stop its container in time; killing the shim");
                 let _ = self.shim.kill().await;
-                ExitInfo { code: None, signal: Some(libc::SIGKILL), oom_killed: false, ran_ms: self.started.elapsed().as_millis() as u64 }
+                ExitInfo {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                    oom_killed: false,
+                    ran_ms: self.started.elapsed().as_millis() as u64,
+                }
             }
         }
     }
@@ -428,7 +446,8 @@ async fn launch(
     if let Some(err) = shim.stderr.take() {
         tokio::spawn(keep_lines(service.clone(), LogStream::Stderr, number, err));
     }
-    let receiver = pipe::Receiver::from_owned_fd(OwnedFd::from(status_rx)).map_err(|e| shim_failed("status pipe", e))?;
+    let receiver =
+        pipe::Receiver::from_owned_fd(OwnedFd::from(status_rx)).map_err(|e| shim_failed("status pipe", e))?;
     let mut events = BufReader::new(receiver).lines();
     let first = tokio::time::timeout(START_TIMEOUT, events.next_line()).await;
     let failure = match first {
@@ -492,7 +511,12 @@ async fn ended(inner: &Inner, service: &Service, run: Run, exit: ExitInfo) {
     st.last_exit = Some(exit);
 }
 
-async fn supervise(inner: Arc<Inner>, service: Arc<Service>, first: Run, mut control: mpsc::UnboundedReceiver<Control>) {
+async fn supervise(
+    inner: Arc<Inner>,
+    service: Arc<Service>,
+    first: Run,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
     let policy = service.def.restart;
     let mut delay = Duration::from_millis(policy.delay_ms);
     let mut run = Some(first);
@@ -514,7 +538,10 @@ async fn supervise(inner: Arc<Inner>, service: Arc<Service>, first: Run, mut con
                 command = control.recv() => command,
             }
         } else {
-            let waiting = matches!(service.status.lock().expect("status lock").state, ServiceState::Restarting | ServiceState::Failed);
+            let waiting = matches!(
+                service.status.lock().expect("status lock").state,
+                ServiceState::Restarting | ServiceState::Failed
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay), if waiting => {
                     delay = (delay * 2).min(Duration::from_millis(policy.max_delay_ms));

@@ -5,9 +5,7 @@
 //! Root filesystem: busybox-static from scripts/test-rootfs.sh (or $CERANA_SERVICE_TEST_ROOTFS),
 //! used as the lower layer of an overlay (`rootfs: overlay`, there being no ZFS pool here).
 
-use cerana_protocol::tasks::service::{
-    BindMount, CreateArgs, LogsArgs, ServiceErrorReason, ServiceInfo, ServiceState,
-};
+use cerana_protocol::tasks::service::{BindMount, CreateArgs, LogsArgs, ServiceErrorReason, ServiceInfo, ServiceState};
 use cerana_service::cgroup::Layout;
 use cerana_service::definition::ServiceKey;
 use cerana_service::rootfs::ZfsTasks;
@@ -72,7 +70,8 @@ impl Host {
     }
 
     fn logs(&self, id: &str) -> Vec<(u32, u64, String)> {
-        let r = self.services.logs(&LogsArgs { id: id.into(), bundle_id: "test".into(), after: 0, tail: None }).unwrap();
+        let r =
+            self.services.logs(&LogsArgs { id: id.into(), bundle_id: "test".into(), after: 0, tail: None }).unwrap();
         r.lines.into_iter().map(|l| (l.run, l.time_ms, l.line)).collect()
     }
 
@@ -126,7 +125,10 @@ fn cgroup_file(controller: &str, cgroup: &str, v1: &str, v2: &str) -> String {
     let layout = Layout::detect();
     let file = if layout == Layout::Unified { v2 } else { v1 };
     let dir = layout.controller_dir(controller, cgroup);
-    std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display())).trim().to_owned()
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+        .trim()
+        .to_owned()
 }
 
 fn reason(e: &cerana_service::ServiceError) -> ServiceErrorReason {
@@ -142,11 +144,8 @@ async fn a_service_runs_as_pid_1_with_its_limits_and_its_output_is_kept() {
         "limits",
         "echo pid=$$; cat /srv/in/hello.txt; touch /srv/in/x 2>/dev/null || echo read-only; echo to-stderr >&2; exec sleep 600",
     );
-    args.mounts = vec![BindMount {
-        source: shared.path().display().to_string(),
-        destination: "/srv/in".into(),
-        read_only: true,
-    }];
+    args.mounts =
+        vec![BindMount { source: shared.path().display().to_string(), destination: "/srv/in".into(), read_only: true }];
     args.limits.cpu = Some(500);
     args.limits.memory = Some(64 << 20);
     args.limits.processes = Some(32);

@@ -58,7 +58,12 @@ impl Node {
 
     fn logs(&self, id: &str) -> Vec<(u64, String)> {
         let r = self.ok("service-logs", json!({ "id": id, "bundle_id": "vm" }));
-        r["lines"].as_array().unwrap().iter().map(|l| (l["run"].as_u64().unwrap(), l["line"].as_str().unwrap().to_owned())).collect()
+        r["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["run"].as_u64().unwrap(), l["line"].as_str().unwrap().to_owned()))
+            .collect()
     }
 
     fn wait_for_line(&self, id: &str, run: u64, want: &str) -> Vec<(u64, String)> {
@@ -126,7 +131,11 @@ fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
     node.wait_for_line("web", 0, "running");
 
     let restarted = node.ok("service-restart", json!({ "id": "web", "bundle_id": "vm" }));
-    assert_eq!((restarted["state"].as_str(), restarted["restarts"].as_u64()), (Some("running"), Some(1)), "{restarted}");
+    assert_eq!(
+        (restarted["state"].as_str(), restarted["restarts"].as_u64()),
+        (Some("running"), Some(1)),
+        "{restarted}"
+    );
     let logs = node.wait_for_line("web", 1, "running");
     assert!(!logs.iter().any(|(_, l)| l == "marker-seen"), "run 1 saw run 0's file: the clone was not fresh: {logs:?}");
     assert!(node.exists("data/running-clones/vm.web"));
@@ -135,9 +144,16 @@ fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
     assert!(!node.exists("data/running-clones/vm.web"), "the clone outlived its service");
     assert!(node.exists("data/datasets/img@v1"), "the given snapshot is not the provider's to destroy");
     let err = node.run("service-get", json!({ "id": "web", "bundle_id": "vm" })).unwrap_err();
-    assert_eq!((err["code"].as_str(), err["details"]["reason"].as_str()), (Some("not_found"), Some("not-found")), "{err}");
+    assert_eq!(
+        (err["code"].as_str(), err["details"]["reason"].as_str()),
+        (Some("not_found"), Some("not-found")),
+        "{err}"
+    );
     let err = node
-        .run("service-create", json!({ "id": "x", "bundle_id": "vm", "dataset": "data/datasets/none@v1", "cmd": ["/bin/sh"] }))
+        .run(
+            "service-create",
+            json!({ "id": "x", "bundle_id": "vm", "dataset": "data/datasets/none@v1", "cmd": ["/bin/sh"] }),
+        )
         .unwrap_err();
     assert_eq!(err["details"]["reason"], "dataset-missing", "{err}");
     let listed = node.ok("zfs-list", json!({ "name": "data/running-clones" }));
@@ -151,12 +167,19 @@ fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
     assert!(clones.is_empty(), "clones left: {clones:?}");
 
     // Still running at poweroff: the provider's shutdown stops it and destroys its clone.
-    node.ok("service-create", json!({ "id": "left", "bundle_id": "vm", "dataset": "data/datasets/img@v1", "cmd": ["/bin/sleep", "600"] }));
+    node.ok(
+        "service-create",
+        json!({ "id": "left", "bundle_id": "vm", "dataset": "data/datasets/img@v1", "cmd": ["/bin/sleep", "600"] }),
+    );
     assert!(node.exists("data/running-clones/vm.left"));
     let mut vm = node.vm;
     assert!(vm.powerdown(Duration::from_secs(120)).unwrap().success());
     let console = std::fs::read_to_string(vm.log_path()).unwrap_or_default();
-    assert!(console.contains("init: service: stopped (exited with status 0)"), "the service provider did not stop cleanly; log {}", vm.log_path().display());
+    assert!(
+        console.contains("init: service: stopped (exited with status 0)"),
+        "the service provider did not stop cleanly; log {}",
+        vm.log_path().display()
+    );
     drop(vm);
     let node = boot();
     assert!(node.exists("data/datasets/img@v1"), "the pool came back");

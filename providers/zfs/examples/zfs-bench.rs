@@ -17,7 +17,14 @@ fn main() -> ExitCode {
     let Some(image) = image_dir() else { return ExitCode::FAILURE };
     let iterations: u32 = std::env::var("ZFS_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let rounds: u32 = std::env::var("ZFS_BENCH_STREAM_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let n = Node::boot(&image, "zfs-bench", &[4096 * MIB], &[], "be0cbe0c-0000-4000-8000-00000000be0c", "cerana.zfs_config=auto");
+    let n = Node::boot(
+        &image,
+        "zfs-bench",
+        &[4096 * MIB],
+        &[],
+        "be0cbe0c-0000-4000-8000-00000000be0c",
+        "cerana.zfs_config=auto",
+    );
     n.ok("zfs-create", json!({ "name": "data/source" }));
     n.ok("zfs-test-write", json!({ "dataset": "data/source", "file": "blob", "bytes": 256 * MIB, "seed": 5 }));
     n.ok("zfs-snapshot", json!({ "name": "data/source", "snapname": "s" }));
@@ -25,7 +32,10 @@ fn main() -> ExitCode {
         "zfs-test-bench",
         json!({ "scratch": "data/bench", "iterations": iterations, "stream_snapshot": "data/source@s", "stream_rounds": rounds }),
     );
-    println!("\nzfs provider benchmark (one TCG guest, medians; {iterations} iterations, {rounds} stream rounds of {} MiB)", r["stream_bytes"].as_u64().unwrap_or(0) / MIB);
+    println!(
+        "\nzfs provider benchmark (one TCG guest, medians; {iterations} iterations, {rounds} stream rounds of {} MiB)",
+        r["stream_bytes"].as_u64().unwrap_or(0) / MIB
+    );
     println!("{:<14} {:>12} {:>14} {:>8}  target", "operation", "task API ms", "zfs command ms", "ratio");
     let mut worst: f64 = 0.0;
     for op in ["zfs-create", "zfs-snapshot", "zfs-clone", "send|receive"] {

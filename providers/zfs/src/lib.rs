@@ -15,8 +15,8 @@ use crate::pool::Machine;
 use cerana_protocol::tasks::zfs::{
     CloneArgs, CreateArgs, DestroyArgs, ExistsResult, HoldsResult, ListArgs, ListResult, MountArgs, NameArgs,
     PoolConfigMode, ReceiveArgs, ReceiveResult, RenameArgs, RollbackArgs, SendArgs, SendResult, SnapshotArgs,
-    UnmountArgs, ZfsClone, ZfsCreate, ZfsDestroy, ZfsExists, ZfsGet, ZfsHolds, ZfsList, ZfsMount,
-    ZfsPoolStatus, ZfsReceive, ZfsRename, ZfsRollback, ZfsSend, ZfsSnapshot, ZfsUnmount,
+    UnmountArgs, ZfsClone, ZfsCreate, ZfsDestroy, ZfsExists, ZfsGet, ZfsHolds, ZfsList, ZfsMount, ZfsPoolStatus,
+    ZfsReceive, ZfsRename, ZfsRollback, ZfsSend, ZfsSnapshot, ZfsUnmount,
 };
 use cerana_protocol::TaskError;
 use cerana_provider_sdk::{InputEnd, OutputEnd, Provider};
@@ -45,10 +45,18 @@ pub fn provider_with(zfs: Zfs, machine: Machine) -> Provider {
     let p = serve::<ZfsCreate, _, _>(p, &zfs, |z, a: CreateArgs| async move { z.create(&a).await });
     let p = serve::<ZfsClone, _, _>(p, &zfs, |z, a: CloneArgs| async move { z.clone_snapshot(&a).await });
     let p = serve::<ZfsDestroy, _, _>(p, &zfs, |z, a: DestroyArgs| async move { z.destroy(&a).await });
-    let p = serve::<ZfsExists, _, _>(p, &zfs, |z, a: NameArgs| async move { Ok(ExistsResult { exists: z.exists(&a.name).await? }) });
+    let p = serve::<ZfsExists, _, _>(p, &zfs, |z, a: NameArgs| async move {
+        Ok(ExistsResult { exists: z.exists(&a.name).await? })
+    });
     let p = serve::<ZfsGet, _, _>(p, &zfs, |z, a: NameArgs| async move { z.get(&a.name).await });
-    let p = serve::<ZfsHolds, _, _>(p, &zfs, |z, a: NameArgs| async move { Ok(HoldsResult { holds: z.holds(&a.name).await? }) });
-    let p = serve::<ZfsList, _, _>(p, &zfs, |z, a: ListArgs| async move { Ok(ListResult { datasets: z.list(&a).await? }) });
+    let p =
+        serve::<ZfsHolds, _, _>(
+            p,
+            &zfs,
+            |z, a: NameArgs| async move { Ok(HoldsResult { holds: z.holds(&a.name).await? }) },
+        );
+    let p =
+        serve::<ZfsList, _, _>(p, &zfs, |z, a: ListArgs| async move { Ok(ListResult { datasets: z.list(&a).await? }) });
     let p = serve::<ZfsMount, _, _>(p, &zfs, |z, a: MountArgs| async move { z.mount(&a).await });
     let p = serve::<ZfsUnmount, _, _>(p, &zfs, |z, a: UnmountArgs| async move { z.unmount(&a).await });
     let p = serve::<ZfsRename, _, _>(p, &zfs, |z, a: RenameArgs| async move { z.rename(&a).await });

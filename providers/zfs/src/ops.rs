@@ -4,8 +4,7 @@ use crate::error::ZfsError;
 use crate::runner::{checked, Runner};
 use cerana_protocol::tasks::zfs::{
     AnyName, CloneArgs, CreateArgs, Dataset, DatasetName, DatasetType, DestroyArgs, GetResult, Hold, ListArgs,
-    MountArgs, NameResult, Property, RenameArgs, RollbackArgs, SnapshotArgs, SnapshotName, UnmountArgs,
-    ZfsErrorReason,
+    MountArgs, NameResult, Property, RenameArgs, RollbackArgs, SnapshotArgs, SnapshotName, UnmountArgs, ZfsErrorReason,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +36,9 @@ fn property_args(properties: &BTreeMap<String, String>) -> Result<Vec<String>, Z
     for (key, value) in properties {
         let key_ok = !key.is_empty()
             && key.len() <= 256
-            && key.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b':' | b'.' | b'-'))
+            && key
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b':' | b'.' | b'-'))
             && key.as_bytes()[0].is_ascii_lowercase();
         if !key_ok {
             return Err(ZfsError::invalid(format!("invalid property name {key:?}")));
@@ -100,7 +101,9 @@ pub fn parse_properties(text: &str) -> Result<BTreeMap<String, Property>, ZfsErr
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
-            [property, value, source] => Ok((property.to_owned(), Property { value: value.into(), source: source.into() })),
+            [property, value, source] => {
+                Ok((property.to_owned(), Property { value: value.into(), source: source.into() }))
+            }
             _ => Err(ZfsError::new(ZfsErrorReason::Failed, format!("unexpected zfs get line {line:?}"))),
         })
         .collect()
@@ -146,7 +149,10 @@ impl Zfs {
     /// A not-found whose pool is not imported becomes pool-missing.
     async fn refine(&self, pool: &str, e: ZfsError) -> ZfsError {
         if e.reason == ZfsErrorReason::NotFound && !self.pool_imported(pool).await {
-            return ZfsError::new(ZfsErrorReason::PoolMissing, format!("pool {pool:?} is not imported on this node ({})", e.message));
+            return ZfsError::new(
+                ZfsErrorReason::PoolMissing,
+                format!("pool {pool:?} is not imported on this node ({})", e.message),
+            );
         }
         e
     }
@@ -163,7 +169,12 @@ impl Zfs {
             (DatasetType::Filesystem, Some(_)) => return Err(ZfsError::invalid("volsize is only for a volume")),
             (DatasetType::Volume, Some(size)) if size > 0 => cmd.extend(["-V".into(), size.to_string()]),
             (DatasetType::Volume, _) => return Err(ZfsError::invalid("a volume needs a volsize (bytes, more than 0)")),
-            (other, _) => return Err(ZfsError::invalid(format!("zfs-create makes a filesystem or a volume, not a {}", other.as_str()))),
+            (other, _) => {
+                return Err(ZfsError::invalid(format!(
+                    "zfs-create makes a filesystem or a volume, not a {}",
+                    other.as_str()
+                )))
+            }
         }
         cmd.extend(property_args(&a.properties)?);
         cmd.push(name.to_string());
@@ -251,7 +262,8 @@ impl Zfs {
     pub async fn get(&self, name: &str) -> Result<GetResult, ZfsError> {
         let name = AnyName::new(name)?;
         let mut rows = self.list_rows(&name.pool(), args(["-t", "all", name.as_str()])).await?;
-        let dataset = rows.pop().ok_or_else(|| ZfsError::new(ZfsErrorReason::NotFound, format!("{name} does not exist")))?;
+        let dataset =
+            rows.pop().ok_or_else(|| ZfsError::new(ZfsErrorReason::NotFound, format!("{name} does not exist")))?;
         let props = self.zfs(&args(["get", "-Hp", "-o", "property,value,source", "all", name.as_str()])).await?;
         Ok(GetResult { dataset, properties: parse_properties(&props)? })
     }
@@ -374,12 +386,22 @@ impl Zfs {
                 return Err(ZfsError::invalid(format!("{from} is not an earlier snapshot of {}", snap.dataset())));
             }
             if !self.exists(base.as_str()).await? {
-                return Err(self.refine(snap.dataset().pool(), ZfsError::new(ZfsErrorReason::NotFound, format!("{base} does not exist"))).await);
+                return Err(self
+                    .refine(
+                        snap.dataset().pool(),
+                        ZfsError::new(ZfsErrorReason::NotFound, format!("{base} does not exist")),
+                    )
+                    .await);
             }
             cmd.extend(["-i".into(), base.to_string()]);
         }
         if !self.exists(snap.as_str()).await? {
-            return Err(self.refine(snap.dataset().pool(), ZfsError::new(ZfsErrorReason::NotFound, format!("{snap} does not exist"))).await);
+            return Err(self
+                .refine(
+                    snap.dataset().pool(),
+                    ZfsError::new(ZfsErrorReason::NotFound, format!("{snap} does not exist")),
+                )
+                .await);
         }
         cmd.push(snap.into());
         Ok(cmd)
@@ -389,7 +411,10 @@ impl Zfs {
     pub async fn receive_command(&self, name: &str, force: bool) -> Result<(DatasetName, Vec<String>), ZfsError> {
         let target = DatasetName::new(name)?;
         if !self.pool_imported(target.pool()).await {
-            return Err(ZfsError::new(ZfsErrorReason::PoolMissing, format!("pool {:?} is not imported on this node", target.pool())));
+            return Err(ZfsError::new(
+                ZfsErrorReason::PoolMissing,
+                format!("pool {:?} is not imported on this node", target.pool()),
+            ));
         }
         let mut cmd = args(["receive"]);
         if force {
@@ -422,12 +447,16 @@ mod tests {
 
     #[test]
     fn list_lines_parse_for_each_type() {
-        let fs = parse_list_line("data/x\tfilesystem\t123\t1700000000\t98304\t1000000\t98304\t/data/x\tyes\t-\t-").unwrap();
+        let fs =
+            parse_list_line("data/x\tfilesystem\t123\t1700000000\t98304\t1000000\t98304\t/data/x\tyes\t-\t-").unwrap();
         assert_eq!(fs.kind, DatasetType::Filesystem);
         assert_eq!((fs.used, fs.available, fs.mounted), (98304, Some(1_000_000), Some(true)));
         assert_eq!(fs.mountpoint.as_deref(), Some("/data/x"));
         let snap = parse_list_line("data/x@s\tsnapshot\t7\t1700000001\t0\t-\t98304\t-\t-\t-\t-").unwrap();
-        assert_eq!((snap.kind, snap.available, snap.mounted, snap.mountpoint), (DatasetType::Snapshot, None, None, None));
+        assert_eq!(
+            (snap.kind, snap.available, snap.mounted, snap.mountpoint),
+            (DatasetType::Snapshot, None, None, None)
+        );
         let clone = parse_list_line("data/c\tfilesystem\t8\t1\t0\t5\t9\t/data/c\tno\tdata/x@s\t-").unwrap();
         assert_eq!(clone.origin.as_deref(), Some("data/x@s"));
         assert_eq!(clone.mounted, Some(false));
@@ -444,7 +473,8 @@ mod tests {
         assert_eq!(props["compression"], Property { value: "lz4".into(), source: "local".into() });
         assert_eq!(props.len(), 3);
         assert!(parse_properties("broken line").is_err());
-        let holds = parse_holds("data/x@s\tkeep\tSun Nov 22 08:25 2026\ndata/x@s\tbackup\tMon Nov 23 09:00 2026\n").unwrap();
+        let holds =
+            parse_holds("data/x@s\tkeep\tSun Nov 22 08:25 2026\ndata/x@s\tbackup\tMon Nov 23 09:00 2026\n").unwrap();
         assert_eq!(holds[0], Hold { tag: "keep".into(), created: "Sun Nov 22 08:25 2026".into() });
         assert_eq!(holds.len(), 2);
         assert!(parse_holds("").unwrap().is_empty());
@@ -454,19 +484,34 @@ mod tests {
     fn create_builds_the_command_line_and_checks_arguments() {
         let r = ScriptedRunner::new().reply("zfs create", true, "", "");
         let z = zfs(&r);
-        let mut a = CreateArgs { name: "data/x".into(), kind: DatasetType::Filesystem, volsize: None, properties: BTreeMap::new() };
+        let mut a = CreateArgs {
+            name: "data/x".into(),
+            kind: DatasetType::Filesystem,
+            volsize: None,
+            properties: BTreeMap::new(),
+        };
         a.properties.insert("compression".into(), "lz4".into());
         assert_eq!(block_on(z.create(&a)).unwrap().name, "data/x");
         assert_eq!(r.calls(), ["zfs create -o compression=lz4 data/x"]);
         let bad = |a: CreateArgs| block_on(z.create(&a)).unwrap_err().reason;
         assert_eq!(bad(CreateArgs { volsize: Some(1), ..a.clone() }), ZfsErrorReason::InvalidArgument);
-        assert_eq!(bad(CreateArgs { kind: DatasetType::Volume, volsize: None, ..a.clone() }), ZfsErrorReason::InvalidArgument);
+        assert_eq!(
+            bad(CreateArgs { kind: DatasetType::Volume, volsize: None, ..a.clone() }),
+            ZfsErrorReason::InvalidArgument
+        );
         assert_eq!(bad(CreateArgs { kind: DatasetType::Snapshot, ..a.clone() }), ZfsErrorReason::InvalidArgument);
-        assert_eq!(bad(CreateArgs { name: format!("data/{}", "x".repeat(252)), ..a.clone() }), ZfsErrorReason::NameTooLong);
+        assert_eq!(
+            bad(CreateArgs { name: format!("data/{}", "x".repeat(252)), ..a.clone() }),
+            ZfsErrorReason::NameTooLong
+        );
         assert_eq!(bad(CreateArgs { name: "data/a$b".into(), ..a.clone() }), ZfsErrorReason::InvalidArgument);
         for (k, v) in [("Bad", "x"), ("a", "x\ny"), ("a", ""), ("-o", "x")] {
             let props = BTreeMap::from([(k.to_owned(), v.to_owned())]);
-            assert_eq!(bad(CreateArgs { properties: props, ..a.clone() }), ZfsErrorReason::InvalidArgument, "{k}={v:?}");
+            assert_eq!(
+                bad(CreateArgs { properties: props, ..a.clone() }),
+                ZfsErrorReason::InvalidArgument,
+                "{k}={v:?}"
+            );
         }
         // Nothing invalid reached zfs.
         assert_eq!(r.calls().len(), 1);
@@ -477,7 +522,12 @@ mod tests {
         let r = ScriptedRunner::new()
             .reply("zfs create", false, "", "cannot create 'gone/x': parent does not exist")
             .reply("zpool list -H -o name gone", false, "", "cannot open 'gone': no such pool");
-        let a = CreateArgs { name: "gone/x".into(), kind: DatasetType::Filesystem, volsize: None, properties: BTreeMap::new() };
+        let a = CreateArgs {
+            name: "gone/x".into(),
+            kind: DatasetType::Filesystem,
+            volsize: None,
+            properties: BTreeMap::new(),
+        };
         assert_eq!(block_on(zfs(&r).create(&a)).unwrap_err().reason, ZfsErrorReason::PoolMissing);
         let r = ScriptedRunner::new()
             .reply("zfs create", false, "", "cannot create 'data/a/b': parent does not exist")
@@ -498,7 +548,13 @@ mod tests {
         let z = zfs(&r);
         let plain = DestroyArgs { name: "data/p".into(), ..Default::default() };
         assert_eq!(block_on(z.destroy(&plain)).unwrap_err().reason, ZfsErrorReason::HasDependants);
-        let all = DestroyArgs { name: "data/p@s".into(), defer: true, recursive: true, recursive_clones: true, force_unmount: true };
+        let all = DestroyArgs {
+            name: "data/p@s".into(),
+            defer: true,
+            recursive: true,
+            recursive_clones: true,
+            force_unmount: true,
+        };
         block_on(z.destroy(&all)).unwrap();
         assert_eq!(r.calls().last().unwrap(), "zfs destroy -d -r -R -f data/p@s");
         let defer_fs = DestroyArgs { name: "data/p".into(), defer: true, ..Default::default() };
@@ -520,14 +576,21 @@ mod tests {
 
     #[test]
     fn list_types_depth_and_rename_rules() {
-        let r = ScriptedRunner::new().reply("zfs list", true, "data\tfilesystem\t1\t1\t1\t1\t1\t/data\tyes\t-\t-\n", "").reply("zfs rename", true, "", "");
+        let r = ScriptedRunner::new()
+            .reply("zfs list", true, "data\tfilesystem\t1\t1\t1\t1\t1\t/data\tyes\t-\t-\n", "")
+            .reply("zfs rename", true, "", "");
         let z = zfs(&r);
-        let a = ListArgs { name: Some("data".into()), types: vec![DatasetType::Snapshot, DatasetType::Filesystem], depth: Some(1) };
+        let a = ListArgs {
+            name: Some("data".into()),
+            types: vec![DatasetType::Snapshot, DatasetType::Filesystem],
+            depth: Some(1),
+        };
         assert_eq!(block_on(z.list(&a)).unwrap().len(), 1);
         assert_eq!(r.calls()[0], format!("zfs list -Hp -o {LIST_COLUMNS} -t snapshot,filesystem -d 1 data"));
         block_on(z.list(&ListArgs::default())).unwrap();
         assert_eq!(r.calls()[1], format!("zfs list -Hp -o {LIST_COLUMNS} -t filesystem,volume"));
-        let rename = |origin: &str, name: &str, recursive| RenameArgs { origin: origin.into(), name: name.into(), recursive };
+        let rename =
+            |origin: &str, name: &str, recursive| RenameArgs { origin: origin.into(), name: name.into(), recursive };
         assert!(block_on(z.rename(&rename("data/a@x", "data/b@y", false))).is_err());
         assert!(block_on(z.rename(&rename("data/a", "data/b@y", false))).is_err());
         assert!(block_on(z.rename(&rename("data/a", "other/a", false))).is_err());
@@ -541,12 +604,23 @@ mod tests {
         let r = ScriptedRunner::new()
             .reply("zfs list -H -o name -t all data/x@b", true, "data/x@b\n", "")
             .reply("zfs list -H -o name -t all data/x@a", true, "data/x@a\n", "")
-            .reply("zfs list -H -o name -t all data/x@gone", false, "", "cannot open 'data/x@gone': dataset does not exist")
+            .reply(
+                "zfs list -H -o name -t all data/x@gone",
+                false,
+                "",
+                "cannot open 'data/x@gone': dataset does not exist",
+            )
             .reply("zpool list", true, "data\n", "");
         let z = zfs(&r);
-        assert_eq!(block_on(z.send_command("data/x@b", Some("data/x@a"))).unwrap(), ["send", "-i", "data/x@a", "data/x@b"]);
+        assert_eq!(
+            block_on(z.send_command("data/x@b", Some("data/x@a"))).unwrap(),
+            ["send", "-i", "data/x@a", "data/x@b"]
+        );
         assert_eq!(block_on(z.send_command("data/x@gone", None)).unwrap_err().reason, ZfsErrorReason::NotFound);
-        assert_eq!(block_on(z.send_command("data/x@b", Some("data/y@a"))).unwrap_err().reason, ZfsErrorReason::InvalidArgument);
+        assert_eq!(
+            block_on(z.send_command("data/x@b", Some("data/y@a"))).unwrap_err().reason,
+            ZfsErrorReason::InvalidArgument
+        );
         assert_eq!(block_on(z.send_command("data/x", None)).unwrap_err().reason, ZfsErrorReason::InvalidArgument);
     }
 }

@@ -28,8 +28,10 @@ pub fn mode_from_cmdline(cmdline: &str) -> Option<PoolConfigMode> {
 /// `zpool create` arguments for the auto layout of `disks`.
 pub fn create_args(disks: &[String]) -> Option<Vec<String>> {
     let layout = PoolLayout::for_disks(disks.len())?;
-    let mut args: Vec<String> =
-        ["create", "-m", "/data", "-O", "compression=lz4", "-O", "atime=off", POOL].iter().map(|s| (*s).to_owned()).collect();
+    let mut args: Vec<String> = ["create", "-m", "/data", "-O", "compression=lz4", "-O", "atime=off", POOL]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     match layout {
         PoolLayout::Stripe => {}
         PoolLayout::Mirror => args.push("mirror".into()),
@@ -52,7 +54,11 @@ pub fn parse_zdb_label(text: &str) -> Option<Label> {
     let field = |key: &str| {
         text.lines().find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().trim_matches('\'').to_owned()))
     };
-    Some(Label { pool: field("name:")?, hostid: field("hostid:").and_then(|h| h.parse().ok()), hostname: field("hostname:") })
+    Some(Label {
+        pool: field("name:")?,
+        hostid: field("hostid:").and_then(|h| h.parse().ok()),
+        hostname: field("hostname:"),
+    })
 }
 
 /// A signature of other data in the first 68 KiB of a disk, if any.
@@ -127,7 +133,9 @@ pub fn list_disks(sys_block: &Path, dev: &Path) -> Vec<Disk> {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
             partitions.sort();
-            let serial = read_trimmed(&dir.join("serial")).or_else(|| read_trimmed(&dir.join("device/serial"))).filter(|s| !s.is_empty());
+            let serial = read_trimmed(&dir.join("serial"))
+                .or_else(|| read_trimmed(&dir.join("device/serial")))
+                .filter(|s| !s.is_empty());
             Some(Disk { device: dev.join(&name), name, size_bytes, partitions, serial })
         })
         .collect();
@@ -168,8 +176,8 @@ async fn disk_in_use(runner: &dyn Runner, disk: &Disk) -> Option<String> {
     if disk.serial.as_deref() == Some(BOOT_IMAGE_SERIAL) {
         return Some("the cluster bootstrap's boot-image disk".into());
     }
-    let devices = std::iter::once(disk.device.clone())
-        .chain(disk.partitions.iter().map(|p| disk.device.with_file_name(p)));
+    let devices =
+        std::iter::once(disk.device.clone()).chain(disk.partitions.iter().map(|p| disk.device.with_file_name(p)));
     for device in devices {
         let out = runner.run("zdb", &["-l".into(), device.display().to_string()]).await.ok()?;
         if let Some(label) = parse_zdb_label(&out.stdout) {
@@ -224,7 +232,11 @@ pub async fn bootstrap(runner: &dyn Runner, machine: &Machine, mode: PoolConfigM
     };
     for disk in list_disks(&machine.sys_block, &machine.dev) {
         let in_use = disk_in_use(runner, &disk).await;
-        report.disks.push(DiskReport { device: disk.device.display().to_string(), size_bytes: disk.size_bytes, in_use });
+        report.disks.push(DiskReport {
+            device: disk.device.display().to_string(),
+            size_bytes: disk.size_bytes,
+            in_use,
+        });
     }
     let found_elsewhere = !report.problems.is_empty();
     let mut ready = imported;
@@ -234,7 +246,9 @@ pub async fn bootstrap(runner: &dyn Runner, machine: &Machine, mode: PoolConfigM
             (PoolConfigMode::Manual, _) => {
                 report.problems.push(format!("no pool {POOL:?} found; cerana.zfs_config=manual: nothing is created"));
             }
-            (PoolConfigMode::Auto, None) => report.problems.push(format!("no pool {POOL:?} found and no unused disk to create it on")),
+            (PoolConfigMode::Auto, None) => {
+                report.problems.push(format!("no pool {POOL:?} found and no unused disk to create it on"))
+            }
             (PoolConfigMode::Auto, Some(args)) => match zpool(args).await {
                 Ok(_) => {
                     report.action = "created".into();
@@ -392,7 +406,10 @@ mod tests {
     fn zdb_labels_name_the_pool_and_host() {
         let text = "------------------------------------\nLABEL 0\n------------------------------------\n    version: 5000\n    name: 'data'\n    state: 0\n    txg: 40\n    pool_guid: 1234\n    errata: 0\n    hostid: 3735928559\n    hostname: 'cerana-deadbeef'\n";
         let label = parse_zdb_label(text).unwrap();
-        assert_eq!(label, Label { pool: "data".into(), hostid: Some(0xdeadbeef), hostname: Some("cerana-deadbeef".into()) });
+        assert_eq!(
+            label,
+            Label { pool: "data".into(), hostid: Some(0xdeadbeef), hostname: Some("cerana-deadbeef".into()) }
+        );
         assert_eq!(parse_zdb_label("failed to unpack label 0\nfailed to unpack label 1\n"), None);
     }
 
@@ -417,7 +434,10 @@ mod tests {
     #[test]
     fn zpool_status_gives_layout_and_disks() {
         let raidz = "  pool: data\n state: ONLINE\nconfig:\n\n\tNAME           STATE     READ WRITE CKSUM\n\tdata           ONLINE       0     0     0\n\t  raidz1-0     ONLINE       0     0     0\n\t    /dev/vda1  ONLINE       0     0     0\n\t    /dev/vdb1  ONLINE       0     0     0\n\t    /dev/vdc1  ONLINE       0     0     0\n\nerrors: No known data errors\n";
-        assert_eq!(parse_status_layout(raidz), (Some(PoolLayout::Raidz1), vec!["/dev/vda1".into(), "/dev/vdb1".into(), "/dev/vdc1".into()]));
+        assert_eq!(
+            parse_status_layout(raidz),
+            (Some(PoolLayout::Raidz1), vec!["/dev/vda1".into(), "/dev/vdb1".into(), "/dev/vdc1".into()])
+        );
         let stripe = "config:\n\n\tNAME         STATE     READ WRITE CKSUM\n\tdata         ONLINE       0     0     0\n\t  /dev/vda1  ONLINE       0     0     0\n\nerrors: No known data errors\n";
         assert_eq!(parse_status_layout(stripe), (Some(PoolLayout::Stripe), vec!["/dev/vda1".into()]));
         let mirror = "\tNAME\n\tdata\n\t  mirror-0\n\t    /dev/vda1\n\t    /dev/vdb1\n\tcache\n\t  /dev/vdc1\n";
@@ -499,7 +519,10 @@ mod tests {
         assert!(report.disks[2].in_use.as_deref().unwrap().contains("\"tank\""), "{report:?}");
         let calls = r.calls();
         let create = calls.iter().find(|c| c.starts_with("zpool create")).unwrap();
-        assert!(create.ends_with(&format!("data mirror {} {}", m.dev.join("vda").display(), m.dev.join("vdb").display())), "{create}");
+        assert!(
+            create.ends_with(&format!("data mirror {} {}", m.dev.join("vda").display(), m.dev.join("vdb").display())),
+            "{create}"
+        );
         for child in LAYOUT_DATASETS {
             assert!(calls.contains(&format!("zfs create data/{child}")), "{calls:?}");
         }
@@ -516,7 +539,12 @@ mod tests {
         std::fs::write(m.dev.join("vda"), vec![0u8; 70_000]).unwrap();
         let foreign = ScriptedRunner::new()
             .reply("zpool list", false, "", "no such pool")
-            .reply("zpool import data", false, "", "cannot import 'data': pool was previously in use from another system.")
+            .reply(
+                "zpool import data",
+                false,
+                "",
+                "cannot import 'data': pool was previously in use from another system.",
+            )
             .reply("zdb -l", false, "", "");
         let report = block_on(bootstrap(&foreign, &m, PoolConfigMode::Auto));
         assert_eq!(report.action, "none");
@@ -536,11 +564,13 @@ mod tests {
     #[test]
     fn boot_logs_keep_the_newest() {
         let tmp = tempfile::tempdir().unwrap();
-        let report = BootstrapReport { mode: PoolConfigMode::Auto, action: "imported".into(), disks: vec![], problems: vec![] };
+        let report =
+            BootstrapReport { mode: PoolConfigMode::Auto, action: "imported".into(), disks: vec![], problems: vec![] };
         for _ in 0..KEEP_BOOT_LOGS + 3 {
             start_boot_log(tmp.path(), &report).unwrap();
         }
-        let mut names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names.len(), KEEP_BOOT_LOGS);
         assert_eq!(names.first().unwrap(), "boot-000004");

@@ -45,9 +45,10 @@ impl Runner for SystemRunner {
 
 /// Runs `program args` and returns its stdout, or the classified error.
 pub async fn checked(runner: &dyn Runner, program: &str, args: &[String]) -> Result<String, ZfsError> {
-    let out = runner.run(program, args).await.map_err(|e| {
-        ZfsError::new(ZfsErrorReason::Unavailable, format!("cannot run {program}: {e}"))
-    })?;
+    let out = runner
+        .run(program, args)
+        .await
+        .map_err(|e| ZfsError::new(ZfsErrorReason::Unavailable, format!("cannot run {program}: {e}")))?;
     if out.success {
         Ok(out.stdout)
     } else {
@@ -85,7 +86,13 @@ impl Runner for ScriptedRunner {
     fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, std::io::Result<Output>> {
         let line = std::iter::once(program.to_owned()).chain(args.iter().cloned()).collect::<Vec<_>>().join(" ");
         self.calls.lock().expect("calls").push(line.clone());
-        let reply = self.replies.lock().expect("replies").iter().find(|(p, _)| line.starts_with(p.as_str())).map(|(_, o)| o.clone());
+        let reply = self
+            .replies
+            .lock()
+            .expect("replies")
+            .iter()
+            .find(|(p, _)| line.starts_with(p.as_str()))
+            .map(|(_, o)| o.clone());
         async move { reply.ok_or_else(|| std::io::Error::other(format!("no scripted reply for {line:?}"))) }.boxed()
     }
 }

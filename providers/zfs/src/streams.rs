@@ -72,7 +72,10 @@ async fn fill<R: AsyncRead + Unpin>(input: &mut R, buf: &mut [u8]) -> std::io::R
 /// Copies `zfs send`'s output into the stream and ends the stream only when `zfs send`
 /// succeeded: on any failure the stream is dropped unfinished, so the reader sees a broken
 /// stream instead of a short one. Returns the bytes sent.
-pub async fn pump_send<W: AsyncWrite + Unpin>(mut child: tokio::process::Child, mut out: ChunkWriter<W>) -> Result<u64, ZfsError> {
+pub async fn pump_send<W: AsyncWrite + Unpin>(
+    mut child: tokio::process::Child,
+    mut out: ChunkWriter<W>,
+) -> Result<u64, ZfsError> {
     let mut stdout = child.stdout.take().expect("stdout is piped");
     widen_pipe(std::os::fd::AsRawFd::as_raw_fd(&stdout));
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -214,11 +217,13 @@ fn splice_all(input: &OwnedFd, output: &OwnedFd, stop: &OwnedFd) -> (u64, std::i
 /// Feeds a pipe stream into `zfs <receive args>`, then checks the producer's verdict: a
 /// stream its producer did not finish is `stream-corrupt` even if `zfs receive` took it.
 pub async fn receive_from_pipe(args: &[String], input: OwnedFd, verdict: PipeVerdict) -> Result<u64, ZfsError> {
-    let pipe_failed = |e: std::io::Error| ZfsError::new(ZfsErrorReason::Unavailable, format!("cannot make a pipe: {e}"));
+    let pipe_failed =
+        |e: std::io::Error| ZfsError::new(ZfsErrorReason::Unavailable, format!("cannot make a pipe: {e}"));
     let (child_stdin, feed) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failed(e.into()))?;
     widen_pipe(std::os::fd::AsRawFd::as_raw_fd(&feed));
-    let (stop_rx, stop_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failed(e.into()))?;
+    let (stop_rx, stop_tx) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| pipe_failed(e.into()))?;
     let mut child = spawn_zfs(args, Stdio::from(child_stdin), Stdio::null())?;
     let errors = collect_stderr(child.stderr.take().expect("stderr is piped"));
     // Dropping `stop_tx` (this future ending or being cancelled) releases the splicing thread;

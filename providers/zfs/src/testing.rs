@@ -74,7 +74,10 @@ cerana_protocol::declare_tasks! {
 }
 
 async fn file_path(zfs: &Zfs, dataset: &str, file: &str) -> Result<PathBuf, TaskError> {
-    let name_ok = !file.is_empty() && file.len() <= 200 && file.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) && !file.starts_with('.');
+    let name_ok = !file.is_empty()
+        && file.len() <= 200
+        && file.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && !file.starts_with('.');
     if !name_ok {
         return Err(ZfsError::invalid(format!("bad file name {file:?}")).into());
     }
@@ -162,12 +165,14 @@ async fn timed<T: Task>(ctx: &Context, args: &T::Args) -> Result<Duration, TaskE
 /// zfs-send then zfs-receive of its stream, both through the coordinator.
 async fn send_receive_by_tasks(ctx: &Context, snapshot: &str, target: &str) -> Result<Duration, TaskError> {
     let start = Instant::now();
-    let mut send = Request::for_task::<ZfsSend>(&SendArgs { name: snapshot.into(), from: None }).map_err(|e| TaskError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut send = Request::for_task::<ZfsSend>(&SendArgs { name: snapshot.into(), from: None })
+        .map_err(|e| TaskError::new(ErrorCode::Internal, e.to_string()))?;
     send.timeout_ms = Some(600_000);
     let sent = ctx.call_request(send).await?;
     sent.decode::<cerana_protocol::tasks::zfs::SendResult>()?;
     let stream = sent.stream.ok_or_else(|| TaskError::new(ErrorCode::Internal, "zfs-send returned no stream"))?;
-    let mut recv = Request::for_task::<ZfsReceive>(&ReceiveArgs { name: target.into(), force: false }).map_err(|e| TaskError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut recv = Request::for_task::<ZfsReceive>(&ReceiveArgs { name: target.into(), force: false })
+        .map_err(|e| TaskError::new(ErrorCode::Internal, e.to_string()))?;
     recv.timeout_ms = Some(600_000);
     recv.stream = Some(stream);
     ctx.call_request(recv).await?.decode::<cerana_protocol::tasks::zfs::ReceiveResult>()?;
@@ -176,7 +181,8 @@ async fn send_receive_by_tasks(ctx: &Context, snapshot: &str, target: &str) -> R
 
 async fn bench(ctx: Context, zfs: Zfs, a: BenchArgs) -> Result<BenchResult, TaskError> {
     let scratch = DatasetName::new(&a.scratch).map_err(ZfsError::from)?;
-    let create = |name: String| CreateArgs { name, kind: DatasetType::Filesystem, volsize: None, properties: BTreeMap::new() };
+    let create =
+        |name: String| CreateArgs { name, kind: DatasetType::Filesystem, volsize: None, properties: BTreeMap::new() };
     zfs.create(&create(scratch.to_string())).await?;
     let (mut task, mut cmd): (BTreeMap<&str, Vec<Duration>>, BTreeMap<&str, Vec<Duration>>) = Default::default();
     let result: Result<u64, TaskError> = async {
@@ -188,12 +194,17 @@ async fn bench(ctx: Context, zfs: Zfs, a: BenchArgs) -> Result<BenchResult, Task
                     task.entry("zfs-create").or_default().push(timed::<ZfsCreate>(&ctx, &create(t.clone())).await?);
                     let snap = SnapshotArgs { name: t.clone(), snapname: "s".into(), recursive: false };
                     task.entry("zfs-snapshot").or_default().push(timed::<ZfsSnapshot>(&ctx, &snap).await?);
-                    let clone = CloneArgs { name: format!("{t}-clone"), origin: format!("{t}@s"), properties: BTreeMap::new() };
+                    let clone =
+                        CloneArgs { name: format!("{t}-clone"), origin: format!("{t}@s"), properties: BTreeMap::new() };
                     task.entry("zfs-clone").or_default().push(timed::<ZfsClone>(&ctx, &clone).await?);
                 } else {
                     cmd.entry("zfs-create").or_default().push(command(&["zfs", "create", &c]).await?);
-                    cmd.entry("zfs-snapshot").or_default().push(command(&["zfs", "snapshot", &format!("{c}@s")]).await?);
-                    cmd.entry("zfs-clone").or_default().push(command(&["zfs", "clone", &format!("{c}@s"), &format!("{c}-clone")]).await?);
+                    cmd.entry("zfs-snapshot")
+                        .or_default()
+                        .push(command(&["zfs", "snapshot", &format!("{c}@s")]).await?);
+                    cmd.entry("zfs-clone")
+                        .or_default()
+                        .push(command(&["zfs", "clone", &format!("{c}@s"), &format!("{c}-clone")]).await?);
                 }
             }
         }
@@ -206,7 +217,9 @@ async fn bench(ctx: Context, zfs: Zfs, a: BenchArgs) -> Result<BenchResult, Task
             let pipe = format!("zfs send {} | zfs receive {c}", a.stream_snapshot);
             for first_task in [round % 2 == 0, round % 2 != 0] {
                 if first_task {
-                    task.entry("send|receive").or_default().push(send_receive_by_tasks(&ctx, &a.stream_snapshot, &t).await?);
+                    task.entry("send|receive")
+                        .or_default()
+                        .push(send_receive_by_tasks(&ctx, &a.stream_snapshot, &t).await?);
                 } else {
                     cmd.entry("send|receive").or_default().push(command(&["sh", "-c", &pipe]).await?);
                 }
@@ -215,7 +228,13 @@ async fn bench(ctx: Context, zfs: Zfs, a: BenchArgs) -> Result<BenchResult, Task
         Ok(bytes)
     }
     .await;
-    let cleanup = DestroyArgs { name: scratch.to_string(), recursive: true, recursive_clones: true, force_unmount: true, defer: false };
+    let cleanup = DestroyArgs {
+        name: scratch.to_string(),
+        recursive: true,
+        recursive_clones: true,
+        force_unmount: true,
+        defer: false,
+    };
     if let Err(e) = zfs.destroy(&cleanup).await {
         tracing::warn!("benchmark cleanup of {scratch}: {e}");
     }

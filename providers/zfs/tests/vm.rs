@@ -46,10 +46,16 @@ fn every_task_and_bad_input(n: &Node) {
     // create / exists / get
     n.fails("zfs-create", json!({ "name": "data/t/deep" }), "not_found", Some("not-found"));
     n.fails("zfs-create", json!({ "name": "nopool/x" }), "not_found", Some("pool-missing"));
-    let made = n.ok("zfs-create", json!({ "name": "data/t", "properties": { "compression": "lz4", "quota": "104857600" } }));
+    let made =
+        n.ok("zfs-create", json!({ "name": "data/t", "properties": { "compression": "lz4", "quota": "104857600" } }));
     assert_eq!(made["name"], "data/t");
     n.fails("zfs-create", json!({ "name": "data/t" }), "already_exists", Some("exists"));
-    n.fails("zfs-create", json!({ "name": "data/p", "properties": { "bogus": "1" } }), "invalid_argument", Some("invalid-argument"));
+    n.fails(
+        "zfs-create",
+        json!({ "name": "data/p", "properties": { "bogus": "1" } }),
+        "invalid_argument",
+        Some("invalid-argument"),
+    );
     assert!(!n.exists("data/p"));
     assert!(n.exists("data/t"));
     assert!(!n.exists("data/nope"));
@@ -62,7 +68,10 @@ fn every_task_and_bad_input(n: &Node) {
     // snapshot (recursive), holds, list by type
     n.ok("zfs-create", json!({ "name": "data/t/child" }));
     n.ok("zfs-test-write", json!({ "dataset": "data/t", "file": "one", "bytes": MIB, "seed": 1 }));
-    assert_eq!(n.ok("zfs-snapshot", json!({ "name": "data/t", "snapname": "s1", "recursive": true }))["name"], "data/t@s1");
+    assert_eq!(
+        n.ok("zfs-snapshot", json!({ "name": "data/t", "snapname": "s1", "recursive": true }))["name"],
+        "data/t@s1"
+    );
     assert!(n.exists("data/t/child@s1"));
     n.fails("zfs-snapshot", json!({ "name": "data/t", "snapname": "s1" }), "already_exists", Some("exists"));
     assert_eq!(n.ok("zfs-holds", json!({ "name": "data/t@s1" }))["holds"], json!([]));
@@ -86,7 +95,12 @@ fn every_task_and_bad_input(n: &Node) {
     n.ok("zfs-rename", json!({ "origin": "data/t@s1", "name": "data/t@r1", "recursive": true }));
     assert!(n.exists("data/t/child@r1"));
     n.fails("zfs-rename", json!({ "origin": "data/t", "name": "data/tclone2" }), "already_exists", Some("exists"));
-    n.fails("zfs-rename", json!({ "origin": "data/t@r1", "name": "data/x@r1" }), "invalid_argument", Some("invalid-argument"));
+    n.fails(
+        "zfs-rename",
+        json!({ "origin": "data/t@r1", "name": "data/x@r1" }),
+        "invalid_argument",
+        Some("invalid-argument"),
+    );
     // rollback, refused while later snapshots exist
     n.ok("zfs-snapshot", json!({ "name": "data/t", "snapname": "s2" }));
     n.ok("zfs-test-write", json!({ "dataset": "data/t", "file": "two", "bytes": MIB, "seed": 2 }));
@@ -108,20 +122,30 @@ fn every_task_and_bad_input(n: &Node) {
     n.ok("zfs-mount", json!({ "name": "data/t/child" }));
     n.fails("zfs-mount", json!({ "name": "data/nope" }), "not_found", Some("not-found"));
     // a volume, with its /dev/zvol link from udev
-    n.fails("zfs-create", json!({ "name": "data/vol", "type": "volume" }), "invalid_argument", Some("invalid-argument"));
+    n.fails(
+        "zfs-create",
+        json!({ "name": "data/vol", "type": "volume" }),
+        "invalid_argument",
+        Some("invalid-argument"),
+    );
     let vol = n.ok("zfs-create", json!({ "name": "data/vol", "type": "volume", "volsize": 64 * MIB }));
     assert_eq!(vol["device"], "/dev/zvol/data/vol", "{vol}");
     let listed = n.ok("zfs-list", json!({ "name": "data/vol", "types": ["volume"] }));
     assert_eq!(listed["datasets"][0]["volsize"], 64 * MIB);
     assert_eq!(listed["datasets"][0]["device"], "/dev/zvol/data/vol");
     // destroy, everything at once
-    n.ok("zfs-destroy", json!({ "name": "data/t", "recursive": true, "recursive_clones": true, "force_unmount": true }));
+    n.ok(
+        "zfs-destroy",
+        json!({ "name": "data/t", "recursive": true, "recursive_clones": true, "force_unmount": true }),
+    );
     assert!(!n.exists("data/t") && !n.exists("data/tclone2"));
     // udev may still be probing the new volume (blkid holds it open for a moment): that is busy.
     for attempt in 1..=10 {
         match n.request("zfs-destroy", json!({ "name": "data/vol" }), None) {
             Ok(_) => break,
-            Err(e) if e.reason.as_deref() == Some("busy") && attempt < 10 => std::thread::sleep(std::time::Duration::from_secs(1)),
+            Err(e) if e.reason.as_deref() == Some("busy") && attempt < 10 => {
+                std::thread::sleep(std::time::Duration::from_secs(1))
+            }
             Err(e) => panic!("destroying data/vol: {e:?}"),
         }
     }
@@ -131,7 +155,8 @@ fn every_task_and_bad_input(n: &Node) {
 fn send_receive(n: &Node) -> String {
     n.ok("zfs-create", json!({ "name": "data/big" }));
     let started = Instant::now();
-    let written = n.ok("zfs-test-write", json!({ "dataset": "data/big", "file": "blob", "bytes": 256 * MIB, "seed": 7 }));
+    let written =
+        n.ok("zfs-test-write", json!({ "dataset": "data/big", "file": "blob", "bytes": 256 * MIB, "seed": 7 }));
     eprintln!("wrote 256 MiB in {:.1} s", started.elapsed().as_secs_f64());
     n.ok("zfs-snapshot", json!({ "name": "data/big", "snapname": "s" }));
     let started = Instant::now();
@@ -140,7 +165,10 @@ fn send_receive(n: &Node) -> String {
     let received = n.request("zfs-receive", json!({ "name": "data/big-copy" }), Some(&stream)).unwrap();
     let secs = started.elapsed().as_secs_f64();
     let bytes = received["result"]["bytes"].as_u64().unwrap();
-    eprintln!("send|receive through the coordinator: {bytes} bytes in {secs:.1} s ({:.1} MiB/s)", bytes as f64 / MIB as f64 / secs);
+    eprintln!(
+        "send|receive through the coordinator: {bytes} bytes in {secs:.1} s ({:.1} MiB/s)",
+        bytes as f64 / MIB as f64 / secs
+    );
     assert!(bytes > 256 * MIB, "{received}");
     let copy = n.ok("zfs-test-read", json!({ "dataset": "data/big-copy", "file": "blob" }));
     assert_eq!(copy, written, "the received copy differs");
@@ -153,7 +181,12 @@ fn send_receive(n: &Node) -> String {
     assert!(received["result"]["bytes"].as_u64().unwrap() < 8 * MIB, "{received}");
     assert_eq!(n.ok("zfs-test-read", json!({ "dataset": "data/big-copy", "file": "extra" })), small);
     n.fails("zfs-send", json!({ "name": "data/big@nope" }), "not_found", Some("not-found"));
-    n.fails("zfs-send", json!({ "name": "data/big@s2", "from": "data/other@s" }), "invalid_argument", Some("invalid-argument"));
+    n.fails(
+        "zfs-send",
+        json!({ "name": "data/big@s2", "from": "data/other@s" }),
+        "invalid_argument",
+        Some("invalid-argument"),
+    );
     n.fails("zfs-receive", json!({ "name": "nopool/x" }), "not_found", Some("pool-missing"));
     written["sha256"].as_str().unwrap().to_owned()
 }
@@ -181,7 +214,11 @@ fn bad_streams(n: &Node) {
     for (what, bytes) in [("truncated", truncated), ("corrupt", corrupt), ("garbage", garbage)] {
         let target = format!("data/small-{what}");
         let e = n.request_with_upload("zfs-receive", json!({ "name": target }), bytes).unwrap_err();
-        assert_eq!((e.code.as_str(), e.reason.as_deref()), ("invalid_argument", Some("stream-corrupt")), "{what}: {e:?}");
+        assert_eq!(
+            (e.code.as_str(), e.reason.as_deref()),
+            ("invalid_argument", Some("stream-corrupt")),
+            "{what}: {e:?}"
+        );
         assert!(!n.exists(&target), "a {what} stream left {target} behind");
     }
     assert_eq!(n.ok("zfs-test-read", json!({ "dataset": "data/small", "file": "f" })), original);
@@ -203,7 +240,8 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     every_task_and_bad_input(&n);
     let big_sum = send_receive(&n);
     bad_streams(&n);
-    let config = n.ok("zfs-test-write", json!({ "dataset": "data/config", "file": "node.json", "bytes": 4096, "seed": 11 }));
+    let config =
+        n.ok("zfs-test-write", json!({ "dataset": "data/config", "file": "node.json", "bytes": 4096, "seed": 11 }));
     n.powerdown();
 
     // Another machine finds the disk: someone else's pool is neither imported nor overwritten.
@@ -236,7 +274,14 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
 fn three_disks_auto_make_raidz() {
     let Some(image) = image_dir() else { return };
     let started = Instant::now();
-    let n = Node::boot(&image, "zfs-3disks", &[1024 * MIB; 3], &[], "3a3a3a3a-0000-4000-8000-000000000003", "cerana.zfs_config=auto");
+    let n = Node::boot(
+        &image,
+        "zfs-3disks",
+        &[1024 * MIB; 3],
+        &[],
+        "3a3a3a3a-0000-4000-8000-000000000003",
+        "cerana.zfs_config=auto",
+    );
     check_layout(&n, "raidz1", 3);
     n.ok("zfs-create", json!({ "name": "data/datasets/x" }));
     assert!(n.exists("data/datasets/x"));

@@ -33,7 +33,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
 fn run(args: &[&str]) -> Result<String, ClusterError> {
     let out = Command::new(args[0]).args(&args[1..]).output().map_err(io(args[0]))?;
     if !out.status.success() {
-        return Err(ClusterError::Command { what: args.join(" "), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ClusterError::Command {
+            what: args.join(" "),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -92,7 +95,8 @@ impl Layout {
 
 /// Whether a console log holds the `node_ready` lifecycle event.
 pub fn console_is_ready(text: &str) -> bool {
-    text.lines().any(|l| l.trim_end_matches('\r').starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\""))
+    text.lines()
+        .any(|l| l.trim_end_matches('\r').starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\""))
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -102,10 +106,17 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// One HTTP/1.0 exchange with a JSON answer (any status: the body says what went wrong).
-fn http_json(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Result<serde_json::Value, ClusterError> {
+fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<serde_json::Value, ClusterError> {
     let what = format!("{method} http://{addr}{path}");
     let sockaddr = addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(5)).map_err(io(what.clone()))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(5)).map_err(io(what.clone()))?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io(what.clone()))?;
     let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if let Some(token) = token {
@@ -121,7 +132,8 @@ fn http_json(addr: &str, method: &str, path: &str, token: Option<&str>, body: Op
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io(what.clone()))?;
     let text = String::from_utf8_lossy(&raw);
-    let (_, body) = text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
+    let (_, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
     serde_json::from_str(body).map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {body}")))
 }
 
@@ -154,7 +166,8 @@ impl Cluster {
             return Err(ClusterError::Invalid(format!("UEFI nodes need {OVMF} (Debian package ovmf)")));
         }
         std::fs::create_dir_all(&layout.state_dir).map_err(io(layout.state_dir.display().to_string()))?;
-        std::fs::write(layout.state_dir.join("netns"), format!("{}\n{}\n", layout.netns, layout.host_if)).map_err(io("state"))?;
+        std::fs::write(layout.state_dir.join("netns"), format!("{}\n{}\n", layout.netns, layout.host_if))
+            .map_err(io("state"))?;
         let token = random_token()?;
         std::fs::write(layout.token_file(), &token).map_err(io("token"))?;
         let cluster = Cluster { layout, token };
@@ -188,18 +201,42 @@ impl Cluster {
         let console = l.console(node);
         let _ = std::fs::remove_file(&console);
         let memory = l.memory_mb.to_string();
-        let mut args: Vec<String> = ["ip", "netns", "exec", &l.netns, "qemu-system-x86_64", "-accel", "tcg", "-m", &memory, "-nodefaults", "-display", "none", "-daemonize"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["-name".into(), format!("cerana-node{node}"), "-pidfile".into(), l.pidfile(node).display().to_string()]);
+        let mut args: Vec<String> = [
+            "ip",
+            "netns",
+            "exec",
+            &l.netns,
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            &memory,
+            "-nodefaults",
+            "-display",
+            "none",
+            "-daemonize",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "-name".into(),
+            format!("cerana-node{node}"),
+            "-pidfile".into(),
+            l.pidfile(node).display().to_string(),
+        ]);
         args.extend(["-serial".into(), format!("file:{}", console.display())]);
         args.extend(["-netdev".into(), format!("tap,id=n0,ifname=tap{node},script=no,downscript=no")]);
         args.extend(["-uuid".into(), l.uuid(node)]);
         if l.data_disk_mb > 0 {
             let disk = l.data_disk(node);
             // Sparse; an existing disk keeps its pool (grown if the size asked for is larger).
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&disk).map_err(io(disk.display().to_string()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&disk)
+                .map_err(io(disk.display().to_string()))?;
             let want = l.data_disk_mb << 20;
             if file.metadata().map_err(io(disk.display().to_string()))?.len() < want {
                 file.set_len(want).map_err(io(disk.display().to_string()))?;
@@ -217,7 +254,12 @@ impl Cluster {
         let tar = l.state_dir.join("boot-image.tar");
         let (tar_s, dir) = (tar.display().to_string(), l.image_dir.display().to_string());
         run(&["tar", "--format=ustar", "-cf", &tar_s, "-C", &dir, "vmlinuz", "initrd.img"])?;
-        let mut append = format!("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip={}/24 cerana.mgmt_gw={} cerana.api_token={}", l.bootstrap_ip(), l.host_ip(), self.token);
+        let mut append = format!(
+            "console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip={}/24 cerana.mgmt_gw={} cerana.api_token={}",
+            l.bootstrap_ip(),
+            l.host_ip(),
+            self.token
+        );
         if l.data_disk_mb > 0 {
             append.push_str(" cerana.zfs_config=auto");
         }
@@ -254,7 +296,12 @@ impl Cluster {
         let mac = l.mac(node);
         let extra: Vec<String> = if l.uefi_nodes.contains(&node) {
             // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
-            vec!["-bios".into(), OVMF.into(), "-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]
+            vec![
+                "-bios".into(),
+                OVMF.into(),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
+            ]
         } else {
             vec!["-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]
         };
@@ -262,13 +309,19 @@ impl Cluster {
     }
 
     /// Waits until every node in `nodes` has reported node_ready on its console.
-    pub fn wait_ready(&self, nodes: impl IntoIterator<Item = usize>, limit: Duration) -> Result<Vec<(usize, Duration)>, ClusterError> {
+    pub fn wait_ready(
+        &self,
+        nodes: impl IntoIterator<Item = usize>,
+        limit: Duration,
+    ) -> Result<Vec<(usize, Duration)>, ClusterError> {
         let start = Instant::now();
         let mut waiting: Vec<usize> = nodes.into_iter().collect();
         let mut ready = Vec::new();
         loop {
             waiting.retain(|&n| {
-                let done = console_is_ready(&String::from_utf8_lossy(&std::fs::read(self.layout.console(n)).unwrap_or_default()));
+                let done = console_is_ready(&String::from_utf8_lossy(
+                    &std::fs::read(self.layout.console(n)).unwrap_or_default(),
+                ));
                 if done {
                     ready.push((n, start.elapsed()));
                 }
@@ -279,7 +332,11 @@ impl Cluster {
             }
             if start.elapsed() > limit {
                 let n = waiting[0];
-                return Err(ClusterError::NotReady { node: n, secs: limit.as_secs(), tail: tail(&self.layout.console(n), 25) });
+                return Err(ClusterError::NotReady {
+                    node: n,
+                    secs: limit.as_secs(),
+                    tail: tail(&self.layout.console(n), 25),
+                });
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -330,13 +387,27 @@ impl Cluster {
     pub fn usage(&self) -> String {
         let l = &self.layout;
         let token = l.token_file().display().to_string();
-        let mut s = format!("CeranaOS cluster: {} node(s) in network namespace {} (host side {} = {})\n", l.nodes, l.netns, l.host_if, l.host_ip());
-        s.push_str(&format!("  node 1 (bootstrap, bootserver): {}  console {}\n", l.bootstrap_ip(), l.console(1).display()));
+        let mut s = format!(
+            "CeranaOS cluster: {} node(s) in network namespace {} (host side {} = {})\n",
+            l.nodes,
+            l.netns,
+            l.host_if,
+            l.host_ip()
+        );
+        s.push_str(&format!(
+            "  node 1 (bootstrap, bootserver): {}  console {}\n",
+            l.bootstrap_ip(),
+            l.console(1).display()
+        ));
         for n in 2..=l.nodes {
             let fw = if l.uefi_nodes.contains(&n) { "UEFI" } else { "BIOS" };
             // The address node 1 leased it (and its script gave it as cerana.mgmt_ip).
             let ip = self.leased_ip(n).unwrap_or_else(|_| "(no lease)".into());
-            s.push_str(&format!("  node {n} (PXE, {fw}, MAC {}): {ip}  console {}\n", l.mac(n), l.console(n).display()));
+            s.push_str(&format!(
+                "  node {n} (PXE, {fw}, MAC {}): {ip}  console {}\n",
+                l.mac(n),
+                l.console(n).display()
+            ));
         }
         s.push_str(&format!(
             "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
@@ -407,7 +478,10 @@ mod tests {
             image_dir: "/i".into(),
             state_dir: "/s".into(),
         };
-        assert_eq!((l.host_ip(), l.bootstrap_ip(), l.mac(12)), ("10.99.0.1".into(), "10.99.0.2".into(), "52:54:00:c1:00:0c".into()));
+        assert_eq!(
+            (l.host_ip(), l.bootstrap_ip(), l.mac(12)),
+            ("10.99.0.1".into(), "10.99.0.2".into(), "52:54:00:c1:00:0c".into())
+        );
         // init takes the hostname and the ZFS hostid from the first 8 hex digits.
         assert_eq!((&l.uuid(1)[..8], &l.uuid(12)[..8]), ("c3a00001", "c3a0000c"));
     }

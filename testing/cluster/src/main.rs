@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
             cerana_cluster::down(&args.state_dir)?;
             let uefi_nodes = uefi.into_iter().filter(|&n| n >= 2 && n <= nodes).collect();
             let state_dir = args.state_dir.clone();
-            let layout = Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, data_disk_mb, image_dir, state_dir };
+            let layout =
+                Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, data_disk_mb, image_dir, state_dir };
             let result = bring_up(layout, Duration::from_secs(timeout));
             if result.is_err() {
                 cerana_cluster::down(&args.state_dir)?;
@@ -72,7 +73,11 @@ fn bring_up(layout: Layout, limit: Duration) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let cluster = Cluster::up(layout).context("starting the cluster")?;
     cluster.wait_ready([1], limit)?;
-    println!("node 1 ready after {:.1} s; PXE-booting nodes 2..{}", start.elapsed().as_secs_f64(), cluster.layout.nodes);
+    println!(
+        "node 1 ready after {:.1} s; PXE-booting nodes 2..{}",
+        start.elapsed().as_secs_f64(),
+        cluster.layout.nodes
+    );
     cluster.start_pxe_nodes()?;
     for (node, after) in cluster.wait_ready(2..=cluster.layout.nodes, limit)? {
         println!("node {node} ready {:.1} s after it started", after.as_secs_f64());

@@ -26,9 +26,13 @@ impl Drop for Down {
 
 /// The image to boot, or why the test cannot run here.
 fn prerequisites() -> Result<PathBuf, String> {
-    let root = std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     let qemu = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
-    let image = image_dir().ok_or("no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)")?;
+    let image =
+        image_dir().ok_or("no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)")?;
     if !root || !qemu || !Path::new(cerana_cluster::OVMF).exists() {
         return Err(format!("needs root, qemu-system-x86_64 and {}", cerana_cluster::OVMF));
     }
@@ -45,7 +49,10 @@ fn assert_replicated(console: &str, server: &str, node: usize) {
     assert_eq!(joined["checked_in"], true, "node {node}: {joined}");
     let cmdline_server = format!("cerana.boot_server=http://{server}/");
     assert!(console.contains(&cmdline_server), "node {node} was booted by {server}");
-    assert!(joined["image_dir"].as_str().is_some_and(|d| d.ends_with(joined["initrd"].as_str().unwrap_or("?"))), "node {node}: {joined}");
+    assert!(
+        joined["image_dir"].as_str().is_some_and(|d| d.ends_with(joined["initrd"].as_str().unwrap_or("?"))),
+        "node {node}: {joined}"
+    );
 }
 
 /// A 3-node layout named `cerana-<tag><pid>` on `<subnet>.0/24` with a copy of the image (it
@@ -91,16 +98,31 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     for node in [2, 3] {
         let mac = cluster.layout.mac(node);
         let events = cluster.bootserver_get(&format!("/events?mac={mac}")).expect("events");
-        let kinds: Vec<&str> = events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
+        let kinds: Vec<&str> =
+            events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
         eprintln!("node {node} ({mac}) timeline: {kinds:?}");
         let mut at = 0;
         for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd", "checked_in"] {
-            at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("node {node}: {want} missing or out of order in {kinds:?}"));
+            at += kinds[at..]
+                .iter()
+                .position(|k| *k == want)
+                .unwrap_or_else(|| panic!("node {node}: {want} missing or out of order in {kinds:?}"));
         }
         // The script gave the node its lease as cerana.mgmt_ip, and init configured it.
-        let ip = machines["machines"].as_array().into_iter().flatten().find(|m| m["mac"] == mac.as_str()).and_then(|m| m["ip"].as_str()).unwrap_or_else(|| panic!("node {node} has no lease in {machines}"));
+        let ip = machines["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mac"] == mac.as_str())
+            .and_then(|m| m["ip"].as_str())
+            .unwrap_or_else(|| panic!("node {node} has no lease in {machines}"));
         let console = std::fs::read_to_string(cluster.layout.console(node)).unwrap_or_default();
-        assert!(console.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("network_configured") && l.contains(&format!("\"{ip}/24\""))), "node {node} did not configure its leased address {ip}");
+        assert!(
+            console.lines().any(|l| l.starts_with("CERANA-EVENT ")
+                && l.contains("network_configured")
+                && l.contains(&format!("\"{ip}/24\""))),
+            "node {node} did not configure its leased address {ip}"
+        );
         assert_replicated(&console, &cluster.layout.bootstrap_ip(), node);
         if cluster.layout.uefi_nodes.contains(&node) {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
@@ -128,11 +150,14 @@ fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &s
     let sent = on(source, "zfs-send", json!({ "name": "data/replicated@s" }));
     let stream = sent["stream"].clone();
     assert_eq!(stream["node"], node(source), "the stream names the node it lives on: {sent}");
-    let received = cluster.request(target, &json!({ "task": "zfs-receive", "args": { "name": "data/replicated" }, "stream": stream })).unwrap();
+    let received = cluster
+        .request(target, &json!({ "task": "zfs-receive", "args": { "name": "data/replicated" }, "stream": stream }))
+        .unwrap();
     let bytes = received["result"]["bytes"].as_u64().unwrap_or_else(|| panic!("zfs-receive on {target}: {received}"));
     assert!(bytes > 0, "{received}");
     let copy = on(target, "zfs-list", json!({ "name": "data/replicated", "types": ["snapshot"] }));
-    let names: Vec<&str> = copy["result"]["datasets"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
+    let names: Vec<&str> =
+        copy["result"]["datasets"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["data/replicated@s"], "{copy}");
     eprintln!("replicated data/replicated@s from {source} to {target}: {bytes} stream bytes");
 }
@@ -157,10 +182,14 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     eprintln!("node 2 ({node2}) ready after {:.1} s", start.elapsed().as_secs_f64());
 
     // Node 2 already serves the image it booted, with DHCP off.
-    let manifest = cluster.bootserver_get_at(&node2, &format!("/images/{}/manifest", initrd_hash(&state.join("image/initrd.img")))).expect("node 2 serves its image");
+    let manifest = cluster
+        .bootserver_get_at(&node2, &format!("/images/{}/manifest", initrd_hash(&state.join("image/initrd.img"))))
+        .expect("node 2 serves its image");
     assert!(manifest["kernel"].as_str().is_some_and(|k| k.starts_with("sha256-")), "{manifest}");
     // DHCP moves: on at node 2 (importing node 1's leases), then off at node 1.
-    let on = cluster.task(&node2, "boot-dhcp", serde_json::json!({"mode": "full", "import_leases_from": format!("http://{node1}")})).expect("boot-dhcp full on node 2");
+    let on = cluster
+        .task(&node2, "boot-dhcp", serde_json::json!({"mode": "full", "import_leases_from": format!("http://{node1}")}))
+        .expect("boot-dhcp full on node 2");
     assert_eq!((on["previous"].as_str(), on["mode"].as_str()), (Some("off"), Some("full")), "{on}");
     let off = cluster.task(&node1, "boot-dhcp", serde_json::json!({"mode": "off"})).expect("boot-dhcp off on node 1");
     assert_eq!(off["previous"], "full", "{off}");
@@ -173,14 +202,22 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     eprintln!("node 3 ready {:.1} s after it started, booted by node 2", third.elapsed().as_secs_f64());
     let mac3 = cluster.layout.mac(3);
     let events = cluster.bootserver_get_at(&node2, &format!("/events?mac={mac3}")).expect("node 2's events");
-    let kinds: Vec<&str> = events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
+    let kinds: Vec<&str> =
+        events["events"].as_array().into_iter().flatten().filter_map(|e| e["event"].as_str()).collect();
     let mut at = 0;
     for want in ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd", "checked_in"] {
-        at += kinds[at..].iter().position(|k| *k == want).unwrap_or_else(|| panic!("node 3 on node 2: {want} missing or out of order in {kinds:?}"));
+        at += kinds[at..]
+            .iter()
+            .position(|k| *k == want)
+            .unwrap_or_else(|| panic!("node 3 on node 2: {want} missing or out of order in {kinds:?}"));
     }
     let on_node1 = cluster.bootserver_get(&format!("/events?mac={mac3}")).expect("node 1's events");
     assert!(
-        !on_node1["events"].as_array().into_iter().flatten().any(|e| e["event"] == "dhcp_ack" || e["event"] == "http_initrd"),
+        !on_node1["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["event"] == "dhcp_ack" || e["event"] == "http_initrd"),
         "node 1 (DHCP off) must not have booted node 3: {on_node1}"
     );
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
@@ -190,9 +227,14 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
 
 /// The node made its pool `data` on its data disk alone (never on node 1's boot-image disk).
 fn assert_pool_on_data_disk(cluster: &Cluster, ip: &str, node: usize) {
-    let pool = cluster.task(ip, "zfs-pool-status", serde_json::json!({})).unwrap_or_else(|e| panic!("node {node}: {e}"));
+    let pool =
+        cluster.task(ip, "zfs-pool-status", serde_json::json!({})).unwrap_or_else(|e| panic!("node {node}: {e}"));
     eprintln!("node {node} pool: {pool}");
-    assert_eq!((pool["imported"].as_bool(), pool["health"].as_str()), (Some(true), Some("ONLINE")), "node {node}: {pool}");
+    assert_eq!(
+        (pool["imported"].as_bool(), pool["health"].as_str()),
+        (Some(true), Some("ONLINE")),
+        "node {node}: {pool}"
+    );
     assert_eq!(pool["disks"].as_array().map(Vec::len), Some(1), "node {node}: one data disk: {pool}");
 }
 

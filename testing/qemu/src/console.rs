@@ -150,9 +150,7 @@ mod tests {
         let log = tempfile::NamedTempFile::new().unwrap();
         let file = log.reopen().unwrap();
         console.spawn_reader(std::io::Cursor::new(text.as_bytes().to_vec()), file);
-        let got = console
-            .wait(Duration::from_secs(5), |s| s.events.first().cloned())
-            .unwrap();
+        let got = console.wait(Duration::from_secs(5), |s| s.events.first().cloned()).unwrap();
         assert_eq!(got, LifecycleEvent::NodeReady { uptime_ms: 5 });
         assert_eq!(console.wait(Duration::from_secs(5), |s| s.closed.then_some(())), Ok(()));
         console.with(|s| {

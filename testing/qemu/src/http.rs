@@ -22,8 +22,15 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-pub fn post_json(addr: SocketAddr, path: &str, token: &str, body: &[u8], timeout: Duration) -> Result<HttpResponse, HttpError> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect { addr, source })?;
+pub fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect { addr, source })?;
     let io = |source| HttpError::Io { addr, source };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -63,7 +70,8 @@ pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, HttpError> {
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, HttpError> {
     let mut out = Vec::new();
     loop {
-        let eol = body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| HttpError::Malformed("chunk size line".into()))?;
+        let eol =
+            body.windows(2).position(|w| w == b"\r\n").ok_or_else(|| HttpError::Malformed("chunk size line".into()))?;
         let size_text = std::str::from_utf8(&body[..eol]).unwrap_or("");
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| HttpError::Malformed(format!("chunk size {size_text:?}")))?;
@@ -85,7 +93,10 @@ mod tests {
     fn plain_and_chunked_responses_parse() {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let r = parse_response(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (401, &b"abcde"[..]));
     }
 

@@ -15,9 +15,7 @@ pub use vm::{Boot, Vm, VmConfig, VmError};
 
 /// Where the VM console logs go: `$OUT_DIR/vm-logs`, or `out/vm-logs` in the checkout.
 pub fn default_log_dir() -> std::path::PathBuf {
-    let out = std::env::var_os("OUT_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("out"));
+    let out = std::env::var_os("OUT_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| workspace_root().join("out"));
     out.join("vm-logs")
 }
 

@@ -49,9 +49,7 @@ impl Qmp {
     /// Sends one command and waits for its `return` (asynchronous events in between are skipped).
     pub fn execute(&mut self, command: &str) -> Result<(), QmpError> {
         let msg = format!("{{\"execute\":\"{command}\"}}\n");
-        self.writer
-            .write_all(msg.as_bytes())
-            .map_err(|source| QmpError::Io { path: self.path.clone(), source })?;
+        self.writer.write_all(msg.as_bytes()).map_err(|source| QmpError::Io { path: self.path.clone(), source })?;
         loop {
             let line = self.read_line(command)?;
             let reply: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();

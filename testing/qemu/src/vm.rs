@@ -143,7 +143,9 @@ pub fn ovmf_files() -> Result<(PathBuf, PathBuf), VmError> {
 /// 32 random hex digits from the kernel's CSPRNG.
 pub fn random_token() -> Result<String, VmError> {
     let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(io("reading /dev/urandom"))?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io("reading /dev/urandom"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -161,7 +163,16 @@ pub fn make_seed_disk(path: &Path, extra_cmdline: &str) -> Result<(), VmError> {
     std::fs::write(&cfg, format!("set cerana_extra=\"{extra_cmdline}\"\n")).map_err(io("writing the seed config"))?;
     let _ = std::fs::remove_file(path);
     for args in [
-        vec!["-i".to_owned(), path.display().to_string(), "-C".into(), "-f".into(), "1440".into(), "-v".into(), "CERANASEED".into(), "::".into()],
+        vec![
+            "-i".to_owned(),
+            path.display().to_string(),
+            "-C".into(),
+            "-f".into(),
+            "1440".into(),
+            "-v".into(),
+            "CERANASEED".into(),
+            "::".into(),
+        ],
         vec!["-i".to_owned(), path.display().to_string(), cfg.display().to_string(), "::/cerana-extra.cfg".into()],
     ] {
         let tool = if args.len() > 5 { "mformat" } else { "mcopy" };
@@ -186,7 +197,8 @@ impl Vm {
         };
         let qemu = qemu.ok_or_else(|| VmError::Missing(config.qemu.clone()))?;
         std::fs::create_dir_all(&config.log_dir).map_err(io(format!("creating {}", config.log_dir.display())))?;
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let unique = format!("{}-{}-{stamp}", config.name, std::process::id());
         let log_path = config.log_dir.join(format!("{unique}.log"));
         let work = std::env::temp_dir().join(format!("cerana-vm-{unique}"));
@@ -267,7 +279,12 @@ impl Vm {
                     cmdline.push(' ');
                     cmdline.push_str(extra);
                 }
-                args.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
+                args.extend([
+                    "-kernel".into(),
+                    kernel.display().to_string(),
+                    "-initrd".into(),
+                    initrd.display().to_string(),
+                ]);
                 args.extend(["-append".into(), cmdline]);
             }
             Boot::IsoBios(iso) | Boot::IsoUefi(iso) => {
@@ -285,7 +302,10 @@ impl Vm {
                     let (code, vars) = ovmf_files()?;
                     let vars_copy = work.join("OVMF_VARS.fd");
                     std::fs::copy(&vars, &vars_copy).map_err(io("copying the OVMF variable store"))?;
-                    args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display())]);
+                    args.extend([
+                        "-drive".into(),
+                        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
+                    ]);
                     args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display())]);
                 }
             }
@@ -371,7 +391,12 @@ impl Vm {
     /// Runs a task through the node's coordinator HTTP API (`POST /v1/tasks`) and returns the
     /// response body. Connection failures are retried until `timeout` (the guest's network may
     /// still be coming up); an HTTP error status is returned at once.
-    pub fn run_task(&self, task: &str, args: serde_json::Value, timeout: Duration) -> Result<serde_json::Value, VmError> {
+    pub fn run_task(
+        &self,
+        task: &str,
+        args: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, VmError> {
         let addr = self.api.ok_or(VmError::NoApi)?;
         let body = serde_json::json!({ "task": task, "args": args }).to_string();
         let deadline = Instant::now() + timeout;

@@ -30,9 +30,15 @@ fn runnable(var: &str) -> Option<PathBuf> {
 fn boot_run_node_info_and_power_off(config: VmConfig) {
     let mut vm = Vm::boot(&config).expect("QEMU starts");
     let ready = vm.wait_for_event("node_ready", READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}: node_ready after {:.1} s ({ready:?}); log {}", config.name, vm.elapsed().as_secs_f64(), vm.log_path().display());
+    eprintln!(
+        "{}: node_ready after {:.1} s ({ready:?}); log {}",
+        config.name,
+        vm.elapsed().as_secs_f64(),
+        vm.log_path().display()
+    );
 
-    let reply = vm.run_task("node-info", serde_json::json!({}), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
+    let reply =
+        vm.run_task("node-info", serde_json::json!({}), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
     let text = reply.to_string();
     assert!(reply.get("error").is_none_or(|e| e.is_null()), "node-info failed: {text}");
     let result = reply.get("result").unwrap_or_else(|| panic!("no result in {text}"));
@@ -42,7 +48,11 @@ fn boot_run_node_info_and_power_off(config: VmConfig) {
     assert!(status.success(), "QEMU exit status {status}");
     // udevd names every group its rules use that /etc/group lacks.
     let console = std::fs::read_to_string(vm.log_path()).unwrap_or_default();
-    assert!(!console.contains("Unknown group"), "udev rules name groups the image lacks; log {}", vm.log_path().display());
+    assert!(
+        !console.contains("Unknown group"),
+        "udev rules name groups the image lacks; log {}",
+        vm.log_path().display()
+    );
     let events = vm.events();
     assert!(
         events.iter().any(|e| matches!(e, LifecycleEvent::ShutdownComplete { action: ShutdownAction::Poweroff })),

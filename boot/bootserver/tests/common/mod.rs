@@ -43,7 +43,11 @@ macro_rules! require {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     out
 }
 
@@ -94,7 +98,21 @@ impl Lab {
         };
         must(&["ip", "netns", "add", &lab.srv]);
         must(&["ip", "netns", "add", &lab.cli]);
-        must(&["ip", "link", "add", &lab.srv_if, "netns", &lab.srv, "type", "veth", "peer", "name", &lab.cli_if, "netns", &lab.cli]);
+        must(&[
+            "ip",
+            "link",
+            "add",
+            &lab.srv_if,
+            "netns",
+            &lab.srv,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.cli_if,
+            "netns",
+            &lab.cli,
+        ]);
         for (ns, ifname) in [(&lab.srv, &lab.srv_if), (&lab.cli, &lab.cli_if)] {
             must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             // No duplicate address detection: link-local addresses (router advertisements) at once.
@@ -167,7 +185,10 @@ max_body_bytes = 1024
             if let Some(Ok(Some(status))) = self.server.as_mut().map(|c| c.try_wait()) {
                 panic!("bootserver exited with {status}:\n{}", self.server_log());
             }
-            self.curl_from_server(&["-sf", "--max-time", "1", &format!("http://{SERVER_IP}/health")]).status.success().then_some(())
+            self.curl_from_server(&["-sf", "--max-time", "1", &format!("http://{SERVER_IP}/health")])
+                .status
+                .success()
+                .then_some(())
         });
         assert!(up.is_some(), "bootserver did not come up:\n{}", self.server_log());
     }
@@ -272,7 +293,11 @@ pub fn udp(iface: &str, bind: SocketAddrV4) -> UdpSocket {
 }
 
 /// Receives datagrams for up to `limit` and returns the first one `accept` takes.
-pub fn recv_matching<T>(s: &UdpSocket, limit: Duration, mut accept: impl FnMut(&[u8], SocketAddr) -> Option<T>) -> Option<T> {
+pub fn recv_matching<T>(
+    s: &UdpSocket,
+    limit: Duration,
+    mut accept: impl FnMut(&[u8], SocketAddr) -> Option<T>,
+) -> Option<T> {
     let start = Instant::now();
     let mut buf = [0u8; 2048];
     while start.elapsed() < limit {

@@ -27,13 +27,11 @@ fn arg(args: &[String], flag: &str, default: usize) -> Result<usize, String> {
 /// Services s00..sNN: s00 is the root, every other one requires its parent in a binary tree;
 /// one one-shot task runs first.
 fn table(services: usize, testkit: &str) -> String {
-    let mut t = format!("[service.prepare]\ncommand = \"{testkit}\"\nargs = [\"service\", \"--exit\", \"0\"]\noneshot = true\n");
+    let mut t = format!(
+        "[service.prepare]\ncommand = \"{testkit}\"\nargs = [\"service\", \"--exit\", \"0\"]\noneshot = true\n"
+    );
     for i in 0..services {
-        let requires = if i == 0 {
-            "\"prepare\"".to_string()
-        } else {
-            format!("\"s{:02}\"", (i - 1) / 2)
-        };
+        let requires = if i == 0 { "\"prepare\"".to_string() } else { format!("\"s{:02}\"", (i - 1) / 2) };
         t.push_str(&format!(
             "\n[service.s{i:02}]\ncommand = \"{testkit}\"\nargs = [\"service\", \"--notify\"]\nready = \"notify\"\nrequires = [{requires}]\n"
         ));
@@ -64,14 +62,11 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let table = table(services, &testkit.display().to_string());
     let (mut ready_ms, mut cpu_ms, mut rss_kb, mut hwm_kb) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        let dir: PathBuf =
-            std::env::temp_dir().join(format!("cerana-init-bench-{}-{round}", std::process::id()));
+        let dir: PathBuf = std::env::temp_dir().join(format!("cerana-init-bench-{}-{round}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut init =
-            RunningInit::start(&init_bin, &dir, &table, &[]).map_err(|e| e.to_string())?;
-        let ready = init.wait_for("node_ready", Duration::from_secs(20), |e| {
-            matches!(e, LifecycleEvent::NodeReady { .. })
-        });
+        let mut init = RunningInit::start(&init_bin, &dir, &table, &[]).map_err(|e| e.to_string())?;
+        let ready =
+            init.wait_for("node_ready", Duration::from_secs(20), |e| matches!(e, LifecycleEvent::NodeReady { .. }));
         let LifecycleEvent::NodeReady { uptime_ms } = ready else {
             unreachable!("wait_for returns the matching event")
         };
@@ -84,9 +79,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         drop(init);
         let _ = std::fs::remove_dir_all(&dir);
         if code != Some(0) {
-            return Err(format!(
-                "round {round}: init exited with {code:?} after SIGTERM"
-            ));
+            return Err(format!("round {round}: init exited with {code:?} after SIGTERM"));
         }
     }
     let (ready_med, ready_max) = stats(ready_ms);
@@ -94,10 +87,17 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let (rss_med, rss_max) = stats(rss_kb);
     let (hwm_med, hwm_max) = stats(hwm_kb);
     println!("bench-init: {}", init_bin.display());
-    println!("bench-init: {services} services + 1 one-shot (notify readiness, dependency tree of depth {}), {rounds} rounds", (services as f64).log2().floor() as u32 + 2);
+    println!(
+        "bench-init: {services} services + 1 one-shot (notify readiness, dependency tree of depth {}), {rounds} rounds",
+        (services as f64).log2().floor() as u32 + 2
+    );
     println!("  exec -> node_ready          median {ready_med:7.1} ms   max {ready_max:7.1} ms   (includes the services' own start-up)");
-    println!("  init CPU until node_ready   median {cpu_med:7.2} ms   max {cpu_max:7.2} ms   target < {CPU_TARGET_MS} ms");
-    println!("  init VmRSS after boot       median {rss_med:7.0} kB   max {rss_max:7.0} kB   target < {RSS_TARGET_KB} kB");
+    println!(
+        "  init CPU until node_ready   median {cpu_med:7.2} ms   max {cpu_max:7.2} ms   target < {CPU_TARGET_MS} ms"
+    );
+    println!(
+        "  init VmRSS after boot       median {rss_med:7.0} kB   max {rss_max:7.0} kB   target < {RSS_TARGET_KB} kB"
+    );
     println!("  init VmHWM (peak RSS)       median {hwm_med:7.0} kB   max {hwm_max:7.0} kB");
     let mut missed = Vec::new();
     if cpu_med >= CPU_TARGET_MS {

@@ -33,10 +33,7 @@ fn main() {
 }
 
 fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
 fn has(args: &[String], flag: &str) -> bool {
@@ -66,9 +63,8 @@ fn service(args: &[String]) -> i32 {
         let _ = std::fs::remove_file(p);
         std::os::unix::net::UnixListener::bind(p).expect("bind unix socket")
     });
-    let _tcp = value(args, "--tcp").map(|port| {
-        std::net::TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind tcp port")
-    });
+    let _tcp = value(args, "--tcp")
+        .map(|port| std::net::TcpListener::bind(format!("127.0.0.1:{port}")).expect("bind tcp port"));
     if has(args, "--notify") {
         let fd: i32 = std::env::var(cerana_protocol::READY_FD_ENV)
             .expect("CERANA_READY_FD is set")
@@ -93,9 +89,7 @@ fn double_fork(ms: u64) {
         let child = libc::fork();
         if child == 0 {
             if libc::fork() == 0 {
-                let me = std::fs::read_link("/proc/self")
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
+                let me = std::fs::read_link("/proc/self").map(|p| p.display().to_string()).unwrap_or_default();
                 println!("orphan procpid={me}");
                 let _ = std::io::stdout().flush();
                 std::thread::sleep(Duration::from_millis(ms));

@@ -12,8 +12,8 @@ use cerana_kvm::testbed::{self, PrivateLibvirtd, TestGuest, INNER_FLAG};
 use cerana_kvm::xml::VmRecord;
 use cerana_protocol::task::NoArgs;
 use cerana_protocol::tasks::kvm::{
-    BootDevice, DirectKernel, DiskInfo, DiskSource, DiskSpec, KvmDefine, KvmDefineArgs, KvmDestroy, KvmList,
-    KvmStart, KvmUndefine, KvmUndefineArgs, VirtType, VmName, VmRef, VmState,
+    BootDevice, DirectKernel, DiskInfo, DiskSource, DiskSpec, KvmDefine, KvmDefineArgs, KvmDestroy, KvmList, KvmStart,
+    KvmUndefine, KvmUndefineArgs, VirtType, VmName, VmRef, VmState,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -32,7 +32,11 @@ fn options(args: &[String]) -> Result<Options, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => {
-                o.rounds = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).ok_or("--rounds needs a positive number")?
+                o.rounds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--rounds needs a positive number")?
             }
             "--image-dir" => o.image_dir = it.next().ok_or("--image-dir needs a directory")?.into(),
             INNER_FLAG => {}
@@ -95,7 +99,9 @@ impl Drop for Process {
 fn sibling(name: &str) -> Result<PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let path = me.with_file_name(name);
-    path.exists().then_some(path.clone()).ok_or(format!("{} is not built (cargo build --release -p ...)", path.display()))
+    path.exists()
+        .then_some(path.clone())
+        .ok_or(format!("{} is not built (cargo build --release -p ...)", path.display()))
 }
 
 fn spawn(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<Process, String> {
@@ -108,7 +114,8 @@ fn spawn(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<Process
 }
 
 fn virsh(uri: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("virsh").arg("-q").arg("-c").arg(uri).args(args).output().map_err(|e| format!("virsh: {e}"))?;
+    let out =
+        Command::new("virsh").arg("-q").arg("-c").arg(uri).args(args).output().map_err(|e| format!("virsh: {e}"))?;
     if !out.status.success() {
         return Err(format!("virsh {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -177,7 +184,11 @@ async fn rounds(
             name: name.clone(),
             vcpus: 1,
             memory_mib: 128,
-            disks: vec![DiskSpec { source: DiskSource::File { path: disk.display().to_string() }, create_bytes: None, read_only: true }],
+            disks: vec![DiskSpec {
+                source: DiskSource::File { path: disk.display().to_string() },
+                create_bytes: None,
+                read_only: true,
+            }],
             nics: vec![],
             boot: vec![],
             direct_kernel: Some(kernel.clone()),
@@ -185,7 +196,8 @@ async fn rounds(
         };
         let t = Instant::now();
         client.run::<KvmDefine>(&args).await.map_err(|e| format!("kvm-define: {e}"))?;
-        let info = client.run::<KvmStart>(&VmRef { name: name.clone() }).await.map_err(|e| format!("kvm-start: {e}"))?;
+        let info =
+            client.run::<KvmStart>(&VmRef { name: name.clone() }).await.map_err(|e| format!("kvm-start: {e}"))?;
         let provider_time = t.elapsed();
         if info.state != VmState::Running {
             return Err(format!("kvm-start returned state {:?}", info.state));

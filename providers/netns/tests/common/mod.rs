@@ -6,8 +6,8 @@
 
 use cerana_client::{CallError, UnixClient};
 use cerana_coordinator::{Config as CoordinatorConfig, Coordinator};
-use cerana_netns::namespace::Namespaces;
 use cerana_netns::names::NetnsName;
+use cerana_netns::namespace::Namespaces;
 use cerana_netns::Config;
 use cerana_protocol::tasks::coordinator::{CoordinatorProviders, ProvidersResult};
 use cerana_protocol::{ErrorCode, NoArgs, Task, TaskError};
@@ -100,7 +100,8 @@ impl Harness {
         let client = UnixClient::connect(&socket, "netns-test").await.expect("client connects");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ProvidersResult { providers } = client.run::<CoordinatorProviders>(&NoArgs {}).await.expect("providers");
+            let ProvidersResult { providers } =
+                client.run::<CoordinatorProviders>(&NoArgs {}).await.expect("providers");
             if providers.iter().any(|p| p.name.as_str() == "netns") {
                 break;
             }
@@ -147,7 +148,10 @@ impl Drop for Harness {
 }
 
 /// Runs `work` on a thread inside the namespace `name` (it may block, e.g. accept).
-pub fn spawn_in<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let file = std::fs::File::open(Path::new(NETNS_DIR).join(name)).expect("open namespace");
     std::thread::spawn(move || {
         setns(&file, CloneFlags::CLONE_NEWNET).expect("enter namespace");

@@ -276,9 +276,7 @@ impl BootEventKind {
             | BootEventKind::DhcpDecline { .. }
             | BootEventKind::DhcpIgnored { .. } => BootStage::Dhcp,
             BootEventKind::DhcpAck { .. } => BootStage::Leased,
-            BootEventKind::TftpFile { .. } | BootEventKind::TftpRefused { .. } => {
-                BootStage::Firmware
-            }
+            BootEventKind::TftpFile { .. } | BootEventKind::TftpRefused { .. } => BootStage::Firmware,
             BootEventKind::HttpScript { .. } => BootStage::Script,
             BootEventKind::HttpKernel { .. } => BootStage::Kernel,
             BootEventKind::HttpInitrd { .. } => BootStage::Initrd,
@@ -300,7 +298,9 @@ mod tests {
 
     #[test]
     fn mac_rejects_bad_input() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f", "52:54-00:ab:cd:0f"] {
+        for bad in
+            ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "5:54:00:ab:cd:0f", "zz:54:00:ab:cd:0f", "52:54-00:ab:cd:0f"]
+        {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

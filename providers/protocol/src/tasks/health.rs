@@ -67,7 +67,8 @@ impl UptimeArgs {
             ProcessTarget::Pid(0) => Err("pid 0 is not a process".into()),
             ProcessTarget::Pid(_) => Ok(()),
             ProcessTarget::Cgroup(path) => {
-                let inside = path.strip_prefix("/sys/fs/cgroup").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                let inside =
+                    path.strip_prefix("/sys/fs/cgroup").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
                 if !inside || path.split('/').any(|part| part == "..") {
                     return Err(format!("cgroup {path:?} is not a directory under /sys/fs/cgroup"));
                 }
@@ -304,11 +305,21 @@ pub struct HealthReport {
 
 impl HealthReport {
     pub fn pass(message: impl Into<String>, elapsed: Duration) -> Self {
-        Self { status: HealthStatus::Pass, reason: None, message: message.into(), elapsed_ms: elapsed.as_millis() as u64 }
+        Self {
+            status: HealthStatus::Pass,
+            reason: None,
+            message: message.into(),
+            elapsed_ms: elapsed.as_millis() as u64,
+        }
     }
 
     pub fn fail(reason: FailReason, message: impl Into<String>, elapsed: Duration) -> Self {
-        Self { status: HealthStatus::Fail, reason: Some(reason), message: message.into(), elapsed_ms: elapsed.as_millis() as u64 }
+        Self {
+            status: HealthStatus::Fail,
+            reason: Some(reason),
+            message: message.into(),
+            elapsed_ms: elapsed.as_millis() as u64,
+        }
     }
 
     pub fn passed(&self) -> bool {
@@ -401,7 +412,9 @@ mod tests {
         assert!(file(r#"{"path":"/x","timeout_ms":0}"#).is_err());
         assert!(file(r#"{"path":"/x","timeout_ms":600000}"#).unwrap_err().contains("maximum"));
 
-        let tcp = |address: &str| TcpResponseArgs { address: address.into(), body: None, regexp: None, timeout_ms: None }.validate();
+        let tcp = |address: &str| {
+            TcpResponseArgs { address: address.into(), body: None, regexp: None, timeout_ms: None }.validate()
+        };
         tcp("127.0.0.1:80").unwrap();
         tcp("[::1]:80").unwrap();
         tcp("localhost:8080").unwrap();
@@ -428,15 +441,18 @@ mod tests {
 
     #[test]
     fn a_service_check_names_its_task_and_builds_its_request() {
-        let json = r#"{"type":"health-tcp-response","args":{"address":"127.0.0.1:80","regexp":"^OK","timeout_ms":2000}}"#;
+        let json =
+            r#"{"type":"health-tcp-response","args":{"address":"127.0.0.1:80","regexp":"^OK","timeout_ms":2000}}"#;
         let check: HealthCheck = serde_json::from_str(json).unwrap();
         assert_eq!(check.task(), "health-tcp-response");
         assert_eq!(serde_json::from_str::<HealthCheck>(&serde_json::to_string(&check).unwrap()).unwrap(), check);
         let request = check.request().unwrap();
         assert_eq!(request.task.as_str(), "health-tcp-response");
         assert_eq!(request.timeout_ms, Some(3000));
-        let uptime: HealthCheck =
-            serde_json::from_str(r#"{"type":"health-uptime","args":{"target":{"service":"web"},"min_uptime_ms":1000}}"#).unwrap();
+        let uptime: HealthCheck = serde_json::from_str(
+            r#"{"type":"health-uptime","args":{"target":{"service":"web"},"min_uptime_ms":1000}}"#,
+        )
+        .unwrap();
         assert_eq!(uptime.timeout(), Duration::from_millis(DEFAULT_TIMEOUT_MS));
         assert!(serde_json::from_str::<HealthCheck>(r#"{"type":"health-nope","args":{}}"#).is_err());
         let report = HealthReport::fail(FailReason::Refused, "connection refused", Duration::from_millis(3));

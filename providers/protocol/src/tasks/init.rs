@@ -104,9 +104,15 @@ pub struct ShutdownAccepted {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
     List,
-    Start { service: String },
-    Stop { service: String },
-    Restart { service: String },
+    Start {
+        service: String,
+    },
+    Stop {
+        service: String,
+    },
+    Restart {
+        service: String,
+    },
     Logs {
         service: String,
         #[serde(default)]
@@ -134,9 +140,6 @@ mod tests {
         assert_eq!(req, ControlRequest::Logs { service: "x".into(), lines: Some(5) });
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"stop","service":"x","x":1}"#).is_err());
         let reply = ControlReply::Error { code: ErrorCode::NotFound, message: "no".into() };
-        assert_eq!(
-            serde_json::to_string(&reply).unwrap(),
-            r#"{"error":{"code":"not_found","message":"no"}}"#
-        );
+        assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"error":{"code":"not_found","message":"no"}}"#);
     }
 }

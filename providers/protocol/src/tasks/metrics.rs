@@ -227,9 +227,7 @@ pub struct ServiceMetricsArgs {
 pub fn check_service_id(id: &str) -> Result<(), String> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@');
     if id.is_empty() || id.len() > 128 || id == "." || id == ".." || !id.chars().all(valid_char) {
-        return Err(format!(
-            "{id:?} is not a service id (1-128 letters, digits, '-', '_', '.', '@'; not '.' or '..')"
-        ));
+        return Err(format!("{id:?} is not a service id (1-128 letters, digits, '-', '_', '.', '@'; not '.' or '..')"));
     }
     Ok(())
 }

@@ -29,7 +29,9 @@ pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
         node::TASKS,
         service::TASKS,
         zfs::TASKS,
-    ].into_iter().flatten()
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Looks a task up by name.

@@ -613,7 +613,8 @@ mod tests {
         for ok in ["data", "data/a", "data/a-b_c.d:e f", "Data9/x/y/z"] {
             DatasetName::new(ok).unwrap();
         }
-        for bad in ["", "/data", "data/", "data//x", "9data", "data/a*b", "data/x@s", "data/./x", "data/../x", "data/é"] {
+        for bad in ["", "/data", "data/", "data//x", "9data", "data/a*b", "data/x@s", "data/./x", "data/../x", "data/é"]
+        {
             let err = DatasetName::new(bad).unwrap_err();
             assert_eq!(err.reason(), ZfsErrorReason::InvalidArgument, "{bad:?}: {err}");
         }

@@ -37,7 +37,11 @@ fn options(args: &[String]) -> Result<Options, String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => {
-                o.rounds = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).ok_or("--rounds needs a positive number")?
+                o.rounds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--rounds needs a positive number")?
             }
             "--rootfs" => o.rootfs = Some(it.next().ok_or("--rootfs needs a directory")?.into()),
             other => return Err(format!("unexpected argument {other:?}")),
@@ -73,7 +77,8 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -219,7 +224,8 @@ async fn rounds(opts: &Options, work: &Path, rootfs: &Path, socket: &Path) -> Re
         let a = args(format!("c{round}"), RootfsKind::Directory);
         let def = ServiceDef::check(&a, NodeCapacity::of_this_node()).map_err(|e| e.to_string())?;
         let cgroup = layout.container_path(&format!("crun-bench.c{round}"));
-        let spec = spec::build(&def, &Placement { rootfs, cgroup: &cgroup, netns_path: None }).map_err(|e| e.to_string())?;
+        let spec =
+            spec::build(&def, &Placement { rootfs, cgroup: &cgroup, netns_path: None }).map_err(|e| e.to_string())?;
         let bundle = work.join(format!("crun-bundle-{round}"));
         std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         spec.save(bundle.join("config.json")).map_err(|e| e.to_string())?;

@@ -62,13 +62,18 @@ impl Node {
         let started = Instant::now();
         let mut vm = Vm::boot(&config).unwrap();
         vm.wait_for_event("node_ready", BOOT_TIMEOUT).unwrap();
-        eprintln!("[{name}] node_ready after {:.1} s (console: {})", started.elapsed().as_secs_f64(), vm.log_path().display());
+        eprintln!(
+            "[{name}] node_ready after {:.1} s (console: {})",
+            started.elapsed().as_secs_f64(),
+            vm.log_path().display()
+        );
         Node { vm, name: name.into() }
     }
 
     fn post(&self, path: &str, body: &[u8], timeout: Duration) -> (u16, Vec<u8>) {
         let addr = self.vm.api_addr().unwrap();
-        let r = post_json(addr, path, self.vm.token(), body, timeout).unwrap_or_else(|e| panic!("[{}] POST {path}: {e}", self.name));
+        let r = post_json(addr, path, self.vm.token(), body, timeout)
+            .unwrap_or_else(|e| panic!("[{}] POST {path}: {e}", self.name));
         (r.status, r.body)
     }
 
@@ -80,8 +85,14 @@ impl Node {
         }
         let started = Instant::now();
         let (status, raw) = self.post("/v1/tasks", body.to_string().as_bytes(), LONG);
-        let value: Value = serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{task}: not JSON ({e}): {}", String::from_utf8_lossy(&raw)));
-        eprintln!("[{}] {task} {args} -> {status} in {:.2} s", self.name, started.elapsed().as_secs_f64(), args = body["args"]);
+        let value: Value = serde_json::from_slice(&raw)
+            .unwrap_or_else(|e| panic!("{task}: not JSON ({e}): {}", String::from_utf8_lossy(&raw)));
+        eprintln!(
+            "[{}] {task} {args} -> {status} in {:.2} s",
+            self.name,
+            started.elapsed().as_secs_f64(),
+            args = body["args"]
+        );
         match value.get("error") {
             None if status == 200 => Ok(value),
             _ => {
@@ -109,7 +120,12 @@ impl Node {
         match self.request(task, args.clone(), None) {
             Ok(v) => panic!("[{}] {task} {args} succeeded, expected {code}/{reason:?}: {v}", self.name),
             Err(e) => {
-                assert_eq!((e.code.as_str(), e.reason.as_deref()), (code, reason), "[{}] {task} {args}: {e:?}", self.name);
+                assert_eq!(
+                    (e.code.as_str(), e.reason.as_deref()),
+                    (code, reason),
+                    "[{}] {task} {args}: {e:?}",
+                    self.name
+                );
                 e
             }
         }
@@ -124,7 +140,12 @@ impl Node {
         let addr = self.vm.api_addr().unwrap();
         let mut conn = TcpStream::connect(addr).unwrap();
         conn.set_read_timeout(Some(LONG)).unwrap();
-        write!(conn, "GET /v1/streams/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", self.vm.token()).unwrap();
+        write!(
+            conn,
+            "GET /v1/streams/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.vm.token()
+        )
+        .unwrap();
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw).unwrap();
         let r = parse_response(&raw).unwrap();

@@ -31,7 +31,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn image_env(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join("image.env")).with_context(|| format!("{}/image.env", dir.display()))?;
+    let text =
+        std::fs::read_to_string(dir.join("image.env")).with_context(|| format!("{}/image.env", dir.display()))?;
     Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
 }
 
@@ -39,7 +40,11 @@ fn image_env(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
 fn floor_run(dir: &Path) -> anyhow::Result<f64> {
     let mut config = VmConfig::new(
         "bench-floor",
-        Boot::Direct { kernel: dir.join("vmlinuz"), initrd: dir.join("initrd.img"), cmdline: "cerana.fallback=poweroff".into() },
+        Boot::Direct {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            cmdline: "cerana.fallback=poweroff".into(),
+        },
         default_log_dir(),
     );
     config.api = false;
@@ -67,7 +72,8 @@ fn base_run(dir: &Path) -> anyhow::Result<BaseRun> {
     let LifecycleEvent::NodeReady { uptime_ms } = ready else { bail!("unexpected event {ready:?}") };
     let info = vm.run_task("node-info", serde_json::json!({}), Duration::from_secs(60))?;
     let mem = &info["result"]["memory"];
-    let used_bytes = mem["total_bytes"].as_u64().unwrap_or(0).saturating_sub(mem["available_bytes"].as_u64().unwrap_or(0));
+    let used_bytes =
+        mem["total_bytes"].as_u64().unwrap_or(0).saturating_sub(mem["available_bytes"].as_u64().unwrap_or(0));
     let init_rss_bytes = info["result"]["init_rss_bytes"].as_u64().unwrap_or(0);
     vm.powerdown(Duration::from_secs(120))?;
     Ok(BaseRun { secs, uptime_ms, used_bytes, init_rss_bytes })
@@ -98,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     let (f, b) = (median(floor), median(base));
     println!("boot time under {accel:?}, median of {} runs, from QEMU start (host clock):", cli.runs);
     println!("  floor (same kernel, busybox-only initramfs) to userspace: {f:8.2} s");
-    println!("  CeranaOS base image to node_ready:                        {b:8.2} s (guest uptime {:.2} s)", median(guest));
+    println!(
+        "  CeranaOS base image to node_ready:                        {b:8.2} s (guest uptime {:.2} s)",
+        median(guest)
+    );
     println!("  ratio: {:.2}x (goal <= 1.50x)", b / f);
     let env = image_env(&cli.base)?;
     let num = |k: &str| env.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -106,10 +115,22 @@ fn main() -> anyhow::Result<()> {
     let (kernel, initrd, unpacked, budget) =
         (num("kernel_bytes"), num("initrd_bytes"), num("initrd_unpacked_bytes"), num("budget_bytes"));
     println!("sizes of the base image ({}):", env.get("compression").map_or("?", String::as_str));
-    println!("  kernel {:.2} MiB + initramfs {:.2} MiB compressed = {:.2} MiB of {:.2} MiB budget ({:.0}%)",
-        mb(kernel), mb(initrd), mb(kernel + initrd), mb(budget), 100.0 * (kernel + initrd) as f64 / budget as f64);
+    println!(
+        "  kernel {:.2} MiB + initramfs {:.2} MiB compressed = {:.2} MiB of {:.2} MiB budget ({:.0}%)",
+        mb(kernel),
+        mb(initrd),
+        mb(kernel + initrd),
+        mb(budget),
+        100.0 * (kernel + initrd) as f64 / budget as f64
+    );
     println!("  initramfs unpacked {:.2} MiB", mb(unpacked));
-    println!("memory in use at node_ready (MemTotal - MemAvailable: kernel, tmpfs root, all services): {:.1} MiB", median(used) / 1_048_576.0);
-    println!("init RSS at node_ready (PID 1's VmRSS, from node-info): {:.0} kB (target < 2048 kB)", median(init_rss) / 1024.0);
+    println!(
+        "memory in use at node_ready (MemTotal - MemAvailable: kernel, tmpfs root, all services): {:.1} MiB",
+        median(used) / 1_048_576.0
+    );
+    println!(
+        "init RSS at node_ready (PID 1's VmRSS, from node-info): {:.0} kB (target < 2048 kB)",
+        median(init_rss) / 1024.0
+    );
     Ok(())
 }
