@@ -1,5 +1,5 @@
 # The CeranaOS image (kernel + initramfs, ISO/USB), the kernel config check and the QEMU VM
-# tests (issue #4). See image/README.md and testing/qemu/README.md.
+# tests (issue #4). See image/README.md and testing/testbed/README.md.
 APT_PACKAGES += qemu-system-x86 ovmf xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
 	zstd xz-utils cpio binutils kmod dkms
 TEST_TARGETS += check-kernel-config test-image test-vm
@@ -40,7 +40,7 @@ iso: image
 # The harness's unit tests, then boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
 # API from the host and powers off; one VM at a time (2 cores, TCG).
 test-vm: iso
-	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-qemu --all-targets -- --test-threads=1
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-testbed --all-targets -- --test-threads=1
 
 # The shipped kernel (Debian's linux-image the image takes) against kernel-config/cerana.config,
 # after the checker's own test (a config lacking an option fails, naming it).
@@ -56,5 +56,5 @@ kernel:
 bench-boot: deps
 	$(MAKE) --no-print-directory image IMAGE_PROFILE=floor
 	$(MAKE) --no-print-directory image IMAGE_PROFILE=base
-	$(CARGO) run -q --release -p cerana-qemu --bin cerana-boot-bench -- \
+	$(CARGO) run -q --release -p cerana-testbed --bin cerana-boot-bench -- \
 	  --base $(OUT_DIR)/image/base --floor $(OUT_DIR)/image/floor

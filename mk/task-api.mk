@@ -9,7 +9,7 @@ build:
 # Unit tests beside the code and integration tests under each crate's tests/, for every crate
 # that no other target tests (bootserver, init, image and the VM harness have their own targets).
 # Tests that need root check for it themselves and say why they skip.
-OWN_TEST_TARGET_CRATES += cerana-bootserver cerana-init cerana-init-provider cerana-image cerana-qemu
+OWN_TEST_TARGET_CRATES += cerana-bootserver cerana-init cerana-init-provider cerana-image cerana-testbed
 test-workspace:
 	$(CARGO) test --workspace $(addprefix --exclude ,$(OWN_TEST_TARGET_CRATES)) --all-targets
 

@@ -13,7 +13,7 @@
 //! so `make test-kvm` leaves this out.
 
 use cerana_kvm::testbed;
-use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! the image and sets CERANA_IMAGE_DIR; without it the test says so and skips.
 
 use cerana_protocol::events::LifecycleEvent;
-use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -53,7 +53,7 @@ fn get(vm: &Vm, path: &str) -> (u16, String) {
     tcp.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     tcp.read_to_end(&mut raw).expect("read the response");
-    let response = cerana_qemu::http::parse_response(&raw).expect("an HTTP response");
+    let response = cerana_testbed::http::parse_response(&raw).expect("an HTTP response");
     (response.status, String::from_utf8(response.body).expect("UTF-8 body"))
 }
 
@@ -136,7 +136,7 @@ fn metrics_and_health_run_on_a_booted_node() {
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n").unwrap();
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).unwrap();
-        let r = cerana_qemu::http::parse_response(&raw).unwrap();
+        let r = cerana_testbed::http::parse_response(&raw).unwrap();
         (r.status, r.body)
     };
     assert_eq!(status, 401);

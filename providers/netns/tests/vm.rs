@@ -3,8 +3,8 @@
 //! own `nft` and kernel modules. `make test-netns-vm` builds the image and sets
 //! CERANA_IMAGE_DIR; without it the test says so and skips. Everything happens inside the guest.
 
-use cerana_qemu::http::post_json;
-use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::http::post_json;
+use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -7,8 +7,8 @@
 //! The dataset is filled by a first service: an overlay over the node's /bin (busybox) with the
 //! dataset's mountpoint bind-mounted in, which copies busybox into it.
 
-use cerana_qemu::http::post_json;
-use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::http::post_json;
+use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -90,7 +90,7 @@ fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
         let mut config = VmConfig::direct("service-zfs", &image, default_log_dir());
         config.disk_files = vec![disk.clone()];
         config.uuid = Some("5e41ce00-0000-4000-8000-000000000001".into());
-        if let cerana_qemu::Boot::Direct { cmdline, .. } = &mut config.boot {
+        if let cerana_testbed::Boot::Direct { cmdline, .. } = &mut config.boot {
             *cmdline = "cerana.zfs_config=auto".into();
         }
         let mut vm = Vm::boot(&config).unwrap();

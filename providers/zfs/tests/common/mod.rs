@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use cerana_qemu::http::{parse_response, post_json};
-use cerana_qemu::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::http::{parse_response, post_json};
+use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -56,7 +56,7 @@ impl Node {
         config.disks = disks.to_vec();
         config.disk_files = files.to_vec();
         config.uuid = Some(uuid.into());
-        if let cerana_qemu::Boot::Direct { cmdline: extra, .. } = &mut config.boot {
+        if let cerana_testbed::Boot::Direct { cmdline: extra, .. } = &mut config.boot {
             *extra = format!("{cmdline} {TEST_TASKS}");
         }
         let started = Instant::now();

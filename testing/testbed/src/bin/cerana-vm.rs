@@ -1,10 +1,10 @@
-//! `cerana-vm`: boot a CeranaOS node in QEMU for a person. See testing/qemu/README.md.
+//! `cerana-vm`: boot a CeranaOS node in QEMU for a person. See testing/testbed/README.md.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cerana_qemu::{default_log_dir, Boot, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Boot, Vm, VmConfig};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cerana_protocol::events::LifecycleEvent;
-use cerana_qemu::{default_log_dir, Accel, Boot, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Accel, Boot, Vm, VmConfig};
 use clap::Parser;
 
 #[derive(Parser)]

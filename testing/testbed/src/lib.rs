@@ -2,7 +2,7 @@
 //! UEFI), capture its serial console, wait for its lifecycle events, run tasks through its
 //! coordinator API from the host (user-mode networking, loopback port forward, bearer token),
 //! and power it off. Everything QEMU-related is killed and removed when a [`Vm`] is dropped;
-//! the console logs stay. See testing/qemu/README.md.
+//! the console logs stay. See testing/testbed/README.md.
 
 pub mod accel;
 pub mod console;

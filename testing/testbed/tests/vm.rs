@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
-use cerana_qemu::{default_log_dir, Boot, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Boot, Vm, VmConfig};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(120);
