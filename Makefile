@@ -10,6 +10,9 @@ CACHE_DIR ?= /var/cache/cerana
 export CACHE_DIR
 OUT_DIR ?= $(CURDIR)/out
 export OUT_DIR
+# Every test a target runs must find what it needs: a missing image, tool or privilege fails
+# it, naming what is missing (cerana_testbed::require). A plain `cargo test` may skip instead.
+export CERANA_TEST_STRICT = 1
 
 APT_PACKAGES := build-essential pkg-config
 TEST_TARGETS :=
@@ -28,9 +31,10 @@ help:
 deps:
 	@scripts/ensure-deps $(sort $(APT_PACKAGES))
 
-# Fast host tests first, then the image and the VM tests that boot it (the bootserver's PXE
-# test boots the built image too); targets not named here run last. The first failure stops.
-TEST_ORDER := test-workspace test-init check-kernel-config test-image test-vm test-boot test-boot-fuzz test-cluster
+# The fmt and clippy gates first, then fast host tests, then the image and the VM tests that
+# boot it (the bootserver's PXE test boots the built image too); targets not named here run
+# last. The first failure stops.
+TEST_ORDER := check-format check-clippy test-workspace test-init check-kernel-config test-image test-vm test-boot test-boot-fuzz test-cluster
 ORDERED_TEST_TARGETS = $(filter $(TEST_TARGETS),$(TEST_ORDER)) $(filter-out $(TEST_ORDER),$(TEST_TARGETS))
 
 test: deps

@@ -15,8 +15,8 @@ BOOT_FUZZ_SECS ?= 30
 BOOT_FUZZ_DIR = boot/bootserver/fuzz
 
 .PHONY: test-boot test-boot-fuzz bench-boot-net
-test-boot:
-	$(CARGO) test -p cerana-bootserver
+test-boot: image
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-bootserver
 
 # libFuzzer through cargo-fuzz. The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets
 # cargo-fuzz pass its -Z flags, and --sanitizer none skips ASan (the crate has no unsafe code;

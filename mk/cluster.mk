@@ -1,6 +1,6 @@
 # make cluster / cluster-down (issue #6): a QEMU cluster of CeranaOS nodes in a network
 # namespace; node 1 boots directly with cerana.cluster_bootstrap, nodes 2..N PXE-boot from its
-# bootserver (node 3 on UEFI). Logic in testing/cluster (cerana-cluster). See boot/README.md.
+# bootserver (node 3 on UEFI). Logic in testing/testbed (cerana_testbed::cluster). See boot/README.md.
 APT_PACKAGES += qemu-system-x86 ovmf iproute2 tar
 TEST_TARGETS += test-cluster
 
@@ -8,7 +8,7 @@ NODES ?= 3
 # Each node's data disk for its ZFS pool (sparse, kept across cluster-down); 0 for none.
 DATA_DISK_MB ?= 8192
 CLUSTER_DIR = $(OUT_DIR)/cluster
-CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-cluster --
+CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-testbed --bin cerana-qemu-cluster --
 
 .PHONY: cluster cluster-down test-cluster
 cluster: image
@@ -20,4 +20,4 @@ cluster-down:
 	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) down
 
 test-cluster: image
-	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-cluster -- --nocapture --test-threads=1
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-testbed --test cluster -- --nocapture --test-threads=1

@@ -40,7 +40,7 @@ iso: image
 # The harness's unit tests, then boots the image (direct, ISO on BIOS, ISO on UEFI) to node_ready, runs node-info through the
 # API from the host and powers off; one VM at a time (2 cores, TCG).
 test-vm: iso
-	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-testbed --all-targets -- --test-threads=1
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_ISO=$(ISO) $(CARGO) test -p cerana-testbed --lib --bins --test vm -- --test-threads=1
 
 # The shipped kernel (Debian's linux-image the image takes) against kernel-config/cerana.config,
 # after the checker's own test (a config lacking an option fails, naming it).

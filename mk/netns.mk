@@ -9,7 +9,7 @@ OWN_TEST_TARGET_CRATES += cerana-netns
 
 .PHONY: test-netns test-netns-vm bench-netns
 test-netns:
-	$(CARGO) test -p cerana-netns --all-targets
+	$(CARGO) test -p cerana-netns --lib --bins --examples --test netns
 
 # A booted node (QEMU, ~1 min under TCG): namespaces, veth, addresses and firewalls with the
 # image's own nft and kernel modules.

@@ -154,10 +154,7 @@ mod tests {
 
     #[test]
     fn candidates_are_split_by_package() {
-        if Command::new("apt-cache").arg("--version").output().is_err() {
-            eprintln!("skipping: apt-cache is not installed");
-            return;
-        }
+        cerana_testbed::require!(cerana_testbed::require::missing_program(&["apt-cache"]));
         let got = candidates(&["dpkg".into(), "apt".into()]).unwrap();
         assert_eq!(got.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["dpkg", "apt"]);
         assert!(got.iter().all(|(_, v)| !v.is_empty()));

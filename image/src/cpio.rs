@@ -121,10 +121,7 @@ mod tests {
 
     #[test]
     fn cpio_tool_lists_what_was_written() {
-        if std::process::Command::new("cpio").arg("--version").output().is_err() {
-            eprintln!("skipping: cpio is not installed");
-            return;
-        }
+        cerana_testbed::require!(cerana_testbed::require::missing_program(&["cpio"]));
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.cpio");
         let mut buf = Vec::new();

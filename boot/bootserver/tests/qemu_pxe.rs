@@ -6,6 +6,8 @@
 
 mod common;
 
+use cerana_testbed::qemu::OVMF_BIOS;
+use cerana_testbed::{default_log_dir, Boot, Firmware, Network, VmConfig, QEMU_SYSTEM};
 use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,7 +19,6 @@ range = ["10.77.0.100", "10.77.0.150"]
 gateway = "10.77.0.1"
 lease_secs = 600"#;
 
-const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 const IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// A file iPXE accepts as a bzImage (boot flag, "HdrS", protocol 2.15, loaded high).
@@ -33,19 +34,11 @@ fn stub_bzimage() -> Vec<u8> {
     image
 }
 
+/// A firmware guest and the lab it boots from; the guest goes first, before its network.
 struct Vm {
+    guest: cerana_testbed::Vm,
     lab: Lab,
     mac: String,
-}
-
-/// Where a built CeranaOS image is (vmlinuz, initrd.img), if one is.
-fn built_image() -> Option<std::path::PathBuf> {
-    let candidates = [
-        std::env::var_os("CERANA_IMAGE_DIR").map(Into::into),
-        std::env::var_os("OUT_DIR").map(|d| std::path::PathBuf::from(d).join("image/base")),
-        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../out/image/base")),
-    ];
-    candidates.into_iter().flatten().find(|d| d.join("vmlinuz").is_file() && d.join("initrd.img").is_file())
 }
 
 /// Starts the server (with or without router advertisements) and one VM; `image` replaces the
@@ -79,31 +72,6 @@ fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Optio
         std::fs::copy(dir.join("initrd.img"), lab.path("initrd")).unwrap();
     }
     lab.start_server(&config);
-    let serial = lab.path("serial.log");
-    let mut qemu = Command::new("ip");
-    qemu.args([
-        "netns",
-        "exec",
-        &ns,
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-m",
-        "1024",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-serial")
-    .arg(format!("file:{}", serial.display()))
-    .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
-    if uefi {
-        // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
-        qemu.args(["-bios", OVMF, "-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")]);
-    } else {
-        qemu.args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]);
-    }
     if let Ok(dump) = std::env::var("BOOT_TEST_PCAP") {
         let tcpdump = Command::new("ip")
             .args(["netns", "exec", &lab.srv, "tcpdump", "-i", &lab.srv_if, "-w", &dump])
@@ -113,9 +81,13 @@ fn boot_vm_with(uefi: bool, router_advertisements: bool, mac: &str, image: Optio
             .unwrap();
         lab.adopt(tcpdump);
     }
-    let child = qemu.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("qemu");
-    lab.adopt(child);
-    Vm { lab, mac: mac.to_string() }
+    let firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
+    let mut config = VmConfig::new(&format!("pxe-{}", mac.replace(':', "")), Boot::Pxe(firmware), default_log_dir());
+    config.network = Network::Tap { netns: ns, ifname: tap, mac: mac.into() };
+    // As a firmware-only client: QEMU's default machine, one vCPU, 1 GiB.
+    (config.machine, config.cpus, config.memory_mib) = (None, 1, 1024);
+    let guest = cerana_testbed::Vm::boot(&config).expect("QEMU starts");
+    Vm { guest, lab, mac: mac.to_string() }
 }
 
 fn timeline(vm: &Vm) -> Vec<serde_json::Value> {
@@ -140,7 +112,7 @@ fn ipxe_dhcp_to_script_ms(events: &[serde_json::Value]) -> u64 {
 
 #[test]
 fn bios_ipxe_rom_boots_through_dhcp_script_kernel_and_initrd() {
-    require!("curl", "qemu-system-x86_64");
+    require!("curl", QEMU_SYSTEM);
     let vm = boot_vm(false, true, "52:54:00:b0:00:01");
     let events = wait_for_event(&vm, "http_initrd", Duration::from_secs(240));
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
@@ -162,9 +134,12 @@ fn bios_ipxe_rom_boots_through_dhcp_script_kernel_and_initrd() {
 
 #[test]
 fn uefi_pxe_fetches_snponly_by_tftp_then_chains_to_ipxe() {
-    require!("curl", "qemu-system-x86_64");
-    if !std::path::Path::new(OVMF).exists() || !std::path::Path::new(IPXE_DIR).join("snponly.efi").exists() {
-        eprintln!("SKIP: needs {OVMF} (ovmf) and {IPXE_DIR}/snponly.efi (ipxe)");
+    require!("curl", QEMU_SYSTEM);
+    if !std::path::Path::new(OVMF_BIOS).exists() || !std::path::Path::new(IPXE_DIR).join("snponly.efi").exists() {
+        cerana_testbed::require::missing(
+            "uefi_pxe",
+            &format!("needs {OVMF_BIOS} (ovmf) and {IPXE_DIR}/snponly.efi (ipxe)"),
+        );
         return;
     }
     let vm = boot_vm(true, true, "52:54:00:e0:00:01");
@@ -183,22 +158,10 @@ fn uefi_pxe_fetches_snponly_by_tftp_then_chains_to_ipxe() {
 
 #[test]
 fn a_built_cerana_image_pxe_boots_to_node_ready() {
-    require!("curl", "qemu-system-x86_64");
-    let Some(image) = built_image() else {
-        eprintln!("SKIP: no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)");
-        return;
-    };
-    let vm = boot_vm_with(false, true, "52:54:00:b0:00:02", Some(&image));
-    let serial = vm.lab.path("serial.log");
-    let ready = wait_for(Duration::from_secs(240), || {
-        let text = String::from_utf8_lossy(&read(&serial)).into_owned();
-        text.lines().any(|l| l.starts_with("CERANA-EVENT ") && l.contains("\"event\":\"node_ready\"")).then_some(())
-    });
-    let tail = String::from_utf8_lossy(&read(&serial)).lines().rev().take(30).collect::<Vec<_>>().join("\n");
-    assert!(
-        ready.is_some(),
-        "the PXE-booted node never reported node_ready; serial (last lines, newest first):\n{tail}"
-    );
+    require!("curl", QEMU_SYSTEM);
+    let image = cerana_testbed::require_ok!(cerana_testbed::image_dir());
+    let mut vm = boot_vm_with(false, true, "52:54:00:b0:00:02", Some(&image));
+    vm.guest.wait_for_event("node_ready", Duration::from_secs(240)).unwrap_or_else(|e| panic!("{e}"));
     let events = timeline(&vm);
     let initrd = events.iter().find(|e| e["event"] == "http_initrd").expect("initrd served");
     assert_eq!(initrd["bytes"].as_u64(), Some(std::fs::metadata(vm.lab.path("initrd")).unwrap().len()));

@@ -26,6 +26,9 @@ const OUTER_MNT_ENV: &str = "CERANA_TESTBED_OUTER_MNT";
 const LIBVIRT_DIRS: &[&str] =
     &["/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt"];
 
+/// Debian's libvirt QEMU driver module.
+const QEMU_DRIVER: &str = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so";
+
 /// The libvirtd binary this machine has, if any.
 pub fn libvirtd_binary() -> Option<PathBuf> {
     ["/usr/sbin/libvirtd", "/usr/bin/libvirtd"].iter().map(PathBuf::from).find(|p| p.exists())
@@ -39,8 +42,9 @@ pub fn skip_reason() -> Option<String> {
     if libvirtd_binary().is_none() {
         return Some("no libvirtd (apt-get install libvirt-daemon libvirt-daemon-driver-qemu)".into());
     }
-    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
-        return Some("no /usr/bin/qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
+    // The driver finds the emulator itself, and names it when it is missing.
+    if !Path::new(QEMU_DRIVER).exists() {
+        return Some(format!("no {QEMU_DRIVER} (apt-get install libvirt-daemon-driver-qemu qemu-system-x86)"));
     }
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("no ip (iproute2)".into());

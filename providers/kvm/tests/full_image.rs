@@ -25,19 +25,9 @@ fn as_disk(src: &Path, dst: &Path) -> PathBuf {
     dst.to_owned()
 }
 
-fn task(vm: &Vm, name: &str, args: serde_json::Value) -> serde_json::Value {
-    let reply = vm.run_task(name, args, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(reply["error"].is_null(), "{name} failed: {reply}; log {}", vm.log_path().display());
-    reply["result"].clone()
-}
-
 #[test]
 fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
-    let Some(image) = std::env::var_os("CERANA_FULL_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: CERANA_FULL_IMAGE_DIR is not set (make test-kvm sets it after building the full image)");
-        return;
-    };
-    assert!(image.join("initrd.img").is_file(), "no full image at {}", image.display());
+    let image = cerana_testbed::require_ok!(cerana_testbed::image_dir_from(cerana_testbed::image::FULL_IMAGE_DIR_ENV));
     let mut config = VmConfig::direct("kvm-full", &image, default_log_dir());
     config.memory_mib = 2048;
     let nested = std::env::var_os("CERANA_KVM_NESTED").is_some_and(|v| v == "1");
@@ -79,13 +69,13 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
     if nested {
         let args = serde_json::json!({"name": "nested", "vcpus": 1, "memory_mib": 128, "virt_type": "tcg",
             "direct_kernel": {"kernel": "/dev/vda", "cmdline": "console=ttyS0 panic=0"}});
-        let defined = task(&vm, "kvm-define", args);
+        let defined = vm.ok("kvm-define", args);
         eprintln!("nested: defined, hypervisor {}", defined["hypervisor"]);
         let started = Instant::now();
-        task(&vm, "kvm-start", serde_json::json!({"name": "nested"}));
+        vm.ok("kvm-start", serde_json::json!({"name": "nested"}));
         let mut seen_kernel = None;
         loop {
-            let log = task(&vm, "kvm-console-log", serde_json::json!({"name": "nested"}));
+            let log = vm.ok("kvm-console-log", serde_json::json!({"name": "nested"}));
             let text = log["text"].as_str().unwrap_or_default();
             if seen_kernel.is_none() && text.contains("Linux version") {
                 seen_kernel = Some(started.elapsed());
@@ -107,10 +97,10 @@ fn the_full_image_runs_libvirtd_and_answers_kvm_list() {
             "nested: TCG guest inside the TCG node reached its root mount {:.1} s after kvm-start",
             started.elapsed().as_secs_f64()
         );
-        let got = task(&vm, "kvm-get", serde_json::json!({"name": "nested"}));
+        let got = vm.ok("kvm-get", serde_json::json!({"name": "nested"}));
         assert_eq!((got["state"].as_str(), got["hypervisor"].as_str()), (Some("running"), Some("tcg")), "{got}");
-        task(&vm, "kvm-destroy", serde_json::json!({"name": "nested"}));
-        task(&vm, "kvm-undefine", serde_json::json!({"name": "nested"}));
+        vm.ok("kvm-destroy", serde_json::json!({"name": "nested"}));
+        vm.ok("kvm-undefine", serde_json::json!({"name": "nested"}));
     }
 
     let status = vm.powerdown(Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));

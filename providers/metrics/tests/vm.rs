@@ -1,37 +1,20 @@
 //! On a booted CeranaOS node (QEMU): init starts the metrics and health providers from the
 //! multi-call binary, their tasks answer through the node's API, and `GET /metrics` (with the
 //! node's token) parses with every family, the node's included. `make test-observe-vm` builds
-//! the image and sets CERANA_IMAGE_DIR; without it the test says so and skips.
+//! the image and sets CERANA_IMAGE_DIR; without it the test fails under `make test` (skips elsewhere).
 
 use cerana_protocol::events::LifecycleEvent;
-use cerana_testbed::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, image_dir, require_ok, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
-const TASK_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn image_dir() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: CERANA_IMAGE_DIR is not set (`make test-observe-vm` builds the image and sets it)");
-        return None;
-    };
-    assert!(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists(), "{} has no image", dir.display());
-    Some(dir)
-}
 
 /// The task's result; panics with the error and where the console log is.
 fn result(vm: &Vm, task: &str, args: Value) -> Value {
-    let started = Instant::now();
-    let reply = vm.run_task(task, args.clone(), TASK_TIMEOUT).unwrap_or_else(|e| panic!("{task} {args}: {e}"));
-    eprintln!("{task} answered in {:.2} s", started.elapsed().as_secs_f64());
-    match reply.get("error").filter(|e| !e.is_null()) {
-        Some(e) => panic!("{task} {args} failed: {e}; console {}", vm.log_path().display()),
-        None => reply["result"].clone(),
-    }
+    vm.ok(task, args)
 }
 
 /// A check's status and reason.
@@ -59,7 +42,7 @@ fn get(vm: &Vm, path: &str) -> (u16, String) {
 
 #[test]
 fn metrics_and_health_run_on_a_booted_node() {
-    let Some(image) = image_dir() else { return };
+    let image = require_ok!(image_dir());
     let mut vm = Vm::boot(&VmConfig::direct("observe", &image, default_log_dir())).expect("QEMU starts");
     // Both providers ready is what this test needs; node_ready (every service) is test-vm's.
     let ready = |service: &str, e: &LifecycleEvent| matches!(e, LifecycleEvent::ServiceReady { service: s, .. } if s == service);

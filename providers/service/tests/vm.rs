@@ -1,5 +1,5 @@
 //! The service provider on a booted CeranaOS node with a real ZFS pool (`make test-service-vm`;
-//! skips without `CERANA_IMAGE_DIR`): a service runs on a clone of a dataset, restarts on a
+//! without `CERANA_IMAGE_DIR` it fails under `make test`, skips elsewhere): a service runs on a clone of a dataset, restarts on a
 //! fresh clone, and is removed cleanly, its clone destroyed; a service still running when the
 //! node powers off is stopped by the provider on its way down, so the node boots again (same
 //! disk) with no clone left on the pool.
@@ -7,26 +7,13 @@
 //! The dataset is filled by a first service: an overlay over the node's /bin (busybox) with the
 //! dataset's mountpoint bind-mounted in, which copies busybox into it.
 
-use cerana_testbed::http::post_json;
-use cerana_testbed::{default_log_dir, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, image_dir, require_ok, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 const TASK_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn image_dir() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("SKIP: CERANA_IMAGE_DIR is not set (run `make test-service-vm`, which builds the image)");
-        return None;
-    };
-    if !dir.join("vmlinuz").exists() || !dir.join("initrd.img").exists() {
-        eprintln!("SKIP: {} has no vmlinuz/initrd.img (run `make image`)", dir.display());
-        return None;
-    }
-    Some(dir)
-}
 
 struct Node {
     vm: Vm,
@@ -35,21 +22,12 @@ struct Node {
 impl Node {
     /// The response object of a task: `Ok(result)` or `Err(error)`.
     fn run(&self, task: &str, args: Value) -> Result<Value, Value> {
-        let body = json!({ "task": task, "args": args, "timeout_ms": TASK_TIMEOUT.as_millis() as u64 });
-        let addr = self.vm.api_addr().expect("the API is forwarded");
-        let started = Instant::now();
-        let r = post_json(addr, "/v1/tasks", self.vm.token(), body.to_string().as_bytes(), TASK_TIMEOUT)
-            .unwrap_or_else(|e| panic!("POST {task}: {e}"));
-        let value: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{task}: not JSON ({e})"));
-        eprintln!("{task} -> {} in {:.2} s", r.status, started.elapsed().as_secs_f64());
-        match value.get("error") {
-            None if r.status == 200 => Ok(value["result"].clone()),
-            _ => Err(value["error"].clone()),
-        }
+        let request = json!({ "task": task, "args": args, "timeout_ms": TASK_TIMEOUT.as_millis() as u64 });
+        self.vm.call(&request, TASK_TIMEOUT).map(|v| v["result"].clone()).map_err(|e| e.error)
     }
 
     fn ok(&self, task: &str, args: Value) -> Value {
-        self.run(task, args.clone()).unwrap_or_else(|e| panic!("{task} {args}: {e}"))
+        self.vm.ok(task, args)
     }
 
     fn exists(&self, name: &str) -> bool {
@@ -81,7 +59,7 @@ impl Node {
 
 #[test]
 fn a_service_runs_on_a_fresh_zfs_clone_on_every_start_and_is_removed_cleanly() {
-    let Some(image) = image_dir() else { return };
+    let image = require_ok!(image_dir());
     // A disk file of our own (kept between the two boots of this node, removed at the end).
     let disk = std::env::temp_dir().join(format!("cerana-service-vm-{}.img", std::process::id()));
     let _disk = RemoveOnDrop(disk.clone());

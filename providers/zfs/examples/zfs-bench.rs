@@ -7,14 +7,20 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{image_dir, Node};
+use common::Node;
 use serde_json::json;
 use std::process::ExitCode;
 
 const MIB: u64 = 1 << 20;
 
 fn main() -> ExitCode {
-    let Some(image) = image_dir() else { return ExitCode::FAILURE };
+    let image = match cerana_testbed::image_dir() {
+        Ok(image) => image,
+        Err(why) => {
+            eprintln!("zfs-bench: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
     let iterations: u32 = std::env::var("ZFS_BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let rounds: u32 = std::env::var("ZFS_BENCH_STREAM_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let n = Node::boot(

@@ -12,7 +12,8 @@
 
 mod common;
 
-use common::{disk_file, image_dir, Node};
+use cerana_testbed::{image_dir, require_ok};
+use common::{disk_file, Node};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -226,7 +227,7 @@ fn bad_streams(n: &Node) {
 
 #[test]
 fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
-    let Some(image) = image_dir() else { return };
+    let image = require_ok!(image_dir());
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("node1-disk0.raw");
@@ -272,7 +273,7 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
 
 #[test]
 fn three_disks_auto_make_raidz() {
-    let Some(image) = image_dir() else { return };
+    let image = require_ok!(image_dir());
     let started = Instant::now();
     let n = Node::boot(
         &image,

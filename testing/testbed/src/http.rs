@@ -22,10 +22,24 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// `POST path` with a bearer token and a JSON body.
 pub fn post_json(
     addr: SocketAddr,
     path: &str,
     token: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    request(addr, "POST", path, Some(token), body, timeout)
+}
+
+/// One request on its own connection (`Connection: close`); the body is sent as JSON when
+/// there is one.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
     body: &[u8],
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
@@ -34,10 +48,14 @@ pub fn post_json(
     let io = |source| HttpError::Io { addr, source };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).map_err(io)?;
     stream.write_all(body).map_err(io)?;
     let mut raw = Vec::new();

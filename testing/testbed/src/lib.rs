@@ -2,16 +2,32 @@
 //! UEFI), capture its serial console, wait for its lifecycle events, run tasks through its
 //! coordinator API from the host (user-mode networking, loopback port forward, bearer token),
 //! and power it off. Everything QEMU-related is killed and removed when a [`Vm`] is dropped;
-//! the console logs stay. See testing/testbed/README.md.
+//! the console logs stay. Also the rest of what the tests stand on: where the images are, what
+//! a test needs ([`require!`]: loud under `make test`), task helpers, and multi-node clusters
+//! on a bridge inside a network namespace ([`cluster`]). See testing/testbed/README.md.
 
 pub mod accel;
+pub mod cluster;
 pub mod console;
 pub mod http;
+pub mod image;
+pub mod qemu;
 pub mod qmp;
+pub mod require;
+pub mod task;
 pub mod vm;
 
 pub use accel::Accel;
-pub use vm::{Boot, Vm, VmConfig, VmError};
+pub use image::{image_dir, image_dir_from};
+pub use qemu::{Firmware, QemuCommand, QEMU_SYSTEM};
+pub use task::TaskFailure;
+pub use vm::{Boot, Network, Vm, VmConfig, VmError};
+
+/// `program` as found in `PATH`.
+pub fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|c| c.is_file())
+}
 
 /// Where the VM console logs go: `$OUT_DIR/vm-logs`, or `out/vm-logs` in the checkout.
 pub fn default_log_dir() -> std::path::PathBuf {

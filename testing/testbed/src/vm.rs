@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use cerana_protocol::events::LifecycleEvent;
 use thiserror::Error;
 
-use crate::accel::Accel;
 use crate::console::{Console, WaitEnd};
 use crate::http::{self, HttpError};
+use crate::qemu::{Firmware, MissingFile, QemuCommand, QEMU_SYSTEM};
 use crate::qmp::{Qmp, QmpError};
 
 /// The guest port the coordinator's HTTP API listens on.
@@ -41,6 +41,10 @@ pub enum VmError {
     TaskFailed { task: String, status: u16, body: String },
     #[error("this VM was started without API port forwarding")]
     NoApi,
+    #[error(transparent)]
+    MissingFile(#[from] MissingFile),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// How the guest boots.
@@ -52,6 +56,20 @@ pub enum Boot {
     IsoBios(PathBuf),
     /// The hybrid ISO as a CD on OVMF (UEFI).
     IsoUefi(PathBuf),
+    /// From the network, on the NIC of [`Network::Tap`], with this firmware.
+    Pxe(Firmware),
+}
+
+/// How the guest is networked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// No NIC at all.
+    None,
+    /// QEMU user-mode networking with a loopback port forwarded to the guest's API and a random
+    /// token passed to the node: the guest's NAT and DHCP live inside QEMU.
+    UserApi,
+    /// A virtio NIC on a tap inside a network namespace the test made (bridged to its servers).
+    Tap { netns: String, ifname: String, mac: String },
 }
 
 #[derive(Debug, Clone)]
@@ -68,8 +86,9 @@ pub struct VmConfig {
     /// The SMBIOS system UUID (`-uuid`); init derives the machine-id and the ZFS hostid from it.
     /// `None`: QEMU's default.
     pub uuid: Option<String>,
-    /// Forward a loopback port to the guest's API and pass a random token.
-    pub api: bool,
+    pub network: Network,
+    /// `-machine`; `None`: QEMU's default (i440fx), as firmware-only PXE guests use.
+    pub machine: Option<String>,
     /// Where the console log is kept (`<name>-<pid>-<n>.log`).
     pub log_dir: PathBuf,
     /// The QEMU program, looked up in PATH unless it contains a `/`.
@@ -86,9 +105,10 @@ impl VmConfig {
             disks: Vec::new(),
             disk_files: Vec::new(),
             uuid: None,
-            api: true,
+            network: Network::UserApi,
+            machine: Some("q35".into()),
             log_dir: log_dir.into(),
-            qemu: "qemu-system-x86_64".into(),
+            qemu: QEMU_SYSTEM.into(),
         }
     }
 
@@ -121,12 +141,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|c| c.is_file()))
-        .unwrap_or(None)
-}
-
 /// OVMF's code and variable store templates from Debian's `ovmf` package.
 pub fn ovmf_files() -> Result<(PathBuf, PathBuf), VmError> {
     for (code, vars) in [
@@ -156,7 +170,7 @@ fn free_loopback_port() -> Result<u16, VmError> {
 
 /// A 1.44 MB FAT image holding `/cerana-extra.cfg` (`set cerana_extra="..."`), made with mtools.
 pub fn make_seed_disk(path: &Path, extra_cmdline: &str) -> Result<(), VmError> {
-    if find_in_path("mformat").is_none() {
+    if crate::find_in_path("mformat").is_none() {
         return Err(VmError::Missing("mformat (mtools)".into()));
     }
     let cfg = path.with_extension("cfg");
@@ -193,7 +207,7 @@ impl Vm {
         let qemu = if config.qemu.contains('/') {
             Some(PathBuf::from(&config.qemu)).filter(|p| p.is_file())
         } else {
-            find_in_path(&config.qemu)
+            crate::find_in_path(&config.qemu)
         };
         let qemu = qemu.ok_or_else(|| VmError::Missing(config.qemu.clone()))?;
         std::fs::create_dir_all(&config.log_dir).map_err(io(format!("creating {}", config.log_dir.display())))?;
@@ -213,60 +227,57 @@ impl Vm {
             token: random_token()?,
             started: Instant::now(),
         };
-        let mut args: Vec<String> = vec![
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-display".into(),
-            "none".into(),
-            "-machine".into(),
-            "q35".into(),
-            "-m".into(),
-            config.memory_mib.to_string(),
-            "-smp".into(),
-            config.cpus.to_string(),
-            "-serial".into(),
-            "stdio".into(),
-            "-no-reboot".into(),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", vm.qmp_path.display()),
-            "-device".into(),
-            "virtio-rng-pci".into(),
-        ];
-        args.extend(Accel::detect().qemu_args());
+        let mut qemu = QemuCommand::new(&qemu.display().to_string(), config.memory_mib, config.cpus);
+        if let Network::Tap { netns, .. } = &config.network {
+            qemu = qemu.in_netns(netns);
+        }
+        qemu.arg("-no-user-config");
+        if let Some(machine) = &config.machine {
+            qemu.args(["-machine", machine]);
+        }
+        qemu.args(["-serial", "stdio", "-no-reboot", "-qmp"]);
+        qemu.arg(format!("unix:{},server=on,wait=off", vm.qmp_path.display()));
+        qemu.args(["-device", "virtio-rng-pci"]);
         // Node settings for the kernel command line (direct boot) or the ISO's seed disk.
         let mut node_args = format!("cerana.api_token={}", vm.token);
-        if config.api {
+        if config.network == Network::UserApi {
             node_args.push_str(&format!(
                 " cerana.mgmt_mac={GUEST_MAC} cerana.mgmt_ip={GUEST_IP}/24 cerana.mgmt_gw={GUEST_GW}"
             ));
         }
         let mut cmdline = format!("console=ttyS0,115200 panic=-1 {node_args}");
-        if config.api {
-            let port = free_loopback_port()?;
-            vm.api = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-            // User-mode networking: the guest's NAT and DHCP live inside QEMU, only loopback is exposed.
-            args.push("-netdev".into());
-            args.push(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
-            args.push("-device".into());
-            args.push(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"));
+        match &config.network {
+            Network::None => {}
+            Network::UserApi => {
+                let port = free_loopback_port()?;
+                vm.api = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                // Only loopback is exposed.
+                qemu.arg("-netdev").arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_API_PORT}"));
+                qemu.arg("-device").arg(format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"));
+            }
+            Network::Tap { ifname, mac, .. } => {
+                let pxe = match config.boot {
+                    Boot::Pxe(firmware) => Some(firmware),
+                    _ => None,
+                };
+                qemu.tap_nic(ifname, mac, pxe);
+            }
         }
         for (i, size) in config.disks.iter().enumerate() {
             let disk = work.join(format!("disk{i}.raw"));
             let file = std::fs::File::create(&disk).map_err(io(format!("creating {}", disk.display())))?;
             file.set_len(*size).map_err(io(format!("sizing {}", disk.display())))?;
-            args.push("-drive".into());
-            args.push(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()));
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=unsafe", disk.display()));
         }
         for disk in &config.disk_files {
             if !disk.is_file() {
                 return Err(VmError::Missing(disk.display().to_string()));
             }
             // writeback, not unsafe: what the guest flushed must be on the file for the next boot.
-            args.push("-drive".into());
-            args.push(format!("file={},format=raw,if=virtio,cache=writeback", disk.display()));
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio,cache=writeback", disk.display()));
         }
         if let Some(uuid) = &config.uuid {
-            args.extend(["-uuid".into(), uuid.clone()]);
+            qemu.args(["-uuid", uuid]);
         }
         match &config.boot {
             Boot::Direct { kernel, initrd, cmdline: extra } => {
@@ -279,41 +290,49 @@ impl Vm {
                     cmdline.push(' ');
                     cmdline.push_str(extra);
                 }
-                args.extend([
+                qemu.args([
                     "-kernel".into(),
                     kernel.display().to_string(),
                     "-initrd".into(),
                     initrd.display().to_string(),
                 ]);
-                args.extend(["-append".into(), cmdline]);
+                qemu.args(["-append".into(), cmdline]);
             }
             Boot::IsoBios(iso) | Boot::IsoUefi(iso) => {
                 if !iso.exists() {
                     return Err(VmError::Missing(iso.display().to_string()));
                 }
-                args.extend(["-drive".into(), format!("file={},media=cdrom,readonly=on,if=ide", iso.display())]);
-                args.extend(["-boot".into(), "d".into()]);
+                qemu.args(["-drive".into(), format!("file={},media=cdrom,readonly=on,if=ide", iso.display())]);
+                qemu.args(["-boot", "d"]);
                 // The ISO's grub menu looks for /cerana-extra.cfg on every disk and appends its
                 // `cerana_extra` to the kernel command line: that is how the API token gets in.
                 let seed = work.join("seed.img");
                 make_seed_disk(&seed, &node_args)?;
-                args.extend(["-drive".into(), format!("file={},format=raw,if=ide,index=1", seed.display())]);
+                qemu.args(["-drive".into(), format!("file={},format=raw,if=ide,index=1", seed.display())]);
                 if matches!(config.boot, Boot::IsoUefi(_)) {
                     let (code, vars) = ovmf_files()?;
                     let vars_copy = work.join("OVMF_VARS.fd");
                     std::fs::copy(&vars, &vars_copy).map_err(io("copying the OVMF variable store"))?;
-                    args.extend([
+                    qemu.args([
                         "-drive".into(),
                         format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()),
                     ]);
-                    args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display())]);
+                    qemu.args(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display())]);
+                }
+            }
+            Boot::Pxe(firmware) => {
+                if !matches!(config.network, Network::Tap { .. }) {
+                    return Err(VmError::Invalid("a PXE boot needs a tap network (Network::Tap)".into()));
+                }
+                if *firmware == Firmware::Uefi {
+                    qemu.uefi_bios()?;
                 }
             }
         }
         let log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
-        std::fs::write(work.join("qemu.args"), args.join("\n")).map_err(io("writing qemu.args"))?;
-        let mut cmd = Command::new(qemu);
-        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        std::fs::write(work.join("qemu.args"), qemu.arguments().join("\n")).map_err(io("writing qemu.args"))?;
+        let mut cmd = qemu.command();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent;
         // it makes the kernel kill QEMU if the test process dies without running Drop.
         unsafe {

@@ -2,28 +2,26 @@
 //! run `node-info` through the coordinator API from the host, and power off cleanly.
 //!
 //! `make test-vm` builds the image and the ISO and runs these with CERANA_IMAGE_DIR and
-//! CERANA_ISO set; without them (e.g. under a plain `cargo test --workspace`) they say so and
-//! skip, so a stale image is never booted by accident.
+//! CERANA_ISO set; without them a plain `cargo test` says so and skips (a stale image is never
+//! booted by accident), and under `make test` they fail naming what is missing.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
-use cerana_testbed::{default_log_dir, Boot, Vm, VmConfig};
+use cerana_testbed::image::{file_from, ISO_ENV};
+use cerana_testbed::require::missing_program;
+use cerana_testbed::{default_log_dir, image_dir, require_ok, Boot, Network, Vm, VmConfig, QEMU_SYSTEM};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const POWERDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn runnable(var: &str) -> Option<PathBuf> {
-    let Some(path) = std::env::var_os(var).map(PathBuf::from) else {
-        eprintln!("skipping: {var} is not set (make test-vm sets it after building the image)");
-        return None;
-    };
-    let qemu_present = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .any(|d| d.join("qemu-system-x86_64").is_file());
-    assert!(qemu_present, "{var} is set but qemu-system-x86_64 is missing (make deps installs it)");
-    assert!(path.exists(), "{var}={} does not exist", path.display());
-    Some(path)
+/// The image directory or the ISO a test boots, checked, or why it cannot run.
+fn runnable(found: Result<PathBuf, String>) -> Result<PathBuf, String> {
+    if let Some(why) = missing_program(&[QEMU_SYSTEM]) {
+        return Err(why);
+    }
+    found
 }
 
 /// The whole life of a node: ready, answers node-info over the API, orderly poweroff.
@@ -63,7 +61,7 @@ fn boot_run_node_info_and_power_off(config: VmConfig) {
 
 #[test]
 fn direct_boot_reaches_ready_answers_node_info_and_powers_off() {
-    let Some(image) = runnable("CERANA_IMAGE_DIR") else { return };
+    let image = require_ok!(runnable(image_dir()));
     let mut config = VmConfig::direct("direct", &image, default_log_dir());
     config.disks = vec![1 << 30];
     boot_run_node_info_and_power_off(config);
@@ -71,19 +69,19 @@ fn direct_boot_reaches_ready_answers_node_info_and_powers_off() {
 
 #[test]
 fn iso_on_bios_reaches_ready_and_powers_off() {
-    let Some(iso) = runnable("CERANA_ISO") else { return };
+    let iso = require_ok!(runnable(file_from(ISO_ENV)));
     boot_run_node_info_and_power_off(VmConfig::new("iso-bios", Boot::IsoBios(iso), default_log_dir()));
 }
 
 #[test]
 fn iso_on_uefi_reaches_ready_and_powers_off() {
-    let Some(iso) = runnable("CERANA_ISO") else { return };
+    let iso = require_ok!(runnable(file_from(ISO_ENV)));
     boot_run_node_info_and_power_off(VmConfig::new("iso-uefi", Boot::IsoUefi(iso), default_log_dir()));
 }
 
 #[test]
 fn a_boot_that_never_gets_ready_times_out_with_the_console_tail() {
-    let Some(image) = runnable("CERANA_IMAGE_DIR") else { return };
+    let image = require_ok!(runnable(image_dir()));
     let mut config = VmConfig::direct("no-ready", &image, default_log_dir());
     // No init at all: the kernel panics, QEMU exits (-no-reboot), and the harness says so.
     config.boot = Boot::Direct {
@@ -91,7 +89,7 @@ fn a_boot_that_never_gets_ready_times_out_with_the_console_tail() {
         initrd: image.join("initrd.img"),
         cmdline: "rdinit=/does-not-exist init=/does-not-exist-either".into(),
     };
-    config.api = false;
+    config.network = Network::None;
     let mut vm = Vm::boot(&config).expect("QEMU starts");
     let err = vm.wait_for_event("node_ready", READY_TIMEOUT).expect_err("there is no init to get ready");
     let text = err.to_string();

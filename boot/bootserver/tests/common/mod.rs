@@ -17,28 +17,18 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Why these tests cannot run here, if they cannot.
 pub fn skip_reason(tools: &[&str]) -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
+    if !cerana_testbed::require::is_root() {
         return Some("needs root (network namespaces)".into());
     }
-    for tool in ["ip"].iter().chain(tools) {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("needs `{tool}` (make deps installs it)"));
-        }
-    }
-    None
+    cerana_testbed::require::missing_program(&[&["ip"], tools].concat())
 }
 
-/// Returns early from a test, saying why, when the lab cannot run.
+/// Returns early from a test when the lab cannot run: it fails under `make test`, saying why,
+/// and skips elsewhere (`cerana_testbed::require`).
 #[macro_export]
 macro_rules! require {
     ($($tool:expr),*) => {
-        if let Some(why) = common::skip_reason(&[$($tool),*]) {
-            eprintln!("SKIP {}: {why}", module_path!());
-            return;
-        }
+        cerana_testbed::require!(common::skip_reason(&[$($tool),*]));
     };
 }
 

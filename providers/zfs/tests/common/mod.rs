@@ -2,11 +2,9 @@
 
 #![allow(dead_code)]
 
-use cerana_testbed::http::{parse_response, post_json};
+use cerana_testbed::http::{post_json, request};
 use cerana_testbed::{default_log_dir, Vm, VmConfig};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,27 +13,7 @@ pub const TEST_TASKS: &str = "cerana_zfs.test_tasks=1";
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 pub const LONG: Duration = Duration::from_secs(900);
 
-/// The image directory from `CERANA_IMAGE_DIR`, or why the test skips.
-pub fn image_dir() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from) else {
-        eprintln!("skipping: CERANA_IMAGE_DIR is not set (run `make test-zfs`, which builds the image)");
-        return None;
-    };
-    if !dir.join("vmlinuz").exists() || !dir.join("initrd.img").exists() {
-        eprintln!("skipping: {} has no vmlinuz/initrd.img (run `make image`)", dir.display());
-        return None;
-    }
-    Some(dir)
-}
-
-/// A failed task: HTTP status, the Task API code and the ZFS reason.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub status: u16,
-    pub code: String,
-    pub reason: Option<String>,
-    pub message: String,
-}
+pub use cerana_testbed::TaskFailure as Failure;
 
 pub struct Node {
     pub vm: Vm,
@@ -70,48 +48,21 @@ impl Node {
         Node { vm, name: name.into() }
     }
 
-    fn post(&self, path: &str, body: &[u8], timeout: Duration) -> (u16, Vec<u8>) {
-        let addr = self.vm.api_addr().unwrap();
-        let r = post_json(addr, path, self.vm.token(), body, timeout)
-            .unwrap_or_else(|e| panic!("[{}] POST {path}: {e}", self.name));
-        (r.status, r.body)
-    }
-
     /// Runs a task, optionally with an input stream; returns the whole response object.
     pub fn request(&self, task: &str, args: Value, stream: Option<&str>) -> Result<Value, Failure> {
         let mut body = json!({ "task": task, "args": args, "timeout_ms": LONG.as_millis() as u64 });
         if let Some(id) = stream {
             body["stream"] = json!({ "id": id });
         }
-        let started = Instant::now();
-        let (status, raw) = self.post("/v1/tasks", body.to_string().as_bytes(), LONG);
-        let value: Value = serde_json::from_slice(&raw)
-            .unwrap_or_else(|e| panic!("{task}: not JSON ({e}): {}", String::from_utf8_lossy(&raw)));
-        eprintln!(
-            "[{}] {task} {args} -> {status} in {:.2} s",
-            self.name,
-            started.elapsed().as_secs_f64(),
-            args = body["args"]
-        );
-        match value.get("error") {
-            None if status == 200 => Ok(value),
-            _ => {
-                let e = &value["error"];
-                Err(Failure {
-                    status,
-                    code: e["code"].as_str().unwrap_or_default().into(),
-                    reason: e["details"]["reason"].as_str().map(str::to_owned),
-                    message: e["message"].as_str().unwrap_or_default().into(),
-                })
-            }
-        }
+        eprint!("[{}] {args} ", self.name, args = body["args"]);
+        self.vm.call(&body, LONG)
     }
 
     /// Runs a task that must succeed; returns its result.
     pub fn ok(&self, task: &str, args: Value) -> Value {
         match self.request(task, args.clone(), None) {
             Ok(v) => v["result"].clone(),
-            Err(e) => panic!("[{}] {task} {args} failed: {e:?}", self.name),
+            Err(e) => panic!("[{}] {task} {args} failed: {e}", self.name),
         }
     }
 
@@ -123,7 +74,7 @@ impl Node {
                 assert_eq!(
                     (e.code.as_str(), e.reason.as_deref()),
                     (code, reason),
-                    "[{}] {task} {args}: {e:?}",
+                    "[{}] {task} {args}: {e}",
                     self.name
                 );
                 e
@@ -138,17 +89,7 @@ impl Node {
     /// Reads a stream off the node (`GET /v1/streams/{id}`).
     pub fn read_stream(&self, id: &str) -> Vec<u8> {
         let addr = self.vm.api_addr().unwrap();
-        let mut conn = TcpStream::connect(addr).unwrap();
-        conn.set_read_timeout(Some(LONG)).unwrap();
-        write!(
-            conn,
-            "GET /v1/streams/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            self.vm.token()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        conn.read_to_end(&mut raw).unwrap();
-        let r = parse_response(&raw).unwrap();
+        let r = request(addr, "GET", &format!("/v1/streams/{id}"), Some(self.vm.token()), b"", LONG).unwrap();
         assert_eq!(r.status, 200, "GET stream {id}: {}", String::from_utf8_lossy(&r.body));
         r.body
     }

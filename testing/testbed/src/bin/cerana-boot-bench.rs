@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cerana_protocol::events::LifecycleEvent;
-use cerana_testbed::{default_log_dir, Accel, Boot, Vm, VmConfig};
+use cerana_testbed::{default_log_dir, Accel, Boot, Network, Vm, VmConfig};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -47,7 +47,7 @@ fn floor_run(dir: &Path) -> anyhow::Result<f64> {
         },
         default_log_dir(),
     );
-    config.api = false;
+    config.network = Network::None;
     let mut vm = Vm::boot(&config)?;
     vm.wait_for_text(FLOOR_MARKER, Duration::from_secs(180))?;
     let secs = vm.elapsed().as_secs_f64();

@@ -1,42 +1,35 @@
 //! The 3-node cluster in QEMU (root, TCG): node 1 boots directly with cerana.cluster_bootstrap,
 //! node 2 PXE-boots on BIOS (the NIC's iPXE ROM), node 3 on UEFI (OVMF PXE → snponly.efi →
 //! iPXE), all from node 1's bootserver; every node reaches node_ready and node 1's boot events
-//! show each PXE node's timeline. Skips without root, QEMU, OVMF or a built image.
-use cerana_cluster::{Cluster, Layout};
+//! show each PXE node's timeline. Without root, QEMU, OVMF or a built image it fails under `make test` (skips elsewhere).
+use cerana_testbed::cluster::{Cluster, Layout};
+use cerana_testbed::qemu::{OVMF_BIOS, QEMU_SYSTEM};
+use cerana_testbed::require::{is_root, missing_program};
+use cerana_testbed::require_ok;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn image_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("CERANA_IMAGE_DIR").map(PathBuf::from),
-        std::env::var_os("OUT_DIR").map(|d| PathBuf::from(d).join("image/base")),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../out/image/base")),
-    ];
-    candidates.into_iter().flatten().find(|d| d.join("vmlinuz").is_file() && d.join("initrd.img").is_file())
-}
 
 /// Stops the VMs and removes the network whatever happens to the test.
 struct Down(PathBuf);
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = cerana_cluster::down(&self.0);
+        let _ = cerana_testbed::cluster::down(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
 /// The image to boot, or why the test cannot run here.
 fn prerequisites() -> Result<PathBuf, String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    let qemu = std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
-    let image =
-        image_dir().ok_or("no built image (make image, or CERANA_IMAGE_DIR=dir with vmlinuz and initrd.img)")?;
-    if !root || !qemu || !Path::new(cerana_cluster::OVMF).exists() {
-        return Err(format!("needs root, qemu-system-x86_64 and {}", cerana_cluster::OVMF));
+    if !is_root() {
+        return Err("needs root (network namespaces, taps)".into());
     }
-    Ok(image)
+    if let Some(why) = missing_program(&[QEMU_SYSTEM, "ip", "tar"]) {
+        return Err(why);
+    }
+    if !Path::new(OVMF_BIOS).exists() {
+        return Err(format!("needs {OVMF_BIOS} (Debian package ovmf)"));
+    }
+    cerana_testbed::image_dir()
 }
 
 /// A node's `boot-join` one-shot fetched its image from `server` (checked by hash) and checked in.
@@ -79,10 +72,7 @@ fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, data_disk_mb: u64
 
 #[test]
 fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
-    let image = match prerequisites() {
-        Ok(image) => image,
-        Err(why) => return eprintln!("SKIP: {why}"),
-    };
+    let image = require_ok!(prerequisites());
     // With data disks: node 1's cerana.zfs_config=auto reaches the PXE nodes through its scripts.
     let (layout, _down) = layout_for("ct", "10.98.0", vec![3], 1024, &image);
     let start = Instant::now();
@@ -166,10 +156,7 @@ fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &s
 /// leases), and node 3 then boots entirely from node 2.
 #[test]
 fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
-    let image = match prerequisites() {
-        Ok(image) => image,
-        Err(why) => return eprintln!("SKIP: {why}"),
-    };
+    let image = require_ok!(prerequisites());
     let (layout, _down) = layout_for("cr", "10.97.0", vec![], 0, &image);
     let state = layout.state_dir.clone();
     let start = Instant::now();

@@ -1,6 +1,6 @@
-//! `cerana-cluster up|down`: see the library and boot/README.md.
+//! `cerana-qemu-cluster up|down` (make cluster, make cluster-down): see the library and boot/README.md.
 use anyhow::Context;
-use cerana_cluster::{Cluster, Layout};
+use cerana_testbed::cluster::{Cluster, Layout};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,19 +49,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
         Cmd::Down => {
-            cerana_cluster::down(&args.state_dir)?;
+            cerana_testbed::cluster::down(&args.state_dir)?;
             println!("cluster in {} stopped", args.state_dir.display());
         }
         Cmd::Up { nodes, image_dir, uefi, netns, host_if, subnet, memory_mb, data_disk_mb, timeout } => {
             // A cluster already running from this directory is replaced.
-            cerana_cluster::down(&args.state_dir)?;
+            cerana_testbed::cluster::down(&args.state_dir)?;
             let uefi_nodes = uefi.into_iter().filter(|&n| n >= 2 && n <= nodes).collect();
             let state_dir = args.state_dir.clone();
             let layout =
                 Layout { netns, host_if, subnet, nodes, uefi_nodes, memory_mb, data_disk_mb, image_dir, state_dir };
             let result = bring_up(layout, Duration::from_secs(timeout));
             if result.is_err() {
-                cerana_cluster::down(&args.state_dir)?;
+                cerana_testbed::cluster::down(&args.state_dir)?;
             }
             result?;
         }

@@ -5,12 +5,11 @@
 //! serves the same image; nodes 2..N boot from the network (BIOS: the NIC's iPXE ROM; UEFI:
 //! OVMF's PXE, then snponly.efi). Every QEMU is daemonised with a pidfile in the state dir,
 //! so the cluster outlives the command; [`Cluster::down`] ends it from that directory alone.
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+use crate::qemu::{require_file, Firmware, QemuCommand, OVMF_BIOS, QEMU_SYSTEM};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -105,7 +104,7 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One HTTP/1.0 exchange with a JSON answer (any status: the body says what went wrong).
+/// One HTTP exchange with a JSON answer (any status: the body says what went wrong).
 fn http_json(
     addr: &str,
     method: &str,
@@ -115,33 +114,11 @@ fn http_json(
 ) -> Result<serde_json::Value, ClusterError> {
     let what = format!("{method} http://{addr}{path}");
     let sockaddr = addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&sockaddr, Duration::from_secs(5)).map_err(io(what.clone()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io(what.clone()))?;
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    if !body.is_empty() {
-        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).map_err(io(what.clone()))?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io(what.clone()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (_, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| ClusterError::Invalid(format!("{what}: no HTTP response")))?;
-    serde_json::from_str(body).map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {body}")))
-}
-
-/// A random API token shared by every node (passed on by the bootserver in its scripts).
-fn random_token() -> Result<String, ClusterError> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(io("/dev/urandom"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let body = body.unwrap_or_default().as_bytes();
+    let response = crate::http::request(sockaddr, method, path, token, body, Duration::from_secs(60))
+        .map_err(|e| ClusterError::Invalid(format!("{what}: {e}")))?;
+    serde_json::from_slice(&response.body)
+        .map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {}", String::from_utf8_lossy(&response.body))))
 }
 
 #[derive(Debug)]
@@ -162,13 +139,14 @@ impl Cluster {
                 return Err(ClusterError::Invalid(format!("no {f} in {} (make image)", layout.image_dir.display())));
             }
         }
-        if !layout.uefi_nodes.is_empty() && !Path::new(OVMF).exists() {
-            return Err(ClusterError::Invalid(format!("UEFI nodes need {OVMF} (Debian package ovmf)")));
+        if !layout.uefi_nodes.is_empty() {
+            require_file(Path::new(OVMF_BIOS), "UEFI nodes need Debian's ovmf")
+                .map_err(|e| ClusterError::Invalid(e.to_string()))?;
         }
         std::fs::create_dir_all(&layout.state_dir).map_err(io(layout.state_dir.display().to_string()))?;
         std::fs::write(layout.state_dir.join("netns"), format!("{}\n{}\n", layout.netns, layout.host_if))
             .map_err(io("state"))?;
-        let token = random_token()?;
+        let token = crate::vm::random_token().map_err(|e| ClusterError::Invalid(e.to_string()))?;
         std::fs::write(layout.token_file(), &token).map_err(io("token"))?;
         let cluster = Cluster { layout, token };
         cluster.network()?;
@@ -196,38 +174,20 @@ impl Cluster {
         Ok(())
     }
 
-    fn qemu(&self, node: usize, extra: &[String]) -> Result<(), ClusterError> {
+    /// Starts node `node`'s QEMU, daemonised (the cluster outlives this process), on its tap.
+    fn qemu(&self, node: usize, pxe: Option<Firmware>, extra: &[String]) -> Result<(), ClusterError> {
         let l = &self.layout;
         let console = l.console(node);
         let _ = std::fs::remove_file(&console);
-        let memory = l.memory_mb.to_string();
-        let mut args: Vec<String> = [
-            "ip",
-            "netns",
-            "exec",
-            &l.netns,
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            &memory,
-            "-nodefaults",
-            "-display",
-            "none",
-            "-daemonize",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend([
-            "-name".into(),
-            format!("cerana-node{node}"),
-            "-pidfile".into(),
-            l.pidfile(node).display().to_string(),
-        ]);
-        args.extend(["-serial".into(), format!("file:{}", console.display())]);
-        args.extend(["-netdev".into(), format!("tap,id=n0,ifname=tap{node},script=no,downscript=no")]);
-        args.extend(["-uuid".into(), l.uuid(node)]);
+        let mut qemu = QemuCommand::new(QEMU_SYSTEM, l.memory_mb, 1).in_netns(&l.netns);
+        qemu.args(["-daemonize", "-name", &format!("cerana-node{node}"), "-pidfile"]);
+        qemu.arg(l.pidfile(node).display().to_string());
+        qemu.arg("-serial").arg(format!("file:{}", console.display()));
+        qemu.args(["-uuid", &l.uuid(node)]);
+        if pxe == Some(Firmware::Uefi) {
+            qemu.uefi_bios().map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        }
+        qemu.tap_nic(&format!("tap{node}"), &l.mac(node), pxe);
         if l.data_disk_mb > 0 {
             let disk = l.data_disk(node);
             // Sparse; an existing disk keeps its pool (grown if the size asked for is larger).
@@ -241,11 +201,15 @@ impl Cluster {
             if file.metadata().map_err(io(disk.display().to_string()))?.len() < want {
                 file.set_len(want).map_err(io(disk.display().to_string()))?;
             }
-            args.extend(["-drive".into(), format!("file={},format=raw,if=none,id=data,cache=unsafe", disk.display())]);
-            args.extend(["-device".into(), format!("virtio-blk-pci,drive=data,serial=cerana-data-{node}")]);
+            qemu.arg("-drive").arg(format!("file={},format=raw,if=none,id=data,cache=unsafe", disk.display()));
+            qemu.arg("-device").arg(format!("virtio-blk-pci,drive=data,serial=cerana-data-{node}"));
         }
-        args.extend(extra.iter().cloned());
-        run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        qemu.args(extra);
+        let out = qemu.command().stdin(std::process::Stdio::null()).output().map_err(io("ip netns exec qemu"))?;
+        if !out.status.success() {
+            let what = format!("starting node {node}: {} {}", qemu.program(), qemu.arguments().join(" "));
+            return Err(ClusterError::Command { what, detail: String::from_utf8_lossy(&out.stderr).trim().into() });
+        }
         Ok(())
     }
 
@@ -265,6 +229,7 @@ impl Cluster {
         }
         self.qemu(
             1,
+            None,
             &[
                 "-kernel".into(),
                 format!("{dir}/vmlinuz"),
@@ -272,8 +237,6 @@ impl Cluster {
                 format!("{dir}/initrd.img"),
                 "-append".into(),
                 append,
-                "-device".into(),
-                format!("virtio-net-pci,netdev=n0,mac={},romfile=", l.mac(1)),
                 "-drive".into(),
                 format!("file={tar_s},format=raw,if=none,id=bootimg,readonly=on"),
                 "-device".into(),
@@ -293,19 +256,8 @@ impl Cluster {
         if node < 2 || node > l.nodes {
             return Err(ClusterError::Invalid(format!("node {node}: PXE nodes are 2..={}", l.nodes)));
         }
-        let mac = l.mac(node);
-        let extra: Vec<String> = if l.uefi_nodes.contains(&node) {
-            // No option ROM: OVMF's own virtio-net driver and PXE client do the first stage.
-            vec![
-                "-bios".into(),
-                OVMF.into(),
-                "-device".into(),
-                format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
-            ]
-        } else {
-            vec!["-device".into(), format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1")]
-        };
-        self.qemu(node, &extra)
+        let firmware = if l.uefi_nodes.contains(&node) { Firmware::Uefi } else { Firmware::Bios };
+        self.qemu(node, Some(firmware), &[])
     }
 
     /// Waits until every node in `nodes` has reported node_ready on its console.
