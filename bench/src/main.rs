@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
+
+/// One timed round trip, as each client variant makes it.
+type Op = Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send>;
 use tokio::net::{UnixListener, UnixStream};
 
 const MEASURE: Duration = Duration::from_secs(3);
@@ -199,9 +202,7 @@ async fn task_api() -> Result<()> {
                 let stream = UnixStream::connect(&socket).await?;
                 let (read, write) = stream.into_split();
                 let state = std::sync::Arc::new(tokio::sync::Mutex::new((BufReader::new(read), write, Vec::new())));
-                let op: Box<
-                    dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send,
-                > = Box::new(move || {
+                let op: Op = Box::new(move || {
                     let state = state.clone();
                     let frame = frame.clone();
                     Box::pin(async move {
@@ -222,9 +223,7 @@ async fn task_api() -> Result<()> {
             let socket = coord_socket.clone();
             async move {
                 let client = UnixClient::connect(&socket, "bench").await?;
-                let op: Box<
-                    dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> + Send,
-                > = Box::new(move || {
+                let op: Op = Box::new(move || {
                     let client = client.clone();
                     Box::pin(async move {
                         client.run::<NodeEcho>(&EchoArgs { data: PAYLOAD.into() }).await?;

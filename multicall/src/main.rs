@@ -9,8 +9,11 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// A program's whole `main`.
+type Applet = fn() -> ExitCode;
+
 /// The programs this binary can be, by the name it is run as.
-const APPLETS: &[(&str, fn() -> ExitCode)] = &[
+const APPLETS: &[(&str, Applet)] = &[
     ("cerana", cerana_cli::main),
     ("cerana-bootserver", cerana_bootserver::command::main),
     ("cerana-coordinator", cerana_coordinator::command::main),

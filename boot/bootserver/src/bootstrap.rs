@@ -40,7 +40,7 @@ pub struct Bootstrap {
 
 /// The value of `cerana.KEY=` (the last one wins, as init reads it).
 pub(crate) fn setting<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).last()
+    cmdline.split_whitespace().rev().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 impl Bootstrap {

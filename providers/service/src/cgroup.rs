@@ -24,7 +24,7 @@ pub enum Layout {
 impl Layout {
     pub fn detect() -> Self {
         match nix::sys::statfs::statfs(ROOT) {
-            Ok(fs) if fs.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC => Self::Unified,
+            Ok(fs) if fs.filesystem_type().0 == CGROUP2_SUPER_MAGIC => Self::Unified,
             _ => Self::V1,
         }
     }

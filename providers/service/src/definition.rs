@@ -339,7 +339,8 @@ mod tests {
 
     #[test]
     fn bad_ids_commands_env_and_names_are_invalid_arguments() {
-        let mut cases: Vec<Box<dyn Fn(&mut CreateArgs)>> = vec![
+        type Mutation = Box<dyn Fn(&mut CreateArgs)>;
+        let mut cases: Vec<Mutation> = vec![
             Box::new(|a| a.id = "a/b".into()),
             Box::new(|a| a.bundle_id = String::new()),
             Box::new(|a| a.id = "x".repeat(65)),

@@ -14,7 +14,6 @@ use cerana_protocol::tasks::service::{
 };
 use cerana_protocol::tasks::zfs::SnapshotName;
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -337,15 +336,10 @@ impl Run {
     /// Waits for PID 1 of the container to end (or the shim to die).
     async fn exited(&mut self) -> ExitInfo {
         let mut exit = ExitInfo { code: None, signal: None, oom_killed: false, ran_ms: 0 };
-        loop {
-            match self.events.next_line().await {
-                Ok(Some(line)) => {
-                    if let Ok(ShimEvent::Exited { code, signal, oom_killed }) = serde_json::from_str(&line) {
-                        exit = ExitInfo { code, signal, oom_killed, ran_ms: 0 };
-                        break;
-                    }
-                }
-                _ => break,
+        while let Ok(Some(line)) = self.events.next_line().await {
+            if let Ok(ShimEvent::Exited { code, signal, oom_killed }) = serde_json::from_str(&line) {
+                exit = ExitInfo { code, signal, oom_killed, ran_ms: 0 };
+                break;
             }
         }
         let _ = self.shim.wait().await;
@@ -446,8 +440,7 @@ async fn launch(
     if let Some(err) = shim.stderr.take() {
         tokio::spawn(keep_lines(service.clone(), LogStream::Stderr, number, err));
     }
-    let receiver =
-        pipe::Receiver::from_owned_fd(OwnedFd::from(status_rx)).map_err(|e| shim_failed("status pipe", e))?;
+    let receiver = pipe::Receiver::from_owned_fd(status_rx).map_err(|e| shim_failed("status pipe", e))?;
     let mut events = BufReader::new(receiver).lines();
     let first = tokio::time::timeout(START_TIMEOUT, events.next_line()).await;
     let failure = match first {

@@ -184,7 +184,8 @@ async fn bench(ctx: Context, zfs: Zfs, a: BenchArgs) -> Result<BenchResult, Task
     let create =
         |name: String| CreateArgs { name, kind: DatasetType::Filesystem, volsize: None, properties: BTreeMap::new() };
     zfs.create(&create(scratch.to_string())).await?;
-    let (mut task, mut cmd): (BTreeMap<&str, Vec<Duration>>, BTreeMap<&str, Vec<Duration>>) = Default::default();
+    type Samples<'a> = BTreeMap<&'a str, Vec<Duration>>;
+    let (mut task, mut cmd): (Samples, Samples) = Default::default();
     let result: Result<u64, TaskError> = async {
         for i in 0..a.iterations {
             let (t, c) = (format!("{scratch}/t{i}"), format!("{scratch}/c{i}"));

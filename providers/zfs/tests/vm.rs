@@ -235,7 +235,7 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     const NODE1: &str = "6f1e0c3a-2b4d-4e5f-8a9b-0c1d2e3f4a5b";
     const NODE2: &str = "0a0b0c0d-1111-4222-8333-444455556666";
 
-    let n = Node::boot(&image, "zfs-1disk", &[], &[disk.clone()], NODE1, "cerana.zfs_config=auto");
+    let n = Node::boot(&image, "zfs-1disk", &[], std::slice::from_ref(&disk), NODE1, "cerana.zfs_config=auto");
     check_layout(&n, "stripe", 1);
     assert_eq!(n.ok("zfs-pool-status", json!({}))["bootstrap"]["action"], "created");
     every_task_and_bad_input(&n);
@@ -246,7 +246,8 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     n.powerdown();
 
     // Another machine finds the disk: someone else's pool is neither imported nor overwritten.
-    let other = Node::boot(&image, "zfs-foreign", &[1024 * MIB], &[disk.clone()], NODE2, "cerana.zfs_config=auto");
+    let other =
+        Node::boot(&image, "zfs-foreign", &[1024 * MIB], std::slice::from_ref(&disk), NODE2, "cerana.zfs_config=auto");
     let status = other.ok("zfs-pool-status", json!({}));
     assert_eq!(status["imported"], false, "{status}");
     let report = &status["bootstrap"];
@@ -260,7 +261,7 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     other.powerdown();
 
     // The same machine again: its pool comes back with the data and data/config.
-    let n = Node::boot(&image, "zfs-reboot", &[], &[disk.clone()], NODE1, "cerana.zfs_config=auto");
+    let n = Node::boot(&image, "zfs-reboot", &[], std::slice::from_ref(&disk), NODE1, "cerana.zfs_config=auto");
     let status = n.ok("zfs-pool-status", json!({}));
     assert_eq!(status["bootstrap"]["action"], "imported", "{status}");
     check_layout(&n, "stripe", 1);
