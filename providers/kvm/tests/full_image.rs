@@ -2,7 +2,7 @@
 //! `kvm-list` answers through the node's API (an empty list on a fresh node).
 //!
 //! `make test-kvm` builds the full image and sets CERANA_FULL_IMAGE_DIR; without it the test
-//! says so and skips, so a stale image is never booted by accident.
+//! fails under `make test` and skips elsewhere; a stale image is never booted by accident.
 //!
 //! With CERANA_KVM_NESTED=1 (and CERANA_IMAGE_DIR naming the base image) it also runs a nested
 //! TCG guest inside the node: the project's kernel travels as a raw virtio disk (QEMU boots a

@@ -1,5 +1,5 @@
-//! The zfs provider against real OpenZFS in CeranaOS guests (`make test-zfs`; skips without
-//! `CERANA_IMAGE_DIR`). Boots are shared between checks (TCG is slow):
+//! The zfs provider against real OpenZFS in CeranaOS guests (`make test-zfs`; without
+//! `CERANA_IMAGE_DIR` it fails under `make test`, skips elsewhere). Boots are shared between checks (TCG is slow):
 //!
 //! 1. one disk, `auto`: stripe pool and layout; every task and each bad input; a zvol under
 //!    /dev/zvol; a 256 MiB send/receive with matching checksums, an incremental one; truncated,

@@ -20,17 +20,18 @@ use tokio::task::JoinHandle;
 
 pub const NETNS_DIR: &str = "/run/netns";
 
-/// Whether the host tests can run here; prints why not.
+/// Whether the host tests can run here: when not, the test fails under `make test` and skips,
+/// saying why, elsewhere (`cerana_testbed::require`).
 pub fn can_run(test: &str, need_nft: bool) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: needs root (network namespaces, veth, nftables)");
-        return false;
-    }
-    if need_nft && !cerana_netns::firewall::default_nft().exists() {
-        eprintln!("skipping {test}: no nft program (Debian package nftables; `make deps`)");
-        return false;
-    }
-    true
+    let why = if !nix::unistd::geteuid().is_root() {
+        "needs root (network namespaces, veth, nftables)"
+    } else if need_nft && !cerana_netns::firewall::default_nft().exists() {
+        "no nft program (Debian package nftables; `make deps`)"
+    } else {
+        return true;
+    };
+    cerana_testbed::require::missing(test, why);
+    false
 }
 
 /// Namespace names unique to this process and test, deleted on drop.
