@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent as E, ShutdownAction};
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 const INIT: &str = env!("CARGO_BIN_EXE_cerana-init");
 const KIT: &str = env!("CARGO_BIN_EXE_cerana-init-testkit");

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use cerana_client::{CallError, UnixClient};
 use cerana_coordinator::{Config, Coordinator};
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
 use cerana_protocol::tasks::init::{
     InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceStart, InitServiceStop, ServiceArgs,
     ServiceLogsArgs, ServiceState,
 };
 use cerana_protocol::{ErrorCode, NoArgs};
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 /// `cerana-init` as built beside this test (`make test-init` builds both packages together).
 fn init_binary() -> Option<PathBuf> {

@@ -2,11 +2,13 @@
 //! UEFI), capture its serial console, wait for its lifecycle events, run tasks through its
 //! coordinator API from the host (user-mode networking, loopback port forward, bearer token),
 //! and power it off. Everything QEMU-related is killed and removed when a [`Vm`] is dropped;
-//! the console logs stay. See testing/testbed/README.md.
+//! the console logs stay. [`init`] runs a built `cerana-init` in a PID namespace on the host
+//! instead. See testing/testbed/README.md.
 
 pub mod accel;
 pub mod console;
 pub mod http;
+pub mod init;
 pub mod qmp;
 pub mod vm;
 
