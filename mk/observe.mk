@@ -5,7 +5,7 @@
 
 .PHONY: test-observe
 test-observe:
-	$(CARGO) test -p cerana-metrics -p cerana-health
+	$(CARGO) test -p cerana-observe -p cerana-metrics -p cerana-health
 
 # A booted node (QEMU, about a minute under TCG): init starts both providers from the multi-call
 # binary; their tasks answer through the node's API and /metrics parses with the node's part.
