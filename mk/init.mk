@@ -24,5 +24,5 @@ init-static:
 # Time from exec of init to all services of a test table ready, init's own CPU share of that,
 # and its RSS after boot (targets: < 50 ms CPU, < 2 MB RSS), for the image's static /init.
 bench-init: init-static
-	$(CARGO) build --release -p cerana-init --bin cerana-init-testkit
-	$(INIT_TARGET_DIR)/release/cerana-init-testkit bench --init $(INIT_STATIC)
+	$(CARGO) build --release -p cerana-init -p cerana-testbed --bin cerana-init-testkit --bin cerana-init-bench
+	$(INIT_TARGET_DIR)/release/cerana-init-bench --init $(INIT_STATIC) --testkit $(INIT_TARGET_DIR)/release/cerana-init-testkit

@@ -16,7 +16,8 @@ KVM_FULL_IMAGE = $(OUT_DIR)/image/full
 # libvirtd in a network namespace of their own, a TCG guest on the base image's kernel); then
 # the full image booted in QEMU with libvirtd running and kvm-list answering.
 test-kvm: deps image
-	$(CARGO) test -q -p cerana-kvm --lib --test services_table
+	$(CARGO) test -q -p cerana-kvm --lib
+	$(CARGO) test -q -p cerana-init --test services_table
 	CERANA_IMAGE_DIR=$(KVM_BASE_IMAGE) $(CARGO) test -q -p cerana-kvm --test libvirt
 	$(MAKE) --no-print-directory image IMAGE_PROFILE=full
 	CERANA_FULL_IMAGE_DIR=$(KVM_FULL_IMAGE) $(CARGO) test -q -p cerana-kvm --test full_image -- --nocapture

@@ -7,6 +7,7 @@ OWN_TEST_TARGET_CRATES += cerana-metrics cerana-health
 
 .PHONY: test-observe
 test-observe:
+	$(CARGO) test -p cerana-observe
 	$(CARGO) test -p cerana-metrics --lib --bins --test observe
 	$(CARGO) test -p cerana-health
 

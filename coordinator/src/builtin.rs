@@ -1,14 +1,16 @@
 //! The `coordinator-*` tasks, answered by the coordinator itself.
 
-use crate::core::{to_raw, Core};
+use crate::journal::Journal;
 use cerana_protocol::tasks::coordinator::{
-    CoordinatorStatusResult, HistoryArgs, HistoryResult, ProvidersResult, TaskGetArgs, TaskListing, TasksResult,
+    CoordinatorStatusResult, HistoryArgs, HistoryResult, ProviderInfo, ProvidersResult, TaskGetArgs, TaskListing,
+    TaskProvider, TasksResult,
 };
 use cerana_protocol::{tasks, ErrorCode, NoArgs, TaskError, TaskName};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// Task names with this prefix belong to the coordinator; providers cannot register them.
 pub const PREFIX: &str = "coordinator-";
@@ -17,24 +19,40 @@ pub fn is_builtin(task: &str) -> bool {
     task.starts_with(PREFIX)
 }
 
+/// What the built-in tasks read of a running coordinator (the router's `Core` implements it).
+pub trait State {
+    /// The coordinator's name.
+    fn name(&self) -> &str;
+    fn uptime(&self) -> Duration;
+    /// Requests accepted and not finished.
+    fn in_flight(&self) -> usize;
+    /// Connected providers.
+    fn provider_count(&self) -> usize;
+    /// Connected providers, each with its requests in flight.
+    fn providers(&self) -> Vec<ProviderInfo>;
+    /// Every task some provider serves, with its providers.
+    fn served_tasks(&self) -> Vec<(TaskName, Vec<TaskProvider>)>;
+    fn journal(&self) -> &Mutex<Journal>;
+}
+
 fn args<T: DeserializeOwned>(task: &TaskName, raw: &str) -> Result<T, TaskError> {
     serde_json::from_str(raw).map_err(|e| TaskError::new(ErrorCode::InvalidArgs, format!("arguments of {task}: {e}")))
 }
 
-pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawValue>, TaskError> {
+pub fn run(core: &dyn State, task: &TaskName, raw_args: &str) -> Result<Box<RawValue>, TaskError> {
     match task.as_str() {
         "coordinator-status" => {
             args::<NoArgs>(task, raw_args)?;
-            let providers = core.registry.read().expect("registry lock").len() as u32;
+            let providers = core.provider_count() as u32;
             let in_flight = core.in_flight() as u32;
             let (journal_entries, journal_capacity) = {
-                let journal = core.journal.lock().expect("journal lock");
+                let journal = core.journal().lock().expect("journal lock");
                 (journal.len() as u32, journal.capacity() as u32)
             };
             to_raw(&CoordinatorStatusResult {
-                name: core.config.name.clone(),
+                name: core.name().to_owned(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                uptime_seconds: core.started.elapsed().as_secs_f64(),
+                uptime_seconds: core.uptime().as_secs_f64(),
                 providers,
                 in_flight,
                 journal_entries,
@@ -43,10 +61,7 @@ pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawV
         }
         "coordinator-providers" => {
             args::<NoArgs>(task, raw_args)?;
-            let counts = core.in_flight_by_provider();
-            let providers =
-                core.registry.read().expect("registry lock").providers(|conn| counts.get(&conn).copied().unwrap_or(0));
-            to_raw(&ProvidersResult { providers })
+            to_raw(&ProvidersResult { providers: core.providers() })
         }
         "coordinator-tasks" => {
             args::<NoArgs>(task, raw_args)?;
@@ -54,12 +69,12 @@ pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawV
         }
         "coordinator-history" => {
             let query: HistoryArgs = args(task, raw_args)?;
-            let entries = core.journal.lock().expect("journal lock").query(&query);
+            let entries = core.journal().lock().expect("journal lock").query(&query);
             to_raw(&HistoryResult { entries })
         }
         "coordinator-task-get" => {
             let TaskGetArgs { id } = args(task, raw_args)?;
-            let journal = core.journal.lock().expect("journal lock");
+            let journal = core.journal().lock().expect("journal lock");
             match journal.find(id) {
                 Some(entry) => to_raw(entry),
                 None => Err(TaskError::new(ErrorCode::NotFound, format!("no task {id} in the journal"))),
@@ -70,7 +85,7 @@ pub fn run(core: &Arc<Core>, task: &TaskName, raw_args: &str) -> Result<Box<RawV
 }
 
 /// The catalog merged with what providers serve.
-fn task_listing(core: &Core) -> Vec<TaskListing> {
+fn task_listing(core: &dyn State) -> Vec<TaskListing> {
     let mut listing: BTreeMap<String, TaskListing> = tasks::catalog()
         .map(|info| {
             let name = TaskName::new(info.name).expect("catalog names are valid");
@@ -85,7 +100,7 @@ fn task_listing(core: &Core) -> Vec<TaskListing> {
             )
         })
         .collect();
-    for (task, providers) in core.registry.read().expect("registry lock").served_tasks() {
+    for (task, providers) in core.served_tasks() {
         listing
             .entry(task.to_string())
             .or_insert_with(|| TaskListing {
@@ -97,4 +112,10 @@ fn task_listing(core: &Core) -> Vec<TaskListing> {
             .providers = providers;
     }
     listing.into_values().collect()
+}
+
+/// Raw JSON for a serializable value.
+pub fn to_raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, TaskError> {
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("cannot encode a result: {e}")))
 }

@@ -2,42 +2,18 @@
 
 use crate::builtin;
 use crate::config::Config;
+use crate::conn::ConnSender;
+use crate::counters::TaskCounters;
 use crate::journal::Journal;
 use crate::registry::{ProviderEntry, Registry};
 use crate::streams::StreamBroker;
 use cerana_client::HttpClient;
-use cerana_protocol::frame::encode_json_into;
-use cerana_protocol::tasks::coordinator::{JournalEntry, TaskState};
+use cerana_protocol::tasks::coordinator::{JournalEntry, ProviderInfo, TaskProvider, TaskState};
 use cerana_protocol::{ErrorCode, FromCoordinator, NodeUrl, Request, RequestId, Response, TaskError, TaskName};
-use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
-
-/// Frames queued for one connection's writer.
-#[derive(Debug, Clone)]
-pub struct ConnSender(mpsc::UnboundedSender<Vec<u8>>);
-
-impl ConnSender {
-    pub fn new(tx: mpsc::UnboundedSender<Vec<u8>>) -> Self {
-        Self(tx)
-    }
-
-    /// Queues `message`; false when the connection is gone.
-    pub fn send(&self, message: &FromCoordinator) -> bool {
-        let mut frame = Vec::with_capacity(256);
-        if let Err(e) = encode_json_into(&mut frame, message) {
-            tracing::error!("cannot encode a message: {e}");
-            return false;
-        }
-        self.0.send(frame).is_ok()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.0.is_closed()
-    }
-}
+use tokio::sync::oneshot;
 
 /// Where a request's response goes.
 #[derive(Debug)]
@@ -86,7 +62,7 @@ pub struct Core {
     pending: Mutex<HashMap<RequestId, Pending>>,
     pub journal: Mutex<Journal>,
     pub streams: StreamBroker,
-    pub task_counters: crate::metrics::TaskCounters,
+    pub task_counters: TaskCounters,
     peers: Mutex<HashMap<NodeUrl, HttpClient>>,
 }
 
@@ -147,7 +123,7 @@ impl Core {
         }
 
         if builtin::is_builtin(task.as_str()) {
-            let outcome = builtin::run(self, &task, request.args.get());
+            let outcome = builtin::run(&**self, &task, request.args.get());
             let route = Route::Provider(0);
             if self.accept(&request, &caller, reply, route, None, timeout) {
                 self.complete(Response { id, outcome, stream: None }, None);
@@ -484,8 +460,33 @@ fn deliver(reply: ReplySink, response: Response) {
     }
 }
 
-/// Raw JSON for a serializable value.
-pub fn to_raw<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, TaskError> {
-    serde_json::value::to_raw_value(value)
-        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("cannot encode a result: {e}")))
+impl builtin::State for Core {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn in_flight(&self) -> usize {
+        Core::in_flight(self)
+    }
+
+    fn provider_count(&self) -> usize {
+        self.registry.read().expect("registry lock").len()
+    }
+
+    fn providers(&self) -> Vec<ProviderInfo> {
+        let counts = self.in_flight_by_provider();
+        self.registry.read().expect("registry lock").providers(|conn| counts.get(&conn).copied().unwrap_or(0))
+    }
+
+    fn served_tasks(&self) -> Vec<(TaskName, Vec<TaskProvider>)> {
+        self.registry.read().expect("registry lock").served_tasks()
+    }
+
+    fn journal(&self) -> &Mutex<Journal> {
+        &self.journal
+    }
 }

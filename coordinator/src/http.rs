@@ -8,7 +8,7 @@
 //! - `GET /health`: liveness, the only path that needs no token.
 
 use crate::core::{Core, ReplySink};
-use crate::streams::{Piece, StreamEnd};
+use crate::streams::{pump_from_unix, Piece, StreamEnd};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request as AxumRequest, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -228,7 +228,7 @@ async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> Axum
 
 fn builtin(state: &AppState, task: &str) -> AxumResponse {
     let task = TaskName::new(task).expect("builtin names are valid");
-    match crate::builtin::run(&state.core, &task, "{}") {
+    match crate::builtin::run(&*state.core, &task, "{}") {
         Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw.get().to_owned()).into_response(),
         Err(e) => api_error(status_for(e.code), e),
     }
@@ -236,7 +236,7 @@ fn builtin(state: &AppState, task: &str) -> AxumResponse {
 
 async fn metrics(State(state): State<AppState>) -> AxumResponse {
     let text = crate::metrics::render(&state.core).await;
-    ([(header::CONTENT_TYPE, cerana_metrics::exposition::CONTENT_TYPE)], text).into_response()
+    ([(header::CONTENT_TYPE, cerana_observe::exposition::CONTENT_TYPE)], text).into_response()
 }
 
 async fn providers(State(state): State<AppState>) -> AxumResponse {
@@ -385,7 +385,7 @@ pub async fn remote_stream_to_unix(
                 return;
             }
             let (tx, rx) = mpsc::channel(8);
-            tokio::spawn(crate::unix::pump_from_unix(stream, tx));
+            tokio::spawn(pump_from_unix(stream, tx));
             let frames = futures_util::TryStreamExt::map_ok(consumer_stream(rx), hyper::body::Frame::data);
             let body = BodyExt::boxed(http_body_util::StreamBody::new(frames));
             if let Err(e) = client.stream_put(id, body).await {

@@ -8,7 +8,9 @@
 pub mod builtin;
 pub mod command;
 pub mod config;
+pub mod conn;
 pub mod core;
+pub mod counters;
 pub mod http;
 pub mod journal;
 pub mod metrics;

@@ -4,81 +4,17 @@
 //! still served, with `cerana_metrics_provider_up 0`.
 
 use crate::core::{Core, ReplySink};
-use cerana_metrics::exposition::{Exposition, Kind};
-use cerana_metrics::procfs::{parse_process_stat, parse_stat, ProcessStat};
-use cerana_metrics::{page_size, ticks_per_second};
-use cerana_protocol::tasks::coordinator::TaskState;
+use cerana_observe::exposition::{Exposition, Kind};
+use cerana_observe::procfs::{parse_process_stat, parse_stat, ProcessStat};
+use cerana_observe::{page_size, ticks_per_second};
 use cerana_protocol::tasks::metrics::{MetricsPrometheus, PrometheusText};
-use cerana_protocol::{ErrorCode, NoArgs, Request, TaskError, TaskName};
-use serde_json::value::RawValue;
+use cerana_protocol::{ErrorCode, NoArgs, Request, TaskError};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long `/metrics` waits for the node's metrics from the metrics provider.
 pub const NODE_METRICS_TIMEOUT: Duration = Duration::from_millis(2_000);
-
-/// The task label of requests for tasks nobody documents or serves: their names come from
-/// callers and must not grow the label set without bound.
-const UNKNOWN_TASK: &str = "(unknown)";
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    count: u64,
-    seconds: f64,
-}
-
-/// Finished tasks by name and outcome, with the time they took.
-#[derive(Debug, Default)]
-pub struct TaskCounters {
-    tallies: Mutex<BTreeMap<(String, &'static str), Tally>>,
-}
-
-fn outcome_label(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Accepted => "accepted",
-        TaskState::Running => "running",
-        TaskState::Done => "done",
-        TaskState::Failed => "failed",
-        TaskState::TimedOut => "timed_out",
-        TaskState::Cancelled => "cancelled",
-    }
-}
-
-impl TaskCounters {
-    pub fn record(
-        &self,
-        task: &TaskName,
-        outcome: &Result<Box<RawValue>, TaskError>,
-        state: TaskState,
-        elapsed: Duration,
-    ) {
-        let task = match outcome {
-            Err(e) if e.code == ErrorCode::UnknownTask => UNKNOWN_TASK.to_owned(),
-            _ => task.to_string(),
-        };
-        let mut tallies = self.tallies.lock().expect("task counters lock");
-        let tally = tallies.entry((task, outcome_label(state))).or_default();
-        tally.count += 1;
-        tally.seconds += elapsed.as_secs_f64();
-    }
-
-    fn render(&self, out: &mut Exposition) {
-        let tallies = self.tallies.lock().expect("task counters lock").clone();
-        out.family("cerana_coordinator_tasks_total", Kind::Counter, "Tasks finished, by task and outcome");
-        for ((task, outcome), tally) in &tallies {
-            out.sample("cerana_coordinator_tasks_total", &[("task", task), ("outcome", outcome)], tally.count as f64);
-        }
-        out.family(
-            "cerana_coordinator_task_seconds_total",
-            Kind::Counter,
-            "Seconds from acceptance to outcome, summed",
-        );
-        for ((task, outcome), tally) in &tallies {
-            out.sample("cerana_coordinator_task_seconds_total", &[("task", task), ("outcome", outcome)], tally.seconds);
-        }
-    }
-}
 
 fn process_stat(pid: &str) -> Option<ProcessStat> {
     parse_process_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).ok()

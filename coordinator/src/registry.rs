@@ -1,6 +1,7 @@
 //! Which providers are connected and which tasks each serves, in priority order.
 
-use crate::core::ConnSender;
+use crate::builtin::is_builtin;
+use crate::conn::ConnSender;
 use cerana_protocol::tasks::coordinator::{ProviderInfo, TaskProvider};
 use cerana_protocol::{ProviderHello, ProviderName, TaskName};
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ impl Registry {
         }
         let mut seen = std::collections::HashSet::new();
         for t in &hello.tasks {
-            if crate::builtin::is_builtin(t.task.as_str()) {
+            if is_builtin(t.task.as_str()) {
                 return Err(RegisterError::Reserved(t.task.clone()));
             }
             if !seen.insert(&t.task) {

@@ -9,15 +9,19 @@
 //!   on the bytes go from process to process without passing through the coordinator; only
 //!   the producer's verdict (did the stream end cleanly?) is relayed. A second end that cannot
 //!   take a pipe is joined to it by a pump in the coordinator.
+//!
+//! The pumps between a channel and a unix connection (chunk frames) live here too; the unix
+//! socket and the HTTP API's remote streams both use them.
 
 use bytes::{Bytes, BytesMut};
-use cerana_protocol::stream::DEFAULT_CHUNK_LEN;
+use cerana_protocol::stream::{DEFAULT_CHUNK_LEN, MAX_CHUNK_LEN};
 use cerana_protocol::{ErrorCode, StreamDirection, StreamId, TaskError};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 /// Chunks buffered per stream; with 256 KiB chunks that is 2 MiB at most.
@@ -264,6 +268,53 @@ fn pump_channel_to_pipe(pipe: OwnedFd, verdict: oneshot::Sender<Verdict>) -> Res
         let _ = verdict.send(outcome);
     });
     Ok(tx)
+}
+
+/// Reads chunk frames from a producer's connection into the stream.
+pub async fn pump_from_unix(stream: UnixStream, tx: mpsc::Sender<Piece>) {
+    let mut reader = BufReader::with_capacity(MAX_CHUNK_LEN + 4, stream);
+    loop {
+        let mut header = [0u8; 4];
+        if reader.read_exact(&mut header).await.is_err() {
+            return; // producer vanished: dropping tx tells the consumer
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > MAX_CHUNK_LEN {
+            tracing::warn!(len, "stream chunk over the limit; dropping the stream");
+            return;
+        }
+        if len == 0 {
+            let _ = tx.send(Piece::End).await;
+            let mut stream = reader.into_inner();
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let mut chunk = BytesMut::zeroed(len);
+        if reader.read_exact(&mut chunk).await.is_err() {
+            return;
+        }
+        if tx.send(Piece::Data(chunk.freeze())).await.is_err() {
+            return; // consumer gone: closing tells the producer
+        }
+    }
+}
+
+/// Writes the stream's chunks to a consumer's connection; no end marker if the producer vanished.
+pub async fn pump_to_unix(mut stream: UnixStream, mut rx: mpsc::Receiver<Piece>) {
+    while let Some(piece) = rx.recv().await {
+        let chunk = match &piece {
+            Piece::Data(bytes) => &bytes[..],
+            Piece::End => &[][..],
+        };
+        let header = (chunk.len() as u32).to_be_bytes();
+        if stream.write_all(&header).await.is_err() || stream.write_all(chunk).await.is_err() {
+            return;
+        }
+        if matches!(piece, Piece::End) {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

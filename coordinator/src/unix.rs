@@ -1,11 +1,10 @@
 //! The unix socket: local clients, providers, and stream ends.
 
-use crate::core::{now_ms, ConnSender, Core, ReplySink};
+use crate::conn::ConnSender;
+use crate::core::{now_ms, Core, ReplySink};
 use crate::registry::{ProviderEntry, Registry};
-use crate::streams::{producer_vanished, Piece, StreamEnd, Verdict};
-use bytes::BytesMut;
+use crate::streams::{producer_vanished, pump_from_unix, pump_to_unix, StreamEnd, Verdict};
 use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, FrameError, MAX_FRAME_LEN};
-use cerana_protocol::stream::MAX_CHUNK_LEN;
 use cerana_protocol::{
     ErrorCode, FromCoordinator, ProviderHello, Response, StreamDirection, StreamHandle, TaskError, ToCoordinator,
     Welcome, PROTOCOL_VERSION,
@@ -354,51 +353,4 @@ async fn relay_verdict(mut stream: UnixStream, verdict: tokio::sync::oneshot::Re
     };
     let _ = send_now(&mut stream, &FromCoordinator::StreamEnd { error: outcome.err() }).await;
     let _ = stream.shutdown().await;
-}
-
-/// Reads chunk frames from a producer's connection into the stream.
-pub async fn pump_from_unix(stream: UnixStream, tx: mpsc::Sender<Piece>) {
-    let mut reader = BufReader::with_capacity(MAX_CHUNK_LEN + 4, stream);
-    loop {
-        let mut header = [0u8; 4];
-        if reader.read_exact(&mut header).await.is_err() {
-            return; // producer vanished: dropping tx tells the consumer
-        }
-        let len = u32::from_be_bytes(header) as usize;
-        if len > MAX_CHUNK_LEN {
-            tracing::warn!(len, "stream chunk over the limit; dropping the stream");
-            return;
-        }
-        if len == 0 {
-            let _ = tx.send(Piece::End).await;
-            let mut stream = reader.into_inner();
-            let _ = stream.shutdown().await;
-            return;
-        }
-        let mut chunk = BytesMut::zeroed(len);
-        if reader.read_exact(&mut chunk).await.is_err() {
-            return;
-        }
-        if tx.send(Piece::Data(chunk.freeze())).await.is_err() {
-            return; // consumer gone: closing tells the producer
-        }
-    }
-}
-
-/// Writes the stream's chunks to a consumer's connection; no end marker if the producer vanished.
-pub async fn pump_to_unix(mut stream: UnixStream, mut rx: mpsc::Receiver<Piece>) {
-    while let Some(piece) = rx.recv().await {
-        let chunk = match &piece {
-            Piece::Data(bytes) => &bytes[..],
-            Piece::End => &[][..],
-        };
-        let header = (chunk.len() as u32).to_be_bytes();
-        if stream.write_all(&header).await.is_err() || stream.write_all(chunk).await.is_err() {
-            return;
-        }
-        if matches!(piece, Piece::End) {
-            let _ = stream.shutdown().await;
-            return;
-        }
-    }
 }

@@ -8,7 +8,7 @@ use cerana_protocol::stream::{ChunkReader, ChunkWriter, StreamError};
 use cerana_protocol::tasks::coordinator::{
     CoordinatorHistory, CoordinatorTaskGet, CoordinatorTasks, HistoryArgs, TaskGetArgs, TaskState,
 };
-use cerana_protocol::tasks::node::{EchoArgs, NodeEcho, NodeInfo};
+use cerana_protocol::tasks::node::{CpuFacts, EchoArgs, MemoryFacts, NodeEcho, NodeFacts, NodeInfo};
 use cerana_protocol::{
     ErrorCode, FromCoordinator, NoArgs, NodeUrl, Request, RequestId, StreamDirection, StreamHandle, StreamId,
     TaskError, ToCoordinator, PROTOCOL_VERSION,
@@ -62,6 +62,25 @@ fn echo_provider(name: &str, priority: u16) -> Provider {
     })
 }
 
+/// A stand-in for the `node-info` provider (the coordinator depends on no provider crate):
+/// fixed facts for `node-info`, the argument back for `node-echo`.
+fn node_info_provider() -> Provider {
+    Provider::new("node-info", "test")
+        .task::<NodeInfo, _, _>(|_ctx, _args| async move {
+            Ok(NodeFacts {
+                hostname: "test-node".into(),
+                kernel_release: "6.1.0-test".into(),
+                kernel_version: "#1 SMP".into(),
+                machine_id: None,
+                uptime_seconds: 1.0,
+                cpu: CpuFacts { model: "test".into(), count: 1, load_1m: 0.0, load_5m: 0.0, load_15m: 0.0 },
+                memory: MemoryFacts { total_bytes: 1 << 30, free_bytes: 1 << 29, available_bytes: 1 << 29 },
+                init_rss_bytes: None,
+            })
+        })
+        .task::<NodeEcho, _, _>(|_ctx, args: EchoArgs| async move { Ok(args) })
+}
+
 /// Serves `test-sleep`: answers after the requested time.
 fn sleeper() -> Provider {
     Provider::new("sleeper", "test").task::<TestSleep, _, _>(|_ctx, args: SleepArgs| async move {
@@ -90,7 +109,7 @@ async fn routes_tasks_and_journals_them() {
     let dir = TestDir::new();
     let socket = dir.socket("c");
     let _coordinator = start(config(&socket)).await;
-    let _provider = spawn_provider(cerana_node_info::provider(), &socket);
+    let _provider = spawn_provider(node_info_provider(), &socket);
     let client = client(&socket).await;
     wait_for_provider(&client, "node-info", 1).await;
 
@@ -413,7 +432,7 @@ async fn bad_input_gets_structured_errors_and_the_coordinator_stays_up() {
     let dir = TestDir::new();
     let socket = dir.socket("c");
     let _coordinator = start(config(&socket)).await;
-    let _provider = spawn_provider(cerana_node_info::provider(), &socket);
+    let _provider = spawn_provider(node_info_provider(), &socket);
     let client = client(&socket).await;
     wait_for_provider(&client, "node-info", 1).await;
     let hello = json_frame(&ToCoordinator::ClientHello { name: "raw".into(), protocol: PROTOCOL_VERSION });

@@ -1,6 +1,7 @@
 //! Init's control socket: one length-prefixed JSON [`ControlRequest`] per connection, answered
 //! by one [`ControlReply`] frame. Non-blocking inside the event loop; a slow or broken client
-//! cannot stall init (bounded read buffer, send timeout).
+//! cannot stall init (bounded read buffer, send timeout). The client side is
+//! `cerana_client::init_control` (the `init` provider and the test harness use it).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -217,24 +218,4 @@ pub fn handle(req: ControlRequest, sup: &mut Supervisor) -> (ControlReply, Follo
         }
     };
     (reply, Followup::None)
-}
-
-/// A blocking client for the control socket (the `init` provider and tests use it).
-pub fn request(socket: &Path, req: &ControlRequest, timeout: Duration) -> io::Result<ControlReply> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut frame = Vec::new();
-    cerana_protocol::frame::encode_json_into(&mut frame, req)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    stream.write_all(&frame)?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > cerana_protocol::frame::MAX_FRAME_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "reply frame too large"));
-    }
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
-    serde_json::from_slice(&payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -8,7 +8,6 @@
 pub mod boot;
 pub mod cmdline;
 pub mod control;
-pub mod harness;
 pub mod logbuf;
 pub mod modules;
 pub mod net;

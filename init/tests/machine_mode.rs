@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent as E, ShutdownAction};
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 const INIT: &str = env!("CARGO_BIN_EXE_cerana-init");
 const KIT: &str = env!("CARGO_BIN_EXE_cerana-init-testkit");
@@ -82,16 +82,8 @@ impl Drop for NetNs {
 
 #[test]
 fn machine_mode_boots_in_a_chroot_and_powers_off_with_reboot() {
-    if let Some(why) = why_cannot_run() {
-        eprintln!("skipping: {why}");
-        return;
-    }
-    for tool in ["ldd", "ip"] {
-        if Command::new(tool).arg("-V").output().is_err() && Command::new(tool).arg("--version").output().is_err() {
-            eprintln!("skipping: needs {tool}");
-            return;
-        }
-    }
+    cerana_testbed::require!(why_cannot_run());
+    cerana_testbed::require!(cerana_testbed::require::missing_program(&["ldd", "ip"]));
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     install(root, INIT, "/init");

@@ -5,21 +5,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent as E, ShutdownAction};
 use cerana_protocol::tasks::init::{ControlReply, ControlRequest, ServiceList, ServiceLogs, ServiceState};
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 const INIT: &str = env!("CARGO_BIN_EXE_cerana-init");
 const KIT: &str = env!("CARGO_BIN_EXE_cerana-init-testkit");
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Skips (with the reason) where PID namespaces are not available.
+/// Where PID namespaces are not available: fails under `make test`, skips elsewhere.
 macro_rules! require_pid_namespace {
     () => {
-        if let Some(why) = why_cannot_run() {
-            eprintln!("skipping: {why}");
-            return;
-        }
+        cerana_testbed::require!(why_cannot_run());
     };
 }
 

@@ -3,8 +3,10 @@
 //! [`UnixClient`] speaks the framed protocol on the node's socket and multiplexes many requests
 //! over one connection. [`HttpClient`] talks to a coordinator's HTTP(S) API, as remote users and
 //! peer coordinators do. [`Client`] is either, for tools that take `--node` or `--socket`.
+//! [`init_control`] asks init's control socket (not the coordinator) directly.
 
 mod http_client;
+pub mod init_control;
 mod pipe_stream;
 mod unix_client;
 

@@ -4,8 +4,8 @@
 //! that make no sense are errors. See README.md.
 
 use bytes::Bytes;
-use cerana_metrics::procfs::{parse_process_stat, parse_uptime};
-use cerana_metrics::{cgroup_pids, ticks_per_second, ReadError};
+use cerana_observe::procfs::{parse_process_stat, parse_uptime};
+use cerana_observe::{cgroup_pids, ticks_per_second, ReadError};
 use cerana_protocol::tasks::health::{
     FailReason, FileArgs, HealthCheck, HealthFile, HealthHttpStatus, HealthReport, HealthTcpResponse, HealthUptime,
     HttpStatusArgs, ProcessTarget, TcpResponseArgs, UptimeArgs, MAX_TCP_RESPONSE,

@@ -26,13 +26,9 @@ pub fn init_socket_from_env() -> PathBuf {
 
 /// Sends one request to init and decodes its answer as `T`.
 pub async fn call<T: DeserializeOwned>(socket: &Path, req: ControlRequest) -> Result<T, TaskError> {
-    let path = socket.to_owned();
-    let reply = tokio::task::spawn_blocking(move || cerana_init::control::request(&path, &req, CONTROL_TIMEOUT))
-        .await
-        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("control request: {e}")))?
-        .map_err(|e| {
-            TaskError::new(ErrorCode::Unavailable, format!("init's control socket {}: {e}", socket.display()))
-        })?;
+    let reply = cerana_client::init_control::request(socket, &req, CONTROL_TIMEOUT).await.map_err(|e| {
+        TaskError::new(ErrorCode::Unavailable, format!("init's control socket {}: {e}", socket.display()))
+    })?;
     match reply {
         ControlReply::Ok(value) => serde_json::from_value(value)
             .map_err(|e| TaskError::new(ErrorCode::Internal, format!("init answered with an unexpected shape: {e}"))),

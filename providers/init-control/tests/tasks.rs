@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use cerana_client::{CallError, UnixClient};
 use cerana_coordinator::{Config, Coordinator};
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
 use cerana_protocol::tasks::init::{
     InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceStart, InitServiceStop, ServiceArgs,
     ServiceLogsArgs, ServiceState,
 };
 use cerana_protocol::{ErrorCode, NoArgs};
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 /// `cerana-init` as built beside this test (`make test-init` builds both packages together).
 fn init_binary() -> Option<PathBuf> {
@@ -65,14 +65,10 @@ async fn an_unreachable_init_is_a_clear_unavailable_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_tasks_drive_a_real_init() {
-    if let Some(why) = why_cannot_run() {
-        eprintln!("skipping: {why}");
-        return;
-    }
-    let Some(init_bin) = init_binary() else {
-        eprintln!("skipping: cerana-init is not built beside this test (run `make test-init`)");
-        return;
-    };
+    cerana_testbed::require!(why_cannot_run());
+    let init_bin = cerana_testbed::require_ok!(
+        init_binary().ok_or("cerana-init is not built beside this test (run `make test-init`)")
+    );
     let dir = tempfile::tempdir().unwrap();
     let table = r#"
 [service.alpha]

@@ -2,9 +2,9 @@
 //! `statvfs`, each service's resource usage from its cgroup v2, and all of it as Prometheus
 //! text for the coordinator's `/metrics`. See README.md for the tasks.
 
-pub mod exposition;
-pub mod procfs;
-
+use cerana_observe::exposition::{Exposition, Kind};
+use cerana_observe::procfs::{self, ParseError};
+use cerana_observe::{read_file, ticks_per_second, ReadError};
 use cerana_protocol::tasks::metrics::{
     check_service_id, CpuMetrics, DiskArgs, DiskMetrics, Filesystem, FsUsage, HostMetrics, Interface, InterfaceAddress,
     MemoryMetrics, MetricsCpu, MetricsDisk, MetricsHost, MetricsMemory, MetricsNetwork, MetricsPrometheus,
@@ -12,40 +12,8 @@ use cerana_protocol::tasks::metrics::{
 };
 use cerana_protocol::{ErrorCode, Task, TaskError};
 use cerana_provider_sdk::Provider;
-use exposition::{Exposition, Kind};
-use procfs::ParseError;
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// A file the metrics come from could not be read or understood.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: ParseError },
-    #[error("cannot list the addresses of the interfaces: {0}")]
-    Addresses(io::Error),
-}
-
-impl ReadError {
-    fn path(&self) -> Option<&Path> {
-        match self {
-            Self::Io { path, .. } | Self::Parse { path, .. } => Some(path),
-            Self::Addresses(_) => None,
-        }
-    }
-}
-
-impl From<ReadError> for TaskError {
-    fn from(e: ReadError) -> Self {
-        let error = TaskError::new(ErrorCode::Failed, e.to_string());
-        match e.path() {
-            Some(path) => error.with_details(serde_json::json!({ "path": path })),
-            None => error,
-        }
-    }
-}
 
 /// Why a service's usage could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -90,20 +58,6 @@ pub fn system_addresses() -> io::Result<Vec<(String, InterfaceAddress)>> {
         out.push((ifaddr.interface_name, entry));
     }
     Ok(out)
-}
-
-fn sysconf(var: nix::unistd::SysconfVar, fallback: i64) -> i64 {
-    nix::unistd::sysconf(var).ok().flatten().filter(|v| *v > 0).map_or(fallback, i64::from)
-}
-
-/// Clock ticks per second of /proc's tick counts (`_SC_CLK_TCK`).
-pub fn ticks_per_second() -> f64 {
-    sysconf(nix::unistd::SysconfVar::CLK_TCK, 100) as f64
-}
-
-/// Bytes per page (`_SC_PAGESIZE`), the unit of /proc/PID/stat's rss.
-pub fn page_size() -> u64 {
-    sysconf(nix::unistd::SysconfVar::PAGE_SIZE, 4096) as u64
 }
 
 /// Where the metrics are read from: `/` and the services cgroup on a node, fixture trees in tests.
@@ -312,10 +266,6 @@ impl Source {
     }
 }
 
-fn read_file(path: &Path) -> Result<String, ReadError> {
-    std::fs::read_to_string(path).map_err(|source| ReadError::Io { path: path.to_owned(), source })
-}
-
 fn fs_usage(mountpoint: &Path) -> Option<FsUsage> {
     let st = nix::sys::statvfs::statvfs(mountpoint).ok()?;
     let unit = st.fragment_size() as u64;
@@ -388,28 +338,6 @@ pub fn cgroup_usage(service: &str, dir: &Path) -> Result<ServiceUsage, ReadError
         io_written_bytes,
         oom_kills: read("memory.events")?.and_then(|t| procfs::keyed_value(&t, "oom_kill")).unwrap_or(0),
     })
-}
-
-/// Pids of the processes in cgroup `dir` and every cgroup below it.
-pub fn cgroup_pids(dir: &Path) -> Result<Vec<u32>, ReadError> {
-    let mut pids = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let procs = dir.join("cgroup.procs");
-        let text = read_file(&procs)?;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let pid = line.trim().parse().map_err(|_| ReadError::Parse {
-                path: procs.clone(),
-                source: ParseError { what: format!("{line:?} is not a pid") },
-            })?;
-            pids.push(pid);
-        }
-        let entries = std::fs::read_dir(&dir).map_err(|source| ReadError::Io { path: dir.clone(), source })?;
-        stack.extend(
-            entries.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
-        );
-    }
-    Ok(pids)
 }
 
 fn render_cpu(out: &mut Exposition, m: &CpuMetrics) {

@@ -144,19 +144,6 @@ fn service_usage_comes_from_the_cgroup_files() {
 }
 
 #[test]
-fn cgroup_pids_include_child_cgroups() {
-    let tree = Tree::new();
-    tree.write("svc/cgroup.procs", "10\n11\n");
-    tree.write("svc/payload/cgroup.procs", "12\n");
-    let mut pids = cgroup_pids(&tree.dir.path().join("svc")).unwrap();
-    pids.sort();
-    assert_eq!(pids, [10, 11, 12]);
-    tree.write("svc/cgroup.procs", "x\n");
-    assert!(cgroup_pids(&tree.dir.path().join("svc")).unwrap_err().to_string().contains("not a pid"));
-    assert!(cgroup_pids(&tree.dir.path().join("none")).is_err());
-}
-
-#[test]
 fn the_exposition_has_node_and_service_families_and_survives_a_bad_part() {
     let tree = node_tree();
     service_cgroup(&tree, "web");
@@ -194,5 +181,4 @@ fn the_live_system_reads() {
     let lo = network.interfaces.iter().find(|i| i.name == "lo").expect("lo");
     assert!(lo.loopback && lo.addresses.iter().any(|a| a.address.is_loopback()), "{lo:?}");
     assert!(source.host().unwrap().processes > 1);
-    assert!(ticks_per_second() > 0.0 && page_size() >= 4096);
 }

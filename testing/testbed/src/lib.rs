@@ -4,13 +4,14 @@
 //! and power it off. Everything QEMU-related is killed and removed when a [`Vm`] is dropped;
 //! the console logs stay. Also the rest of what the tests stand on: where the images are, what
 //! a test needs ([`require!`]: loud under `make test`), task helpers, and multi-node clusters
-//! on a bridge inside a network namespace ([`cluster`]). See testing/testbed/README.md.
+//! on a bridge inside a network namespace ([`cluster`]); [`init`] runs a built `cerana-init` in a PID namespace. See testing/testbed/README.md.
 
 pub mod accel;
 pub mod cluster;
 pub mod console;
 pub mod http;
 pub mod image;
+pub mod init;
 pub mod qemu;
 pub mod qmp;
 pub mod require;

@@ -1,31 +1,21 @@
 //! `cerana-init-testkit`: the configurable service the integration tests and the benchmark
-//! supervise, and the benchmark driver itself.
+//! (`cerana-init-bench` in testing/testbed) supervise.
 //!
 //! ```text
 //! cerana-init-testkit service [--delay-ms N] [--notify] [--unix PATH] [--tcp PORT]
 //!                             [--ignore-term] [--orphan-ms N] [--exit CODE] [--say TEXT]
-//! cerana-init-testkit bench [--services N] [--rounds N] [--init PATH]
 //! ```
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-mod bench;
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
         Some("service") => service(&args[1..]),
-        Some("bench") => match bench::bench(&args[1..]) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("bench: {e}");
-                1
-            }
-        },
         _ => {
-            eprintln!("usage: cerana-init-testkit service [...] | bench [--services N] [--rounds N] [--init PATH]");
+            eprintln!("usage: cerana-init-testkit service [...]");
             2
         }
     };

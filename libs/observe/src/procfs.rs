@@ -1,5 +1,5 @@
 //! Parsers for the /proc files the metrics come from. Each takes the file's text, so tests feed
-//! them fixtures; [`crate::Source`] reads the files.
+//! them fixtures; the metrics provider's `Source` reads the files.
 
 use cerana_protocol::tasks::metrics::{CpuInfo, CpuTimes, DiskIo, InterfaceCounters, LoadAverage, RamUsage, SwapUsage};
 

@@ -3,12 +3,19 @@
 //! - exec of init -> `node_ready` (init's own clock, from the event),
 //! - init's own CPU time until then (its share of start-up; the rest is the services),
 //! - init's resident memory after boot (VmRSS) and its peak (VmHWM).
+//!
+//! ```text
+//! cerana-init-bench [--services N] [--rounds N] [--init PATH] [--testkit PATH]
+//! ```
+//!
+//! `--init` and `--testkit` (the services: `cerana-init-testkit service`) default to the
+//! binaries of those names beside this one.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cerana_init::harness::{why_cannot_run, RunningInit};
 use cerana_protocol::events::LifecycleEvent;
+use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 const RSS_TARGET_KB: u64 = 2048;
 const CPU_TARGET_MS: f64 = 50.0;
@@ -44,20 +51,35 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
     (v[v.len() / 2], v[v.len() - 1])
 }
 
-pub fn bench(args: &[String]) -> Result<(), String> {
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = bench(&args) {
+        eprintln!("bench-init: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The path after `flag`, or the binary `name` beside this one.
+fn binary(args: &[String], flag: &str, name: &str) -> Result<PathBuf, String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => Ok(PathBuf::from(args.get(i + 1).ok_or_else(|| format!("{flag} needs a path"))?)),
+        None => Ok(std::env::current_exe().map_err(|e| e.to_string())?.with_file_name(name)),
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
     let services = arg(args, "--services", 12)?;
     let rounds = arg(args, "--rounds", 7)?;
     if let Some(why) = why_cannot_run() {
         println!("bench-init: skipped: {why}");
         return Ok(());
     }
-    let testkit = std::env::current_exe().map_err(|e| e.to_string())?;
-    let init_bin = match args.iter().position(|a| a == "--init") {
-        Some(i) => PathBuf::from(args.get(i + 1).ok_or("--init needs a path")?),
-        None => testkit.with_file_name("cerana-init"),
-    };
-    if !init_bin.exists() {
-        return Err(format!("{} not built", init_bin.display()));
+    let testkit = binary(args, "--testkit", "cerana-init-testkit")?;
+    let init_bin = binary(args, "--init", "cerana-init")?;
+    for bin in [&init_bin, &testkit] {
+        if !bin.exists() {
+            return Err(format!("{} not built", bin.display()));
+        }
     }
     let table = table(services, &testkit.display().to_string());
     let (mut ready_ms, mut cpu_ms, mut rss_kb, mut hwm_kb) = (vec![], vec![], vec![], vec![]);

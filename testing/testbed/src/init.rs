@@ -1,7 +1,8 @@
-//! Running init off PID 1 for host tests and the benchmark: in a fresh PID namespace
-//! (`unshare --pid --fork`, as root) with `--no-mount`, events to a file, a private control
-//! socket. Waits are bounded and poll the event file; nothing sleeps for a fixed time.
-//! The init binary itself never calls this module.
+//! Running a built `cerana-init` off PID 1 for host tests and the benchmark: in a fresh PID
+//! namespace (`unshare --pid --fork`, as root) with `--no-mount`, events to a file, a private
+//! control socket (asked through `cerana_client::init_control`). Waits are bounded and poll the
+//! event file; nothing sleeps for a fixed time. This crate does not depend on `cerana-init`: it
+//! runs the binary it is given.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -153,9 +154,17 @@ impl RunningInit {
         }
     }
 
-    /// One control request (10 s timeout).
+    /// One control request (10 s timeout). Blocks; callable from async code too (the request
+    /// runs on a current-thread runtime of its own, on a thread of its own).
     pub fn control(&self, req: &ControlRequest) -> ControlReply {
-        crate::control::request(&self.socket, req, Duration::from_secs(10))
+        let ask = || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime
+                .block_on(cerana_client::init_control::request(&self.socket, req, Duration::from_secs(10)))
+                .map_err(std::io::Error::other)
+        };
+        std::thread::scope(|s| s.spawn(ask).join())
+            .unwrap_or_else(|_| panic!("control request {req:?}: the request thread panicked"))
             .unwrap_or_else(|e| panic!("control request {req:?}: {e}"))
     }
 

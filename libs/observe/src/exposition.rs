@@ -1,4 +1,4 @@
-//! A writer for the Prometheus text exposition format (0.0.4), shared by this provider and the
+//! A writer for the Prometheus text exposition format (0.0.4), shared by the metrics provider and the
 //! coordinator's `/metrics`.
 
 use std::fmt::Write;
