@@ -83,7 +83,7 @@ impl Coordinator {
                 let Some(core) = sweeper.upgrade() else { return };
                 core.expire_due();
                 ticks += 1;
-                if ticks % 50 == 0 {
+                if ticks.is_multiple_of(50) {
                     let dropped = core.streams.sweep();
                     if dropped > 0 {
                         tracing::info!(dropped, "dropped streams whose other end never arrived");

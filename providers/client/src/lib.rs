@@ -60,7 +60,8 @@ pub enum CallError {
 #[derive(Debug)]
 pub enum Client {
     Unix(UnixClient),
-    Http(HttpClient),
+    // Boxed: an HTTP client (TLS config, connection pool) is far larger than a unix one.
+    Http(Box<HttpClient>),
 }
 
 impl Client {
