@@ -183,7 +183,9 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
                 ),
                 None => std::env::var("CERANA_TOKEN").ok(),
             };
-            HttpClient::new(node.clone(), token, cli.ca_cert.as_deref()).map(|c| Client::Http(Box::new(c))).map_err(Failure::client)
+            HttpClient::new(node.clone(), token, cli.ca_cert.as_deref())
+                .map(|c| Client::Http(Box::new(c)))
+                .map_err(Failure::client)
         }
         None => UnixClient::connect(&cli.socket, "cerana-cli").await.map(Client::Unix).map_err(Failure::client),
     }
