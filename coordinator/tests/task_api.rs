@@ -33,7 +33,6 @@ mod test_tasks {
     }
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct StreamSummary {
         pub bytes: u64,
         pub hash: u64,

@@ -19,6 +19,8 @@ pub mod frame;
 pub mod message;
 pub mod names;
 pub mod readiness;
+#[cfg(test)]
+mod rolling_upgrade_tests;
 pub mod stream;
 pub mod task;
 pub mod tasks;
@@ -46,4 +48,4 @@ pub const READY_FD_ENV: &str = "CERANA_READY_FD";
 
 #[doc(hidden)]
 pub use serde_json as __serde_json;
-pub use task::NoArgs;
+pub use task::{NoArgs, NoOutput};

@@ -120,7 +120,8 @@ pub struct KvmDefineArgs {
 }
 
 /// Where a disk's bytes live. `create_bytes` makes it (and `kvm-undefine` with
-/// `remove_storage` removes it again); without it the disk must exist.
+/// `remove_storage` removes it again); without it the disk must exist. Strict although
+/// [`DiskInfo`] returns it: it is part of [`KvmDefineArgs`], where an unknown field must be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskSource {
@@ -141,7 +142,8 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
-/// Where a NIC's other end is.
+/// Where a NIC's other end is. Strict although [`NicInfo`] returns it: it is part of
+/// [`KvmDefineArgs`], where an unknown field must be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum NicAttach {
@@ -172,6 +174,8 @@ pub enum BootDevice {
     Network,
 }
 
+/// A kernel booted directly. Strict: part of [`KvmDefineArgs`] (the provider's own VM record
+/// keeps one too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectKernel {
@@ -206,7 +210,6 @@ pub struct KvmUndefineArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmUndefineResult {
     pub name: VmName,
     /// Disks destroyed (dataset names or file paths).
@@ -223,7 +226,6 @@ pub struct KvmConsoleLogArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmConsoleLogResult {
     pub name: VmName,
     /// Where the log is on the node.
@@ -258,7 +260,6 @@ pub enum Hypervisor {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskInfo {
     /// Guest device (vda, vdb, ...).
     pub target: String,
@@ -271,7 +272,6 @@ pub struct DiskInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NicInfo {
     pub mac: MacAddr,
     pub attach: NicAttach,
@@ -280,7 +280,6 @@ pub struct NicInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub name: VmName,
     pub uuid: String,
@@ -299,7 +298,6 @@ pub struct VmInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmSummary {
     pub name: VmName,
     pub state: VmState,
@@ -307,7 +305,6 @@ pub struct VmSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmListResult {
     pub vms: Vec<VmSummary>,
 }

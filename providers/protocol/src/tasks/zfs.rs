@@ -362,7 +362,6 @@ pub struct DestroyArgs {
 /// What a changing task acted on. It does not re-read the dataset (that would cost a second
 /// ZFS call per task); `zfs-get` does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NameResult {
     /// The dataset or snapshot created, changed or destroyed.
     pub name: String,
@@ -372,14 +371,12 @@ pub struct NameResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExistsResult {
     pub exists: bool,
 }
 
 /// A dataset as `zfs list -Hp` reports it. Sizes in bytes, times in seconds since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Dataset {
     pub name: String,
     #[serde(rename = "type")]
@@ -403,7 +400,6 @@ pub struct Dataset {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Property {
     pub value: String,
     /// `default`, `local`, `inherited from X`, `temporary`, `received`, or `-`.
@@ -411,14 +407,12 @@ pub struct Property {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GetResult {
     pub dataset: Dataset,
     pub properties: BTreeMap<String, Property>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hold {
     pub tag: String,
     /// When the hold was placed, as `zfs holds` prints it (OpenZFS 2.1 has no `-p` for holds).
@@ -426,7 +420,6 @@ pub struct Hold {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HoldsResult {
     pub holds: Vec<Hold>,
 }
@@ -446,7 +439,6 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListResult {
     pub datasets: Vec<Dataset>,
 }
@@ -510,7 +502,6 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SendResult {
     pub name: String,
     pub from: Option<String>,
@@ -527,7 +518,6 @@ pub struct ReceiveArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReceiveResult {
     pub dataset: Dataset,
     /// Bytes of stream consumed.
@@ -569,7 +559,6 @@ pub enum PoolConfigMode {
 
 /// A disk the bootstrap looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskReport {
     pub device: String,
     pub size_bytes: u64,
@@ -579,7 +568,6 @@ pub struct DiskReport {
 
 /// What the bootstrap did at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootstrapReport {
     pub mode: PoolConfigMode,
     /// `imported`, `already-imported`, `created`, or `none`.
@@ -590,7 +578,6 @@ pub struct BootstrapReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolStatus {
     /// Whether the pool `data` is imported.
     pub imported: bool,
