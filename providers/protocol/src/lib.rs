@@ -11,6 +11,7 @@
 //! connections as chunk frames ([`stream`]). Between nodes and for external clients the same JSON
 //! travels over HTTP(S).
 
+pub mod boot_wire;
 pub mod error;
 pub mod events;
 #[cfg(feature = "tokio")]
