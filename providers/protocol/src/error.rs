@@ -5,58 +5,81 @@ use crate::names::{ProviderName, TaskName};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Stable error codes. Clients branch on these, never on messages.
-///
-/// On the wire a code is its snake_case string. A code this version does not know (sent by a
-/// newer node during a rolling upgrade) decodes as [`ErrorCode::Other`] keeping its string, and
-/// encodes back as the same string, so an older node relays a newer node's error unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] from one list of `Variant = "wire_name"`: the enum (with the
+/// [`ErrorCode::Other`] fallback), [`ErrorCode::KNOWN`] and [`ErrorCode::as_str`].
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
+        /// Stable error codes. Clients branch on these, never on messages.
+        ///
+        /// On the wire a code is its snake_case string. A code this version does not know (sent by a
+        /// newer node during a rolling upgrade) decodes as [`ErrorCode::Other`] keeping its string, and
+        /// encodes back as the same string, so an older node relays a newer node's error unchanged.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+            /// A code this version does not know, as it came on the wire. Make one with
+            /// [`ErrorCode::from_code`], which never wraps a known code.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            /// Every code this version knows, i.e. all but [`ErrorCode::Other`].
+            pub const KNOWN: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code's wire string.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                    ErrorCode::Other(code) => code,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// The message could not be decoded or broke the protocol.
-    InvalidRequest,
+    InvalidRequest = "invalid_request",
     /// A frame exceeded the size limit.
-    FrameTooLarge,
+    FrameTooLarge = "frame_too_large",
     /// No task of that name is documented and no provider serves it.
-    UnknownTask,
+    UnknownTask = "unknown_task",
     /// The task exists but no provider serving it is connected.
-    NoProvider,
+    NoProvider = "no_provider",
     /// The arguments do not match the task's argument type.
-    InvalidArgs,
+    InvalidArgs = "invalid_args",
     /// A request id already in flight was sent again.
-    DuplicateId,
+    DuplicateId = "duplicate_id",
     /// The task did not finish within its timeout.
-    Timeout,
+    Timeout = "timeout",
     /// The provider handling the task went away before answering.
-    ProviderLost,
+    ProviderLost = "provider_lost",
     /// The caller cancelled the task.
-    Cancelled,
+    Cancelled = "cancelled",
     /// No or a wrong bearer token.
-    Unauthenticated,
+    Unauthenticated = "unauthenticated",
     /// The peer coordinator could not be reached or answered garbage.
-    PeerUnreachable,
+    PeerUnreachable = "peer_unreachable",
     /// A byte stream failed: its peer vanished, never arrived, or sent a malformed chunk.
-    StreamError,
+    StreamError = "stream_error",
     /// The object the task names does not exist.
-    NotFound,
+    NotFound = "not_found",
     /// The object the task would create exists already.
-    AlreadyExists,
+    AlreadyExists = "already_exists",
     /// The object is in use.
-    Busy,
+    Busy = "busy",
     /// A name is longer than the backend allows.
-    NameTooLong,
+    NameTooLong = "name_too_long",
     /// The backend refused an argument value.
-    InvalidArgument,
+    InvalidArgument = "invalid_argument",
     /// The caller may not do this.
-    PermissionDenied,
+    PermissionDenied = "permission_denied",
     /// A backend the provider needs is not available (not installed, not running).
-    Unavailable,
+    Unavailable = "unavailable",
     /// The task ran and failed for a reason without a more specific code.
-    Failed,
+    Failed = "failed",
     /// A bug or an unexpected state inside the coordinator or a provider.
-    Internal,
-    /// A code this version does not know, as it came on the wire. Make one with
-    /// [`ErrorCode::from_code`], which never wraps a known code.
-    Other(String),
+    Internal = "internal",
 }
 
 /// Coarse classes of errors, for exit codes and HTTP statuses.
@@ -74,34 +97,6 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    /// Every code this version knows, i.e. all but [`ErrorCode::Other`].
-    pub const KNOWN: &'static [ErrorCode] = {
-        use ErrorCode::*;
-        &[
-            InvalidRequest,
-            FrameTooLarge,
-            UnknownTask,
-            NoProvider,
-            InvalidArgs,
-            DuplicateId,
-            Timeout,
-            ProviderLost,
-            Cancelled,
-            Unauthenticated,
-            PeerUnreachable,
-            StreamError,
-            NotFound,
-            AlreadyExists,
-            Busy,
-            NameTooLong,
-            InvalidArgument,
-            PermissionDenied,
-            Unavailable,
-            Failed,
-            Internal,
-        ]
-    };
-
     /// The code a wire string names: a known variant, else [`ErrorCode::Other`] with the string.
     pub fn from_code(code: &str) -> Self {
         Self::KNOWN.iter().find(|known| known.as_str() == code).cloned().unwrap_or_else(|| Self::Other(code.to_owned()))
@@ -124,34 +119,6 @@ impl ErrorCode {
             NoProvider | ProviderLost | PeerUnreachable | Unavailable => ErrorClass::Unavailable,
             Unauthenticated | PermissionDenied => ErrorClass::Auth,
             Cancelled | StreamError | Failed | Internal | Other(_) => ErrorClass::Failed,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        use ErrorCode::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            FrameTooLarge => "frame_too_large",
-            UnknownTask => "unknown_task",
-            NoProvider => "no_provider",
-            InvalidArgs => "invalid_args",
-            DuplicateId => "duplicate_id",
-            Timeout => "timeout",
-            ProviderLost => "provider_lost",
-            Cancelled => "cancelled",
-            Unauthenticated => "unauthenticated",
-            PeerUnreachable => "peer_unreachable",
-            StreamError => "stream_error",
-            NotFound => "not_found",
-            AlreadyExists => "already_exists",
-            Busy => "busy",
-            NameTooLong => "name_too_long",
-            InvalidArgument => "invalid_argument",
-            PermissionDenied => "permission_denied",
-            Unavailable => "unavailable",
-            Failed => "failed",
-            Internal => "internal",
-            Other(code) => code,
         }
     }
 }
