@@ -46,7 +46,7 @@ fn api_error(status: StatusCode, error: TaskError) -> AxumResponse {
     (status, Json(ApiErrorBody { error })).into_response()
 }
 
-fn status_for(code: ErrorCode) -> StatusCode {
+fn status_for(code: &ErrorCode) -> StatusCode {
     use cerana_protocol::error::ErrorClass::*;
     match code.class() {
         BadInput => StatusCode::BAD_REQUEST,
@@ -188,7 +188,7 @@ async fn post_task(
 }
 
 fn task_response(response: Response) -> AxumResponse {
-    let status = response.error().map_or(StatusCode::OK, |e| status_for(e.code));
+    let status = response.error().map_or(StatusCode::OK, |e| status_for(&e.code));
     match serde_json::to_vec(&response) {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, e.to_string())),
@@ -230,7 +230,7 @@ fn builtin(state: &AppState, task: &str) -> AxumResponse {
     let task = TaskName::new(task).expect("builtin names are valid");
     match crate::builtin::run(&*state.core, &task, "{}") {
         Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw.get().to_owned()).into_response(),
-        Err(e) => api_error(status_for(e.code), e),
+        Err(e) => api_error(status_for(&e.code), e),
     }
 }
 

@@ -25,7 +25,6 @@ mod test_tasks {
     }
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct PipeSummary {
         pub bytes: u64,
         pub hash: u64,

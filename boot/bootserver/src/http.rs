@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use cerana_protocol::boot_wire::{CheckIn, ImageManifest};
 use cerana_protocol::tasks::boot::{BootEventKind, BootEventsArgs, MacAddr};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -273,7 +274,7 @@ async fn image_file(
     if file == "manifest" {
         // Self-replication: what a node booted from this initrd needs to fetch.
         return match state.images.images.values().find(|i| i.initrd.sha256 == hex) {
-            Some(image) => axum::Json(crate::replicate::Manifest {
+            Some(image) => axum::Json(ImageManifest {
                 kernel: format!("sha256-{}", image.kernel.sha256),
                 initrd: format!("sha256-{}", image.initrd.sha256),
                 cmdline: image.cmdline.clone(),
@@ -358,17 +359,6 @@ async fn machines(State(state): State<Arc<HttpState>>) -> Response {
 
 async fn leases(State(state): State<Arc<HttpState>>) -> Response {
     axum::Json(state.dhcp.service().map(|d| d.leases()).unwrap_or_default()).into_response()
-}
-
-/// What a booted node posts to `/checkin`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckIn {
-    pub mac: MacAddr,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub ip: Option<Ipv4Addr>,
 }
 
 async fn checkin(

@@ -5,8 +5,8 @@
 
 use crate::bootstrap::{self, Bootstrap, BootstrapError};
 use crate::config::{Config, ConfigError, DhcpMode};
-use crate::http::CheckIn;
 use crate::replicate::{self, FetchError};
+use cerana_protocol::boot_wire::{CheckIn, ImageManifest};
 use cerana_protocol::tasks::boot::MacAddr;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -67,10 +67,7 @@ impl JoinSettings {
 /// the boot server may be busy booting other machines.
 const FETCH_ATTEMPTS: u32 = 8;
 
-async fn fetch_with_retries(
-    settings: &JoinSettings,
-    dest: &Path,
-) -> Result<(PathBuf, replicate::Manifest), FetchError> {
+async fn fetch_with_retries(settings: &JoinSettings, dest: &Path) -> Result<(PathBuf, ImageManifest), FetchError> {
     let mut pause = std::time::Duration::from_millis(250);
     let mut attempt = 1;
     loop {

@@ -12,22 +12,8 @@ use std::path::{Path, PathBuf};
 /// How long an offered address stays reserved for the client it was offered to.
 pub const OFFER_HOLD_SECS: u64 = 60;
 
-/// A bound lease. Expired leases are kept so the same MAC gets the same address back, until the
-/// address is needed for someone else.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lease {
-    pub mac: MacAddr,
-    pub ip: Ipv4Addr,
-    /// Seconds since the Unix epoch.
-    pub expires: u64,
-}
-
-impl Lease {
-    pub fn is_active(&self, now: u64) -> bool {
-        self.expires > now
-    }
-}
+/// A bound lease: a wire type (`GET /leases`), so it lives in the protocol crate.
+pub use cerana_protocol::boot_wire::Lease;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseStoreError {
@@ -101,7 +87,8 @@ impl LeaseStore for MemoryLeaseStore {
     }
 }
 
-/// One line of the lease journal.
+/// One line of the lease journal. A [`Lease`] in it ignores fields it does not know, so a journal
+/// a newer version wrote still replays.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum JournalEntry {

@@ -1,22 +1,10 @@
 //! Self-replication: a node fetches the kernel and initrd it booted from its boot server, by
 //! hash, checks them, and can then serve them itself (`cerana-bootserver fetch`).
 
-use serde::{Deserialize, Serialize};
+use cerana_protocol::boot_wire::{CheckIn, ImageManifest, Lease};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// `GET /images/sha256-<initrd hash>/manifest`: what belongs to an image, named by its initrd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// `sha256-<hex>` of the kernel.
-    pub kernel: String,
-    /// `sha256-<hex>` of the initrd.
-    pub initrd: String,
-    /// The image's own extra command line.
-    pub cmdline: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -65,13 +53,13 @@ async fn get_json<T: serde::de::DeserializeOwned>(client: &Client, url: &str, li
 }
 
 /// The leases another bootserver (`http://host[:port]`) holds, from its `/leases`.
-pub async fn fetch_leases(server: &str) -> Result<Vec<crate::lease::Lease>, FetchError> {
+pub async fn fetch_leases(server: &str) -> Result<Vec<Lease>, FetchError> {
     let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     get_json(&client, &format!("{}/leases", server.trim_end_matches('/')), 4 << 20).await
 }
 
 /// Tells the boot server (`http://host[:port]`) this node is up: `POST /checkin`.
-pub async fn check_in(server: &str, checkin: &crate::http::CheckIn) -> Result<(), FetchError> {
+pub async fn check_in(server: &str, checkin: &CheckIn) -> Result<(), FetchError> {
     let url = format!("{}/checkin", server.trim_end_matches('/'));
     let err = |message: String| FetchError::Http { url: url.clone(), message };
     let body = serde_json::to_vec(checkin).map_err(|e| err(e.to_string()))?;
@@ -117,12 +105,12 @@ async fn download(client: &Client, url: &str, want: &str, path: &Path) -> Result
 
 /// Fetches the image whose initrd is `initrd_hash` from `server` (`http://host[:port]`) into
 /// `dest/<initrd_hash>/{vmlinuz,initrd}`, both checked; returns that directory and the manifest.
-pub async fn fetch(server: &str, initrd_hash: &str, dest: &Path) -> Result<(PathBuf, Manifest), FetchError> {
+pub async fn fetch(server: &str, initrd_hash: &str, dest: &Path) -> Result<(PathBuf, ImageManifest), FetchError> {
     check_hash(initrd_hash)?;
     let server = server.trim_end_matches('/');
     let client: Client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let url = format!("{server}/images/{initrd_hash}/manifest");
-    let manifest: Manifest = get_json(&client, &url, 64 * 1024).await?;
+    let manifest: ImageManifest = get_json(&client, &url, 64 * 1024).await?;
     check_hash(&manifest.kernel)?;
     if manifest.initrd != initrd_hash {
         return Err(FetchError::Http { url, message: format!("manifest names initrd {}", manifest.initrd) });

@@ -14,7 +14,6 @@ type Body = BoxBody<Bytes, std::io::Error>;
 
 /// The body of an HTTP error that is not a task's response (e.g. a missing token).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiErrorBody {
     pub error: TaskError,
 }

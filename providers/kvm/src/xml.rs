@@ -15,7 +15,6 @@ const METADATA_PREFIX: &str = "cerana";
 
 /// What the provider knows about a VM beyond libvirt's own state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmRecord {
     pub name: VmName,
     pub vcpus: u32,

@@ -87,7 +87,7 @@ fn expect_err<T: std::fmt::Debug>(what: &str, r: Result<T, impl Into<TaskError>>
         Err(e) => e.into(),
     };
     let got = err.details.as_ref().and_then(|d| d["reason"].as_str()).unwrap_or_default().to_owned();
-    assert_eq!((err.code, got.as_str()), (code, reason), "{what}: {err}");
+    assert_eq!((&err.code, got.as_str()), (&code, reason), "{what}: {err}");
     println!("ok: {what}: {err}");
 }
 

@@ -11,7 +11,7 @@ pub mod namespace;
 pub mod userns;
 
 use cerana_protocol::tasks::netns::*;
-use cerana_protocol::{ErrorCode, NoArgs, TaskError};
+use cerana_protocol::{ErrorCode, NoOutput, TaskError};
 use cerana_provider_sdk::Provider;
 use firewall::{FirewallError, FirewallSpec, Firewalls};
 use links::{LinkError, Net};
@@ -259,10 +259,10 @@ impl Netns {
         Ok(to.link_info(&name).await?)
     }
 
-    pub async fn delete_link(&self, args: LinkRef) -> Result<NoArgs, TaskError> {
+    pub async fn delete_link(&self, args: LinkRef) -> Result<NoOutput, TaskError> {
         let name = link_name(&args.name)?;
         self.net(netns_name(&args.netns)?.as_ref()).await?.delete_link(&name).await?;
-        Ok(NoArgs {})
+        Ok(NoOutput {})
     }
 
     pub async fn list_links(&self, args: NetnsRef) -> Result<LinkListResult, TaskError> {
@@ -340,9 +340,9 @@ impl Netns {
         Ok(FirewallListResult { firewalls: self.firewalls.list(&self.namespaces).await? })
     }
 
-    pub async fn remove_firewall(&self, args: BundleRef) -> Result<NoArgs, TaskError> {
+    pub async fn remove_firewall(&self, args: BundleRef) -> Result<NoOutput, TaskError> {
         self.firewalls.remove(&self.namespaces, &Self::bundle(&args)?).await?;
-        Ok(NoArgs {})
+        Ok(NoOutput {})
     }
 
     pub async fn set_user(&self, args: SetUserArgs) -> Result<SetUserResult, TaskError> {

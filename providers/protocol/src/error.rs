@@ -5,52 +5,81 @@ use crate::names::{ProviderName, TaskName};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Stable error codes. Clients branch on these, never on messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] from one list of `Variant = "wire_name"`: the enum (with the
+/// [`ErrorCode::Other`] fallback), [`ErrorCode::KNOWN`] and [`ErrorCode::as_str`].
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
+        /// Stable error codes. Clients branch on these, never on messages.
+        ///
+        /// On the wire a code is its snake_case string. A code this version does not know (sent by a
+        /// newer node during a rolling upgrade) decodes as [`ErrorCode::Other`] keeping its string, and
+        /// encodes back as the same string, so an older node relays a newer node's error unchanged.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+            /// A code this version does not know, as it came on the wire. Make one with
+            /// [`ErrorCode::from_code`], which never wraps a known code.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            /// Every code this version knows, i.e. all but [`ErrorCode::Other`].
+            pub const KNOWN: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code's wire string.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                    ErrorCode::Other(code) => code,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// The message could not be decoded or broke the protocol.
-    InvalidRequest,
+    InvalidRequest = "invalid_request",
     /// A frame exceeded the size limit.
-    FrameTooLarge,
+    FrameTooLarge = "frame_too_large",
     /// No task of that name is documented and no provider serves it.
-    UnknownTask,
+    UnknownTask = "unknown_task",
     /// The task exists but no provider serving it is connected.
-    NoProvider,
+    NoProvider = "no_provider",
     /// The arguments do not match the task's argument type.
-    InvalidArgs,
+    InvalidArgs = "invalid_args",
     /// A request id already in flight was sent again.
-    DuplicateId,
+    DuplicateId = "duplicate_id",
     /// The task did not finish within its timeout.
-    Timeout,
+    Timeout = "timeout",
     /// The provider handling the task went away before answering.
-    ProviderLost,
+    ProviderLost = "provider_lost",
     /// The caller cancelled the task.
-    Cancelled,
+    Cancelled = "cancelled",
     /// No or a wrong bearer token.
-    Unauthenticated,
+    Unauthenticated = "unauthenticated",
     /// The peer coordinator could not be reached or answered garbage.
-    PeerUnreachable,
+    PeerUnreachable = "peer_unreachable",
     /// A byte stream failed: its peer vanished, never arrived, or sent a malformed chunk.
-    StreamError,
+    StreamError = "stream_error",
     /// The object the task names does not exist.
-    NotFound,
+    NotFound = "not_found",
     /// The object the task would create exists already.
-    AlreadyExists,
+    AlreadyExists = "already_exists",
     /// The object is in use.
-    Busy,
+    Busy = "busy",
     /// A name is longer than the backend allows.
-    NameTooLong,
+    NameTooLong = "name_too_long",
     /// The backend refused an argument value.
-    InvalidArgument,
+    InvalidArgument = "invalid_argument",
     /// The caller may not do this.
-    PermissionDenied,
+    PermissionDenied = "permission_denied",
     /// A backend the provider needs is not available (not installed, not running).
-    Unavailable,
+    Unavailable = "unavailable",
     /// The task ran and failed for a reason without a more specific code.
-    Failed,
+    Failed = "failed",
     /// A bug or an unexpected state inside the coordinator or a provider.
-    Internal,
+    Internal = "internal",
 }
 
 /// Coarse classes of errors, for exit codes and HTTP statuses.
@@ -68,7 +97,18 @@ pub enum ErrorClass {
 }
 
 impl ErrorCode {
-    pub fn class(self) -> ErrorClass {
+    /// The code a wire string names: a known variant, else [`ErrorCode::Other`] with the string.
+    pub fn from_code(code: &str) -> Self {
+        Self::KNOWN.iter().find(|known| known.as_str() == code).cloned().unwrap_or_else(|| Self::Other(code.to_owned()))
+    }
+
+    /// Whether this version knows the code (it is not [`ErrorCode::Other`]).
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Self::Other(_))
+    }
+
+    /// An unknown code counts as [`ErrorClass::Failed`].
+    pub fn class(&self) -> ErrorClass {
         use ErrorCode::*;
         match self {
             InvalidRequest | FrameTooLarge | UnknownTask | InvalidArgs | DuplicateId | NameTooLong
@@ -78,35 +118,21 @@ impl ErrorCode {
             Timeout => ErrorClass::Timeout,
             NoProvider | ProviderLost | PeerUnreachable | Unavailable => ErrorClass::Unavailable,
             Unauthenticated | PermissionDenied => ErrorClass::Auth,
-            Cancelled | StreamError | Failed | Internal => ErrorClass::Failed,
+            Cancelled | StreamError | Failed | Internal | Other(_) => ErrorClass::Failed,
         }
     }
+}
 
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            FrameTooLarge => "frame_too_large",
-            UnknownTask => "unknown_task",
-            NoProvider => "no_provider",
-            InvalidArgs => "invalid_args",
-            DuplicateId => "duplicate_id",
-            Timeout => "timeout",
-            ProviderLost => "provider_lost",
-            Cancelled => "cancelled",
-            Unauthenticated => "unauthenticated",
-            PeerUnreachable => "peer_unreachable",
-            StreamError => "stream_error",
-            NotFound => "not_found",
-            AlreadyExists => "already_exists",
-            Busy => "busy",
-            NameTooLong => "name_too_long",
-            InvalidArgument => "invalid_argument",
-            PermissionDenied => "permission_denied",
-            Unavailable => "unavailable",
-            Failed => "failed",
-            Internal => "internal",
-        }
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        Ok(Self::from_code(&code))
     }
 }
 
@@ -116,9 +142,9 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// The error half of a [`crate::Response`].
+/// The error half of a [`crate::Response`]. Received back by callers (and relayed between
+/// nodes), so it tolerates fields a newer version adds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
-#[serde(deny_unknown_fields)]
 pub struct TaskError {
     pub code: ErrorCode,
     pub message: String,
@@ -191,31 +217,42 @@ mod tests {
 
     #[test]
     fn every_code_string_matches_serde() {
-        use ErrorCode::*;
-        for code in [
-            InvalidRequest,
-            FrameTooLarge,
-            UnknownTask,
-            NoProvider,
-            InvalidArgs,
-            DuplicateId,
-            Timeout,
-            ProviderLost,
-            Cancelled,
-            Unauthenticated,
-            PeerUnreachable,
-            StreamError,
-            NotFound,
-            AlreadyExists,
-            Busy,
-            NameTooLong,
-            InvalidArgument,
-            PermissionDenied,
-            Unavailable,
-            Failed,
-            Internal,
-        ] {
+        assert_eq!(ErrorCode::KNOWN.len(), 21);
+        for code in ErrorCode::KNOWN {
+            assert!(code.is_known());
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            assert_eq!(serde_json::from_value::<ErrorCode>(code.as_str().into()).unwrap(), *code);
         }
+        // The wire names are part of the protocol: byte-identical to the snake_case of before.
+        let names: Vec<&str> = ErrorCode::KNOWN.iter().map(ErrorCode::as_str).collect();
+        assert_eq!(
+            names.join(","),
+            "invalid_request,frame_too_large,unknown_task,no_provider,invalid_args,duplicate_id,timeout,\
+             provider_lost,cancelled,unauthenticated,peer_unreachable,stream_error,not_found,already_exists,busy,\
+             name_too_long,invalid_argument,permission_denied,unavailable,failed,internal"
+        );
+    }
+
+    #[test]
+    fn an_unknown_code_is_kept_and_relayed_unchanged() {
+        let text = r#"{"code":"quota_exceeded","message":"over quota","node":"http://n2:8080"}"#;
+        let err: TaskError = serde_json::from_str(text).unwrap();
+        assert_eq!(err.code, ErrorCode::Other("quota_exceeded".into()));
+        assert!(!err.code.is_known());
+        assert_eq!(err.code.class(), ErrorClass::Failed);
+        assert_eq!(err.to_string(), "quota_exceeded: over quota on http://n2:8080");
+        assert_eq!(serde_json::to_string(&err).unwrap(), text);
+
+        let known: TaskError = serde_json::from_str(r#"{"code":"busy","message":"x"}"#).unwrap();
+        assert_eq!(known.code, ErrorCode::Busy);
+        assert_eq!(ErrorCode::from_code("busy"), ErrorCode::Busy);
+        assert!(serde_json::from_str::<ErrorCode>("7").is_err());
+    }
+
+    #[test]
+    fn errors_from_newer_nodes_may_carry_more_fields() {
+        let err: TaskError =
+            serde_json::from_str(r#"{"code":"not_found","message":"gone","retry_after_ms":5}"#).unwrap();
+        assert_eq!(err, TaskError::new(ErrorCode::NotFound, "gone"));
     }
 }

@@ -11,6 +11,7 @@
 //! connections as chunk frames ([`stream`]). Between nodes and for external clients the same JSON
 //! travels over HTTP(S).
 
+pub mod boot_wire;
 pub mod error;
 pub mod events;
 #[cfg(feature = "tokio")]
@@ -19,6 +20,8 @@ pub mod frame;
 pub mod message;
 pub mod names;
 pub mod readiness;
+#[cfg(test)]
+mod rolling_upgrade_tests;
 pub mod stream;
 pub mod task;
 pub mod tasks;
@@ -46,4 +49,4 @@ pub const READY_FD_ENV: &str = "CERANA_READY_FD";
 
 #[doc(hidden)]
 pub use serde_json as __serde_json;
-pub use task::NoArgs;
+pub use task::{NoArgs, NoOutput};

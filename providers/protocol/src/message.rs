@@ -87,6 +87,9 @@ impl Response {
         self.outcome.as_ref().err()
     }
     /// Decodes the result as `T`, turning a malformed result into an `internal` error.
+    // TaskError is the protocol's error value and travels by value through every client and
+    // provider; boxing it in this one signature would only add a conversion at each caller.
+    #[allow(clippy::result_large_err)]
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, TaskError> {
         match &self.outcome {
             Ok(raw) => serde_json::from_str(raw.get())
@@ -96,9 +99,9 @@ impl Response {
     }
 }
 
-/// On the wire a response has exactly one of `result` and `error`.
+/// On the wire a response has exactly one of `result` and `error`. A response is received back,
+/// so fields a newer version adds are ignored.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ResponseWire {
     id: RequestId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,7 +136,8 @@ impl From<Response> for ResponseWire {
 }
 
 /// A byte stream brokered by a coordinator: its id and, when it lives on another node, that
-/// node's coordinator URL.
+/// node's coordinator URL. Strict although a [`Response`] carries one back too: it is part of a
+/// [`Request`] a coordinator accepts, and an unknown field could change which bytes it names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamHandle {
@@ -220,16 +224,16 @@ pub enum ToCoordinator {
 
 /// The coordinator's answer to a hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Welcome {
     pub coordinator: String,
     pub version: String,
     pub protocol: u32,
 }
 
-/// Messages a coordinator sends on its unix socket.
+/// Messages a coordinator sends on its unix socket. What clients and providers receive back:
+/// fields a newer coordinator adds are ignored (a routed [`Request`] itself stays strict).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum FromCoordinator {
     Welcome(Welcome),
     /// The hello was refused; the connection closes after this.

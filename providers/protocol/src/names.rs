@@ -22,7 +22,7 @@ pub enum NameError {
 /// Longest task or provider name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
-fn check_name(kind: &'static str, value: &str) -> Result<(), NameError> {
+pub(crate) fn check_name(kind: &'static str, value: &str) -> Result<(), NameError> {
     if value.is_empty() {
         return Err(NameError::Empty { kind });
     }
@@ -38,33 +38,50 @@ fn check_name(kind: &'static str, value: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Declares a string newtype checked on construction: `new`, `as_str`, `TryFrom<String>`,
+/// `FromStr`, `Into<String>`, `Display`, `AsRef<str>`, `PartialEq<str>`, and serde through the
+/// check (deserializing an invalid value fails with the check's error).
+///
+/// ```text
+/// validated_name!(/** doc */ TaskName, "task name");               // check_name, NameError
+/// validated_name!(/** doc */ VmName, VmNameError, check_vm_name);  // any check and error
+/// ```
+///
+/// The check is a `fn(String) -> Result<String, Error>`: it returns the value to keep, so it
+/// may normalise it (a node URL loses its trailing `/`).
 macro_rules! validated_name {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $crate::names::validated_name!(
+            $(#[$doc])* $name,
+            $crate::names::NameError,
+            |value: String| $crate::names::check_name($kind, &value).map(|()| value)
+        );
+    };
+    ($(#[$doc:meta])* $name:ident, $error:ty, $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
             /// Checks `value` and wraps it.
-            pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
-                let value = value.into();
-                check_name($kind, &value)?;
-                Ok(Self(value))
+            pub fn new(value: impl Into<String>) -> Result<Self, $error> {
+                let check: fn(String) -> Result<String, $error> = $check;
+                check(value.into()).map(Self)
             }
             pub fn as_str(&self) -> &str {
                 &self.0
             }
         }
         impl TryFrom<String> for $name {
-            type Error = NameError;
-            fn try_from(value: String) -> Result<Self, NameError> {
+            type Error = $error;
+            fn try_from(value: String) -> Result<Self, $error> {
                 Self::new(value)
             }
         }
-        impl FromStr for $name {
-            type Err = NameError;
-            fn from_str(value: &str) -> Result<Self, NameError> {
+        impl std::str::FromStr for $name {
+            type Err = $error;
+            fn from_str(value: &str) -> Result<Self, $error> {
                 Self::new(value)
             }
         }
@@ -73,9 +90,14 @@ macro_rules! validated_name {
                 value.0
             }
         }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
             }
         }
         impl PartialEq<str> for $name {
@@ -85,6 +107,7 @@ macro_rules! validated_name {
         }
     };
 }
+pub(crate) use validated_name;
 
 validated_name!(
     /// A task name such as `zfs-create`: lowercase letters, digits and dashes, starting with a
@@ -139,51 +162,29 @@ uuid_id!(
     "stream id"
 );
 
-/// The base URL of a node's coordinator HTTP API, e.g. `http://10.0.0.5:8080`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeUrl(String);
+validated_name!(
+    /// The base URL of a node's coordinator HTTP API, e.g. `http://10.0.0.5:8080`.
+    NodeUrl,
+    NameError,
+    check_node_url
+);
+
+/// `http://` or `https://` and a host; the trailing `/` is dropped.
+fn check_node_url(value: String) -> Result<String, NameError> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or_else(|| NameError::BadUrl { value: value.clone() })?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(NameError::BadUrl { value });
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
 
 impl NodeUrl {
-    pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
-        let value = value.into();
-        let rest = value
-            .strip_prefix("http://")
-            .or_else(|| value.strip_prefix("https://"))
-            .ok_or_else(|| NameError::BadUrl { value: value.clone() })?;
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(NameError::BadUrl { value });
-        }
-        Ok(Self(value.trim_end_matches('/').to_owned()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
-    }
-}
-impl TryFrom<String> for NodeUrl {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<Self, NameError> {
-        Self::new(value)
-    }
-}
-impl FromStr for NodeUrl {
-    type Err = NameError;
-    fn from_str(value: &str) -> Result<Self, NameError> {
-        Self::new(value)
-    }
-}
-impl From<NodeUrl> for String {
-    fn from(value: NodeUrl) -> String {
-        value.0
-    }
-}
-impl fmt::Display for NodeUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -211,6 +212,11 @@ mod tests {
         assert!(NodeUrl::new("ftp://node").is_err());
         assert!(NodeUrl::new("http://").is_err());
         assert!(NodeUrl::new("http://a b").is_err());
+        let url: NodeUrl = serde_json::from_str(r#""https://n1:8443/""#).unwrap();
+        assert_eq!((url.as_ref(), url.to_string().as_str()), ("https://n1:8443", "https://n1:8443"));
+        assert_eq!("http://n2".parse::<NodeUrl>().unwrap(), NodeUrl::new("http://n2").unwrap());
+        let err = serde_json::from_str::<NodeUrl>(r#""ftp://node""#).unwrap_err();
+        assert!(err.to_string().starts_with(&NodeUrl::new("ftp://node").unwrap_err().to_string()), "{err}");
     }
 
     #[test]

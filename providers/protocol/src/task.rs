@@ -7,6 +7,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// A named task with typed arguments and result.
+///
+/// Rolling upgrades: a node is strict about what it *accepts* and tolerant about what it
+/// *receives back*. `Args` types, and every type nested in them, carry
+/// `#[serde(deny_unknown_fields)]`, so a misspelt or unsupported argument is refused with
+/// `invalid_args` instead of being ignored. `Output` types, and every type nested in them, do
+/// not: a newer node may add a result field and an older caller still decodes the result (the
+/// field is dropped). A type used on both sides stays strict and says why where it is declared.
 pub trait Task {
     const NAME: &'static str;
     const DESCRIPTION: &'static str;
@@ -65,3 +72,8 @@ macro_rules! declare_tasks {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoArgs {}
+
+/// Result of a task that returns nothing: `{}`, from a newer node possibly with fields this
+/// version ignores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NoOutput {}

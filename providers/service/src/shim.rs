@@ -28,7 +28,8 @@ pub const STATUS_FD: i32 = 3;
 /// argv[1] that makes the provider's executable a shim.
 pub const SUBCOMMAND: &str = "shim";
 
-/// What the shim reports, one JSON object per line.
+/// What the shim reports, one JSON object per line. Strict: the shim is this same executable, so
+/// it never speaks a newer version than the provider reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ShimEvent {

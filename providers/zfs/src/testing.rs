@@ -41,7 +41,6 @@ pub struct FileArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileSum {
     pub bytes: u64,
     pub sha256: String,
@@ -60,7 +59,6 @@ pub struct BenchArgs {
 
 /// Median milliseconds of each measured operation, per path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BenchResult {
     pub task_ms: BTreeMap<String, f64>,
     pub command_ms: BTreeMap<String, f64>,

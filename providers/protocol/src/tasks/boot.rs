@@ -95,7 +95,6 @@ pub struct BootEventsArgs {
 
 /// Result of `boot-events`, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootEventsResult {
     pub events: Vec<BootEvent>,
 }
@@ -125,7 +124,6 @@ pub struct BootDhcpArgs {
 
 /// Result of `boot-dhcp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootDhcpResult {
     pub previous: BootDhcpMode,
     pub mode: BootDhcpMode,
@@ -135,14 +133,12 @@ pub struct BootDhcpResult {
 
 /// Result of `boot-machines`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootMachinesResult {
     pub machines: Vec<BootMachine>,
 }
 
 /// What the bootserver knows about one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootMachine {
     pub mac: MacAddr,
     /// Address last offered or acknowledged.
@@ -170,8 +166,8 @@ pub enum BootStage {
     CheckedIn,
 }
 
-/// One step of a machine's boot. (`deny_unknown_fields` sits on the flattened kind: serde
-/// cannot combine it with `flatten` here.)
+/// One step of a machine's boot: a result (of `boot-events`), so fields a newer bootserver adds
+/// are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootEvent {
     /// Milliseconds since the Unix epoch.
@@ -183,7 +179,6 @@ pub struct BootEvent {
 
 /// Which client sent a DHCP request, as far as the server can tell.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DhcpClientInfo {
     /// Option 93 (client system architecture), e.g. 0 = BIOS, 7/9 = UEFI x86-64.
     #[serde(default)]
@@ -201,7 +196,7 @@ pub struct DhcpClientInfo {
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum BootEventKind {
     DhcpDiscover {
         client: DhcpClientInfo,

@@ -15,7 +15,6 @@ crate::declare_tasks! {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CoordinatorStatusResult {
     pub name: String,
     pub version: String,
@@ -27,7 +26,6 @@ pub struct CoordinatorStatusResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProviderInfo {
     pub name: ProviderName,
     pub version: String,
@@ -40,20 +38,17 @@ pub struct ProviderInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProvidersResult {
     pub providers: Vec<ProviderInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskProvider {
     pub provider: ProviderName,
     pub priority: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TaskListing {
     pub task: TaskName,
     /// Empty for tasks a provider serves but the catalog does not document.
@@ -65,7 +60,6 @@ pub struct TaskListing {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TasksResult {
     pub tasks: Vec<TaskListing>,
 }
@@ -101,7 +95,6 @@ pub struct HistoryArgs {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HistoryResult {
     pub entries: Vec<JournalEntry>,
 }
@@ -114,7 +107,6 @@ pub struct TaskGetArgs {
 
 /// One task as the coordinator's journal records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct JournalEntry {
     pub id: RequestId,
     pub task: TaskName,

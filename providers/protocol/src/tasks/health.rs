@@ -292,7 +292,6 @@ pub enum FailReason {
 
 /// The outcome of a check that ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthReport {
     pub status: HealthStatus,
     /// Set when the check failed.

@@ -61,7 +61,6 @@ pub enum ServiceState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
@@ -79,13 +78,11 @@ pub struct ServiceStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceList {
     pub services: Vec<ServiceStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceLogs {
     pub service: String,
     pub lines: Vec<String>,
@@ -94,7 +91,6 @@ pub struct ServiceLogs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShutdownAccepted {
     pub action: ShutdownAction,
 }
@@ -124,7 +120,7 @@ pub enum ControlRequest {
 
 /// Init's answer to one [`ControlRequest`]: the result is the matching task's output type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum ControlReply {
     Ok(serde_json::Value),
     Error { code: ErrorCode, message: String },

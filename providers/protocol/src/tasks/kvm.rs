@@ -8,8 +8,6 @@
 
 use crate::tasks::boot::MacAddr;
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 crate::declare_tasks! {
     KvmDefine = "kvm-define", "Define a VM (vCPUs, memory, disks, NICs, boot order, serial log); creates the disks it is asked to, leaves nothing behind on failure", KvmDefineArgs => VmInfo;
@@ -25,11 +23,13 @@ crate::declare_tasks! {
 /// Longest VM name accepted.
 pub const MAX_VM_NAME_LEN: usize = 64;
 
-/// A VM's name: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or digit. It names the libvirt
-/// domain and the VM's files, so it carries no `/` and no leading dot.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct VmName(String);
+crate::names::validated_name!(
+    /// A VM's name: 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or digit. It names the
+    /// libvirt domain and the VM's files, so it carries no `/` and no leading dot.
+    VmName,
+    VmNameError,
+    check_vm_name
+);
 
 /// Why a string is not a VM name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,43 +38,14 @@ pub struct VmNameError {
     pub input: String,
 }
 
-impl VmName {
-    pub fn new(value: impl Into<String>) -> Result<Self, VmNameError> {
-        let value = value.into();
-        let mut chars = value.chars();
-        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-        if !first_ok || !rest_ok || value.len() > MAX_VM_NAME_LEN {
-            return Err(VmNameError { input: value });
-        }
-        Ok(Self(value))
+fn check_vm_name(value: String) -> Result<String, VmNameError> {
+    let mut chars = value.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !first_ok || !rest_ok || value.len() > MAX_VM_NAME_LEN {
+        return Err(VmNameError { input: value });
     }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for VmName {
-    type Error = VmNameError;
-    fn try_from(value: String) -> Result<Self, VmNameError> {
-        Self::new(value)
-    }
-}
-impl FromStr for VmName {
-    type Err = VmNameError;
-    fn from_str(value: &str) -> Result<Self, VmNameError> {
-        Self::new(value)
-    }
-}
-impl From<VmName> for String {
-    fn from(value: VmName) -> String {
-        value.0
-    }
-}
-impl fmt::Display for VmName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+    Ok(value)
 }
 
 /// Names one VM.
@@ -120,7 +91,8 @@ pub struct KvmDefineArgs {
 }
 
 /// Where a disk's bytes live. `create_bytes` makes it (and `kvm-undefine` with
-/// `remove_storage` removes it again); without it the disk must exist.
+/// `remove_storage` removes it again); without it the disk must exist. Strict although
+/// [`DiskInfo`] returns it: it is part of [`KvmDefineArgs`], where an unknown field must be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskSource {
@@ -141,7 +113,8 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
-/// Where a NIC's other end is.
+/// Where a NIC's other end is. Strict although [`NicInfo`] returns it: it is part of
+/// [`KvmDefineArgs`], where an unknown field must be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum NicAttach {
@@ -172,6 +145,8 @@ pub enum BootDevice {
     Network,
 }
 
+/// A kernel booted directly. Strict: part of [`KvmDefineArgs`] (the provider's own VM record
+/// keeps one too).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectKernel {
@@ -206,7 +181,6 @@ pub struct KvmUndefineArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmUndefineResult {
     pub name: VmName,
     /// Disks destroyed (dataset names or file paths).
@@ -223,7 +197,6 @@ pub struct KvmConsoleLogArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmConsoleLogResult {
     pub name: VmName,
     /// Where the log is on the node.
@@ -258,7 +231,6 @@ pub enum Hypervisor {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskInfo {
     /// Guest device (vda, vdb, ...).
     pub target: String,
@@ -271,7 +243,6 @@ pub struct DiskInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NicInfo {
     pub mac: MacAddr,
     pub attach: NicAttach,
@@ -280,7 +251,6 @@ pub struct NicInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub name: VmName,
     pub uuid: String,
@@ -299,7 +269,6 @@ pub struct VmInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmSummary {
     pub name: VmName,
     pub state: VmState,
@@ -307,7 +276,6 @@ pub struct VmSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KvmListResult {
     pub vms: Vec<VmSummary>,
 }

@@ -25,7 +25,6 @@ crate::declare_tasks! {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuMetrics {
     pub info: CpuInfo,
     pub load: LoadAverage,
@@ -34,7 +33,6 @@ pub struct CpuMetrics {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuInfo {
     pub model: String,
     pub logical_cpus: u32,
@@ -43,7 +41,6 @@ pub struct CpuInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LoadAverage {
     pub load_1m: f64,
     pub load_5m: f64,
@@ -52,7 +49,6 @@ pub struct LoadAverage {
 
 /// Seconds a CPU spent in each mode since boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuTimes {
     pub cpu: String,
     pub user: f64,
@@ -66,14 +62,12 @@ pub struct CpuTimes {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryMetrics {
     pub memory: RamUsage,
     pub swap: SwapUsage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RamUsage {
     pub total_bytes: u64,
     pub available_bytes: u64,
@@ -90,7 +84,6 @@ pub struct RamUsage {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SwapUsage {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -107,7 +100,6 @@ pub struct DiskArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskMetrics {
     pub filesystems: Vec<Filesystem>,
     /// Block devices that have done any I/O since boot.
@@ -115,7 +107,6 @@ pub struct DiskMetrics {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Filesystem {
     pub device: String,
     pub mountpoint: String,
@@ -126,7 +117,6 @@ pub struct Filesystem {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FsUsage {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -140,7 +130,6 @@ pub struct FsUsage {
 
 /// Counters of one block device from /proc/diskstats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskIo {
     pub device: String,
     pub reads: u64,
@@ -154,13 +143,11 @@ pub struct DiskIo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkMetrics {
     pub interfaces: Vec<Interface>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Interface {
     pub name: String,
     pub index: u32,
@@ -177,7 +164,6 @@ pub struct Interface {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InterfaceAddress {
     pub address: IpAddr,
     pub prefix_len: u8,
@@ -185,7 +171,6 @@ pub struct InterfaceAddress {
 
 /// Counters of one interface from /proc/net/dev.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InterfaceCounters {
     pub rx_bytes: u64,
     pub rx_packets: u64,
@@ -198,7 +183,6 @@ pub struct InterfaceCounters {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HostMetrics {
     /// Also the node's serial in the cluster (as in the original).
     pub hostname: String,
@@ -234,7 +218,6 @@ pub fn check_service_id(id: &str) -> Result<(), String> {
 
 /// A service's resource usage, read from its cgroup v2 files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceUsage {
     pub service: String,
     pub cgroup: String,
@@ -257,7 +240,6 @@ pub struct ServiceUsage {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PrometheusText {
     /// Text exposition format 0.0.4: `# HELP`, `# TYPE` and sample lines.
     pub text: String,

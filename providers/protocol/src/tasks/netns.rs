@@ -8,7 +8,7 @@
 //! `netns: None` in a request means the provider's own (the node's) namespace. A named namespace
 //! is the bind mount `/run/netns/NAME`, the place `ip netns` and containers use.
 
-use crate::task::NoArgs;
+use crate::task::{NoArgs, NoOutput};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -20,7 +20,7 @@ crate::declare_tasks! {
     NetnsBridgeAdd = "netns-bridge-add", "Creates a bridge in a namespace, optionally up", BridgeAddArgs => LinkInfo;
     NetnsLinkSet = "netns-link-set", "Sets a link up or down, its MTU, or its bridge (master)", LinkSetArgs => LinkInfo;
     NetnsLinkMove = "netns-link-move", "Moves a link into another namespace", LinkMoveArgs => LinkInfo;
-    NetnsLinkDelete = "netns-link-delete", "Deletes a link (a veth's peer goes with it)", LinkRef => NoArgs;
+    NetnsLinkDelete = "netns-link-delete", "Deletes a link (a veth's peer goes with it)", LinkRef => NoOutput;
     NetnsLinkList = "netns-link-list", "Lists the links of a namespace with their addresses", NetnsRef => LinkListResult;
     NetnsAddressAdd = "netns-address-add", "Adds an address (CIDR) to a link; refuses one overlapping the namespace's", AddressArgs => LinkInfo;
     NetnsAddressDelete = "netns-address-delete", "Removes an address (CIDR) from a link", AddressArgs => LinkInfo;
@@ -30,7 +30,7 @@ crate::declare_tasks! {
     FirewallApply = "firewall-apply", "Replaces a bundle's nftables firewall (in its namespace) in one transaction", FirewallApplyArgs => FirewallInfo;
     FirewallGet = "firewall-get", "Reads a bundle's firewall back from the kernel", BundleRef => FirewallInfo;
     FirewallList = "firewall-list", "Reads every bundle's firewall back from the kernel", NoArgs => FirewallListResult;
-    FirewallRemove = "firewall-remove", "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoArgs;
+    FirewallRemove = "firewall-remove", "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoOutput;
     NamespaceSetUser = "namespace-set-user", "Writes a process's uid and gid maps (1 to 5 ranges each)", SetUserArgs => SetUserResult;
 }
 
@@ -50,7 +50,6 @@ pub struct NetnsRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetnsInfo {
     pub name: String,
     /// The bind mount holding the namespace.
@@ -58,7 +57,6 @@ pub struct NetnsInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetnsListResult {
     pub namespaces: Vec<NetnsInfo>,
 }
@@ -87,7 +85,6 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VethAddResult {
     pub end: LinkInfo,
     pub peer: LinkInfo,
@@ -140,7 +137,6 @@ pub struct LinkMoveArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LinkInfo {
     pub name: String,
     pub index: u32,
@@ -157,7 +153,6 @@ pub struct LinkInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LinkListResult {
     pub links: Vec<LinkInfo>,
 }
@@ -187,7 +182,6 @@ pub struct RouteArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteInfo {
     pub destination: String,
     pub gateway: Option<IpAddr>,
@@ -195,7 +189,6 @@ pub struct RouteInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteListResult {
     pub routes: Vec<RouteInfo>,
 }
@@ -242,7 +235,6 @@ pub struct BundleRef {
 
 /// One rule as read back from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FirewallRule {
     /// The kernel's rule handle.
     pub handle: u64,
@@ -257,7 +249,6 @@ pub struct FirewallRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FirewallInfo {
     pub bundle: String,
     pub netns: String,
@@ -267,7 +258,6 @@ pub struct FirewallInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FirewallListResult {
     pub firewalls: Vec<FirewallInfo>,
 }
@@ -290,7 +280,6 @@ pub struct SetUserArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SetUserResult {
     pub pid: u32,
     /// The maps as the kernel shows them afterwards.

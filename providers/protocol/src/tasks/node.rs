@@ -9,7 +9,6 @@ crate::declare_tasks! {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeFacts {
     pub hostname: String,
     pub kernel_release: String,
@@ -23,7 +22,6 @@ pub struct NodeFacts {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuFacts {
     pub model: String,
     pub count: u32,
@@ -33,13 +31,14 @@ pub struct CpuFacts {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryFacts {
     pub total_bytes: u64,
     pub free_bytes: u64,
     pub available_bytes: u64,
 }
 
+/// Argument and result of `node-echo`. Strict on both sides: the result is the argument the
+/// caller sent, so it carries no field the caller does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EchoArgs {

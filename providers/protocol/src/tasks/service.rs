@@ -97,6 +97,8 @@ pub enum RootfsKind {
 }
 
 /// Resource limits, each optional. Checked against the node: out of range is `limit-out-of-range`.
+/// Strict although [`ServiceInfo`] returns it: a limit this version does not know must be
+/// refused in [`CreateArgs`], not silently dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -148,7 +150,8 @@ pub enum RestartMode {
 }
 
 /// Restart policy with exponential backoff: `delay_ms`, doubled after each quick exit up to
-/// `max_delay_ms`; a run longer than 10 s resets it.
+/// `max_delay_ms`; a run longer than 10 s resets it. Strict although [`ServiceInfo`] returns it:
+/// it is part of [`CreateArgs`], where an unknown setting must be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
@@ -230,6 +233,8 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// Names one service. Strict although `service-remove` returns it: the result is the reference
+/// the caller sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRef {
@@ -246,7 +251,6 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListResult {
     pub services: Vec<ServiceInfo>,
 }
@@ -267,7 +271,6 @@ pub enum ServiceState {
 
 /// How a service's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExitInfo {
     /// The exit status, when it exited.
     pub code: Option<i32>,
@@ -286,7 +289,6 @@ impl ExitInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceInfo {
     pub id: String,
     pub bundle_id: String,
@@ -319,7 +321,6 @@ pub struct ServiceInfo {
 
 /// A service's health: every check passed, or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     pub healthy: bool,
     pub checks: Vec<CheckOutcome>,
@@ -327,7 +328,6 @@ pub struct Health {
 
 /// One health check: the report of the `health-*` task, or why it could not run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CheckOutcome {
     pub task: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -357,7 +357,6 @@ pub enum LogStream {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogLine {
     /// 1, 2, ... over the service's life, across restarts.
     pub seq: u64,
@@ -370,7 +369,6 @@ pub struct LogLine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LogsResult {
     pub lines: Vec<LogLine>,
     /// Lines dropped because the buffer was full.

@@ -152,23 +152,23 @@ fn check_dataset(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// A filesystem or volume name as OpenZFS accepts it: `pool[/child...]`, at most 255 bytes,
-/// components of letters, digits, `_ - . : ` and space, the pool starting with a letter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct DatasetName(String);
+crate::names::validated_name!(
+    /// A filesystem or volume name as OpenZFS accepts it: `pool[/child...]`, at most 255 bytes,
+    /// components of letters, digits, `_ - . : ` and space, the pool starting with a letter.
+    DatasetName,
+    NameError,
+    check_dataset_name
+);
+
+fn check_dataset_name(name: String) -> Result<String, NameError> {
+    if name.contains('@') || name.contains('#') {
+        return Err(NameError::Invalid { name, what: "a dataset name has no '@' or '#'" });
+    }
+    check_dataset(&name)?;
+    Ok(name)
+}
 
 impl DatasetName {
-    pub fn new(name: &str) -> Result<Self, NameError> {
-        if name.contains('@') || name.contains('#') {
-            return Err(NameError::Invalid { name: name.to_owned(), what: "a dataset name has no '@' or '#'" });
-        }
-        check_dataset(name)?;
-        Ok(Self(name.to_owned()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
     pub fn pool(&self) -> &str {
         self.0.split('/').next().unwrap_or_default()
     }
@@ -178,75 +178,41 @@ impl DatasetName {
     }
     /// `self/child`, checked.
     pub fn child(&self, child: &str) -> Result<DatasetName, NameError> {
-        Self::new(&format!("{}/{child}", self.0))
+        Self::new(format!("{}/{child}", self.0))
     }
 }
 
-impl TryFrom<String> for DatasetName {
-    type Error = NameError;
-    fn try_from(s: String) -> Result<Self, NameError> {
-        Self::new(&s)
-    }
-}
-impl From<DatasetName> for String {
-    fn from(n: DatasetName) -> String {
-        n.0
-    }
-}
-impl fmt::Display for DatasetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+crate::names::validated_name!(
+    /// `dataset@snapshot`, at most 255 bytes in all.
+    SnapshotName,
+    NameError,
+    check_snapshot_name
+);
 
-/// `dataset@snapshot`, at most 255 bytes in all.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SnapshotName(String);
+fn check_snapshot_name(name: String) -> Result<String, NameError> {
+    let Some((dataset, snap)) = name.split_once('@') else {
+        return Err(NameError::Invalid { name, what: "a snapshot name is dataset@snapshot" });
+    };
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { name: name.to_owned(), len: name.len() });
+    }
+    check_dataset_name(dataset.to_owned()).map_err(|e| match e {
+        NameError::Invalid { what, .. } => NameError::Invalid { name: name.to_owned(), what },
+        other => other,
+    })?;
+    check_component(&name, snap, "empty snapshot name after '@'")?;
+    Ok(name)
+}
 
 impl SnapshotName {
-    pub fn new(name: &str) -> Result<Self, NameError> {
-        let Some((dataset, snap)) = name.split_once('@') else {
-            return Err(NameError::Invalid { name: name.to_owned(), what: "a snapshot name is dataset@snapshot" });
-        };
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong { name: name.to_owned(), len: name.len() });
-        }
-        DatasetName::new(dataset).map_err(|e| match e {
-            NameError::Invalid { what, .. } => NameError::Invalid { name: name.to_owned(), what },
-            other => other,
-        })?;
-        check_component(name, snap, "empty snapshot name after '@'")?;
-        Ok(Self(name.to_owned()))
-    }
     pub fn of(dataset: &DatasetName, snap: &str) -> Result<Self, NameError> {
-        Self::new(&format!("{dataset}@{snap}"))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
+        Self::new(format!("{dataset}@{snap}"))
     }
     pub fn dataset(&self) -> DatasetName {
         DatasetName(self.0.split_once('@').map(|(d, _)| d).unwrap_or_default().to_owned())
     }
     pub fn snapshot(&self) -> &str {
         self.0.split_once('@').map(|(_, s)| s).unwrap_or_default()
-    }
-}
-
-impl TryFrom<String> for SnapshotName {
-    type Error = NameError;
-    fn try_from(s: String) -> Result<Self, NameError> {
-        Self::new(&s)
-    }
-}
-impl From<SnapshotName> for String {
-    fn from(n: SnapshotName) -> String {
-        n.0
-    }
-}
-impl fmt::Display for SnapshotName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -362,7 +328,6 @@ pub struct DestroyArgs {
 /// What a changing task acted on. It does not re-read the dataset (that would cost a second
 /// ZFS call per task); `zfs-get` does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NameResult {
     /// The dataset or snapshot created, changed or destroyed.
     pub name: String,
@@ -372,14 +337,12 @@ pub struct NameResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExistsResult {
     pub exists: bool,
 }
 
 /// A dataset as `zfs list -Hp` reports it. Sizes in bytes, times in seconds since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Dataset {
     pub name: String,
     #[serde(rename = "type")]
@@ -403,7 +366,6 @@ pub struct Dataset {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Property {
     pub value: String,
     /// `default`, `local`, `inherited from X`, `temporary`, `received`, or `-`.
@@ -411,14 +373,12 @@ pub struct Property {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GetResult {
     pub dataset: Dataset,
     pub properties: BTreeMap<String, Property>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Hold {
     pub tag: String,
     /// When the hold was placed, as `zfs holds` prints it (OpenZFS 2.1 has no `-p` for holds).
@@ -426,7 +386,6 @@ pub struct Hold {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HoldsResult {
     pub holds: Vec<Hold>,
 }
@@ -446,7 +405,6 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListResult {
     pub datasets: Vec<Dataset>,
 }
@@ -510,7 +468,6 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SendResult {
     pub name: String,
     pub from: Option<String>,
@@ -527,7 +484,6 @@ pub struct ReceiveArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReceiveResult {
     pub dataset: Dataset,
     /// Bytes of stream consumed.
@@ -569,7 +525,6 @@ pub enum PoolConfigMode {
 
 /// A disk the bootstrap looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskReport {
     pub device: String,
     pub size_bytes: u64,
@@ -579,7 +534,6 @@ pub struct DiskReport {
 
 /// What the bootstrap did at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BootstrapReport {
     pub mode: PoolConfigMode,
     /// `imported`, `already-imported`, `created`, or `none`.
@@ -590,7 +544,6 @@ pub struct BootstrapReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolStatus {
     /// Whether the pool `data` is imported.
     pub imported: bool,
@@ -650,7 +603,13 @@ mod tests {
     #[test]
     fn names_deserialize_through_the_checks() {
         assert!(serde_json::from_str::<DatasetName>("\"data/x\"").is_ok());
-        assert!(serde_json::from_str::<DatasetName>("\"data/x*\"").is_err());
+        let err = serde_json::from_str::<DatasetName>("\"data/x*\"").unwrap_err();
+        assert!(err.to_string().starts_with(&DatasetName::new("data/x*").unwrap_err().to_string()), "{err}");
+        let err = serde_json::from_str::<SnapshotName>("\"data/x\"").unwrap_err();
+        assert!(err.to_string().starts_with("\"data/x\": a snapshot name is dataset@snapshot"), "{err}");
+        let snap: SnapshotName = "data/x@s".parse().unwrap();
+        assert_eq!((snap.as_ref(), String::from(snap.clone())), ("data/x@s", "data/x@s".to_owned()));
+        assert_eq!(DatasetName::new("data").unwrap().child("x").unwrap().as_str(), "data/x");
     }
 
     #[test]
