@@ -87,9 +87,6 @@ impl Response {
         self.outcome.as_ref().err()
     }
     /// Decodes the result as `T`, turning a malformed result into an `internal` error.
-    // TaskError is the protocol's error value and travels by value through every client and
-    // provider; boxing it in this one signature would only add a conversion at each caller.
-    #[allow(clippy::result_large_err)]
     pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, TaskError> {
         match &self.outcome {
             Ok(raw) => serde_json::from_str(raw.get())

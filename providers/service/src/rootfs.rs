@@ -117,7 +117,7 @@ pub fn service_snapshot(dataset: &DatasetName, key: &ServiceKey) -> Result<Snaps
 
 /// The clone of one service: `<pool>/running-clones/<bundle>.<id>` (the original's layout).
 pub fn clone_name(pool: &str, key: &ServiceKey) -> Result<DatasetName, ServiceError> {
-    DatasetName::new(&format!("{pool}/running-clones/{key}")).map_err(|e| ServiceError::invalid(e.to_string()))
+    DatasetName::new(format!("{pool}/running-clones/{key}")).map_err(|e| ServiceError::invalid(e.to_string()))
 }
 
 /// Checks that the source exists (before anything is made), and for a ZFS dataset takes its

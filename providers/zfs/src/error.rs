@@ -152,7 +152,7 @@ mod tests {
         let e: TaskError = ZfsError::new(HasDependants, "filesystem has children").into();
         assert_eq!(e.code, cerana_protocol::ErrorCode::Busy);
         assert_eq!(e.details.unwrap()["reason"], "has-dependants");
-        let name: ZfsError = cerana_protocol::tasks::zfs::DatasetName::new(&"a".repeat(300)).unwrap_err().into();
+        let name: ZfsError = cerana_protocol::tasks::zfs::DatasetName::new("a".repeat(300)).unwrap_err().into();
         assert_eq!(name.reason, NameTooLong);
         assert!(ZfsError::from_stderr("").message.contains("zfs failed"));
     }
