@@ -31,9 +31,20 @@ SRV=cbsb-$ID-srv; CLI=cbsb-$ID-cli; VS=bsb${ID}s; VC=bsb${ID}c
 SERVER_IP=10.88.0.1; CLIENT_IP=10.88.0.2
 WORK=$(mktemp -d /tmp/cerana-bench-boot.XXXXXX)
 PIDS=()
+# Every process still in one of the namespaces (a server that forked or daemonised, a client
+# cut off) is killed before the namespace goes: nothing outlives the benchmark.
+kill_netns() {
+	local pids
+	pids=$(ip netns pids "$1" 2>/dev/null) || return 0
+	[ -n "$pids" ] || return 0
+	kill $pids 2>/dev/null || true
+	for _ in $(seq 50); do [ -z "$(ip netns pids "$1" 2>/dev/null)" ] && return 0; sleep 0.1; done
+	kill -9 $(ip netns pids "$1" 2>/dev/null) 2>/dev/null || true
+}
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	kill_netns "$SRV"; kill_netns "$CLI"
 	ip netns del "$SRV" 2>/dev/null || true
 	ip netns del "$CLI" 2>/dev/null || true
 	rm -rf "$WORK"
@@ -58,7 +69,9 @@ ln "$WORK/tftp/initrd" "$WORK/www/images/sha256-$HASH/initrd"
 # Runs "$@" in the server namespace in the background and waits until UDP/TCP port $1 listens.
 start_srv() {
 	local port=$1; shift
-	in_srv "$@" > "$WORK/server.log" 2>&1 &
+	# Not through in_srv: a function run in the background is a subshell, and killing it
+	# would leave the server running. `ip netns exec` execs the server itself.
+	ip netns exec "$SRV" "$@" > "$WORK/server.log" 2>&1 &
 	PIDS+=($!)
 	for _ in $(seq 100); do
 		in_srv ss -lnu -H "sport = :$port" | grep -q . && return 0
@@ -71,6 +84,7 @@ stop_srv() {
 	local p=${PIDS[-1]}
 	kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
 	unset 'PIDS[-1]'
+	kill_netns "$SRV"
 }
 
 cat > "$WORK/bootserver.toml" <<CONF
