@@ -189,6 +189,7 @@ fn from_control(result: Result<impl serde::Serialize, ControlError>) -> ControlR
                 ControlError::NotFound(_) => ErrorCode::NotFound,
                 ControlError::NotStartable(..) => ErrorCode::Failed,
                 ControlError::ShuttingDown => ErrorCode::Unavailable,
+                ControlError::NotRunning(..) => ErrorCode::Failed,
             };
             error(code, e.to_string())
         }
@@ -203,6 +204,10 @@ pub fn handle(req: ControlRequest, sup: &mut Supervisor) -> (ControlReply, Follo
         ControlRequest::Start { service } => from_control(sup.request_start(&service)),
         ControlRequest::Stop { service } => from_control(sup.request_stop(&service)),
         ControlRequest::Restart { service } => from_control(sup.request_restart(&service)),
+        ControlRequest::Signal { service, signal, whom } => match crate::table::parse_signal(&signal) {
+            Ok(sig) => from_control(sup.request_signal(&service, sig, whom)),
+            Err(why) => error(ErrorCode::InvalidArgument, why),
+        },
         ControlRequest::Logs { service, lines } => match sup.find(&service) {
             Some(s) => ok(ServiceLogs {
                 service: s.name.clone(),

@@ -69,12 +69,21 @@ pub fn spawn(spec: &ServiceSpec, stdio: Stdio3<'_>) -> io::Result<Spawned> {
         None
     };
     let ready_write_fd = ready.as_ref().map(|(_, w)| w.as_raw_fd());
+    let limit_nofile = spec.limit_nofile;
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (sigprocmask, signal, setsid, ioctl, dup2, fcntl) on fds that
-    // stay open until exec.
+    // async-signal-safe calls (sigprocmask, signal, setsid, ioctl, dup2, fcntl, setrlimit) on
+    // fds that stay open until exec.
     unsafe {
         cmd.pre_exec(move || {
             child_setup(ready_write_fd, console);
+            if let Some(n) = limit_nofile {
+                // A limit the table asks for and cannot get fails the start (reported), rather
+                // than running a daemon sized for more descriptors than it has.
+                let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

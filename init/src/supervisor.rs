@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
-use cerana_protocol::tasks::init::{ServiceState, ServiceStatus};
+use cerana_protocol::tasks::init::{ServiceState, ServiceStatus, SignalWhom};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -24,8 +24,11 @@ use crate::output::Output;
 use crate::spawn::{self, cloexec_pipe, Stdio3};
 use crate::table::{Entry, Readiness, RestartPolicy, ServiceSpec, Table};
 
-/// A run at least this long resets the backoff: the service was healthy, not crash-looping.
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// A run that was ready at least this long resets the backoff: the service served, it was not
+/// crash-looping, so its next restart comes after the first delay again (a daemon killed now
+/// and then is back at once). Restarts of a service that dies within this of becoming ready
+/// back off exponentially.
+pub const BACKOFF_RESET_AFTER_READY: Duration = Duration::from_secs(2);
 /// Per-service log ring size.
 pub const LOG_CAPACITY: usize = 64 * 1024;
 /// How often unix-socket and TCP readiness are probed while a service starts.
@@ -69,6 +72,7 @@ pub struct Service {
     pub state: ServiceState,
     pid: Option<Pid>,
     started_at: Option<Instant>,
+    ready_at: Option<Instant>,
     restarts: u32,
     failures_in_row: u32,
     next_start: Option<Instant>,
@@ -105,6 +109,7 @@ impl Service {
             state,
             pid: None,
             started_at: None,
+            ready_at: None,
             restarts: 0,
             failures_in_row: 0,
             next_start: None,
@@ -350,7 +355,7 @@ impl Supervisor {
                 RestartPolicy::OnFailure => !success,
                 RestartPolicy::Never => false,
             };
-        if ran >= BACKOFF_RESET_AFTER {
+        if s.ready_at.take().is_some_and(|t| now.duration_since(t) >= BACKOFF_RESET_AFTER_READY) {
             s.failures_in_row = 0;
         }
         if restart {
@@ -454,6 +459,7 @@ impl Supervisor {
             return;
         }
         s.state = ServiceState::Running;
+        s.ready_at = Some(Instant::now());
         s.ready_deadline = None;
         s.next_probe = None;
         s.detail = None;
@@ -503,6 +509,7 @@ impl Supervisor {
             Ok(spawned) => {
                 s.pid = Some(spawned.pid);
                 s.started_at = Some(now);
+                s.ready_at = None;
                 s.ready_read = spawned.ready_read;
                 s.state = ServiceState::Starting;
                 s.detail = None;
@@ -678,6 +685,23 @@ impl Supervisor {
         Ok(self.services[i].status(Instant::now()))
     }
 
+    /// Sends `sig` to a running service, as a crash or an operator's `kill` would: init then
+    /// treats its exit like any other (restart policy, backoff), not as a requested stop.
+    pub fn request_signal(&mut self, name: &str, sig: Signal, whom: SignalWhom) -> Result<ServiceStatus, ControlError> {
+        let i = self.control_target(name)?;
+        let s = &self.services[i];
+        let Some(pid) = s.pid else {
+            return Err(ControlError::NotRunning(name.to_string(), s.state));
+        };
+        match whom {
+            SignalWhom::Main => {
+                let _ = kill(pid, sig);
+            }
+            SignalWhom::Group => s.signal_group(sig),
+        }
+        Ok(s.status(Instant::now()))
+    }
+
     /// Stops a running service and starts it again; starts it if it is not running.
     pub fn request_restart(&mut self, name: &str) -> Result<ServiceStatus, ControlError> {
         let i = self.control_target(name)?;
@@ -824,6 +848,8 @@ pub enum ControlError {
     NotStartable(String, String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("service {0} has no process to signal (it is {1:?})")]
+    NotRunning(String, ServiceState),
 }
 
 /// Whether something listens on the unix socket at `path`. Stream sockets are the common case;

@@ -75,6 +75,8 @@ struct RawService {
     /// Attach stdin/stdout/stderr to the console instead of the log pipe (interactive shells).
     #[serde(default)]
     console: bool,
+    #[serde(default)]
+    limit_nofile: Option<u64>,
 }
 
 /// A checked service definition.
@@ -96,7 +98,13 @@ pub struct ServiceSpec {
     pub when: Vec<Condition>,
     pub oneshot: bool,
     pub console: bool,
+    /// RLIMIT_NOFILE (soft and hard) for the service; init's own limits when absent.
+    pub limit_nofile: Option<u64>,
 }
+
+/// The most descriptors a service may be given: the kernel's default `fs.nr_open`, above
+/// which setrlimit fails.
+pub const MAX_LIMIT_NOFILE: u64 = 1 << 20;
 
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(100);
@@ -219,6 +227,9 @@ fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<En
     if delay.is_zero() || delay > delay_max {
         return Err("need 0 < restart_delay_ms <= restart_delay_max_ms".into());
     }
+    if raw.limit_nofile.is_some_and(|n| !(64..=MAX_LIMIT_NOFILE).contains(&n)) {
+        return Err(format!("limit_nofile must be between 64 and {MAX_LIMIT_NOFILE}"));
+    }
     let spec = ServiceSpec {
         description: raw.description,
         command,
@@ -235,6 +246,7 @@ fn check_entry(name: &str, value: toml::Value, settings: &Settings) -> Result<En
         when,
         oneshot: raw.oneshot,
         console: raw.console,
+        limit_nofile: raw.limit_nofile,
     };
     match spec.when.iter().find(|c| !settings.condition_holds(c)) {
         Some(c) => Ok(Entry::Disabled { reason: format!("condition {c} does not hold"), spec }),
@@ -411,6 +423,7 @@ restart_delay_ms = 200
 restart_delay_max_ms = 10000
 stop_signal = "INT"
 stop_timeout_ms = 3000
+limit_nofile = 65536
 
 [service.node-info]
 command = "sh"
@@ -441,6 +454,7 @@ requires = ["etcd"]
         };
         assert_eq!(c.stop_signal, Signal::SIGINT);
         assert_eq!(c.stop_timeout, Duration::from_secs(3));
+        assert_eq!(c.limit_nofile, Some(65536));
         assert_eq!(c.restart, RestartPolicy::Always);
         assert_eq!(c.ready, Readiness::UnixSocket("/run/cerana/coordinator.sock".into()));
         let Entry::Enabled(n) = &t.get("node-info").unwrap().entry else { panic!() };

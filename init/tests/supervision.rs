@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cerana_protocol::events::{LifecycleEvent as E, ShutdownAction};
-use cerana_protocol::tasks::init::{ControlReply, ControlRequest, ServiceList, ServiceLogs, ServiceState};
+use cerana_protocol::tasks::init::{ControlReply, ControlRequest, ServiceList, ServiceLogs, ServiceState, SignalWhom};
 use cerana_testbed::init::{why_cannot_run, RunningInit};
 
 const INIT: &str = env!("CARGO_BIN_EXE_cerana-init");
@@ -432,4 +432,96 @@ fn rescue_mode_runs_a_shell_instead_of_the_services() {
     let done = init.wait_for("shutdown_complete", WAIT, shutdown_complete);
     assert_eq!(done, E::ShutdownComplete { action: ShutdownAction::Reboot });
     assert_eq!(init.wait_exit(WAIT), Some(0));
+}
+
+fn exited_restart_in(e: &E, name: &str) -> Option<Option<u64>> {
+    match e {
+        E::ServiceExited { service, restart_in_ms, .. } if service == name => Some(*restart_in_ms),
+        _ => None,
+    }
+}
+
+fn signal(init: &RunningInit, service: &str, sig: &str) -> ControlReply {
+    init.control(&ControlRequest::Signal { service: service.into(), signal: sig.into(), whom: SignalWhom::Group })
+}
+
+fn error_code(reply: ControlReply) -> cerana_protocol::ErrorCode {
+    match reply {
+        ControlReply::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_killed_service_comes_back_after_its_first_delay_once_it_has_served() {
+    require_pid_namespace!();
+    let dir = tempfile::tempdir().unwrap();
+    let table = svc("victim", &["--notify"], "ready = \"notify\"\nrestart_delay_ms = 50\nrestart_delay_max_ms = 5000");
+    let mut init = start(dir.path(), &table, &[]);
+    init.wait_for("node_ready", WAIT, node_ready);
+    let delays = |init: &RunningInit| -> Vec<u64> {
+        init.events().iter().filter_map(|e| exited_restart_in(e, "victim")).map(|d| d.expect("restarted")).collect()
+    };
+    let readies = |init: &RunningInit| init.events().iter().filter(|e| ready("victim")(e)).count();
+    // Killed right after it became ready, twice: that is a crash loop, so the delay doubles.
+    for n in 1..=2 {
+        let _: serde_json::Value = ok(signal(&init, "victim", "KILL"));
+        let deadline = std::time::Instant::now() + WAIT;
+        while readies(&init) < n + 1 {
+            assert!(std::time::Instant::now() < deadline, "victim not back: {:#?}", init.events());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(delays(&init), [50, 100]);
+    // After it has served for a while, a kill is a one-off: the first delay again.
+    std::thread::sleep(cerana_init::supervisor::BACKOFF_RESET_AFTER_READY + Duration::from_millis(300));
+    let _: serde_json::Value = ok(signal(&init, "victim", "9"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while delays(&init).len() < 3 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(delays(&init), [50, 100, 50]);
+    while readies(&init) < 4 {
+        assert!(std::time::Instant::now() < deadline, "victim not back: {:#?}", init.events());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Errors: a signal that does not exist, a service that does not, one with no process.
+    assert_eq!(error_code(signal(&init, "victim", "SIGNOPE")), cerana_protocol::ErrorCode::InvalidArgument);
+    assert_eq!(error_code(signal(&init, "nobody", "KILL")), cerana_protocol::ErrorCode::NotFound);
+    let _: serde_json::Value = ok(init.control(&ControlRequest::Stop { service: "victim".into() }));
+    init.wait_for("stopped", WAIT, |e| matches!(e, E::ServiceStopped { service, .. } if service == "victim"));
+    assert_eq!(error_code(signal(&init, "victim", "KILL")), cerana_protocol::ErrorCode::Failed);
+    poweroff(&mut init);
+}
+
+#[test]
+fn limit_nofile_from_the_table_reaches_the_service() {
+    require_pid_namespace!();
+    let dir = tempfile::tempdir().unwrap();
+    let table = r#"
+[service.wide]
+command = "sh"
+args = ["-c", "echo soft=$(ulimit -Sn) hard=$(ulimit -Hn); exec sleep 1000"]
+limit_nofile = 4242
+
+[service.plain]
+command = "sh"
+args = ["-c", "echo soft=$(ulimit -Sn); exec sleep 1000"]
+"#;
+    let mut init = start(dir.path(), table, &[]);
+    init.wait_for("node_ready", WAIT, node_ready);
+    let said = |service: &str| -> Vec<String> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let logs: ServiceLogs = ok(init.control(&ControlRequest::Logs { service: service.into(), lines: None }));
+            if !logs.lines.is_empty() || std::time::Instant::now() > deadline {
+                return logs.lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(said("wide"), ["soft=4242 hard=4242"]);
+    assert_ne!(said("plain"), ["soft=4242"], "a service without the key keeps init's limit");
+    poweroff(&mut init);
 }

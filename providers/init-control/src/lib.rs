@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cerana_protocol::tasks::init::{
     ControlReply, ControlRequest, InitPoweroff, InitReboot, InitServiceList, InitServiceLogs, InitServiceRestart,
-    InitServiceStart, InitServiceStop, ServiceArgs, ServiceLogsArgs,
+    InitServiceSignal, InitServiceStart, InitServiceStop, ServiceArgs, ServiceLogsArgs, ServiceSignalArgs,
 };
 use cerana_protocol::{ErrorCode, NoArgs, TaskError};
 use cerana_provider_sdk::Provider;
@@ -44,7 +44,7 @@ pub fn main() -> std::process::ExitCode {
 
 pub fn provider(socket: PathBuf) -> Provider {
     let s = move || socket.clone();
-    let (s1, s2, s3, s4, s5, s6, s7) = (s(), s(), s(), s(), s(), s(), s());
+    let (s1, s2, s3, s4, s5, s6, s7, s8) = (s(), s(), s(), s(), s(), s(), s(), s());
     Provider::new("init", env!("CARGO_PKG_VERSION"))
         .task::<InitServiceList, _, _>(move |_ctx, _args: NoArgs| {
             let socket = s1.clone();
@@ -61,6 +61,13 @@ pub fn provider(socket: PathBuf) -> Provider {
         .task::<InitServiceRestart, _, _>(move |_ctx, args: ServiceArgs| {
             let socket = s4.clone();
             async move { call(&socket, ControlRequest::Restart { service: args.service }).await }
+        })
+        .task::<InitServiceSignal, _, _>(move |_ctx, args: ServiceSignalArgs| {
+            let socket = s8.clone();
+            async move {
+                let req = ControlRequest::Signal { service: args.service, signal: args.signal, whom: args.whom };
+                call(&socket, req).await
+            }
         })
         .task::<InitServiceLogs, _, _>(move |_ctx, args: ServiceLogsArgs| {
             let socket = s5.clone();

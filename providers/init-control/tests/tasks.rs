@@ -8,8 +8,8 @@ use cerana_client::{CallError, UnixClient};
 use cerana_coordinator::{Config, Coordinator};
 use cerana_protocol::events::{LifecycleEvent, ShutdownAction};
 use cerana_protocol::tasks::init::{
-    InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceStart, InitServiceStop, ServiceArgs,
-    ServiceLogsArgs, ServiceState,
+    InitPoweroff, InitServiceList, InitServiceLogs, InitServiceRestart, InitServiceSignal, InitServiceStart,
+    InitServiceStop, ServiceArgs, ServiceLogsArgs, ServiceSignalArgs, ServiceState, SignalWhom,
 };
 use cerana_protocol::{ErrorCode, NoArgs};
 use cerana_testbed::init::{why_cannot_run, RunningInit};
@@ -114,6 +114,18 @@ args = ["-c", "echo hello from alpha; exec sleep 1000"]
         Duration::from_secs(20),
         |e| matches!(e, LifecycleEvent::ServiceStarted { service, .. } if service == "alpha"),
     );
+
+    let kill = ServiceSignalArgs { service: "alpha".into(), signal: "KILL".into(), whom: SignalWhom::Main };
+    let signalled = client.run::<InitServiceSignal>(&kill).await.unwrap();
+    init.wait_for("alpha killed", Duration::from_secs(20), |e| {
+        matches!(e, LifecycleEvent::ServiceExited { service, signal: Some(9), restart_in_ms: Some(_), pid, .. }
+            if service == "alpha" && Some(*pid) == signalled.pid)
+    });
+    let bad = ServiceSignalArgs { signal: "NOPE".into(), ..kill };
+    match client.run::<InitServiceSignal>(&bad).await {
+        Err(CallError::Task(e)) => assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}"),
+        other => panic!("{other:?}"),
+    }
 
     match client.run::<InitServiceStop>(&ServiceArgs { service: "ghost".into() }).await {
         Err(CallError::Task(e)) => assert_eq!(e.code, ErrorCode::NotFound),

@@ -14,6 +14,7 @@ crate::declare_tasks! {
     InitServiceStart = "init-service-start", "Starts a stopped or failed service (its dependencies must be ready)", ServiceArgs => ServiceStatus;
     InitServiceStop = "init-service-stop", "Stops a service with its stop signal, then SIGKILL after its timeout; it stays stopped", ServiceArgs => ServiceStatus;
     InitServiceRestart = "init-service-restart", "Stops a service and starts it again", ServiceArgs => ServiceStatus;
+    InitServiceSignal = "init-service-signal", "Sends a signal to a running service (its main process, or its whole process group), like systemctl kill; init then handles its exit by its restart policy", ServiceSignalArgs => ServiceStatus;
     InitServiceLogs = "init-service-logs", "The last lines a service wrote to stdout/stderr (init's ring buffer)", ServiceLogsArgs => ServiceLogs;
     InitPoweroff = "init-poweroff", "Stops every service in reverse dependency order and powers the node off", NoArgs => ShutdownAccepted;
     InitReboot = "init-reboot", "Stops every service in reverse dependency order and reboots the node", NoArgs => ShutdownAccepted;
@@ -23,6 +24,27 @@ crate::declare_tasks! {
 #[serde(deny_unknown_fields)]
 pub struct ServiceArgs {
     pub service: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSignalArgs {
+    pub service: String,
+    /// `KILL`, `SIGTERM`, `hup`, or a number.
+    pub signal: String,
+    #[serde(default)]
+    pub whom: SignalWhom,
+}
+
+/// Which processes of a service a signal goes to (systemctl's `--kill-whom`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalWhom {
+    /// The process init started, as a crash of it would end only it.
+    Main,
+    /// Its whole process group, children included.
+    #[default]
+    Group,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +131,12 @@ pub enum ControlRequest {
     Restart {
         service: String,
     },
+    Signal {
+        service: String,
+        signal: String,
+        #[serde(default)]
+        whom: SignalWhom,
+    },
     Logs {
         service: String,
         #[serde(default)]
@@ -135,6 +163,11 @@ mod tests {
         let req: ControlRequest = serde_json::from_str(r#"{"op":"logs","service":"x","lines":5}"#).unwrap();
         assert_eq!(req, ControlRequest::Logs { service: "x".into(), lines: Some(5) });
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"stop","service":"x","x":1}"#).is_err());
+        let req: ControlRequest = serde_json::from_str(r#"{"op":"signal","service":"x","signal":"KILL"}"#).unwrap();
+        assert_eq!(req, ControlRequest::Signal { service: "x".into(), signal: "KILL".into(), whom: SignalWhom::Group });
+        let args: ServiceSignalArgs = serde_json::from_str(r#"{"service":"x","signal":"9","whom":"main"}"#).unwrap();
+        assert_eq!(args.whom, SignalWhom::Main);
+        assert!(serde_json::from_str::<ServiceSignalArgs>(r#"{"service":"x","signal":"9","whom":"all"}"#).is_err());
         let reply = ControlReply::Error { code: ErrorCode::NotFound, message: "no".into() };
         assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"error":{"code":"not_found","message":"no"}}"#);
     }
