@@ -122,6 +122,8 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
     let ips: Vec<String> = [2, 3].iter().map(|n| cluster.leased_ip(*n).unwrap()).collect();
     replicate_across_nodes(&cluster, &cluster.layout.bootstrap_ip(), &ips[0], &ips[1]);
+    // Last, as it restarts every daemon of node 1 many times.
+    kill_every_daemon_under_load(&cluster, kill_rounds());
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
 }
 
@@ -210,6 +212,63 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
     assert_replicated(&console, &node2, 3);
     eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Kills per daemon in the cluster test; `make bench-kill` asks for more.
+fn kill_rounds() -> u32 {
+    std::env::var("CERANA_KILL_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+}
+
+/// How soon a SIGKILLed daemon must be serving again (init's restart delay plus its start).
+const BACK_WITHIN_MS: u64 = 1000;
+
+/// Node 1's daemons (coordinator, every provider, the bootserver) are SIGKILLed `rounds` times
+/// each while tasks run against its coordinator: each is back within [`BACK_WITHIN_MS`], every
+/// task ends with a result or a typed error, and the pool and the bootserver's lease journal
+/// come through intact.
+fn kill_every_daemon_under_load(cluster: &Cluster, rounds: u32) {
+    use cerana_testbed::chaos;
+    let ip = cluster.layout.bootstrap_ip();
+    let list = cluster.task(&ip, "init-service-list", serde_json::json!({})).expect("init-service-list");
+    let daemons: Vec<String> = list["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "running" && s["oneshot"] == false && s["name"] != "udevd")
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    for must in
+        ["coordinator", "init-provider", "node-info", "metrics", "health", "zfs", "service", "netns", "bootserver"]
+    {
+        assert!(daemons.iter().any(|d| d == must), "{must} is not running on node 1: {list}");
+    }
+    let macs = |leases: serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> =
+            leases.as_array().into_iter().flatten().filter_map(|l| l["mac"].as_str().map(str::to_string)).collect();
+        v.sort();
+        v
+    };
+    let leases_before = macs(cluster.bootserver_get("/leases").expect("leases"));
+    let target = chaos::Target {
+        coordinator: format!("{ip}:8080").parse().unwrap(),
+        token: cluster.token.clone(),
+        console: cluster.layout.console(1),
+    };
+    let report = chaos::kill_daemons(&target, &daemons, rounds, chaos::default_load()).expect("kill run");
+    eprintln!("daemons SIGKILLed {rounds} times each on node 1 under load:\n{}", report.table());
+    for d in &daemons {
+        let r = &report.recoveries[d];
+        assert_eq!(r.kills, rounds, "{d}");
+        assert!(r.worst_ms() <= BACK_WITHIN_MS, "{d} took {} ms to come back: {:?}", r.worst_ms(), r.back_ms);
+    }
+    assert!(report.load.failures.is_empty(), "tasks lost or hung: {:#?}", report.load.failures);
+    assert!(report.load.results > 0, "the load ran: {:?}", report.load);
+    // Nothing on disk is corrupt: the pool is healthy with its layout, and the restarted
+    // bootserver read its lease journal back whole.
+    assert_pool_on_data_disk(cluster, &ip, 1);
+    let layout = cluster.task(&ip, "zfs-list", serde_json::json!({"name": "data", "depth": 1})).expect("zfs-list");
+    assert!(layout.to_string().contains("data/config"), "{layout}");
+    assert_eq!(macs(cluster.bootserver_get("/leases").expect("leases")), leases_before);
 }
 
 /// The node made its pool `data` on its data disk alone (never on node 1's boot-image disk).
