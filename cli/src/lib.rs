@@ -112,6 +112,9 @@ enum TaskCommand {
         /// Only tasks in this state (accepted, running, done, failed, timed_out, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// Only tasks older than this cursor (the `next_before` of the page before).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// One task's journal entry, with its result while it is kept.
     Get { id: RequestId },
@@ -259,8 +262,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
-        Command::Task(TaskCommand::History { limit, task, state }) => {
+        Command::Task(TaskCommand::History { limit, task, state, before }) => {
             let mut args = serde_json::json!({ "limit": limit });
+            if let Some(before) = before {
+                args["before"] = serde_json::json!(before);
+            }
             if let Some(task) = task {
                 args["task"] = serde_json::json!(task);
             }
@@ -274,6 +280,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(Failure::client)?;
             let mut value = result_value(&response)?;
             if cli.output == Output::Table {
+                // The table shows the entries; where the next page starts goes to stderr.
+                if let Some(next) = value.as_object_mut().and_then(|page| page.remove("next_before")) {
+                    eprintln!("older entries: cerana task history --before {next}");
+                }
                 if let Some(entries) = value.get_mut("entries").and_then(|e| e.as_array_mut()) {
                     for e in entries.iter_mut() {
                         let ms = e["duration_us"].as_u64().map(|us| format!("{:.3}", us as f64 / 1000.0));

@@ -78,6 +78,14 @@ async fn runs_tasks_and_shows_history() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(lines[0].starts_with("ID"), "{}", run.stdout);
     assert!(run.stdout.contains("node-info") && run.stdout.contains("done"), "{}", run.stdout);
+    // A page with older entries after it is still a table; the next page is one flag away.
+    let run = cerana(&socket, &["task", "history", "--limit", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("ID") && run.stdout.lines().count() == 2, "{}", run.stdout);
+    let before = run.stderr.trim().rsplit(' ').next().unwrap_or_default();
+    let run = cerana(&socket, &["task", "history", "--limit", "1", "--before", before]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("ID"), "{}", run.stdout);
 
     let run = cerana(&socket, &["task", "list"]).await;
     assert!(run.stdout.lines().any(|l| l.starts_with("node-info ") && l.contains("node-info(50)")), "{}", run.stdout);

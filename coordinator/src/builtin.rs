@@ -2,8 +2,8 @@
 
 use crate::journal::Journal;
 use cerana_protocol::tasks::coordinator::{
-    CoordinatorStatusResult, HistoryArgs, HistoryResult, ProviderInfo, ProvidersResult, TaskGetArgs, TaskListing,
-    TaskProvider, TasksResult,
+    CoordinatorStatusResult, HistoryArgs, ProviderInfo, ProvidersResult, TaskGetArgs, TaskListing, TaskProvider,
+    TasksResult,
 };
 use cerana_protocol::{tasks, ErrorCode, NoArgs, TaskError, TaskName};
 use serde::de::DeserializeOwned;
@@ -69,8 +69,8 @@ pub fn run(core: &dyn State, task: &TaskName, raw_args: &str) -> Result<Box<RawV
         }
         "coordinator-history" => {
             let query: HistoryArgs = args(task, raw_args)?;
-            let entries = core.journal().lock().expect("journal lock").query(&query);
-            to_raw(&HistoryResult { entries })
+            let page = core.journal().lock().expect("journal lock").query(&query);
+            to_raw(&page)
         }
         "coordinator-task-get" => {
             let TaskGetArgs { id } = args(task, raw_args)?;

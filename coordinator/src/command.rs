@@ -1,8 +1,7 @@
 //! The `cerana-coordinator` command line: the node's task router. See `coordinator/README.md`.
 
-use crate::{Config, Coordinator, TlsFiles};
+use crate::{Advertise, Config, Coordinator, TlsFiles};
 use anyhow::Context;
-use cerana_protocol::NodeUrl;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,15 +36,36 @@ struct Args {
     /// Journal entries kept.
     #[arg(long, default_value_t = 10_000)]
     journal_capacity: usize,
-    /// URL peers use to reach this coordinator.
+    /// Estimated bytes the journal keeps (results, then entries, are dropped oldest first).
+    #[arg(long, default_value_t = 16 << 20)]
+    journal_max_bytes: usize,
+    /// URL peers use to reach this coordinator (for the streams of tasks it forwards), or
+    /// `auto`: the address of the route to each peer when --listen is a wildcard. Default: the
+    /// --listen address when it is not a wildcard.
     #[arg(long)]
-    advertise_url: Option<NodeUrl>,
+    advertise_url: Option<Advertise>,
     /// File holding the bearer token sent to peer coordinators.
     #[arg(long)]
     peer_token_file: Option<PathBuf>,
     /// CA certificate (PEM) trusted for https peers.
     #[arg(long)]
     peer_ca: Option<PathBuf>,
+}
+
+/// The configuration `args` give, but for the tokens (read from their files).
+fn config(args: &Args) -> Config {
+    let mut config = Config::new(&args.socket);
+    if let Some(name) = &args.name {
+        config.name = name.clone();
+    }
+    config.listen = (!args.no_http).then_some(args.listen);
+    config.tls = args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert, key)| TlsFiles { cert, key });
+    config.default_timeout = Duration::from_secs(args.default_timeout);
+    config.journal_capacity = args.journal_capacity;
+    config.journal_max_bytes = args.journal_max_bytes;
+    config.advertise = args.advertise_url.clone().unwrap_or_default();
+    config.peer_ca = args.peer_ca.clone();
+    config
 }
 
 fn read_token(path: &PathBuf) -> anyhow::Result<String> {
@@ -70,18 +90,9 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut config = Config::new(args.socket);
-    if let Some(name) = args.name {
-        config.name = name;
-    }
-    config.listen = (!args.no_http).then_some(args.listen);
+    let mut config = config(&args);
     config.token = args.token_file.as_ref().map(read_token).transpose()?;
-    config.tls = args.tls_cert.zip(args.tls_key).map(|(cert, key)| TlsFiles { cert, key });
-    config.default_timeout = Duration::from_secs(args.default_timeout);
-    config.journal_capacity = args.journal_capacity;
-    config.advertise_url = args.advertise_url;
     config.peer_token = args.peer_token_file.as_ref().map(read_token).transpose()?;
-    config.peer_ca = args.peer_ca;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -95,4 +106,34 @@ fn run() -> anyhow::Result<()> {
         coordinator.shutdown();
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn read_toml(path: &Path) -> toml::Value {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Issue #15: the image's service table (the one its manifest installs) starts the
+    /// coordinator so that it can name its own streams to a peer when it forwards a task.
+    #[test]
+    fn the_shipped_service_table_lets_the_coordinator_forward_with_local_streams() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let manifest = read_toml(&workspace.join("image/manifest.toml"));
+        let table_path = manifest["project"]["services"].as_str().expect("[project] services");
+        let table = read_toml(&workspace.join(table_path));
+        let service = &table["service"]["coordinator"];
+        assert_eq!(service["command"].as_str(), Some("/usr/bin/cerana-coordinator"));
+        let words = service["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("a string"));
+        let args = Args::try_parse_from(std::iter::once("cerana-coordinator").chain(words)).expect("args parse");
+        let config = config(&args);
+        let peer = "10.99.0.3".parse().unwrap();
+        let url = config.own_address().for_peer(peer, |_| Ok("10.99.0.2".parse().unwrap()));
+        let port = config.listen.expect("the table serves HTTP").port();
+        assert_eq!(url.as_ref().map(|u| u.as_str()), Ok(format!("http://10.99.0.2:{port}").as_str()));
+    }
 }

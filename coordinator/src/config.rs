@@ -1,6 +1,7 @@
 //! The coordinator's settings and their validation.
 
-use cerana_protocol::NodeUrl;
+use crate::address::{Advertise, OwnAddress};
+use crate::journal::JournalLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,10 +31,12 @@ pub struct Config {
     pub journal_capacity: usize,
     /// Results larger than this are not kept in the journal.
     pub journal_result_limit: usize,
+    /// Estimated bytes the journal may hold; beyond it old results, then old entries, go.
+    pub journal_max_bytes: usize,
     /// How long one end of a stream waits for the other.
     pub stream_rendezvous: Duration,
-    /// The URL peers use to reach this coordinator (for streams of forwarded tasks).
-    pub advertise_url: Option<NodeUrl>,
+    /// How peers reach this coordinator (for streams of forwarded tasks).
+    pub advertise: Advertise,
     /// Bearer token sent to peer coordinators when forwarding.
     pub peer_token: Option<String>,
     /// CA certificate (PEM) trusted for https peers.
@@ -53,8 +56,9 @@ impl Config {
             max_timeout: Duration::from_secs(3600),
             journal_capacity: 10_000,
             journal_result_limit: 64 * 1024,
+            journal_max_bytes: 16 << 20,
             stream_rendezvous: Duration::from_secs(30),
-            advertise_url: None,
+            advertise: Advertise::default(),
             peer_token: None,
             peer_ca: None,
         }
@@ -69,6 +73,9 @@ impl Config {
         if self.journal_capacity == 0 {
             return Err(ConfigError::Invalid("journal capacity must be at least 1".into()));
         }
+        if self.journal_max_bytes < self.journal_result_limit {
+            return Err(ConfigError::Invalid("the journal's byte budget must hold at least one kept result".into()));
+        }
         if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
             return Err(ConfigError::Invalid("default timeout must be positive and within the maximum".into()));
         }
@@ -80,6 +87,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub fn journal_limits(&self) -> JournalLimits {
+        JournalLimits {
+            entries: self.journal_capacity,
+            result_bytes: self.journal_result_limit,
+            total_bytes: self.journal_max_bytes,
+        }
+    }
+
+    pub fn own_address(&self) -> OwnAddress {
+        OwnAddress { listen: self.listen, https: self.tls.is_some(), advertise: self.advertise.clone() }
     }
 }
 

@@ -1,7 +1,7 @@
 //! One connection's outgoing queue: what the router answers on and the registry keeps per
 //! provider.
 
-use cerana_protocol::frame::encode_json_into;
+use cerana_protocol::frame::{encode_json_into, FrameError};
 use cerana_protocol::FromCoordinator;
 use tokio::sync::mpsc;
 
@@ -14,17 +14,30 @@ impl ConnSender {
         Self(tx)
     }
 
-    /// Queues `message`; false when the connection is gone.
+    /// Queues `message`; false when the connection is gone or it cannot be framed.
     pub fn send(&self, message: &FromCoordinator) -> bool {
-        let mut frame = Vec::with_capacity(256);
-        if let Err(e) = encode_json_into(&mut frame, message) {
-            tracing::error!("cannot encode a message: {e}");
-            return false;
+        match encode(message) {
+            Ok(frame) => self.send_frame(frame).is_ok(),
+            Err(e) => {
+                tracing::error!("cannot encode a message: {e}");
+                false
+            }
         }
-        self.0.send(frame).is_ok()
+    }
+
+    /// Queues an encoded frame; gives it back when the connection is gone.
+    pub fn send_frame(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.0.send(frame).map_err(|e| e.0)
     }
 
     pub fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+}
+
+/// `message` as one frame; [`FrameError::TooLarge`] when it exceeds the frame limit.
+pub fn encode(message: &FromCoordinator) -> Result<Vec<u8>, FrameError> {
+    let mut frame = Vec::with_capacity(256);
+    encode_json_into(&mut frame, message)?;
+    Ok(frame)
 }

@@ -1,19 +1,29 @@
 //! Routing: accepting requests, choosing a provider, tracking them to their outcome.
 
+use crate::address::{Origin, OwnAddress};
 use crate::builtin;
 use crate::config::Config;
-use crate::conn::ConnSender;
+use crate::conn::{self, ConnSender};
 use crate::counters::TaskCounters;
-use crate::journal::Journal;
+use crate::journal::{Finish, Journal};
 use crate::registry::{ProviderEntry, Registry};
 use crate::streams::StreamBroker;
-use cerana_client::HttpClient;
+use cerana_client::{ClientError, HttpClient};
+use cerana_protocol::frame::FrameError;
 use cerana_protocol::tasks::coordinator::{JournalEntry, ProviderInfo, TaskProvider, TaskState};
 use cerana_protocol::{ErrorCode, FromCoordinator, NodeUrl, Request, RequestId, Response, TaskError, TaskName};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
+
+/// Shortest timeout a request may ask for: below it a task would race its own deadline.
+pub const MIN_TIMEOUT_MS: u64 = 10;
+/// HTTP clients kept for peers and `reply_to` targets (they share one connection pool; this
+/// bounds the map of them, which any caller naming new URLs would otherwise grow).
+pub const MAX_PEER_CLIENTS: usize = 16;
+/// How long delivering a response to a `reply_to` URL may take.
+pub const REPLY_TO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a request's response goes.
 #[derive(Debug)]
@@ -63,14 +73,24 @@ pub struct Core {
     pub journal: Mutex<Journal>,
     pub streams: StreamBroker,
     pub task_counters: TaskCounters,
-    peers: Mutex<HashMap<NodeUrl, HttpClient>>,
+    own_address: OwnAddress,
+    peers: Mutex<PeerClients>,
+}
+
+/// HTTP clients for peer coordinators and `reply_to` targets, by base URL, least recently used
+/// first; all share the first one's connection pool and TLS configuration.
+#[derive(Debug, Default)]
+struct PeerClients {
+    shared: Option<HttpClient>,
+    by_base: VecDeque<(NodeUrl, HttpClient)>,
 }
 
 impl Core {
     pub fn new(config: Config) -> Arc<Self> {
-        let journal = Journal::new(config.journal_capacity);
+        let journal = Journal::new(config.journal_limits());
         let streams = StreamBroker::new(config.stream_rendezvous);
         Arc::new(Self {
+            own_address: config.own_address(),
             config,
             started: Instant::now(),
             registry: RwLock::new(Registry::default()),
@@ -78,8 +98,13 @@ impl Core {
             journal: Mutex::new(journal),
             streams,
             task_counters: Default::default(),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(PeerClients::default()),
         })
+    }
+
+    /// Whether `node` names this coordinator (any spelling of its URL).
+    pub fn is_own_url(&self, node: &NodeUrl) -> bool {
+        self.own_address.is_own(node)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -101,6 +126,13 @@ impl Core {
     pub fn submit(self: &Arc<Self>, mut request: Request, caller: String, reply: ReplySink) {
         let id = request.id;
         let task = request.task.clone();
+        if let Some(ms) = request.timeout_ms.filter(|&ms| ms < MIN_TIMEOUT_MS) {
+            let error = TaskError::new(
+                ErrorCode::InvalidRequest,
+                format!("timeout_ms {ms} is below the minimum of {MIN_TIMEOUT_MS} ms"),
+            );
+            return self.reject(request, caller, reply, error);
+        }
         let timeout = request
             .timeout_ms
             .map(Duration::from_millis)
@@ -108,10 +140,9 @@ impl Core {
             .min(self.config.max_timeout);
 
         if let Some(node) = request.node.take() {
-            if Some(&node) != self.config.advertise_url.as_ref() {
-                if let Err(error) = self.prepare_forward(&mut request) {
-                    return self.reject(request, caller, reply, error);
-                }
+            if !self.is_own_url(&node) {
+                // The peer answers the caller through this coordinator, not on its own.
+                request.reply_to = None;
                 let route = Route::Forward(node.clone());
                 if !self.accept(&request, &caller, reply, route, None, timeout) {
                     return;
@@ -147,17 +178,39 @@ impl Core {
             };
             return self.reject(request, caller, reply, error);
         }
+        // Framed once for whichever provider takes it; a request that grew past the frame limit
+        // (an HTTP body has no frame around it) is refused as such, not as a lost provider.
+        let message = FromCoordinator::Request(request);
+        let encoded = conn::encode(&message);
+        let FromCoordinator::Request(request) = message else { unreachable!("built as a request above") };
+        let frame = match encoded {
+            Ok(frame) => frame,
+            Err(e) => {
+                let error = match e {
+                    FrameError::TooLarge { len, max } => TaskError::new(
+                        ErrorCode::FrameTooLarge,
+                        format!("the request is {len} bytes as a frame to its provider; the limit is {max}"),
+                    ),
+                    e => TaskError::new(ErrorCode::Internal, format!("cannot encode the request: {e}")),
+                };
+                return self.reject(request, caller, reply, error);
+            }
+        };
         let first = &candidates[0];
         if !self.accept(&request, &caller, reply, Route::Provider(first.conn_id), Some(first), timeout) {
             return;
         }
-        self.dispatch(request, candidates);
+        self.dispatch(id, &task, frame, candidates);
     }
 
-    /// Sends `request` to the first live candidate, failing over in priority order.
-    fn dispatch(self: &Arc<Self>, request: Request, candidates: Vec<Arc<ProviderEntry>>) {
-        let id = request.id;
-        let message = FromCoordinator::Request(request);
+    /// Sends the request `frame` to the first live candidate, failing over in priority order.
+    fn dispatch(
+        self: &Arc<Self>,
+        id: RequestId,
+        task: &TaskName,
+        mut frame: Vec<u8>,
+        candidates: Vec<Arc<ProviderEntry>>,
+    ) {
         let mut failed_over = false;
         for provider in &candidates {
             {
@@ -166,23 +219,20 @@ impl Core {
                 entry.route = Route::Provider(provider.conn_id);
                 entry.provider_name = Some(provider.hello.name.clone());
             }
-            if provider.sender.send(&message) {
-                if failed_over {
-                    // Lock order is pending → journal; never hold the journal while taking pending.
-                    let seq = self.journal_seq(id);
-                    if let Some(e) = self.journal.lock().expect("journal lock").get_mut(seq) {
-                        e.provider = Some(provider.hello.name.clone());
+            match provider.sender.send_frame(frame) {
+                Ok(()) => {
+                    if failed_over {
+                        // Lock order is pending → journal; never hold the journal while taking pending.
+                        let seq = self.journal_seq(id);
+                        self.journal.lock().expect("journal lock").set_provider(seq, provider.hello.name.clone());
                     }
+                    return;
                 }
-                return;
+                Err(returned) => frame = returned,
             }
             failed_over = true;
             tracing::info!(provider = %provider.hello.name, "provider gone; trying the next one");
         }
-        let task = match &message {
-            FromCoordinator::Request(r) => r.task.clone(),
-            _ => unreachable!("dispatch only sends requests"),
-        };
         let error = TaskError::new(ErrorCode::NoProvider, format!("every provider of {task} has gone away"));
         self.complete(Response::err(id, error), None);
     }
@@ -203,10 +253,18 @@ impl Core {
     ) -> bool {
         let id = request.id;
         let mut pending = self.pending.lock().expect("pending lock");
-        if pending.contains_key(&id) {
+        let mut journal = self.journal.lock().expect("journal lock");
+        let duplicate = if pending.contains_key(&id) {
+            Some("is already in flight")
+        } else if journal.contains(id) {
+            Some("was run already (it is in the journal); use a fresh id")
+        } else {
+            None
+        };
+        if let Some(why) = duplicate {
+            drop(journal);
             drop(pending);
-            let error = TaskError::new(ErrorCode::DuplicateId, format!("request {id} is already in flight"))
-                .with_task(&request.task);
+            let error = TaskError::new(ErrorCode::DuplicateId, format!("request {id} {why}")).with_task(&request.task);
             deliver(reply, Response::err(id, error));
             return false;
         }
@@ -214,7 +272,7 @@ impl Core {
             Route::Forward(node) => Some(node.to_string()),
             Route::Provider(_) => None,
         };
-        let journal_seq = self.journal.lock().expect("journal lock").push(JournalEntry {
+        let journal_seq = journal.push(JournalEntry {
             id,
             task: request.task.clone(),
             state: TaskState::Running,
@@ -227,7 +285,9 @@ impl Core {
             duration_us: None,
             error: None,
             result: None,
+            result_omitted: None,
         });
+        drop(journal);
         if let ReplySink::Conn(conn) = &reply {
             conn.send(&FromCoordinator::Ack { id });
         }
@@ -286,21 +346,15 @@ impl Core {
             Err(_) => TaskState::Failed,
         };
         self.task_counters.record(&pending.task, &response.outcome, state, pending.accepted.elapsed());
-        {
-            let mut journal = self.journal.lock().expect("journal lock");
-            if let Some(entry) = journal.get_mut(pending.journal_seq) {
-                entry.state = state;
-                entry.finished_at_ms = Some(now_ms());
-                entry.duration_us = Some(pending.accepted.elapsed().as_micros() as u64);
-                match &response.outcome {
-                    Ok(result) if result.get().len() <= self.config.journal_result_limit => {
-                        entry.result = Some(result.clone());
-                    }
-                    Ok(_) => {}
-                    Err(e) => entry.error = Some(e.clone()),
-                }
-            }
-        }
+        self.journal.lock().expect("journal lock").finish(
+            pending.journal_seq,
+            Finish {
+                state,
+                finished_at_ms: now_ms(),
+                duration_us: pending.accepted.elapsed().as_micros() as u64,
+                outcome: &response.outcome,
+            },
+        );
         if let Some(url) = pending.reply_to {
             let core = self.clone();
             let response = response.clone();
@@ -379,35 +433,56 @@ impl Core {
         }
     }
 
-    /// Forwarded requests run on the peer; streams named without a node are ours.
-    fn prepare_forward(&self, request: &mut Request) -> Result<(), TaskError> {
-        if let Some(stream) = &mut request.stream {
-            if stream.node.is_none() {
-                let Some(own) = &self.config.advertise_url else {
-                    return Err(TaskError::new(
-                        ErrorCode::InvalidRequest,
-                        "forwarding a task with a local stream needs the coordinator's --advertise-url",
-                    ));
-                };
-                stream.node = Some(own.clone());
-            }
-        }
-        request.reply_to = None;
+    /// A stream of a forwarded request named without a node is ours: name this coordinator as
+    /// the peer reaches it.
+    async fn name_local_stream(&self, node: &NodeUrl, request: &mut Request) -> Result<(), TaskError> {
+        let Some(stream) = request.stream.as_mut().filter(|s| s.node.is_none()) else { return Ok(()) };
+        let refuse = |why: String| {
+            TaskError::new(ErrorCode::InvalidRequest, format!("cannot forward a task with a local stream: {why}"))
+        };
+        let origin = Origin::of(node).ok_or_else(|| refuse(format!("{node} has no valid port")))?;
+        let peer_ip = match origin.ip() {
+            Some(ip) => ip,
+            None => tokio::net::lookup_host((origin.host.as_str(), origin.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .map(|addr| addr.ip())
+                .ok_or_else(|| refuse(format!("cannot resolve {}", origin.host)))?,
+        };
+        stream.node = Some(self.own_address.for_peer(peer_ip, crate::address::route_source).map_err(refuse)?);
         Ok(())
     }
 
-    fn peer(&self, node: &NodeUrl) -> Result<HttpClient, cerana_client::ClientError> {
+    /// The HTTP client for the coordinator (or `reply_to` target) at `base`.
+    pub(crate) fn peer(&self, base: &NodeUrl) -> Result<HttpClient, ClientError> {
         let mut peers = self.peers.lock().expect("peers lock");
-        if let Some(client) = peers.get(node) {
-            return Ok(client.clone());
+        if let Some(index) = peers.by_base.iter().position(|(b, _)| b == base) {
+            let used = peers.by_base.remove(index).expect("found above");
+            peers.by_base.push_back(used.clone());
+            return Ok(used.1);
         }
-        let client = HttpClient::new(node.clone(), self.config.peer_token.clone(), self.config.peer_ca.as_deref())?;
-        peers.insert(node.clone(), client.clone());
+        let client = match &peers.shared {
+            Some(shared) => shared.with_base(base.clone()),
+            None => {
+                let client =
+                    HttpClient::new(base.clone(), self.config.peer_token.clone(), self.config.peer_ca.as_deref())?;
+                peers.shared = Some(client.clone());
+                client
+            }
+        };
+        if peers.by_base.len() >= MAX_PEER_CLIENTS {
+            peers.by_base.pop_front();
+        }
+        peers.by_base.push_back((base.clone(), client.clone()));
         Ok(client)
     }
 
-    async fn forward(self: Arc<Self>, node: NodeUrl, request: Request) {
+    async fn forward(self: Arc<Self>, node: NodeUrl, mut request: Request) {
         let id = request.id;
+        if let Err(error) = self.name_local_stream(&node, &mut request).await {
+            return self.complete(Response::err(id, error), None);
+        }
         let outcome = match self.peer(&node) {
             Ok(client) => client.call(&request).await,
             Err(e) => Err(e),
@@ -433,16 +508,17 @@ impl Core {
     }
 
     async fn post_reply(self: Arc<Self>, url: String, response: Response) {
-        let Ok(base) = NodeUrl::new(url.clone()) else {
+        // One client per server, not per URL: callers choose these URLs freely.
+        let Some(origin) = NodeUrl::new(url.clone()).ok().as_ref().and_then(Origin::of) else {
             tracing::warn!(%url, "reply_to is not an http(s) URL; response kept only in the journal");
             return;
         };
-        match self.peer(&base) {
-            Ok(client) => {
-                if let Err(e) = client.post_response(&url, &response).await {
-                    tracing::warn!(%url, "delivering a response to reply_to failed: {e}");
-                }
-            }
+        match self.peer(&origin.url()) {
+            Ok(client) => match tokio::time::timeout(REPLY_TO_TIMEOUT, client.post_response(&url, &response)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%url, "delivering a response to reply_to failed: {e}"),
+                Err(_) => tracing::warn!(%url, "delivering a response to reply_to timed out"),
+            },
             Err(e) => tracing::warn!(%url, "cannot reach reply_to: {e}"),
         }
     }
@@ -451,7 +527,17 @@ impl Core {
 fn deliver(reply: ReplySink, response: Response) {
     match reply {
         ReplySink::Conn(conn) => {
-            conn.send(&FromCoordinator::Response(response));
+            let id = response.id;
+            match conn::encode(&FromCoordinator::Response(response)) {
+                Ok(frame) => {
+                    let _ = conn.send_frame(frame);
+                }
+                // The caller must not wait forever for a result that cannot reach it.
+                Err(e) => {
+                    let error = TaskError::new(ErrorCode::FrameTooLarge, format!("the response cannot be sent: {e}"));
+                    conn.send(&FromCoordinator::Response(Response::err(id, error)));
+                }
+            }
         }
         ReplySink::Waiter(tx) => {
             let _ = tx.send(response);
@@ -488,5 +574,27 @@ impl builtin::State for Core {
 
     fn journal(&self) -> &Mutex<Journal> {
         &self.journal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #15: callers choose `reply_to` URLs (and peers) freely; the clients kept for them
+    /// stay bounded.
+    #[test]
+    fn clients_for_distinct_urls_stay_bounded() {
+        let core = Core::new(Config::new("/nonexistent/c.sock"));
+        for i in 0..1_000 {
+            let url = NodeUrl::new(format!("http://127.0.{}.{}:{}/reply/{i}", i / 250, i % 250, 1_000 + i)).unwrap();
+            core.peer(&url).unwrap();
+        }
+        let kept = core.peers.lock().unwrap().by_base.len();
+        assert!(kept <= MAX_PEER_CLIENTS, "{kept} clients kept");
+        // The most recently used are kept and found again.
+        let last = NodeUrl::new("http://127.0.3.249:1999/reply/999").unwrap();
+        core.peer(&last).unwrap();
+        assert_eq!(core.peers.lock().unwrap().by_base.len(), kept);
     }
 }

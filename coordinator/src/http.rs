@@ -1,11 +1,14 @@
 //! The HTTP(S) API for remote clients and peer coordinators.
 //!
 //! - `POST /v1/tasks[?wait=false]`: run a task (the body is a request; `id` may be omitted).
-//! - `GET /v1/tasks[?limit=&task=&state=]`, `GET /v1/tasks/{id}`: the journal.
+//! - `GET /v1/tasks[?limit=&task=&state=&before=]`, `GET /v1/tasks/{id}`: the journal, a page
+//!   at a time.
 //! - `GET /v1/providers`, `GET /v1/catalog`: what is registered and documented.
 //! - `GET /metrics`: Prometheus text (coordinator, providers, node and services; see `metrics.rs`).
 //! - `POST /v1/streams/{id}`, `GET /v1/streams/{id}`: the two ends of a byte stream.
 //! - `GET /health`: liveness, the only path that needs no token.
+//!
+//! Every client error (4xx) is the JSON error shape `{"error": {"code", "message", ...}}`.
 
 use crate::core::{Core, ReplySink};
 use crate::streams::{pump_from_unix, Piece, StreamEnd};
@@ -17,7 +20,7 @@ use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use cerana_client::{ApiErrorBody, HttpClient};
+use cerana_client::ApiErrorBody;
 use cerana_protocol::tasks::coordinator::{HistoryArgs, TaskState};
 use cerana_protocol::{
     ErrorCode, NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName,
@@ -36,6 +39,9 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BODY: usize = cerana_protocol::frame::MAX_FRAME_LEN;
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a framework rejection's text (e.g. why a query string is malformed) kept as the
+/// message of its JSON error.
+const MAX_REJECTION_TEXT: usize = 4 << 10;
 
 #[derive(Clone)]
 struct AppState {
@@ -48,6 +54,9 @@ fn api_error(status: StatusCode, error: TaskError) -> AxumResponse {
 
 fn status_for(code: &ErrorCode) -> StatusCode {
     use cerana_protocol::error::ErrorClass::*;
+    if *code == ErrorCode::FrameTooLarge {
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
     match code.class() {
         BadInput => StatusCode::BAD_REQUEST,
         NotFound => StatusCode::NOT_FOUND,
@@ -74,6 +83,40 @@ pub fn router(core: Arc<Core>) -> Router {
         .merge(api)
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, TaskError::new(ErrorCode::NotFound, "no such path")) })
         .with_state(state)
+        .layer(middleware::from_fn(json_client_errors))
+}
+
+/// Gives every client error the API's JSON error shape, the framework's own rejections (a
+/// malformed query string, a wrong method) included: their text becomes the message.
+async fn json_client_errors(request: AxumRequest, next: Next) -> AxumResponse {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthenticated,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::InvalidRequest,
+    };
+    let (parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, MAX_REJECTION_TEXT).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("client error").to_owned() } else { text };
+    let mut json = api_error(status, TaskError::new(code, message));
+    // A 405 says which methods the path takes.
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        json.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    json
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -88,12 +131,7 @@ async fn require_token(
     next: Next,
 ) -> AxumResponse {
     if let Some(expected) = &state.core.config.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
+        match bearer_token(&headers) {
             Some(token) if token_matches(token.as_bytes(), expected.as_bytes()) => {}
             Some(_) => {
                 return api_error(
@@ -110,6 +148,14 @@ async fn require_token(
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 7235).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// A request as HTTP callers send it: like [`Request`], but the id is optional.
@@ -198,15 +244,20 @@ fn task_response(response: Response) -> AxumResponse {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
-    limit: Option<u32>,
+    /// Any size is taken and clamped to the page size.
+    limit: Option<u64>,
     task: Option<TaskName>,
     state: Option<TaskState>,
+    before: Option<u64>,
 }
 
+/// One page of the journal: `{"entries": [...], "next_before": N}` (`next_before` only when
+/// older entries may follow; pass it as `before=`).
 async fn list_tasks(State(state): State<AppState>, Query(q): Query<HistoryQuery>) -> AxumResponse {
-    let args = HistoryArgs { limit: q.limit, task: q.task, state: q.state };
-    let entries = state.core.journal.lock().expect("journal lock").query(&args);
-    Json(serde_json::json!({ "entries": entries })).into_response()
+    let limit = q.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX));
+    let args = HistoryArgs { limit, task: q.task, state: q.state, before: q.before };
+    let page = state.core.journal.lock().expect("journal lock").query(&args);
+    Json(page).into_response()
 }
 
 async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> AxumResponse {
@@ -332,7 +383,7 @@ pub async fn remote_stream_to_unix(
     direction: StreamDirection,
 ) {
     use tokio::io::AsyncWriteExt;
-    let client = match HttpClient::new(node.clone(), core.config.peer_token.clone(), core.config.peer_ca.as_deref()) {
+    let client = match core.peer(&node) {
         Ok(c) => c,
         Err(e) => {
             let error = TaskError::new(ErrorCode::PeerUnreachable, e.to_string()).with_node(node.to_string());

@@ -5,6 +5,7 @@
 //! forwards tasks aimed at other nodes to their coordinators, brokers byte streams, and keeps a
 //! bounded journal of what it did. See `README.md` in this folder.
 
+pub mod address;
 pub mod builtin;
 pub mod command;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod streams;
 pub mod unix;
 
+pub use address::Advertise;
 pub use config::{Config, ConfigError, TlsFiles};
 
 use std::net::SocketAddr;
@@ -53,7 +55,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Binds the unix socket (and the HTTP listener when configured) and starts serving.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
+    pub async fn start(mut config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let tls = match &config.tls {
             Some(files) => Some(http::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
@@ -67,6 +69,10 @@ impl Coordinator {
             None => None,
         };
         let http_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        // The bound address (a port 0 is now a real one): how the coordinator knows its own URL.
+        if http_addr.is_some() {
+            config.listen = http_addr;
+        }
         let socket = config.socket.clone();
         let core = core::Core::new(config);
         let mut tasks = vec![tokio::spawn(unix::serve(core.clone(), unix_listener))];

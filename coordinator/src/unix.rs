@@ -23,6 +23,9 @@ use tokio::sync::mpsc;
 /// A peer must say who it is within this time.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Characters of a client's self-given name kept in its caller string.
+const MAX_CALLER_NAME: usize = 64;
+
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Why the unix socket could not be set up.
@@ -111,7 +114,11 @@ async fn handle(core: Arc<Core>, mut stream: UnixStream) {
             }
         },
     };
-    let who = |name: &str| format!("unix:pid={},uid={},name={name}", opt(pid), opt(uid));
+    // A client names itself freely; its name goes into every journal entry of its requests.
+    let who = |name: &str| {
+        let name: String = name.chars().take(MAX_CALLER_NAME).collect();
+        format!("unix:pid={},uid={},name={name}", opt(pid), opt(uid))
+    };
     match hello {
         ToCoordinator::ClientHello { name, protocol } => {
             if let Err(e) = check_protocol(protocol) {
@@ -276,7 +283,7 @@ async fn stream_connection(
     direction: StreamDirection,
     accept_pipe: bool,
 ) {
-    if let Some(node) = handle.node.clone().filter(|n| Some(n) != core.config.advertise_url.as_ref()) {
+    if let Some(node) = handle.node.clone().filter(|n| !core.is_own_url(n)) {
         return crate::http::remote_stream_to_unix(core, stream, node, handle.id, direction).await;
     }
     let end = match core.streams.claim(handle.id, direction, accept_pipe) {

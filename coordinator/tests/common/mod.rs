@@ -92,6 +92,27 @@ impl CoordinatorProcess {
         Self { child }
     }
 
+    /// Also serving HTTP on a free loopback port; returns that port's URL once it answers.
+    pub fn spawn_with_http(socket: &Path, extra: &[&str]) -> (Self, cerana_protocol::NodeUrl) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_cerana-coordinator"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--listen", &listen])
+            .args(extra)
+            .env("CERANA_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn coordinator");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&listen).is_err() {
+            assert!(Instant::now() < deadline, "the coordinator never listened on {listen}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (Self { child }, cerana_protocol::NodeUrl::new(format!("http://{listen}")).unwrap())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -72,6 +72,12 @@ impl HttpClient {
         Ok(Self { base, token, client })
     }
 
+    /// A client for the coordinator at `base` that shares this one's connection pool, TLS
+    /// configuration and token: cheap, where [`HttpClient::new`] builds all of them.
+    pub fn with_base(&self, base: NodeUrl) -> Self {
+        Self { base, token: self.token.clone(), client: self.client.clone() }
+    }
+
     pub fn base(&self) -> &NodeUrl {
         &self.base
     }

@@ -134,9 +134,22 @@ fn coordinator_metrics_and_netns_results_with_added_fields_decode() {
         duration_us: Some(1000),
         error: Some(TaskError::new(ErrorCode::NotFound, "gone")),
         result: None,
+        result_omitted: None,
     };
     let back = decode_as_older_caller::<coordinator::CoordinatorTaskGet>(&entry, &["", "/error"]);
-    assert_eq!((back.id, back.error), (entry.id, entry.error));
+    assert_eq!((back.id, back.error.as_ref()), (entry.id, entry.error.as_ref()));
+
+    // A history page, with a result the journal did not keep for a reason this version lacks.
+    let omitted = coordinator::ResultOmitted { bytes: 70_000, reason: coordinator::OmittedReason::TooLarge };
+    let page = coordinator::HistoryResult {
+        entries: vec![coordinator::JournalEntry { result_omitted: Some(omitted.clone()), ..entry }],
+        next_before: Some(7),
+    };
+    let at = ["", "/entries/0", "/entries/0/result_omitted"];
+    let back = decode_as_older_caller::<coordinator::CoordinatorHistory>(&page, &at);
+    assert_eq!((back.next_before, back.entries[0].result_omitted.as_ref()), (Some(7), Some(&omitted)));
+    let newer: coordinator::ResultOmitted = serde_json::from_str(r#"{"bytes":1,"reason":"compressed"}"#).unwrap();
+    assert_eq!(newer.reason, coordinator::OmittedReason::Other);
 
     let cpu = metrics::CpuMetrics {
         info: metrics::CpuInfo { model: "x".into(), logical_cpus: 2, mhz: None },

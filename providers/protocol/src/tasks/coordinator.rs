@@ -85,18 +85,46 @@ impl TaskState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryArgs {
-    /// At most this many entries (default 50).
+    /// At most this many entries (default 50; the coordinator clamps it to its page size).
     #[serde(default)]
     pub limit: Option<u32>,
     #[serde(default)]
     pub task: Option<TaskName>,
     #[serde(default)]
     pub state: Option<TaskState>,
+    /// Only entries older than this cursor: a previous page's `next_before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
 
+/// One page of the journal, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResult {
     pub entries: Vec<JournalEntry>,
+    /// Set when older matching entries may follow: pass it as `before` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+}
+
+/// Why a finished task's result is not in its journal entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OmittedReason {
+    /// The result was larger than the journal keeps for one task.
+    TooLarge,
+    /// Dropped (oldest first) to keep the journal within its byte budget.
+    JournalFull,
+    /// A reason this version does not know (from a newer coordinator).
+    #[serde(other)]
+    Other,
+}
+
+/// Marks a result the journal did not keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultOmitted {
+    /// Size of the result's JSON.
+    pub bytes: u64,
+    pub reason: OmittedReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,4 +159,7 @@ pub struct JournalEntry {
     /// The result, while it is small enough to keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<RawValue>>,
+    /// Set instead of `result` when the task succeeded but its result is not kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_omitted: Option<ResultOmitted>,
 }
