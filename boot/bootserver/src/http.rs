@@ -3,7 +3,7 @@
 
 use crate::config::{BootAction, Config, HttpLimits};
 use crate::dhcp_control::DhcpControl;
-use crate::events::EventLog;
+use crate::events::{EventLog, EventSource};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -143,6 +143,7 @@ fn ipxe(body: String) -> Response {
 
 async fn boot_script(
     State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
@@ -161,7 +162,7 @@ async fn boot_script(
     let mac_s = mac.to_string();
     match action {
         BootAction::Disk => {
-            state.events.record(mac, BootEventKind::HttpScript { image: None });
+            state.events.record(EventSource::Peer(peer.ip()), mac, BootEventKind::HttpScript { image: None });
             ipxe(render(DISK_TEMPLATE, &[("mac", &mac_s)]))
         }
         BootAction::Image(name) => {
@@ -172,7 +173,11 @@ async fn boot_script(
                     format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"),
                 );
             };
-            state.events.record(mac, BootEventKind::HttpScript { image: Some(name.clone()) });
+            state.events.record(
+                EventSource::Peer(peer.ip()),
+                mac,
+                BootEventKind::HttpScript { image: Some(name.clone()) },
+            );
             let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
                 state.server_ip.to_string()
             } else {
@@ -322,6 +327,7 @@ async fn image_file(
     if let Some(mac) = mac {
         let (hash, bytes) = (format!("sha256-{}", blob.sha256), body.len() as u64);
         state.events.record(
+            EventSource::Peer(peer.ip()),
             mac,
             if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } },
         );
@@ -389,7 +395,11 @@ async fn checkin(
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     });
-    state.events.record(checkin.mac, BootEventKind::CheckedIn { hostname: checkin.hostname, ip });
+    state.events.record(
+        EventSource::Peer(peer.ip()),
+        checkin.mac,
+        BootEventKind::CheckedIn { hostname: checkin.hostname, ip },
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -1,7 +1,7 @@
 //! Read-only TFTP (async-tftp) for the iPXE loaders: blksize, tsize and windowsize come from
 //! async-tftp; this module decides which file a request may read.
 
-use crate::events::EventLog;
+use crate::events::{EventLog, EventSource};
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServer, TftpServerBuilder};
 use cerana_protocol::tasks::boot::BootEventKind;
@@ -89,7 +89,7 @@ impl ReadOnlyDir {
     fn record(&self, client: &SocketAddr, kind: BootEventKind) {
         if let IpAddr::V4(ip) = client.ip() {
             if let Some(mac) = self.events.mac_for_ip(ip) {
-                self.events.record(mac, kind);
+                self.events.record(EventSource::Peer(client.ip()), mac, kind);
             }
         }
     }
@@ -127,8 +127,11 @@ impl Drop for CountingReader {
         tracing::info!(client = %self.client, path = %self.path, bytes = self.read, complete, "TFTP transfer ended");
         if let IpAddr::V4(ip) = self.client.ip() {
             if let Some(mac) = self.events.mac_for_ip(ip) {
-                self.events
-                    .record(mac, BootEventKind::TftpFile { path: self.path.clone(), bytes: self.read, complete });
+                self.events.record(
+                    EventSource::Peer(self.client.ip()),
+                    mac,
+                    BootEventKind::TftpFile { path: self.path.clone(), bytes: self.read, complete },
+                );
             }
         }
     }
