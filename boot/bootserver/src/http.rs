@@ -490,11 +490,16 @@ mod tests {
         })
     }
 
+    /// Sends `request` as if from `peer`.
+    async fn send(state: &Arc<HttpState>, mut request: Request, peer: [u8; 4]) -> Response {
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 4000))));
+        tower::ServiceExt::oneshot(router(state.clone()), request).await.unwrap()
+    }
+
     /// POSTs `body` to /checkin from 10.0.0.5; the status and the body as JSON (Null if none).
     async fn check_in(state: &Arc<HttpState>, body: &str) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::post("/checkin").body(Body::from(body.to_string())).unwrap();
-        request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 5], 4000))));
-        let response = tower::ServiceExt::oneshot(router(state.clone()), request).await.unwrap();
+        let request = Request::post("/checkin").body(Body::from(body.to_string())).unwrap();
+        let response = send(state, request, [10, 0, 0, 5]).await;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
@@ -524,6 +529,30 @@ mod tests {
         // Nothing of the refused ones was recorded.
         let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
         assert!(state.events.events(&BootEventsArgs { mac: Some(mac), limit: None }).events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_check_in_address_no_longer_attributes_requests() {
+        let mut state = state();
+        let image = Image {
+            kernel: Blob::new(Bytes::from_static(b"k")),
+            initrd: Blob::new(Bytes::from_static(b"i")),
+            cmdline: "".into(),
+        };
+        let kernel = format!("/images/sha256-{}/vmlinuz", image.kernel.sha256);
+        Arc::get_mut(&mut state).unwrap().images.insert("cerana", image);
+        for ip in ["10.0.0.66", "10.0.0.5"] {
+            let (status, _) = check_in(&state, &format!(r#"{{"mac":"52:54:00:00:00:01","ip":"{ip}"}}"#)).await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+        }
+        for peer in [[10, 0, 0, 66], [10, 0, 0, 5]] {
+            let response = send(&state, Request::get(kernel.as_str()).body(Body::empty()).unwrap(), peer).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let events = state.events.events(&BootEventsArgs { mac: Some(mac), limit: None }).events;
+        let kernels = events.iter().filter(|e| matches!(e.kind, BootEventKind::HttpKernel { .. })).count();
+        assert_eq!(kernels, 1, "only the fetch from the machine's newest address is its: {events:?}");
     }
 
     #[test]
