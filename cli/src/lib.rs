@@ -161,14 +161,14 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start: {e}");
+            eprintln!("error: cannot start: {}", render::escape(&e.to_string()));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", render::escape(&failure.message));
             ExitCode::from(failure.code)
         }
     }
@@ -196,7 +196,7 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
 
 fn print(cli: &Cli, value: &serde_json::Value) {
     match cli.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Json => println!("{}", render::json(value)),
         Output::Table => print!("{}", render::table(value)),
     }
 }

@@ -1,7 +1,63 @@
 //! Printing results for people (`-o table`) or programs (`-o json`).
+//!
+//! Results carry strings from anywhere (a peer's hostname, a file name, an error message), so
+//! nothing reaches the terminal raw: [`escape`] is applied to every key, cell and message.
 
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt::Write;
+
+/// Characters a terminal acts on or that reorder what is shown: C0 and C1 controls, DEL, and
+/// the bidirectional formatting marks.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every terminal control character written as an escape (`\n`, `\x1b`, `\u{9b}`).
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unsafe(c) && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Pretty JSON with the controls JSON itself leaves raw (C1, bidirectional marks) as `\uXXXX`.
+pub fn json(value: &Value) -> String {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    if !text.chars().any(is_unsafe_in_json) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe_in_json(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// serde_json escapes C0 controls in strings; the newlines between lines are its own.
+fn is_unsafe_in_json(c: char) -> bool {
+    is_unsafe(c) && (c as u32) >= 0x7f
+}
 
 /// Renders any JSON value as text a person can scan: objects as `key  value` lines with dotted
 /// keys, and arrays of objects (also the one array inside a wrapper like `{"entries": [...]}`)
@@ -28,15 +84,20 @@ fn as_rows(value: &Value) -> Option<&Vec<Value>> {
     }
 }
 
+/// A value as one line of text, escaped.
 fn scalar(value: &Value) -> String {
+    escape(&unescaped_scalar(value)).into_owned()
+}
+
+fn unescaped_scalar(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
-            items.iter().map(scalar).collect::<Vec<_>>().join(",")
+            items.iter().map(unescaped_scalar).collect::<Vec<_>>().join(",")
         }
         Value::Object(map) if map.contains_key("code") && map.contains_key("message") => {
-            format!("{}: {}", scalar(&map["code"]), scalar(&map["message"]))
+            format!("{}: {}", unescaped_scalar(&map["code"]), unescaped_scalar(&map["message"]))
         }
         other => other.to_string(),
     }
@@ -46,7 +107,8 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, inner) in map {
-                let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let key = escape(key);
+                let key = if prefix.is_empty() { key.into_owned() } else { format!("{prefix}.{key}") };
                 flatten(&key, inner, out);
             }
         }
@@ -72,10 +134,11 @@ fn rows_table(rows: &[Value]) -> String {
         .iter()
         .map(|row| columns.iter().map(|c| row.get(c).map_or_else(|| "-".to_owned(), scalar)).collect())
         .collect();
-    let widths: Vec<usize> = columns
+    let headers: Vec<String> = columns.iter().map(|c| escape(&c.to_uppercase()).into_owned()).collect();
+    let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0).min(60))
+        .map(|(i, h)| cells.iter().map(|r| r[i].chars().count()).chain([h.chars().count()]).max().unwrap_or(0).min(60))
         .collect();
     let mut out = String::new();
     let line = |out: &mut String, values: Vec<&str>| {
@@ -89,7 +152,7 @@ fn rows_table(rows: &[Value]) -> String {
             .collect();
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
-    line(&mut out, columns.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    line(&mut out, headers.iter().map(String::as_str).collect());
     for row in &cells {
         line(&mut out, row.iter().map(String::as_str).collect());
     }
@@ -120,5 +183,24 @@ mod tests {
         assert!(lines[2].contains("not_found: gone"), "{text}");
         assert!(lines[1].ends_with("done    -"), "a missing cell is shown as -: {text}");
         assert_eq!(table(&json!({"providers": []})), "(none)\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_everywhere() {
+        let hostile = "a\u{1b}]0;t\u{7}\u{1b}[2J\u{9b}1m\u{202e}b\nc";
+        let shown = r"a\x1b]0;t\x07\x1b[2J\u{9b}1m\u{202e}b\nc";
+        assert_eq!(escape(hostile), shown);
+        assert!(matches!(escape("plain ünïcode"), Cow::Borrowed(_)));
+        for text in [
+            table(&json!({ "hostname": hostile, hostile: 1, "list": [hostile] })),
+            table(&json!({ "machines": [{ "hostname": hostile, hostile: hostile }] })),
+            table(&json!({ "error": { "code": "failed", "message": hostile } })),
+        ] {
+            assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
+            assert!(text.contains(shown), "{text:?}");
+        }
+        let text = json(&json!({ "hostname": hostile }));
+        assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["hostname"], hostile);
     }
 }

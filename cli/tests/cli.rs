@@ -161,3 +161,24 @@ async fn talks_to_a_remote_node_with_a_token() {
     let entry: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(entry["result"]["data"], "later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_never_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, socket) = node(dir.path(), None).await;
+    // Sets the window title, rings the bell and clears the screen when printed raw.
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m";
+    let run = cerana(&socket, &["task", "run", "node-echo", &format!("data={hostile}")]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stdout.chars().any(|c| c.is_control() && c != '\n'), "raw control characters: {:?}", run.stdout);
+    assert!(run.stdout.contains(r"\x1b]0;pwned\x07\x1b[2J\u{9b}31m"), "{:?}", run.stdout);
+    // JSON output escapes them itself.
+    let run = cerana(&socket, &["task", "run", "node-echo", &format!("data={hostile}"), "-o", "json"]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["data"], hostile);
+    // Error messages carry what the caller or a peer sent.
+    let unknown_field = serde_json::json!({ "data": "x", hostile: 1 }).to_string();
+    let run = cerana(&socket, &["task", "run", "node-echo", &unknown_field]).await;
+    assert_ne!(run.code, 0);
+    assert!(!run.stderr.chars().any(|c| c.is_control() && c != '\n'), "raw control characters: {:?}", run.stderr);
+    assert!(run.stderr.contains(r"\x1b]0;pwned"), "{:?}", run.stderr);
+}

@@ -124,6 +124,8 @@ pub struct Config {
     pub machines: Vec<MachineConfig>,
     #[serde(default)]
     pub http_limits: HttpLimits,
+    #[serde(default)]
+    pub tftp_limits: TftpLimits,
 }
 
 fn default_http_port() -> u16 {
@@ -309,6 +311,71 @@ fn default_max_connections() -> usize {
     256
 }
 
+/// Bounds on TFTP peers (UDP: a request's sender is unverified until it acknowledges).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpLimits {
+    /// Transfers at once, in all; more are refused with a TFTP error.
+    #[serde(default = "default_tftp_max_transfers")]
+    pub max_transfers: usize,
+    /// Transfers at once from one address.
+    #[serde(default = "default_tftp_max_transfers_per_source")]
+    pub max_transfers_per_source: usize,
+    /// Largest block (`blksize`, RFC 2348) granted: an Ethernet frame's UDP payload, so blocks are
+    /// not fragmented.
+    #[serde(default = "default_tftp_max_block_size")]
+    pub max_block_size: u16,
+    /// Largest window (`windowsize`, RFC 7440) granted, in blocks.
+    #[serde(default = "default_tftp_max_window")]
+    pub max_window: u16,
+    /// Seconds before an unacknowledged OACK or window is sent again (a client's `timeout`
+    /// option is not granted).
+    #[serde(default = "default_tftp_timeout")]
+    pub timeout_secs: u64,
+    /// Times an OACK or window is sent again before the transfer is given up.
+    #[serde(default = "default_tftp_max_retries")]
+    pub max_retries: u32,
+    /// A transfer is ended after this long, whatever it does.
+    #[serde(default = "default_tftp_max_transfer_secs")]
+    pub max_transfer_secs: u64,
+}
+
+impl Default for TftpLimits {
+    fn default() -> Self {
+        TftpLimits {
+            max_transfers: default_tftp_max_transfers(),
+            max_transfers_per_source: default_tftp_max_transfers_per_source(),
+            max_block_size: default_tftp_max_block_size(),
+            max_window: default_tftp_max_window(),
+            timeout_secs: default_tftp_timeout(),
+            max_retries: default_tftp_max_retries(),
+            max_transfer_secs: default_tftp_max_transfer_secs(),
+        }
+    }
+}
+
+fn default_tftp_max_transfers() -> usize {
+    64
+}
+fn default_tftp_max_transfers_per_source() -> usize {
+    4
+}
+fn default_tftp_max_block_size() -> u16 {
+    1468
+}
+fn default_tftp_max_window() -> u16 {
+    64
+}
+fn default_tftp_timeout() -> u64 {
+    3
+}
+fn default_tftp_max_retries() -> u32 {
+    5
+}
+fn default_tftp_max_transfer_secs() -> u64 {
+    1800
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
@@ -373,6 +440,18 @@ impl Config {
         }
         if self.http_limits.max_header_bytes < 8192 {
             return invalid("http_limits.max_header_bytes must be at least 8192".into());
+        }
+        let tftp = &self.tftp_limits;
+        if !(512..=65464).contains(&tftp.max_block_size) {
+            return invalid("tftp_limits.max_block_size must be 512..=65464 (RFC 2348)".into());
+        }
+        if tftp.max_window == 0 || tftp.max_transfers == 0 || tftp.max_transfers_per_source == 0 {
+            return invalid(
+                "tftp_limits.max_window, max_transfers and max_transfers_per_source must be at least 1".into(),
+            );
+        }
+        if tftp.timeout_secs == 0 || tftp.max_transfer_secs == 0 {
+            return invalid("tftp_limits.timeout_secs and max_transfer_secs must be at least 1".into());
         }
         Ok(())
     }

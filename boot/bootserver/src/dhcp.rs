@@ -5,7 +5,7 @@
 //! to one interface.
 
 use crate::config::{BootConfig, DhcpMode, PoolConfig};
-use crate::events::EventLog;
+use crate::events::{EventLog, EventSource};
 use crate::lease::{AllocError, Allocator};
 use cerana_protocol::tasks::boot::{BootEventKind, DhcpClientInfo, MacAddr};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
@@ -312,7 +312,7 @@ impl DhcpService {
     }
 
     fn record(&self, req: &Request, kind: BootEventKind) {
-        self.events.record(req.mac, kind);
+        self.events.record(EventSource::Dhcp, req.mac, kind);
     }
 
     fn full(&self, req: &Request, now: u64) -> Result<Handled, DhcpError> {

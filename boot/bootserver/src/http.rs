@@ -3,7 +3,7 @@
 
 use crate::config::{BootAction, Config, HttpLimits};
 use crate::dhcp_control::DhcpControl;
-use crate::events::EventLog;
+use crate::events::{EventLog, EventSource};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use cerana_protocol::boot_wire::{CheckIn, ImageManifest};
+use cerana_protocol::error::{ErrorCode, TaskError};
 use cerana_protocol::tasks::boot::{BootEventKind, BootEventsArgs, MacAddr};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -143,6 +144,7 @@ fn ipxe(body: String) -> Response {
 
 async fn boot_script(
     State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     query: Result<Query<ScriptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
@@ -161,7 +163,7 @@ async fn boot_script(
     let mac_s = mac.to_string();
     match action {
         BootAction::Disk => {
-            state.events.record(mac, BootEventKind::HttpScript { image: None });
+            state.events.record(EventSource::Peer(peer.ip()), mac, BootEventKind::HttpScript { image: None });
             ipxe(render(DISK_TEMPLATE, &[("mac", &mac_s)]))
         }
         BootAction::Image(name) => {
@@ -172,7 +174,11 @@ async fn boot_script(
                     format!("#!ipxe\necho image {name} is not available on this server\nexit 1\n"),
                 );
             };
-            state.events.record(mac, BootEventKind::HttpScript { image: Some(name.clone()) });
+            state.events.record(
+                EventSource::Peer(peer.ip()),
+                mac,
+                BootEventKind::HttpScript { image: Some(name.clone()) },
+            );
             let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
                 state.server_ip.to_string()
             } else {
@@ -322,6 +328,7 @@ async fn image_file(
     if let Some(mac) = mac {
         let (hash, bytes) = (format!("sha256-{}", blob.sha256), body.len() as u64);
         state.events.record(
+            EventSource::Peer(peer.ip()),
             mac,
             if kind { BootEventKind::HttpKernel { hash, bytes } } else { BootEventKind::HttpInitrd { hash, bytes } },
         );
@@ -361,6 +368,11 @@ async fn leases(State(state): State<Arc<HttpState>>) -> Response {
     axum::Json(state.dhcp.service().map(|d| d.leases()).unwrap_or_default()).into_response()
 }
 
+/// A JSON error `{"code": ..., "message": ...}` with `status`.
+fn json_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(TaskError::new(code, message))).into_response()
+}
+
 async fn checkin(
     State(state): State<Arc<HttpState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -369,27 +381,35 @@ async fn checkin(
     let limits = &state.config.http_limits;
     let read = axum::body::to_bytes(request.into_body(), limits.max_body_bytes);
     let body = match tokio::time::timeout(Duration::from_secs(limits.body_timeout_secs), read).await {
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n".into()),
-        Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body refused: {e}\n")),
+        Err(_) => return json_error(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, "request body too slow"),
+        Ok(Err(e)) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::FrameTooLarge,
+                format!("request body refused: {e}"),
+            )
+        }
         Ok(Ok(body)) => body,
     };
+    // The host name is checked here too (RFC 1123, cerana_protocol::boot_wire::Hostname): no
+    // control characters reach the timeline, a terminal or a log.
     let checkin: CheckIn = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            return text(
+            tracing::info!(%peer, error = ?e.to_string(), "check-in refused");
+            return json_error(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}\n"),
-            )
+                ErrorCode::InvalidArgument,
+                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}"),
+            );
         }
     };
-    if checkin.hostname.as_ref().is_some_and(|h| h.len() > 253) {
-        return text(StatusCode::BAD_REQUEST, "hostname longer than 253 bytes\n".into());
-    }
     let ip = checkin.ip.or(match peer.ip() {
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     });
-    state.events.record(checkin.mac, BootEventKind::CheckedIn { hostname: checkin.hostname, ip });
+    let hostname = checkin.hostname.map(String::from);
+    state.events.record(EventSource::Peer(peer.ip()), checkin.mac, BootEventKind::CheckedIn { hostname, ip });
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -453,6 +473,86 @@ mod tests {
         assert_eq!(parse_range(Some("items=0-1"), 10), Full);
         assert_eq!(parse_range(Some("bytes=+1-2"), 10), Full);
         assert_eq!(parse_range(Some("bytes=99999999999999999999-"), 10), Full);
+    }
+
+    fn state() -> Arc<HttpState> {
+        let config: Config = toml::from_str("interface = \"lo\"\n[dhcp]\nmode = \"off\"\n").unwrap();
+        let events = Arc::new(EventLog::new());
+        let boot = crate::dhcp::BootFiles::new(&config.boot, Ipv4Addr::LOCALHOST, 80);
+        let (dhcp, _) = DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone());
+        Arc::new(HttpState {
+            config,
+            base: "http://127.0.0.1".into(),
+            server_ip: Ipv4Addr::LOCALHOST,
+            images: ImageStore::default(),
+            events,
+            dhcp: Arc::new(dhcp),
+        })
+    }
+
+    /// Sends `request` as if from `peer`.
+    async fn send(state: &Arc<HttpState>, mut request: Request, peer: [u8; 4]) -> Response {
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 4000))));
+        tower::ServiceExt::oneshot(router(state.clone()), request).await.unwrap()
+    }
+
+    /// POSTs `body` to /checkin from 10.0.0.5; the status and the body as JSON (Null if none).
+    async fn check_in(state: &Arc<HttpState>, body: &str) -> (StatusCode, serde_json::Value) {
+        let request = Request::post("/checkin").body(Body::from(body.to_string())).unwrap();
+        let response = send(state, request, [10, 0, 0, 5]).await;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn check_ins_with_hostile_hostnames_are_refused_with_a_json_error() {
+        let state = state();
+        let (status, _) = check_in(&state, r#"{"mac":"52:54:00:00:00:01","hostname":"node-1.lab"}"#).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        for body in [
+            r#"{"mac":"52:54:00:00:00:02","hostname":"\u001b]0;pwned\u0007\u001b[2J"}"#,
+            r#"{"mac":"52:54:00:00:00:02","hostname":"a b"}"#,
+            r#"{"mac":"52:54:00:00:00:02","hostname":"-a"}"#,
+            r#"{"mac":"52:54:00:00:00:02","hostname":""}"#,
+            r#"{"mac":"52:54:00:00:00:02","hostname":"a..b"}"#,
+            r#"{"mac":"52:54:00:00:00:02","uptime":5}"#,
+            r#"{"mac":"52:54:00:00:00:02""#,
+        ] {
+            let (status, error) = check_in(&state, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(error["code"], "invalid_argument", "{body}: {error}");
+            assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}: {error}");
+        }
+        let long = format!(r#"{{"mac":"52:54:00:00:00:02","hostname":"{}"}}"#, vec!["a".repeat(63); 5].join("."));
+        assert_eq!(check_in(&state, &long).await.0, StatusCode::BAD_REQUEST);
+        // Nothing of the refused ones was recorded.
+        let mac: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        assert!(state.events.events(&BootEventsArgs { mac: Some(mac), limit: None }).events.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stale_check_in_address_no_longer_attributes_requests() {
+        let mut state = state();
+        let image = Image {
+            kernel: Blob::new(Bytes::from_static(b"k")),
+            initrd: Blob::new(Bytes::from_static(b"i")),
+            cmdline: "".into(),
+        };
+        let kernel = format!("/images/sha256-{}/vmlinuz", image.kernel.sha256);
+        Arc::get_mut(&mut state).unwrap().images.insert("cerana", image);
+        for ip in ["10.0.0.66", "10.0.0.5"] {
+            let (status, _) = check_in(&state, &format!(r#"{{"mac":"52:54:00:00:00:01","ip":"{ip}"}}"#)).await;
+            assert_eq!(status, StatusCode::NO_CONTENT);
+        }
+        for peer in [[10, 0, 0, 66], [10, 0, 0, 5]] {
+            let response = send(&state, Request::get(kernel.as_str()).body(Body::empty()).unwrap(), peer).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let events = state.events.events(&BootEventsArgs { mac: Some(mac), limit: None }).events;
+        let kernels = events.iter().filter(|e| matches!(e.kind, BootEventKind::HttpKernel { .. })).count();
+        assert_eq!(kernels, 1, "only the fetch from the machine's newest address is its: {events:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::bootstrap::{self, Bootstrap, BootstrapError};
 use crate::config::{Config, ConfigError, DhcpMode};
 use crate::replicate::{self, FetchError};
-use cerana_protocol::boot_wire::{CheckIn, ImageManifest};
+use cerana_protocol::boot_wire::{CheckIn, Hostname, ImageManifest};
 use cerana_protocol::tasks::boot::MacAddr;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -96,10 +96,7 @@ pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -
     std::fs::write(&tmp, &text).map_err(write_err)?;
     Config::load(&tmp)?;
     std::fs::rename(&tmp, output).map_err(write_err)?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().and_then(|h| Hostname::new(h.trim()).ok());
     let checkin = CheckIn { mac: settings.mac, hostname, ip: Some(settings.replica.address) };
     let check_in_error = replicate::check_in(&settings.boot_server, &checkin).await.err().map(|e| e.to_string());
     if let Some(e) = &check_in_error {

@@ -84,9 +84,11 @@ impl Bootserver {
 
         let tftp_socket =
             net::udp_on_interface(&iface.name, SocketAddr::V4(SocketAddrV4::new(server_ip, 69)), false, "TFTP socket")?;
-        let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone())
+        let handler = tftp::ReadOnlyDir::new(&config.tftp_root, events.clone(), &config.tftp_limits)
             .map_err(|source| StartError::TftpRoot { path: config.tftp_root.display().to_string(), source })?;
-        let tftp = tftp::server(tftp_socket, handler).await.map_err(|e| StartError::Tftp(e.to_string()))?;
+        let tftp = tftp::server(tftp_socket, handler, &config.tftp_limits)
+            .await
+            .map_err(|e| StartError::Tftp(e.to_string()))?;
         tasks.spawn(async move { ("TFTP", tftp.serve().await.map_err(std::io::Error::other)) });
 
         if config.router_advertisements {

@@ -1,7 +1,7 @@
 //! `boot-events`, `boot-machines` and `boot-dhcp` through a real (in-process) coordinator.
 
 use cerana_bootserver::dhcp_control::DhcpControl;
-use cerana_bootserver::events::EventLog;
+use cerana_bootserver::events::{EventLog, EventSource};
 use cerana_protocol::tasks::boot::{
     BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr,
 };
@@ -18,6 +18,7 @@ async fn boot_tasks_answer_from_the_event_log() {
     let events = Arc::new(EventLog::new());
     let (a, b) = (MacAddr([0x52, 0x54, 0, 0, 0, 2]), MacAddr([0x52, 0x54, 0, 0, 0, 3]));
     events.record(
+        EventSource::Dhcp,
         a,
         BootEventKind::DhcpAck {
             ip: Some(Ipv4Addr::new(10, 0, 0, 100)),
@@ -25,8 +26,12 @@ async fn boot_tasks_answer_from_the_event_log() {
             lease_secs: Some(60),
         },
     );
-    events.record(a, BootEventKind::TftpFile { path: "undionly.kpxe".into(), bytes: 70_000, complete: true });
-    events.record(b, BootEventKind::DhcpNak { reason: "wrong network".into() });
+    events.record(
+        EventSource::Dhcp,
+        a,
+        BootEventKind::TftpFile { path: "undionly.kpxe".into(), bytes: 70_000, complete: true },
+    );
+    events.record(EventSource::Dhcp, b, BootEventKind::DhcpNak { reason: "wrong network".into() });
     let boot = cerana_bootserver::dhcp::BootFiles::new(&Default::default(), Ipv4Addr::LOCALHOST, 80);
     // No pool and DHCP off: switching is checked here, serving in tests/netns.rs.
     let dhcp = Arc::new(DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone()).0);

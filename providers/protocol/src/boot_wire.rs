@@ -10,13 +10,55 @@ use crate::tasks::boot::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
+/// Longest host name accepted (RFC 1123: 253 characters of labels and dots).
+pub const MAX_HOSTNAME_LEN: usize = 253;
+/// Longest label of a host name.
+pub const MAX_HOSTNAME_LABEL_LEN: usize = 63;
+
+crate::names::validated_name!(
+    /// A host name as RFC 1123 writes it: dot-separated labels of 1 to 63 ASCII letters, digits
+    /// and inner hyphens, at most 253 characters. Nothing else reaches a bootserver's timeline
+    /// (and from there a terminal or a log).
+    Hostname,
+    HostnameError,
+    check_hostname
+);
+
+/// Why a string is not a host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostnameError {
+    #[error("host name is longer than {MAX_HOSTNAME_LEN} characters")]
+    TooLong,
+    #[error(
+        "invalid host name {0:?}: dot-separated labels of 1 to {MAX_HOSTNAME_LABEL_LEN} ASCII letters, digits and \
+         inner hyphens (RFC 1123)"
+    )]
+    Grammar(String),
+}
+
+fn check_hostname(value: String) -> Result<String, HostnameError> {
+    if value.len() > MAX_HOSTNAME_LEN {
+        return Err(HostnameError::TooLong);
+    }
+    let label_ok = |label: &str| {
+        (1..=MAX_HOSTNAME_LABEL_LEN).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if !value.split('.').all(label_ok) {
+        return Err(HostnameError::Grammar(value));
+    }
+    Ok(value)
+}
+
 /// What a booted node posts to a bootserver's `/checkin`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckIn {
     pub mac: MacAddr,
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Option<Hostname>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
 }
@@ -54,9 +96,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_names_follow_rfc_1123() {
+        for good in ["n1", "node-1", "Node-1.lab.example", "1a", &"a".repeat(63), &vec!["a".repeat(63); 3].join(".")] {
+            assert_eq!(Hostname::new(good).unwrap().as_str(), good);
+        }
+        for bad in ["", "-a", "a-", "a..b", ".a", "a.", "a b", "a_b", "a\u{1b}]0;x\u{7}", "ä", &"a".repeat(64)] {
+            assert!(matches!(Hostname::new(bad), Err(HostnameError::Grammar(_))), "{bad:?}");
+        }
+        assert_eq!(Hostname::new(vec!["a".repeat(63); 4].join(".")), Err(HostnameError::TooLong));
+    }
+
+    #[test]
     fn what_a_server_accepts_is_strict_and_what_a_client_receives_is_not() {
         let checkin: CheckIn = serde_json::from_str(r#"{"mac":"52:54:00:00:00:01","hostname":"n1"}"#).unwrap();
-        assert_eq!(checkin.hostname.as_deref(), Some("n1"));
+        assert_eq!(checkin.hostname.as_ref().map(Hostname::as_str), Some("n1"));
+        let err =
+            serde_json::from_str::<CheckIn>(r#"{"mac":"52:54:00:00:00:01","hostname":"a\u001b[2J"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid host name"), "{err}");
         let err = serde_json::from_str::<CheckIn>(r#"{"mac":"52:54:00:00:00:01","uptime":5}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
 

@@ -3,6 +3,7 @@
 #![no_main]
 
 use async_tftp::server::Handler;
+use cerana_bootserver::config::TftpLimits;
 use cerana_bootserver::events::EventLog;
 use cerana_bootserver::tftp::{resolve, ReadOnlyDir};
 use libfuzzer_sys::fuzz_target;
@@ -29,7 +30,7 @@ fn fixture() -> &'static Fixture {
         std::os::unix::fs::symlink("../secret", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
         let root = root.canonicalize().unwrap();
-        let handler = Mutex::new(ReadOnlyDir::new(&root, Arc::new(EventLog::new())).unwrap());
+        let handler = Mutex::new(ReadOnlyDir::new(&root, Arc::new(EventLog::new()), &TftpLimits::default()).unwrap());
         Fixture { _dir: dir, root, handler }
     })
 }
