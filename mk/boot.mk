@@ -18,22 +18,14 @@ BOOT_FUZZ_DIR = boot/bootserver/fuzz
 test-boot: image
 	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-bootserver
 
-# libFuzzer through cargo-fuzz. The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets
-# cargo-fuzz pass its -Z flags, and --sanitizer none skips ASan (the crate has no unsafe code;
-# coverage-guided search and the targets' assertions still run). Seeds in $(BOOT_FUZZ_DIR)/seeds.
+# libFuzzer through cargo-fuzz (how: scripts/fuzz-run). Seeds in $(BOOT_FUZZ_DIR)/seeds.
 # cargo-fuzz is installed once per version under $(CACHE_DIR) unless one is on PATH already.
 CARGO_FUZZ_VERSION = 0.13.2
 CARGO_FUZZ_ROOT = $(CACHE_DIR)/tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 test-boot-fuzz: export PATH := $(PATH):$(CARGO_FUZZ_ROOT)/bin
 test-boot-fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
-	@set -e; cd $(BOOT_FUZZ_DIR); for t in dhcp tftp; do \
-		mkdir -p corpus/$$t; \
-		echo "fuzzing $$t for $(BOOT_FUZZ_SECS) s"; \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$t corpus/$$t seeds/$$t -- \
-			-max_total_time=$(BOOT_FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E '^(Done|stat::number_of_executed_units|==|INFO: Running)|panicked|ERROR|SUMMARY' ; \
-		test $${PIPESTATUS[0]} -eq 0; \
-	done
+	scripts/fuzz-run $(BOOT_FUZZ_DIR) $(BOOT_FUZZ_SECS) dhcp tftp
 
 # DHCP DORA/s vs dnsmasq and Kea (leases persisted, then in memory), TFTP and HTTP initrd
 # MB/s vs tftpd-hpa and nginx; prints a table with the ratios. See boot/bench/net.sh.

@@ -21,3 +21,11 @@ cluster-down:
 
 test-cluster: image
 	CERANA_IMAGE_DIR=$(IMAGE_DIR) $(CARGO) test -p cerana-testbed --test cluster -- --nocapture --test-threads=1
+
+# The kill soak (issue #15): the cluster test with 100 SIGKILLs per daemon of node 1 under load;
+# prints each daemon's median and worst time back and how every task ended.
+BENCH_TARGETS += bench-kill
+.PHONY: bench-kill
+bench-kill: image
+	CERANA_IMAGE_DIR=$(IMAGE_DIR) CERANA_KILL_ROUNDS=100 $(CARGO) test --release -p cerana-testbed --test cluster \
+	  three_nodes -- --nocapture --test-threads=1
