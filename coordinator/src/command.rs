@@ -1,6 +1,6 @@
 //! The `cerana-coordinator` command line: the node's task router. See `coordinator/README.md`.
 
-use crate::{Advertise, Config, Coordinator, TlsFiles};
+use crate::{config, Advertise, Config, Coordinator, TlsFiles};
 use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -50,6 +50,24 @@ struct Args {
     /// CA certificate (PEM) trusted for https peers.
     #[arg(long)]
     peer_ca: Option<PathBuf>,
+    /// HTTP connections served at once (lowered to fit RLIMIT_NOFILE); more get 503 busy.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP_MAX_CONNECTIONS)]
+    http_max_connections: usize,
+    /// HTTP connections one source address may hold.
+    #[arg(long, default_value_t = config::DEFAULT_HTTP_MAX_CONNECTIONS_PER_SOURCE)]
+    http_max_connections_per_source: usize,
+    /// Unix socket connections served at once (lowered to fit RLIMIT_NOFILE); more are refused busy.
+    #[arg(long, default_value_t = config::DEFAULT_UNIX_MAX_CONNECTIONS)]
+    unix_max_connections: usize,
+    /// Seconds a client has to send a request head (also the keep-alive idle limit).
+    #[arg(long, default_value_t = config::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    header_timeout: u64,
+    /// Seconds a task request body has to arrive whole; slower ones get 408.
+    #[arg(long, default_value_t = config::DEFAULT_BODY_TIMEOUT.as_secs())]
+    body_timeout: u64,
+    /// Seconds any request body (streams included) may pause before it is cut off with 408.
+    #[arg(long, default_value_t = config::DEFAULT_BODY_IDLE_TIMEOUT.as_secs())]
+    body_idle_timeout: u64,
 }
 
 /// The configuration `args` give, but for the tokens (read from their files).
@@ -65,6 +83,12 @@ fn config(args: &Args) -> Config {
     config.journal_max_bytes = args.journal_max_bytes;
     config.advertise = args.advertise_url.clone().unwrap_or_default();
     config.peer_ca = args.peer_ca.clone();
+    config.http_max_connections = args.http_max_connections;
+    config.http_max_connections_per_source = args.http_max_connections_per_source;
+    config.unix_max_connections = args.unix_max_connections;
+    config.header_timeout = Duration::from_secs(args.header_timeout);
+    config.body_timeout = Duration::from_secs(args.body_timeout);
+    config.body_idle_timeout = Duration::from_secs(args.body_idle_timeout);
     config
 }
 

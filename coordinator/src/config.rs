@@ -13,6 +13,19 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Connections the HTTP listener serves at once, unless configured otherwise.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 512;
+/// Of those, from one source address.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Connections the unix socket serves at once (providers, clients, stream ends).
+pub const DEFAULT_UNIX_MAX_CONNECTIONS: usize = 256;
+/// Time to send a request head, on a new connection or an idle kept-alive one.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a whole task request body to arrive.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause in any request body, streams included.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This node's name, used in errors and the status task.
@@ -41,6 +54,22 @@ pub struct Config {
     pub peer_token: Option<String>,
     /// CA certificate (PEM) trusted for https peers.
     pub peer_ca: Option<PathBuf>,
+    /// Connections the HTTP listener serves at once; lowered at start to fit the descriptor
+    /// limit (`cerana_netlimits::DescriptorBudget`). More are answered 503 and closed.
+    pub http_max_connections: usize,
+    /// Connections one source address may hold on the HTTP listener.
+    pub http_max_connections_per_source: usize,
+    /// Connections the unix socket serves at once; lowered like `http_max_connections`. More
+    /// are refused with `busy` and closed.
+    pub unix_max_connections: usize,
+    /// A client must send a request head within this; hyper starts the clock when it waits
+    /// for a head, so it also closes kept-alive connections idle this long.
+    pub header_timeout: Duration,
+    /// A task request body (`POST /v1/tasks`) must arrive whole within this, else 408.
+    pub body_timeout: Duration,
+    /// Any request body, streams included, fails (408) when no bytes come for this long: a
+    /// progress timeout, so a long stream that keeps moving is never cut off.
+    pub body_idle_timeout: Duration,
 }
 
 impl Config {
@@ -61,6 +90,12 @@ impl Config {
             advertise: Advertise::default(),
             peer_token: None,
             peer_ca: None,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            http_max_connections_per_source: DEFAULT_HTTP_MAX_CONNECTIONS_PER_SOURCE,
+            unix_max_connections: DEFAULT_UNIX_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 
@@ -78,6 +113,20 @@ impl Config {
         }
         if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
             return Err(ConfigError::Invalid("default timeout must be positive and within the maximum".into()));
+        }
+        if self.http_max_connections == 0 || self.unix_max_connections == 0 {
+            return Err(ConfigError::Invalid("connection caps must be at least 1".into()));
+        }
+        if self.http_max_connections_per_source == 0
+            || self.http_max_connections_per_source >= self.http_max_connections
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the HTTP connection cap per source must be at least 1 and below the total ({})",
+                self.http_max_connections
+            )));
+        }
+        if [self.header_timeout, self.body_timeout, self.body_idle_timeout].iter().any(Duration::is_zero) {
+            return Err(ConfigError::Invalid("header and body timeouts must be positive".into()));
         }
         if let Some(token) = &self.token {
             if token.len() < 16 || token.chars().any(|c| !c.is_ascii_graphic()) {
@@ -134,5 +183,20 @@ mod tests {
         config.validate().unwrap();
         config.listen = Some("[::1]:8080".parse().unwrap());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn connection_caps_and_timeouts_must_make_sense() {
+        let valid = Config::new("/tmp/x.sock");
+        valid.validate().unwrap();
+        let mut config = valid.clone();
+        config.http_max_connections_per_source = config.http_max_connections;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+        let mut config = valid.clone();
+        config.unix_max_connections = 0;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
+        let mut config = valid;
+        config.body_idle_timeout = Duration::ZERO;
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(_))));
     }
 }

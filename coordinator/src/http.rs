@@ -31,14 +31,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 /// Request bodies (other than streams) larger than this are refused.
 const MAX_BODY: usize = cerana_protocol::frame::MAX_FRAME_LEN;
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of a framework rejection's text (e.g. why a query string is malformed) kept as the
 /// message of its JSON error.
 const MAX_REJECTION_TEXT: usize = 4 << 10;
@@ -192,11 +189,11 @@ async fn post_task(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     body: Body,
 ) -> AxumResponse {
-    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            return api_error(StatusCode::PAYLOAD_TOO_LARGE, TaskError::new(ErrorCode::FrameTooLarge, e.to_string()))
-        }
+    let read = http_body_util::Limited::new(body, MAX_BODY).collect();
+    let bytes = match tokio::time::timeout(state.core.config.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => return body_error(&*e),
+        Err(elapsed) => return body_error(&elapsed),
     };
     let parsed: HttpTaskRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -230,6 +227,21 @@ async fn post_task(
         Err(_) => {
             api_error(StatusCode::INTERNAL_SERVER_ERROR, TaskError::new(ErrorCode::Internal, "the request was dropped"))
         }
+    }
+}
+
+/// Why a request body could not be read: too slow (408, and the connection closes, since
+/// the rest of the body may still be on its way), too large (413), or broken off (400).
+fn body_error(error: &(dyn std::error::Error + 'static)) -> AxumResponse {
+    if cerana_netlimits::is_body_timeout(error) {
+        let error = TaskError::new(ErrorCode::Timeout, format!("the request body did not arrive in time: {error}"));
+        let mut response = api_error(StatusCode::REQUEST_TIMEOUT, error);
+        response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response
+    } else if error.is::<http_body_util::LengthLimitError>() {
+        api_error(StatusCode::PAYLOAD_TOO_LARGE, TaskError::new(ErrorCode::FrameTooLarge, error.to_string()))
+    } else {
+        api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, format!("request body: {error}")))
     }
 }
 
@@ -331,6 +343,7 @@ async fn stream_put(State(state): State<AppState>, Path(id): Path<String>, body:
                     );
                 }
             }
+            Err(e) if cerana_netlimits::is_body_timeout(&e) => return body_error(&e),
             Err(e) => {
                 return api_error(
                     StatusCode::BAD_REQUEST,
@@ -453,34 +466,42 @@ async fn write_message(stream: &mut UnixStream, message: &cerana_protocol::FromC
     stream.write_all(&frame).await
 }
 
-/// Serves the API on `listener`, over TLS when `tls` is given.
-pub async fn serve(core: Arc<Core>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+/// Serves the API on `listener`, over TLS when `tls` is given. Connections over `admission`'s
+/// caps are answered 503 `busy` (plain HTTP; over TLS they are only closed) and closed at once;
+/// every request body fails when its bytes stop coming for `body_idle_timeout`.
+pub async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    admission: cerana_netlimits::Admission,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let (header_timeout, body_idle_timeout) = (core.config.header_timeout, core.config.body_idle_timeout);
     let app = router(core);
+    let plain = tls.is_none();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!("accept on the HTTP listener failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer, permit) = cerana_netlimits::accept_admitted(&listener, &admission, |refused| {
+            plain.then(|| cerana_netlimits::busy_http_response(refused))
+        })
+        .await;
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
             app.clone(),
-            move |mut req: http::Request<hyper::body::Incoming>| {
+            move |req: http::Request<hyper::body::Incoming>| {
+                let mut req =
+                    req.map(|body| Body::new(cerana_netlimits::ProgressTimeout::new(body, body_idle_timeout)));
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 req
             },
         ));
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
                     Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),

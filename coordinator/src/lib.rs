@@ -22,6 +22,7 @@ pub mod unix;
 pub use address::Advertise;
 pub use config::{Config, ConfigError, TlsFiles};
 
+use cerana_netlimits::{Admission, ConnectionLimits, DescriptorBudget};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,10 +75,11 @@ impl Coordinator {
             config.listen = http_addr;
         }
         let socket = config.socket.clone();
+        let (http_admission, unix_admission) = admissions(&config, tcp.is_some());
         let core = core::Core::new(config);
-        let mut tasks = vec![tokio::spawn(unix::serve(core.clone(), unix_listener))];
+        let mut tasks = vec![tokio::spawn(unix::serve(core.clone(), unix_listener, unix_admission))];
         if let Some(tcp) = tcp {
-            tasks.push(tokio::spawn(http::serve(core.clone(), tcp, tls)));
+            tasks.push(tokio::spawn(http::serve(core.clone(), tcp, tls, http_admission)));
         }
         let sweeper = Arc::downgrade(&core);
         tasks.push(tokio::spawn(async move {
@@ -125,6 +127,34 @@ impl Coordinator {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// The connection caps of the HTTP listener (when there is one) and the unix socket, lowered
+/// together to fit this process's descriptor limit.
+fn admissions(config: &Config, http: bool) -> (Admission, Admission) {
+    let budget = DescriptorBudget::of_this_process();
+    let wanted_http = if http { config.http_max_connections } else { 0 };
+    let [http_total, unix_total] = budget.fit([wanted_http, config.unix_max_connections]);
+    let http_limits =
+        ConnectionLimits { total: config.http_max_connections, per_source: config.http_max_connections_per_source }
+            .shrunk_to(http_total.max(1));
+    if http_total < wanted_http || unix_total < config.unix_max_connections {
+        tracing::warn!(
+            soft_limit = budget.soft_limit,
+            reserve = budget.reserve,
+            "RLIMIT_NOFILE is too low for the configured connection caps: lowered them"
+        );
+    }
+    tracing::info!(
+        http_total = http_limits.total,
+        http_per_source = http_limits.per_source,
+        unix_total,
+        "connection caps"
+    );
+    (
+        Admission::new("coordinator HTTP", http_limits),
+        Admission::new("coordinator unix socket", ConnectionLimits { total: unix_total, per_source: unix_total }),
+    )
 }
 
 impl Drop for Coordinator {

@@ -4,6 +4,7 @@ use crate::conn::ConnSender;
 use crate::core::{now_ms, Core, ReplySink};
 use crate::registry::{ProviderEntry, Registry};
 use crate::streams::{producer_vanished, pump_from_unix, pump_to_unix, StreamEnd, Verdict};
+use cerana_netlimits::{Admission, Permit, Refused};
 use cerana_protocol::frame::{encode_json_into, read_frame, write_queued_frames, FrameError, MAX_FRAME_LEN};
 use cerana_protocol::{
     ErrorCode, FromCoordinator, ProviderHello, Response, StreamDirection, StreamHandle, TaskError, ToCoordinator,
@@ -55,19 +56,32 @@ pub async fn bind(path: &Path) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-pub async fn serve(core: Arc<Core>, listener: UnixListener) {
+/// Serves the socket; connections over `admission`'s cap are refused with `busy` and closed
+/// at once, so a flood cannot use up the descriptors the HTTP listener and streams need.
+pub async fn serve(core: Arc<Core>, listener: UnixListener, admission: Admission) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                let core = core.clone();
-                tokio::spawn(async move { handle(core, stream).await });
-            }
+            Ok((stream, _)) => match admission.admit_local() {
+                Ok(permit) => {
+                    let core = core.clone();
+                    tokio::spawn(async move { handle(core, stream, permit).await });
+                }
+                Err(refused) => refuse_over_cap(&admission, stream, &refused),
+            },
             Err(e) => {
                 tracing::warn!("accept on the unix socket failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Says `busy` without waiting, and closes (`Admission::turn_away`).
+fn refuse_over_cap(admission: &Admission, stream: UnixStream, refused: &Refused) {
+    let mut frame = Vec::new();
+    let error = TaskError::new(ErrorCode::Busy, refused.to_string());
+    let encoded = encode_json_into(&mut frame, &FromCoordinator::Refused(error)).is_ok();
+    admission.turn_away(stream, encoded.then_some(&frame[..]));
 }
 
 async fn send_now(stream: &mut UnixStream, message: &FromCoordinator) -> io::Result<()> {
@@ -96,7 +110,9 @@ fn welcome(core: &Core) -> FromCoordinator {
     })
 }
 
-async fn handle(core: Arc<Core>, mut stream: UnixStream) {
+/// Serves one connection; its slot (`permit`) is given back when the connection's last task
+/// ends.
+async fn handle(core: Arc<Core>, mut stream: UnixStream, permit: Permit) {
     let cred = stream.peer_cred().ok();
     let pid = cred.as_ref().and_then(|c| c.pid()).map(|p| p as u32);
     let uid = cred.as_ref().map(|c| c.uid());
@@ -128,7 +144,7 @@ async fn handle(core: Arc<Core>, mut stream: UnixStream) {
                 return;
             }
             let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-            client_connection(core, stream, conn_id, who(&name)).await;
+            client_connection(core, stream, conn_id, who(&name), permit).await;
         }
         ToCoordinator::ProviderHello(hello) => {
             if let Err(e) = check_protocol(hello.protocol) {
@@ -209,13 +225,17 @@ async fn provider_connection(
     writer.abort();
 }
 
-async fn client_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, caller: String) {
+async fn client_connection(core: Arc<Core>, stream: UnixStream, conn_id: u64, caller: String, permit: Permit) {
     let (tx, rx) = mpsc::unbounded_channel();
     let sender = ConnSender::new(tx);
     let (read, write) = stream.into_split();
     // The writer outlives the read side while replies are pending (a client may half-close);
-    // it ends when the last pending reply is delivered or a write fails.
-    tokio::spawn(write_queued_frames(write, rx));
+    // it ends when the last pending reply is delivered or a write fails, and holds the slot
+    // until then.
+    tokio::spawn(async move {
+        let _permit = permit;
+        write_queued_frames(write, rx).await
+    });
     read_loop(&core, read, conn_id, &caller, false, &sender).await;
 }
 

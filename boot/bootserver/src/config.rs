@@ -274,9 +274,15 @@ pub struct HttpLimits {
     /// A connection is closed after this long, whatever it does.
     #[serde(default = "default_connection_secs")]
     pub max_connection_secs: u64,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once (lowered at start to fit the descriptor limit); more wait in
+    /// the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one source address may hold, well below `max_connections`, so one client
+    /// cannot take the slots every other machine needs for its kernel; more are answered 503
+    /// and closed at once.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
 }
 
 impl Default for HttpLimits {
@@ -288,6 +294,7 @@ impl Default for HttpLimits {
             body_timeout_secs: default_body_timeout(),
             max_connection_secs: default_connection_secs(),
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
         }
     }
 }
@@ -309,6 +316,9 @@ fn default_connection_secs() -> u64 {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_max_connections_per_source() -> usize {
+    16
 }
 
 /// Bounds on TFTP peers (UDP: a request's sender is unverified until it acknowledges).
@@ -453,6 +463,13 @@ impl Config {
         if tftp.timeout_secs == 0 || tftp.max_transfer_secs == 0 {
             return invalid("tftp_limits.timeout_secs and max_transfer_secs must be at least 1".into());
         }
+        let http = &self.http_limits;
+        if http.max_connections_per_source == 0 || http.max_connections_per_source >= http.max_connections {
+            return invalid(format!(
+                "http_limits.max_connections_per_source must be at least 1 and below max_connections ({})",
+                http.max_connections
+            ));
+        }
         Ok(())
     }
 
@@ -515,6 +532,10 @@ cmdline = "cerana.rescue"
         assert!(c.validate().is_err());
         let c: Config =
             toml::from_str(&SAMPLE.replace("boot = { image = \"cerana\" }", "boot = { image = \"nope\" }")).unwrap();
+        assert!(c.validate().is_err());
+        let c: Config =
+            toml::from_str(&format!("{SAMPLE}[http_limits]\nmax_connections = 8\nmax_connections_per_source = 8\n"))
+                .unwrap();
         assert!(c.validate().is_err());
     }
 

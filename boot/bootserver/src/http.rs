@@ -413,21 +413,24 @@ async fn checkin(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Serves `router` on `listener` with the configured bounds until the listener fails.
+/// Serves `router` on `listener` with the configured bounds. When `max_connections` are open,
+/// new ones wait in the kernel's backlog (iPXE cannot retry a 503); a source already holding
+/// `max_connections_per_source` is answered 503 and closed at once, so one client cannot keep
+/// the other machines from their kernels.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits) -> std::io::Result<()> {
+    use cerana_netlimits::{accept_admitted, busy_http_response, Admission, ConnectionLimits, DescriptorBudget};
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let budget = DescriptorBudget::of_this_process();
+    let [total] = budget.fit([limits.max_connections]);
+    let caps = ConnectionLimits { total: limits.max_connections, per_source: limits.max_connections_per_source }
+        .shrunk_to(total);
+    if caps.total < limits.max_connections {
+        tracing::warn!(soft_limit = budget.soft_limit, ?caps, "RLIMIT_NOFILE is too low for http_limits: lowered them");
+    }
+    let admission = Admission::new("bootserver HTTP", caps);
     loop {
-        let permit = slots.clone().acquire_owned().await.map_err(std::io::Error::other)?;
-        let (stream, peer) = match listener.accept().await {
-            Ok(v) => v,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        admission.until_room().await;
+        let (stream, peer, permit) = accept_admitted(&listener, &admission, |r| Some(busy_http_response(r))).await;
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
