@@ -19,10 +19,14 @@ type PendingMap = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Response>>>>;
 pub async fn handshake(stream: &mut UnixStream, hello: &ToCoordinator) -> Result<Welcome, ClientError> {
     let mut out = Vec::new();
     encode_json_into(&mut out, hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    stream.write_all(&out).await?;
+    // A coordinator over its connection cap answers `refused` and closes before reading the
+    // hello: the write then fails, but the refusal is still there to read and says why.
+    let written = stream.write_all(&out).await;
     let mut buf = Vec::new();
-    if !read_frame(stream, &mut buf, MAX_FRAME_LEN).await.map_err(|e| ClientError::Protocol(e.to_string()))? {
-        return Err(ClientError::Closed);
+    match read_frame(stream, &mut buf, MAX_FRAME_LEN).await {
+        Ok(true) => {}
+        Ok(false) => return Err(written.err().map_or(ClientError::Closed, ClientError::from)),
+        Err(e) => return Err(written.err().map_or_else(|| ClientError::Protocol(e.to_string()), ClientError::from)),
     }
     match serde_json::from_slice::<FromCoordinator>(&buf) {
         Ok(FromCoordinator::Welcome(w)) => Ok(w),
@@ -139,4 +143,32 @@ async fn read_loop(mut read: BufReader<tokio::net::unix::OwnedReadHalf>, pending
     }
     // Dropping the waiters makes every outstanding call return `Closed`.
     pending.lock().expect("pending lock").clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cerana_protocol::{ErrorCode, TaskError};
+
+    /// A coordinator over its cap answers and closes before it reads the hello.
+    #[tokio::test]
+    async fn a_refusal_sent_before_the_hello_was_read_is_still_heard() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut frame = Vec::new();
+            let busy = FromCoordinator::Refused(TaskError::new(ErrorCode::Busy, "over the cap"));
+            encode_json_into(&mut frame, &busy).unwrap();
+            stream.write_all(&frame).await.unwrap();
+        });
+        let mut stream = connect(&path).await.unwrap();
+        server.await.unwrap();
+        let hello = ToCoordinator::ClientHello { name: "late".into(), protocol: PROTOCOL_VERSION };
+        match handshake(&mut stream, &hello).await {
+            Err(ClientError::Refused(e)) => assert_eq!(e.code, ErrorCode::Busy),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
 }
