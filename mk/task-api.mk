@@ -23,4 +23,4 @@ bench-task-api:
 test-task-api-fuzz: export PATH := $(PATH):$(CARGO_FUZZ_ROOT)/bin
 test-task-api-fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT)
-	scripts/fuzz-run coordinator/fuzz $(TASK_API_FUZZ_SECS) frame task_args
+	scripts/fuzz-run coordinator/fuzz $(TASK_API_FUZZ_SECS) frame task_args http

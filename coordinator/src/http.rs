@@ -31,6 +31,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -475,9 +476,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     admission: cerana_netlimits::Admission,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let (header_timeout, body_idle_timeout) = (core.config.header_timeout, core.config.body_idle_timeout);
+    let limits = ConnectionLimits::of(&core.config);
     let app = router(core);
     let plain = tls.is_none();
     loop {
@@ -486,33 +485,61 @@ pub async fn serve(
         })
         .await;
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            move |req: http::Request<hyper::body::Incoming>| {
-                let mut req =
-                    req.map(|body| Body::new(cerana_netlimits::ProgressTimeout::new(body, body_idle_timeout)));
-                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                req
-            },
-        ));
-        let tls = tls.clone();
+        let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_connection(app, stream, peer, limits).await,
                     Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
-                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                None => serve_connection(app, tcp, peer, limits).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
         });
     }
+}
+
+/// The clocks of one HTTP connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// For each request head, and so for a kept-alive connection's idle time.
+    pub header_timeout: Duration,
+    /// The longest pause within any request body.
+    pub body_idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn of(config: &crate::Config) -> Self {
+        ConnectionLimits { header_timeout: config.header_timeout, body_idle_timeout: config.body_idle_timeout }
+    }
+}
+
+/// Serves the API's HTTP/1.1 on one admitted connection (after TLS, if any) until it ends: the
+/// listener's TCP and TLS connections, and the fuzz target's in-memory pipes.
+pub async fn serve_connection<I>(app: Router, io: I, peer: SocketAddr, limits: ConnectionLimits) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let body_idle_timeout = limits.body_idle_timeout;
+    let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+        app,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(|body| Body::new(cerana_netlimits::ProgressTimeout::new(body, body_idle_timeout)));
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        },
+    ));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client may shut its sending side once its request is out (`printf ... | nc -N`): it
+    // still gets the answer (RFC 9112 §9.6); the clocks and caps bound what it holds.
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).half_close(true);
+    builder.serve_connection(TokioIo::new(io), service).await
 }
 
 /// Loads a rustls server configuration from PEM files.
