@@ -122,6 +122,7 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
     let ips: Vec<String> = [2, 3].iter().map(|n| cluster.leased_ip(*n).unwrap()).collect();
     replicate_across_nodes(&cluster, &cluster.layout.bootstrap_ip(), &ips[0], &ips[1]);
+    hostile_probes_on_node_1(&cluster);
     // Last, as it restarts every daemon of node 1 many times.
     kill_every_daemon_under_load(&cluster, kill_rounds());
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
@@ -212,6 +213,81 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
     assert_replicated(&console, &node2, 3);
     eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Opens `n` TCP connections to `server` from `from` and holds them (sending nothing).
+fn hold_connections(from: std::net::Ipv4Addr, server: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    (0..n)
+        .filter_map(|_| {
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).ok()?;
+            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0))).ok()?;
+            let std::net::SocketAddr::V4(v4) = server else { return None };
+            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).ok()?;
+            Some(std::net::TcpStream::from(fd))
+        })
+        .collect()
+}
+
+/// `GET path` from the address `from`, with a deadline; the status line.
+fn get_from(from: std::net::Ipv4Addr, server: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut held = hold_connections(from, server, 1);
+    let mut stream = held.pop().ok_or("no connection")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
+/// Issue #15's probes against a booted node, from the host as an attacker on the management
+/// network: connection floods on the coordinator's and the bootserver's ports from one address
+/// leave both serving another address, and a check-in carrying terminal escapes is refused.
+fn hostile_probes_on_node_1(cluster: &Cluster) {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 8192 {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard.min(8192), hard).unwrap();
+    }
+    let attacker: Ipv4Addr = cluster.layout.host_ip().parse().unwrap();
+    // A second host address on the test network plays the other machines.
+    let other: Ipv4Addr = format!("{}.250", cluster.layout.subnet).parse().unwrap();
+    let added = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{other}/24"), "dev", &cluster.layout.host_if])
+        .status()
+        .unwrap();
+    assert!(added.success(), "adding {other} to {}", cluster.layout.host_if);
+    let node1: Ipv4Addr = cluster.layout.bootstrap_ip().parse().unwrap();
+    for (port, flood) in [(80u16, 300usize), (8080, 1200)] {
+        let server = SocketAddr::from((node1, port));
+        let held = hold_connections(attacker, server, flood);
+        // The held connections are all open (the caps answer 503 and close, they never make
+        // the kernel refuse), and another machine is served at once.
+        let status = get_from(other, server, "/health").unwrap_or_else(|e| panic!("port {port}: {e}"));
+        assert!(status.starts_with("HTTP/1.1 200"), "port {port} while {} are held: {status}", held.len());
+        let refused = get_from(attacker, server, "/health").unwrap_or_else(|e| e);
+        assert!(!refused.starts_with("HTTP/1.1 200"), "port {port}: the flooding address got a slot more: {refused}");
+        eprintln!(
+            "port {port}: {} connections held from {attacker}; {other} served ({status}); {attacker} told {refused:?}",
+            held.len()
+        );
+    }
+    // A check-in whose host name would drive an operator's terminal is refused with a JSON error.
+    let body =
+        serde_json::json!({"mac": "52:54:00:c1:00:77", "ip": other.to_string(), "hostname": "evil\u{1b}]0;owned\u{7}"});
+    let response = cerana_testbed::http::request(
+        SocketAddr::from((node1, 80)),
+        "POST",
+        "/checkin",
+        None,
+        body.to_string().as_bytes(),
+        Duration::from_secs(10),
+    )
+    .expect("checkin answered");
+    assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(&response.body));
+    let error: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON error");
+    assert!(error["code"].is_string(), "{error}");
 }
 
 /// Kills per daemon in the cluster test; `make bench-kill` asks for more.
