@@ -214,7 +214,18 @@ async fn disk_in_use(runner: &dyn Runner, disk: &Disk) -> Option<String> {
 pub async fn bootstrap(runner: &dyn Runner, machine: &Machine, mode: PoolConfigMode) -> BootstrapReport {
     let mut report = BootstrapReport { mode, action: "none".into(), disks: Vec::new(), problems: Vec::new() };
     let zpool = |a: Vec<String>| async move { checked(runner, "zpool", &a).await };
-    let imported = if zpool(strings(["list", "-H", "-o", "name", POOL])).await.is_ok() {
+    let already_imported = zpool(strings(["list", "-H", "-o", "name", POOL])).await.is_ok();
+    // The provider restarted within this boot (its report is in /run, which every boot starts
+    // empty) and the pool is still imported: the boot's bootstrap stands. Its report and boot
+    // log are kept, and the provider is serving again in one command's time.
+    if already_imported {
+        let earlier = std::fs::read(&machine.report_file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(earlier) = earlier {
+            tracing::info!("pool {POOL} is imported and was set up at boot; bootstrap skipped");
+            return earlier;
+        }
+    }
+    let imported = if already_imported {
         report.action = "already-imported".into();
         true
     } else {
@@ -528,6 +539,39 @@ mod tests {
         }
         assert!(m.logs_dir.join("boot-000001/bootstrap.json").exists());
         assert!(m.report_file.exists());
+    }
+
+    #[test]
+    fn a_restart_within_the_boot_keeps_the_boot_time_bootstrap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = machine(tmp.path());
+        std::fs::create_dir_all(&m.dev).unwrap();
+        std::fs::create_dir_all(&m.logs_dir).unwrap();
+        fake_disk(&m.sys_block, "vda", 4096, &[]);
+        std::fs::write(m.dev.join("vda"), vec![0u8; 70_000]).unwrap();
+        let at_boot = ScriptedRunner::new()
+            .reply("zpool list -H -o name data", false, "", "cannot open 'data': no such pool")
+            .reply("zpool import data", true, "", "")
+            .reply("zdb -l", true, "    name: 'data'\n", "")
+            .reply("zfs list", true, "", "")
+            .reply("zfs mount -a", true, "", "");
+        let first = block_on(bootstrap(&at_boot, &m, PoolConfigMode::Auto));
+        assert_eq!(first.action, "imported", "{first:?}");
+        // Killed and started again: one `zpool list`, the same report, no second boot log.
+        let restarted = ScriptedRunner::new().reply("zpool list -H -o name data", true, "data\n", "");
+        let again = block_on(bootstrap(&restarted, &m, PoolConfigMode::Auto));
+        assert_eq!(again, first);
+        assert_eq!(restarted.calls(), ["zpool list -H -o name data"]);
+        assert!(!m.logs_dir.join("boot-000002").exists());
+        // A pool gone since (exported by hand) gets the whole bootstrap again.
+        let gone = ScriptedRunner::new()
+            .reply("zpool list -H -o name data", false, "", "cannot open 'data': no such pool")
+            .reply("zpool import data", true, "", "")
+            .reply("zdb -l", true, "    name: 'data'\n", "")
+            .reply("zfs list", true, "", "")
+            .reply("zfs mount -a", true, "", "");
+        assert_eq!(block_on(bootstrap(&gone, &m, PoolConfigMode::Auto)).action, "imported");
+        assert!(gone.calls().iter().any(|c| c == "zpool import data"));
     }
 
     #[test]
