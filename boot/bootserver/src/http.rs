@@ -41,8 +41,98 @@ pub struct Blob {
 
 impl Blob {
     pub fn new(bytes: Bytes) -> Self {
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = sha256_hex(&bytes);
         Blob { bytes, sha256 }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where [`ImageStore::load`] keeps the hashes it worked out, in the state directory.
+pub const HASH_CACHE_FILE: &str = "blob-hashes.json";
+
+/// What identifies one version of a file's content without reading it: any write changes its
+/// ctime (which nothing can set back), a replacement its inode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    /// The kernel stamps ctime from a clock that lags by up to a tick: a write this long after
+    /// a read began still gets a ctime later than one stamped this long before it.
+    const SETTLE_NS: i128 = 20_000_000;
+
+    fn now_ns() -> i128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+    }
+
+    fn settled_before(&self, read_at_ns: i128) -> bool {
+        self.ctime_ns + Self::SETTLE_NS < read_at_ns
+    }
+
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CachedHash {
+    path: std::path::PathBuf,
+    identity: FileIdentity,
+    sha256: String,
+}
+
+/// SHA-256 of files by their identity; an unreadable or malformed cache is an empty one.
+#[derive(Debug, Default)]
+struct HashCache {
+    entries: Vec<CachedHash>,
+}
+
+impl HashCache {
+    /// At most this many files: one bootserver serves a few images.
+    const MAX_ENTRIES: usize = 64;
+
+    fn read(path: &Path) -> Self {
+        let entries = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        HashCache { entries }
+    }
+
+    fn get(&self, path: &Path, identity: &FileIdentity) -> Option<String> {
+        let valid = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        self.entries
+            .iter()
+            .find(|e| e.path == path && &e.identity == identity && valid(&e.sha256))
+            .map(|e| e.sha256.clone())
+    }
+
+    fn put(&mut self, path: &Path, identity: FileIdentity, sha256: String) {
+        self.entries.retain(|e| e.path != path);
+        self.entries.push(CachedHash { path: path.to_path_buf(), identity, sha256 });
+        let excess = self.entries.len().saturating_sub(Self::MAX_ENTRIES);
+        self.entries.drain(..excess);
+    }
+
+    /// Written whole and renamed into place: a crash leaves the old cache or the new one.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&self.entries).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
     }
 }
 
@@ -63,20 +153,42 @@ pub struct ImageStore {
 
 impl ImageStore {
     /// Reads every configured image into memory (the node runs from RAM; the files already are).
+    /// Hashes already worked out for the same files (`state_dir/blob-hashes.json`) are reused:
+    /// under TCG hashing an image takes seconds, and a restarted bootserver should serve again
+    /// at once.
     pub fn load(config: &Config) -> Result<Self, ImageError> {
         let mut store = ImageStore::default();
+        let cache_path = config.state_dir.as_ref().map(|d| d.join(HASH_CACHE_FILE));
+        let mut cache = cache_path.as_deref().map(HashCache::read).unwrap_or_default();
         for (name, image) in &config.images {
-            let read = |path: &Path| {
-                std::fs::read(path).map(|b| Blob::new(Bytes::from(b))).map_err(|source| ImageError::Read {
-                    image: name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })
+            let mut read = |path: &Path| {
+                let error = |source| ImageError::Read { image: name.clone(), path: path.display().to_string(), source };
+                let identity = FileIdentity::of(path).map_err(error)?;
+                let read_at = FileIdentity::now_ns();
+                let bytes = Bytes::from(std::fs::read(path).map_err(error)?);
+                let sha256 = match cache.get(path, &identity) {
+                    Some(known) => known,
+                    None => {
+                        let hashed = sha256_hex(&bytes);
+                        // Only a file that had settled before it was read, and did not change
+                        // while it was, is remembered by its identity.
+                        if identity.settled_before(read_at) && FileIdentity::of(path).ok().as_ref() == Some(&identity) {
+                            cache.put(path, identity, hashed.clone());
+                        }
+                        hashed
+                    }
+                };
+                Ok(Blob { bytes, sha256 })
             };
             let image =
                 Image { kernel: read(&image.kernel)?, initrd: read(&image.initrd)?, cmdline: image.cmdline.clone() };
             tracing::info!(image = %name, kernel = %image.kernel.sha256, initrd = %image.initrd.sha256, "image loaded");
             store.insert(name, image);
+        }
+        if let Some(path) = &cache_path {
+            if let Err(e) = cache.write(path) {
+                tracing::warn!(path = %path.display(), "cannot keep the image hashes: {e}");
+            }
         }
         Ok(store)
     }
@@ -459,6 +571,42 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: HttpL
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_hashes_are_kept_for_unchanged_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initrd, state) = (dir.path().join("vmlinuz"), dir.path().join("initrd"), dir.path().join("state"));
+        std::fs::write(&kernel, b"kernel bytes").unwrap();
+        std::fs::write(&initrd, b"initrd bytes").unwrap();
+        let toml = format!(
+            "interface = \"lo\"\ntftp_root = {:?}\nstate_dir = {:?}\n[dhcp]\nmode = \"off\"\n[dhcp.pool]\nnet = \"10.0.0.0/24\"\nrange = [\"10.0.0.10\", \"10.0.0.20\"]\n[boot]\ndefault = {{ image = \"c\" }}\n[images.c]\nkernel = {:?}\ninitrd = {:?}\n",
+            dir.path(), state, kernel, initrd
+        );
+        let config_path = dir.path().join("bootserver.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        // Too fresh to be remembered: hashed, not cached.
+        let fresh = ImageStore::load(&config).unwrap();
+        assert_eq!(fresh.image("c").unwrap().kernel.sha256, sha256_hex(b"kernel bytes"));
+        assert!(HashCache::read(&state.join(HASH_CACHE_FILE)).entries.is_empty());
+        std::thread::sleep(Duration::from_millis(50));
+        ImageStore::load(&config).unwrap();
+        let cache_file = state.join(HASH_CACHE_FILE);
+        let mut cache = HashCache::read(&cache_file);
+        assert_eq!(cache.entries.len(), 2);
+        // A restart takes the remembered hash without hashing (shown by a planted one).
+        let planted = "ab".repeat(32);
+        cache.entries.iter_mut().find(|e| e.path == kernel).unwrap().sha256 = planted.clone();
+        cache.write(&cache_file).unwrap();
+        assert_eq!(ImageStore::load(&config).unwrap().image("c").unwrap().kernel.sha256, planted);
+        // A file written since is hashed again, whatever the cache says.
+        std::fs::write(&kernel, b"kernel bytes, new").unwrap();
+        let reloaded = ImageStore::load(&config).unwrap();
+        assert_eq!(reloaded.image("c").unwrap().kernel.sha256, sha256_hex(b"kernel bytes, new"));
+        // A cache that is not JSON is an empty one.
+        std::fs::write(&cache_file, b"garbage").unwrap();
+        assert_eq!(ImageStore::load(&config).unwrap().image("c").unwrap().initrd.sha256, sha256_hex(b"initrd bytes"));
+    }
 
     #[test]
     fn ranges() {
