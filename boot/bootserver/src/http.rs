@@ -46,6 +46,23 @@ impl Blob {
     }
 }
 
+/// The file's bytes, mapped rather than read: an image on the node's tmpfs is already in RAM,
+/// so the mapping shares those pages instead of holding a second 31 MB copy, and loading costs
+/// no copy at all (a restarted bootserver serves again at once).
+fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and private to this process. What memmap2 cannot rule
+    // out is the file being truncated while mapped (reads past the new end fault with SIGBUS).
+    // The images are written once before the bootserver starts (by boot-image or boot-join)
+    // and replaced, if ever, by rename, which leaves this mapping on the old inode; a crash
+    // from an in-place truncation would be restarted by init onto the new file.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(Bytes::from_owner(map))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -165,7 +182,7 @@ impl ImageStore {
                 let error = |source| ImageError::Read { image: name.clone(), path: path.display().to_string(), source };
                 let identity = FileIdentity::of(path).map_err(error)?;
                 let read_at = FileIdentity::now_ns();
-                let bytes = Bytes::from(std::fs::read(path).map_err(error)?);
+                let bytes = map_file(path).map_err(error)?;
                 let sha256 = match cache.get(path, &identity) {
                     Some(known) => known,
                     None => {
