@@ -8,7 +8,7 @@
 #   HTTP: curl downloading the same initrd from cerana-bootserver and nginx.
 # Each DHCP server is offered several rates (a fresh server and lease file each time) and keeps
 # its best completed DORA/s: past its capacity a server drops most requests and scores far lower.
-# Usage: net.sh BOOTSERVER_BINARY   (env: DHCP_SECS, DHCP_RATES, INITRD_MB, RUNS)
+# Usage: net.sh BOOTSERVER_BINARY   (env: DHCP_SECS, DHCP_RATES, INITRD_MB, RUNS, TMPDIR)
 set -euo pipefail
 BIN=${1:?usage: net.sh path/to/cerana-bootserver}
 DHCP_SECS=${DHCP_SECS:-5}
@@ -29,7 +29,7 @@ done
 ID=$$
 SRV=cbsb-$ID-srv; CLI=cbsb-$ID-cli; VS=bsb${ID}s; VC=bsb${ID}c
 SERVER_IP=10.88.0.1; CLIENT_IP=10.88.0.2
-WORK=$(mktemp -d /tmp/cerana-bench-boot.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cerana-bench-boot.XXXXXX")
 PIDS=()
 # Every process still in one of the namespaces (a server that forked or daemonised, a client
 # cut off) is killed before the namespace goes: nothing outlives the benchmark.
