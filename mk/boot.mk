@@ -5,7 +5,8 @@
 APT_PACKAGES += busybox isc-dhcp-client curl tftp-hpa ipxe iproute2 qemu-system-x86 ovmf
 TEST_TARGETS += test-boot test-boot-fuzz
 # Peers of the network benchmark (perfdhcp is in kea-admin). Their packaged services are not
-# used: the benchmark runs each one itself inside its own network namespaces.
+# used: the benchmark runs each one itself inside its own network namespaces. test-boot runs it
+# briefly too (boot/bootserver/tests/bench_net.rs), so they are needed by `make test`.
 APT_PACKAGES += kea-admin kea-dhcp4-server dnsmasq-base tftpd-hpa nginx-light
 BENCH_TARGETS += bench-boot-net
 BOOT_TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)

@@ -23,7 +23,7 @@ has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 [ "$(id -u)" = 0 ] || { echo "bench-boot-net: needs root (network namespaces)"; exit 1; }
 for t in ip perfdhcp kea-dhcp4 dnsmasq in.tftpd nginx curl; do
-	command -v "$t" >/dev/null || { echo "bench-boot-net: needs $t (make deps-bench-boot)"; exit 1; }
+	command -v "$t" >/dev/null || { echo "bench-boot-net: needs $t (make deps installs it)"; exit 1; }
 done
 
 ID=$$

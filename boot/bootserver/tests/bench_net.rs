@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Every process whose command line or working directory mentions `needle`, as "pid: cmdline".
-fn processes_mentioning(needle: &str) -> Vec<String> {
+/// Every process whose command line or working directory mentions `needle`: (pid, cmdline).
+fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return found };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
-        if pid != std::process::id() && (cmdline.contains(needle) || cwd.to_string_lossy().contains(needle)) {
-            found.push(format!("{pid}: {}", cmdline.trim()));
+        if cmdline.contains(needle) || cwd.to_string_lossy().contains(needle) {
+            found.push((pid, cmdline.trim().to_owned()));
         }
     }
     found
@@ -33,6 +33,9 @@ fn bench_boot_net_leaves_no_process_or_namespace() {
     require!("perfdhcp", "kea-dhcp4", "dnsmasq", "in.tftpd", "nginx", "curl");
     let tmp = tempfile::Builder::new().prefix("cerana-bench-leftovers-").tempdir().expect("tempdir");
     let marker = tmp.path().to_string_lossy().into_owned();
+    // Output to a file: a pipe nobody reads while the script runs could fill and stall it.
+    let log_path = tmp.path().join("bench.log");
+    let log = std::fs::File::create(&log_path).expect("bench log");
     // Every server once, briefly: one DHCP rate, a 1 MiB initrd, one download each.
     let mut child = Command::new("bash")
         .arg(bench_script())
@@ -43,36 +46,37 @@ fn bench_boot_net_leaves_no_process_or_namespace() {
         .env("INITRD_MB", "1")
         .env("RUNS", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(log.try_clone().expect("bench log"))
+        .stderr(log)
         .spawn()
         .expect("run boot/bench/net.sh");
     let script_pid = child.id();
-    let finished = common::wait_for(Duration::from_secs(300), || child.try_wait().ok().flatten());
-    if finished.is_none() {
+    let mut status = common::wait_for(Duration::from_secs(300), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        // SIGTERM, so the script's own cleanup trap runs.
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(script_pid as i32), nix::sys::signal::Signal::SIGTERM);
+        status = common::wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten());
         let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("bench output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && finished.is_some(), "the benchmark failed ({:?}):\n{stdout}\n{stderr}", out.status);
-    // It measured every peer, or it did not run what it claims to clean up after.
-    for peer in ["dnsmasq", "Kea", "tftpd-hpa", "nginx"] {
-        assert!(stdout.contains(peer), "no {peer} figure in the table:\n{stdout}");
+        let _ = child.wait();
     }
 
     // A server killed with SIGTERM may take a moment to go; none may still be there after 5 s.
-    let leftovers = common::wait_for(Duration::from_secs(5), || {
-        let left = processes_mentioning(&marker);
-        left.is_empty().then_some(())
-    });
+    // Whatever is left is killed before any assertion, so a failure leaves nothing running.
+    let clean = common::wait_for(Duration::from_secs(5), || processes_mentioning(&marker).is_empty().then_some(()));
     let left = processes_mentioning(&marker);
-    for line in &left {
-        if let Some(pid) = line.split(':').next().and_then(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+    for (pid, _) in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
     }
-    assert!(leftovers.is_some(), "processes outlived the benchmark:\n{}", left.join("\n"));
+
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "the benchmark failed ({status:?}):\n{output}");
+    // It measured every peer, or it did not run what it claims to clean up after.
+    for peer in ["dnsmasq", "Kea", "tftpd-hpa", "nginx"] {
+        assert!(output.contains(peer), "no {peer} figure in the table:\n{output}");
+    }
+    let left: Vec<String> = left.iter().map(|(pid, cmdline)| format!("{pid}: {cmdline}")).collect();
+    assert!(clean.is_some(), "processes outlived the benchmark:\n{}", left.join("\n"));
 
     let namespaces = common::run(&["ip", "netns", "list"]);
     let namespaces = String::from_utf8_lossy(&namespaces.stdout);
