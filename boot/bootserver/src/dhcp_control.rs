@@ -12,7 +12,8 @@ use crate::lease::{Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError
 use crate::net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -27,17 +28,47 @@ pub enum DhcpSwitchError {
     Leases(#[from] LeaseStoreError),
     #[error("cannot register the DHCP socket with the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("the previous DHCP serving loop did not stop within {0:?}")]
+    StillServing(Duration),
+}
+
+/// How long a switch waits for the old serving loops to let go of their sockets.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+struct Server {
+    task: JoinHandle<()>,
+    /// Disconnects once the serving loop's future (and with it its socket) is dropped.
+    gone: std_mpsc::Receiver<()>,
 }
 
 struct Running {
     service: Arc<DhcpService>,
-    servers: Vec<JoinHandle<()>>,
+    servers: Vec<Server>,
+}
+
+impl Running {
+    /// Aborts the serving loops and waits until their sockets are closed. Abort alone is not
+    /// enough: a loop in the middle of a poll goes on until its next await, and could answer
+    /// one more request after the switch has returned.
+    fn stop(self) -> Result<(), DhcpSwitchError> {
+        for server in &self.servers {
+            server.task.abort();
+        }
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        for server in &self.servers {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Err(std_mpsc::RecvTimeoutError::Timeout) = server.gone.recv_timeout(left) {
+                return Err(DhcpSwitchError::StillServing(STOP_WAIT));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         for server in &self.servers {
-            server.abort();
+            server.task.abort();
         }
     }
 }
@@ -94,12 +125,15 @@ impl DhcpControl {
     /// inside the pool) are added to the store first. Returns the mode before and how many
     /// leases were imported. An error found before the sockets change (no pool, the lease
     /// store) leaves the previous mode running; a failure to bind the new sockets leaves DHCP
-    /// off, since the old sockets had to close first.
+    /// off, since the old sockets had to close first. It returns only once the old sockets are
+    /// closed, so nothing answers in the old mode afterwards; call it off the async runtime.
     pub fn switch(&self, mode: DhcpMode, imported: &[Lease]) -> Result<(DhcpMode, usize), DhcpSwitchError> {
         let mut running = self.lock();
         let previous = running.as_ref().map_or(DhcpMode::Off, |r| r.service.mode());
         if mode == DhcpMode::Off {
-            *running = None;
+            if let Some(old) = running.take() {
+                old.stop()?;
+            }
             return Ok((previous, 0));
         }
         let (allocator, count) = match mode {
@@ -111,7 +145,9 @@ impl DhcpControl {
             _ => (None, 0),
         };
         // The old sockets go first: the new ones bind the same ports.
-        *running = None;
+        if let Some(old) = running.take() {
+            old.stop()?;
+        }
         let service =
             Arc::new(DhcpService::new(self.server_ip, mode, allocator, self.boot.clone(), self.events.clone()));
         let mut servers = vec![self.serve(&service, dhcp::SERVER_PORT, Port::Dhcp, "DHCP socket")?];
@@ -149,19 +185,22 @@ impl DhcpControl {
         port: u16,
         which: Port,
         what: &'static str,
-    ) -> Result<JoinHandle<()>, DhcpSwitchError> {
+    ) -> Result<Server, DhcpSwitchError> {
         let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
         let socket = net::udp_on_interface(&self.interface, any, true, what)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(DhcpSwitchError::Runtime)?;
         let service = service.clone();
         let failures = self.failures.clone();
-        Ok(tokio::spawn(async move {
+        let (alive, gone) = std_mpsc::channel();
+        let task = tokio::spawn(async move {
+            let _alive: std_mpsc::Sender<()> = alive;
             if let Err(e) = dhcp::serve(service, socket, which).await {
                 tracing::error!(error = %e, "{what}: DHCP stopped serving");
                 // Nobody listening means the bootserver is going away anyway.
                 let _ = failures.send(format!("{what}: {e}"));
             }
-        }))
+        });
+        Ok(Server { task, gone })
     }
 
     #[cfg(test)]
@@ -198,5 +237,29 @@ mod tests {
         control.report_failure("DHCP socket: gone");
         let err = tokio::time::timeout(std::time::Duration::from_secs(5), failures.next()).await.unwrap();
         assert_eq!(err.to_string(), "DHCP socket: gone");
+    }
+
+    #[test]
+    fn stopping_waits_for_a_loop_caught_in_the_middle_of_a_poll() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let (polling, polled) = std_mpsc::channel();
+        let (alive, gone) = std_mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let finished_in_task = finished.clone();
+        let task = runtime.spawn(async move {
+            let _alive: std_mpsc::Sender<()> = alive;
+            polling.send(()).unwrap();
+            // Stands for a loop that has a request in hand: abort cannot cut it short.
+            std::thread::sleep(Duration::from_millis(200));
+            finished_in_task.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        });
+        polled.recv().unwrap();
+        let boot = BootFiles::new(&crate::config::BootConfig::default(), Ipv4Addr::LOCALHOST, 8080);
+        let service =
+            Arc::new(DhcpService::new(Ipv4Addr::LOCALHOST, DhcpMode::Proxy, None, boot, Arc::new(EventLog::new())));
+        Running { service, servers: vec![Server { task, gone }] }.stop().unwrap();
+        assert!(finished.load(Ordering::SeqCst), "stop returned while the loop was still running");
     }
 }
