@@ -34,7 +34,7 @@ deps:
 # The fmt and clippy gates first, then fast host tests, then the image and the VM tests that
 # boot it (the bootserver's PXE test boots the built image too); targets not named here run
 # last. The first failure stops.
-TEST_ORDER := check-format check-clippy check-layering test-workspace test-init check-kernel-config test-image test-vm test-boot test-boot-fuzz test-task-api-fuzz test-cluster
+TEST_ORDER := check-format check-clippy check-layering test-workspace test-kv test-init check-kernel-config test-image test-vm test-boot test-boot-fuzz test-task-api-fuzz test-cluster
 ORDERED_TEST_TARGETS = $(filter $(TEST_TARGETS),$(TEST_ORDER)) $(filter-out $(TEST_ORDER),$(TEST_TARGETS))
 
 test: deps

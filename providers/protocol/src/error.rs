@@ -80,6 +80,12 @@ error_codes! {
     Failed = "failed",
     /// A bug or an unexpected state inside the coordinator or a provider.
     Internal = "internal",
+    /// A compare-and-swap lost: the object changed since the caller read it
+    /// (`details.current_index` says what it is now).
+    Conflict = "conflict",
+    /// The history the caller asked for is gone (a watch from a compacted index): read the
+    /// current state again and go on from there.
+    Compacted = "compacted",
 }
 
 /// Coarse classes of errors, for exit codes and HTTP statuses.
@@ -114,7 +120,7 @@ impl ErrorCode {
             InvalidRequest | FrameTooLarge | UnknownTask | InvalidArgs | DuplicateId | NameTooLong
             | InvalidArgument => ErrorClass::BadInput,
             NotFound => ErrorClass::NotFound,
-            AlreadyExists | Busy => ErrorClass::Conflict,
+            AlreadyExists | Busy | Conflict | Compacted => ErrorClass::Conflict,
             Timeout => ErrorClass::Timeout,
             NoProvider | ProviderLost | PeerUnreachable | Unavailable => ErrorClass::Unavailable,
             Unauthenticated | PermissionDenied => ErrorClass::Auth,
@@ -217,7 +223,7 @@ mod tests {
 
     #[test]
     fn every_code_string_matches_serde() {
-        assert_eq!(ErrorCode::KNOWN.len(), 21);
+        assert_eq!(ErrorCode::KNOWN.len(), 23);
         for code in ErrorCode::KNOWN {
             assert!(code.is_known());
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
@@ -229,7 +235,7 @@ mod tests {
             names.join(","),
             "invalid_request,frame_too_large,unknown_task,no_provider,invalid_args,duplicate_id,timeout,\
              provider_lost,cancelled,unauthenticated,peer_unreachable,stream_error,not_found,already_exists,busy,\
-             name_too_long,invalid_argument,permission_denied,unavailable,failed,internal"
+             name_too_long,invalid_argument,permission_denied,unavailable,failed,internal,conflict,compacted"
         );
     }
 

@@ -10,6 +10,7 @@ pub mod accel;
 pub mod chaos;
 pub mod cluster;
 pub mod console;
+pub mod etcd;
 pub mod http;
 pub mod image;
 pub mod init;

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod coordinator;
 pub mod health;
 pub mod init;
+pub mod kv;
 pub mod kvm;
 pub mod metrics;
 pub mod netns;
@@ -23,6 +24,7 @@ pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
         coordinator::TASKS,
         health::TASKS,
         init::TASKS,
+        kv::TASKS,
         kvm::TASKS,
         metrics::TASKS,
         netns::TASKS,

@@ -1,0 +1,10 @@
+# The cluster store (issue #16): the store library (cluster/store) and the kv provider
+# (cluster/providers/kv), tested against a real 3-member etcd on loopback. etcd-client builds
+# its gRPC code with protoc.
+APT_PACKAGES += etcd-server etcd-client protobuf-compiler
+TEST_TARGETS += test-kv
+OWN_TEST_TARGET_CRATES += cerana-store cerana-kv
+
+.PHONY: test-kv
+test-kv:
+	$(CARGO) test -p cerana-store -p cerana-kv
