@@ -8,3 +8,9 @@ OWN_TEST_TARGET_CRATES += cerana-store cerana-kv
 .PHONY: test-kv
 test-kv:
 	$(CARGO) test -p cerana-store -p cerana-kv
+
+# kv-set/-get/-update through the task API beside etcd-client directly, same etcd, same run.
+BENCH_TARGETS += bench-kv
+.PHONY: bench-kv
+bench-kv:
+	$(CARGO) run --release -q -p cerana-kv --example kv-bench

@@ -22,6 +22,8 @@ EXAMPLES:
   cerana task run zfs-receive name=data/y --stream-in backup.zfs
   cerana --node http://10.0.0.5:8080 --token-file token task history --limit 5
   cerana task list                                  every task and who serves it
+  cerana kv set /cerana/v1/defaults '{\"ttl\":5}'    the cluster store (get, set, ls, watch, rm)
+  cerana kv ls /cerana/v1/ --values
 
 ARGUMENTS:
   key=value words become the task's JSON arguments. Values that parse as JSON are typed
@@ -71,6 +73,45 @@ enum Command {
     Providers,
     /// The coordinator's name, version, uptime and load.
     Status,
+    /// The cluster store: keys and values (the kv-* tasks).
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// A key's value and index.
+    Get { key: String },
+    /// Writes a key; with --index only if the key's index is still that (0: only if absent).
+    Set {
+        key: String,
+        value: String,
+        #[arg(long)]
+        index: Option<u64>,
+    },
+    /// The keys under a prefix (every page), with --values their values too.
+    Ls {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        values: bool,
+    },
+    /// Follows the changes under a prefix: one JSON event per line, until interrupted.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The first index to report (resume with the last index seen + 1).
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Deletes a key; -r also everything under KEY/; --index only if unchanged since.
+    Rm {
+        key: String,
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(long, conflicts_with = "recursive")]
+        index: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,6 +272,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Providers => builtin(&cli, &client, "coordinator-providers", serde_json::json!({})).await,
         Command::Status => builtin(&cli, &client, "coordinator-status", serde_json::json!({})).await,
+        Command::Kv(kv) => run_kv(&cli, &client, kv).await,
         Command::Task(TaskCommand::List) => {
             let raw = serde_json::value::to_raw_value(&serde_json::json!({})).map_err(|e| Failure::other(e.into()))?;
             let request = Request::new(TaskName::new("coordinator-tasks").expect("valid"), raw);
@@ -345,6 +387,87 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Runs `task` with `args`; the response (for its stream) and its result.
+async fn call_task(
+    client: &Client,
+    task: &str,
+    args: serde_json::Value,
+) -> Result<(Response, serde_json::Value), Failure> {
+    let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
+    let task = TaskName::new(task).expect("kv task names are valid");
+    let response = client.call(Request::new(task, raw)).await.map_err(Failure::client)?;
+    let value = result_value(&response)?;
+    Ok((response, value))
+}
+
+/// The most pages `cerana kv ls` follows (10,000 keys each).
+const KV_LS_MAX_PAGES: usize = 100;
+
+async fn run_kv(cli: &Cli, client: &Client, command: &KvCommand) -> Result<(), Failure> {
+    use serde_json::json;
+    match command {
+        KvCommand::Get { key } => {
+            let (_, value) = call_task(client, "kv-get", json!({ "key": key })).await?;
+            print(cli, &value);
+        }
+        KvCommand::Set { key, value, index } => {
+            let (task, args) = match index {
+                Some(index) => ("kv-update", json!({ "key": key, "value": value, "index": index })),
+                None => ("kv-set", json!({ "key": key, "value": value })),
+            };
+            let (_, value) = call_task(client, task, args).await?;
+            print(cli, &value);
+        }
+        KvCommand::Rm { key, recursive, index } => {
+            let (task, args) = match index {
+                Some(index) => ("kv-remove", json!({ "key": key, "index": index })),
+                None => ("kv-delete", json!({ "key": key, "recursive": recursive })),
+            };
+            let (_, value) = call_task(client, task, args).await?;
+            print(cli, &value);
+        }
+        KvCommand::Ls { prefix, values } => {
+            let task = if *values { "kv-getall" } else { "kv-keys" };
+            let field = if *values { "entries" } else { "keys" };
+            let (mut all, mut after, mut index) = (Vec::new(), None::<String>, serde_json::Value::Null);
+            for _ in 0..KV_LS_MAX_PAGES {
+                let mut args = json!({ "prefix": prefix });
+                if let Some(after) = &after {
+                    args["after"] = json!(after);
+                }
+                let (_, page) = call_task(client, task, args).await?;
+                let items = page[field].as_array().cloned().unwrap_or_default();
+                after = items.last().and_then(|last| last.get("key").unwrap_or(last).as_str()).map(str::to_owned);
+                all.extend(items);
+                index = page["index"].clone();
+                if page["more"] != true || after.is_none() {
+                    break;
+                }
+            }
+            let listing = if *values {
+                json!({ "entries": all, "index": index })
+            } else {
+                json!({ "keys": all.into_iter().map(|k| json!({ "key": k })).collect::<Vec<_>>(), "index": index })
+            };
+            print(cli, &listing);
+        }
+        KvCommand::Watch { prefix, from } => {
+            let mut args = json!({ "prefix": prefix });
+            if let Some(from) = from {
+                args["from_index"] = json!(from);
+            }
+            let (response, started) = call_task(client, "kv-watch", args).await?;
+            eprintln!("watching {prefix:?} from index {}", started["start_index"]);
+            let handle = response
+                .stream
+                .clone()
+                .ok_or_else(|| Failure::other(anyhow::anyhow!("kv-watch returned no stream")))?;
+            drain_stream(&cli.socket, http_of(client), handle, "-").await.map_err(Failure::other)?;
+        }
+    }
+    Ok(())
 }
 
 fn http_of(client: &Client) -> Option<HttpClient> {

@@ -1,0 +1,86 @@
+//! `cerana kv …` against a coordinator with the kv provider and a real etcd.
+
+use cerana_coordinator::{Config, Coordinator};
+use cerana_kv::{provider_with, LazyStore};
+use cerana_store::StoreConfig;
+use cerana_testbed::etcd::EtcdCluster;
+use cerana_testbed::require_ok;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+fn cerana(socket: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cerana"));
+    command.arg("--socket").arg(socket).args(args).env_remove("CERANA_NODE").kill_on_drop(true);
+    command
+}
+
+async fn run(socket: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), cerana(socket, args).output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_get_set_ls_watch_rm() {
+    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("c.sock");
+    let _coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
+    let provider = provider_with(LazyStore::new(StoreConfig::new(etcd.endpoints())));
+    tokio::spawn(provider.serve(socket.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let index = loop {
+        let (code, value, stderr) = run(&socket, &["kv", "set", "/app/a", "1", "-o", "json"]).await;
+        if code == 0 {
+            break value["index"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "kv never answered: {stderr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let (code, value, _) = run(&socket, &["kv", "get", "/app/a", "-o", "json"]).await;
+    assert_eq!((code, value["value"].as_str(), value["index"].as_u64()), (0, Some("1"), Some(index)));
+    let (code, _, stderr) = run(&socket, &["kv", "set", "/app/a", "2", "--index", "1"]).await;
+    assert_eq!(code, 5, "a stale index is a conflict: {stderr}");
+    assert!(stderr.contains("conflict"), "{stderr}");
+    let (code, _, _) = run(&socket, &["kv", "set", "/app/a", "2", "--index", &index.to_string()]).await;
+    assert_eq!(code, 0);
+    run(&socket, &["kv", "set", "/app/b/c", "3"]).await;
+    let (code, value, _) = run(&socket, &["kv", "ls", "/app/", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(value["keys"], serde_json::json!([{ "key": "/app/a" }, { "key": "/app/b/c" }]));
+    let (_, value, _) = run(&socket, &["kv", "ls", "/app/", "--values", "-o", "json"]).await;
+    assert_eq!(value["entries"][1]["value"], "3");
+    let table = cerana(&socket, &["kv", "ls", "/app/"]).output().await.unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("/app/a") && table.contains("/app/b/c"), "{table}");
+
+    let mut watch = cerana(&socket, &["kv", "watch", "/app/"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run(&socket, &["kv", "set", "/app/a", "watched"]).await;
+    let (code, value, _) = run(&socket, &["kv", "rm", "/app/b", "-r", "-o", "json"]).await;
+    assert_eq!((code, value["deleted"].as_u64()), (0, Some(1)));
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["type"] != "progress" {
+            events.push(event);
+        }
+    }
+    assert_eq!((events[0]["type"].as_str(), events[0]["value"].as_str()), (Some("put"), Some("watched")));
+    assert_eq!((events[1]["type"].as_str(), events[1]["key"].as_str()), (Some("delete"), Some("/app/b/c")));
+    watch.kill().await.unwrap();
+
+    let (code, _, _) = run(&socket, &["kv", "rm", "/app/a"]).await;
+    assert_eq!(code, 0);
+    let (code, _, stderr) = run(&socket, &["kv", "get", "/app/a"]).await;
+    assert_eq!(code, 4, "{stderr}");
+    let (code, _, stderr) = run(&socket, &["kv", "get", ""]).await;
+    assert_eq!(code, 3, "an empty key is bad input: {stderr}");
+}
