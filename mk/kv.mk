@@ -1,13 +1,13 @@
-# The cluster store (issue #16): the store library (cluster/store) and the kv provider
-# (cluster/providers/kv), tested against a real 3-member etcd on loopback. etcd-client builds
+# The cluster store (issue #16): the store library (cluster/store), the kv and clusterconf providers
+# (cluster/providers/), tested against a real 3-member etcd on loopback. etcd-client builds
 # its gRPC code with protoc.
 APT_PACKAGES += etcd-server etcd-client protobuf-compiler
 TEST_TARGETS += test-kv
-OWN_TEST_TARGET_CRATES += cerana-store cerana-kv
+OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf
 
 .PHONY: test-kv
 test-kv:
-	$(CARGO) test -p cerana-store -p cerana-kv
+	$(CARGO) test -p cerana-store -p cerana-kv -p cerana-clusterconf
 
 # kv-set/-get/-update through the task API beside etcd-client directly, same etcd, same run.
 BENCH_TARGETS += bench-kv

@@ -12,9 +12,11 @@
 //! fencing token); an election is the keys `NAME/LEASE-IN-HEX`, the oldest of which leads.
 
 mod error;
+mod tasks;
 mod watch;
 
 pub use error::StoreError;
+pub use tasks::{provider_main, task_error, LazyStore};
 pub use watch::{Watch, WatchBatch, WatchChange};
 
 use etcd_client::{

@@ -102,8 +102,9 @@ impl EtcdCluster {
             .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
-            // Loopback: fast heartbeats keep elections (and the tests) short.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Loopback: fast heartbeats keep elections (and the tests) short, with room for a
+            // loaded machine.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,17 +1,18 @@
 //! The `kv` provider: the cluster store's keys, leases, locks, elections and watches as tasks
 //! (`kv-*`, see `cerana_protocol::tasks::kv`), on every node, over [`cerana_store`].
 //!
-//! It connects to the store on first use (`CERANA_STORE_ENDPOINTS`, comma-separated client
-//! URLs, default `http://127.0.0.1:2379`; `CERANA_STORE_TIMEOUT_MS`, default 5000): a node whose
-//! store is not up yet still registers, and answers `unavailable` until it is.
+//! It connects to the store on first use ([`LazyStore::from_env`]): a node whose store is not up
+//! yet still registers, and answers `unavailable` until it is.
 
 use cerana_protocol::tasks::kv::{self as t, KvLease, Leadership, MAX_CAMPAIGN_WAIT_MS, MAX_PAGE};
 use cerana_protocol::{ErrorCode, NoOutput, TaskError};
 use cerana_provider_sdk::Provider;
-use cerana_store::{Holder, Store, StoreConfig, StoreError, WatchChange};
+use cerana_store::store_task;
+pub use cerana_store::{task_error, LazyStore};
+use cerana_store::{Holder, WatchChange};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Watches one provider serves at once; each holds a store stream and a coordinator stream.
 pub const MAX_WATCHES: usize = 256;
@@ -19,54 +20,6 @@ pub const MAX_WATCHES: usize = 256;
 const WATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a quiet watch reports progress (and finds out its reader has gone).
 const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-/// The task error for a store error: the codes callers branch on, with the index they need.
-pub fn task_error(err: StoreError) -> TaskError {
-    let message = err.to_string();
-    match err {
-        StoreError::Unavailable { .. } => TaskError::new(ErrorCode::Unavailable, message),
-        StoreError::Conflict { current, .. } => {
-            TaskError::new(ErrorCode::Conflict, message).with_details(serde_json::json!({ "current_index": current }))
-        }
-        StoreError::NotFound { .. } => TaskError::new(ErrorCode::NotFound, message),
-        StoreError::Compacted { requested, compacted } => TaskError::new(ErrorCode::Compacted, message)
-            .with_details(serde_json::json!({ "requested_index": requested, "compacted_index": compacted })),
-        StoreError::Held { holder, token, .. } => TaskError::new(ErrorCode::Busy, message)
-            .with_details(serde_json::json!({ "holder_lease": holder, "token": token })),
-        StoreError::Invalid(_) => TaskError::new(ErrorCode::InvalidArgument, message),
-        StoreError::Failed { .. } => TaskError::new(ErrorCode::Failed, message),
-    }
-}
-
-/// The store, connected on first use.
-#[derive(Debug, Clone)]
-pub struct LazyStore {
-    config: StoreConfig,
-    store: Arc<OnceCell<Store>>,
-}
-
-impl LazyStore {
-    pub fn new(config: StoreConfig) -> Self {
-        Self { config, store: Arc::new(OnceCell::new()) }
-    }
-
-    /// The configuration from the environment (see the crate docs).
-    pub fn from_env() -> Result<Self, String> {
-        let endpoints = std::env::var("CERANA_STORE_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
-        let endpoints: Vec<String> =
-            endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
-        let mut config = StoreConfig::new(endpoints);
-        if let Ok(ms) = std::env::var("CERANA_STORE_TIMEOUT_MS") {
-            let ms: u64 = ms.parse().map_err(|_| format!("CERANA_STORE_TIMEOUT_MS is not a number: {ms:?}"))?;
-            config.op_timeout = Duration::from_millis(ms.clamp(100, 60_000));
-        }
-        Ok(Self::new(config))
-    }
-
-    pub async fn get(&self) -> Result<&Store, TaskError> {
-        self.store.get_or_try_init(|| Store::connect(&self.config)).await.map_err(task_error)
-    }
-}
 
 fn holder_to_leadership(name: &str, holder: Holder) -> Leadership {
     Leadership { name: name.to_owned(), value: holder.value, lease: holder.lease, index: holder.token }
@@ -88,27 +41,7 @@ fn entry(e: cerana_store::Entry) -> t::KvEntry {
 
 /// The whole `cerana-kv` program.
 pub fn main() -> std::process::ExitCode {
-    match LazyStore::from_env() {
-        Ok(store) => provider_with(store).main(),
-        Err(e) => {
-            eprintln!("kv: {e}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}
-
-/// Registers a handler that gets the store first.
-macro_rules! store_task {
-    ($provider:expr, $store:expr, $task:ty, |$s:ident, $args:ident| $body:expr) => {{
-        let lazy = $store.clone();
-        $provider.task::<$task, _, _>(move |_ctx, $args| {
-            let lazy = lazy.clone();
-            async move {
-                let $s = lazy.get().await?;
-                $body
-            }
-        })
-    }};
+    cerana_store::provider_main("kv", |store| provider_with(store).main())
 }
 
 /// The provider over `store`.

@@ -299,7 +299,8 @@ async fn a_watch_resumes_across_a_provider_restart() {
 /// timeout. Members back: the provider recovers by itself, nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_members_then_quorum_then_recovering() {
-    let timeout = Duration::from_secs(2);
+    // Long enough for an election under load (2 cores shared with the rest of the suite).
+    let timeout = Duration::from_secs(4);
     let mut lab = require_ok!(Lab::start(timeout).await);
     lab.run::<KvSet>(&set_args("/q/before", "kept")).await.unwrap();
     lab.etcd.kill(0);

@@ -4,6 +4,7 @@
 //! below and its `TASKS` to [`catalog`].
 
 pub mod boot;
+pub mod clusterconf;
 pub mod coordinator;
 pub mod health;
 pub mod init;
@@ -21,6 +22,7 @@ use crate::task::TaskInfo;
 pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
     [
         boot::TASKS,
+        clusterconf::TASKS,
         coordinator::TASKS,
         health::TASKS,
         init::TASKS,

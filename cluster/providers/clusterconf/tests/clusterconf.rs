@@ -1,0 +1,217 @@
+//! The clusterconf tasks through a coordinator against a real 3-member etcd: typed objects,
+//! compare-and-swap on `mod_index`, validation naming the field, references checked both ways,
+//! plain JSON in the store that `etcdctl` reads, and objects from newer nodes tolerated.
+
+use cerana_client::UnixClient;
+use cerana_coordinator::{Config, Coordinator};
+use cerana_protocol::{ErrorCode, Request, TaskError, TaskName};
+use cerana_store::{LazyStore, StoreConfig};
+use cerana_testbed::etcd::EtcdCluster;
+use cerana_testbed::require_ok;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Lab {
+    etcd: EtcdCluster,
+    client: UnixClient,
+    _coordinator: Coordinator,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn start() -> Result<Lab, String> {
+        let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("c.sock");
+        let coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
+        let provider = cerana_clusterconf::provider_with(LazyStore::new(StoreConfig::new(etcd.endpoints())));
+        tokio::spawn(provider.serve(socket.clone()));
+        let client = UnixClient::connect(&socket, "test").await.unwrap();
+        let lab = Lab { etcd, client, _coordinator: coordinator, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = lab.call("get-default-options", json!({})).await {
+            assert!(Instant::now() < deadline, "clusterconf never answered: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(lab)
+    }
+
+    async fn call(&self, task: &str, args: Value) -> Result<Value, TaskError> {
+        let raw = serde_json::value::to_raw_value(&args).unwrap();
+        let response = self.client.call(Request::new(TaskName::new(task).unwrap(), raw)).await.expect("call");
+        response.decode()
+    }
+
+    async fn fails(&self, task: &str, args: Value, code: ErrorCode, says: &str) -> TaskError {
+        let err = self.call(task, args.clone()).await.expect_err(&format!("{task} {args} should fail"));
+        assert_eq!(err.code, code, "{task}: {err}");
+        assert!(err.message.contains(says), "{task}: {err:?} does not say {says:?}");
+        err
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.etcd.endpoints().join(",")))
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn index(v: &Value) -> u64 {
+    v["mod_index"].as_u64().unwrap_or_else(|| panic!("no mod_index in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_objects_are_typed_checked_and_compare_and_swapped() {
+    let lab = require_ok!(Lab::start().await);
+
+    // Datasets: create only with mod_index 0, replace only with the current one.
+    let d1 = lab.call("update-dataset", json!({"id": "d1", "redundancy": 2, "quota": 1073741824})).await.unwrap();
+    let first = index(&d1);
+    assert!(first > 0 && d1["redundancy"] == 2);
+    let err = lab.fails("update-dataset", json!({"id": "d1"}), ErrorCode::Conflict, "exists already").await;
+    assert_eq!(err.details.unwrap()["current_index"], first);
+    let d1 = lab.call("update-dataset", json!({"id": "d1", "redundancy": 3, "mod_index": first})).await.unwrap();
+    let err =
+        lab.fails("update-dataset", json!({"id": "d1", "mod_index": first}), ErrorCode::Conflict, "changed").await;
+    assert_eq!(err.details.unwrap()["current_index"], index(&d1));
+    lab.fails(
+        "update-dataset",
+        json!({"id": "d2", "redundancy": 0}),
+        ErrorCode::InvalidArgument,
+        "redundancy: must be at least 1",
+    )
+    .await;
+    lab.fails(
+        "update-dataset",
+        json!({"id": "d2", "parent": "nope"}),
+        ErrorCode::InvalidArgument,
+        "parent: dataset nope",
+    )
+    .await;
+    lab.fails("update-dataset", json!({"id": "a/b"}), ErrorCode::InvalidArgs, "is not an id").await;
+    lab.fails(
+        "update-dataset",
+        json!({"id": "d2", "nfs": true, "Quota": 5}),
+        ErrorCode::InvalidArgs,
+        "unknown field `Quota`",
+    )
+    .await;
+    lab.call("update-dataset", json!({"id": "d2", "parent": "d1", "read_only": true, "nfs": false})).await.unwrap();
+    let d2 = lab.call("get-dataset", json!({"id": "d2"})).await.unwrap();
+    assert_eq!((d2["read_only"].as_bool(), d2["nfs"].as_bool()), (Some(true), Some(false)), "nfs is its own setting");
+    assert_eq!(lab.call("list-datasets", json!({})).await.unwrap()["datasets"].as_array().unwrap().len(), 2);
+    lab.fails("get-dataset", json!({"id": "none"}), ErrorCode::NotFound, "dataset none does not exist").await;
+
+    // Services name a dataset that exists.
+    let service = json!({"id": "s1", "dataset": "d1", "cmd": ["/bin/app", "--serve"], "env": {"MODE": "prod"},
+        "health_checks": {"http": {"task": "health-http-status", "args": {"url": "http://127.0.0.1/"}}}});
+    let mut wrong = service.clone();
+    wrong["dataset"] = json!("nope");
+    lab.fails("update-service", wrong, ErrorCode::InvalidArgument, "dataset: dataset nope does not exist").await;
+    let mut wrong = service.clone();
+    wrong["cmd"] = json!([]);
+    lab.fails("update-service", wrong, ErrorCode::InvalidArgument, "cmd: needs a program").await;
+    let mut wrong = service.clone();
+    wrong["env"] = json!({"_CERANA_ID": "x"});
+    lab.fails("update-service", wrong, ErrorCode::InvalidArgument, "env._CERANA_ID").await;
+    let mut huge = service.clone();
+    huge["env"] = json!({"BIG": "x".repeat(300_000)});
+    lab.fails("update-service", huge, ErrorCode::InvalidArgument, "at most 262144").await;
+    lab.call("update-service", service).await.unwrap();
+    assert_eq!(lab.call("list-services", json!({})).await.unwrap()["services"][0]["id"], "s1");
+
+    // Bundles: every reference checked, the bad field named.
+    let bundle = json!({
+        "id": "web", "redundancy": 2,
+        "datasets": {"data": {"id": "d1", "type": "rw_zfs", "quota": 1024}},
+        "services": {"app": {"id": "s1", "overrides": {"env": {"MODE": "canary"}, "limits": {"memory": 268435456}},
+                              "datasets": {"data": {"mount_point": "/srv/data"}}}},
+        "ports": {"443": {"public": true, "external_port": 8443, "connected_bundles": ["web"]}},
+    });
+    for (pointer, value, code, says) in [
+        ("/services/app/id", json!("nope"), ErrorCode::InvalidArgument, "services.app.id: service nope does not exist"),
+        (
+            "/datasets/data/id",
+            json!("nope"),
+            ErrorCode::InvalidArgument,
+            "datasets.data.id: dataset nope does not exist",
+        ),
+        (
+            "/ports/443/connected_bundles",
+            json!(["db"]),
+            ErrorCode::InvalidArgument,
+            "ports.443.connected_bundles: bundle db",
+        ),
+        ("/redundancy", json!(0), ErrorCode::InvalidArgument, "redundancy: must be at least 1"),
+        ("/datasets/data/type", json!("tape"), ErrorCode::InvalidArgs, "unknown variant `tape`"),
+    ] {
+        let mut wrong = bundle.clone();
+        *wrong.pointer_mut(pointer).unwrap() = value;
+        lab.fails("update-bundle", wrong, code, says).await;
+    }
+    let mut wrong = bundle.clone();
+    wrong["ports"] = json!({"70000": {}});
+    lab.fails("update-bundle", wrong, ErrorCode::InvalidArgument, "ports.70000: a port is 1 to 65535").await;
+    let mut wrong = bundle.clone();
+    wrong["firewall"] = json!({});
+    lab.fails("update-bundle", wrong, ErrorCode::InvalidArgs, "unknown field `firewall`").await;
+    let web = lab.call("update-bundle", bundle.clone()).await.unwrap();
+    assert_eq!(web["ports"]["443"]["external_port"], 8443, "ports are read");
+    let view = lab.call("get-bundle", json!({"id": "web", "overlay": true})).await.unwrap();
+    let app = &view["services"]["app"];
+    assert_eq!((app["env"]["MODE"].as_str(), app["limits"]["memory"].as_u64()), (Some("canary"), Some(268435456)));
+    assert_eq!(app["cmd"], json!(["/bin/app", "--serve"]), "the base service underneath");
+    let plain = lab.call("get-bundle", json!({"id": "web"})).await.unwrap();
+    assert!(plain.get("services").is_none(), "{plain}");
+    let all = lab.call("list-bundles", json!({"overlay": true})).await.unwrap();
+    assert_eq!(all["bundles"][0]["services"]["app"]["env"]["MODE"], "canary");
+
+    // Plain JSON in the store, without the index (which is the key's revision).
+    let stored = lab.etcdctl(&["get", "--print-value-only", "/cerana/v1/bundles/web"]);
+    let stored: Value = serde_json::from_str(stored.trim()).unwrap();
+    assert_eq!(stored["datasets"]["data"]["quota"], 1024);
+    assert!(stored.get("mod_index").is_none(), "{stored}");
+
+    // Nothing named by another object goes.
+    let err = lab.fails("delete-service", json!({"id": "s1"}), ErrorCode::Busy, "bundle web").await;
+    assert_eq!(err.details.unwrap()["used_by"], json!(["bundle web"]));
+    lab.fails("delete-dataset", json!({"id": "d1"}), ErrorCode::Busy, "service s1").await;
+    lab.fails("delete-bundle", json!({"id": "web", "mod_index": index(&web) - 1}), ErrorCode::Conflict, "").await;
+    lab.call("delete-bundle", json!({"id": "web", "mod_index": index(&web)})).await.unwrap();
+    lab.call("delete-service", json!({"id": "s1"})).await.unwrap();
+    lab.fails("delete-dataset", json!({"id": "d1"}), ErrorCode::Busy, "dataset d2").await;
+    lab.call("delete-dataset", json!({"id": "d2"})).await.unwrap();
+    lab.call("delete-dataset", json!({"id": "d1"})).await.unwrap();
+    lab.fails("delete-dataset", json!({"id": "d1"}), ErrorCode::NotFound, "does not exist").await;
+
+    // Defaults and DHCP.
+    let defaults = lab.call("get-default-options", json!({})).await.unwrap();
+    assert_eq!(defaults, json!({"zfs_manual": false, "mod_index": 0}));
+    lab.call("set-default-options", json!({"zfs_manual": true})).await.unwrap();
+    assert_eq!(lab.call("get-default-options", json!({})).await.unwrap()["zfs_manual"], true);
+    lab.fails("get-dhcp-config", json!({}), ErrorCode::NotFound, "DHCP configuration").await;
+    let dhcp = json!({"net": "10.0.0.0/24", "gateway": "10.0.0.1", "dns": ["10.0.0.1"], "lease_secs": 3600});
+    let mut wrong = dhcp.clone();
+    wrong["gateway"] = json!("10.9.0.1");
+    lab.fails("set-dhcp-config", wrong, ErrorCode::InvalidArgument, "gateway: is not inside 10.0.0.0/24").await;
+    let mut wrong = dhcp.clone();
+    wrong["lease_secs"] = json!(60);
+    lab.fails("set-dhcp-config", wrong, ErrorCode::InvalidArgument, "lease_secs").await;
+    lab.call("set-dhcp-config", dhcp.clone()).await.unwrap();
+    lab.fails("set-dhcp-config", dhcp, ErrorCode::Conflict, "exists already").await;
+    assert_eq!(lab.call("get-dhcp-config", json!({})).await.unwrap()["gateway"], "10.0.0.1");
+
+    // What a newer node wrote (an extra field) still reads; garbage is named, not a crash.
+    lab.etcdctl(&["put", "/cerana/v1/nodes/10.0.0.5", r#"{"id":"10.0.0.5","cpu_cores":4,"gpu":"new"}"#]);
+    let nodes = lab.call("list-nodes", json!({})).await.unwrap();
+    assert_eq!(nodes["nodes"][0]["cpu_cores"], 4);
+    assert_eq!(lab.call("get-node", json!({"id": "10.0.0.5"})).await.unwrap()["id"], "10.0.0.5");
+    lab.etcdctl(&["put", "/cerana/v1/datasets/broken", "not json"]);
+    lab.fails("get-dataset", json!({"id": "broken"}), ErrorCode::Failed, "/cerana/v1/datasets/broken").await;
+}

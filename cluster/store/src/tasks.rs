@@ -1,0 +1,85 @@
+//! What the cluster's providers share: the store connected on first use, and the task error for
+//! a store error.
+
+use crate::{Store, StoreConfig, StoreError};
+use cerana_protocol::{ErrorCode, TaskError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// The task error for a store error: the codes callers branch on, with the index they need.
+pub fn task_error(err: StoreError) -> TaskError {
+    let message = err.to_string();
+    match err {
+        StoreError::Unavailable { .. } => TaskError::new(ErrorCode::Unavailable, message),
+        StoreError::Conflict { current, .. } => {
+            TaskError::new(ErrorCode::Conflict, message).with_details(serde_json::json!({ "current_index": current }))
+        }
+        StoreError::NotFound { .. } => TaskError::new(ErrorCode::NotFound, message),
+        StoreError::Compacted { requested, compacted } => TaskError::new(ErrorCode::Compacted, message)
+            .with_details(serde_json::json!({ "requested_index": requested, "compacted_index": compacted })),
+        StoreError::Held { holder, token, .. } => TaskError::new(ErrorCode::Busy, message)
+            .with_details(serde_json::json!({ "holder_lease": holder, "token": token })),
+        StoreError::Invalid(_) => TaskError::new(ErrorCode::InvalidArgument, message),
+        StoreError::Failed { .. } => TaskError::new(ErrorCode::Failed, message),
+    }
+}
+
+/// The store, connected on first use.
+#[derive(Debug, Clone)]
+pub struct LazyStore {
+    config: StoreConfig,
+    store: Arc<OnceCell<Store>>,
+}
+
+impl LazyStore {
+    pub fn new(config: StoreConfig) -> Self {
+        Self { config, store: Arc::new(OnceCell::new()) }
+    }
+
+    /// The configuration from the environment: `CERANA_STORE_ENDPOINTS` (comma-separated client
+    /// URLs, default `http://127.0.0.1:2379`) and `CERANA_STORE_TIMEOUT_MS` (default 5000).
+    pub fn from_env() -> Result<Self, String> {
+        let endpoints = std::env::var("CERANA_STORE_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+        let endpoints: Vec<String> =
+            endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+        let mut config = StoreConfig::new(endpoints);
+        if let Ok(ms) = std::env::var("CERANA_STORE_TIMEOUT_MS") {
+            let ms: u64 = ms.parse().map_err(|_| format!("CERANA_STORE_TIMEOUT_MS is not a number: {ms:?}"))?;
+            config.op_timeout = Duration::from_millis(ms.clamp(100, 60_000));
+        }
+        Ok(Self::new(config))
+    }
+
+    pub async fn get(&self) -> Result<&Store, TaskError> {
+        self.store.get_or_try_init(|| Store::connect(&self.config)).await.map_err(task_error)
+    }
+}
+
+/// A cluster provider's `main`: its store from the environment, then `serve` (the provider's
+/// own `main`); a bad environment exits 2.
+pub fn provider_main(name: &str, serve: impl FnOnce(LazyStore) -> std::process::ExitCode) -> std::process::ExitCode {
+    match LazyStore::from_env() {
+        Ok(store) => serve(store),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// `store_task!(provider, lazy_store, Task, |store, args| body)`: registers a handler that
+/// gets the store first (answering `unavailable` while it cannot), then runs `body`.
+#[macro_export]
+macro_rules! store_task {
+    ($provider:expr, $store:expr, $task:ty, |$s:ident, $args:ident| $body:expr) => {{
+        let lazy = $store.clone();
+        $provider.task::<$task, _, _>(move |_ctx, $args| {
+            let lazy = lazy.clone();
+            async move {
+                let $s = lazy.get().await?;
+                $body
+            }
+        })
+    }};
+}
