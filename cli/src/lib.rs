@@ -24,6 +24,8 @@ EXAMPLES:
   cerana task list                                  every task and who serves it
   cerana kv set /cerana/v1/defaults '{\"ttl\":5}'    the cluster store (get, set, ls, watch, rm)
   cerana kv ls /cerana/v1/ --values
+  cerana set bundle -f web.toml                     declared objects (get, describe, delete, set)
+  cerana get bundles; cerana describe bundle web
 
 ARGUMENTS:
   key=value words become the task's JSON arguments. Values that parse as JSON are typed
@@ -76,6 +78,59 @@ enum Command {
     /// The cluster store: keys and values (the kv-* tasks).
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Lists declared objects, or shows one.
+    Get { kind: Kind, id: Option<String> },
+    /// Shows one object in full (a bundle with its services as it runs them).
+    Describe { kind: Kind, id: String },
+    /// Deletes an object; with --mod-index only if unchanged since.
+    Delete {
+        kind: Kind,
+        id: String,
+        #[arg(long)]
+        mod_index: Option<u64>,
+    },
+    /// Creates or replaces an object from a JSON or TOML file (- for stdin); its mod_index
+    /// says which version it replaces (none: create only).
+    Set {
+        kind: SetKind,
+        #[arg(short, long, value_name = "FILE")]
+        file: String,
+    },
+}
+
+/// What `cerana get|describe|delete` works on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    #[value(alias = "dataset")]
+    Datasets,
+    #[value(alias = "service")]
+    Services,
+    #[value(alias = "bundle")]
+    Bundles,
+    #[value(alias = "node")]
+    Nodes,
+}
+
+impl Kind {
+    /// The singular used in task names (`get-dataset`) and the list task's name and field.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Kind::Datasets => ("dataset", "list-datasets", "datasets"),
+            Kind::Services => ("service", "list-services", "services"),
+            Kind::Bundles => ("bundle", "list-bundles", "bundles"),
+            Kind::Nodes => ("node", "list-nodes", "nodes"),
+        }
+    }
+}
+
+/// What `cerana set` writes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum SetKind {
+    Dataset,
+    Service,
+    Bundle,
+    Defaults,
+    Dhcp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,6 +328,70 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Providers => builtin(&cli, &client, "coordinator-providers", serde_json::json!({})).await,
         Command::Status => builtin(&cli, &client, "coordinator-status", serde_json::json!({})).await,
         Command::Kv(kv) => run_kv(&cli, &client, kv).await,
+        Command::Get { kind, id } => {
+            let (one, list, field) = kind.names();
+            let value = match id {
+                Some(id) => {
+                    let mut args = serde_json::json!({ "id": id });
+                    if *kind == Kind::Bundles {
+                        args["overlay"] = serde_json::json!(false);
+                    }
+                    call_task(&client, &format!("get-{one}"), args).await?.1
+                }
+                None => {
+                    let (_, mut listing) = call_task(&client, list, serde_json::json!({})).await?;
+                    // A bundle list holds {bundle, services}: show the bundles.
+                    if *kind == Kind::Bundles {
+                        if let Some(views) = listing[field].as_array_mut() {
+                            for view in views.iter_mut() {
+                                *view = view["bundle"].take();
+                            }
+                        }
+                    }
+                    listing
+                }
+            };
+            print(&cli, &value);
+            Ok(())
+        }
+        Command::Describe { kind, id } => {
+            let (one, _, _) = kind.names();
+            let mut args = serde_json::json!({ "id": id });
+            if *kind == Kind::Bundles {
+                args["overlay"] = serde_json::json!(true);
+            }
+            let (_, value) = call_task(&client, &format!("get-{one}"), args).await?;
+            // Nested objects read best as JSON.
+            println!("{}", render::json(&value));
+            Ok(())
+        }
+        Command::Delete { kind, id, mod_index } => {
+            let (one, _, _) = kind.names();
+            if *kind == Kind::Nodes {
+                return Err(Failure::usage("nodes come and go with their heartbeats; there is nothing to delete"));
+            }
+            let mut args = serde_json::json!({ "id": id });
+            if let Some(index) = mod_index {
+                args["mod_index"] = serde_json::json!(index);
+            }
+            let (_, value) = call_task(&client, &format!("delete-{one}"), args).await?;
+            print(&cli, &value);
+            Ok(())
+        }
+        Command::Set { kind, file } => {
+            let text = read_input(file).map_err(|e| Failure::usage(format!("{e:#}")))?;
+            let object = parse_object(&text).map_err(|e| Failure::usage(format!("{file}: {e}")))?;
+            let task = match kind {
+                SetKind::Dataset => "update-dataset",
+                SetKind::Service => "update-service",
+                SetKind::Bundle => "update-bundle",
+                SetKind::Defaults => "set-default-options",
+                SetKind::Dhcp => "set-dhcp-config",
+            };
+            let (_, value) = call_task(&client, task, object).await?;
+            print(&cli, &value);
+            Ok(())
+        }
         Command::Task(TaskCommand::List) => {
             let raw = serde_json::value::to_raw_value(&serde_json::json!({})).map_err(|e| Failure::other(e.into()))?;
             let request = Request::new(TaskName::new("coordinator-tasks").expect("valid"), raw);
@@ -402,6 +521,18 @@ async fn call_task(
     Ok((response, value))
 }
 
+/// An object from JSON, or else TOML.
+fn parse_object(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) if value.is_object() => Ok(value),
+        Ok(_) => Err("not an object".into()),
+        Err(json) => match toml::from_str::<toml::Value>(text) {
+            Ok(value) => serde_json::to_value(value).map_err(|e| e.to_string()),
+            Err(toml) => Err(format!("neither JSON ({json}) nor TOML ({})", toml.message())),
+        },
+    }
+}
+
 /// The most pages `cerana kv ls` follows (10,000 keys each).
 const KV_LS_MAX_PAGES: usize = 100;
 
@@ -464,7 +595,23 @@ async fn run_kv(cli: &Cli, client: &Client, command: &KvCommand) -> Result<(), F
                 .stream
                 .clone()
                 .ok_or_else(|| Failure::other(anyhow::anyhow!("kv-watch returned no stream")))?;
-            drain_stream(&cli.socket, http_of(client), handle, "-").await.map_err(Failure::other)?;
+            // Values come from anyone who can write the store: each line is re-encoded so that
+            // no terminal control reaches the screen raw.
+            let (writer, reader) = tokio::io::duplex(64 * 1024);
+            let drain = drain_stream_into(&cli.socket, http_of(client), handle, Box::new(writer));
+            let print_lines = async {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                while let Some(line) = lines.next_line().await? {
+                    match serde_json::from_str::<serde_json::Value>(&line) {
+                        Ok(event) => println!("{}", render::json_line(&event)),
+                        Err(_) => println!("{}", render::escape(&line)),
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            let (drained, printed) = tokio::join!(drain, print_lines);
+            drained.and(printed).map_err(Failure::other)?;
         }
     }
     Ok(())
@@ -506,12 +653,21 @@ async fn drain_stream(
     handle: StreamHandle,
     target: &str,
 ) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if target == "-" {
+    let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if target == "-" {
         Box::new(tokio::io::stdout())
     } else {
         Box::new(tokio::fs::File::create(target).await.with_context(|| format!("creating {target}"))?)
     };
+    drain_stream_into(socket, http, handle, out).await
+}
+
+async fn drain_stream_into(
+    socket: &std::path::Path,
+    http: Option<HttpClient>,
+    handle: StreamHandle,
+    mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
     match http {
         None => {
             let conn = open_stream(socket, handle, StreamDirection::Get).await?;

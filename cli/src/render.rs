@@ -39,7 +39,15 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 
 /// Pretty JSON with the controls JSON itself leaves raw (C1, bidirectional marks) as `\uXXXX`.
 pub fn json(value: &Value) -> String {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    escape_json(serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+/// One-line JSON, escaped as [`json`] is.
+pub fn json_line(value: &Value) -> String {
+    escape_json(value.to_string())
+}
+
+fn escape_json(text: String) -> String {
     if !text.chars().any(is_unsafe_in_json) {
         return text;
     }

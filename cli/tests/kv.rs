@@ -1,4 +1,5 @@
-//! `cerana kv …` against a coordinator with the kv provider and a real etcd.
+//! `cerana kv …` and `cerana get|describe|delete|set` against a coordinator with the kv and
+//! clusterconf providers and a real etcd.
 
 use cerana_coordinator::{Config, Coordinator};
 use cerana_kv::{provider_with, LazyStore};
@@ -30,8 +31,9 @@ async fn kv_get_set_ls_watch_rm() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("c.sock");
     let _coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
-    let provider = provider_with(LazyStore::new(StoreConfig::new(etcd.endpoints())));
-    tokio::spawn(provider.serve(socket.clone()));
+    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+    tokio::spawn(provider_with(store.clone()).serve(socket.clone()));
+    tokio::spawn(cerana_clusterconf::provider_with(store).serve(socket.clone()));
     let deadline = Instant::now() + Duration::from_secs(10);
     let index = loop {
         let (code, value, stderr) = run(&socket, &["kv", "set", "/app/a", "1", "-o", "json"]).await;
@@ -83,4 +85,64 @@ async fn kv_get_set_ls_watch_rm() {
     assert_eq!(code, 4, "{stderr}");
     let (code, _, stderr) = run(&socket, &["kv", "get", ""]).await;
     assert_eq!(code, 3, "an empty key is bad input: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_objects_from_files_and_back() {
+    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("c.sock");
+    let _coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
+    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+    tokio::spawn(cerana_clusterconf::provider_with(store).serve(socket.clone()));
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let dataset = file("d1.toml", "id = \"d1\"\nredundancy = 2\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, value, stderr) = run(&socket, &["set", "dataset", "-f", &dataset, "-o", "json"]).await;
+        if code == 0 {
+            assert_eq!(value["redundancy"], 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "clusterconf never answered: {stderr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let service = file("s1.json", r#"{"id":"s1","dataset":"d1","cmd":["/bin/app"],"env":{"MODE":"prod"}}"#);
+    assert_eq!(run(&socket, &["set", "service", "-f", &service]).await.0, 0);
+    let bundle = file(
+        "web.toml",
+        "id = \"web\"\n[services.app]\nid = \"s1\"\n[services.app.overrides.env]\nMODE = \"canary\"\n[ports.443]\npublic = true\n",
+    );
+    let (code, _, stderr) = run(&socket, &["set", "bundle", "-f", &bundle]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&socket, &["set", "bundle", "-f", &bundle]).await;
+    assert_eq!(code, 5, "a second create is a conflict: {stderr}");
+
+    let (code, value, _) = run(&socket, &["get", "bundles", "-o", "json"]).await;
+    assert_eq!((code, value["bundles"][0]["id"].as_str()), (0, Some("web")));
+    let (code, value, _) = run(&socket, &["get", "dataset", "d1", "-o", "json"]).await;
+    assert_eq!((code, value["redundancy"].as_u64()), (0, Some(2)));
+    let (code, value, _) = run(&socket, &["describe", "bundle", "web"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(value["services"]["app"]["env"]["MODE"], "canary", "described with its services as run");
+    let (code, _, stderr) = run(&socket, &["delete", "service", "s1"]).await;
+    assert_eq!(code, 5, "a service a bundle uses stays: {stderr}");
+    assert!(stderr.contains("bundle web"), "{stderr}");
+    assert_eq!(run(&socket, &["delete", "bundle", "web"]).await.0, 0);
+    assert_eq!(run(&socket, &["delete", "service", "s1"]).await.0, 0);
+    let (code, value, _) = run(&socket, &["get", "nodes", "-o", "json"]).await;
+    assert_eq!((code, value["nodes"].as_array().map(Vec::len)), (0, Some(0)));
+
+    let broken = file("broken.toml", "id = \n");
+    let (code, _, stderr) = run(&socket, &["set", "dataset", "-f", &broken]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("neither JSON"), "{stderr}");
+    let wrong = file("wrong.json", r#"{"id":"d9","redundancy":0}"#);
+    let (code, _, stderr) = run(&socket, &["set", "dataset", "-f", &wrong]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("redundancy: must be at least 1"), "{stderr}");
 }
