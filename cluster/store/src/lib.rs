@@ -12,10 +12,12 @@
 //! fencing token); an election is the keys `NAME/LEASE-IN-HEX`, the oldest of which leads.
 
 mod error;
+mod members;
 mod tasks;
 mod watch;
 
 pub use error::StoreError;
+pub use members::StoreMember;
 pub use tasks::{provider_main, task_error, LazyStore};
 pub use watch::{Watch, WatchBatch, WatchChange};
 

@@ -25,6 +25,8 @@ struct Member {
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// For a member that joins a running cluster: the members it starts with.
+    initial_cluster: Option<String>,
 }
 
 /// See the module docs.
@@ -71,6 +73,7 @@ impl EtcdCluster {
                 client: free_port()?,
                 peer: free_port()?,
                 child: None,
+                initial_cluster: None,
             });
         }
         let initial_cluster =
@@ -85,8 +88,42 @@ impl EtcdCluster {
         Ok(cluster)
     }
 
+    /// Reserves ports for a new member `name` (not started): add it to the cluster, then
+    /// [`EtcdCluster::start_joining`] it. Returns its index.
+    pub fn reserve(&mut self, name: &str) -> Result<usize, EtcdError> {
+        self.members.push(Member {
+            data: self.root.join(name),
+            log: self.root.join(format!("{name}.log")),
+            name: name.to_owned(),
+            client: free_port()?,
+            peer: free_port()?,
+            child: None,
+            initial_cluster: None,
+        });
+        Ok(self.members.len() - 1)
+    }
+
+    /// Starts reserved member `i` into the running cluster whose members (itself included) are
+    /// `initial_cluster` (`name=peer_url,...`, as the member-add answer gives them).
+    pub fn start_joining(&mut self, i: usize, initial_cluster: &str) -> Result<(), EtcdError> {
+        self.members[i].initial_cluster = Some(initial_cluster.to_owned());
+        self.spawn(i)
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.members[i].name
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://{}", self.members[i].peer)
+    }
+
     fn spawn(&mut self, i: usize) -> Result<(), EtcdError> {
         let m = &self.members[i];
+        let (initial_cluster, state) = match &m.initial_cluster {
+            Some(joining) => (joining.as_str(), "existing"),
+            None => (self.initial_cluster.as_str(), "new"),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,8 +137,8 @@ impl EtcdCluster {
             .args(["--advertise-client-urls", &format!("http://{}", m.client)])
             .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
             .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state, "--initial-cluster-token", &self.token])
             // Loopback: fast heartbeats keep elections (and the tests) short, with room for a
             // loaded machine.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
