@@ -159,6 +159,8 @@ enum KvCommand {
         #[arg(long)]
         from: Option<u64>,
     },
+    /// The store's members: voter or learner, healthy, leader.
+    Members,
     /// Deletes a key; -r also everything under KEY/; --index only if unchanged since.
     Rm {
         key: String,
@@ -539,6 +541,10 @@ const KV_LS_MAX_PAGES: usize = 100;
 async fn run_kv(cli: &Cli, client: &Client, command: &KvCommand) -> Result<(), Failure> {
     use serde_json::json;
     match command {
+        KvCommand::Members => {
+            let (_, value) = call_task(client, "kv-members", json!({})).await?;
+            print(cli, &value);
+        }
         KvCommand::Get { key } => {
             let (_, value) = call_task(client, "kv-get", json!({ "key": key })).await?;
             print(cli, &value);

@@ -83,6 +83,10 @@ async fn kv_get_set_ls_watch_rm() {
     assert_eq!(code, 0);
     let (code, _, stderr) = run(&socket, &["kv", "get", "/app/a"]).await;
     assert_eq!(code, 4, "{stderr}");
+    let (code, value, _) = run(&socket, &["kv", "members", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(value["members"][0]["leader"], true, "{value}");
+    assert_eq!(value["members"][0]["healthy"], true, "{value}");
     let (code, _, stderr) = run(&socket, &["kv", "get", ""]).await;
     assert_eq!(code, 3, "an empty key is bad input: {stderr}");
 }

@@ -17,7 +17,7 @@ mod tasks;
 mod watch;
 
 pub use error::StoreError;
-pub use members::StoreMember;
+pub use members::{MemberStatus, StoreMember};
 pub use tasks::{provider_main, task_error, LazyStore};
 pub use watch::{Watch, WatchBatch, WatchChange};
 

@@ -24,7 +24,39 @@ fn member(m: &etcd_client::Member) -> StoreMember {
     }
 }
 
+/// What one member says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member it believes leads (0: none).
+    pub leader: u64,
+    pub raft_index: u64,
+    pub errors: Vec<String>,
+}
+
+/// How long a member has to answer a status probe.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Store {
+    /// Asks the member at `client_url` itself how it is (bounded: an unreachable member is
+    /// unavailable within a second).
+    pub async fn member_status(&self, client_url: &str) -> Result<MemberStatus, StoreError> {
+        let options =
+            etcd_client::ConnectOptions::new().with_timeout(STATUS_TIMEOUT).with_connect_timeout(STATUS_TIMEOUT);
+        let probe = async {
+            let client = etcd_client::Client::connect([client_url], Some(options)).await?;
+            client.maintenance_client().status().await
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, probe).await {
+            Ok(Ok(status)) => Ok(MemberStatus {
+                leader: status.leader(),
+                raft_index: status.raft_index(),
+                errors: status.errors().to_vec(),
+            }),
+            Ok(Err(e)) => Err(StoreError::from_client("member-status", e)),
+            Err(_) => Err(StoreError::timed_out("member-status", STATUS_TIMEOUT)),
+        }
+    }
+
     /// Every member, voters and learners.
     pub async fn members(&self) -> Result<Vec<StoreMember>, StoreError> {
         let response = self

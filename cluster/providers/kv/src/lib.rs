@@ -139,6 +139,7 @@ pub fn provider_with(store: LazyStore) -> Provider {
     let provider = store_task!(provider, store, t::KvIsLeader, |s, args| {
         Ok(t::IsLeader { leader: s.is_leader(args.name.as_str(), args.lease).await.map_err(task_error)? })
     });
+    let provider = store_task!(provider, store, t::KvMembers, |s, _args| members(s).await);
     let watches = Arc::new(Semaphore::new(MAX_WATCHES));
     provider.task::<t::KvWatch, _, _>(move |ctx, args: t::WatchArgs| {
         let (lazy, watches) = (store.clone(), watches.clone());
@@ -157,6 +158,40 @@ pub fn provider_with(store: LazyStore) -> Provider {
             Ok(t::WatchStarted { start_index })
         }
     })
+}
+
+/// The members, each probed for its own status at once.
+async fn members(s: &cerana_store::Store) -> Result<t::KvMemberList, TaskError> {
+    let members = s.members().await.map_err(task_error)?;
+    let mut probes = Vec::new();
+    for member in &members {
+        let (s, url) = (s.clone(), member.client_urls.first().cloned());
+        probes.push(tokio::spawn(async move {
+            match url {
+                Some(url) => s.member_status(&url).await.ok().filter(|status| status.errors.is_empty()),
+                None => None,
+            }
+        }));
+    }
+    let mut statuses = Vec::new();
+    for probe in probes {
+        statuses.push(probe.await.ok().flatten());
+    }
+    let leader = statuses.iter().flatten().map(|status| status.leader).find(|&id| id != 0).unwrap_or(0);
+    let members = members
+        .into_iter()
+        .zip(statuses)
+        .map(|(m, status)| t::KvMember {
+            id: format!("{:x}", m.id),
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            voter: !m.learner,
+            healthy: status.is_some(),
+            leader: m.id == leader,
+        })
+        .collect();
+    Ok(t::KvMemberList { members })
 }
 
 /// Copies a watch's changes to its stream as JSON lines until the reader goes or the store

@@ -311,6 +311,14 @@ async fn losing_members_then_quorum_then_recovering() {
     let read = lab.run::<KvGet>(&KeyArgs { key: key("/q/before") }).await.unwrap();
     let update = UpdateArgs { key: key("/q/before"), value: value("kept"), index: read.index };
     lab.run::<KvUpdate>(&update).await.expect("a compare-and-swap with one member down");
+    let members = lab.run::<KvMembers>(&cerana_protocol::NoArgs {}).await.unwrap().members;
+    let health: Vec<(bool, bool)> = members.iter().map(|m| (m.voter, m.healthy)).collect();
+    assert_eq!(members.len(), 3);
+    assert_eq!(health.iter().filter(|(voter, healthy)| *voter && *healthy).count(), 2, "{members:?}");
+    let down = members.iter().find(|m| !m.healthy).unwrap();
+    assert_eq!(down.name, "m0");
+    assert_eq!(members.iter().filter(|m| m.leader).count(), 1, "one leader among the living: {members:?}");
+    assert!(!down.leader);
     lab.etcd.kill(1);
     for (task, args) in [
         ("kv-set", r#"{"key":"/q/x","value":"v"}"#),

@@ -14,7 +14,7 @@
 //! start older than the store keeps (compacted) fails with `compacted`: list again, then watch
 //! from the list's index.
 
-use crate::task::NoOutput;
+use crate::task::{NoArgs, NoOutput};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -37,6 +37,7 @@ crate::declare_tasks! {
     KvResign = "kv-resign", "Gives up an election (revokes the campaign's lease)", ResignArgs => NoOutput;
     KvLeader = "kv-leader", "The current leader of an election", ElectionArgs => Leadership;
     KvIsLeader = "kv-is-leader", "Whether a campaign's lease leads its election", ResignArgs => IsLeader;
+    KvMembers = "kv-members", "The store's members: voter or learner, healthy, leader", NoArgs => KvMemberList;
 }
 
 /// The longest key accepted, in bytes.
@@ -433,6 +434,26 @@ pub struct Leadership {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IsLeader {
     pub leader: bool,
+}
+
+/// One member of the store (named after the node that hosts it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvMember {
+    /// etcd's member id, in hex as etcdctl shows it.
+    pub id: String,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// A voter, or a learner catching up.
+    pub voter: bool,
+    /// It answered a status probe within a second, without errors.
+    pub healthy: bool,
+    pub leader: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvMemberList {
+    pub members: Vec<KvMember>,
 }
 
 #[cfg(test)]
