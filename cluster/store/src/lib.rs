@@ -35,11 +35,44 @@ pub struct StoreConfig {
     pub endpoints: Vec<String>,
     /// The longest one operation may take before it fails as unavailable.
     pub op_timeout: Duration,
+    /// Mutual TLS (`https://` endpoints): the cluster CA and this node's certificate.
+    pub tls: Option<StoreTls>,
 }
 
 impl StoreConfig {
     pub fn new(endpoints: Vec<String>) -> Self {
-        Self { endpoints, op_timeout: Duration::from_secs(5) }
+        Self { endpoints, op_timeout: Duration::from_secs(5), tls: None }
+    }
+}
+
+/// The PEM files of mutual TLS with the store.
+#[derive(Clone)]
+pub struct StoreTls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoreTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("StoreTls").field("ca_bytes", &self.ca_pem.len()).finish_non_exhaustive()
+    }
+}
+
+impl StoreTls {
+    /// Reads the CA, certificate and key files.
+    pub fn from_files(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> Result<Self, StoreError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| StoreError::Invalid(format!("cannot read {}: {e}", path.display())))
+        };
+        Ok(Self { ca_pem: read(ca)?, cert_pem: read(cert)?, key_pem: read(key)? })
+    }
+
+    pub(crate) fn options(&self) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca_pem))
+            .identity(etcd_client::Identity::from_pem(&self.cert_pem, &self.key_pem))
     }
 }
 
@@ -87,6 +120,7 @@ enum Kind {
 pub struct Store {
     client: Client,
     timeout: Duration,
+    tls: Option<StoreTls>,
 }
 
 impl std::fmt::Debug for Store {
@@ -131,17 +165,20 @@ impl Store {
         if config.endpoints.is_empty() {
             return Err(StoreError::Invalid("no store endpoints configured".into()));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_timeout(config.op_timeout)
             .with_connect_timeout(config.op_timeout.min(Duration::from_secs(2)))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             // A member cut off from the quorum answers "no leader" at once instead of stalling.
             .with_require_leader(true);
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.options());
+        }
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| StoreError::from_client("connect", e))?;
-        Ok(Self { client, timeout: config.op_timeout })
+        Ok(Self { client, timeout: config.op_timeout, tls: config.tls.clone() })
     }
 
     pub fn timeout(&self) -> Duration {

@@ -40,8 +40,11 @@ impl Store {
     /// Asks the member at `client_url` itself how it is (bounded: an unreachable member is
     /// unavailable within a second).
     pub async fn member_status(&self, client_url: &str) -> Result<MemberStatus, StoreError> {
-        let options =
+        let mut options =
             etcd_client::ConnectOptions::new().with_timeout(STATUS_TIMEOUT).with_connect_timeout(STATUS_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.options());
+        }
         let probe = async {
             let client = etcd_client::Client::connect([client_url], Some(options)).await?;
             client.maintenance_client().status().await

@@ -38,7 +38,9 @@ impl LazyStore {
     }
 
     /// The configuration from the environment: `CERANA_STORE_ENDPOINTS` (comma-separated client
-    /// URLs, default `http://127.0.0.1:2379`) and `CERANA_STORE_TIMEOUT_MS` (default 5000).
+    /// URLs, default `http://127.0.0.1:2379`), `CERANA_STORE_TIMEOUT_MS` (default 5000) and, for
+    /// mutual TLS, `CERANA_STORE_CA`, `CERANA_STORE_CERT`, `CERANA_STORE_KEY` (PEM files; all
+    /// three or none).
     pub fn from_env() -> Result<Self, String> {
         let endpoints = std::env::var("CERANA_STORE_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".into());
         let endpoints: Vec<String> =
@@ -47,6 +49,17 @@ impl LazyStore {
         if let Ok(ms) = std::env::var("CERANA_STORE_TIMEOUT_MS") {
             let ms: u64 = ms.parse().map_err(|_| format!("CERANA_STORE_TIMEOUT_MS is not a number: {ms:?}"))?;
             config.op_timeout = Duration::from_millis(ms.clamp(100, 60_000));
+        }
+        let files: Vec<Option<std::path::PathBuf>> = ["CERANA_STORE_CA", "CERANA_STORE_CERT", "CERANA_STORE_KEY"]
+            .iter()
+            .map(|name| std::env::var_os(name).map(std::path::PathBuf::from))
+            .collect();
+        match (&files[0], &files[1], &files[2]) {
+            (Some(ca), Some(cert), Some(key)) => {
+                config.tls = Some(crate::StoreTls::from_files(ca, cert, key).map_err(|e| e.to_string())?);
+            }
+            (None, None, None) => {}
+            _ => return Err("CERANA_STORE_CA, CERANA_STORE_CERT and CERANA_STORE_KEY go together".into()),
         }
         Ok(Self::new(config))
     }

@@ -1,6 +1,7 @@
 //! A real etcd cluster on loopback for host tests and benchmarks: `n` members of Debian's
 //! `etcd` on free 127.0.0.1 ports, each in its own data directory, members that can be killed
-//! and restarted. Everything (processes, data) goes when the [`EtcdCluster`] is dropped.
+//! and restarted, plain or with mutual TLS from a CA made for the run ([`EtcdTls`]). Everything
+//! (processes, data, keys) goes when the [`EtcdCluster`] is dropped.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,10 +19,59 @@ pub enum EtcdError {
     Unhealthy { member: usize, secs: u64, log: String },
 }
 
+/// A CA made for one run, a certificate for the members (peer and client, for 127.0.0.1) and
+/// one for clients; all PEM files in the cluster's directory.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    fn generate(dir: &Path) -> Result<Self, EtcdError> {
+        let tls_err =
+            |e: rcgen::Error| EtcdError::Io { what: "make test certificates".into(), source: std::io::Error::other(e) };
+        let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "cerana test cluster CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+        let leaf = |name: &str, sans: Vec<String>| -> Result<(String, String), EtcdError> {
+            let key = rcgen::KeyPair::generate().map_err(tls_err)?;
+            let mut params = rcgen::CertificateParams::new(sans).map_err(tls_err)?;
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.extended_key_usages =
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &ca, &ca_key).map_err(tls_err)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()])?;
+        let (client_cert, client_key) = leaf("cerana-test-client", vec!["localhost".into()])?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, EtcdError> {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|source| EtcdError::Io { what: format!("write {}", path.display()), source })?;
+            Ok(path)
+        };
+        Ok(EtcdTls {
+            ca: write("ca.pem", &ca.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server-key.pem", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+        })
+    }
+}
+
 struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain HTTP `/health` and `/metrics`, whatever the client port speaks.
+    metrics: SocketAddr,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -32,6 +82,7 @@ struct Member {
 /// See the module docs.
 pub struct EtcdCluster {
     root: PathBuf,
+    tls: Option<EtcdTls>,
     initial_cluster: String,
     token: String,
     members: Vec<Member>,
@@ -50,8 +101,17 @@ fn free_port() -> Result<SocketAddr, EtcdError> {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until every one is healthy (has a leader).
+    /// Starts `n` plain members and waits until every one is healthy (has a leader).
     pub fn start(n: usize) -> Result<Self, EtcdError> {
+        Self::start_with(n, false)
+    }
+
+    /// Starts `n` members speaking mutual TLS, peers and clients alike ([`EtcdCluster::tls`]).
+    pub fn start_tls(n: usize) -> Result<Self, EtcdError> {
+        Self::start_with(n, true)
+    }
+
+    fn start_with(n: usize, tls: bool) -> Result<Self, EtcdError> {
         if crate::find_in_path("etcd").is_none() {
             return Err(EtcdError::NotInstalled);
         }
@@ -63,6 +123,8 @@ impl EtcdCluster {
         let root = std::env::temp_dir().join(format!("cerana-etcd-{unique}"));
         std::fs::create_dir_all(&root)
             .map_err(|source| EtcdError::Io { what: format!("create {}", root.display()), source })?;
+        let tls = if tls { Some(EtcdTls::generate(&root)?) } else { None };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut members = Vec::with_capacity(n);
         for i in 0..n {
             let name = format!("m{i}");
@@ -72,13 +134,14 @@ impl EtcdCluster {
                 name,
                 client: free_port()?,
                 peer: free_port()?,
+                metrics: free_port()?,
                 child: None,
                 initial_cluster: None,
             });
         }
         let initial_cluster =
-            members.iter().map(|m| format!("{}=http://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { root, initial_cluster, token: format!("cerana-test-{unique}"), members };
+            members.iter().map(|m| format!("{}={scheme}://{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
+        let mut cluster = EtcdCluster { root, tls, initial_cluster, token: format!("cerana-test-{unique}"), members };
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -97,6 +160,7 @@ impl EtcdCluster {
             name: name.to_owned(),
             client: free_port()?,
             peer: free_port()?,
+            metrics: free_port()?,
             child: None,
             initial_cluster: None,
         });
@@ -115,7 +179,20 @@ impl EtcdCluster {
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://{}", self.members[i].peer)
+        format!("{}://{}", self.scheme(), self.members[i].peer)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The certificates of a TLS cluster.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), EtcdError> {
@@ -129,14 +206,34 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .map_err(|source| EtcdError::Io { what: format!("open {}", m.log.display()), source })?;
-        let child = Command::new("etcd")
+        let scheme = self.scheme();
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .arg("--peer-cert-file")
+                .arg(&tls.server_cert)
+                .arg("--peer-key-file")
+                .arg(&tls.server_key)
+                .arg("--peer-trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--peer-client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
-            .args(["--listen-client-urls", &format!("http://{}", m.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", m.client)])
-            .args(["--listen-peer-urls", &format!("http://{}", m.peer)])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}", m.peer)])
+            .args(["--listen-client-urls", &format!("{scheme}://{}", m.client)])
+            .args(["--advertise-client-urls", &format!("{scheme}://{}", m.client)])
+            .args(["--listen-peer-urls", &format!("{scheme}://{}", m.peer)])
+            .args(["--initial-advertise-peer-urls", &format!("{scheme}://{}", m.peer)])
+            .args(["--listen-metrics-urls", &format!("http://{}", m.metrics)])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state, "--initial-cluster-token", &self.token])
             // Loopback: fast heartbeats keep elections (and the tests) short, with room for a
@@ -171,13 +268,13 @@ impl EtcdCluster {
 
     /// Whether member `i` is up and has a leader.
     pub fn is_healthy(&self, i: usize) -> bool {
-        crate::http::request(self.members[i].client, "GET", "/health", None, &[], Duration::from_secs(2))
+        crate::http::request(self.members[i].metrics, "GET", "/health", None, &[], Duration::from_secs(2))
             .is_ok_and(|r| r.status == 200 && String::from_utf8_lossy(&r.body).contains("\"true\""))
     }
 
     /// The members' client URLs.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://{}", m.client)).collect()
+        self.members.iter().map(|m| format!("{}://{}", self.scheme(), m.client)).collect()
     }
 
     /// Kills member `i` outright (SIGKILL), as a power cut would.

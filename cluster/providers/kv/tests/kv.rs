@@ -362,3 +362,32 @@ async fn losing_members_then_quorum_then_recovering() {
     let keys = lab.run::<KvKeys>(&list_args("/q/one-down/", None, None)).await.unwrap().keys;
     assert_eq!(keys.len(), 20);
 }
+
+/// Peers and clients over mutual TLS from the cluster's CA: the provider holding a certificate
+/// works; a client without one is refused, and one trusting another CA refuses the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_over_mutual_tls() {
+    let lab = require_ok!(Lab::start_tls(Duration::from_secs(5)).await);
+    assert!(lab.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
+    let index = lab.run::<KvSet>(&set_args("/tls/a", "secret")).await.unwrap().index;
+    assert_eq!(lab.run::<KvGet>(&KeyArgs { key: key("/tls/a") }).await.unwrap().index, index);
+    let members = lab.run::<KvMembers>(&cerana_protocol::NoArgs {}).await.unwrap().members;
+    assert!(members.iter().all(|m| m.healthy && m.peer_urls[0].starts_with("https://")), "{members:?}");
+
+    let tls = lab.etcd.tls().unwrap();
+    let mut config = cerana_store::StoreConfig::new(lab.etcd.endpoints());
+    config.op_timeout = Duration::from_secs(2);
+    let ca = etcd_client::Certificate::from_pem(std::fs::read(&tls.ca).unwrap());
+    let anonymous = etcd_client::ConnectOptions::new()
+        .with_tls(etcd_client::TlsOptions::new().ca_certificate(ca))
+        .with_timeout(Duration::from_secs(2));
+    let client = etcd_client::Client::connect(lab.etcd.endpoints(), Some(anonymous)).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.kv_client().get("/tls/a", None)).await;
+    assert!(!matches!(read, Ok(Ok(_))), "a client without a certificate read the store");
+    let other_ca = cerana_testbed::etcd::EtcdCluster::start_tls(1).unwrap();
+    let foreign = other_ca.tls().unwrap();
+    config.tls =
+        Some(cerana_store::StoreTls::from_files(&foreign.ca, &foreign.client_cert, &foreign.client_key).unwrap());
+    let stranger = cerana_store::Store::connect(&config).await.unwrap();
+    assert!(stranger.get("/tls/a").await.is_err(), "a certificate from another CA was accepted");
+}

@@ -27,7 +27,20 @@ pub struct Lab {
 impl Lab {
     /// The whole lab; `Err` names what is missing (etcd not installed, say).
     pub async fn start(store_timeout: Duration) -> Result<Lab, String> {
-        let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap().map_err(|e| e.to_string())?;
+        Self::start_with(store_timeout, false).await
+    }
+
+    /// The lab with etcd speaking mutual TLS, the provider holding a client certificate.
+    pub async fn start_tls(store_timeout: Duration) -> Result<Lab, String> {
+        Self::start_with(store_timeout, true).await
+    }
+
+    async fn start_with(store_timeout: Duration, tls: bool) -> Result<Lab, String> {
+        let etcd =
+            tokio::task::spawn_blocking(move || if tls { EtcdCluster::start_tls(3) } else { EtcdCluster::start(3) })
+                .await
+                .unwrap()
+                .map_err(|e| e.to_string())?;
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("coordinator.sock");
         let mut config = Config::new(&socket);
@@ -41,7 +54,14 @@ impl Lab {
     }
 
     async fn start_provider(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_cerana-kv"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cerana-kv"));
+        if let Some(tls) = self.etcd.tls() {
+            command
+                .env("CERANA_STORE_CA", &tls.ca)
+                .env("CERANA_STORE_CERT", &tls.client_cert)
+                .env("CERANA_STORE_KEY", &tls.client_key);
+        }
+        let child = command
             .arg("--coordinator")
             .arg(&self.socket)
             .env("CERANA_STORE_ENDPOINTS", self.etcd.endpoints().join(","))
