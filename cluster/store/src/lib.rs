@@ -108,7 +108,7 @@ pub struct Holder {
 }
 
 /// Whether a call may be repeated after an ambiguous failure: reads, and writes whose repeat
-/// changes nothing more (a plain put, a revoke, a keep-alive, a compaction).
+/// changes nothing more (a plain put, a revoke, a keep-alive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Repeatable,
@@ -179,10 +179,6 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_client("connect", e))?;
         Ok(Self { client, timeout: config.op_timeout, tls: config.tls.clone() })
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the operation's time is up. Only
@@ -515,13 +511,6 @@ impl Store {
         Ok(self.leader(name).await?.is_some_and(|leader| leader.lease == lease))
     }
 
-    /// The store's current revision.
-    pub async fn revision(&self) -> Result<u64, StoreError> {
-        let count = |c: Client| async move { c.kv_client().get("\0", Some(GetOptions::new().with_count_only())).await };
-        let response = self.call("revision", Kind::Repeatable, count).await?;
-        Ok(revision(response.header()))
-    }
-
     /// Whether revision `at` of the range `key..end` is compacted away.
     async fn is_compacted(&self, key: &[u8], end: &[u8], at: u64) -> Result<bool, StoreError> {
         let options = GetOptions::new().with_range(end).with_revision(at as i64).with_count_only();
@@ -535,13 +524,6 @@ impl Store {
             Err(StoreError::Failed { reason, .. }) if reason.contains("compacted") => Ok(true),
             Err(e) => Err(e),
         }
-    }
-
-    /// Discards the history before `revision` (watches from earlier then fail as compacted).
-    pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
-        self.call("compact", Kind::Repeatable, |c| async move { c.kv_client().compact(revision as i64, None).await })
-            .await
-            .map(drop)
     }
 
     /// Follows the changes under `prefix` from revision `from` (inclusive; `None`: from now).

@@ -29,7 +29,6 @@ fn member(m: &etcd_client::Member) -> StoreMember {
 pub struct MemberStatus {
     /// The member it believes leads (0: none).
     pub leader: u64,
-    pub raft_index: u64,
     pub errors: Vec<String>,
 }
 
@@ -50,11 +49,7 @@ impl Store {
             client.maintenance_client().status().await
         };
         match tokio::time::timeout(STATUS_TIMEOUT, probe).await {
-            Ok(Ok(status)) => Ok(MemberStatus {
-                leader: status.leader(),
-                raft_index: status.raft_index(),
-                errors: status.errors().to_vec(),
-            }),
+            Ok(Ok(status)) => Ok(MemberStatus { leader: status.leader(), errors: status.errors().to_vec() }),
             Ok(Err(e)) => Err(StoreError::from_client("member-status", e)),
             Err(_) => Err(StoreError::timed_out("member-status", STATUS_TIMEOUT)),
         }

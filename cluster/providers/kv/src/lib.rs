@@ -7,9 +7,8 @@
 use cerana_protocol::tasks::kv::{self as t, KvLease, Leadership, MAX_CAMPAIGN_WAIT_MS, MAX_PAGE};
 use cerana_protocol::{ErrorCode, NoOutput, TaskError};
 use cerana_provider_sdk::Provider;
-use cerana_store::store_task;
-pub use cerana_store::{task_error, LazyStore};
-use cerana_store::{Holder, WatchChange};
+pub use cerana_store::LazyStore;
+use cerana_store::{store_task, task_error, Holder, WatchChange};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;

@@ -14,7 +14,6 @@
 use crate::task::{NoArgs, NoOutput};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 
 crate::declare_tasks! {
@@ -95,51 +94,25 @@ pub fn key(kind: &str, id: &ObjectId) -> String {
     format!("{PREFIX}/{kind}/{id}")
 }
 
-/// An object's id: 1 to 64 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-` (UUIDs fit).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ObjectId(String);
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an id: 1 to 64 of A-Z a-z 0-9 _ . -, not starting with . or -")]
 pub struct BadObjectId(pub String);
 
-impl ObjectId {
-    pub fn new(id: impl Into<String>) -> Result<Self, BadObjectId> {
-        let id = id.into();
+crate::names::validated_name!(
+    /// An object's id: 1 to 64 of `A-Z a-z 0-9 _ . -`, not starting with `.` or `-` (UUIDs fit).
+    ObjectId,
+    BadObjectId,
+    |id: String| {
         let ok = (1..=64).contains(&id.len())
             && !id.starts_with(['.', '-'])
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if ok {
-            Ok(Self(id))
+            Ok(id)
         } else {
             Err(BadObjectId(id))
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ObjectId {
-    type Error = BadObjectId;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl From<ObjectId> for String {
-    fn from(id: ObjectId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+);
 
 /// Why an object is refused; `field` is a path into it (`services.web.datasets.data`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -389,7 +362,7 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Checks what the bundle says about itself; [`Bundle::references`] lists what must exist.
+    /// Checks what the bundle says about itself (the provider checks that what it names exists).
     pub fn validate(&self) -> Result<(), Invalid> {
         check_redundancy(self.redundancy)?;
         check_len("datasets", self.datasets.len())?;
@@ -434,17 +407,6 @@ impl Bundle {
             check_len(&format!("{field}.connected_bundles"), spec.connected_bundles.len())?;
         }
         Ok(())
-    }
-
-    /// The services, datasets and bundles this bundle refers to (each must exist).
-    pub fn references(&self) -> (Vec<&ObjectId>, Vec<&ObjectId>, Vec<&ObjectId>) {
-        let services = self.services.values().map(|s| &s.id).collect();
-        let datasets = self.datasets.values().map(|d| &d.id).collect();
-        let mut bundles: Vec<&ObjectId> =
-            self.ports.values().flat_map(|p| p.connected_bundles.iter()).filter(|b| **b != self.id).collect();
-        bundles.sort();
-        bundles.dedup();
-        (services, datasets, bundles)
     }
 }
 
@@ -589,8 +551,6 @@ mod tests {
         ok.validate().unwrap();
         assert_eq!(ok.datasets["data"].quota, Some(1024), "quota is quota, not type");
         assert_eq!(ok.redundancy, 1);
-        let (services, datasets, bundles) = ok.references();
-        assert_eq!((services.len(), datasets.len(), bundles.len()), (1, 1, 1));
 
         let cases = [
             ("/redundancy", serde_json::json!(0), "redundancy: must be at least 1"),

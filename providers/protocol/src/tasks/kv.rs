@@ -16,7 +16,6 @@
 
 use crate::task::{NoArgs, NoOutput};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 crate::declare_tasks! {
     KvGet = "kv-get", "Reads one key: its value and index", KeyArgs => KvEntry;
@@ -52,12 +51,7 @@ pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 /// The longest a `kv-campaign` waits to lead before giving up.
 pub const MAX_CAMPAIGN_WAIT_MS: u64 = 50_000;
 
-/// A key of the store: 1 to [`MAX_KEY_BYTES`] bytes of UTF-8 without control characters.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct KvKey(String);
-
-/// Why a string is not a [`KvKey`] (or a prefix).
+/// Why a string is not a [`KvKey`], a [`KvPrefix`] or a [`KvValue`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvKeyError {
     #[error("a key may not be empty")]
@@ -66,117 +60,53 @@ pub enum KvKeyError {
     TooLong(usize),
     #[error("a key may not hold control characters (found U+{0:04X})")]
     Control(u32),
+    #[error("a value may be at most {MAX_VALUE_BYTES} bytes; this one is {0}")]
+    ValueTooLarge(usize),
 }
 
-fn check_key_chars(s: &str) -> Result<(), KvKeyError> {
+fn check_prefix(s: String) -> Result<String, KvKeyError> {
     if s.len() > MAX_KEY_BYTES {
         return Err(KvKeyError::TooLong(s.len()));
     }
     match s.chars().find(|c| c.is_control()) {
         Some(c) => Err(KvKeyError::Control(c as u32)),
-        None => Ok(()),
+        None => Ok(s),
     }
 }
 
-impl KvKey {
-    pub fn new(key: impl Into<String>) -> Result<Self, KvKeyError> {
-        let key = key.into();
-        if key.is_empty() {
-            return Err(KvKeyError::Empty);
-        }
-        check_key_chars(&key)?;
-        Ok(Self(key))
-    }
+crate::names::validated_name!(
+    /// A key of the store: 1 to [`MAX_KEY_BYTES`] bytes of UTF-8 without control characters.
+    KvKey,
+    KvKeyError,
+    |key: String| if key.is_empty() { Err(KvKeyError::Empty) } else { check_prefix(key) }
+);
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+crate::names::validated_name!(
+    /// A key prefix: like a [`KvKey`] but may be empty (the whole store).
+    KvPrefix,
+    KvKeyError,
+    check_prefix
+);
 
-impl TryFrom<String> for KvKey {
-    type Error = KvKeyError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl From<KvKey> for String {
-    fn from(k: KvKey) -> String {
-        k.0
+// validated_name! declares the struct, so the derive cannot go on it.
+#[allow(clippy::derivable_impls)]
+impl Default for KvPrefix {
+    fn default() -> Self {
+        Self(String::new())
     }
 }
 
-impl fmt::Display for KvKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A key prefix: like a [`KvKey`] but may be empty (the whole store).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct KvPrefix(String);
-
-impl KvPrefix {
-    pub fn new(prefix: impl Into<String>) -> Result<Self, KvKeyError> {
-        let prefix = prefix.into();
-        check_key_chars(&prefix)?;
-        Ok(Self(prefix))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for KvPrefix {
-    type Error = KvKeyError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl From<KvPrefix> for String {
-    fn from(k: KvPrefix) -> String {
-        k.0
-    }
-}
-
-/// A value: UTF-8, at most [`MAX_VALUE_BYTES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct KvValue(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a value may be at most {MAX_VALUE_BYTES} bytes; this one is {0}")]
-pub struct KvValueTooLarge(pub usize);
-
-impl KvValue {
-    pub fn new(value: impl Into<String>) -> Result<Self, KvValueTooLarge> {
-        let value = value.into();
+crate::names::validated_name!(
+    /// A value: UTF-8, at most [`MAX_VALUE_BYTES`].
+    KvValue,
+    KvKeyError,
+    |value: String| {
         if value.len() > MAX_VALUE_BYTES {
-            return Err(KvValueTooLarge(value.len()));
+            return Err(KvKeyError::ValueTooLarge(value.len()));
         }
-        Ok(Self(value))
+        Ok(value)
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for KvValue {
-    type Error = KvValueTooLarge;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::new(s)
-    }
-}
-
-impl From<KvValue> for String {
-    fn from(v: KvValue) -> String {
-        v.0
-    }
-}
+);
 
 /// A lease TTL in milliseconds, [`MIN_TTL_MS`] to [`MAX_TTL_MS`] (etcd counts whole seconds:
 /// rounded up).
