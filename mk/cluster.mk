@@ -5,6 +5,8 @@ APT_PACKAGES += qemu-system-x86 ovmf iproute2 tar
 TEST_TARGETS += test-cluster
 
 NODES ?= 3
+# Voters of the cluster store (1, 3 or 5); empty: the nodes' default, 3.
+ETCD_MEMBERS ?=
 # Each node's data disk for its ZFS pool (sparse, kept across cluster-down); 0 for none.
 DATA_DISK_MB ?= 8192
 CLUSTER_DIR = $(OUT_DIR)/cluster
@@ -13,7 +15,8 @@ CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-testbed --bin cerana-qemu-c
 .PHONY: cluster cluster-down test-cluster
 cluster: image
 	$(CARGO) build -q --release -p cerana-cli
-	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --data-disk-mb $(DATA_DISK_MB) --image-dir $(IMAGE_DIR)
+	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --data-disk-mb $(DATA_DISK_MB) --image-dir $(IMAGE_DIR) \
+	  $(if $(ETCD_MEMBERS),--bootstrap-arg cerana.etcd_members=$(ETCD_MEMBERS))
 	@echo "cerana CLI: $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/cerana"
 
 cluster-down:

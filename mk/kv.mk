@@ -3,11 +3,11 @@
 # its gRPC code with protoc.
 APT_PACKAGES += etcd-server etcd-client protobuf-compiler
 TEST_TARGETS += test-kv
-OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf cerana-membership
+OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf cerana-membership cerana-quorum
 
 .PHONY: test-kv
 test-kv:
-	$(CARGO) test -p cerana-store -p cerana-kv -p cerana-clusterconf -p cerana-membership
+	$(CARGO) test -p cerana-store -p cerana-kv -p cerana-clusterconf -p cerana-membership -p cerana-quorum
 
 # kv-set/-get/-update through the task API beside etcd-client directly, same etcd, same run.
 BENCH_TARGETS += bench-kv

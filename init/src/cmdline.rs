@@ -25,6 +25,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cerana.api_token",
     "cerana.hostname",
     "cerana.modules",
+    "cerana.etcd_members",
+    "cerana.etcd_grace",
 ];
 
 /// Verbosity of init's own console messages.
@@ -277,6 +279,10 @@ pub struct Settings {
     pub api_token: Option<ApiToken>,
     pub hostname: Option<Hostname>,
     pub modules: Vec<ModuleName>,
+    /// Voters of the cluster store's quorum: 1, 3 or 5 (cerana-quorum reads it too).
+    pub etcd_members: Option<u8>,
+    /// Seconds a voter may be unreachable before it is replaced (5 to 3600).
+    pub etcd_grace: Option<u64>,
 }
 
 /// The settings and everything that was wrong with the command line they came from.
@@ -381,6 +387,16 @@ impl Settings {
             }
             "cerana.hostname" => self.hostname = Some(parse_value(value)?),
             "cerana.modules" => self.modules = parse_list(required(value)?)?,
+            "cerana.etcd_members" => {
+                let v = required(value)?;
+                self.etcd_members =
+                    Some(v.parse().ok().filter(|n| matches!(n, 1 | 3 | 5)).ok_or("expected 1, 3 or 5")?);
+            }
+            "cerana.etcd_grace" => {
+                let v = required(value)?;
+                let secs = v.trim_end_matches('s').parse().ok().filter(|s| (5..=3600).contains(s));
+                self.etcd_grace = Some(secs.ok_or("expected seconds from 5 to 3600")?);
+            }
             _ => return Err(unknown_key_message(key)),
         }
         Ok(())
@@ -422,6 +438,8 @@ impl Settings {
             "cerana.api_token" => self.api_token.as_ref().map(|_| "set".to_string()),
             "cerana.hostname" => self.hostname.as_ref().map(|h| h.0.clone()),
             "cerana.modules" => join(&self.modules),
+            "cerana.etcd_members" => self.etcd_members.map(|n| n.to_string()),
+            "cerana.etcd_grace" => self.etcd_grace.map(|s| s.to_string()),
             _ => None,
         }
     }
@@ -529,7 +547,8 @@ mod tests {
         cerana.mgmt_mac=52:54:00:AB:cd:01 cerana.mgmt_ip=172.16.10.2/16 cerana.mgmt_gw=172.16.0.1 \
         cerana.zfs_config=auto cerana.log=debug \
         cerana.initrd_hash=sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
-        cerana.api_token=0123456789abcdef0123 cerana.hostname=Node-1 cerana.modules=zfs,virtio-net";
+        cerana.api_token=0123456789abcdef0123 cerana.hostname=Node-1 cerana.modules=zfs,virtio-net \
+        cerana.etcd_members=5 cerana.etcd_grace=30s";
 
     #[test]
     fn parses_every_known_key() {
@@ -550,6 +569,7 @@ mod tests {
         assert_eq!(s.hostname.unwrap().as_str(), "node-1");
         let modules: Vec<&str> = s.modules.iter().map(ModuleName::as_str).collect();
         assert_eq!(modules, ["zfs", "virtio_net"]);
+        assert_eq!((s.etcd_members, s.etcd_grace), (Some(5), Some(30)));
     }
 
     #[test]
@@ -566,6 +586,7 @@ mod tests {
              cerana.cluster_ips=1.2.3.4,notanip cerana.mgmt_ip=10.0.0.1/40 cerana.mgmt_ip=10.0.0.1 \
              cerana.rescue=perhaps cerana.hostname=-bad- cerana.api_token=short cerana.log= \
              cerana.boot_server=ftp://x cerana.initrd_hash=md5-abc cerana.modules=a/b \
+             cerana.etcd_members=2 cerana.etcd_grace=2h \
              \u{0}\u{1}== cerana. cerana.rescue",
         );
         let keys: Vec<&str> = p.problems.iter().map(|x| x.key.as_str()).collect();
@@ -586,6 +607,8 @@ mod tests {
                 "cerana.boot_server",
                 "cerana.initrd_hash",
                 "cerana.modules",
+                "cerana.etcd_members",
+                "cerana.etcd_grace",
                 "cerana.",
             ]
         );

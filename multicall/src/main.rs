@@ -16,12 +16,15 @@ type Applet = fn() -> ExitCode;
 const APPLETS: &[(&str, Applet)] = &[
     ("cerana", cerana_cli::main),
     ("cerana-bootserver", cerana_bootserver::command::main),
+    ("cerana-clusterconf", cerana_clusterconf::main),
     ("cerana-coordinator", cerana_coordinator::command::main),
     ("cerana-health", cerana_health::main),
     ("cerana-init-provider", cerana_init_provider::main),
+    ("cerana-kv", cerana_kv::main),
     ("cerana-metrics", cerana_metrics::main),
     ("cerana-netns", cerana_netns::main),
     ("cerana-node-info", cerana_node_info::main),
+    ("cerana-quorum", cerana_quorum::main),
     ("cerana-service", cerana_service::main),
     ("cerana-zfs", cerana_zfs::main),
 ];

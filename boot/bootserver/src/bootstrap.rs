@@ -24,6 +24,10 @@ pub enum BootstrapError {
     Interfaces(#[from] nix::Error),
     #[error("cerana.zfs_config={0:?}: expected auto or manual")]
     ZfsConfig(String),
+    #[error("cerana.etcd_members={0:?}: expected 1, 3 or 5")]
+    EtcdMembers(String),
+    #[error("cerana.etcd_grace={0:?}: expected seconds from 5 to 3600")]
+    EtcdGrace(String),
 }
 
 /// What the configuration is made of.
@@ -36,6 +40,9 @@ pub struct Bootstrap {
     pub api_token: Option<String>,
     /// `cerana.zfs_config` (auto or manual), passed on too: the cluster's storage policy.
     pub zfs_config: Option<String>,
+    /// `cerana.etcd_members` and `cerana.etcd_grace`, passed on: the cluster store's quorum.
+    pub etcd_members: Option<u8>,
+    pub etcd_grace_secs: Option<u64>,
 }
 
 /// The value of `cerana.KEY=` (the last one wins, as init reads it).
@@ -87,6 +94,25 @@ impl Bootstrap {
                 Some(v @ ("auto" | "manual")) => Some(v.to_string()),
                 Some(other) => return Err(BootstrapError::ZfsConfig(other.to_string())),
             },
+            etcd_members: match setting(cmdline, "cerana.etcd_members") {
+                None => None,
+                Some(v) => Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| matches!(n, 1 | 3 | 5))
+                        .ok_or_else(|| BootstrapError::EtcdMembers(v.into()))?,
+                ),
+            },
+            etcd_grace_secs: match setting(cmdline, "cerana.etcd_grace") {
+                None => None,
+                Some(v) => Some(
+                    v.trim_end_matches('s')
+                        .parse()
+                        .ok()
+                        .filter(|s| (5..=3600).contains(s))
+                        .ok_or_else(|| BootstrapError::EtcdGrace(v.into()))?,
+                ),
+            },
         };
         Ok(b)
     }
@@ -124,6 +150,8 @@ impl Bootstrap {
         let image_cmdline = [
             self.api_token.as_deref().map(|t| format!("cerana.api_token={t}")),
             self.zfs_config.as_deref().map(|z| format!("cerana.zfs_config={z}")),
+            self.etcd_members.map(|n| format!("cerana.etcd_members={n}")),
+            self.etcd_grace_secs.map(|s| format!("cerana.etcd_grace={s}")),
         ]
         .into_iter()
         .flatten()
@@ -157,7 +185,8 @@ mod tests {
 
     #[test]
     fn the_storage_policy_reaches_the_booted_nodes_and_a_bad_one_is_refused() {
-        let line = "cerana.mgmt_ip=10.99.0.2/24 cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto";
+        let line = "cerana.mgmt_ip=10.99.0.2/24 cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto \
+            cerana.etcd_members=1 cerana.etcd_grace=20s";
         let text = Bootstrap::from_cmdline(line).unwrap().config(
             "eth0",
             Path::new("/k"),
@@ -166,7 +195,10 @@ mod tests {
             DhcpMode::Full,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
-        assert_eq!(config.images["cerana"].cmdline, "cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto");
+        assert_eq!(
+            config.images["cerana"].cmdline,
+            "cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto cerana.etcd_members=1 cerana.etcd_grace=20"
+        );
         let text = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24").unwrap().config(
             "eth0",
             Path::new("/k"),
@@ -178,6 +210,10 @@ mod tests {
         assert_eq!(config.images["cerana"].cmdline, "");
         let err = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24 cerana.zfs_config=yes").unwrap_err();
         assert_eq!(err.to_string(), "cerana.zfs_config=\"yes\": expected auto or manual");
+        let err = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24 cerana.etcd_members=4").unwrap_err();
+        assert_eq!(err.to_string(), "cerana.etcd_members=\"4\": expected 1, 3 or 5");
+        let err = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24 cerana.etcd_grace=x;reboot").unwrap_err();
+        assert_eq!(err.to_string(), "cerana.etcd_grace=\"x;reboot\": expected seconds from 5 to 3600");
     }
 
     #[test]

@@ -372,6 +372,14 @@ impl Store {
         }
     }
 
+    /// Writes `key` bound to the existing `lease` (its keys all go when it expires).
+    pub async fn put_on_lease(&self, key: &str, value: &str, lease: i64) -> Result<u64, StoreError> {
+        let put =
+            |c: Client| async move { c.kv_client().put(key, value, Some(PutOptions::new().with_lease(lease))).await };
+        let response = self.call("put", Kind::Repeatable, put).await?;
+        Ok(revision(response.header()))
+    }
+
     /// Takes the lock `key` with a lease of `ttl_secs`, or fails with [`StoreError::Held`].
     pub async fn lock(&self, key: &str, ttl_secs: i64) -> Result<Holder, StoreError> {
         let lease = self.grant(ttl_secs).await?;

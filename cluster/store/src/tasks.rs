@@ -5,7 +5,7 @@ use crate::{Store, StoreConfig, StoreError};
 use cerana_protocol::{ErrorCode, TaskError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 /// The task error for a store error: the codes callers branch on, with the index they need.
 pub fn task_error(err: StoreError) -> TaskError {
@@ -25,20 +25,37 @@ pub fn task_error(err: StoreError) -> TaskError {
     }
 }
 
-/// The store, connected on first use.
+/// The store, connected on first use, and connected again when the node's list of endpoints
+/// changes (the quorum agent rewrites it as voters come and go).
 #[derive(Debug, Clone)]
 pub struct LazyStore {
     config: StoreConfig,
-    store: Arc<OnceCell<Store>>,
+    /// One client URL per line; read before each use when set, instead of `config.endpoints`.
+    endpoints_file: Option<std::path::PathBuf>,
+    current: Arc<Mutex<Option<Connected>>>,
+}
+
+/// A store client and the endpoints it was made for.
+#[derive(Debug, Clone)]
+struct Connected {
+    endpoints: Vec<String>,
+    store: Store,
 }
 
 impl LazyStore {
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, store: Arc::new(OnceCell::new()) }
+        Self { config, endpoints_file: None, current: Arc::default() }
     }
 
-    /// The configuration from the environment: `CERANA_STORE_ENDPOINTS` (comma-separated client
-    /// URLs, default `http://127.0.0.1:2379`), `CERANA_STORE_TIMEOUT_MS` (default 5000) and, for
+    /// The endpoints come from `file` (one client URL per line), read again before each use.
+    pub fn with_endpoints_file(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        self.endpoints_file = Some(file.into());
+        self
+    }
+
+    /// The configuration from the environment: `CERANA_STORE_ENDPOINTS_FILE` (one client URL
+    /// per line, followed as it changes) or else `CERANA_STORE_ENDPOINTS` (comma-separated,
+    /// default `http://127.0.0.1:2379`), `CERANA_STORE_TIMEOUT_MS` (default 5000) and, for
     /// mutual TLS, `CERANA_STORE_CA`, `CERANA_STORE_CERT`, `CERANA_STORE_KEY` (PEM files; all
     /// three or none).
     pub fn from_env() -> Result<Self, String> {
@@ -61,11 +78,36 @@ impl LazyStore {
             (None, None, None) => {}
             _ => return Err("CERANA_STORE_CA, CERANA_STORE_CERT and CERANA_STORE_KEY go together".into()),
         }
-        Ok(Self::new(config))
+        let lazy = Self::new(config);
+        Ok(match std::env::var_os("CERANA_STORE_ENDPOINTS_FILE") {
+            Some(file) => lazy.with_endpoints_file(file),
+            None => lazy,
+        })
     }
 
-    pub async fn get(&self) -> Result<&Store, TaskError> {
-        self.store.get_or_try_init(|| Store::connect(&self.config)).await.map_err(task_error)
+    fn endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let Some(file) = &self.endpoints_file else { return Ok(self.config.endpoints.clone()) };
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let endpoints: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable {
+                op: "connect",
+                reason: format!("this node has not found the cluster store yet (no endpoints in {})", file.display()),
+            });
+        }
+        Ok(endpoints)
+    }
+
+    pub async fn get(&self) -> Result<Store, TaskError> {
+        let endpoints = self.endpoints().map_err(task_error)?;
+        let mut current = self.current.lock().await;
+        if let Some(connected) = current.as_ref().filter(|c| c.endpoints == endpoints) {
+            return Ok(connected.store.clone());
+        }
+        let config = StoreConfig { endpoints: endpoints.clone(), ..self.config.clone() };
+        let store = Store::connect(&config).await.map_err(task_error)?;
+        *current = Some(Connected { endpoints, store: store.clone() });
+        Ok(store)
     }
 }
 
@@ -90,7 +132,8 @@ macro_rules! store_task {
         $provider.task::<$task, _, _>(move |_ctx, $args| {
             let lazy = lazy.clone();
             async move {
-                let $s = lazy.get().await?;
+                let store = lazy.get().await?;
+                let $s = &store;
                 $body
             }
         })

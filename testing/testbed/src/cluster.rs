@@ -60,6 +60,9 @@ pub struct Layout {
     pub data_disk_mb: u64,
     pub image_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// More `cerana.*` settings for node 1, which its bootserver passes on where it does
+    /// (`cerana.etcd_members`, `cerana.etcd_grace`).
+    pub bootstrap_args: Vec<String>,
 }
 
 impl Layout {
@@ -227,6 +230,10 @@ impl Cluster {
         if l.data_disk_mb > 0 {
             append.push_str(" cerana.zfs_config=auto");
         }
+        for arg in &l.bootstrap_args {
+            append.push(' ');
+            append.push_str(arg);
+        }
         self.qemu(
             1,
             None,
@@ -258,6 +265,26 @@ impl Cluster {
         }
         let firmware = if l.uefi_nodes.contains(&node) { Firmware::Uefi } else { Firmware::Bios };
         self.qemu(node, Some(firmware), &[])
+    }
+
+    /// Cuts node `node`'s power: its QEMU is killed outright (its disks stay as they were).
+    pub fn power_off(&self, node: usize) -> Result<(), ClusterError> {
+        let pidfile = self.layout.pidfile(node);
+        let pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .ok_or_else(|| ClusterError::Invalid(format!("node {node} is not running (no {})", pidfile.display())))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&format!("cerana-node{node}")) {
+            return Err(ClusterError::Invalid(format!("pid {pid} is not node {node}'s QEMU")));
+        }
+        run(&["kill", "-KILL", &pid.to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(pidfile);
+        Ok(())
     }
 
     /// Waits until every node in `nodes` has reported node_ready on its console.
@@ -329,6 +356,31 @@ impl Cluster {
         }
     }
 
+    /// Waits until `kv-members` through the node at `ip` lists `voters` voters, every one
+    /// healthy, one of them the leader, and no learner; returns the members.
+    pub fn wait_quorum(&self, ip: &str, voters: usize, limit: Duration) -> Result<serde_json::Value, ClusterError> {
+        let start = Instant::now();
+        loop {
+            let last = self.task(ip, "kv-members", serde_json::json!({}));
+            if let Ok(list) = &last {
+                let members = list["members"].as_array().cloned().unwrap_or_default();
+                let healthy_voters = members.iter().filter(|m| m["voter"] == true && m["healthy"] == true).count();
+                let leaders = members.iter().filter(|m| m["leader"] == true).count();
+                if members.len() == voters && healthy_voters == voters && leaders == 1 {
+                    return Ok(list.clone());
+                }
+            }
+            if start.elapsed() > limit {
+                let last = last.map_or_else(|e| e.to_string(), |l| l.to_string());
+                return Err(ClusterError::Invalid(format!(
+                    "no quorum of {voters} healthy voters through {ip} after {} s; last kv-members: {last}",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// Sends a whole task request (`{task, args, node?, stream?}`) to the coordinator at `ip`
     /// and returns the whole response (`result` or `error`, and `stream`).
     pub fn request(&self, ip: &str, request: &serde_json::Value) -> Result<serde_json::Value, ClusterError> {
@@ -362,7 +414,7 @@ impl Cluster {
             ));
         }
         s.push_str(&format!(
-            "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
+            "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 kv members\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
             ip = l.bootstrap_ip()
         ));
         s
@@ -429,6 +481,7 @@ mod tests {
             data_disk_mb: 0,
             image_dir: "/i".into(),
             state_dir: "/s".into(),
+            bootstrap_args: vec![],
         };
         assert_eq!(
             (l.host_ip(), l.bootstrap_ip(), l.mac(12)),

@@ -1,0 +1,605 @@
+//! `cerana-quorum`: this node's part in the cluster store's etcd quorum (issue #16).
+//!
+//! Two loops, both level-triggered:
+//!
+//! - the **member loop** decides how this node's etcd starts ([`launch::decide`]: a new
+//!   cluster, its own data, or as a candidate the leader adds), runs it, and decides again
+//!   whenever it exits;
+//! - the **cluster loop** follows the member list, publishes the voters' client URLs for the
+//!   node's store clients (the `kv` and `clusterconf` providers read them from
+//!   [`Config::endpoints_file`]), and on the one node elected through etcd runs the membership
+//!   planner: promote caught-up learners, replace voters down past the grace period, add
+//!   candidates as learners while there are fewer voters than `cerana.etcd_members`.
+//!
+//! Keys under `/cerana/v1/quorum/`: `leader` (the election), `candidates/NAME` (a node that
+//! offers to be a member, bound to its lease), `joins/NAME` (how the leader says a candidate
+//! was added: `--initial-cluster`), `plan` (what the leader did or waits for, and why).
+
+pub mod launch;
+pub mod presence;
+pub mod settings;
+
+use cerana_membership::{Candidate, Desired, Observed, Plan, Step};
+use cerana_store::{Store, StoreConfig, StoreError, StoreMember};
+use launch::{Initial, Listen, Me, Start, View};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PREFIX: &str = "/cerana/v1/quorum/";
+const LEADER_KEY: &str = "/cerana/v1/quorum/leader";
+const PLAN_KEY: &str = "/cerana/v1/quorum/plan";
+/// How often the loops look again.
+const ROUND: Duration = Duration::from_secs(2);
+/// Leases of the election and of candidacies.
+const LEASE_SECS: i64 = 10;
+/// A join the candidate did not act on is withdrawn by then (the learner is removed after the
+/// grace period anyway).
+const JOIN_SECS: i64 = 300;
+
+/// Everything the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub me: Me,
+    pub listen: Listen,
+    pub bootstrap: bool,
+    /// Client URLs to ask for the cluster before any member list is known.
+    pub seeds: Vec<String>,
+    pub desired: Desired,
+    /// The member's data: on the pool where there is one.
+    pub data_dir: PathBuf,
+    /// The voters' client URLs, one per line, for this node's store clients.
+    pub endpoints_file: PathBuf,
+    /// The last known client URLs, kept across reboots (on the pool) when set.
+    pub known_file: Option<PathBuf>,
+    pub etcd: PathBuf,
+    pub pid_file: PathBuf,
+    pub store_timeout: Duration,
+}
+
+/// A candidacy, as stored under `candidates/NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidacy {
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+/// How the leader tells a candidate that it was added, under `joins/NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Join {
+    pub id: u64,
+    pub peer_url: String,
+    pub initial_cluster: String,
+}
+
+/// The client URLs this node knows to reach the cluster through.
+#[derive(Debug, Clone, Default)]
+struct Known(Arc<Mutex<Vec<String>>>);
+
+impl Known {
+    fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, urls: Vec<String>) -> bool {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *known != urls;
+        *known = urls;
+        changed
+    }
+}
+
+/// A store client over the known URLs, made again when they change.
+#[derive(Debug, Default)]
+struct Client {
+    endpoints: Vec<String>,
+    store: Option<Store>,
+}
+
+impl Client {
+    async fn over(&mut self, endpoints: Vec<String>, timeout: Duration) -> Option<Store> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        if self.store.is_none() || self.endpoints != endpoints {
+            let mut config = StoreConfig::new(endpoints.clone());
+            config.op_timeout = timeout;
+            match Store::connect(&config).await {
+                Ok(store) => {
+                    self.store = Some(store);
+                    self.endpoints = endpoints;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot make a store client"),
+            }
+        }
+        self.store.clone()
+    }
+}
+
+fn voters_client_urls(members: &[StoreMember]) -> Vec<String> {
+    let mut urls: Vec<String> =
+        members.iter().filter(|m| !m.learner).flat_map(|m| m.client_urls.iter().cloned()).collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
+
+/// Runs both loops until the process is stopped.
+pub async fn run(config: Config) -> std::io::Result<()> {
+    kill_leftover(&config.pid_file);
+    let mut start_with = config.seeds.clone();
+    if let Some(file) = &config.known_file {
+        start_with.extend(read_lines(file));
+    }
+    start_with.retain(|u| *u != config.me.client_url);
+    start_with.sort();
+    start_with.dedup();
+    let known = Known::default();
+    known.set(start_with);
+    let _cluster = AbortOnDrop(tokio::spawn(cluster_loop(config.clone(), known.clone())));
+    cerana_protocol::readiness::notify_ready();
+    member_loop(&config, &known).await;
+    Ok(())
+}
+
+/// Ends the cluster loop with the member loop, however that ends (even dropped).
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes `lines` to `path` through a temporary file, so readers never see half of it.
+fn write_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    std::fs::rename(tmp, path)
+}
+
+/// An etcd left running by an earlier run of this agent (killed without its children).
+fn kill_leftover(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "etcd" {
+        tracing::warn!(pid, "stopping the etcd an earlier run left behind");
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// The member list through `known` (this node's own member is not asked: it is not running).
+async fn ask_cluster(client: &mut Client, known: &Known, timeout: Duration) -> View {
+    match client.over(known.get(), timeout).await {
+        None => View::Unreachable,
+        Some(store) => match store.members().await {
+            Ok(members) => View::Members(members),
+            Err(e) => {
+                tracing::info!(error = %e, "the cluster does not answer");
+                View::Unreachable
+            }
+        },
+    }
+}
+
+async fn member_loop(config: &Config, known: &Known) {
+    let mut client = Client::default();
+    let mut backoff = Duration::from_secs(1);
+    let mut last_wait = String::new();
+    loop {
+        let has_data = launch::has_member_data(&config.data_dir);
+        let view = ask_cluster(&mut client, known, config.store_timeout).await;
+        let start = launch::decide(&config.me, config.bootstrap, has_data, &view);
+        if !matches!(start, Start::Wait(_)) {
+            tracing::info!(?start, has_data, "member");
+        }
+        let initial = match start {
+            Start::New => Some(Initial::New),
+            Start::FromData => None,
+            Start::RemoveStale { id } => {
+                if let Some(store) = client.store.clone() {
+                    match store.remove_member(id).await {
+                        Ok(()) => tracing::info!(id, "removed this node's stale member (its data is gone)"),
+                        Err(e) => tracing::warn!(id, error = %e, "cannot remove this node's stale member yet"),
+                    }
+                }
+                tokio::time::sleep(ROUND).await;
+                continue;
+            }
+            Start::Discard => {
+                let aside = config.data_dir.with_extension("removed");
+                let _ = std::fs::remove_dir_all(&aside);
+                match std::fs::rename(&config.data_dir, &aside) {
+                    Ok(()) => {
+                        tracing::warn!(to = %aside.display(), "this node's member was removed from the cluster: its data is set aside")
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot set the removed member's data aside"),
+                }
+                continue;
+            }
+            Start::Candidate => match candidacy(config, &mut client, known).await {
+                Some(join) => Some(Initial::Existing(join.initial_cluster)),
+                None => continue,
+            },
+            Start::Wait(why) => {
+                if why != last_wait {
+                    tracing::info!("waiting: {why}");
+                    last_wait = why;
+                }
+                tokio::time::sleep(ROUND).await;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        match run_etcd(config, initial.as_ref()).await {
+            Ok(status) => tracing::warn!(%status, "etcd exited"),
+            Err(e) => tracing::error!(error = %e, "cannot run etcd"),
+        }
+        // An etcd that ran a while is restarted at once; one that keeps failing, more slowly.
+        backoff = if started.elapsed() > Duration::from_secs(60) {
+            Duration::from_secs(1)
+        } else {
+            (backoff * 2).min(Duration::from_secs(30))
+        };
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Offers this node until the leader has added it (or the cluster says otherwise: `None`, to
+/// decide again).
+async fn candidacy(config: &Config, client: &mut Client, known: &Known) -> Option<Join> {
+    let me = &config.me;
+    let key = format!("{PREFIX}candidates/{}", me.name);
+    let join_key = format!("{PREFIX}joins/{}", me.name);
+    let value = serde_json::to_string(&Candidacy { peer_url: me.peer_url.clone(), client_url: me.client_url.clone() })
+        .unwrap_or_default();
+    let mut lease: Option<i64> = None;
+    loop {
+        let Some(store) = client.over(known.get(), config.store_timeout).await else {
+            tokio::time::sleep(ROUND).await;
+            continue;
+        };
+        let members = store.members().await.ok();
+        match store.get(&join_key).await {
+            Ok(Some(entry)) => match serde_json::from_str::<Join>(&entry.value) {
+                // Only a join for a member that is there now, added for this address and not
+                // started yet: an older one (its member removed since) would start a member
+                // the cluster no longer knows.
+                Ok(join)
+                    if join.peer_url == me.peer_url
+                        && members.as_ref().is_some_and(|ms| {
+                            ms.iter()
+                                .any(|m| m.id == join.id && m.name.is_empty() && m.peer_urls.contains(&me.peer_url))
+                        }) =>
+                {
+                    tracing::info!(id = join.id, initial_cluster = %join.initial_cluster, "added by the leader; starting");
+                    if let Some(lease) = lease {
+                        let _ = store.revoke(lease).await;
+                    }
+                    return Some(join);
+                }
+                Ok(_) | Err(_) if members.is_some() => {
+                    tracing::info!("a stale join for this node: withdrawn");
+                    let _ = store.delete_if(&join_key, entry.index).await;
+                }
+                _ => {}
+            },
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read this node's join"),
+        }
+        // The cluster may have changed its mind (this node is a member after all, or its stale
+        // member must go first): decide again now and then.
+        if let Ok(members) = store.members().await {
+            let start = launch::decide(
+                me,
+                config.bootstrap,
+                launch::has_member_data(&config.data_dir),
+                &View::Members(members),
+            );
+            if start != Start::Candidate {
+                return None;
+            }
+        }
+        let alive = match lease {
+            Some(id) => store.keep_alive(id).await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            match store.put_ephemeral(&key, &value, LEASE_SECS).await {
+                Ok((id, _)) => {
+                    tracing::info!("offered this node as a member");
+                    lease = Some(id);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot offer this node yet"),
+            }
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+}
+
+async fn run_etcd(config: &Config, initial: Option<&Initial>) -> std::io::Result<std::process::ExitStatus> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let args = launch::etcd_args(&config.me, &config.listen, &config.data_dir, initial);
+    tracing::info!(args = %args.join(" "), "starting etcd");
+    let mut child = tokio::process::Command::new(&config.etcd).args(&args).kill_on_drop(true).spawn()?;
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(&config.pid_file, pid.to_string());
+    }
+    let status = child.wait().await;
+    let _ = std::fs::remove_file(&config.pid_file);
+    status
+}
+
+/// What the leader keeps between rounds: since when each member has been unreachable.
+#[derive(Debug, Default)]
+struct Watchkeeper {
+    down_since: HashMap<u64, Instant>,
+}
+
+impl Watchkeeper {
+    async fn observe(&mut self, store: &Store, members: &[StoreMember]) -> Vec<Observed> {
+        let now = Instant::now();
+        let mut observed = Vec::with_capacity(members.len());
+        for m in members {
+            let mut up = false;
+            for url in &m.client_urls {
+                if store.member_status(url).await.is_ok_and(|s| s.errors.is_empty()) {
+                    up = true;
+                    break;
+                }
+            }
+            let down_for = if up {
+                self.down_since.remove(&m.id);
+                None
+            } else {
+                Some(now.duration_since(*self.down_since.entry(m.id).or_insert(now)))
+            };
+            observed.push(Observed { member: m.clone(), down_for });
+        }
+        self.down_since.retain(|id, _| members.iter().any(|m| m.id == *id));
+        observed
+    }
+}
+
+/// This node's place in the election.
+#[derive(Debug, Default)]
+struct Leadership {
+    lease: Option<i64>,
+}
+
+impl Leadership {
+    async fn lead(&mut self, store: &Store, name: &str) -> bool {
+        if let Some(lease) = self.lease {
+            if store.keep_alive(lease).await.is_ok() && store.is_leader(LEADER_KEY, lease).await.unwrap_or(false) {
+                return true;
+            }
+            tracing::warn!("no longer the quorum's leader");
+            self.lease = None;
+        }
+        match store.leader(LEADER_KEY).await {
+            Ok(None) => match store.campaign(LEADER_KEY, name, LEASE_SECS, Duration::ZERO).await {
+                Ok(holder) => {
+                    tracing::info!(token = holder.token, "leading the quorum's membership");
+                    self.lease = Some(holder.lease);
+                    true
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+async fn cluster_loop(config: Config, known: Known) {
+    let mut client = Client::default();
+    let mut leadership = Leadership::default();
+    let mut watchkeeper = Watchkeeper::default();
+    let mut last_plan = String::new();
+    let mut presence = presence::Presence::default();
+    // The first round at once: a node's store clients wait for what it publishes.
+    let mut rounds = tokio::time::interval(ROUND);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        rounds.tick().await;
+        // Our own member too, once it runs: it may be the only one left answering.
+        let mut endpoints = known.get();
+        if !endpoints.contains(&config.me.client_url) && Path::new(&config.pid_file).exists() {
+            endpoints.push(config.me.client_url.clone());
+        }
+        let Some(store) = client.over(endpoints, config.store_timeout).await else { continue };
+        let members = match store.members().await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::debug!(error = %e, "no member list");
+                continue;
+            }
+        };
+        publish(&config, &known, &members);
+        presence.beat(&store, &config.me.name).await;
+        if !leadership.lead(&store, &config.me.name).await {
+            watchkeeper = Watchkeeper::default();
+            continue;
+        }
+        let observed = watchkeeper.observe(&store, &members).await;
+        let candidates: Vec<Candidate> = match store.list(&format!("{PREFIX}candidates/"), None, 100, false).await {
+            Ok(page) => page
+                .entries
+                .iter()
+                .filter_map(|e| {
+                    let name = e.key.rsplit('/').next()?.to_owned();
+                    let c: Candidacy = serde_json::from_str(&e.value).ok()?;
+                    Some(Candidate { name, peer_url: c.peer_url })
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no candidates");
+                continue;
+            }
+        };
+        let plan = cerana_membership::plan(config.desired, &observed, &candidates);
+        let said = match &plan {
+            Plan::Act(step) => act(&store, step).await,
+            Plan::Wait(why) => format!("waiting: {why}"),
+            Plan::Done => format!("{} voters, as desired", config.desired.voters),
+        };
+        if said != last_plan {
+            tracing::info!("membership: {said}");
+            let record = serde_json::json!({ "leader": config.me.name, "plan": said });
+            let _ = store.put(PLAN_KEY, &record.to_string()).await;
+            last_plan = said;
+        }
+    }
+}
+
+/// The voters' client URLs, for this node's store clients and for its next boot.
+fn publish(config: &Config, known: &Known, members: &[StoreMember]) {
+    let urls = voters_client_urls(members);
+    if urls.is_empty() || !known.set(urls.clone()) && config.endpoints_file.exists() {
+        return;
+    }
+    tracing::info!(endpoints = %urls.join(","), "the store's voters");
+    if let Err(e) = write_lines(&config.endpoints_file, &urls) {
+        tracing::warn!(error = %e, file = %config.endpoints_file.display(), "cannot publish the store's endpoints");
+    }
+    if let Some(file) = &config.known_file {
+        let _ = write_lines(file, &urls);
+    }
+}
+
+/// Carries out one step; says what happened.
+async fn act(store: &Store, step: &Step) -> String {
+    match cerana_membership::apply(store, step).await {
+        Ok(None) => format!("done: {step:?}"),
+        Ok(Some(joining)) => {
+            let Step::AddLearner { name, peer_url } = step else { return format!("done: {step:?}") };
+            let join = Join { id: joining.id, peer_url: peer_url.clone(), initial_cluster: joining.initial_cluster };
+            let value = serde_json::to_string(&join).unwrap_or_default();
+            match store.put_ephemeral(&format!("{PREFIX}joins/{name}"), &value, JOIN_SECS).await {
+                Ok(_) => format!("added {name} ({peer_url}) as a learner"),
+                Err(e) => format!("added {name} as a learner, but could not tell it: {e}"),
+            }
+        }
+        Err(e) if matches!(e.source, StoreError::Invalid(_) | StoreError::Failed { .. }) => {
+            format!("not yet: {e}")
+        }
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// The `cerana-quorum` program: settings from the kernel command line and the host.
+pub fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERANA_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cerana-quorum: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = match config_from_host() {
+        Ok(config) => config,
+        // A node that cannot be a member (a stand-alone node with no address, a bad setting)
+        // still boots: the agent says why once and stays up doing nothing, and the store's
+        // clients answer `unavailable` (no endpoints), rather than holding node_ready back
+        // with restarts.
+        Err(e) => {
+            tracing::warn!("not taking part in the cluster store: {e}");
+            cerana_protocol::readiness::notify_ready();
+            runtime.block_on(std::future::pending::<()>());
+            return std::process::ExitCode::SUCCESS;
+        }
+    };
+    tracing::info!(name = %config.me.name, peer = %config.me.peer_url, data = %config.data_dir.display(),
+        voters = config.desired.voters, grace_s = config.desired.grace.as_secs(), "quorum agent");
+    match runtime.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cerana-quorum: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the pool's `config` dataset is mounted.
+fn pool_config_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/data/config"))
+}
+
+fn config_from_host() -> Result<Config, String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let settings = settings::CmdlineSettings::parse(&cmdline).map_err(|e| e.to_string())?;
+    let name = nix::unistd::gethostname()
+        .map_err(|e| format!("hostname: {e}"))?
+        .into_string()
+        .map_err(|_| "the hostname is not UTF-8".to_string())?;
+    let address = match (settings.address, settings.seeds.first()) {
+        (Some(a), _) => a,
+        (None, Some(seed)) => settings::address_toward(*seed).map_err(|e| format!("the route to {seed}: {e}"))?,
+        (None, None) => {
+            return Err(
+                "a stand-alone node (no cerana.mgmt_ip and no cerana.cluster_ips): no address to be a member at".into(),
+            )
+        }
+    };
+    let host = match address {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let me = Me { name, peer_url: format!("http://{host}:2380"), client_url: format!("http://{host}:2379") };
+    let seeds = settings
+        .seeds
+        .iter()
+        .filter(|ip| **ip != address)
+        .map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:2379"),
+            v4 => format!("http://{v4}:2379"),
+        })
+        .collect();
+    let on_pool = pool_config_mounted();
+    Ok(Config {
+        me,
+        listen: Listen {
+            local_client_url: Some("http://127.0.0.1:2379".into()),
+            metrics_url: Some("http://127.0.0.1:2381".into()),
+        },
+        bootstrap: settings.bootstrap,
+        seeds,
+        desired: Desired { voters: settings.voters, grace: settings.grace },
+        data_dir: if on_pool { "/data/config/etcd".into() } else { "/run/cerana/etcd".into() },
+        endpoints_file: "/run/cerana/store-endpoints".into(),
+        known_file: on_pool.then(|| "/data/config/store-endpoints".into()),
+        etcd: "/usr/bin/etcd".into(),
+        pid_file: "/run/cerana/etcd.pid".into(),
+        store_timeout: Duration::from_secs(3),
+    })
+}

@@ -1,0 +1,79 @@
+//! The node's entry under `/cerana/v1/nodes/NAME` (what `list-nodes` and `cerana get nodes`
+//! show): its current figures, on a lease that goes when the node does. The node heartbeat
+//! ticks (issue #18) take this over, with their own intervals and a history.
+
+use cerana_protocol::tasks::clusterconf::Node;
+use cerana_store::Store;
+
+const TTL_SECS: i64 = 10;
+
+/// The lease the entry is on.
+#[derive(Debug, Default)]
+pub struct Presence {
+    lease: Option<i64>,
+}
+
+impl Presence {
+    /// Writes the entry again with fresh figures (and a new lease if the old one expired).
+    pub async fn beat(&mut self, store: &Store, name: &str) {
+        let value = match serde_json::to_string(&figures(name)) {
+            Ok(value) => value,
+            Err(_) => return,
+        };
+        let key = format!("/cerana/v1/nodes/{name}");
+        if let Some(lease) = self.lease {
+            if store.keep_alive(lease).await.is_ok() && store.put_on_lease(&key, &value, lease).await.is_ok() {
+                return;
+            }
+        }
+        self.lease = store.put_ephemeral(&key, &value, TTL_SECS).await.ok().map(|(lease, _)| lease);
+    }
+}
+
+/// `Key:   N kB` from /proc/meminfo, in bytes.
+fn meminfo(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// This node's figures now.
+pub fn figures(name: &str) -> Node {
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let (disk_total, disk_free) = nix::sys::statvfs::statvfs("/data")
+        .ok()
+        .filter(|_| std::path::Path::new("/data/config").is_dir())
+        .map_or((0, 0), |v| {
+            let frag = v.fragment_size();
+            (v.blocks() * frag, v.blocks_available() * frag)
+        });
+    Node {
+        id: name.to_owned(),
+        heartbeat_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        memory_total: meminfo(&mem, "MemTotal"),
+        memory_free: meminfo(&mem, "MemAvailable"),
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        cpu_load: load.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0),
+        disk_total,
+        disk_free,
+        mod_index: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_figures_come_from_meminfo() {
+        let text = "MemTotal:        1000 kB\nMemFree:  10 kB\nMemAvailable:     500 kB\n";
+        assert_eq!(meminfo(text, "MemTotal"), 1_024_000);
+        assert_eq!(meminfo(text, "MemAvailable"), 512_000);
+        assert_eq!(meminfo(text, "Missing"), 0);
+        let node = figures("n1");
+        assert!(node.memory_total > 0 && node.cpu_cores > 0 && node.heartbeat_ms > 0, "{node:?}");
+    }
+}
