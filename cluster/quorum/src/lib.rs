@@ -20,7 +20,7 @@ pub mod presence;
 pub mod settings;
 
 use cerana_membership::{Candidate, Desired, Observed, Plan, Step};
-use cerana_store::{Store, StoreConfig, StoreError, StoreMember};
+use cerana_store::{LazyStore, Store, StoreConfig, StoreError, StoreMember};
 use launch::{Initial, Listen, Me, Start, View};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -90,31 +90,21 @@ impl Known {
     }
 }
 
-/// A store client over the known URLs, made again when they change.
-#[derive(Debug, Default)]
-struct Client {
-    endpoints: Vec<String>,
-    store: Option<Store>,
+/// A store client over the known URLs (made again when they change), or `None` while none
+/// is known.
+async fn store_over(client: &LazyStore, known: &Known) -> Option<Store> {
+    let endpoints = known.get();
+    if endpoints.is_empty() {
+        return None;
+    }
+    client.over(endpoints).await.inspect_err(|e| tracing::warn!(error = %e, "cannot make a store client")).ok()
 }
 
-impl Client {
-    async fn over(&mut self, endpoints: Vec<String>, timeout: Duration) -> Option<Store> {
-        if endpoints.is_empty() {
-            return None;
-        }
-        if self.store.is_none() || self.endpoints != endpoints {
-            let mut config = StoreConfig::new(endpoints.clone());
-            config.op_timeout = timeout;
-            match Store::connect(&config).await {
-                Ok(store) => {
-                    self.store = Some(store);
-                    self.endpoints = endpoints;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot make a store client"),
-            }
-        }
-        self.store.clone()
-    }
+/// The agent's store client: its endpoints come from [`Known`].
+fn store_client(config: &Config) -> LazyStore {
+    let mut store = StoreConfig::new(Vec::new());
+    store.op_timeout = config.store_timeout;
+    LazyStore::new(store)
 }
 
 fn voters_client_urls(members: &[StoreMember]) -> Vec<String> {
@@ -191,8 +181,8 @@ fn kill_leftover(pid_file: &Path) {
 }
 
 /// The member list through `known` (this node's own member is not asked: it is not running).
-async fn ask_cluster(client: &mut Client, known: &Known, timeout: Duration) -> View {
-    match client.over(known.get(), timeout).await {
+async fn ask_cluster(client: &LazyStore, known: &Known) -> View {
+    match store_over(client, known).await {
         None => View::Unreachable,
         Some(store) => match store.members().await {
             Ok(members) => View::Members(members),
@@ -205,12 +195,12 @@ async fn ask_cluster(client: &mut Client, known: &Known, timeout: Duration) -> V
 }
 
 async fn member_loop(config: &Config, known: &Known) {
-    let mut client = Client::default();
+    let client = store_client(config);
     let mut backoff = Duration::from_secs(1);
     let mut last_wait = String::new();
     loop {
         let has_data = launch::has_member_data(&config.data_dir);
-        let view = ask_cluster(&mut client, known, config.store_timeout).await;
+        let view = ask_cluster(&client, known).await;
         let start = launch::decide(&config.me, config.bootstrap, has_data, &view);
         if !matches!(start, Start::Wait(_)) {
             tracing::info!(?start, has_data, "member");
@@ -219,7 +209,7 @@ async fn member_loop(config: &Config, known: &Known) {
             Start::New => Some(Initial::New),
             Start::FromData => None,
             Start::RemoveStale { id } => {
-                if let Some(store) = client.store.clone() {
+                if let Some(store) = store_over(&client, known).await {
                     match store.remove_member(id).await {
                         Ok(()) => tracing::info!(id, "removed this node's stale member (its data is gone)"),
                         Err(e) => tracing::warn!(id, error = %e, "cannot remove this node's stale member yet"),
@@ -239,7 +229,7 @@ async fn member_loop(config: &Config, known: &Known) {
                 }
                 continue;
             }
-            Start::Candidate => match candidacy(config, &mut client, known).await {
+            Start::Candidate => match candidacy(config, &client, known).await {
                 Some(join) => Some(Initial::Existing(join.initial_cluster)),
                 None => continue,
             },
@@ -269,7 +259,7 @@ async fn member_loop(config: &Config, known: &Known) {
 
 /// Offers this node until the leader has added it (or the cluster says otherwise: `None`, to
 /// decide again).
-async fn candidacy(config: &Config, client: &mut Client, known: &Known) -> Option<Join> {
+async fn candidacy(config: &Config, client: &LazyStore, known: &Known) -> Option<Join> {
     let me = &config.me;
     let key = format!("{PREFIX}candidates/{}", me.name);
     let join_key = format!("{PREFIX}joins/{}", me.name);
@@ -277,7 +267,7 @@ async fn candidacy(config: &Config, client: &mut Client, known: &Known) -> Optio
         .unwrap_or_default();
     let mut lease: Option<i64> = None;
     loop {
-        let Some(store) = client.over(known.get(), config.store_timeout).await else {
+        let Some(store) = store_over(client, known).await else {
             tokio::time::sleep(ROUND).await;
             continue;
         };
@@ -417,7 +407,7 @@ impl Leadership {
 }
 
 async fn cluster_loop(config: Config, known: Known) {
-    let mut client = Client::default();
+    let client = store_client(&config);
     let mut leadership = Leadership::default();
     let mut watchkeeper = Watchkeeper::default();
     let mut last_plan = String::new();
@@ -432,7 +422,7 @@ async fn cluster_loop(config: Config, known: Known) {
         if !endpoints.contains(&config.me.client_url) && Path::new(&config.pid_file).exists() {
             endpoints.push(config.me.client_url.clone());
         }
-        let Some(store) = client.over(endpoints, config.store_timeout).await else { continue };
+        let Some(store) = client.over(endpoints).await.ok() else { continue };
         let members = match store.members().await {
             Ok(members) => members,
             Err(e) => {

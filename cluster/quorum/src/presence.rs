@@ -2,6 +2,7 @@
 //! show): its current figures, on a lease that goes when the node does. The node heartbeat
 //! ticks (issue #18) take this over, with their own intervals and a history.
 
+use cerana_observe::procfs;
 use cerana_protocol::tasks::clusterconf::Node;
 use cerana_store::Store;
 
@@ -30,17 +31,11 @@ impl Presence {
     }
 }
 
-/// `Key:   N kB` from /proc/meminfo, in bytes.
-fn meminfo(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// This node's figures now.
 pub fn figures(name: &str) -> Node {
-    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let ram = procfs::parse_meminfo(&read("/proc/meminfo")).map(|(ram, _)| ram).ok();
+    let load = procfs::parse_loadavg(&read("/proc/loadavg")).map_or(0.0, |l| l.load_1m);
     let (disk_total, disk_free) = nix::sys::statvfs::statvfs("/data")
         .ok()
         .filter(|_| std::path::Path::new("/data/config").is_dir())
@@ -53,10 +48,10 @@ pub fn figures(name: &str) -> Node {
         heartbeat_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-        memory_total: meminfo(&mem, "MemTotal"),
-        memory_free: meminfo(&mem, "MemAvailable"),
+        memory_total: ram.as_ref().map_or(0, |r| r.total_bytes),
+        memory_free: ram.as_ref().map_or(0, |r| r.available_bytes),
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        cpu_load: load.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0),
+        cpu_load: load,
         disk_total,
         disk_free,
         mod_index: 0,
@@ -68,12 +63,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_figures_come_from_meminfo() {
-        let text = "MemTotal:        1000 kB\nMemFree:  10 kB\nMemAvailable:     500 kB\n";
-        assert_eq!(meminfo(text, "MemTotal"), 1_024_000);
-        assert_eq!(meminfo(text, "MemAvailable"), 512_000);
-        assert_eq!(meminfo(text, "Missing"), 0);
+    fn the_figures_are_this_hosts() {
         let node = figures("n1");
-        assert!(node.memory_total > 0 && node.cpu_cores > 0 && node.heartbeat_ms > 0, "{node:?}");
+        assert_eq!(node.id, "n1");
+        assert!(node.memory_total > 0 && node.memory_free <= node.memory_total, "{node:?}");
+        assert!(node.cpu_cores > 0 && node.heartbeat_ms > 0, "{node:?}");
     }
 }

@@ -100,12 +100,18 @@ impl LazyStore {
 
     pub async fn get(&self) -> Result<Store, TaskError> {
         let endpoints = self.endpoints().map_err(task_error)?;
+        self.over(endpoints).await.map_err(task_error)
+    }
+
+    /// The store over `endpoints`: the client made for them last time, or a new one when
+    /// they changed.
+    pub async fn over(&self, endpoints: Vec<String>) -> Result<Store, StoreError> {
         let mut current = self.current.lock().await;
         if let Some(connected) = current.as_ref().filter(|c| c.endpoints == endpoints) {
             return Ok(connected.store.clone());
         }
         let config = StoreConfig { endpoints: endpoints.clone(), ..self.config.clone() };
-        let store = Store::connect(&config).await.map_err(task_error)?;
+        let store = Store::connect(&config).await?;
         *current = Some(Connected { endpoints, store: store.clone() });
         Ok(store)
     }
