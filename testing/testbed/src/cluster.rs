@@ -270,19 +270,11 @@ impl Cluster {
     /// Cuts node `node`'s power: its QEMU is killed outright (its disks stay as they were).
     pub fn power_off(&self, node: usize) -> Result<(), ClusterError> {
         let pidfile = self.layout.pidfile(node);
-        let pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .ok_or_else(|| ClusterError::Invalid(format!("node {node} is not running (no {})", pidfile.display())))?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(&format!("cerana-node{node}")) {
-            return Err(ClusterError::Invalid(format!("pid {pid} is not node {node}'s QEMU")));
-        }
+        let pid = qemu_pid(&pidfile, &format!("cerana-node{node} ")).ok_or_else(|| {
+            ClusterError::Invalid(format!("node {node} is not running (no QEMU in {})", pidfile.display()))
+        })?;
         run(&["kill", "-KILL", &pid.to_string()])?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_gone(&[pid], Duration::from_secs(10));
         let _ = std::fs::remove_file(pidfile);
         Ok(())
     }
@@ -423,27 +415,38 @@ impl Cluster {
 
 /// Kills the VMs whose pidfiles are in `state_dir` and deletes the namespace (its bridge, taps
 /// and the veth with it). Safe to call on a half-made or already removed cluster.
+/// The pid in `pidfile`, if it is a QEMU we started: `name` (`-name cerana-nodeN`) is on its
+/// command line.
+fn qemu_pid(pidfile: &Path, name: &str) -> Option<i32> {
+    let pid = std::fs::read_to_string(pidfile).ok()?.trim().parse::<i32>().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // The command line's arguments are NUL-separated; a space ends the name as well.
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    cmdline.contains(name).then_some(pid)
+}
+
+/// Waits (at most `limit`) until none of `pids` exists any more.
+fn wait_gone(pids: &[i32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn down(state_dir: &Path) -> Result<(), ClusterError> {
     let Ok(entries) = std::fs::read_dir(state_dir) else { return Ok(()) };
     let mut pids = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("node") && name.ends_with(".pid") {
-            if let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-                // Only a QEMU we started: its name is on the command line.
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("cerana-node") {
-                    let _ = run(&["kill", "-TERM", &pid.to_string()]);
-                    pids.push(pid);
-                }
+            if let Some(pid) = qemu_pid(&e.path(), "cerana-node") {
+                let _ = run(&["kill", "-TERM", &pid.to_string()]);
+                pids.push(pid);
             }
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone(&pids, Duration::from_secs(10));
     for p in pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
         let _ = run(&["kill", "-KILL", &p.to_string()]);
     }
