@@ -13,6 +13,10 @@ export OUT_DIR
 # Every test a target runs must find what it needs: a missing image, tool or privilege fails
 # it, naming what is missing (cerana_testbed::require). A plain `cargo test` may skip instead.
 export CERANA_TEST_STRICT = 1
+# A fresh checkout gains nothing from incremental state, which roughly doubles the size of the
+# build directory; set CARGO_INCREMENTAL=1 to keep it while iterating.
+CARGO_INCREMENTAL ?= 0
+export CARGO_INCREMENTAL
 
 APT_PACKAGES := build-essential pkg-config
 TEST_TARGETS :=
@@ -40,7 +44,7 @@ ORDERED_TEST_TARGETS = $(filter $(TEST_TARGETS),$(TEST_ORDER)) $(filter-out $(TE
 test: deps
 	@set -e; start=$$(date +%s); for t in $(ORDERED_TEST_TARGETS); do \
 	  echo "==> make $$t"; t0=$$(date +%s); $(MAKE) --no-print-directory $$t; \
-	  echo "==> $$t passed in $$(( $$(date +%s) - t0 )) s"; done; \
+	  echo "==> $$t passed in $$(( $$(date +%s) - t0 )) s; $$(scripts/disk-usage)"; done; \
 	echo "==> every test target passed in $$(( $$(date +%s) - start )) s" 
 
 bench: deps

@@ -12,8 +12,12 @@ BENCH_TARGETS += bench-boot-net
 BOOT_TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 # Seconds each fuzz target runs in `make test`.
-BOOT_FUZZ_SECS ?= 30
+BOOT_FUZZ_SECS ?= 20
 BOOT_FUZZ_DIR = boot/bootserver/fuzz
+# One build directory for every fuzz workspace (test-task-api-fuzz too): they share most of
+# their dependencies, which are then built once.
+FUZZ_TARGET_DIR ?= $(BOOT_TARGET_DIR)/fuzz
+export FUZZ_TARGET_DIR
 
 .PHONY: test-boot test-boot-fuzz bench-boot-net
 test-boot: image

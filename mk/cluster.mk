@@ -13,11 +13,13 @@ CLUSTER_DIR = $(OUT_DIR)/cluster
 CERANA_CLUSTER = $(CARGO) run -q --release -p cerana-testbed --bin cerana-qemu-cluster --
 
 .PHONY: cluster cluster-down test-cluster
+CLI_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release
 cluster: image
 	$(CARGO) build -q --release -p cerana-cli
-	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) --data-disk-mb $(DATA_DISK_MB) --image-dir $(IMAGE_DIR) \
+	CERANA_CLI=$(CLI_DIR)/cerana $(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) up --nodes $(NODES) \
+	  --data-disk-mb $(DATA_DISK_MB) --image-dir $(IMAGE_DIR) \
 	  $(if $(ETCD_MEMBERS),--bootstrap-arg cerana.etcd_members=$(ETCD_MEMBERS))
-	@echo "cerana CLI: $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/cerana"
+	@echo "cerana on PATH: export PATH=$(CLI_DIR):\$$PATH"
 
 cluster-down:
 	$(CERANA_CLUSTER) --state-dir $(CLUSTER_DIR) down

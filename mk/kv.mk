@@ -1,7 +1,7 @@
 # The cluster store (issue #16): the store library (cluster/store), the kv and clusterconf providers
 # (cluster/providers/), tested against a real 3-member etcd on loopback. etcd-client builds
-# its gRPC code with protoc.
-APT_PACKAGES += etcd-server etcd-client protobuf-compiler
+# its gRPC code with protoc, which needs the well-known types (libprotobuf-dev, only recommended).
+APT_PACKAGES += etcd-server etcd-client protobuf-compiler libprotobuf-dev
 TEST_TARGETS += test-kv
 OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf cerana-membership cerana-quorum
 

@@ -1,7 +1,7 @@
 # The Task API: protocol, coordinator, provider SDK, CLI (issue #2).
 TEST_TARGETS += test-workspace test-task-api-fuzz
 # Seconds each Task API fuzz target runs in `make test` (frames, task arguments, HTTP requests).
-TASK_API_FUZZ_SECS ?= 30
+TASK_API_FUZZ_SECS ?= 20
 BENCH_TARGETS += bench-task-api
 
 .PHONY: test-workspace bench-task-api build

@@ -1,6 +1,7 @@
 //! `cerana`: run tasks on CeranaOS nodes and inspect their coordinators.
 
 mod args;
+mod config;
 mod render;
 
 use anyhow::Context as _;
@@ -41,9 +42,14 @@ EXIT CODES:
 #[derive(Parser, Debug)]
 #[command(name = "cerana", version, about = "Run tasks on CeranaOS nodes and inspect their coordinators", after_help = AFTER_HELP)]
 struct Cli {
-    /// A node's coordinator URL (http:// or https://); without it, the local unix socket.
+    /// A node's coordinator URL (http:// or https://); without it, a node of --config, else
+    /// the local unix socket.
     #[arg(long, global = true, env = "CERANA_NODE")]
     node: Option<NodeUrl>,
+    /// A cluster's CLI configuration (its nodes and credential; `make cluster` writes one):
+    /// the first of its nodes that answers is used.
+    #[arg(long, global = true, env = "CERANA_CONFIG")]
+    config: Option<PathBuf>,
     /// The local coordinator's unix socket.
     #[arg(long, global = true, env = "CERANA_COORDINATOR_SOCKET", default_value = cerana_protocol::DEFAULT_COORDINATOR_SOCKET)]
     socket: PathBuf,
@@ -78,6 +84,9 @@ enum Command {
     /// The cluster store: keys and values (the kv-* tasks).
     #[command(subcommand)]
     Kv(KvCommand),
+    /// The cluster's API credentials (the auth-* tasks; an admin credential is needed).
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Lists declared objects, or shows one.
     Get { kind: Kind, id: Option<String> },
     /// Shows one object in full (a bundle with its services as it runs them).
@@ -131,6 +140,51 @@ enum SetKind {
     Bundle,
     Defaults,
     Dhcp,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthCommand {
+    /// Scoped API tokens: bearer tokens that may run what their role allows.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Mints a token and prints it: its secret is shown this once.
+    Create {
+        /// read: read tasks only; operator: read and write tasks; admin: everything.
+        #[arg(long)]
+        role: cerana_protocol::tasks::auth::Role,
+        /// Lifetime: a number with s, m, h or d (`10m`, `24h`, `30d`).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: u64,
+        /// What it is for, shown in lists.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// The cluster's tokens (never their secrets).
+    #[command(alias = "ls")]
+    List,
+    /// Revokes a token: every node refuses it within seconds.
+    Revoke { id: String },
+}
+
+/// `10m`, `24h`, `30d`, `90s` (or plain seconds) in seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a lifetime such as 10m, 24h or 30d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -251,6 +305,9 @@ impl Failure {
     fn other(error: anyhow::Error) -> Self {
         Self { code: 1, message: format!("{error:#}") }
     }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self { code: 7, message: message.into() }
+    }
 }
 
 /// The whole `cerana` program: parses `std::env::args()`; the exit code says how a task ended.
@@ -273,23 +330,33 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    match &cli.node {
-        Some(node) => {
-            let token = match &cli.token_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| Failure::usage(format!("cannot read token file {}: {e}", path.display())))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => std::env::var("CERANA_TOKEN").ok(),
-            };
-            HttpClient::new(node.clone(), token, cli.ca_cert.as_deref())
-                .map(|c| Client::Http(Box::new(c)))
-                .map_err(Failure::client)
+    let config = match (&cli.node, &cli.config) {
+        (None, Some(path)) => Some(config::CliConfig::load(path).map_err(|e| Failure::usage(e.to_string()))?),
+        _ => None,
+    };
+    let node = match (&cli.node, &config) {
+        (Some(node), _) => node.clone(),
+        (None, Some(config)) => config.reachable_node().await.map_err(|e| Failure::unavailable(e.to_string()))?,
+        (None, None) => {
+            return UnixClient::connect(&cli.socket, "cerana-cli").await.map(Client::Unix).map_err(Failure::client)
         }
-        None => UnixClient::connect(&cli.socket, "cerana-cli").await.map(Client::Unix).map_err(Failure::client),
-    }
+    };
+    let token_file = cli.token_file.as_ref().or(config.as_ref().and_then(|c| c.token_file.as_ref()));
+    let token = match (&cli.token_file, std::env::var("CERANA_TOKEN").ok()) {
+        // An explicit token wins over the configuration's file.
+        (None, Some(token)) => Some(token),
+        _ => match token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Failure::usage(format!("cannot read token file {}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        },
+    };
+    let ca = cli.ca_cert.as_deref().or(config.as_ref().and_then(|c| c.ca_cert.as_deref()));
+    HttpClient::new(node, token, ca).map(|c| Client::Http(Box::new(c))).map_err(Failure::client)
 }
 
 fn print(cli: &Cli, value: &serde_json::Value) {
@@ -330,6 +397,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Providers => builtin(&cli, &client, "coordinator-providers", serde_json::json!({})).await,
         Command::Status => builtin(&cli, &client, "coordinator-status", serde_json::json!({})).await,
         Command::Kv(kv) => run_kv(&cli, &client, kv).await,
+        Command::Auth(AuthCommand::Token(token)) => run_token(&cli, &client, token).await,
         Command::Get { kind, id } => {
             let (one, list, field) = kind.names();
             let value = match id {
@@ -535,6 +603,20 @@ fn parse_object(text: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+async fn run_token(cli: &Cli, client: &Client, command: &TokenCommand) -> Result<(), Failure> {
+    use serde_json::json;
+    let (task, args) = match command {
+        TokenCommand::Create { role, ttl, description } => {
+            ("auth-token-create", json!({ "role": role, "ttl_seconds": ttl, "description": description }))
+        }
+        TokenCommand::List => ("auth-token-list", json!({})),
+        TokenCommand::Revoke { id } => ("auth-token-revoke", json!({ "id": id })),
+    };
+    let (_, value) = call_task(client, task, args).await?;
+    print(cli, &value);
+    Ok(())
+}
+
 /// The most pages `cerana kv ls` follows (10,000 keys each).
 const KV_LS_MAX_PAGES: usize = 100;
 
@@ -714,5 +796,36 @@ mod tokio_util_like {
                 Err(e) => Some((Err(e), None)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_read_with_their_unit() {
+        assert_eq!(parse_ttl("10m"), Ok(600));
+        assert_eq!(parse_ttl("24h"), Ok(86_400));
+        assert_eq!(parse_ttl("30d"), Ok(2_592_000));
+        assert_eq!(parse_ttl("90"), Ok(90));
+        assert!(parse_ttl("1w").unwrap_err().contains("unit"));
+        assert!(parse_ttl("h").unwrap_err().contains("not a lifetime"));
+        assert!(parse_ttl("99999999999999999999d").is_err());
+        assert!(parse_ttl(&format!("{}d", u64::MAX / 2)).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn token_commands_parse() {
+        let cli = Cli::try_parse_from(["cerana", "auth", "token", "create", "--role", "read", "--ttl", "24h"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Auth(AuthCommand::Token(TokenCommand::Create {
+                role: cerana_protocol::tasks::auth::Role::Read,
+                ttl: 86_400,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["cerana", "auth", "token", "create", "--role", "root", "--ttl", "1h"]).is_err());
     }
 }

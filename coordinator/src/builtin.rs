@@ -96,6 +96,7 @@ fn task_listing(core: &dyn State) -> Vec<TaskListing> {
                     description: info.description.to_owned(),
                     providers: Vec::new(),
                     builtin: is_builtin(info.name),
+                    access: info.access,
                 },
             )
         })
@@ -108,6 +109,7 @@ fn task_listing(core: &dyn State) -> Vec<TaskListing> {
                 description: String::new(),
                 providers: Vec::new(),
                 builtin: false,
+                access: cerana_protocol::Access::Write,
             })
             .providers = providers;
     }

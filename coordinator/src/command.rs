@@ -19,14 +19,27 @@ struct Args {
     /// Serve only the unix socket.
     #[arg(long, conflicts_with = "listen")]
     no_http: bool,
-    /// File holding the bearer token the HTTP API requires.
+    /// File holding the cluster's bearer token (role admin) the HTTP API requires.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The scoped API tokens' records (JSON, kept by the quorum agent): their bearers get
+    /// their token's role.
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
     /// PEM certificate chain for HTTPS (with --tls-key).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// With --tls-cert: accept client certificates from this CA (PEM); a client whose
+    /// certificate names a node runs tasks as that node.
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// PEM certificate presented to https peers that ask for one (with --peer-key).
+    #[arg(long, requires = "peer_key")]
+    peer_cert: Option<PathBuf>,
+    #[arg(long, requires = "peer_cert")]
+    peer_key: Option<PathBuf>,
     /// This node's name (default: the hostname).
     #[arg(long)]
     name: Option<String>,
@@ -50,6 +63,15 @@ struct Args {
     /// CA certificate (PEM) trusted for https peers.
     #[arg(long)]
     peer_ca: Option<PathBuf>,
+    /// A member of the cluster (a coordinator's base URL; repeated): with --peers-file, tasks are
+    /// forwarded, results delivered and streams pulled only to members. Without either, to any
+    /// address a caller names.
+    #[arg(long = "peer")]
+    peers: Vec<cerana_protocol::NodeUrl>,
+    /// File of the cluster members' base URLs, one per line, read at each use (the quorum
+    /// agent keeps it).
+    #[arg(long)]
+    peers_file: Option<PathBuf>,
     /// HTTP connections served at once (lowered to fit RLIMIT_NOFILE); more get 503 busy.
     #[arg(long, default_value_t = config::DEFAULT_HTTP_MAX_CONNECTIONS)]
     http_max_connections: usize,
@@ -83,9 +105,18 @@ fn config(args: &Args) -> Config {
     config.journal_max_bytes = args.journal_max_bytes;
     config.advertise = args.advertise_url.clone().unwrap_or_default();
     config.peer_ca = args.peer_ca.clone();
+    if !args.peers.is_empty() || args.peers_file.is_some() {
+        config.peers = crate::PeerPolicy::Members { listed: args.peers.clone(), file: args.peers_file.clone() };
+    }
     config.http_max_connections = args.http_max_connections;
     config.http_max_connections_per_source = args.http_max_connections_per_source;
     config.unix_max_connections = args.unix_max_connections;
+    config.tokens_file = args.tokens_file.clone();
+    config.client_ca = args.client_ca.clone();
+    config.peer_identity = match (&args.peer_cert, &args.peer_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    };
     config.header_timeout = Duration::from_secs(args.header_timeout);
     config.body_timeout = Duration::from_secs(args.body_timeout);
     config.body_idle_timeout = Duration::from_secs(args.body_idle_timeout);

@@ -34,9 +34,19 @@ pub struct Config {
     pub socket: PathBuf,
     /// Where the HTTP API listens; `None` serves only the unix socket.
     pub listen: Option<SocketAddr>,
-    /// Bearer token the HTTP API requires; mandatory for any non-loopback address.
+    /// The cluster's own bearer token (role admin; nodes forward with it); mandatory for any
+    /// non-loopback address.
     pub token: Option<String>,
+    /// Scoped API tokens (`cerana-…`, minted with `auth-token-create`) are checked against
+    /// this file, which the node's quorum agent keeps.
+    pub tokens_file: Option<PathBuf>,
     pub tls: Option<TlsFiles>,
+    /// With `tls`: the CA (PEM) whose client certificates the HTTPS listener accepts, each
+    /// naming a cluster node, whose bearer runs tasks as that node (role admin). Clients
+    /// without one still authenticate with a bearer token; one from another CA is refused.
+    pub client_ca: Option<PathBuf>,
+    /// The certificate this coordinator presents to https peers that ask for one.
+    pub peer_identity: Option<TlsFiles>,
     /// Timeout of a request that names none.
     pub default_timeout: Duration,
     /// Upper bound on any request's timeout.
@@ -54,6 +64,9 @@ pub struct Config {
     pub peer_token: Option<String>,
     /// CA certificate (PEM) trusted for https peers.
     pub peer_ca: Option<PathBuf>,
+    /// Which coordinators tasks are forwarded to, results delivered to and streams pulled
+    /// from (each carries `peer_token`).
+    pub peers: crate::PeerPolicy,
     /// Connections the HTTP listener serves at once; lowered at start to fit the descriptor
     /// limit (`cerana_netlimits::DescriptorBudget`). More are answered 503 and closed.
     pub http_max_connections: usize,
@@ -80,7 +93,10 @@ impl Config {
             socket: socket.into(),
             listen: None,
             token: None,
+            tokens_file: None,
             tls: None,
+            client_ca: None,
+            peer_identity: None,
             default_timeout: Duration::from_secs(60),
             max_timeout: Duration::from_secs(3600),
             journal_capacity: 10_000,
@@ -90,6 +106,7 @@ impl Config {
             advertise: Advertise::default(),
             peer_token: None,
             peer_ca: None,
+            peers: crate::PeerPolicy::Any,
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             http_max_connections_per_source: DEFAULT_HTTP_MAX_CONNECTIONS_PER_SOURCE,
             unix_max_connections: DEFAULT_UNIX_MAX_CONNECTIONS,
@@ -104,6 +121,9 @@ impl Config {
             if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
                 return Err(ConfigError::TokenRequired { addr });
             }
+        }
+        if self.client_ca.is_some() && self.tls.is_none() {
+            return Err(ConfigError::Invalid("client certificates (--client-ca) need HTTPS (--tls-cert)".into()));
         }
         if self.journal_capacity == 0 {
             return Err(ConfigError::Invalid("journal capacity must be at least 1".into()));

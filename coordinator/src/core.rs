@@ -75,6 +75,8 @@ pub struct Core {
     pub task_counters: TaskCounters,
     own_address: OwnAddress,
     peers: Mutex<PeerClients>,
+    /// The scoped API tokens callers may present (`Config::tokens_file`).
+    pub tokens: Option<cerana_credentials::TokensFile>,
 }
 
 /// HTTP clients for peer coordinators and `reply_to` targets, by base URL, least recently used
@@ -91,6 +93,7 @@ impl Core {
         let streams = StreamBroker::new(config.stream_rendezvous);
         Arc::new(Self {
             own_address: config.own_address(),
+            tokens: config.tokens_file.as_ref().map(cerana_credentials::TokensFile::new),
             config,
             started: Instant::now(),
             registry: RwLock::new(Registry::default()),
@@ -139,8 +142,24 @@ impl Core {
             .unwrap_or(self.config.default_timeout)
             .min(self.config.max_timeout);
 
+        // The cluster's credentials go to members only: refused before any connection.
+        let reply_to_refused = request.reply_to.as_deref().and_then(|url| match NodeUrl::new(url) {
+            Ok(url) if Origin::of(&url).is_none() => {
+                Some((ErrorCode::InvalidRequest, format!("{url} has no usable host and port")))
+            }
+            Ok(url) => self.config.peers.allows(&url).err().map(|why| (ErrorCode::PermissionDenied, why)),
+            Err(e) => Some((ErrorCode::InvalidRequest, format!("{url:?} is not an http(s) URL: {e}"))),
+        });
+        if let Some((code, why)) = reply_to_refused {
+            request.reply_to = None;
+            return self.reject(request, caller, reply, TaskError::new(code, format!("reply_to: {why}")));
+        }
         if let Some(node) = request.node.take() {
             if !self.is_own_url(&node) {
+                if let Err(why) = self.config.peers.allows(&node) {
+                    let error = TaskError::new(ErrorCode::PermissionDenied, format!("node: {why}"));
+                    return self.reject(request, caller, reply, error);
+                }
                 // The peer answers the caller through this coordinator, not on its own.
                 request.reply_to = None;
                 let route = Route::Forward(node.clone());
@@ -309,7 +328,8 @@ impl Core {
     }
 
     /// Answers a request that never got routed, journaling it as failed.
-    fn reject(self: &Arc<Self>, request: Request, caller: String, reply: ReplySink, error: TaskError) {
+    /// Journals `request` as refused with `error` and answers `reply` so.
+    pub fn reject(self: &Arc<Self>, request: Request, caller: String, reply: ReplySink, error: TaskError) {
         if self.accept(&request, &caller, reply, Route::Provider(0), None, self.config.max_timeout) {
             self.complete(Response::err(request.id, error), None);
         }
@@ -456,6 +476,9 @@ impl Core {
 
     /// The HTTP client for the coordinator (or `reply_to` target) at `base`.
     pub(crate) fn peer(&self, base: &NodeUrl) -> Result<HttpClient, ClientError> {
+        if let Err(why) = self.config.peers.allows(base) {
+            return Err(ClientError::Api(TaskError::new(ErrorCode::PermissionDenied, why)));
+        }
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(index) = peers.by_base.iter().position(|(b, _)| b == base) {
             let used = peers.by_base.remove(index).expect("found above");
@@ -465,8 +488,17 @@ impl Core {
         let client = match &peers.shared {
             Some(shared) => shared.with_base(base.clone()),
             None => {
-                let client =
-                    HttpClient::new(base.clone(), self.config.peer_token.clone(), self.config.peer_ca.as_deref())?;
+                let identity = self
+                    .config
+                    .peer_identity
+                    .as_ref()
+                    .map(|files| cerana_client::ClientIdentity { cert: &files.cert, key: &files.key });
+                let client = HttpClient::with_identity(
+                    base.clone(),
+                    self.config.peer_token.clone(),
+                    self.config.peer_ca.as_deref(),
+                    identity,
+                )?;
                 peers.shared = Some(client.clone());
                 client
             }
@@ -508,9 +540,10 @@ impl Core {
     }
 
     async fn post_reply(self: Arc<Self>, url: String, response: Response) {
-        // One client per server, not per URL: callers choose these URLs freely.
+        // One client per server, not per URL: callers choose these URLs freely. `submit` has
+        // refused a reply_to without a usable origin, so this holds.
         let Some(origin) = NodeUrl::new(url.clone()).ok().as_ref().and_then(Origin::of) else {
-            tracing::warn!(%url, "reply_to is not an http(s) URL; response kept only in the journal");
+            tracing::error!(%url, "reply_to has no origin; response kept only in the journal");
             return;
         };
         match self.peer(&origin.url()) {

@@ -8,8 +8,11 @@
 //! - `POST /v1/streams/{id}`, `GET /v1/streams/{id}`: the two ends of a byte stream.
 //! - `GET /health`: liveness, the only path that needs no token.
 //!
+//! Who may call what: `auth.rs`.
+//!
 //! Every client error (4xx) is the JSON error shape `{"error": {"code", "message", ...}}`.
 
+use crate::auth::Caller;
 use crate::core::{Core, ReplySink};
 use crate::streams::{pump_from_unix, Piece, StreamEnd};
 use axum::body::Body;
@@ -23,7 +26,8 @@ use bytes::Bytes;
 use cerana_client::ApiErrorBody;
 use cerana_protocol::tasks::coordinator::{HistoryArgs, TaskState};
 use cerana_protocol::{
-    ErrorCode, NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError, TaskName,
+    Access, ErrorCode, NodeUrl, Request, RequestId, Response, StreamDirection, StreamHandle, StreamId, TaskError,
+    TaskName,
 };
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
@@ -54,6 +58,9 @@ fn status_for(code: &ErrorCode) -> StatusCode {
     use cerana_protocol::error::ErrorClass::*;
     if *code == ErrorCode::FrameTooLarge {
         return StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    if *code == ErrorCode::PermissionDenied {
+        return StatusCode::FORBIDDEN;
     }
     match code.class() {
         BadInput => StatusCode::BAD_REQUEST,
@@ -117,34 +124,37 @@ async fn json_client_errors(request: AxumRequest, next: Next) -> AxumResponse {
     json
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
+/// Authenticates every API request (see `auth.rs`) and hands the handlers its [`Caller`].
+/// Task requests are checked against their task once the body is read; a stream upload needs
+/// `write` access, anything else `read`.
 async fn require_token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    request: AxumRequest,
+    mut request: AxumRequest,
     next: Next,
 ) -> AxumResponse {
-    if let Some(expected) = &state.core.config.token {
-        match bearer_token(&headers) {
-            Some(token) if token_matches(token.as_bytes(), expected.as_bytes()) => {}
-            Some(_) => {
-                return api_error(
-                    StatusCode::UNAUTHORIZED,
-                    TaskError::new(ErrorCode::Unauthenticated, "wrong bearer token"),
-                )
-            }
-            None => {
-                return api_error(
-                    StatusCode::UNAUTHORIZED,
-                    TaskError::new(ErrorCode::Unauthenticated, "this API needs an Authorization: Bearer token"),
-                )
-            }
+    if request.uri().query().is_some_and(crate::auth::query_has_credential) {
+        let message = "credentials go in the Authorization header, never in a URL (URLs are logged)";
+        return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, message));
+    }
+    let node = request.extensions().get::<PeerNode>().map(|n| n.0.as_str());
+    let caller = match crate::auth::authenticate(&state.core, node, bearer_token(&headers)) {
+        Ok(caller) => caller,
+        Err(e) => return api_error(status_for(&e.code), e),
+    };
+    let path = request.uri().path();
+    let is_task = path == "/v1/tasks" && request.method() == http::Method::POST;
+    if !is_task {
+        let access = if path.starts_with("/v1/streams/") && request.method() == http::Method::POST {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        if let Err(e) = caller.may_run(path, access) {
+            return api_error(status_for(&e.code), e);
         }
     }
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -188,6 +198,7 @@ async fn post_task(
     State(state): State<AppState>,
     Query(query): Query<WaitQuery>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Body,
 ) -> AxumResponse {
     let read = http_body_util::Limited::new(body, MAX_BODY).collect();
@@ -216,13 +227,21 @@ async fn post_task(
         parent: parsed.parent,
     };
     let id = request.id;
-    let caller = format!("http:{peer}");
+    let denied = caller.may_run(request.task.as_str(), cerana_protocol::tasks::access_of(request.task.as_str())).err();
+    let label = format!("http:{peer} {}", caller.identity);
     if query.wait == Some(false) {
-        state.core.submit(request, caller, ReplySink::Detached);
+        if let Some(error) = denied {
+            state.core.reject(request, label, ReplySink::Detached, error.clone());
+            return api_error(status_for(&error.code), error);
+        }
+        state.core.submit(request, label, ReplySink::Detached);
         return (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id }))).into_response();
     }
     let (tx, rx) = oneshot::channel();
-    state.core.submit(request, caller, ReplySink::Waiter(tx));
+    match denied {
+        Some(error) => state.core.reject(request, label, ReplySink::Waiter(tx), error),
+        None => state.core.submit(request, label, ReplySink::Waiter(tx)),
+    }
     match rx.await {
         Ok(response) => task_response(response),
         Err(_) => {
@@ -490,7 +509,10 @@ pub async fn serve(
             let _permit = permit;
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(app, stream, peer, limits).await,
+                    Ok(Ok(stream)) => {
+                        let node = peer_node(&stream);
+                        serve_connection_of(app, stream, peer, node, limits).await
+                    }
                     Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -524,6 +546,20 @@ pub async fn serve_connection<I>(app: Router, io: I, peer: SocketAddr, limits: C
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_of(app, io, peer, None, limits).await
+}
+
+/// [`serve_connection`] for a client that proved, with its certificate, to be `node`.
+async fn serve_connection_of<I>(
+    app: Router,
+    io: I,
+    peer: SocketAddr,
+    node: Option<PeerNode>,
+    limits: ConnectionLimits,
+) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let body_idle_timeout = limits.body_idle_timeout;
@@ -532,6 +568,9 @@ where
         move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(|body| Body::new(cerana_netlimits::ProgressTimeout::new(body, body_idle_timeout)));
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            if let Some(node) = &node {
+                req.extensions_mut().insert(node.clone());
+            }
             req
         },
     ));
@@ -542,8 +581,13 @@ where
     builder.serve_connection(TokioIo::new(io), service).await
 }
 
-/// Loads a rustls server configuration from PEM files.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+/// Loads a rustls server configuration from PEM files; with `client_ca`, client certificates
+/// from that CA are asked for (not required: bearer-token clients have none) and verified.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     let certs = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &certs[..])
         .collect::<Result<_, _>>()
@@ -556,11 +600,36 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tok
         .map_err(|e| format!("{}: {e}", key.display()))?
         .ok_or_else(|| format!("{}: no private key found", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in rustls_pemfile::certs(&mut &pem[..]) {
+                roots.add(ca.map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| e.to_string())?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The node a TLS client proved to be: the first DNS name of its verified certificate (the
+/// cluster CA names each node certificate after its node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode(pub String);
+
+fn peer_node<IO>(stream: &tokio_rustls::server::TlsStream<IO>) -> Option<PeerNode> {
+    let der = stream.get_ref().1.peer_certificates()?.first()?;
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
+    let name = cert.valid_dns_names().next()?;
+    Some(PeerNode(name.to_owned()))
 }

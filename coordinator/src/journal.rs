@@ -123,10 +123,15 @@ impl Journal {
         let limit = self.limits.result_bytes;
         let mut kept_result = false;
         self.update(seq, |entry| {
+            let secret = cerana_protocol::tasks::access_of(entry.task.as_str()) == cerana_protocol::Access::Admin;
             entry.state = finish.state;
             entry.finished_at_ms = Some(finish.finished_at_ms);
             entry.duration_us = Some(finish.duration_us);
             match finish.outcome {
+                Ok(result) if secret => {
+                    entry.result_omitted =
+                        Some(ResultOmitted { bytes: result.get().len() as u64, reason: OmittedReason::Secret });
+                }
                 Ok(result) if result.get().len() <= limit => {
                     entry.result = Some(result.clone());
                     kept_result = true;
@@ -320,6 +325,16 @@ mod tests {
         assert_eq!(journal.count_in(TaskState::Running), 2);
         assert!(journal.find(newest.entries[0].id).is_some());
         assert_eq!(journal.bytes(), recount(&journal));
+    }
+
+    #[test]
+    fn a_credential_tasks_result_is_never_kept() {
+        let mut journal = Journal::new(LIMITS);
+        let seq = journal.push(entry("auth-token-create"));
+        finish(&mut journal, seq, &result_of(100));
+        let e = journal.query(&HistoryArgs::default()).entries.remove(0);
+        assert!(e.result.is_none());
+        assert_eq!(e.result_omitted.map(|o| o.reason), Some(OmittedReason::Secret));
     }
 
     /// Issue #15: 1,000 tasks with 64 KB results stay within the byte budget, the newest results

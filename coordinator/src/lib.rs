@@ -6,6 +6,7 @@
 //! bounded journal of what it did. See `README.md` in this folder.
 
 pub mod address;
+pub mod auth;
 pub mod builtin;
 pub mod command;
 pub mod config;
@@ -15,12 +16,14 @@ pub mod counters;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod peers;
 pub mod registry;
 pub mod streams;
 pub mod unix;
 
 pub use address::Advertise;
 pub use config::{Config, ConfigError, TlsFiles};
+pub use peers::PeerPolicy;
 
 use cerana_netlimits::{Admission, ConnectionLimits, DescriptorBudget};
 use std::net::SocketAddr;
@@ -59,7 +62,9 @@ impl Coordinator {
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let tls = match &config.tls {
-            Some(files) => Some(http::tls_acceptor(&files.cert, &files.key).map_err(StartError::Tls)?),
+            Some(files) => Some(
+                http::tls_acceptor(&files.cert, &files.key, config.client_ca.as_deref()).map_err(StartError::Tls)?,
+            ),
             None => None,
         };
         let unix_listener = unix::bind(&config.socket).await?;

@@ -30,8 +30,8 @@ mod test_tasks {
     }
 
     cerana_protocol::declare_tasks! {
-        TestBlob = "test-blob", "Answers with a string of the requested size", BlobArgs => EchoArgs;
-        TestCountInput = "test-count-input", "Counts the bytes of its input stream", NoArgs => Counted;
+        TestBlob = "test-blob", Write, "Answers with a string of the requested size", BlobArgs => EchoArgs;
+        TestCountInput = "test-count-input", Write, "Counts the bytes of its input stream", NoArgs => Counted;
     }
 }
 use test_tasks::*;

@@ -33,8 +33,8 @@ mod test_tasks {
     }
 
     cerana_protocol::declare_tasks! {
-        TestPipeSource = "test-pipe-source", "Writes its output stream through a pipe when it can", PipeSourceArgs => PipeSummary;
-        TestPipeSink = "test-pipe-sink", "Reads its input stream through a pipe when it can", cerana_protocol::NoArgs => PipeSummary;
+        TestPipeSource = "test-pipe-source", Write, "Writes its output stream through a pipe when it can", PipeSourceArgs => PipeSummary;
+        TestPipeSink = "test-pipe-sink", Write, "Reads its input stream through a pipe when it can", cerana_protocol::NoArgs => PipeSummary;
     }
 }
 use test_tasks::*;

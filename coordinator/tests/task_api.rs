@@ -45,10 +45,10 @@ mod test_tasks {
     }
 
     cerana_protocol::declare_tasks! {
-        TestSleep = "test-sleep", "Sleeps, then answers", SleepArgs => NoArgs;
-        TestCompose = "test-compose", "Echoes through a node-echo sub-task", EchoArgs => EchoArgs;
-        TestSink = "test-sink", "Consumes its input stream", NoArgs => StreamSummary;
-        TestSource = "test-source", "Produces an output stream", SourceArgs => StreamSummary;
+        TestSleep = "test-sleep", Write, "Sleeps, then answers", SleepArgs => NoArgs;
+        TestCompose = "test-compose", Write, "Echoes through a node-echo sub-task", EchoArgs => EchoArgs;
+        TestSink = "test-sink", Write, "Consumes its input stream", NoArgs => StreamSummary;
+        TestSource = "test-source", Write, "Produces an output stream", SourceArgs => StreamSummary;
     }
 }
 use test_tasks::*;
@@ -276,18 +276,82 @@ async fn a_stopping_provider_runs_its_shutdown_hook_while_it_still_serves() {
     wait_for_provider(&client, "leaving", 0).await;
 }
 
+/// A coordinator `remote` on loopback HTTP requiring `token`, with an echo provider.
+async fn start_remote_echo(
+    dir: &TestDir,
+    token: &str,
+) -> (cerana_coordinator::Coordinator, NodeUrl, tokio::task::JoinHandle<()>) {
+    let mut remote_config = config(&dir.socket("remote"));
+    remote_config.name = "remote".into();
+    remote_config.listen = Some("127.0.0.1:0".parse().unwrap());
+    remote_config.token = Some(token.to_owned());
+    let remote = start(remote_config).await;
+    let remote_url = NodeUrl::new(format!("http://{}", remote.http_addr().unwrap())).unwrap();
+    let echo = spawn_provider(echo_provider("remote-echo", 50), &dir.socket("remote"));
+    wait_for_provider(&client(&dir.socket("remote")).await, "remote-echo", 1).await;
+    (remote, remote_url, echo)
+}
+
+/// Issue #17: tasks, results and streams carry the cluster's credentials, so with a member list
+/// they go to members only. A listener that is not one, named in `node` or `reply_to`, is refused
+/// with `permission_denied` and never sees a connection; a member is reached as before, until it
+/// leaves the list.
+#[tokio::test]
+async fn sends_tasks_and_results_only_to_members() {
+    let dir = TestDir::new();
+    let token = "peer-token-0123456789abcdef".to_owned();
+    let (_remote, remote_url, _echo) = start_remote_echo(&dir, &token).await;
+
+    let members = dir.dir.path().join("peers");
+    std::fs::write(&members, format!("{remote_url}\n")).unwrap();
+    let mut local_config = config(&dir.socket("local"));
+    local_config.peer_token = Some(token);
+    local_config.peers = cerana_coordinator::PeerPolicy::Members { listed: vec![], file: Some(members.clone()) };
+    let _local = start(local_config).await;
+    let client = client(&dir.socket("local")).await;
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    stranger.set_nonblocking(true).unwrap();
+    let stranger_url = NodeUrl::new(format!("http://{}", stranger.local_addr().unwrap())).unwrap();
+
+    let to = |node: &NodeUrl| {
+        let mut request = Request::for_task::<NodeEcho>(&echo("near")).unwrap();
+        request.node = Some(node.clone());
+        request
+    };
+    let result: EchoArgs = client.call(to(&remote_url)).await.unwrap().decode().unwrap();
+    assert_eq!(result.data, "remote-echo:near");
+    let error = client.call(to(&stranger_url)).await.unwrap().error().cloned().unwrap();
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    assert!(error.message.contains("not a member"), "{error}");
+    let mut request = Request::for_task::<NodeEcho>(&echo("result")).unwrap();
+    request.reply_to = Some(format!("{stranger_url}/results"));
+    let error = client.call(request).await.unwrap().error().cloned().unwrap();
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+    for (bad, says) in [("http://127.0.0.1:99999/results", "no usable host and port"), ("gopher://x", "reply_to")] {
+        let mut request = Request::for_task::<NodeEcho>(&echo("result")).unwrap();
+        request.reply_to = Some(bad.into());
+        let error = client.call(request).await.unwrap().error().cloned().unwrap();
+        assert_eq!(error.code, ErrorCode::InvalidRequest, "{bad}: {error}");
+        assert!(error.message.contains(says), "{bad}: {error}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reached = stranger.accept();
+    assert!(
+        matches!(&reached, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the stranger got a connection: {reached:?}"
+    );
+
+    // A node that leaves the member list is refused from then on.
+    std::fs::write(&members, "").unwrap();
+    let error = client.call(to(&remote_url)).await.unwrap().error().cloned().unwrap();
+    assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
+}
+
 #[tokio::test]
 async fn forwards_tasks_to_another_coordinator_over_http() {
     let dir = TestDir::new();
     let token = "peer-token-0123456789abcdef".to_owned();
-    let mut remote_config = config(&dir.socket("remote"));
-    remote_config.name = "remote".into();
-    remote_config.listen = Some("127.0.0.1:0".parse().unwrap());
-    remote_config.token = Some(token.clone());
-    let remote = start(remote_config).await;
-    let remote_url = NodeUrl::new(format!("http://{}", remote.http_addr().unwrap())).unwrap();
-    let _echo = spawn_provider(echo_provider("remote-echo", 50), &dir.socket("remote"));
-    wait_for_provider(&client(&dir.socket("remote")).await, "remote-echo", 1).await;
+    let (_remote, remote_url, _echo) = start_remote_echo(&dir, &token).await;
 
     let mut local_config = config(&dir.socket("local"));
     local_config.peer_token = Some(token.clone());

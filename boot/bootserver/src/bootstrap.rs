@@ -125,7 +125,16 @@ impl Bootstrap {
 
     /// The configuration file: this interface, this node's kernel and initrd as image `cerana`,
     /// DHCP in `dhcp` mode (the pool is written in every mode, so `boot-dhcp` can switch to full).
-    pub fn config(&self, interface: &str, kernel: &Path, initrd: &Path, tftp_root: &Path, dhcp: DhcpMode) -> String {
+    /// `ca_dir`: the cluster CA, on the bootstrap node ([`CLUSTER_CA_DIR`]).
+    pub fn config(
+        &self,
+        interface: &str,
+        kernel: &Path,
+        initrd: &Path,
+        tftp_root: &Path,
+        dhcp: DhcpMode,
+        ca_dir: Option<&Path>,
+    ) -> String {
         let [first, last] = self.range();
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = format!(
@@ -145,6 +154,10 @@ impl Bootstrap {
         );
         if let Some(gw) = self.gateway {
             out.push_str(&format!("gateway = \"{gw}\"\n"));
+        }
+        if let Some(dir) = ca_dir {
+            // Top-level keys go before the first table.
+            out = out.replacen("\n[dhcp]\n", &format!("ca_dir = {}\n\n[dhcp]\n", quote(&dir.display().to_string())), 1);
         }
         // What the booted nodes share with this one: the API token and the storage policy.
         let image_cmdline = [
@@ -167,6 +180,9 @@ impl Bootstrap {
         out
     }
 }
+
+/// Where the bootstrap node's quorum agent links the cluster CA it keeps on the pool.
+pub const CLUSTER_CA_DIR: &str = "/run/cerana/ca";
 
 /// The interface holding `address`.
 pub fn interface_with(address: Ipv4Addr) -> Result<String, BootstrapError> {
@@ -193,6 +209,7 @@ mod tests {
             Path::new("/i"),
             Path::new("/t"),
             DhcpMode::Full,
+            None,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(
@@ -205,6 +222,7 @@ mod tests {
             Path::new("/i"),
             Path::new("/t"),
             DhcpMode::Full,
+            None,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(config.images["cerana"].cmdline, "");
@@ -223,7 +241,7 @@ mod tests {
         assert!(matches!(Bootstrap::from_cmdline(line), Err(BootstrapError::AddressInPool(_))));
         let b = Bootstrap::for_replica(line).unwrap();
         let text =
-            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off);
+            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off, None);
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.dhcp.mode, DhcpMode::Off);
@@ -234,11 +252,19 @@ mod tests {
     fn derives_pool_gateway_and_token_from_the_command_line() {
         let b = Bootstrap::from_cmdline("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip=10.99.0.2/24 cerana.mgmt_gw=10.99.0.1 cerana.api_token=abcdefghijklmnop").unwrap();
         assert_eq!(b.range(), ["10.99.0.100".parse::<Ipv4Addr>().unwrap(), "10.99.0.249".parse().unwrap()]);
-        let text =
-            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Full);
+        let ca = Path::new(CLUSTER_CA_DIR);
+        let text = b.config(
+            "eth0",
+            Path::new("/run/k"),
+            Path::new("/run/i"),
+            Path::new("/usr/lib/ipxe"),
+            DhcpMode::Full,
+            Some(ca),
+        );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.dhcp.mode, DhcpMode::Full);
+        assert_eq!(config.ca_dir.as_deref(), Some(ca));
         assert!(text.contains("gateway = \"10.99.0.1\""));
         assert!(text.contains("cmdline = \"cerana.api_token=abcdefghijklmnop\""));
         assert!(text.contains("interface = \"eth0\""));

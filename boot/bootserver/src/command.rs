@@ -2,7 +2,7 @@
 //! or its `fetch` and `bootstrap-config` subcommands.
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// DHCP, TFTP and HTTP boot server for CeranaOS nodes.
 #[derive(Debug, Parser)]
@@ -66,6 +66,9 @@ enum Command {
         tftp_root: PathBuf,
         #[arg(long, default_value = "/etc/cerana/bootserver.toml")]
         output: PathBuf,
+        /// Where the node's key and the certificate its check-in brings are written.
+        #[arg(long, default_value = "/run/cerana/tls")]
+        tls_dir: PathBuf,
     },
 }
 
@@ -108,7 +111,14 @@ async fn run() -> anyhow::Result<()> {
         let interface = crate::bootstrap::interface_with(bootstrap.address)?;
         std::fs::write(
             &output,
-            bootstrap.config(&interface, &kernel, &initrd, &tftp_root, crate::config::DhcpMode::Full),
+            bootstrap.config(
+                &interface,
+                &kernel,
+                &initrd,
+                &tftp_root,
+                crate::config::DhcpMode::Full,
+                Some(Path::new(crate::bootstrap::CLUSTER_CA_DIR)),
+            ),
         )
         .with_context(|| format!("writing {}", output.display()))?;
         // The check the server itself makes, so a bad file fails here, not at its start.
@@ -116,9 +126,9 @@ async fn run() -> anyhow::Result<()> {
         println!("{} written: interface {interface}, address {}", output.display(), bootstrap.address);
         return Ok(());
     }
-    if let Some(Command::Join { cmdline, dest, tftp_root, output }) = args.command {
+    if let Some(Command::Join { cmdline, dest, tftp_root, output, tls_dir }) = args.command {
         let text = std::fs::read_to_string(&cmdline).with_context(|| format!("reading {}", cmdline.display()))?;
-        let joined = crate::join::join(&text, &dest, &tftp_root, &output).await?;
+        let joined = crate::join::join(&text, &dest, &tftp_root, &output, &tls_dir).await?;
         println!("{}", serde_json::to_string(&joined)?);
         return Ok(());
     }

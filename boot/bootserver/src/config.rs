@@ -126,6 +126,10 @@ pub struct Config {
     pub http_limits: HttpLimits,
     #[serde(default)]
     pub tftp_limits: TftpLimits,
+    /// The cluster CA (`ca.key`, `ca.crt`) that signs the certificates of the nodes checking
+    /// in; without it, check-ins get no certificate.
+    #[serde(default)]
+    pub ca_dir: Option<PathBuf>,
 }
 
 fn default_http_port() -> u16 {

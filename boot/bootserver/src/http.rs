@@ -529,7 +529,7 @@ async fn checkin(
             return json_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidArgument,
-                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ...}}: {e}"),
+                format!("expected {{\"mac\": ..., \"hostname\"?: ..., \"ip\"?: ..., \"public_key\"?: ...}}: {e}"),
             );
         }
     };
@@ -537,9 +537,33 @@ async fn checkin(
         IpAddr::V4(ip) => Some(ip),
         IpAddr::V6(_) => None,
     });
-    let hostname = checkin.hostname.map(String::from);
-    state.events.record(EventSource::Peer(peer.ip()), checkin.mac, BootEventKind::CheckedIn { hostname, ip });
-    StatusCode::NO_CONTENT.into_response()
+    let source = EventSource::Peer(peer.ip());
+    let hostname = checkin.hostname.clone().map(String::from);
+    state.events.record(source, checkin.mac, BootEventKind::CheckedIn { hostname, ip });
+    // A boot server without the cluster CA (a replica) takes the check-in and issues nothing.
+    let (Some(public_key), Some(ca_dir)) = (&checkin.public_key, &state.config.ca_dir) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    let leases = state.dhcp.service().map(|d| d.leases()).unwrap_or_default();
+    match crate::certificates::issue(ca_dir, &state.events, &leases, peer.ip(), &checkin, public_key) {
+        Ok((name, reply)) => {
+            state.events.record(source, checkin.mac, BootEventKind::CertificateIssued { name });
+            axum::Json(reply).into_response()
+        }
+        Err(refusal) => {
+            use crate::certificates::Refusal;
+            let reason = refusal.to_string();
+            tracing::warn!(%peer, mac = %checkin.mac, reason, "node certificate refused");
+            state.events.record(source, checkin.mac, BootEventKind::CertificateRefused { reason: reason.clone() });
+            let (status, code) = match refusal {
+                Refusal::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+                Refusal::Malformed(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
+                Refusal::Denied(_) => (StatusCode::FORBIDDEN, ErrorCode::PermissionDenied),
+                Refusal::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Failed),
+            };
+            json_error(status, code, reason)
+        }
+    }
 }
 
 /// Serves `router` on `listener` with the configured bounds. When `max_connections` are open,

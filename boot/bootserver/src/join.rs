@@ -1,12 +1,13 @@
-//! `cerana-bootserver join`, run once on every node that booted from the network: it keeps a
-//! checked copy of the image it booted (self-replication), writes a configuration that serves
-//! that image with DHCP off, and checks in with the boot server so its timeline shows the node
-//! arrived. Only one DHCP server may answer on a segment; `boot-dhcp` moves DHCP here.
+//! `cerana-bootserver join`, run once on every node that booted from the network: it checks in
+//! with the boot server, so its timeline shows the node arrived and the cluster CA issues the
+//! node its certificate, keeps a checked copy of the image it booted (self-replication), and
+//! writes a configuration that serves that image with DHCP off. Only one DHCP server may answer
+//! on a segment; `boot-dhcp` moves DHCP here.
 
 use crate::bootstrap::{self, Bootstrap, BootstrapError};
 use crate::config::{Config, ConfigError, DhcpMode};
-use crate::replicate::{self, FetchError};
-use cerana_protocol::boot_wire::{CheckIn, Hostname, ImageManifest};
+use crate::replicate::{self, CheckInError, FetchError};
+use cerana_protocol::boot_wire::{CheckIn, CheckInReply, Hostname, ImageManifest};
 use cerana_protocol::tasks::boot::MacAddr;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub enum JoinError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("the configuration written is not valid: {0}")]
     Config(#[from] ConfigError),
+    #[error("making this node's key: {0}")]
+    Key(cerana_pki::PkiError),
 }
 
 /// What `join` did.
@@ -39,6 +42,9 @@ pub struct Joined {
     pub checked_in: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check_in_error: Option<String>,
+    /// Where the node certificate the check-in brought was written, if it brought one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
 }
 
 /// The values of the command line a network-booted node needs.
@@ -85,23 +91,51 @@ async fn fetch_with_retries(settings: &JoinSettings, dest: &Path) -> Result<(Pat
 }
 
 /// See the module docs. `dest` receives `<initrd hash>/{vmlinuz,initrd}`.
-pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -> Result<Joined, JoinError> {
+/// `tls_dir` receives the node's key and the certificate the check-in brings.
+pub async fn join(
+    cmdline: &str,
+    dest: &Path,
+    tftp_root: &Path,
+    output: &Path,
+    tls_dir: &Path,
+) -> Result<Joined, JoinError> {
     let settings = JoinSettings::from_cmdline(cmdline)?;
     let interface = bootstrap::interface_with(settings.replica.address)?;
+    // The check-in first: the node's etcd member and store clients wait for its certificate,
+    // and fetching and hashing the image takes a while on a slow machine.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().and_then(|h| Hostname::new(h.trim()).ok());
+    // The node's own key: only its public half leaves the node, for the certificate the
+    // cluster CA issues at the check-in.
+    let key = cerana_pki::NodeKey::generate().map_err(JoinError::Key)?;
+    let checkin = CheckIn {
+        mac: settings.mac,
+        hostname,
+        ip: Some(settings.replica.address),
+        public_key: Some(key.public().to_string()),
+    };
+    let (certificate, check_in_error) = match check_in_with_retries(&settings.boot_server, &checkin).await {
+        Ok(Some(CheckInReply { certificate: Some(cert), ca: Some(ca) })) => {
+            let tls = cerana_pki::NodeTls::new(tls_dir);
+            match tls.write(&ca, &key, &cert) {
+                Ok(()) => (Some(tls.cert()), None),
+                Err(e) => (None, Some(format!("writing this node's certificate: {e}"))),
+            }
+        }
+        Ok(_) => (None, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    if let Some(e) = &check_in_error {
+        tracing::warn!(error = %e, "check-in with the boot server failed");
+    }
     let (dir, manifest) = fetch_with_retries(&settings, dest).await?;
-    let text = settings.replica.config(&interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off);
+    let text =
+        settings.replica.config(&interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, None);
     let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
     // Through a temporary file: a half-written configuration must never be read.
     let tmp = output.with_extension("tmp");
     std::fs::write(&tmp, &text).map_err(write_err)?;
     Config::load(&tmp)?;
     std::fs::rename(&tmp, output).map_err(write_err)?;
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().and_then(|h| Hostname::new(h.trim()).ok());
-    let checkin = CheckIn { mac: settings.mac, hostname, ip: Some(settings.replica.address) };
-    let check_in_error = replicate::check_in(&settings.boot_server, &checkin).await.err().map(|e| e.to_string());
-    if let Some(e) = &check_in_error {
-        tracing::warn!(error = %e, "check-in with the boot server failed");
-    }
     Ok(Joined {
         image_dir: dir,
         kernel: manifest.kernel,
@@ -110,7 +144,30 @@ pub async fn join(cmdline: &str, dest: &Path, tftp_root: &Path, output: &Path) -
         interface,
         checked_in: check_in_error.is_none(),
         check_in_error,
+        certificate,
     })
+}
+
+/// Attempts of a check-in the boot server answers "later" (503: the cluster CA is not made
+/// yet) or cannot be reached, 2 s apart.
+const CHECK_IN_ATTEMPTS: u32 = 45;
+
+async fn check_in_with_retries(server: &str, checkin: &CheckIn) -> Result<Option<CheckInReply>, CheckInError> {
+    let mut attempt = 1;
+    loop {
+        match replicate::check_in(server, checkin).await {
+            Err(e @ (CheckInError::Refused { status: 503, .. } | CheckInError::Transport(_)))
+                if attempt < CHECK_IN_ATTEMPTS =>
+            {
+                if attempt == 1 {
+                    tracing::info!(error = %e, "check-in: asking again");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

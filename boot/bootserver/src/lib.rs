@@ -6,6 +6,7 @@
 //! current tokio runtime; the binary `cerana-bootserver` is a thin wrapper around it.
 
 pub mod bootstrap;
+pub mod certificates;
 pub mod command;
 pub mod config;
 pub mod dhcp;

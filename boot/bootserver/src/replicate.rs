@@ -1,7 +1,7 @@
 //! Self-replication: a node fetches the kernel and initrd it booted from its boot server, by
 //! hash, checks them, and can then serve them itself (`cerana-bootserver fetch`).
 
-use cerana_protocol::boot_wire::{CheckIn, ImageManifest, Lease};
+use cerana_protocol::boot_wire::{CheckIn, CheckInReply, ImageManifest, Lease};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,8 +58,20 @@ pub async fn fetch_leases(server: &str) -> Result<Vec<Lease>, FetchError> {
     get_json(&client, &format!("{}/leases", server.trim_end_matches('/')), 4 << 20).await
 }
 
-/// Tells the boot server (`http://host[:port]`) this node is up: `POST /checkin`.
-pub async fn check_in(server: &str, checkin: &CheckIn) -> Result<(), FetchError> {
+/// How a check-in went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckInError {
+    /// The server answered with an error; `status` 503 means "ask again later".
+    #[error("{url}: HTTP {status}: {message}")]
+    Refused { url: String, status: u16, message: String },
+    #[error(transparent)]
+    Transport(#[from] FetchError),
+}
+
+/// Tells the boot server (`http://host[:port]`) this node is up: `POST /checkin`. The answer
+/// carries the node's certificate when the check-in asked for one.
+pub async fn check_in(server: &str, checkin: &CheckIn) -> Result<Option<CheckInReply>, CheckInError> {
+    use http_body_util::BodyExt;
     let url = format!("{}/checkin", server.trim_end_matches('/'));
     let err = |message: String| FetchError::Http { url: url.clone(), message };
     let body = serde_json::to_vec(checkin).map_err(|e| err(e.to_string()))?;
@@ -70,10 +82,20 @@ pub async fn check_in(server: &str, checkin: &CheckIn) -> Result<(), FetchError>
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .map_err(|e| err(e.to_string()))?;
     let response = client.request(request).await.map_err(|e| err(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(err(format!("HTTP {}", response.status())));
+    let status = response.status();
+    // Certificates and error messages are small; a server sending more is not believed.
+    let limited = http_body_util::Limited::new(response.into_body(), 64 << 10);
+    let body = limited.collect().await.map_err(|e| err(e.to_string()))?.to_bytes();
+    if !status.is_success() {
+        let message = serde_json::from_slice::<cerana_protocol::TaskError>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+        return Err(CheckInError::Refused { url, status: status.as_u16(), message });
     }
-    Ok(())
+    if status == hyper::StatusCode::NO_CONTENT || body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| err(format!("bad check-in answer: {e}")).into())
 }
 
 /// Downloads `url` into `path` (through a temporary file) and checks its SHA-256 is `want`.

@@ -637,6 +637,7 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     );
     assert_eq!(read(&dest.join(&initrd_hash).join("initrd")), pattern(1_000_003));
     assert!(events_of(&lab, &mac).contains(&"checked_in".to_string()), "the boot server saw the check-in");
+    assert!(joined["certificate"].is_null(), "a boot server without the cluster CA issues nothing: {joined}");
 
     // The replica's own server: same image, DHCP off (a second DHCP server on the segment
     // waits for boot-dhcp).

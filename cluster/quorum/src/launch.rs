@@ -83,6 +83,9 @@ pub struct Listen {
     pub local_client_url: Option<String>,
     /// etcd's /metrics and /health (`http://127.0.0.1:2381`).
     pub metrics_url: Option<String>,
+    /// Mutual TLS on the advertised URLs, peers and clients alike: the cluster CA and this
+    /// node's certificate. A peer or client without a certificate from the CA is refused.
+    pub tls: Option<cerana_pki::NodeTls>,
 }
 
 /// etcd's arguments for this member.
@@ -110,6 +113,19 @@ pub fn etcd_args(me: &Me, listen: &Listen, data_dir: &Path, initial: Option<&Ini
         // Its info level logs every raft message exchange: too much for a RAM-resident log.
         "--log-level=warn".into(),
     ];
+    if let Some(tls) = &listen.tls {
+        let (ca, cert, key) = (tls.ca(), tls.cert(), tls.key());
+        args.extend([
+            format!("--trusted-ca-file={}", ca.display()),
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+            "--client-cert-auth".into(),
+            format!("--peer-trusted-ca-file={}", ca.display()),
+            format!("--peer-cert-file={}", cert.display()),
+            format!("--peer-key-file={}", key.display()),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
     if let Some(metrics) = &listen.metrics_url {
         args.push(format!("--listen-metrics-urls={metrics}"));
     }
@@ -186,7 +202,11 @@ mod tests {
     #[test]
     fn etcd_gets_the_initial_cluster_only_when_it_has_no_data() {
         let dir = Path::new("/data/config/etcd");
-        let listen = Listen { local_client_url: Some("http://127.0.0.1:2379".into()), metrics_url: None };
+        let listen = Listen {
+            local_client_url: Some("http://127.0.0.1:2379".into()),
+            metrics_url: None,
+            tls: Some(cerana_pki::NodeTls::new("/run/cerana/tls")),
+        };
         let etcd_args = |dir, initial| etcd_args(&me(), &listen, dir, initial);
         let from_data = etcd_args(dir, None);
         assert!(!from_data.iter().any(|a| a.starts_with("--initial-cluster")), "{from_data:?}");
@@ -196,5 +216,10 @@ mod tests {
         let join = etcd_args(dir, Some(&Initial::Existing("a=http://1:2380,node-b=http://2:2380".into())));
         assert!(join.contains(&"--initial-cluster-state=existing".to_string()));
         assert!(join.contains(&"--listen-client-urls=http://10.0.0.2:2379,http://127.0.0.1:2379".to_string()));
+        for flag in ["--client-cert-auth", "--peer-client-cert-auth", "--peer-cert-file=/run/cerana/tls/node.crt"] {
+            assert!(join.contains(&flag.to_string()), "{flag} in {join:?}");
+        }
+        let plain = super::etcd_args(&me(), &Listen { tls: None, ..listen.clone() }, dir, None);
+        assert!(!plain.iter().any(|a| a.contains("cert")), "{plain:?}");
     }
 }

@@ -20,7 +20,7 @@ pub mod presence;
 pub mod settings;
 
 use cerana_membership::{Candidate, Desired, Observed, Plan, Step};
-use cerana_store::{LazyStore, Store, StoreConfig, StoreError, StoreMember};
+use cerana_store::{LazyStore, Store, StoreConfig, StoreError, StoreMember, StoreTls};
 use launch::{Initial, Listen, Me, Start, View};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -57,6 +57,35 @@ pub struct Config {
     pub etcd: PathBuf,
     pub pid_file: PathBuf,
     pub store_timeout: Duration,
+    /// On the bootstrap node: the cluster CA, which issues this node's own certificate.
+    pub authority: Option<Authority>,
+    /// The node's coordinator and the list of members' coordinators it may forward to.
+    pub coordinators: Option<Coordinators>,
+}
+
+/// The coordinators of the cluster, as this node's coordinator is told them.
+#[derive(Debug, Clone)]
+pub struct Coordinators {
+    /// This node's coordinator, as the others reach it (in its node entry).
+    pub own_url: String,
+    /// The coordinators of the nodes to ask before the store answers (`cerana.cluster_ips`).
+    pub seeds: Vec<String>,
+    /// Where the members' coordinators are written, one base URL per line.
+    pub file: PathBuf,
+    /// Where the cluster's scoped API tokens are copied for the coordinator (`--tokens-file`).
+    pub tokens_file: PathBuf,
+}
+
+/// Where the bootstrap node keeps the cluster CA.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    /// The CA's key and certificate: made on the first boot, on the pool where there is one.
+    pub ca_dir: PathBuf,
+    /// A symbolic link to `ca_dir` at a fixed place, for the boot server that signs the
+    /// certificates of the nodes it boots.
+    pub published: Option<PathBuf>,
+    /// The addresses this node's own certificate names besides its node name.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// A candidacy, as stored under `candidates/NAME`.
@@ -101,10 +130,65 @@ async fn store_over(client: &LazyStore, known: &Known) -> Option<Store> {
 }
 
 /// The agent's store client: its endpoints come from [`Known`].
-fn store_client(config: &Config) -> LazyStore {
+fn store_client(config: &Config, tls: Option<StoreTls>) -> LazyStore {
     let mut store = StoreConfig::new(Vec::new());
     store.op_timeout = config.store_timeout;
+    store.tls = tls;
     LazyStore::new(store)
+}
+
+/// Makes sure this node has its certificate before etcd or a store client needs it: on the
+/// bootstrap node the cluster CA (made on the first boot) issues it; on the others it comes
+/// with the check-in at the boot server, and this waits for it. Then the files for the store
+/// client; `None` without TLS.
+async fn prepare_tls(config: &Config) -> Option<StoreTls> {
+    let tls = config.listen.tls.as_ref()?;
+    let mut said = String::new();
+    let mut say = |what: String| {
+        if what != said {
+            tracing::warn!("{what}");
+            said = what;
+        }
+    };
+    loop {
+        if let Some(authority) = &config.authority {
+            match issue_own(authority, tls, &config.me.name) {
+                Ok(()) => {
+                    tracing::info!(ca = %authority.ca_dir.display(), "this node has its certificate from the cluster CA")
+                }
+                Err(e) => say(format!("cannot issue this node's certificate: {e}")),
+            }
+        } else if !tls.is_complete() {
+            say(format!(
+                "no certificate for this node in {} yet: it comes from the boot server's check-in \
+                 (a node not booted from the network joins with a token, issue #17)",
+                tls.dir.display()
+            ));
+        }
+        if tls.is_complete() {
+            match StoreTls::from_files(&tls.ca(), &tls.cert(), &tls.key()) {
+                Ok(files) => return Some(files),
+                Err(e) => say(format!("this node's certificate: {e}")),
+            }
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+}
+
+fn issue_own(authority: &Authority, tls: &cerana_pki::NodeTls, name: &str) -> Result<(), String> {
+    let ca = cerana_pki::ClusterCa::load_or_create(&authority.ca_dir).map_err(|e| e.to_string())?;
+    if let Some(link) = &authority.published {
+        if std::fs::read_link(link).ok().as_deref() != Some(authority.ca_dir.as_path()) {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(&authority.ca_dir, link).map_err(|e| format!("{}: {e}", link.display()))?;
+        }
+    }
+    // An agent restarted on a running node keeps the certificate this CA gave it: etcd and the
+    // providers hold it, and each restart would otherwise mint a new key.
+    if tls.is_complete() && std::fs::read_to_string(tls.ca()).is_ok_and(|pem| pem == ca.cert_pem()) {
+        return Ok(());
+    }
+    tls.issue_own(&ca, name, &authority.addresses).map_err(|e| e.to_string())
 }
 
 fn voters_client_urls(members: &[StoreMember]) -> Vec<String> {
@@ -127,9 +211,12 @@ pub async fn run(config: Config) -> std::io::Result<()> {
     start_with.dedup();
     let known = Known::default();
     known.set(start_with);
-    let _cluster = AbortOnDrop(tokio::spawn(cluster_loop(config.clone(), known.clone())));
+    // Ready before a certificate is there: a node waiting for one still boots.
     cerana_protocol::readiness::notify_ready();
-    member_loop(&config, &known).await;
+    let tls = prepare_tls(&config).await;
+    let _cluster =
+        AbortOnDrop(tokio::spawn(cluster_loop(config.clone(), known.clone(), store_client(&config, tls.clone()))));
+    member_loop(&config, &known, store_client(&config, tls)).await;
     Ok(())
 }
 
@@ -194,8 +281,7 @@ async fn ask_cluster(client: &LazyStore, known: &Known) -> View {
     }
 }
 
-async fn member_loop(config: &Config, known: &Known) {
-    let client = store_client(config);
+async fn member_loop(config: &Config, known: &Known, client: LazyStore) {
     let mut backoff = Duration::from_secs(1);
     let mut last_wait = String::new();
     loop {
@@ -406,8 +492,7 @@ impl Leadership {
     }
 }
 
-async fn cluster_loop(config: Config, known: Known) {
-    let client = store_client(&config);
+async fn cluster_loop(config: Config, known: Known, client: LazyStore) {
     let mut leadership = Leadership::default();
     let mut watchkeeper = Watchkeeper::default();
     let mut last_plan = String::new();
@@ -431,7 +516,21 @@ async fn cluster_loop(config: Config, known: Known) {
             }
         };
         publish(&config, &known, &members);
-        presence.beat(&store, &config.me.name).await;
+        let own_api = config.coordinators.as_ref().map(|c| c.own_url.as_str());
+        presence.beat(&store, &config.me.name, own_api).await;
+        if let Some(coordinators) = &config.coordinators {
+            let also: Vec<String> = coordinators.seeds.iter().chain([&coordinators.own_url]).cloned().collect();
+            match presence::members_api_urls(&store, &also).await {
+                Ok(urls) if read_lines(&coordinators.file) != urls => {
+                    if let Err(e) = write_lines(&coordinators.file, &urls) {
+                        tracing::warn!(file = %coordinators.file.display(), error = %e, "cannot write the members' coordinators");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot list the nodes"),
+            }
+            copy_tokens(&store, &coordinators.tokens_file).await;
+        }
         if !leadership.lead(&store, &config.me.name).await {
             watchkeeper = Watchkeeper::default();
             continue;
@@ -464,6 +563,20 @@ async fn cluster_loop(config: Config, known: Known) {
             let _ = store.put(PLAN_KEY, &record.to_string()).await;
             last_plan = said;
         }
+    }
+}
+
+/// Copies the live API token records to the coordinator's tokens file: a token minted or
+/// revoked anywhere works, or stops working, on this node within a round. When the store does
+/// not answer, the file stays as it was.
+async fn copy_tokens(store: &Store, file: &Path) {
+    match cerana_store::token_records(store).await {
+        Ok(records) => match cerana_credentials::write_tokens_file(file, &records, cerana_credentials::unix_now()) {
+            Ok(true) => tracing::info!(file = %file.display(), tokens = records.len(), "API tokens updated"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot write the API tokens"),
+        },
+        Err(e) => tracing::debug!(error = %e, "cannot list the API tokens"),
     }
 }
 
@@ -565,22 +678,29 @@ fn config_from_host() -> Result<Config, String> {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         v4 => v4.to_string(),
     };
-    let me = Me { name, peer_url: format!("http://{host}:2380"), client_url: format!("http://{host}:2379") };
+    // Peers and clients speak mutual TLS on the node's address; plain HTTP only on loopback.
+    let me = Me { name, peer_url: format!("https://{host}:2380"), client_url: format!("https://{host}:2379") };
     let seeds = settings
         .seeds
         .iter()
         .filter(|ip| **ip != address)
         .map(|ip| match ip {
-            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:2379"),
-            v4 => format!("http://{v4}:2379"),
+            std::net::IpAddr::V6(v6) => format!("https://[{v6}]:2379"),
+            v4 => format!("https://{v4}:2379"),
         })
         .collect();
     let on_pool = pool_config_mounted();
+    let authority = settings.bootstrap.then(|| Authority {
+        ca_dir: if on_pool { "/data/config/ca".into() } else { "/run/cerana/ca-store".into() },
+        published: Some(CA_LINK.into()),
+        addresses: vec![address, std::net::Ipv4Addr::LOCALHOST.into()],
+    });
     Ok(Config {
         me,
         listen: Listen {
             local_client_url: Some("http://127.0.0.1:2379".into()),
             metrics_url: Some("http://127.0.0.1:2381".into()),
+            tls: Some(cerana_pki::NodeTls::new(NODE_TLS_DIR)),
         },
         bootstrap: settings.bootstrap,
         seeds,
@@ -591,5 +711,31 @@ fn config_from_host() -> Result<Config, String> {
         etcd: "/usr/bin/etcd".into(),
         pid_file: "/run/cerana/etcd.pid".into(),
         store_timeout: Duration::from_secs(3),
+        authority,
+        coordinators: Some(Coordinators {
+            own_url: format!("http://{host}:{COORDINATOR_PORT}"),
+            seeds: settings
+                .seeds
+                .iter()
+                .map(|ip| match ip {
+                    std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{COORDINATOR_PORT}"),
+                    v4 => format!("http://{v4}:{COORDINATOR_PORT}"),
+                })
+                .collect(),
+            file: CLUSTER_PEERS.into(),
+            tokens_file: API_TOKENS.into(),
+        }),
     })
 }
+
+/// This node's key, certificate and the cluster CA's certificate (the boot server's check-in
+/// writes them on a network-booted node).
+pub const NODE_TLS_DIR: &str = "/run/cerana/tls";
+/// The members' coordinators, for this node's coordinator (`--peers-file`).
+pub const CLUSTER_PEERS: &str = "/run/cerana/cluster-peers";
+/// The cluster's scoped API tokens (hashes only), for this node's coordinator (`--tokens-file`).
+pub const API_TOKENS: &str = "/run/cerana/api-tokens";
+/// Every node's coordinator listens on this port (init's service table).
+const COORDINATOR_PORT: u16 = 8080;
+/// Where the bootstrap node's boot server finds the cluster CA.
+pub const CA_LINK: &str = "/run/cerana/ca";

@@ -16,8 +16,9 @@ pub struct Presence {
 
 impl Presence {
     /// Writes the entry again with fresh figures (and a new lease if the old one expired).
-    pub async fn beat(&mut self, store: &Store, name: &str) {
-        let value = match serde_json::to_string(&figures(name)) {
+    pub async fn beat(&mut self, store: &Store, name: &str, api_url: Option<&str>) {
+        let node = Node { api_url: api_url.map(str::to_owned), ..figures(name) };
+        let value = match serde_json::to_string(&node) {
             Ok(value) => value,
             Err(_) => return,
         };
@@ -54,8 +55,24 @@ pub fn figures(name: &str) -> Node {
         cpu_load: load,
         disk_total,
         disk_free,
+        api_url: None,
         mod_index: 0,
     }
+}
+
+/// The coordinators' base URLs of the nodes with an entry, and `also` (sorted, once each): the
+/// cluster's members, to which a coordinator forwards tasks.
+pub async fn members_api_urls(store: &Store, also: &[String]) -> Result<Vec<String>, cerana_store::StoreError> {
+    let entries = store.list("/cerana/v1/nodes/", None, 4096, false).await?;
+    let mut urls: Vec<String> = entries
+        .entries
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Node>(&e.value).ok()?.api_url)
+        .chain(also.iter().cloned())
+        .collect();
+    urls.sort();
+    urls.dedup();
+    Ok(urls)
 }
 
 #[cfg(test)]

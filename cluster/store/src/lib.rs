@@ -11,11 +11,13 @@
 //! `etcdctl elect` see them: a lock is one key bound to a lease (its creation revision is the
 //! fencing token); an election is the keys `NAME/LEASE-IN-HEX`, the oldest of which leads.
 
+mod auth;
 mod error;
 mod members;
 mod tasks;
 mod watch;
 
+pub use auth::token_records;
 pub use error::StoreError;
 pub use members::{MemberStatus, StoreMember};
 pub use tasks::{provider_main, task_error, LazyStore};
@@ -121,6 +123,9 @@ pub struct Store {
     client: Client,
     timeout: Duration,
     tls: Option<StoreTls>,
+    /// Clients of single members for [`Store::member_status`], kept so a probe every round is
+    /// not a TLS handshake every round.
+    probes: members::Probes,
 }
 
 impl std::fmt::Debug for Store {
@@ -178,7 +183,7 @@ impl Store {
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| StoreError::from_client("connect", e))?;
-        Ok(Self { client, timeout: config.op_timeout, tls: config.tls.clone() })
+        Ok(Self { client, timeout: config.op_timeout, tls: config.tls.clone(), probes: Default::default() })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the operation's time is up. Only
@@ -261,6 +266,26 @@ impl Store {
             .await?;
         let entries = response.kvs().iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { entries, revision: revision(response.header()), more: response.more() })
+    }
+
+    /// Every entry under `prefix` in key order, a page at a time, at most `max` of them (the
+    /// bool says whether more were left).
+    pub async fn list_all(&self, prefix: &str, max: usize) -> Result<(Vec<Entry>, bool), StoreError> {
+        const PAGE: u32 = 256;
+        let mut entries: Vec<Entry> = Vec::new();
+        loop {
+            let after = entries.last().map(|e| e.key.clone());
+            let page = self.list(prefix, after.as_deref(), PAGE, false).await?;
+            let more = page.more;
+            entries.extend(page.entries);
+            if entries.len() > max {
+                entries.truncate(max);
+                return Ok((entries, true));
+            }
+            if !more || entries.is_empty() {
+                return Ok((entries, false));
+            }
+        }
     }
 
     /// Writes `key` whatever it holds; returns the new index. Writing the same value again

@@ -35,9 +35,33 @@ pub struct MemberStatus {
 /// How long a member has to answer a status probe.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Member clients kept for status probes, by client URL; bounded (a cluster has a few members).
+#[derive(Clone, Default)]
+pub(crate) struct Probes(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, etcd_client::Client>>>);
+
+const MAX_PROBES: usize = 16;
+
+impl Probes {
+    fn get(&self, url: &str) -> Option<etcd_client::Client> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(url).cloned()
+    }
+
+    fn keep(&self, url: &str, client: etcd_client::Client) {
+        let mut probes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if probes.len() >= MAX_PROBES {
+            probes.clear();
+        }
+        probes.insert(url.to_owned(), client);
+    }
+
+    fn forget(&self, url: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(url);
+    }
+}
+
 impl Store {
     /// Asks the member at `client_url` itself how it is (bounded: an unreachable member is
-    /// unavailable within a second).
+    /// unavailable within a second). The member's client is kept while it answers.
     pub async fn member_status(&self, client_url: &str) -> Result<MemberStatus, StoreError> {
         let mut options =
             etcd_client::ConnectOptions::new().with_timeout(STATUS_TIMEOUT).with_connect_timeout(STATUS_TIMEOUT);
@@ -45,13 +69,26 @@ impl Store {
             options = options.with_tls(tls.options());
         }
         let probe = async {
-            let client = etcd_client::Client::connect([client_url], Some(options)).await?;
-            client.maintenance_client().status().await
+            let client = match self.probes.get(client_url) {
+                Some(client) => client,
+                None => etcd_client::Client::connect([client_url], Some(options)).await?,
+            };
+            let status = client.maintenance_client().status().await?;
+            Ok::<_, etcd_client::Error>((client, status))
         };
         match tokio::time::timeout(STATUS_TIMEOUT, probe).await {
-            Ok(Ok(status)) => Ok(MemberStatus { leader: status.leader(), errors: status.errors().to_vec() }),
-            Ok(Err(e)) => Err(StoreError::from_client("member-status", e)),
-            Err(_) => Err(StoreError::timed_out("member-status", STATUS_TIMEOUT)),
+            Ok(Ok((client, status))) => {
+                self.probes.keep(client_url, client);
+                Ok(MemberStatus { leader: status.leader(), errors: status.errors().to_vec() })
+            }
+            Ok(Err(e)) => {
+                self.probes.forget(client_url);
+                Err(StoreError::from_client("member-status", e))
+            }
+            Err(_) => {
+                self.probes.forget(client_url);
+                Err(StoreError::timed_out("member-status", STATUS_TIMEOUT))
+            }
         }
     }
 

@@ -32,6 +32,9 @@ pub struct LazyStore {
     config: StoreConfig,
     /// One client URL per line; read before each use when set, instead of `config.endpoints`.
     endpoints_file: Option<std::path::PathBuf>,
+    /// The CA, certificate and key files of mutual TLS, read when a client is made: a node
+    /// gets its certificate after its providers start.
+    tls_files: Option<[std::path::PathBuf; 3]>,
     current: Arc<Mutex<Option<Connected>>>,
 }
 
@@ -44,7 +47,7 @@ struct Connected {
 
 impl LazyStore {
     pub fn new(config: StoreConfig) -> Self {
-        Self { config, endpoints_file: None, current: Arc::default() }
+        Self { config, endpoints_file: None, tls_files: None, current: Arc::default() }
     }
 
     /// The endpoints come from `file` (one client URL per line), read again before each use.
@@ -71,14 +74,12 @@ impl LazyStore {
             .iter()
             .map(|name| std::env::var_os(name).map(std::path::PathBuf::from))
             .collect();
-        match (&files[0], &files[1], &files[2]) {
-            (Some(ca), Some(cert), Some(key)) => {
-                config.tls = Some(crate::StoreTls::from_files(ca, cert, key).map_err(|e| e.to_string())?);
-            }
-            (None, None, None) => {}
+        let tls_files = match (&files[0], &files[1], &files[2]) {
+            (Some(ca), Some(cert), Some(key)) => Some([ca.clone(), cert.clone(), key.clone()]),
+            (None, None, None) => None,
             _ => return Err("CERANA_STORE_CA, CERANA_STORE_CERT and CERANA_STORE_KEY go together".into()),
-        }
-        let lazy = Self::new(config);
+        };
+        let lazy = Self { tls_files, ..Self::new(config) };
         Ok(match std::env::var_os("CERANA_STORE_ENDPOINTS_FILE") {
             Some(file) => lazy.with_endpoints_file(file),
             None => lazy,
@@ -110,7 +111,14 @@ impl LazyStore {
         if let Some(connected) = current.as_ref().filter(|c| c.endpoints == endpoints) {
             return Ok(connected.store.clone());
         }
-        let config = StoreConfig { endpoints: endpoints.clone(), ..self.config.clone() };
+        let mut config = StoreConfig { endpoints: endpoints.clone(), ..self.config.clone() };
+        if let Some([ca, cert, key]) = &self.tls_files {
+            let files = crate::StoreTls::from_files(ca, cert, key).map_err(|e| StoreError::Unavailable {
+                op: "connect",
+                reason: format!("this node has no certificate for the cluster store yet: {e}"),
+            })?;
+            config.tls = Some(files);
+        }
         let store = Store::connect(&config).await?;
         *current = Some(Connected { endpoints, store: store.clone() });
         Ok(store)

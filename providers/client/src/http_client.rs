@@ -26,11 +26,25 @@ pub struct HttpClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+/// A client certificate and its key (PEM files): how a node proves which node it is.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIdentity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))
+}
+
+fn tls_config(
+    ca_file: Option<&Path>,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            let pem = read_pem(path)?;
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
                 let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
                 roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -43,11 +57,20 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientErro
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    let Some(identity) = identity else { return Ok(builder.with_no_client_auth()) };
+    let pem = read_pem(identity.cert)?;
+    let chain = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Tls(format!("{}: {e}", identity.cert.display())))?;
+    let pem = read_pem(identity.key)?;
+    let key = rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| ClientError::Tls(format!("{}: {e}", identity.key.display())))?
+        .ok_or_else(|| ClientError::Tls(format!("{}: no private key", identity.key.display())))?;
+    builder.with_client_auth_cert(chain, key).map_err(|e| ClientError::Tls(e.to_string()))
 }
 
 /// The system's CA bundle, if there is one; https to a self-signed coordinator needs `--ca-cert`.
@@ -60,11 +83,22 @@ impl HttpClient {
     /// A client for the coordinator at `base`, sending `token` as a bearer token.
     /// `ca_file` (PEM) is trusted for https; otherwise the system's CA bundle.
     pub fn new(base: NodeUrl, token: Option<String>, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        Self::with_identity(base, token, ca_file, None)
+    }
+
+    /// [`HttpClient::new`] that also presents `identity` to https servers that ask for a
+    /// client certificate.
+    pub fn with_identity(
+        base: NodeUrl,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+        identity: Option<ClientIdentity<'_>>,
+    ) -> Result<Self, ClientError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(ca_file)?)
+            .with_tls_config(tls_config(ca_file, identity)?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

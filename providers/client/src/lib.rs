@@ -10,7 +10,7 @@ pub mod init_control;
 mod pipe_stream;
 mod unix_client;
 
-pub use http_client::{ApiErrorBody, HttpClient};
+pub use http_client::{ApiErrorBody, ClientIdentity, HttpClient};
 pub use pipe_stream::{open_input, open_output, InputEnd, OutputEnd, PipeFinish, PipeVerdict};
 pub use unix_client::{handshake, open_stream, UnixClient};
 

@@ -61,6 +61,20 @@ pub struct CheckIn {
     pub hostname: Option<Hostname>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// This node's public key (an uncompressed P-256 point, hex): asks the boot server for a
+    /// node certificate from the cluster CA, answered in [`CheckInReply`].
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+/// A boot server's answer to a check-in that asked for a certificate (PEM).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckInReply {
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// The cluster CA's certificate, which the node trusts from then on.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// `GET /images/sha256-<initrd hash>/manifest`: what belongs to an image, named by its initrd.

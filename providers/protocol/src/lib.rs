@@ -32,7 +32,7 @@ pub use message::{
     Welcome,
 };
 pub use names::{NameError, NodeUrl, ProviderName, RequestId, StreamId, TaskName};
-pub use task::{Task, TaskInfo};
+pub use task::{Access, Task, TaskInfo};
 
 /// Version of the wire protocol; a coordinator refuses a hello with another major version.
 pub const PROTOCOL_VERSION: u32 = 1;

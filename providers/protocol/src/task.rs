@@ -16,6 +16,7 @@ use serde::Serialize;
 /// field is dropped). A type used on both sides stays strict and says why where it is declared.
 pub trait Task {
     const NAME: &'static str;
+    const ACCESS: Access;
     const DESCRIPTION: &'static str;
     type Args: Serialize + DeserializeOwned + Send + Sync + 'static;
     type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
@@ -25,10 +26,42 @@ pub trait Task {
     }
 }
 
+/// What running a task does, and so which credentials may run it: a `read` credential runs
+/// `Read` tasks only, an `operator` one `Read` and `Write`, an `admin` one everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Looks and changes nothing: facts, lists, logs, metrics, the journal.
+    Read,
+    /// Changes the node or the cluster, or makes the node act on the network (a probe that
+    /// sends bytes to an address the caller names).
+    Write,
+    /// Manages credentials. A result may hold a secret shown once, so coordinators never keep
+    /// these results in their journal.
+    Admin,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A task's entry in the catalog.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskInfo {
     pub name: &'static str,
+    pub access: Access,
     pub description: &'static str,
     /// Checks raw JSON arguments against the task's argument type.
     pub check_args: fn(&str) -> Result<(), String>,
@@ -38,18 +71,19 @@ pub struct TaskInfo {
 ///
 /// ```text
 /// declare_tasks! {
-///     NodeInfo = "node-info", "Facts about this node", NodeInfoArgs => NodeInfoResult;
+///     NodeInfo = "node-info", Read, "Facts about this node", NodeInfoArgs => NodeInfoResult;
 /// }
 /// ```
 #[macro_export]
 macro_rules! declare_tasks {
-    ($( $ty:ident = $name:literal, $desc:literal, $args:ty => $out:ty; )*) => {
+    ($( $ty:ident = $name:literal, $access:ident, $desc:literal, $args:ty => $out:ty; )*) => {
         $(
             #[doc = $desc]
             #[derive(Debug, Clone, Copy)]
             pub struct $ty;
             impl $crate::Task for $ty {
                 const NAME: &'static str = $name;
+                const ACCESS: $crate::Access = $crate::Access::$access;
                 const DESCRIPTION: &'static str = $desc;
                 type Args = $args;
                 type Output = $out;
@@ -59,6 +93,7 @@ macro_rules! declare_tasks {
         pub const TASKS: &[$crate::TaskInfo] = &[$(
             $crate::TaskInfo {
                 name: $name,
+                access: $crate::Access::$access,
                 description: $desc,
                 check_args: |raw| {
                     $crate::__serde_json::from_str::<$args>(raw).map(|_| ()).map_err(|e| e.to_string())

@@ -66,9 +66,9 @@ pub struct BenchResult {
 }
 
 cerana_protocol::declare_tasks! {
-    ZfsTestWrite = "zfs-test-write", "TEST ONLY: writes `bytes` pseudo-random bytes (from `seed`) to a file in a mounted dataset", WriteArgs => FileSum;
-    ZfsTestRead = "zfs-test-read", "TEST ONLY: size and SHA-256 of a file in a mounted dataset", FileArgs => FileSum;
-    ZfsTestBench = "zfs-test-bench", "TEST ONLY: times zfs-create/snapshot/clone and send|receive through the task API and the zfs command", BenchArgs => BenchResult;
+    ZfsTestWrite = "zfs-test-write", Write, "TEST ONLY: writes `bytes` pseudo-random bytes (from `seed`) to a file in a mounted dataset", WriteArgs => FileSum;
+    ZfsTestRead = "zfs-test-read", Write, "TEST ONLY: size and SHA-256 of a file in a mounted dataset", FileArgs => FileSum;
+    ZfsTestBench = "zfs-test-bench", Write, "TEST ONLY: times zfs-create/snapshot/clone and send|receive through the task API and the zfs command", BenchArgs => BenchResult;
 }
 
 async fn file_path(zfs: &Zfs, dataset: &str, file: &str) -> Result<PathBuf, TaskError> {

@@ -84,6 +84,10 @@ impl Layout {
     pub fn token_file(&self) -> PathBuf {
         self.state_dir.join("api-token")
     }
+    /// The `cerana` CLI's configuration for this cluster (`CERANA_CONFIG`).
+    pub fn cli_config(&self) -> PathBuf {
+        self.state_dir.join("cerana.toml")
+    }
     pub fn data_disk(&self, node: usize) -> PathBuf {
         self.state_dir.join(format!("node{node}-data.img"))
     }
@@ -376,13 +380,41 @@ impl Cluster {
     /// Sends a whole task request (`{task, args, node?, stream?}`) to the coordinator at `ip`
     /// and returns the whole response (`result` or `error`, and `stream`).
     pub fn request(&self, ip: &str, request: &serde_json::Value) -> Result<serde_json::Value, ClusterError> {
-        http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(&self.token), Some(&request.to_string()))
+        self.request_as(ip, &self.token, request)
+    }
+
+    /// [`Cluster::request`] with another bearer token (a scoped one, say).
+    pub fn request_as(
+        &self,
+        ip: &str,
+        token: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClusterError> {
+        http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(token), Some(&request.to_string()))
+    }
+
+    /// Writes the CLI's configuration: the nodes' coordinators (node 1 first) and the cluster
+    /// token's file (0600, as the token), so that `cerana` needs no flags.
+    pub fn write_cli_config(&self) -> Result<PathBuf, ClusterError> {
+        let l = &self.layout;
+        let mut nodes = vec![format!("http://{}:8080", l.bootstrap_ip())];
+        nodes.extend((2..=l.nodes).filter_map(|n| self.leased_ip(n).ok()).map(|ip| format!("http://{ip}:8080")));
+        let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+        let text = format!(
+            "# Written by make cluster: the cluster's coordinators and its (admin) token.\n\
+             cluster = \"{}\"\nnodes = [{}]\ntoken_file = \"api-token\"\n",
+            l.netns,
+            quoted.join(", ")
+        );
+        let path = l.cli_config();
+        std::fs::write(&path, text).map_err(io("CLI configuration"))?;
+        Ok(path)
     }
 
     /// How to reach the nodes, for people.
     pub fn usage(&self) -> String {
         let l = &self.layout;
-        let token = l.token_file().display().to_string();
+        let config = l.cli_config().display().to_string();
         let mut s = format!(
             "CeranaOS cluster: {} node(s) in network namespace {} (host side {} = {})\n",
             l.nodes,
@@ -406,8 +438,9 @@ impl Cluster {
             ));
         }
         s.push_str(&format!(
-            "\nUse it:\n  export CERANA_TOKEN_FILE={token}\n  cerana --node http://{ip}:8080 status\n  cerana --node http://{ip}:8080 kv members\n  cerana --node http://{ip}:8080 task run boot-machines\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
-            ip = l.bootstrap_ip()
+            "\nUse it (cerana: {cli}):\n  export CERANA_CONFIG={config}\n  cerana status\n  cerana kv members\n  cerana task run boot-machines\n  cerana --node http://{ip}:8080 get nodes   # one node in particular\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
+            ip = l.bootstrap_ip(),
+            cli = std::env::var("CERANA_CLI").unwrap_or_else(|_| "cerana".into())
         ));
         s
     }

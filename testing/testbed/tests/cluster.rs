@@ -143,10 +143,11 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     eprintln!("cluster test: {:.1} s", start.elapsed().as_secs_f64());
 }
 
-/// The grace period the cluster test gives an unreachable voter: the default, set explicitly to
-/// go through node 1's command line to the others. Longer than a reboot under TCG (node 2's takes
-/// about 40 s), which must find its member still there.
-const QUORUM_GRACE: Duration = Duration::from_secs(60);
+/// The grace period the cluster test gives an unreachable voter, set through node 1's command
+/// line to the others. Longer than a reboot, which must find its member still there: under TCG
+/// on 2 cores node 2's PXE reboot to a running etcd member takes 40 to 62 s, too close to the
+/// default 60 s; with KVM it is a few seconds.
+const QUORUM_GRACE: Duration = Duration::from_secs(90);
 
 fn hostname(cluster: &Cluster, ip: &str) -> String {
     let info = cluster.task(ip, "node-info", serde_json::json!({})).expect("node-info");
@@ -170,8 +171,29 @@ fn quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(cluster: &Cluster, i
     let names: Vec<String> = ips.iter().map(|ip| hostname(cluster, ip)).collect();
     for (name, ip) in names.iter().zip(&ips) {
         let m = member(&members, name).unwrap_or_else(|| panic!("{name} is not a member: {members}"));
-        assert_eq!(m["peer_urls"][0], format!("http://{ip}:2380"), "{m}");
+        assert_eq!(m["peer_urls"][0], format!("https://{ip}:2380"), "{m}");
         assert_eq!(m["voter"], true, "{m}");
+    }
+    // Mutual TLS with certificates from the cluster CA: nodes 2 and 3 got theirs at their
+    // check-in with node 1's boot server (their timelines say so), and a client without one
+    // gets nothing from a member.
+    let events = cluster.task(node1, "boot-events", json!({})).expect("boot-events on node 1");
+    for name in &names[1..] {
+        let issued = events["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["event"] == "certificate_issued" && e["name"] == name.as_str());
+        assert!(issued, "no certificate_issued for {name} in node 1's boot events: {events}");
+    }
+    for ip in &ips {
+        let member: std::net::SocketAddr = format!("{ip}:2379").parse().unwrap();
+        let plain = cerana_testbed::http::request(member, "GET", "/version", None, b"", Duration::from_secs(10));
+        if let Ok(answer) = &plain {
+            let body = String::from_utf8_lossy(&answer.body);
+            assert!(!body.contains("etcdserver"), "plain HTTP to {member} was answered: {} {body}", answer.status);
+        }
+        eprintln!("quorum: plain HTTP to {member} refused: {:?}", plain.map(|a| a.status));
     }
 
     cluster
@@ -179,6 +201,7 @@ fn quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(cluster: &Cluster, i
         .expect("kv-set on node 3");
     let got = cluster.task(node1, "kv-get", json!({"key": "/test/quorum"})).expect("kv-get on node 1");
     assert_eq!(got["value"], "set on node 3", "{got}");
+    scoped_tokens_work_on_every_node(cluster, &ips);
 
     // Node 2 reboots on the same disks while node 1 takes writes all along.
     let id2 = member(&members, &names[1]).map(|m| m["id"].clone()).unwrap();
@@ -212,7 +235,18 @@ fn quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(cluster: &Cluster, i
         cluster.wait_ready([2], Duration::from_secs(300)).expect("node 2 back");
         let back = cluster.wait_quorum(node1, 3, Duration::from_secs(120)).expect("3 voters after node 2's reboot");
         let m2 = member(&back, &names[1]).unwrap_or_else(|| panic!("node 2 is no longer a member: {back}"));
-        assert_eq!(m2["id"], id2, "node 2 rejoined as the same member: {back}");
+        if m2["id"] != id2 {
+            let plan = cluster.task(node1, "kv-get", json!({"key": "/cerana/v1/quorum/plan"}));
+            let console = std::fs::read_to_string(cluster.layout.console(2)).unwrap_or_default();
+            let agent: Vec<&str> =
+                console.lines().filter(|l| l.contains("[quorum]") || l.contains("[boot-join]")).collect();
+            panic!(
+                "node 2 came back as another member ({} s after its power was cut): {back}\nleader's plan: {plan:?}\n\
+                 node 2's agent:\n{}",
+                rebooted.elapsed().as_secs(),
+                agent.join("\n")
+            );
+        }
         eprintln!("quorum: node 2 rebooted and back as the same member in {:.1} s", rebooted.elapsed().as_secs_f64());
         drop(stop_writer);
         writer.join().unwrap()
@@ -283,6 +317,21 @@ fn quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(cluster: &Cluster, i
 fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &str) {
     use serde_json::json;
     let node = |ip: &str| format!("http://{ip}:8080");
+    // A coordinator forwards only to members: the nodes' entries in the cluster store, which
+    // each node's agent writes once it reaches the store (seconds after node_ready).
+    for (from, to) in [(via, source), (via, target), (target, source)] {
+        let t = Instant::now();
+        loop {
+            let response = cluster.request(from, &json!({ "task": "node-info", "node": node(to) })).unwrap();
+            if response.get("result").is_some() {
+                eprintln!("{from} forwards to member {to} ({:.1} s)", t.elapsed().as_secs_f64());
+                break;
+            }
+            assert_eq!(response["error"]["code"], "permission_denied", "{from} -> {to}: {response}");
+            assert!(t.elapsed() < Duration::from_secs(60), "{to} never became a member for {from}: {response}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     let on = |ip: &str, task: &str, args: serde_json::Value| {
         let response = cluster.request(via, &json!({ "task": task, "args": args, "node": node(ip) })).unwrap();
         assert!(response.get("result").is_some(), "{task} on {ip}: {response}");
@@ -303,6 +352,52 @@ fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &s
         copy["result"]["datasets"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, ["data/replicated@s"], "{copy}");
     eprintln!("replicated data/replicated@s from {source} to {target}: {bytes} stream bytes");
+}
+
+/// A read token minted on node 1 works on node 2 within a few agent rounds, for read tasks
+/// only, and stops working there once revoked on node 3.
+fn scoped_tokens_work_on_every_node(cluster: &Cluster, ips: &[String; 3]) {
+    use serde_json::json;
+    let created = cluster
+        .task(&ips[0], "auth-token-create", json!({"role": "read", "ttl_seconds": 600, "description": "vm test"}))
+        .expect("auth-token-create on node 1");
+    let token = created["token"].as_str().expect("a token").to_owned();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    // The minting result is never kept in the journal.
+    let journal = cluster.task(&ips[0], "coordinator-history", json!({"task": "auth-token-create"})).unwrap();
+    assert!(!journal.to_string().contains(&token), "the journal kept the secret: {journal}");
+    let node_info = json!({"task": "node-info"});
+    let t = Instant::now();
+    loop {
+        let response = cluster.request_as(&ips[1], &token, &node_info).unwrap();
+        if response.get("result").is_some() {
+            eprintln!("tokens: read token {id} works on node 2 {:.1} s after it was minted", t.elapsed().as_secs_f64());
+            break;
+        }
+        assert_eq!(response["error"]["code"], "unauthenticated", "{response}");
+        assert!(t.elapsed() < Duration::from_secs(30), "node 2 never took the token: {response}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let write = json!({"task": "zfs-create", "args": {"name": "data/not-by-a-reader"}});
+    let refused = cluster.request_as(&ips[1], &token, &write).unwrap();
+    assert_eq!(refused["error"]["code"], "permission_denied", "{refused}");
+    let journal = cluster.task(&ips[1], "coordinator-history", json!({"task": "zfs-create", "limit": 5})).unwrap();
+    let recorded = journal["entries"].as_array().into_iter().flatten().any(|e| {
+        e["caller"].as_str().is_some_and(|c| c.ends_with(&format!("token:{id}")))
+            && e["error"]["code"] == "permission_denied"
+    });
+    assert!(recorded, "node 2's journal does not say who was refused: {journal}");
+    cluster.task(&ips[2], "auth-token-revoke", json!({"id": id})).expect("auth-token-revoke on node 3");
+    let t = Instant::now();
+    loop {
+        let response = cluster.request_as(&ips[1], &token, &node_info).unwrap();
+        if response["error"]["code"] == "unauthenticated" {
+            eprintln!("tokens: revoked on node 3, refused on node 2 {:.1} s later", t.elapsed().as_secs_f64());
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "node 2 still takes the revoked token: {response}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Self-replication: node 2 boots from node 1, keeps its image, takes DHCP over (with node 1's
@@ -379,6 +474,14 @@ fn hold_connections(from: std::net::Ipv4Addr, server: std::net::SocketAddr, n: u
         .collect()
 }
 
+/// Whether the server closed `stream` without a byte of answer (a held connection it had taken
+/// and then timed out), as opposed to one it answered 503 over its caps or still holds open.
+fn dropped_unanswered(stream: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
+    stream.set_nonblocking(true).is_ok() && matches!((&*stream).read(&mut byte), Ok(0))
+}
+
 /// `GET path` from the address `from`, with a deadline; the status line.
 fn get_from(from: std::net::Ipv4Addr, server: std::net::SocketAddr, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
@@ -417,27 +520,71 @@ fn hostile_probes_on_node_1(cluster: &Cluster) {
         let status = get_from(other, server, "/health").unwrap_or_else(|e| panic!("port {port}: {e}"));
         assert!(status.starts_with("HTTP/1.1 200"), "port {port} while {} are held: {status}", held.len());
         let refused = get_from(attacker, server, "/health").unwrap_or_else(|e| e);
-        assert!(!refused.starts_with("HTTP/1.1 200"), "port {port}: the flooding address got a slot more: {refused}");
+        if refused.starts_with("HTTP/1.1 200") {
+            // Legitimate only when the server had dropped some of the held connections that it
+            // took (no answer, unlike the 503s over the cap): their header timeout (10 s) ran out
+            // while a slow guest was still answering the rest of the flood.
+            let expired = held.iter().filter(|s| dropped_unanswered(s)).count();
+            assert!(expired > 0, "port {port}: the flooding address got a slot more while it held all of its own");
+            eprintln!(
+                "port {port}: {expired} of the flood's held connections timed out before the probe; a slot was free"
+            );
+        }
         eprintln!(
             "port {port}: {} connections held from {attacker}; {other} served ({status}); {attacker} told {refused:?}",
             held.len()
         );
     }
     // A check-in whose host name would drive an operator's terminal is refused with a JSON error.
-    let body =
-        serde_json::json!({"mac": "52:54:00:c1:00:77", "ip": other.to_string(), "hostname": "evil\u{1b}]0;owned\u{7}"});
-    let response = cerana_testbed::http::request(
-        SocketAddr::from((node1, 80)),
-        "POST",
-        "/checkin",
-        None,
-        body.to_string().as_bytes(),
-        Duration::from_secs(10),
-    )
-    .expect("checkin answered");
+    let check_in = |body: serde_json::Value| {
+        let server = SocketAddr::from((node1, 80));
+        let posted = cerana_testbed::http::request(
+            server,
+            "POST",
+            "/checkin",
+            None,
+            body.to_string().as_bytes(),
+            Duration::from_secs(10),
+        );
+        posted.expect("checkin answered")
+    };
+    let response = check_in(
+        serde_json::json!({"mac": "52:54:00:c1:00:77", "ip": other.to_string(), "hostname": "evil\u{1b}]0;owned\u{7}"}),
+    );
     assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(&response.body));
     let error: serde_json::Value = serde_json::from_slice(&response.body).expect("a JSON error");
     assert!(error["code"].is_string(), "{error}");
+    // A machine that did not boot from node 1 asks for a node certificate: refused, recorded.
+    let mac = "52:54:00:c1:00:78";
+    let key = format!("04{}", "11".repeat(64));
+    let response = check_in(
+        serde_json::json!({"mac": mac, "ip": attacker.to_string(), "hostname": "intruder", "public_key": key}),
+    );
+    let text = String::from_utf8_lossy(&response.body);
+    assert_eq!(response.status, 403, "{text}");
+    assert!(!text.contains("CERTIFICATE"), "{text}");
+    let events = cluster.task(&node1.to_string(), "boot-events", serde_json::json!({"mac": mac})).expect("boot-events");
+    let refused = events["events"].as_array().into_iter().flatten().any(|e| e["event"] == "certificate_refused");
+    assert!(refused, "the refusal is not in the machine's timeline: {events}");
+    // Node 1 sends its credentials to members only: a task forwarded to, or a result delivered
+    // to, the attacker's listener is refused and the listener sees no connection.
+    let listener = std::net::TcpListener::bind((attacker, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let trap = format!("http://{}", listener.local_addr().unwrap());
+    let ip1 = node1.to_string();
+    for request in [
+        serde_json::json!({"task": "node-info", "node": trap}),
+        serde_json::json!({"task": "node-info", "reply_to": format!("{trap}/results")}),
+    ] {
+        let response = cluster.request(&ip1, &request).expect("an answer");
+        assert_eq!(response["error"]["code"], "permission_denied", "{request}: {response}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let reached = listener.accept();
+    assert!(
+        matches!(&reached, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "node 1 connected to the attacker's listener: {reached:?}"
+    );
 }
 
 /// Kills per daemon in the cluster test; `make bench-kill` asks for more.
@@ -446,10 +593,12 @@ fn kill_rounds() -> u32 {
 }
 
 /// How soon a SIGKILLed daemon must be serving again (init's restart delay plus its start):
-/// 1 s, at the median and, on KVM, every time. Under TCG (emulated CPUs sharing the host's
-/// cores with the other nodes) a start's page faults and exec cost several times as much and
-/// single starts stray: each may take up to 3 s there, the median still 1 s.
+/// 1 s, at the median and every time, on KVM. Under TCG an emulated CPU's speed follows the
+/// host's load: on this 2-core machine the same image's medians were 0.3-0.6 s in one run and
+/// 0.6-1.2 s in another an hour later (node 1's boot 31 s, then 39 s), so there the median may
+/// be 2 s and a single start 3 s.
 const BACK_WITHIN_MS: u64 = 1000;
+const TCG_MEDIAN_BACK_MS: u64 = 2000;
 const TCG_WORST_BACK_MS: u64 = 3000;
 
 /// Node 1's daemons (coordinator, every provider, the bootserver) are SIGKILLed `rounds` times
@@ -486,15 +635,15 @@ fn kill_every_daemon_under_load(cluster: &Cluster, rounds: u32) {
     };
     let report = chaos::kill_daemons(&target, &daemons, rounds, chaos::default_load()).expect("kill run");
     eprintln!("daemons SIGKILLed {rounds} times each on node 1 under load:\n{}", report.table());
-    let worst_allowed = match cerana_testbed::Accel::detect() {
-        cerana_testbed::Accel::Kvm => BACK_WITHIN_MS,
-        cerana_testbed::Accel::Tcg => TCG_WORST_BACK_MS,
+    let (median_allowed, worst_allowed) = match cerana_testbed::Accel::detect() {
+        cerana_testbed::Accel::Kvm => (BACK_WITHIN_MS, BACK_WITHIN_MS),
+        cerana_testbed::Accel::Tcg => (TCG_MEDIAN_BACK_MS, TCG_WORST_BACK_MS),
     };
     let slow: Vec<String> = daemons
         .iter()
         .filter(|d| {
             let r = &report.recoveries[*d];
-            r.kills != rounds || r.median_ms() > BACK_WITHIN_MS || r.worst_ms() > worst_allowed
+            r.kills != rounds || r.median_ms() > median_allowed || r.worst_ms() > worst_allowed
         })
         .map(|d| {
             // What the daemon said last, to see where its start went.
@@ -508,7 +657,7 @@ fn kill_every_daemon_under_load(cluster: &Cluster, rounds: u32) {
         .collect();
     assert!(
         slow.is_empty(),
-        "daemons slow to come back (median > {BACK_WITHIN_MS} ms or worst > {worst_allowed} ms):\n{}",
+        "daemons slow to come back (median > {median_allowed} ms or worst > {worst_allowed} ms):\n{}",
         slow.join("\n")
     );
     assert!(report.load.failures.is_empty(), "tasks lost or hung: {:#?}", report.load.failures);

@@ -6,6 +6,8 @@
 //! datasets and bundles it names exist; a dataset, service or bundle still named by another
 //! object is not deleted (`busy`, naming who uses it).
 
+pub mod auth;
+
 use cerana_protocol::tasks::clusterconf::{self as c, ObjectId, MAX_OBJECT_BYTES, PREFIX};
 use cerana_protocol::tasks::kv::MAX_PAGE;
 use cerana_protocol::{ErrorCode, NoOutput, TaskError};
@@ -188,7 +190,7 @@ fn id(id: &ObjectId) -> &str {
 
 /// The provider over `store`.
 pub fn provider_with(store: LazyStore) -> Provider {
-    let p = Provider::new("clusterconf", env!("CARGO_PKG_VERSION"));
+    let p = auth::tasks(Provider::new("clusterconf", env!("CARGO_PKG_VERSION")), &store);
     let p = store_task!(p, store, c::GetDataset, |s, args| must_get(s, id(&args.id)).await);
     let p = store_task!(p, store, c::ListDatasets, |s, _args| Ok(c::DatasetList { datasets: list(s).await? }));
     let p = store_task!(p, store, c::UpdateDataset, |s, args| {

@@ -215,3 +215,60 @@ async fn declared_objects_are_typed_checked_and_compare_and_swapped() {
     lab.etcdctl(&["put", "/cerana/v1/datasets/broken", "not json"]);
     lab.fails("get-dataset", json!({"id": "broken"}), ErrorCode::Failed, "/cerana/v1/datasets/broken").await;
 }
+
+/// Issue #17: a token's secret is shown once; the store keeps only its hash; bad requests are
+/// refused with typed errors; a revoked token is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_minted_once_stored_hashed_and_revoked() {
+    use cerana_protocol::tasks::auth::{Role, TokenRecord};
+    let lab = require_ok!(Lab::start().await);
+
+    let created = lab
+        .call("auth-token-create", json!({"role": "read", "ttl_seconds": 3600, "description": "grafana"}))
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(&format!("cerana-{id}-")), "{created}");
+    let stored = lab.etcdctl(&["get", "--print-value-only", &format!("/cerana/v1/auth/tokens/{id}")]);
+    let secret = token.rsplit('-').next().unwrap();
+    assert!(!stored.contains(secret), "the store holds the secret: {stored}");
+    let record: TokenRecord = serde_json::from_str(stored.trim()).unwrap();
+    let table = cerana_credentials::TokenTable::new([record]);
+    let verified = table.verify(&token, cerana_credentials::unix_now()).unwrap();
+    assert_eq!(verified.role, Role::Read);
+
+    let listed = lab.call("auth-token-list", json!({})).await.unwrap();
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["id"], id.as_str());
+    assert_eq!(tokens[0]["description"], "grafana");
+    assert!(tokens[0].get("secret_sha256").is_none() && !listed.to_string().contains(secret), "{listed}");
+
+    lab.fails(
+        "auth-token-create",
+        json!({"role": "read", "ttl_seconds": 5}),
+        ErrorCode::InvalidArgument,
+        "ttl_seconds",
+    )
+    .await;
+    lab.fails(
+        "auth-token-create",
+        json!({"role": "root", "ttl_seconds": 600}),
+        ErrorCode::InvalidArgs,
+        "unknown variant",
+    )
+    .await;
+    lab.fails(
+        "auth-token-create",
+        json!({"role": "read", "ttl_seconds": 600, "secret": "mine"}),
+        ErrorCode::InvalidArgs,
+        "unknown field",
+    )
+    .await;
+    lab.fails("auth-token-revoke", json!({"id": "../../nodes"}), ErrorCode::InvalidArgs, "not a token id").await;
+
+    lab.call("auth-token-revoke", json!({"id": id})).await.unwrap();
+    lab.fails("auth-token-revoke", json!({"id": id}), ErrorCode::NotFound, "no token").await;
+    assert_eq!(lab.call("auth-token-list", json!({})).await.unwrap()["tokens"], json!([]));
+}

@@ -12,9 +12,9 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 crate::declare_tasks! {
-    BootEvents = "boot-events", "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
-    BootMachines = "boot-machines", "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
-    BootDhcp = "boot-dhcp", "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment), optionally importing another server's leases", BootDhcpArgs => BootDhcpResult;
+    BootEvents = "boot-events", Read, "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
+    BootMachines = "boot-machines", Read, "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
+    BootDhcp = "boot-dhcp", Write, "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment), optionally importing another server's leases", BootDhcpArgs => BootDhcpResult;
 }
 
 /// An Ethernet MAC address; parsed from `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (any case),
@@ -257,6 +257,14 @@ pub enum BootEventKind {
         #[serde(default)]
         ip: Option<Ipv4Addr>,
     },
+    /// The cluster CA issued the node a certificate at its check-in.
+    CertificateIssued {
+        name: String,
+    },
+    /// A certificate asked for at a check-in was refused, and why.
+    CertificateRefused {
+        reason: String,
+    },
 }
 
 impl BootEventKind {
@@ -275,7 +283,9 @@ impl BootEventKind {
             BootEventKind::HttpScript { .. } => BootStage::Script,
             BootEventKind::HttpKernel { .. } => BootStage::Kernel,
             BootEventKind::HttpInitrd { .. } => BootStage::Initrd,
-            BootEventKind::CheckedIn { .. } => BootStage::CheckedIn,
+            BootEventKind::CheckedIn { .. }
+            | BootEventKind::CertificateIssued { .. }
+            | BootEventKind::CertificateRefused { .. } => BootStage::CheckedIn,
         }
     }
 }

@@ -17,24 +17,24 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 crate::declare_tasks! {
-    GetDataset = "get-dataset", "A dataset's declaration", IdArgs => Dataset;
-    ListDatasets = "list-datasets", "Every declared dataset", NoArgs => DatasetList;
-    UpdateDataset = "update-dataset", "Creates (mod_index 0) or replaces (current mod_index) a dataset", Strict<Dataset> => Dataset;
-    DeleteDataset = "delete-dataset", "Deletes a dataset no bundle uses (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
-    GetService = "get-service", "A service's declaration", IdArgs => Service;
-    ListServices = "list-services", "Every declared service", NoArgs => ServiceList;
-    UpdateService = "update-service", "Creates (mod_index 0) or replaces (current mod_index) a service", Strict<Service> => Service;
-    DeleteService = "delete-service", "Deletes a service no bundle uses (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
-    GetBundle = "get-bundle", "A bundle; with overlay, each service as the bundle runs it", GetBundleArgs => BundleView;
-    ListBundles = "list-bundles", "Every bundle; with overlay, each service as the bundle runs it", ListBundlesArgs => BundleList;
-    UpdateBundle = "update-bundle", "Creates (mod_index 0) or replaces a bundle; its services, datasets and connected bundles must exist", Strict<Bundle> => Bundle;
-    DeleteBundle = "delete-bundle", "Deletes a bundle no other bundle connects to (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
-    GetNode = "get-node", "A node as its last heartbeat reported it", IdArgs => Node;
-    ListNodes = "list-nodes", "Every node with a live heartbeat", NoArgs => NodeList;
-    GetDefaultOptions = "get-default-options", "The cluster's defaults", NoArgs => ClusterDefaults;
-    SetDefaultOptions = "set-default-options", "Sets the cluster's defaults (mod_index as for updates)", Strict<ClusterDefaults> => ClusterDefaults;
-    GetDhcpConfig = "get-dhcp-config", "The cluster's DHCP settings", NoArgs => DhcpConfig;
-    SetDhcpConfig = "set-dhcp-config", "Sets the cluster's DHCP settings (mod_index as for updates)", Strict<DhcpConfig> => DhcpConfig;
+    GetDataset = "get-dataset", Read, "A dataset's declaration", IdArgs => Dataset;
+    ListDatasets = "list-datasets", Read, "Every declared dataset", NoArgs => DatasetList;
+    UpdateDataset = "update-dataset", Write, "Creates (mod_index 0) or replaces (current mod_index) a dataset", Strict<Dataset> => Dataset;
+    DeleteDataset = "delete-dataset", Write, "Deletes a dataset no bundle uses (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
+    GetService = "get-service", Read, "A service's declaration", IdArgs => Service;
+    ListServices = "list-services", Read, "Every declared service", NoArgs => ServiceList;
+    UpdateService = "update-service", Write, "Creates (mod_index 0) or replaces (current mod_index) a service", Strict<Service> => Service;
+    DeleteService = "delete-service", Write, "Deletes a service no bundle uses (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
+    GetBundle = "get-bundle", Read, "A bundle; with overlay, each service as the bundle runs it", GetBundleArgs => BundleView;
+    ListBundles = "list-bundles", Read, "Every bundle; with overlay, each service as the bundle runs it", ListBundlesArgs => BundleList;
+    UpdateBundle = "update-bundle", Write, "Creates (mod_index 0) or replaces a bundle; its services, datasets and connected bundles must exist", Strict<Bundle> => Bundle;
+    DeleteBundle = "delete-bundle", Write, "Deletes a bundle no other bundle connects to (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
+    GetNode = "get-node", Read, "A node as its last heartbeat reported it", IdArgs => Node;
+    ListNodes = "list-nodes", Read, "Every node with a live heartbeat", NoArgs => NodeList;
+    GetDefaultOptions = "get-default-options", Read, "The cluster's defaults", NoArgs => ClusterDefaults;
+    SetDefaultOptions = "set-default-options", Write, "Sets the cluster's defaults (mod_index as for updates)", Strict<ClusterDefaults> => ClusterDefaults;
+    GetDhcpConfig = "get-dhcp-config", Read, "The cluster's DHCP settings", NoArgs => DhcpConfig;
+    SetDhcpConfig = "set-dhcp-config", Write, "Sets the cluster's DHCP settings (mod_index as for updates)", Strict<DhcpConfig> => DhcpConfig;
 }
 
 /// Where the cluster's objects live in the store.
@@ -467,6 +467,9 @@ pub struct Node {
     pub disk_total: u64,
     #[serde(default)]
     pub disk_free: u64,
+    /// The base URL of the node's coordinator: peers forward tasks to members listed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
     #[serde(default)]
     pub mod_index: u64,
 }

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 crate::declare_tasks! {
-    CoordinatorStatus = "coordinator-status", "The coordinator's name, version, uptime and load", NoArgs => CoordinatorStatusResult;
-    CoordinatorProviders = "coordinator-providers", "Connected providers and the tasks each serves", NoArgs => ProvidersResult;
-    CoordinatorTasks = "coordinator-tasks", "Every task that is documented or served, with its providers in priority order", NoArgs => TasksResult;
-    CoordinatorHistory = "coordinator-history", "Recent tasks from the journal, newest first", HistoryArgs => HistoryResult;
-    CoordinatorTaskGet = "coordinator-task-get", "One task's journal entry, with its result while it is kept", TaskGetArgs => JournalEntry;
+    CoordinatorStatus = "coordinator-status", Read, "The coordinator's name, version, uptime and load", NoArgs => CoordinatorStatusResult;
+    CoordinatorProviders = "coordinator-providers", Read, "Connected providers and the tasks each serves", NoArgs => ProvidersResult;
+    CoordinatorTasks = "coordinator-tasks", Read, "Every task that is documented or served, with its providers in priority order", NoArgs => TasksResult;
+    CoordinatorHistory = "coordinator-history", Read, "Recent tasks from the journal, newest first", HistoryArgs => HistoryResult;
+    CoordinatorTaskGet = "coordinator-task-get", Read, "One task's journal entry, with its result while it is kept", TaskGetArgs => JournalEntry;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,14 @@ pub struct TaskListing {
     pub providers: Vec<TaskProvider>,
     /// Answered by the coordinator itself.
     pub builtin: bool,
+    /// Which credentials may run it (`write` for a task the catalog does not declare). Absent
+    /// from older coordinators.
+    #[serde(default = "unclassified")]
+    pub access: crate::Access,
+}
+
+fn unclassified() -> crate::Access {
+    crate::Access::Write
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +122,8 @@ pub enum OmittedReason {
     TooLarge,
     /// Dropped (oldest first) to keep the journal within its byte budget.
     JournalFull,
+    /// The result may hold a credential shown once (an `Admin` task's).
+    Secret,
     /// A reason this version does not know (from a newer coordinator).
     #[serde(other)]
     Other,

@@ -12,10 +12,10 @@ use std::fmt;
 use std::time::Duration;
 
 crate::declare_tasks! {
-    HealthUptime = "health-uptime", "Passes when a process (by pid), the oldest process of a cgroup, or a service's cgroup has run at least min_uptime_ms", UptimeArgs => HealthReport;
-    HealthFile = "health-file", "Passes when a file exists (or, with not_exist, does not) with the given permission bits and size bounds", FileArgs => HealthReport;
-    HealthTcpResponse = "health-tcp-response", "Passes when a TCP connect succeeds and, with a regexp, the response (after sending body) matches it", TcpResponseArgs => HealthReport;
-    HealthHttpStatus = "health-http-status", "Passes when an HTTP(S) request answers with the expected status code", HttpStatusArgs => HealthReport;
+    HealthUptime = "health-uptime", Read, "Passes when a process (by pid), the oldest process of a cgroup, or a service's cgroup has run at least min_uptime_ms", UptimeArgs => HealthReport;
+    HealthFile = "health-file", Read, "Passes when a file exists (or, with not_exist, does not) with the given permission bits and size bounds", FileArgs => HealthReport;
+    HealthTcpResponse = "health-tcp-response", Write, "Passes when a TCP connect succeeds and, with a regexp, the response (after sending body) matches it", TcpResponseArgs => HealthReport;
+    HealthHttpStatus = "health-http-status", Write, "Passes when an HTTP(S) request answers with the expected status code", HttpStatusArgs => HealthReport;
 }
 
 /// Timeout of a check whose arguments name none.

@@ -10,14 +10,14 @@ use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 crate::declare_tasks! {
-    InitServiceList = "init-service-list", "Every service in init's table with its state, pid, uptime and restarts", NoArgs => ServiceList;
-    InitServiceStart = "init-service-start", "Starts a stopped or failed service (its dependencies must be ready)", ServiceArgs => ServiceStatus;
-    InitServiceStop = "init-service-stop", "Stops a service with its stop signal, then SIGKILL after its timeout; it stays stopped", ServiceArgs => ServiceStatus;
-    InitServiceRestart = "init-service-restart", "Stops a service and starts it again", ServiceArgs => ServiceStatus;
-    InitServiceSignal = "init-service-signal", "Sends a signal to a running service (its main process, or its whole process group), like systemctl kill; init then handles its exit by its restart policy", ServiceSignalArgs => ServiceStatus;
-    InitServiceLogs = "init-service-logs", "The last lines a service wrote to stdout/stderr (init's ring buffer)", ServiceLogsArgs => ServiceLogs;
-    InitPoweroff = "init-poweroff", "Stops every service in reverse dependency order and powers the node off", NoArgs => ShutdownAccepted;
-    InitReboot = "init-reboot", "Stops every service in reverse dependency order and reboots the node", NoArgs => ShutdownAccepted;
+    InitServiceList = "init-service-list", Read, "Every service in init's table with its state, pid, uptime and restarts", NoArgs => ServiceList;
+    InitServiceStart = "init-service-start", Write, "Starts a stopped or failed service (its dependencies must be ready)", ServiceArgs => ServiceStatus;
+    InitServiceStop = "init-service-stop", Write, "Stops a service with its stop signal, then SIGKILL after its timeout; it stays stopped", ServiceArgs => ServiceStatus;
+    InitServiceRestart = "init-service-restart", Write, "Stops a service and starts it again", ServiceArgs => ServiceStatus;
+    InitServiceSignal = "init-service-signal", Write, "Sends a signal to a running service (its main process, or its whole process group), like systemctl kill; init then handles its exit by its restart policy", ServiceSignalArgs => ServiceStatus;
+    InitServiceLogs = "init-service-logs", Read, "The last lines a service wrote to stdout/stderr (init's ring buffer)", ServiceLogsArgs => ServiceLogs;
+    InitPoweroff = "init-poweroff", Write, "Stops every service in reverse dependency order and powers the node off", NoArgs => ShutdownAccepted;
+    InitReboot = "init-reboot", Write, "Stops every service in reverse dependency order and reboots the node", NoArgs => ShutdownAccepted;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

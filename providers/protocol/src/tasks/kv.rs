@@ -18,25 +18,25 @@ use crate::task::{NoArgs, NoOutput};
 use serde::{Deserialize, Serialize};
 
 crate::declare_tasks! {
-    KvGet = "kv-get", "Reads one key: its value and index", KeyArgs => KvEntry;
-    KvGetAll = "kv-getall", "Reads the keys under a prefix with their values and indexes (paged)", ListArgs => KvList;
-    KvKeys = "kv-keys", "Lists the keys under a prefix (paged)", ListArgs => KvKeyList;
-    KvSet = "kv-set", "Writes a key whatever it holds; returns the new index", SetArgs => KvIndex;
-    KvUpdate = "kv-update", "Writes a key if its index is still `index` (0: only if absent); returns the new index", UpdateArgs => KvIndex;
-    KvDelete = "kv-delete", "Deletes a key, or with `recursive` the key and everything under `key/`", DeleteArgs => KvDeleted;
-    KvRemove = "kv-remove", "Deletes a key if its index is still `index`", RemoveArgs => KvDeleted;
-    KvEphemeralSet = "kv-ephemeral-set", "Writes a key that lives as long as a lease of `ttl_ms` (kept by kv-ephemeral-refresh)", EphemeralSetArgs => KvLease;
-    KvEphemeralRefresh = "kv-ephemeral-refresh", "Renews a lease for another TTL", LeaseArgs => KvLease;
-    KvEphemeralDestroy = "kv-ephemeral-destroy", "Revokes a lease; its keys are deleted", LeaseArgs => NoOutput;
-    KvWatch = "kv-watch", "Streams the changes under a prefix as JSON lines, from an index", WatchArgs => WatchStarted;
-    KvLock = "kv-lock", "Takes a lock (a key bound to a lease); its token fences later writes", LockArgs => LockHeld;
-    KvRenew = "kv-renew", "Renews a lock's lease for another TTL", LeaseArgs => KvLease;
-    KvUnlock = "kv-unlock", "Releases a lock if `token` still holds it", UnlockArgs => NoOutput;
-    KvCampaign = "kv-campaign", "Campaigns in an election, waiting up to `wait_ms` to lead", CampaignArgs => Leadership;
-    KvResign = "kv-resign", "Gives up an election (revokes the campaign's lease)", ResignArgs => NoOutput;
-    KvLeader = "kv-leader", "The current leader of an election", ElectionArgs => Leadership;
-    KvIsLeader = "kv-is-leader", "Whether a campaign's lease leads its election", ResignArgs => IsLeader;
-    KvMembers = "kv-members", "The store's members: voter or learner, healthy, leader", NoArgs => KvMemberList;
+    KvGet = "kv-get", Read, "Reads one key: its value and index", KeyArgs => KvEntry;
+    KvGetAll = "kv-getall", Read, "Reads the keys under a prefix with their values and indexes (paged)", ListArgs => KvList;
+    KvKeys = "kv-keys", Read, "Lists the keys under a prefix (paged)", ListArgs => KvKeyList;
+    KvSet = "kv-set", Write, "Writes a key whatever it holds; returns the new index", SetArgs => KvIndex;
+    KvUpdate = "kv-update", Write, "Writes a key if its index is still `index` (0: only if absent); returns the new index", UpdateArgs => KvIndex;
+    KvDelete = "kv-delete", Write, "Deletes a key, or with `recursive` the key and everything under `key/`", DeleteArgs => KvDeleted;
+    KvRemove = "kv-remove", Write, "Deletes a key if its index is still `index`", RemoveArgs => KvDeleted;
+    KvEphemeralSet = "kv-ephemeral-set", Write, "Writes a key that lives as long as a lease of `ttl_ms` (kept by kv-ephemeral-refresh)", EphemeralSetArgs => KvLease;
+    KvEphemeralRefresh = "kv-ephemeral-refresh", Write, "Renews a lease for another TTL", LeaseArgs => KvLease;
+    KvEphemeralDestroy = "kv-ephemeral-destroy", Write, "Revokes a lease; its keys are deleted", LeaseArgs => NoOutput;
+    KvWatch = "kv-watch", Read, "Streams the changes under a prefix as JSON lines, from an index", WatchArgs => WatchStarted;
+    KvLock = "kv-lock", Write, "Takes a lock (a key bound to a lease); its token fences later writes", LockArgs => LockHeld;
+    KvRenew = "kv-renew", Write, "Renews a lock's lease for another TTL", LeaseArgs => KvLease;
+    KvUnlock = "kv-unlock", Write, "Releases a lock if `token` still holds it", UnlockArgs => NoOutput;
+    KvCampaign = "kv-campaign", Write, "Campaigns in an election, waiting up to `wait_ms` to lead", CampaignArgs => Leadership;
+    KvResign = "kv-resign", Write, "Gives up an election (revokes the campaign's lease)", ResignArgs => NoOutput;
+    KvLeader = "kv-leader", Read, "The current leader of an election", ElectionArgs => Leadership;
+    KvIsLeader = "kv-is-leader", Read, "Whether a campaign's lease leads its election", ResignArgs => IsLeader;
+    KvMembers = "kv-members", Read, "The store's members: voter or learner, healthy, leader", NoArgs => KvMemberList;
 }
 
 /// The longest key accepted, in bytes.

@@ -10,14 +10,14 @@ use crate::tasks::boot::MacAddr;
 use serde::{Deserialize, Serialize};
 
 crate::declare_tasks! {
-    KvmDefine = "kvm-define", "Define a VM (vCPUs, memory, disks, NICs, boot order, serial log); creates the disks it is asked to, leaves nothing behind on failure", KvmDefineArgs => VmInfo;
-    KvmStart = "kvm-start", "Start a defined VM", VmRef => VmInfo;
-    KvmShutdown = "kvm-shutdown", "Ask a running VM to power off (ACPI) and wait until it has, up to a timeout", KvmShutdownArgs => VmInfo;
-    KvmDestroy = "kvm-destroy", "Hard-stop a running VM (pull the plug)", VmRef => VmInfo;
-    KvmUndefine = "kvm-undefine", "Remove a VM's definition; with remove_storage also the disks it created; force stops a running VM first", KvmUndefineArgs => KvmUndefineResult;
-    KvmGet = "kvm-get", "State, uptime, resources, disks, NICs and virtualisation type of one VM", VmRef => VmInfo;
-    KvmList = "kvm-list", "Every VM on this node with its state", crate::task::NoArgs => KvmListResult;
-    KvmConsoleLog = "kvm-console-log", "The tail of a VM's serial console log", KvmConsoleLogArgs => KvmConsoleLogResult;
+    KvmDefine = "kvm-define", Write, "Define a VM (vCPUs, memory, disks, NICs, boot order, serial log); creates the disks it is asked to, leaves nothing behind on failure", KvmDefineArgs => VmInfo;
+    KvmStart = "kvm-start", Write, "Start a defined VM", VmRef => VmInfo;
+    KvmShutdown = "kvm-shutdown", Write, "Ask a running VM to power off (ACPI) and wait until it has, up to a timeout", KvmShutdownArgs => VmInfo;
+    KvmDestroy = "kvm-destroy", Write, "Hard-stop a running VM (pull the plug)", VmRef => VmInfo;
+    KvmUndefine = "kvm-undefine", Write, "Remove a VM's definition; with remove_storage also the disks it created; force stops a running VM first", KvmUndefineArgs => KvmUndefineResult;
+    KvmGet = "kvm-get", Read, "State, uptime, resources, disks, NICs and virtualisation type of one VM", VmRef => VmInfo;
+    KvmList = "kvm-list", Read, "Every VM on this node with its state", crate::task::NoArgs => KvmListResult;
+    KvmConsoleLog = "kvm-console-log", Read, "The tail of a VM's serial console log", KvmConsoleLogArgs => KvmConsoleLogResult;
 }
 
 /// Longest VM name accepted.

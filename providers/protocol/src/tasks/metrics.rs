@@ -15,13 +15,13 @@ pub const SERVICES_CGROUP: &str = "/sys/fs/cgroup/cerana-services";
 pub const SERVICES_CGROUP_ENV: &str = "CERANA_SERVICES_CGROUP";
 
 crate::declare_tasks! {
-    MetricsCpu = "metrics-cpu", "CPU model and count, load averages, and seconds spent per mode (all CPUs and each CPU)", NoArgs => CpuMetrics;
-    MetricsMemory = "metrics-memory", "Physical memory and swap, in bytes", NoArgs => MemoryMetrics;
-    MetricsDisk = "metrics-disk", "Mounted filesystems with their usage (pseudo filesystems only with all=true) and I/O counters per block device", DiskArgs => DiskMetrics;
-    MetricsNetwork = "metrics-network", "Network interfaces with index, MAC, MTU, state, addresses and traffic counters", NoArgs => NetworkMetrics;
-    MetricsHost = "metrics-host", "Hostname, OS, kernel, architecture, machine id, boot time, uptime and process count", NoArgs => HostMetrics;
-    MetricsService = "metrics-service", "One service's resource usage from its cgroup v2: CPU, memory, pids, I/O, OOM kills", ServiceMetricsArgs => ServiceUsage;
-    MetricsPrometheus = "metrics-prometheus", "The node's and every service's metrics in the Prometheus text exposition format", NoArgs => PrometheusText;
+    MetricsCpu = "metrics-cpu", Read, "CPU model and count, load averages, and seconds spent per mode (all CPUs and each CPU)", NoArgs => CpuMetrics;
+    MetricsMemory = "metrics-memory", Read, "Physical memory and swap, in bytes", NoArgs => MemoryMetrics;
+    MetricsDisk = "metrics-disk", Read, "Mounted filesystems with their usage (pseudo filesystems only with all=true) and I/O counters per block device", DiskArgs => DiskMetrics;
+    MetricsNetwork = "metrics-network", Read, "Network interfaces with index, MAC, MTU, state, addresses and traffic counters", NoArgs => NetworkMetrics;
+    MetricsHost = "metrics-host", Read, "Hostname, OS, kernel, architecture, machine id, boot time, uptime and process count", NoArgs => HostMetrics;
+    MetricsService = "metrics-service", Read, "One service's resource usage from its cgroup v2: CPU, memory, pids, I/O, OOM kills", ServiceMetricsArgs => ServiceUsage;
+    MetricsPrometheus = "metrics-prometheus", Read, "The node's and every service's metrics in the Prometheus text exposition format", NoArgs => PrometheusText;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! Adding an area: write `tasks/<area>.rs` with a `declare_tasks!` block, add `pub mod <area>;`
 //! below and its `TASKS` to [`catalog`].
 
+pub mod auth;
 pub mod boot;
 pub mod clusterconf;
 pub mod coordinator;
@@ -16,11 +17,12 @@ pub mod node;
 pub mod service;
 pub mod zfs;
 
-use crate::task::TaskInfo;
+use crate::task::{Access, TaskInfo};
 
 /// All documented tasks.
 pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
     [
+        auth::TASKS,
         boot::TASKS,
         clusterconf::TASKS,
         coordinator::TASKS,
@@ -43,6 +45,12 @@ pub fn lookup(name: &str) -> Option<&'static TaskInfo> {
     catalog().find(|info| info.name == name)
 }
 
+/// What running `name` does. A task the catalog does not declare (a provider's own, or one
+/// from a newer node) counts as `Write`: a read credential never runs what nobody classified.
+pub fn access_of(name: &str) -> Access {
+    lookup(name).map_or(Access::Write, |info| info.access)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +65,26 @@ mod tests {
             assert!(seen.insert(info.name), "{} declared twice", info.name);
             assert!(!info.description.is_empty());
         }
+    }
+
+    #[test]
+    fn tasks_that_only_look_are_read_and_credentials_are_admin() {
+        for info in catalog() {
+            // Health probes are classified one by one: some send bytes where the caller says.
+            let looks = !info.name.starts_with("health-")
+                && ["-get", "-list", "-status", "-logs"].iter().any(|s| info.name.ends_with(s))
+                || ["list-", "get-", "metrics-"].iter().any(|p| info.name.starts_with(p));
+            if info.name.starts_with("auth-") {
+                assert_eq!(info.access, Access::Admin, "{}", info.name);
+            } else if looks {
+                assert_eq!(info.access, Access::Read, "{}", info.name);
+            }
+        }
+        for write in ["zfs-create", "kv-set", "init-reboot", "health-http-status", "update-service", "boot-dhcp"] {
+            assert_eq!(access_of(write), Access::Write, "{write}");
+        }
+        assert_eq!(access_of("node-info"), Access::Read);
+        assert_eq!(access_of("someone-elses-task"), Access::Write);
     }
 
     #[test]

@@ -13,25 +13,25 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 crate::declare_tasks! {
-    NetnsCreate = "netns-create", "Creates the named network namespace /run/netns/NAME (loopback up)", NetnsArgs => NetnsInfo;
-    NetnsDelete = "netns-delete", "Deletes a named network namespace (its links go with it)", NetnsArgs => NetnsInfo;
-    NetnsList = "netns-list", "Lists the named network namespaces", NoArgs => NetnsListResult;
-    NetnsVethAdd = "netns-veth-add", "Creates a veth pair, each end in its namespace, optionally up", VethAddArgs => VethAddResult;
-    NetnsBridgeAdd = "netns-bridge-add", "Creates a bridge in a namespace, optionally up", BridgeAddArgs => LinkInfo;
-    NetnsLinkSet = "netns-link-set", "Sets a link up or down, its MTU, or its bridge (master)", LinkSetArgs => LinkInfo;
-    NetnsLinkMove = "netns-link-move", "Moves a link into another namespace", LinkMoveArgs => LinkInfo;
-    NetnsLinkDelete = "netns-link-delete", "Deletes a link (a veth's peer goes with it)", LinkRef => NoOutput;
-    NetnsLinkList = "netns-link-list", "Lists the links of a namespace with their addresses", NetnsRef => LinkListResult;
-    NetnsAddressAdd = "netns-address-add", "Adds an address (CIDR) to a link; refuses one overlapping the namespace's", AddressArgs => LinkInfo;
-    NetnsAddressDelete = "netns-address-delete", "Removes an address (CIDR) from a link", AddressArgs => LinkInfo;
-    NetnsRouteAdd = "netns-route-add", "Adds a route (destination CIDR or default, gateway and/or link)", RouteArgs => RouteListResult;
-    NetnsRouteDelete = "netns-route-delete", "Deletes a route", RouteArgs => RouteListResult;
-    NetnsRouteList = "netns-route-list", "Lists the main routing table of a namespace", NetnsRef => RouteListResult;
-    FirewallApply = "firewall-apply", "Replaces a bundle's nftables firewall (in its namespace) in one transaction", FirewallApplyArgs => FirewallInfo;
-    FirewallGet = "firewall-get", "Reads a bundle's firewall back from the kernel", BundleRef => FirewallInfo;
-    FirewallList = "firewall-list", "Reads every bundle's firewall back from the kernel", NoArgs => FirewallListResult;
-    FirewallRemove = "firewall-remove", "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoOutput;
-    NamespaceSetUser = "namespace-set-user", "Writes a process's uid and gid maps (1 to 5 ranges each)", SetUserArgs => SetUserResult;
+    NetnsCreate = "netns-create", Write, "Creates the named network namespace /run/netns/NAME (loopback up)", NetnsArgs => NetnsInfo;
+    NetnsDelete = "netns-delete", Write, "Deletes a named network namespace (its links go with it)", NetnsArgs => NetnsInfo;
+    NetnsList = "netns-list", Read, "Lists the named network namespaces", NoArgs => NetnsListResult;
+    NetnsVethAdd = "netns-veth-add", Write, "Creates a veth pair, each end in its namespace, optionally up", VethAddArgs => VethAddResult;
+    NetnsBridgeAdd = "netns-bridge-add", Write, "Creates a bridge in a namespace, optionally up", BridgeAddArgs => LinkInfo;
+    NetnsLinkSet = "netns-link-set", Write, "Sets a link up or down, its MTU, or its bridge (master)", LinkSetArgs => LinkInfo;
+    NetnsLinkMove = "netns-link-move", Write, "Moves a link into another namespace", LinkMoveArgs => LinkInfo;
+    NetnsLinkDelete = "netns-link-delete", Write, "Deletes a link (a veth's peer goes with it)", LinkRef => NoOutput;
+    NetnsLinkList = "netns-link-list", Read, "Lists the links of a namespace with their addresses", NetnsRef => LinkListResult;
+    NetnsAddressAdd = "netns-address-add", Write, "Adds an address (CIDR) to a link; refuses one overlapping the namespace's", AddressArgs => LinkInfo;
+    NetnsAddressDelete = "netns-address-delete", Write, "Removes an address (CIDR) from a link", AddressArgs => LinkInfo;
+    NetnsRouteAdd = "netns-route-add", Write, "Adds a route (destination CIDR or default, gateway and/or link)", RouteArgs => RouteListResult;
+    NetnsRouteDelete = "netns-route-delete", Write, "Deletes a route", RouteArgs => RouteListResult;
+    NetnsRouteList = "netns-route-list", Read, "Lists the main routing table of a namespace", NetnsRef => RouteListResult;
+    FirewallApply = "firewall-apply", Write, "Replaces a bundle's nftables firewall (in its namespace) in one transaction", FirewallApplyArgs => FirewallInfo;
+    FirewallGet = "firewall-get", Read, "Reads a bundle's firewall back from the kernel", BundleRef => FirewallInfo;
+    FirewallList = "firewall-list", Read, "Reads every bundle's firewall back from the kernel", NoArgs => FirewallListResult;
+    FirewallRemove = "firewall-remove", Write, "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoOutput;
+    NamespaceSetUser = "namespace-set-user", Write, "Writes a process's uid and gid maps (1 to 5 ranges each)", SetUserArgs => SetUserResult;
 }
 
 /// A named namespace.

@@ -4,8 +4,8 @@ use crate::task::NoArgs;
 use serde::{Deserialize, Serialize};
 
 crate::declare_tasks! {
-    NodeInfo = "node-info", "Hostname, kernel, uptime, CPU and memory of this node (from /proc)", NoArgs => NodeFacts;
-    NodeEcho = "node-echo", "Returns its argument unchanged: a no-op for latency checks", EchoArgs => EchoArgs;
+    NodeInfo = "node-info", Read, "Hostname, kernel, uptime, CPU and memory of this node (from /proc)", NoArgs => NodeFacts;
+    NodeEcho = "node-echo", Read, "Returns its argument unchanged: a no-op for latency checks", EchoArgs => EchoArgs;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 crate::declare_tasks! {
-    ServiceCreate = "service-create", "Creates a service and starts it in a container on a fresh clone of its dataset; returns once its process runs", CreateArgs => ServiceInfo;
-    ServiceGet = "service-get", "One service: state, PID, restarts, last exit", ServiceRef => ServiceInfo;
-    ServiceList = "service-list", "Every service on this node (or one bundle's)", ListArgs => ListResult;
-    ServiceRestart = "service-restart", "Stops a service's container and starts it again on a fresh clone", ServiceRef => ServiceInfo;
-    ServiceRemove = "service-remove", "Stops a service, destroys its clone and forgets it", ServiceRef => ServiceRef;
-    ServiceLogs = "service-logs", "The kept lines of a service's stdout and stderr (bounded, across restarts)", LogsArgs => LogsResult;
+    ServiceCreate = "service-create", Write, "Creates a service and starts it in a container on a fresh clone of its dataset; returns once its process runs", CreateArgs => ServiceInfo;
+    ServiceGet = "service-get", Read, "One service: state, PID, restarts, last exit", ServiceRef => ServiceInfo;
+    ServiceList = "service-list", Read, "Every service on this node (or one bundle's)", ListArgs => ListResult;
+    ServiceRestart = "service-restart", Write, "Stops a service's container and starts it again on a fresh clone", ServiceRef => ServiceInfo;
+    ServiceRemove = "service-remove", Write, "Stops a service, destroys its clone and forgets it", ServiceRef => ServiceRef;
+    ServiceLogs = "service-logs", Read, "The kept lines of a service's stdout and stderr (bounded, across restarts)", LogsArgs => LogsResult;
 }
 
 /// Stable reasons for service failures, in `TaskError.details.reason`.

@@ -12,21 +12,21 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 crate::declare_tasks! {
-    ZfsCreate = "zfs-create", "Creates a filesystem, or a volume of `volsize` bytes, with optional properties", CreateArgs => NameResult;
-    ZfsClone = "zfs-clone", "Clones a snapshot (`origin`) into a new dataset `name`", CloneArgs => NameResult;
-    ZfsDestroy = "zfs-destroy", "Destroys a dataset or snapshot (defer, recursive, recursive_clones, force_unmount)", DestroyArgs => NameResult;
-    ZfsExists = "zfs-exists", "Whether a dataset, volume or snapshot exists", NameArgs => ExistsResult;
-    ZfsGet = "zfs-get", "One dataset with all its properties (value and source)", NameArgs => GetResult;
-    ZfsHolds = "zfs-holds", "The user holds on a snapshot", NameArgs => HoldsResult;
-    ZfsList = "zfs-list", "Datasets under `name` (or all), filtered by type", ListArgs => ListResult;
-    ZfsMount = "zfs-mount", "Mounts a filesystem at its mountpoint (`overlay` mounts over a non-empty directory)", MountArgs => NameResult;
-    ZfsUnmount = "zfs-unmount", "Unmounts a filesystem (`force` even when busy)", UnmountArgs => NameResult;
-    ZfsRename = "zfs-rename", "Renames `origin` to `name` (`recursive`: a snapshot of every descendant)", RenameArgs => NameResult;
-    ZfsRollback = "zfs-rollback", "Rolls a dataset back to a snapshot (`destroy_recent` destroys later snapshots)", RollbackArgs => NameResult;
-    ZfsSnapshot = "zfs-snapshot", "Snapshots `name` as `name@snapname` (`recursive`: every descendant too)", SnapshotArgs => NameResult;
-    ZfsSend = "zfs-send", "Sends a snapshot as a stream (incremental from `from`); the stream comes with the response", SendArgs => SendResult;
-    ZfsReceive = "zfs-receive", "Receives the request's stream into `name`", ReceiveArgs => ReceiveResult;
-    ZfsPoolStatus = "zfs-pool-status", "The node's pool: layout, health, space, and what the boot-time bootstrap did", NoArgs => PoolStatus;
+    ZfsCreate = "zfs-create", Write, "Creates a filesystem, or a volume of `volsize` bytes, with optional properties", CreateArgs => NameResult;
+    ZfsClone = "zfs-clone", Write, "Clones a snapshot (`origin`) into a new dataset `name`", CloneArgs => NameResult;
+    ZfsDestroy = "zfs-destroy", Write, "Destroys a dataset or snapshot (defer, recursive, recursive_clones, force_unmount)", DestroyArgs => NameResult;
+    ZfsExists = "zfs-exists", Read, "Whether a dataset, volume or snapshot exists", NameArgs => ExistsResult;
+    ZfsGet = "zfs-get", Read, "One dataset with all its properties (value and source)", NameArgs => GetResult;
+    ZfsHolds = "zfs-holds", Read, "The user holds on a snapshot", NameArgs => HoldsResult;
+    ZfsList = "zfs-list", Read, "Datasets under `name` (or all), filtered by type", ListArgs => ListResult;
+    ZfsMount = "zfs-mount", Write, "Mounts a filesystem at its mountpoint (`overlay` mounts over a non-empty directory)", MountArgs => NameResult;
+    ZfsUnmount = "zfs-unmount", Write, "Unmounts a filesystem (`force` even when busy)", UnmountArgs => NameResult;
+    ZfsRename = "zfs-rename", Write, "Renames `origin` to `name` (`recursive`: a snapshot of every descendant)", RenameArgs => NameResult;
+    ZfsRollback = "zfs-rollback", Write, "Rolls a dataset back to a snapshot (`destroy_recent` destroys later snapshots)", RollbackArgs => NameResult;
+    ZfsSnapshot = "zfs-snapshot", Write, "Snapshots `name` as `name@snapname` (`recursive`: every descendant too)", SnapshotArgs => NameResult;
+    ZfsSend = "zfs-send", Read, "Sends a snapshot as a stream (incremental from `from`); the stream comes with the response", SendArgs => SendResult;
+    ZfsReceive = "zfs-receive", Write, "Receives the request's stream into `name`", ReceiveArgs => ReceiveResult;
+    ZfsPoolStatus = "zfs-pool-status", Read, "The node's pool: layout, health, space, and what the boot-time bootstrap did", NoArgs => PoolStatus;
 }
 
 /// Stable reasons for ZFS failures, in `TaskError.details.reason`.

@@ -126,6 +126,7 @@ fn bring_up(layout: Layout, limit: Duration) -> anyhow::Result<()> {
     let names: Vec<&str> =
         members["members"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
     println!("cluster store: {wanted} voters ({}) after {:.1} s\n", names.join(", "), start.elapsed().as_secs_f64());
+    cluster.write_cli_config()?;
     print!("{}", cluster.usage());
     Ok(())
 }
