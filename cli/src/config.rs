@@ -66,7 +66,7 @@ impl CliConfig {
     pub async fn reachable_node(&self) -> Result<NodeUrl, ConfigError> {
         let mut tried = Vec::new();
         for node in &self.nodes {
-            let Some(addr) = host_port(node) else {
+            let Some(addr) = node.origin().map(|o| o.host_port()) else {
                 tried.push(format!("{node}: no host and port"));
                 continue;
             };
@@ -82,24 +82,6 @@ impl CliConfig {
             timeout: REACH_TIMEOUT,
             tried: tried.join("; "),
         })
-    }
-}
-
-/// `host:port` of a node URL (the scheme's port when it names none).
-fn host_port(url: &NodeUrl) -> Option<String> {
-    let (scheme, rest) = url.as_str().split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    let has_port = match authority.rfind(']') {
-        Some(end) => authority[end..].contains(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
-        Some(authority.to_owned())
-    } else {
-        Some(format!("{authority}:{}", if scheme == "https" { 443 } else { 80 }))
     }
 }
 
@@ -134,15 +116,6 @@ mod tests {
             assert!(err.contains(says), "{text}: {err}");
         }
         assert!(matches!(CliConfig::load(&dir.path().join("none")), Err(ConfigError::Read { .. })));
-    }
-
-    #[test]
-    fn host_and_port_default_by_scheme() {
-        assert_eq!(host_port(&url("http://10.0.0.1:8080/x")).as_deref(), Some("10.0.0.1:8080"));
-        assert_eq!(host_port(&url("https://node")).as_deref(), Some("node:443"));
-        assert_eq!(host_port(&url("http://[::1]")).as_deref(), Some("[::1]:80"));
-        assert_eq!(host_port(&url("http://[::1]:9")).as_deref(), Some("[::1]:9"));
-        assert_eq!(host_port(&url("http://user@node")), None);
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! at (the node of its local streams when it forwards a task).
 
 use cerana_protocol::NodeUrl;
-use std::fmt;
+pub use cerana_protocol::Origin;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::str::FromStr;
 
@@ -28,61 +28,6 @@ impl FromStr for Advertise {
         } else {
             NodeUrl::new(value).map(Self::Url)
         }
-    }
-}
-
-/// A URL's scheme, host and port: what says which server it reaches. Hosts compare without case
-/// (IPv6 without brackets), a missing port is the scheme's, and a path does not matter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Origin {
-    pub https: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl Origin {
-    /// The origin of `url`; `None` when its port is not a number.
-    pub fn of(url: &NodeUrl) -> Option<Self> {
-        let https = url.is_https();
-        let rest = url.as_str().split_once("://")?.1;
-        let authority = rest.split(['/', '?', '#']).next()?;
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-            let (host, after) = v6.split_once(']')?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match host_port.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        let port = match port {
-            Some(port) => port.parse().ok()?,
-            None if https => 443,
-            None => 80,
-        };
-        Some(Self { https, host: host.to_ascii_lowercase(), port })
-    }
-
-    /// The host as an IP address, `localhost` as the loopback address.
-    pub fn ip(&self) -> Option<IpAddr> {
-        if self.host == "localhost" {
-            return Some(IpAddr::from([127, 0, 0, 1]));
-        }
-        self.host.parse().ok()
-    }
-
-    /// `scheme://host:port`.
-    pub fn url(&self) -> NodeUrl {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        let scheme = if self.https { "https" } else { "http" };
-        NodeUrl::new(format!("{scheme}://{host}:{}", self.port)).expect("an origin is a valid node URL")
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.url().fmt(f)
     }
 }
 
@@ -167,19 +112,6 @@ mod tests {
 
     fn url(s: &str) -> NodeUrl {
         NodeUrl::new(s).unwrap()
-    }
-
-    #[test]
-    fn origins_ignore_case_default_ports_and_paths() {
-        let origin = |s: &str| Origin::of(&url(s)).unwrap();
-        assert_eq!(origin("http://Node-1:8080/"), origin("http://node-1:8080"));
-        assert_eq!(origin("http://node-1/x/y"), origin("http://node-1:80"));
-        assert_eq!(origin("https://node-1").port, 443);
-        assert_eq!(origin("http://[::1]:8080").host, "::1");
-        assert_eq!(origin("http://[::1]:8080").url().as_str(), "http://[::1]:8080");
-        assert_eq!(origin("http://user@10.0.0.5:81?q").url().as_str(), "http://10.0.0.5:81");
-        assert!(Origin::of(&url("http://node:port")).is_none());
-        assert_ne!(origin("https://node:80"), origin("http://node:80"));
     }
 
     #[test]

@@ -156,3 +156,23 @@ async fn a_node_without_a_tokens_file_refuses_scoped_tokens() {
     assert_eq!(error_code(&err), Some(ErrorCode::Unauthenticated), "{err}");
     assert!(err.to_string().contains("no tokens file"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cluster_token_shaped_like_a_scoped_token_still_works() {
+    let dir = TestDir::new();
+    let tokens_path = dir.dir.path().join("api-tokens");
+    write_tokens_file(&tokens_path, &[], cerana_credentials::unix_now()).unwrap();
+    let socket = dir.socket("c");
+    let mut config = config(&socket);
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    let cluster_token = ApiToken::mint().unwrap().reveal();
+    config.token = Some(cluster_token.clone());
+    config.tokens_file = Some(tokens_path);
+    let coordinator = start(config).await;
+    let url = NodeUrl::new(format!("http://127.0.0.1:{}", coordinator.http_addr().unwrap().port())).unwrap();
+    let as_bearer = |token: String| HttpClient::new(url.clone(), Some(token), None).unwrap();
+    assert!(as_bearer(cluster_token).get_json("/v1/providers").await.is_ok());
+    let other = ApiToken::mint().unwrap().reveal();
+    let err = as_bearer(other).get_json("/v1/providers").await.unwrap_err();
+    assert_eq!(error_code(&err), Some(ErrorCode::Unauthenticated), "{err}");
+}

@@ -23,6 +23,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cerana.zfs_config",
     "cerana.initrd_hash",
     "cerana.api_token",
+    "cerana.join_token",
     "cerana.hostname",
     "cerana.modules",
     "cerana.etcd_members",
@@ -277,6 +278,9 @@ pub struct Settings {
     pub zfs_config: Option<ZfsConfig>,
     pub initrd_hash: Option<InitrdHash>,
     pub api_token: Option<ApiToken>,
+    /// The boot script's one-time join token; `cerana-bootserver join` spends it on the node's
+    /// certificate. Kept here only to be checked and redacted.
+    pub join_token: Option<ApiToken>,
     pub hostname: Option<Hostname>,
     pub modules: Vec<ModuleName>,
     /// Voters of the cluster store's quorum: 1, 3 or 5 (cerana-quorum reads it too).
@@ -385,6 +389,10 @@ impl Settings {
                 let v = required(value)?;
                 self.api_token = Some(v.parse().map_err(|e: String| e)?);
             }
+            "cerana.join_token" => {
+                let v = required(value)?;
+                self.join_token = Some(v.parse().map_err(|e: String| e)?);
+            }
             "cerana.hostname" => self.hostname = Some(parse_value(value)?),
             "cerana.modules" => self.modules = parse_list(required(value)?)?,
             "cerana.etcd_members" => {
@@ -436,6 +444,7 @@ impl Settings {
             }),
             "cerana.initrd_hash" => self.initrd_hash.as_ref().map(|h| h.0.clone()),
             "cerana.api_token" => self.api_token.as_ref().map(|_| "set".to_string()),
+            "cerana.join_token" => self.join_token.as_ref().map(|_| "set".to_string()),
             "cerana.hostname" => self.hostname.as_ref().map(|h| h.0.clone()),
             "cerana.modules" => join(&self.modules),
             "cerana.etcd_members" => self.etcd_members.map(|n| n.to_string()),
@@ -548,7 +557,8 @@ mod tests {
         cerana.zfs_config=auto cerana.log=debug \
         cerana.initrd_hash=sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
         cerana.api_token=0123456789abcdef0123 cerana.hostname=Node-1 cerana.modules=zfs,virtio-net \
-        cerana.etcd_members=5 cerana.etcd_grace=30s";
+        cerana.etcd_members=5 cerana.etcd_grace=30s \
+        cerana.join_token=cerana-join-0123456789ab-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
     fn parses_every_known_key() {
@@ -638,9 +648,12 @@ mod tests {
 
     #[test]
     fn token_is_redacted_in_debug_and_json() {
-        let s = parse("cerana.api_token=supersecrettoken123").settings;
-        assert!(!format!("{s:?}").contains("supersecret"));
-        assert!(!serde_json::to_string(&s).unwrap().contains("supersecret"));
+        let s = parse("cerana.api_token=supersecrettoken123 cerana.join_token=cerana-join-0123456789ab-secretjoin")
+            .settings;
+        assert!(s.join_token.is_some());
+        for shown in [format!("{s:?}"), serde_json::to_string(&s).unwrap()] {
+            assert!(!shown.contains("supersecret") && !shown.contains("secretjoin"), "{shown}");
+        }
     }
 
     #[test]

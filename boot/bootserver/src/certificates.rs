@@ -1,13 +1,14 @@
-//! Node certificates at check-in (issue #16): the bootstrap node's boot server signs, with the
-//! cluster CA, the public key a node it booted sends when it checks in. Until one-time join
-//! tokens (issue #17) bind a certificate to a boot script, a certificate is issued only
+//! Node certificates at check-in (issues #16, #17): the bootstrap node's boot server signs, with
+//! the cluster CA, the public key a node it booted sends when it checks in. A certificate is
+//! issued only
 //!
+//! - for the one-time join token of a boot script this server served to that machine (MAC and
+//!   SMBIOS UUID), unexpired and unspent: it is spent by the issuance ([`JoinTokens`]);
 //! - to the address this server's DHCP holds an active lease of for the machine's MAC, checking in
 //!   from that address;
-//! - once per boot: the machine must have fetched a kernel or initrd here since its last one;
 //! - naming the host name it reports and that address, nothing the caller picks besides.
 
-use crate::events::EventLog;
+use crate::join_tokens::{JoinRefusal, JoinTokens, Redeemer};
 use cerana_pki::{ClusterCa, NodePublicKey, PkiError};
 use cerana_protocol::boot_wire::{CheckIn, CheckInReply, Lease};
 use std::net::{IpAddr, Ipv4Addr};
@@ -27,15 +28,21 @@ pub enum Refusal {
     Failed(String),
 }
 
-/// One issuance at a time, so two check-ins of one boot cannot both pass the once-per-boot check.
-static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+impl From<JoinRefusal> for Refusal {
+    fn from(refusal: JoinRefusal) -> Self {
+        match refusal {
+            JoinRefusal::Malformed(_) => Refusal::Malformed(refusal.to_string()),
+            other => Refusal::Denied(other.to_string()),
+        }
+    }
+}
 
-/// Issues the certificate `checkin` asks for, from `peer`, with the CA in `ca_dir`; `leases` are
-/// this server's DHCP leases. The caller
-/// records the outcome in the machine's timeline (which the once-per-boot check reads).
+/// Issues the certificate `checkin` asks for, from `peer`, with the CA in `ca_dir`, spending
+/// its join token from `tokens`; `leases` are this server's DHCP leases. The caller records the
+/// outcome in the machine's timeline.
 pub fn issue(
     ca_dir: &Path,
-    events: &EventLog,
+    tokens: &JoinTokens,
     leases: &[Lease],
     peer: IpAddr,
     checkin: &CheckIn,
@@ -51,17 +58,14 @@ pub fn issue(
     if checkin.ip.is_some_and(|claimed| claimed != address) {
         return Err(Refusal::Denied(format!("check-in from {address} for another address ({:?})", checkin.ip)));
     }
-    let _one_at_a_time = ISSUING.lock().unwrap_or_else(|e| e.into_inner());
     let now = crate::events::now_ms() / 1000;
+    // Checked first without spending it, so a request refused for another reason leaves the
+    // token for the real node.
+    let who = Redeemer { mac: checkin.mac, uuid: checkin.uuid, public_key };
+    tokens.check(checkin.join_token.as_deref(), &who, now)?;
     if !leases.iter().any(|l| l.mac == checkin.mac && l.ip == address && l.is_active(now)) {
         return Err(Refusal::Denied(format!(
             "{address} is not the address this boot server leased to {}",
-            checkin.mac
-        )));
-    }
-    if !events.booted_since_certificate(checkin.mac) {
-        return Err(Refusal::Denied(format!(
-            "{} was issued a certificate since it last fetched its kernel here (one per boot)",
             checkin.mac
         )));
     }
@@ -75,6 +79,8 @@ pub fn issue(
         PkiError::Name(_) => Refusal::Malformed(e.to_string()),
         other => Refusal::Failed(other.to_string()),
     })?;
+    // Spent only now, and atomically: of two check-ins with one token, one gets a certificate.
+    tokens.redeem(checkin.join_token.as_deref(), &who, now)?;
     let reply = CheckInReply { certificate: Some(certificate), ca: Some(ca.cert_pem().to_string()) };
     Ok((name.as_str().to_string(), reply))
 }
@@ -82,17 +88,12 @@ pub fn issue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::EventSource;
     use cerana_pki::NodeKey;
     use cerana_protocol::boot_wire::Hostname;
-    use cerana_protocol::tasks::boot::{BootEventKind, MacAddr};
+    use cerana_protocol::tasks::boot::MacAddr;
 
     const MAC: &str = "52:54:00:c1:00:02";
     const IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
-
-    fn booted(events: &EventLog, mac: MacAddr) {
-        events.record(EventSource::Peer(IP.into()), mac, BootEventKind::HttpKernel { hash: "h".into(), bytes: 1 });
-    }
 
     fn leased(mac: MacAddr) -> Vec<Lease> {
         let expires = crate::events::now_ms() / 1000 + 600;
@@ -102,64 +103,80 @@ mod tests {
         ]
     }
 
-    fn checkin(mac: MacAddr) -> CheckIn {
-        CheckIn { mac, hostname: Some(Hostname::new("cerana-node2").unwrap()), ip: Some(IP), public_key: None }
+    fn checkin(mac: MacAddr, join_token: &str) -> CheckIn {
+        CheckIn {
+            mac,
+            hostname: Some(Hostname::new("cerana-node2").unwrap()),
+            ip: Some(IP),
+            public_key: None,
+            join_token: Some(join_token.into()),
+            uuid: None,
+        }
+    }
+
+    fn boot_script_token(tokens: &JoinTokens, mac: MacAddr) -> String {
+        tokens.mint(mac, None, crate::events::now_ms() / 1000).unwrap().reveal()
     }
 
     #[test]
-    fn a_node_that_booted_here_gets_one_certificate_per_boot() {
+    fn a_node_gets_one_certificate_per_join_token() {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::load_or_create(dir.path()).unwrap();
-        let events = EventLog::new();
+        let tokens = JoinTokens::load(None, 600);
         let mac: MacAddr = MAC.parse().unwrap();
         let key = NodeKey::generate().unwrap().public().to_string();
         let leases = leased(mac);
-        let ask = |peer: IpAddr, c: &CheckIn| issue(dir.path(), &events, &leases, peer, c, &key);
+        let ask = |peer: IpAddr, c: &CheckIn| issue(dir.path(), &tokens, &leases, peer, c, &key);
 
-        let err = ask(IP.into(), &checkin(mac)).unwrap_err();
-        assert!(matches!(err, Refusal::Denied(_)), "no kernel fetched here yet: {err}");
-        booted(&events, mac);
-        let (name, reply) = ask(IP.into(), &checkin(mac)).unwrap();
+        let no_token = CheckIn { join_token: None, ..checkin(mac, "") };
+        let err = ask(IP.into(), &no_token).unwrap_err();
+        assert!(matches!(err, Refusal::Denied(_)) && err.to_string().contains("join token"), "{err}");
+        let token = boot_script_token(&tokens, mac);
+        let (name, reply) = ask(IP.into(), &checkin(mac, &token)).unwrap();
         assert_eq!(name, "cerana-node2");
         assert_eq!(reply.ca.as_deref(), Some(ca.cert_pem()));
         assert!(reply.certificate.unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
-        events.record(EventSource::Peer(IP.into()), mac, BootEventKind::CertificateIssued { name });
 
-        let err = ask(IP.into(), &checkin(mac)).unwrap_err();
-        assert!(err.to_string().contains("one per boot"), "{err}");
-        booted(&events, mac);
-        ask(IP.into(), &checkin(mac)).expect("a new boot, a new certificate");
+        // The same check-in again (its answer lost) is answered again; another key is a replay.
+        ask(IP.into(), &checkin(mac, &token)).expect("the node's own retry");
+        let other_key = NodeKey::generate().unwrap().public().to_string();
+        let err = issue(dir.path(), &tokens, &leases, IP.into(), &checkin(mac, &token), &other_key).unwrap_err();
+        assert!(matches!(err, Refusal::Denied(_)) && err.to_string().contains("already used"), "{err}");
+        let next_boot = boot_script_token(&tokens, mac);
+        ask(IP.into(), &checkin(mac, &next_boot)).expect("a new boot, a new token, a new certificate");
     }
 
     #[test]
-    fn other_addresses_machines_and_malformed_requests_are_refused() {
+    fn other_addresses_machines_and_malformed_requests_are_refused_and_spend_nothing() {
         let dir = tempfile::tempdir().unwrap();
         ClusterCa::load_or_create(dir.path()).unwrap();
-        let events = EventLog::new();
+        let tokens = JoinTokens::load(None, 600);
         let mac: MacAddr = MAC.parse().unwrap();
-        booted(&events, mac);
+        let token = boot_script_token(&tokens, mac);
         let key = NodeKey::generate().unwrap().public().to_string();
         let leases = leased(mac);
-        let ask = |peer: IpAddr, c: &CheckIn, key: &str| issue(dir.path(), &events, &leases, peer, c, key);
+        let ask = |peer: IpAddr, c: &CheckIn, key: &str| issue(dir.path(), &tokens, &leases, peer, c, key);
         let expired = [Lease { expires: 1, ..leases[1].clone() }];
-        let err = issue(dir.path(), &events, &expired, IP.into(), &checkin(mac), &key).unwrap_err();
+        let err = issue(dir.path(), &tokens, &expired, IP.into(), &checkin(mac, &token), &key).unwrap_err();
         assert!(matches!(err, Refusal::Denied(_)), "an expired lease: {err}");
 
         let other_peer: IpAddr = "10.99.0.101".parse().unwrap();
-        assert!(matches!(ask(other_peer, &checkin(mac), &key), Err(Refusal::Denied(_))));
+        assert!(matches!(ask(other_peer, &checkin(mac, &token), &key), Err(Refusal::Denied(_))));
         let other_mac: MacAddr = "52:54:00:c1:00:03".parse().unwrap();
-        assert!(matches!(ask(IP.into(), &checkin(other_mac), &key), Err(Refusal::Denied(_))));
-        let claims_other = CheckIn { ip: Some(Ipv4Addr::new(10, 99, 0, 7)), ..checkin(mac) };
+        let err = ask(IP.into(), &checkin(other_mac, &token), &key).unwrap_err();
+        assert!(err.to_string().contains("was minted for 52:54:00:c1:00:02"), "{err}");
+        let claims_other = CheckIn { ip: Some(Ipv4Addr::new(10, 99, 0, 7)), ..checkin(mac, &token) };
         assert!(matches!(ask(IP.into(), &claims_other, &key), Err(Refusal::Denied(_))));
-        assert!(matches!(ask(IP.into(), &checkin(mac), "04abc"), Err(Refusal::Malformed(_))));
-        let nameless = CheckIn { hostname: None, ..checkin(mac) };
+        assert!(matches!(ask(IP.into(), &checkin(mac, &token), "04abc"), Err(Refusal::Malformed(_))));
+        assert!(matches!(ask(IP.into(), &checkin(mac, "cerana-join-?"), &key), Err(Refusal::Malformed(_))));
+        let nameless = CheckIn { hostname: None, ..checkin(mac, &token) };
         assert!(matches!(ask(IP.into(), &nameless, &key), Err(Refusal::Malformed(_))));
         let no_ca = tempfile::tempdir().unwrap();
         assert!(matches!(
-            issue(no_ca.path(), &events, &leases, IP.into(), &checkin(mac), &key),
+            issue(no_ca.path(), &tokens, &leases, IP.into(), &checkin(mac, &token), &key),
             Err(Refusal::Unavailable(_))
         ));
-        // None of that used up the boot's certificate.
-        ask(IP.into(), &checkin(mac), &key).unwrap();
+        // None of that spent the boot's token.
+        ask(IP.into(), &checkin(mac, &token), &key).unwrap();
     }
 }

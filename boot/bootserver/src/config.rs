@@ -130,6 +130,13 @@ pub struct Config {
     /// in; without it, check-ins get no certificate.
     #[serde(default)]
     pub ca_dir: Option<PathBuf>,
+    /// How long the one-time join token in each boot script stays valid (with a CA only).
+    #[serde(default = "default_join_token_ttl_secs")]
+    pub join_token_ttl_secs: u64,
+}
+
+fn default_join_token_ttl_secs() -> u64 {
+    600
 }
 
 fn default_http_port() -> u16 {
@@ -426,6 +433,9 @@ impl Config {
                 }
             }
             _ => {}
+        }
+        if !(30..=86_400).contains(&self.join_token_ttl_secs) {
+            return invalid(format!("join_token_ttl_secs {} is not from 30 to 86400", self.join_token_ttl_secs));
         }
         let known = |action: &BootAction| match action {
             BootAction::Disk => true,

@@ -250,21 +250,6 @@ impl EventLog {
         self.lock().claim(ip, mac, true);
     }
 
-    /// Whether `mac` fetched a kernel or initrd from here since it was last issued a
-    /// certificate (or ever, if it never was): a node gets one certificate per boot.
-    pub fn booted_since_certificate(&self, mac: MacAddr) -> bool {
-        let inner = self.lock();
-        let Some(timeline) = inner.machines.get(&mac) else { return false };
-        for stored in timeline.events.iter().rev() {
-            match stored.event.kind {
-                BootEventKind::HttpKernel { .. } | BootEventKind::HttpInitrd { .. } => return true,
-                BootEventKind::CertificateIssued { .. } => return false,
-                _ => {}
-            }
-        }
-        false
-    }
-
     pub fn mac_for_ip(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         self.lock().by_ip.get(&ip).map(|c| c.mac)
     }

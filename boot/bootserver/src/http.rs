@@ -231,6 +231,8 @@ pub struct HttpState {
     pub images: ImageStore,
     pub events: Arc<EventLog>,
     pub dhcp: Arc<DhcpControl>,
+    /// The one-time tokens in the boot scripts served, redeemed at check-in (with a CA only).
+    pub join_tokens: crate::join_tokens::JoinTokens,
 }
 
 /// The routes.
@@ -313,8 +315,23 @@ async fn boot_script(
             } else {
                 state.config.boot.cluster_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
             };
+            // Only a server that can sign certificates hands out tokens to redeem for one.
+            let join_token = match state.config.ca_dir {
+                None => None,
+                Some(_) => match state.join_tokens.mint(mac, uuid, crate::events::now_ms() / 1000) {
+                    Ok(token) => Some(format!("cerana.join_token={}", token.reveal())),
+                    Err(e) => {
+                        tracing::error!(%mac, error = %e, "no join token for this boot script");
+                        return text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "#!ipxe\necho this server cannot mint a join token now\nexit 1\n".into(),
+                        );
+                    }
+                },
+            };
             let cmdline = [
                 state.config.boot.cmdline.clone(),
+                join_token.unwrap_or_default(),
                 format!("cerana.boot_server={}/", state.base),
                 format!("cerana.cluster_ips={cluster_ips}"),
                 format!("cerana.mgmt_mac={mac_s}"),
@@ -545,7 +562,7 @@ async fn checkin(
         return StatusCode::NO_CONTENT.into_response();
     };
     let leases = state.dhcp.service().map(|d| d.leases()).unwrap_or_default();
-    match crate::certificates::issue(ca_dir, &state.events, &leases, peer.ip(), &checkin, public_key) {
+    match crate::certificates::issue(ca_dir, &state.join_tokens, &leases, peer.ip(), &checkin, public_key) {
         Ok((name, reply)) => {
             state.events.record(source, checkin.mac, BootEventKind::CertificateIssued { name });
             axum::Json(reply).into_response()
@@ -668,7 +685,10 @@ mod tests {
     }
 
     fn state() -> Arc<HttpState> {
-        let config: Config = toml::from_str("interface = \"lo\"\n[dhcp]\nmode = \"off\"\n").unwrap();
+        state_with(toml::from_str("interface = \"lo\"\n[dhcp]\nmode = \"off\"\n").unwrap(), ImageStore::default())
+    }
+
+    fn state_with(config: Config, images: ImageStore) -> Arc<HttpState> {
         let events = Arc::new(EventLog::new());
         let boot = crate::dhcp::BootFiles::new(&config.boot, Ipv4Addr::LOCALHOST, 80);
         let (dhcp, _) = DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone());
@@ -676,10 +696,51 @@ mod tests {
             config,
             base: "http://127.0.0.1".into(),
             server_ip: Ipv4Addr::LOCALHOST,
-            images: ImageStore::default(),
+            images,
             events,
             dhcp: Arc::new(dhcp),
+            join_tokens: crate::join_tokens::JoinTokens::load(None, 600),
         })
+    }
+
+    #[tokio::test]
+    async fn boot_scripts_carry_a_fresh_join_token_where_certificates_are_issued() {
+        let script = |state: Arc<HttpState>| async move {
+            let uri = "/boot.ipxe?mac=52-54-00-c1-00-02&uuid=c3a00002-0000-4000-8000-000000000000&arch=0";
+            let request = Request::builder().uri(uri).body(Body::empty()).unwrap();
+            let response = send(&state, request, [10, 0, 0, 2]).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        let images = || {
+            let mut images = ImageStore::default();
+            let blob = |b: &'static [u8]| crate::http::Blob::new(bytes::Bytes::from_static(b));
+            images.insert(
+                "cerana",
+                crate::http::Image { kernel: blob(b"k"), initrd: blob(b"i"), cmdline: String::new() },
+            );
+            images
+        };
+        let text = "interface = \"lo\"\n[dhcp]\nmode = \"off\"\n[boot]\ndefault = { image = \"cerana\" }\n";
+        let without_ca: Config = toml::from_str(text).unwrap();
+        let out = script(state_with(without_ca.clone(), images())).await;
+        assert!(out.contains("kernel ") && !out.contains("cerana.join_token"), "{out}");
+
+        let with_ca = Config { ca_dir: Some("/nonexistent".into()), ..without_ca };
+        let state = state_with(with_ca, images());
+        let token = |out: &str| {
+            let at = out.find("cerana.join_token=").expect("a join token") + "cerana.join_token=".len();
+            out[at..].split_whitespace().next().unwrap().to_string()
+        };
+        let (first, second) = (token(&script(state.clone()).await), token(&script(state.clone()).await));
+        assert_ne!(first, second, "each script its own token");
+        let mac = "52:54:00:c1:00:02".parse().unwrap();
+        let uuid = Some("c3a00002-0000-4000-8000-000000000000".parse().unwrap());
+        let who = crate::join_tokens::Redeemer { mac, uuid, public_key: "04aa" };
+        let now = crate::events::now_ms() / 1000;
+        assert!(state.join_tokens.check(Some(&first), &who, now).is_err(), "the newer script replaced it");
+        state.join_tokens.check(Some(&second), &who, now).expect("bound to the machine that asked");
     }
 
     /// Sends `request` as if from `peer`.

@@ -53,6 +53,8 @@ pub struct JoinSettings {
     pub boot_server: String,
     pub initrd_hash: String,
     pub mac: MacAddr,
+    /// The boot script's one-time join token, which the check-in spends on a certificate.
+    pub join_token: Option<String>,
     pub replica: Bootstrap,
 }
 
@@ -65,8 +67,15 @@ impl JoinSettings {
         let mac = mac_text
             .parse()
             .map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(mac_text.into(), e.to_string()))?;
-        Ok(JoinSettings { boot_server, initrd_hash, mac, replica: Bootstrap::for_replica(cmdline)? })
+        let join_token = bootstrap::setting(cmdline, "cerana.join_token").map(str::to_string);
+        Ok(JoinSettings { boot_server, initrd_hash, mac, join_token, replica: Bootstrap::for_replica(cmdline)? })
     }
+}
+
+/// The machine's SMBIOS UUID, which its join token is bound to (none on a machine without one).
+fn smbios_uuid() -> Option<uuid::Uuid> {
+    let text = std::fs::read_to_string("/sys/class/dmi/id/product_uuid").ok()?;
+    text.trim().parse::<uuid::Uuid>().ok().filter(|u| !u.is_nil())
 }
 
 /// Attempts (with doubling pauses from 250 ms, about 30 s in all) before the fetch is given up:
@@ -112,6 +121,8 @@ pub async fn join(
         hostname,
         ip: Some(settings.replica.address),
         public_key: Some(key.public().to_string()),
+        join_token: settings.join_token.clone(),
+        uuid: smbios_uuid(),
     };
     let (certificate, check_in_error) = match check_in_with_retries(&settings.boot_server, &checkin).await {
         Ok(Some(CheckInReply { certificate: Some(cert), ca: Some(ca) })) => {
@@ -176,7 +187,8 @@ mod tests {
 
     const LINE: &str = "console=ttyS0 cerana.boot_server=http://10.99.0.2/ cerana.cluster_ips=10.99.0.2 \
         cerana.mgmt_mac=52:54:00:c1:00:02 cerana.initrd_hash=sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
-        cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
+        cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop \
+        cerana.join_token=cerana-join-0123456789ab-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     #[test]
     fn settings_come_from_the_command_line_the_boot_server_wrote() {
@@ -184,6 +196,7 @@ mod tests {
         assert_eq!(s.boot_server, "http://10.99.0.2");
         assert_eq!(s.mac.to_string(), "52:54:00:c1:00:02");
         assert_eq!(s.replica.address.to_string(), "10.99.0.100");
+        assert!(s.join_token.is_some_and(|t| t.starts_with("cerana-join-0123456789ab-")));
     }
 
     #[test]

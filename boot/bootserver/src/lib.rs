@@ -14,6 +14,7 @@ pub mod dhcp_control;
 pub mod events;
 pub mod http;
 pub mod join;
+pub mod join_tokens;
 pub mod lease;
 pub mod net;
 pub mod provider;
@@ -113,8 +114,16 @@ impl Bootserver {
             format!("http://{server_ip}:{}", http_addr.port())
         };
         let limits = config.http_limits.clone();
-        let state =
-            Arc::new(http::HttpState { config, base, server_ip, images, events: events.clone(), dhcp: dhcp.clone() });
+        let join_tokens = join_tokens::JoinTokens::load(config.state_dir.as_deref(), config.join_token_ttl_secs);
+        let state = Arc::new(http::HttpState {
+            config,
+            base,
+            server_ip,
+            images,
+            events: events.clone(),
+            dhcp: dhcp.clone(),
+            join_tokens,
+        });
         let app = http::router(state);
         tasks.spawn(async move { ("HTTP", http::serve(listener, app, limits).await) });
 

@@ -41,31 +41,46 @@ pub enum TokenFormatError {
 #[error("no randomness for a new token: {0}")]
 pub struct MintError(String);
 
+mod join;
+pub use join::{JoinToken, JoinTokenFormatError, JOIN_TOKEN_PREFIX};
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn is_lower_hex(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A new token's public id and secret, from the system's randomness.
+fn random_id_and_secret() -> Result<(TokenId, String), MintError> {
+    let mut bytes = [0u8; 6 + SECRET_HEX_LEN / 2];
+    getrandom::getrandom(&mut bytes).map_err(|e| MintError(e.to_string()))?;
+    Ok((TokenId::new(hex(&bytes[..6])).expect("12 hex digits"), hex(&bytes[6..])))
+}
+
+/// `<id>-<secret>`, both well formed.
+fn split_id_and_secret(text: &str) -> Option<(TokenId, String)> {
+    let (id, secret) = text.split_once('-')?;
+    let id = TokenId::new(id).ok()?;
+    (secret.len() == SECRET_HEX_LEN && is_lower_hex(secret)).then(|| (id, secret.to_owned()))
+}
+
 impl ApiToken {
     /// A new token from the system's randomness.
     pub fn mint() -> Result<Self, MintError> {
-        let mut bytes = [0u8; 6 + SECRET_HEX_LEN / 2];
-        getrandom::getrandom(&mut bytes).map_err(|e| MintError(e.to_string()))?;
-        let id = TokenId::new(hex(&bytes[..6])).expect("12 hex digits");
-        Ok(ApiToken { id, secret: hex(&bytes[6..]) })
+        let (id, secret) = random_id_and_secret()?;
+        Ok(ApiToken { id, secret })
     }
 
     pub fn parse(text: &str) -> Result<Self, TokenFormatError> {
         let rest = text.strip_prefix(TOKEN_PREFIX).ok_or(TokenFormatError::Shape)?;
-        let (id, secret) = rest.split_once('-').ok_or(TokenFormatError::Shape)?;
-        let id = TokenId::new(id).map_err(|_| TokenFormatError::Shape)?;
-        if secret.len() != SECRET_HEX_LEN || !is_lower_hex(secret) {
-            return Err(TokenFormatError::Shape);
-        }
-        Ok(ApiToken { id, secret: secret.to_owned() })
+        let (id, secret) = split_id_and_secret(rest).ok_or(TokenFormatError::Shape)?;
+        Ok(ApiToken { id, secret })
     }
 
     /// Whether `text` is shaped like a scoped token (and not, say, the cluster's own token).
@@ -79,7 +94,7 @@ impl ApiToken {
 
     /// The hex SHA-256 of the secret: what the cluster stores.
     pub fn secret_sha256(&self) -> String {
-        hex(&Sha256::digest(self.secret.as_bytes()))
+        sha256_hex(self.secret.as_bytes())
     }
 
     /// The whole token, to hand to its owner once.

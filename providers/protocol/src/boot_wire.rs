@@ -65,6 +65,13 @@ pub struct CheckIn {
     /// node certificate from the cluster CA, answered in [`CheckInReply`].
     #[serde(default)]
     pub public_key: Option<String>,
+    /// The one-time join token of the boot script this node booted from (`cerana.join_token`),
+    /// which a certificate is issued for, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// The machine's SMBIOS UUID, which the join token is bound to when iPXE reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
 }
 
 /// A boot server's answer to a check-in that asked for a certificate (PEM).

@@ -31,7 +31,7 @@ pub use message::{
     FromCoordinator, ProviderHello, Request, Response, StreamDirection, StreamHandle, TaskRegistration, ToCoordinator,
     Welcome,
 };
-pub use names::{NameError, NodeUrl, ProviderName, RequestId, StreamId, TaskName};
+pub use names::{NameError, NodeUrl, Origin, ProviderName, RequestId, StreamId, TaskName};
 pub use task::{Access, Task, TaskInfo};
 
 /// Version of the wire protocol; a coordinator refuses a hello with another major version.

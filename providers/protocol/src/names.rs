@@ -186,6 +186,74 @@ impl NodeUrl {
     pub fn is_https(&self) -> bool {
         self.0.starts_with("https://")
     }
+
+    /// The server this URL reaches; `None` when its port is not a number.
+    pub fn origin(&self) -> Option<Origin> {
+        Origin::of(self)
+    }
+}
+
+/// A URL's scheme, host and port: what says which server it reaches. Hosts compare without case
+/// (IPv6 without brackets), a missing port is the scheme's, and a path does not matter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Origin {
+    /// The origin of `url`; `None` when its port is not a number.
+    pub fn of(url: &NodeUrl) -> Option<Self> {
+        let https = url.is_https();
+        let rest = url.as_str().split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match host_port.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
+        };
+        let port = match port {
+            Some(port) => port.parse().ok()?,
+            None if https => 443,
+            None => 80,
+        };
+        Some(Self { https, host: host.to_ascii_lowercase(), port })
+    }
+
+    /// The host as an IP address, `localhost` as the loopback address.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        if self.host == "localhost" {
+            return Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        self.host.parse().ok()
+    }
+
+    /// `host:port`, an IPv6 host in brackets: what a socket connects to.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `scheme://host:port`.
+    pub fn url(&self) -> NodeUrl {
+        let scheme = if self.https { "https" } else { "http" };
+        NodeUrl::new(format!("{scheme}://{}", self.host_port())).expect("an origin is a valid node URL")
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.url().fmt(f)
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +285,22 @@ mod tests {
         assert_eq!("http://n2".parse::<NodeUrl>().unwrap(), NodeUrl::new("http://n2").unwrap());
         let err = serde_json::from_str::<NodeUrl>(r#""ftp://node""#).unwrap_err();
         assert!(err.to_string().starts_with(&NodeUrl::new("ftp://node").unwrap_err().to_string()), "{err}");
+    }
+
+    #[test]
+    fn origins_ignore_case_default_ports_and_paths() {
+        let url = |s: &str| NodeUrl::new(s).unwrap();
+        let origin = |s: &str| Origin::of(&url(s)).unwrap();
+        assert_eq!(origin("http://Node-1:8080/"), origin("http://node-1:8080"));
+        assert_eq!(origin("http://node-1/x/y"), origin("http://node-1:80"));
+        assert_eq!(origin("https://node-1").port, 443);
+        assert_eq!(origin("http://[::1]:8080").host, "::1");
+        assert_eq!(origin("http://[::1]:8080").url().as_str(), "http://[::1]:8080");
+        assert_eq!(origin("http://user@10.0.0.5:81?q").url().as_str(), "http://10.0.0.5:81");
+        assert!(Origin::of(&url("http://node:port")).is_none());
+        assert_ne!(origin("https://node:80"), origin("http://node:80"));
+        assert_eq!(origin("http://[::1]").host_port(), "[::1]:80");
+        assert_eq!(url("https://node").origin().unwrap().host_port(), "node:443");
     }
 
     #[test]

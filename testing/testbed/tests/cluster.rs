@@ -49,6 +49,13 @@ fn assert_replicated(console: &str, server: &str, node: usize) {
     );
 }
 
+/// The one-time join token on the last kernel command line of a node's console.
+fn join_token_of(console: &str) -> Option<String> {
+    let at = console.rfind("cerana.join_token=")? + "cerana.join_token=".len();
+    let token: String = console[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    token.starts_with("cerana-join-").then_some(token)
+}
+
 /// A 3-node layout named `cerana-<tag><pid>` on `<subnet>.0/24` with a copy of the image (it
 /// may be rebuilt while the test runs), and the guard that removes it all.
 fn layout_for(tag: &str, subnet: &str, uefi_nodes: Vec<usize>, data_disk_mb: u64, image: &Path) -> (Layout, Down) {
@@ -120,6 +127,7 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
             "node {node} did not configure its leased address {ip}"
         );
         assert_replicated(&console, &cluster.layout.bootstrap_ip(), node);
+        assert!(join_token_of(&console).is_some(), "node {node}'s boot script carried no join token");
         if cluster.layout.uefi_nodes.contains(&node) {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
         }
@@ -566,6 +574,25 @@ fn hostile_probes_on_node_1(cluster: &Cluster) {
     let events = cluster.task(&node1.to_string(), "boot-events", serde_json::json!({"mac": mac})).expect("boot-events");
     let refused = events["events"].as_array().into_iter().flatten().any(|e| e["event"] == "certificate_refused");
     assert!(refused, "the refusal is not in the machine's timeline: {events}");
+    // Node 2's join token, replayed once node 2 has joined, for another key: refused as spent,
+    // and node 2's timeline shows it.
+    let console = std::fs::read_to_string(cluster.layout.console(2)).unwrap_or_default();
+    let token = join_token_of(&console).expect("node 2's join token on its console");
+    let mac2 = cluster.layout.mac(2);
+    let response = check_in(serde_json::json!({
+        "mac": mac2, "uuid": cluster.layout.uuid(2), "hostname": "intruder", "public_key": key, "join_token": token,
+    }));
+    let text = String::from_utf8_lossy(&response.body);
+    assert_eq!(response.status, 403, "{text}");
+    assert!(text.contains("already used") && !text.contains("CERTIFICATE"), "{text}");
+    assert!(!text.contains(&token[token.len() - 64..]), "the refusal repeats the secret: {text}");
+    let events =
+        cluster.task(&node1.to_string(), "boot-events", serde_json::json!({"mac": mac2})).expect("boot-events");
+    let replay_shown = events["events"].as_array().into_iter().flatten().any(|e| {
+        e["event"] == "certificate_refused" && e["reason"].as_str().is_some_and(|r| r.contains("already used"))
+    });
+    assert!(replay_shown, "the replay is not in node 2's timeline: {events}");
+    eprintln!("node 2's join token replayed: refused ({text})");
     // Node 1 sends its credentials to members only: a task forwarded to, or a result delivered
     // to, the attacker's listener is refused and the listener sees no connection.
     let listener = std::net::TcpListener::bind((attacker, 0)).unwrap();
