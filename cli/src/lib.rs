@@ -87,6 +87,9 @@ enum Command {
     /// The cluster's API credentials (the auth-* tasks; an admin credential is needed).
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Machines joining the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Lists declared objects, or shows one.
     Get { kind: Kind, id: Option<String> },
     /// Shows one object in full (a bundle with its services as it runs them).
@@ -147,6 +150,27 @@ enum AuthCommand {
     /// Scoped API tokens: bearer tokens that may run what their role allows.
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// One-time join tokens for machines that do not boot from the network (USB, ISO).
+    #[command(subcommand)]
+    Token(JoinTokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum JoinTokenCommand {
+    /// Mints a join token on the node whose boot server holds the cluster CA (the bootstrap
+    /// node; choose it with --node) and prints the kernel command line that spends it.
+    Create {
+        /// Lifetime: a number with s, m, h or d (1m to 1d).
+        #[arg(long, value_parser = parse_ttl, default_value = "10m")]
+        ttl: u64,
+        /// Only the machine with this MAC address may spend it.
+        #[arg(long)]
+        mac: Option<cerana_protocol::tasks::boot::MacAddr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,6 +422,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Status => builtin(&cli, &client, "coordinator-status", serde_json::json!({})).await,
         Command::Kv(kv) => run_kv(&cli, &client, kv).await,
         Command::Auth(AuthCommand::Token(token)) => run_token(&cli, &client, token).await,
+        Command::Node(NodeCommand::Token(JoinTokenCommand::Create { ttl, mac })) => {
+            let args = serde_json::json!({ "ttl_seconds": ttl, "mac": mac });
+            let (_, value) = call_task(&client, "boot-join-token-create", args).await?;
+            print(&cli, &value);
+            Ok(())
+        }
         Command::Get { kind, id } => {
             let (one, list, field) = kind.names();
             let value = match id {
@@ -827,5 +857,22 @@ mod tests {
             }))
         ));
         assert!(Cli::try_parse_from(["cerana", "auth", "token", "create", "--role", "root", "--ttl", "1h"]).is_err());
+    }
+
+    #[test]
+    fn join_token_commands_parse() {
+        let cli = Cli::try_parse_from(["cerana", "node", "token", "create"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Token(JoinTokenCommand::Create { ttl: 600, mac: None }))
+        ));
+        let cli =
+            Cli::try_parse_from(["cerana", "node", "token", "create", "--ttl", "1h", "--mac", "52:54:00:12:34:56"])
+                .unwrap();
+        let Command::Node(NodeCommand::Token(JoinTokenCommand::Create { ttl, mac: Some(mac) })) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!((ttl, mac.to_string()), (3600, "52:54:00:12:34:56".to_owned()));
+        assert!(Cli::try_parse_from(["cerana", "node", "token", "create", "--mac", "52:54:00"]).is_err());
     }
 }

@@ -4,11 +4,12 @@
 //!
 //! - for the one-time join token of a boot script this server served to that machine (MAC and
 //!   SMBIOS UUID), unexpired and unspent: it is spent by the issuance ([`JoinTokens`]);
-//! - to the address this server's DHCP holds an active lease of for the machine's MAC, checking in
-//!   from that address;
+//! - for a token from a boot script: to the address this server's DHCP holds an active lease of
+//!   for the machine's MAC, checking in from that address (an operator's token, for a machine
+//!   booted from USB or ISO with an address of its own, names the address it checks in from);
 //! - naming the host name it reports and that address, nothing the caller picks besides.
 
-use crate::join_tokens::{JoinRefusal, JoinTokens, Redeemer};
+use crate::join_tokens::{JoinKind, JoinRefusal, JoinTokens, Redeemer};
 use cerana_pki::{ClusterCa, NodePublicKey, PkiError};
 use cerana_protocol::boot_wire::{CheckIn, CheckInReply, Lease};
 use std::net::{IpAddr, Ipv4Addr};
@@ -62,8 +63,9 @@ pub fn issue(
     // Checked first without spending it, so a request refused for another reason leaves the
     // token for the real node.
     let who = Redeemer { mac: checkin.mac, uuid: checkin.uuid, public_key };
-    tokens.check(checkin.join_token.as_deref(), &who, now)?;
-    if !leases.iter().any(|l| l.mac == checkin.mac && l.ip == address && l.is_active(now)) {
+    let record = tokens.check(checkin.join_token.as_deref(), &who, now)?;
+    let leased = || leases.iter().any(|l| l.mac == checkin.mac && l.ip == address && l.is_active(now));
+    if record.kind == JoinKind::BootScript && !leased() {
         return Err(Refusal::Denied(format!(
             "{address} is not the address this boot server leased to {}",
             checkin.mac
@@ -178,5 +180,16 @@ mod tests {
         ));
         // None of that spent the boot's token.
         ask(IP.into(), &checkin(mac, &token), &key).unwrap();
+
+        // An operator's token needs no lease: the certificate names the address checked in from.
+        let usb: IpAddr = "10.99.0.50".parse().unwrap();
+        let operator = tokens.mint_for_operator(None, 600, crate::events::now_ms() / 1000).unwrap().reveal();
+        let from_usb = CheckIn { ip: None, ..checkin(other_mac, &operator) };
+        let (name, reply) = ask(usb, &from_usb, &key).expect("an operator's token");
+        assert_eq!(name, "cerana-node2");
+        assert!(reply.certificate.is_some());
+        let other_key = NodeKey::generate().unwrap().public().to_string();
+        let again = ask(usb, &CheckIn { ip: None, ..checkin(mac, &operator) }, &other_key).unwrap_err();
+        assert!(again.to_string().contains("already used"), "{again}");
     }
 }

@@ -140,7 +140,7 @@ async fn run() -> anyhow::Result<()> {
     // Ready once DHCP, TFTP and HTTP serve; the coordinator may come later.
     cerana_protocol::readiness::notify_ready();
     if let Some(socket) = args.coordinator {
-        let provider = crate::provider::provider(server.events.clone(), server.dhcp.clone());
+        let provider = crate::provider::provider(server.events.clone(), server.dhcp.clone(), server.joins.clone());
         tokio::spawn(async move {
             if let Err(e) = provider.serve(socket).await {
                 tracing::error!(error = %e, "boot-* tasks are not served");

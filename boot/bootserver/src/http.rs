@@ -232,7 +232,7 @@ pub struct HttpState {
     pub events: Arc<EventLog>,
     pub dhcp: Arc<DhcpControl>,
     /// The one-time tokens in the boot scripts served, redeemed at check-in (with a CA only).
-    pub join_tokens: crate::join_tokens::JoinTokens,
+    pub join_tokens: Arc<crate::join_tokens::JoinTokens>,
 }
 
 /// The routes.
@@ -258,6 +258,15 @@ struct ScriptQuery {
     mac: Option<String>,
     uuid: Option<String>,
     arch: Option<String>,
+}
+
+/// `cerana.cluster_ips=`: the configured addresses, or this server's own.
+pub fn cluster_ips(config: &Config, server_ip: Ipv4Addr) -> String {
+    if config.boot.cluster_ips.is_empty() {
+        server_ip.to_string()
+    } else {
+        config.boot.cluster_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -310,11 +319,7 @@ async fn boot_script(
                 mac,
                 BootEventKind::HttpScript { image: Some(name.clone()) },
             );
-            let cluster_ips = if state.config.boot.cluster_ips.is_empty() {
-                state.server_ip.to_string()
-            } else {
-                state.config.boot.cluster_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
-            };
+            let cluster_ips = cluster_ips(&state.config, state.server_ip);
             // Only a server that can sign certificates hands out tokens to redeem for one.
             let join_token = match state.config.ca_dir {
                 None => None,
@@ -699,7 +704,7 @@ mod tests {
             images,
             events,
             dhcp: Arc::new(dhcp),
-            join_tokens: crate::join_tokens::JoinTokens::load(None, 600),
+            join_tokens: Arc::new(crate::join_tokens::JoinTokens::load(None, 600)),
         })
     }
 

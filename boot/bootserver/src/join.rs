@@ -3,6 +3,9 @@
 //! node its certificate, keeps a checked copy of the image it booted (self-replication), and
 //! writes a configuration that serves that image with DHCP off. Only one DHCP server may answer
 //! on a segment; `boot-dhcp` moves DHCP here.
+//!
+//! A machine booted from USB or an ISO has no `cerana.initrd_hash` (no boot server chose its
+//! image): it only checks in, spending the join token an operator minted for it.
 
 use crate::bootstrap::{self, Bootstrap, BootstrapError};
 use crate::config::{Config, ConfigError, DhcpMode};
@@ -28,15 +31,16 @@ pub enum JoinError {
     Config(#[from] ConfigError),
     #[error("making this node's key: {0}")]
     Key(cerana_pki::PkiError),
+    #[error("no cerana.mgmt_mac, and the MAC address of {interface} cannot be read: {why}")]
+    InterfaceMac { interface: String, why: String },
 }
 
 /// What `join` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Joined {
-    pub image_dir: PathBuf,
-    pub kernel: String,
-    pub initrd: String,
-    pub config: PathBuf,
+    /// The image kept and served, for a node booted from the network.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub served: Option<ServedImage>,
     pub interface: String,
     /// Whether the boot server took the check-in; a failed check-in does not undo the rest.
     pub checked_in: bool,
@@ -47,12 +51,23 @@ pub struct Joined {
     pub certificate: Option<PathBuf>,
 }
 
-/// The values of the command line a network-booted node needs.
+/// The copy of its image a network-booted node keeps, and the configuration serving it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedImage {
+    pub image_dir: PathBuf,
+    pub kernel: String,
+    pub initrd: String,
+    pub config: PathBuf,
+}
+
+/// The values of the command line a joining node needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinSettings {
     pub boot_server: String,
-    pub initrd_hash: String,
-    pub mac: MacAddr,
+    /// The image the boot server chose; none for a machine booted from USB or an ISO.
+    pub initrd_hash: Option<String>,
+    /// The management NIC's MAC; the address's interface's when the command line has none.
+    pub mac: Option<MacAddr>,
     /// The boot script's one-time join token, which the check-in spends on a certificate.
     pub join_token: Option<String>,
     pub replica: Bootstrap,
@@ -62,11 +77,15 @@ impl JoinSettings {
     pub fn from_cmdline(cmdline: &str) -> Result<Self, JoinError> {
         let get = |key: &'static str| bootstrap::setting(cmdline, key).ok_or(JoinError::Missing(key));
         let boot_server = get("cerana.boot_server")?.trim_end_matches('/').to_string();
-        let initrd_hash = get("cerana.initrd_hash")?.to_string();
-        let mac_text = get("cerana.mgmt_mac")?;
-        let mac = mac_text
-            .parse()
-            .map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(mac_text.into(), e.to_string()))?;
+        let initrd_hash = bootstrap::setting(cmdline, "cerana.initrd_hash").map(str::to_string);
+        let mac = match bootstrap::setting(cmdline, "cerana.mgmt_mac") {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|e: <MacAddr as std::str::FromStr>::Err| JoinError::BadMac(text.into(), e.to_string()))?,
+            ),
+            None if initrd_hash.is_some() => return Err(JoinError::Missing("cerana.mgmt_mac")),
+            None => None,
+        };
         let join_token = bootstrap::setting(cmdline, "cerana.join_token").map(str::to_string);
         Ok(JoinSettings { boot_server, initrd_hash, mac, join_token, replica: Bootstrap::for_replica(cmdline)? })
     }
@@ -82,11 +101,15 @@ fn smbios_uuid() -> Option<uuid::Uuid> {
 /// the boot server may be busy booting other machines.
 const FETCH_ATTEMPTS: u32 = 8;
 
-async fn fetch_with_retries(settings: &JoinSettings, dest: &Path) -> Result<(PathBuf, ImageManifest), FetchError> {
+async fn fetch_with_retries(
+    boot_server: &str,
+    initrd_hash: &str,
+    dest: &Path,
+) -> Result<(PathBuf, ImageManifest), FetchError> {
     let mut pause = std::time::Duration::from_millis(250);
     let mut attempt = 1;
     loop {
-        match replicate::fetch(&settings.boot_server, &settings.initrd_hash, dest).await {
+        match replicate::fetch(boot_server, initrd_hash, dest).await {
             // A wrong hash or a malformed one will not get better.
             Err(e @ (FetchError::Http { .. } | FetchError::Io { .. })) if attempt < FETCH_ATTEMPTS => {
                 tracing::warn!(error = %e, attempt, "fetching this node's image; retrying");
@@ -110,6 +133,10 @@ pub async fn join(
 ) -> Result<Joined, JoinError> {
     let settings = JoinSettings::from_cmdline(cmdline)?;
     let interface = bootstrap::interface_with(settings.replica.address)?;
+    let mac = match settings.mac {
+        Some(mac) => mac,
+        None => interface_mac(&interface)?,
+    };
     // The check-in first: the node's etcd member and store clients wait for its certificate,
     // and fetching and hashing the image takes a while on a slow machine.
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().and_then(|h| Hostname::new(h.trim()).ok());
@@ -117,7 +144,7 @@ pub async fn join(
     // cluster CA issues at the check-in.
     let key = cerana_pki::NodeKey::generate().map_err(JoinError::Key)?;
     let checkin = CheckIn {
-        mac: settings.mac,
+        mac,
         hostname,
         ip: Some(settings.replica.address),
         public_key: Some(key.public().to_string()),
@@ -138,25 +165,40 @@ pub async fn join(
     if let Some(e) = &check_in_error {
         tracing::warn!(error = %e, "check-in with the boot server failed");
     }
-    let (dir, manifest) = fetch_with_retries(&settings, dest).await?;
+    let served = match &settings.initrd_hash {
+        Some(hash) => Some(serve_own_image(&settings, hash, &interface, dest, tftp_root, output).await?),
+        None => None,
+    };
+    Ok(Joined { served, interface, checked_in: check_in_error.is_none(), check_in_error, certificate })
+}
+
+/// Keeps a checked copy of the image this node booted and writes the configuration serving it.
+async fn serve_own_image(
+    settings: &JoinSettings,
+    initrd_hash: &str,
+    interface: &str,
+    dest: &Path,
+    tftp_root: &Path,
+    output: &Path,
+) -> Result<ServedImage, JoinError> {
+    let (dir, manifest) = fetch_with_retries(&settings.boot_server, initrd_hash, dest).await?;
     let text =
-        settings.replica.config(&interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, None);
+        settings.replica.config(interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, None);
     let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
     // Through a temporary file: a half-written configuration must never be read.
     let tmp = output.with_extension("tmp");
     std::fs::write(&tmp, &text).map_err(write_err)?;
     Config::load(&tmp)?;
     std::fs::rename(&tmp, output).map_err(write_err)?;
-    Ok(Joined {
-        image_dir: dir,
-        kernel: manifest.kernel,
-        initrd: manifest.initrd,
-        config: output.to_path_buf(),
-        interface,
-        checked_in: check_in_error.is_none(),
-        check_in_error,
-        certificate,
-    })
+    Ok(ServedImage { image_dir: dir, kernel: manifest.kernel, initrd: manifest.initrd, config: output.to_path_buf() })
+}
+
+/// The MAC address of a network interface, from sysfs.
+fn interface_mac(interface: &str) -> Result<MacAddr, JoinError> {
+    let fail = |why: String| JoinError::InterfaceMac { interface: interface.to_string(), why };
+    let text =
+        std::fs::read_to_string(format!("/sys/class/net/{interface}/address")).map_err(|e| fail(e.to_string()))?;
+    text.trim().parse().map_err(|e: <MacAddr as std::str::FromStr>::Err| fail(e.to_string()))
 }
 
 /// Attempts of a check-in the boot server answers "later" (503: the cluster CA is not made
@@ -194,7 +236,8 @@ mod tests {
     fn settings_come_from_the_command_line_the_boot_server_wrote() {
         let s = JoinSettings::from_cmdline(LINE).unwrap();
         assert_eq!(s.boot_server, "http://10.99.0.2");
-        assert_eq!(s.mac.to_string(), "52:54:00:c1:00:02");
+        assert_eq!(s.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:c1:00:02"));
+        assert!(s.initrd_hash.is_some());
         assert_eq!(s.replica.address.to_string(), "10.99.0.100");
         assert!(s.join_token.is_some_and(|t| t.starts_with("cerana-join-0123456789ab-")));
     }
@@ -205,5 +248,16 @@ mod tests {
         assert!(matches!(err, JoinError::Missing("cerana.boot_server")), "{err}");
         let err = JoinSettings::from_cmdline(&LINE.replace("52:54:00:c1:00:02", "52:54:zz")).unwrap_err();
         assert!(matches!(err, JoinError::BadMac(..)), "{err}");
+        let err = JoinSettings::from_cmdline(&LINE.replace("cerana.mgmt_mac=52:54:00:c1:00:02", "")).unwrap_err();
+        assert!(matches!(err, JoinError::Missing("cerana.mgmt_mac")), "a network boot names its NIC: {err}");
+    }
+
+    #[test]
+    fn a_machine_booted_from_usb_checks_in_with_an_operators_token_only() {
+        let line = "console=ttyS0 cerana.boot_server=http://10.99.0.2/ cerana.cluster_ips=10.99.0.2 \
+            cerana.mgmt_ip=10.99.0.150/24 cerana.join_token=cerana-join-0123456789ab-00";
+        let s = JoinSettings::from_cmdline(line).unwrap();
+        assert_eq!((s.initrd_hash, s.mac), (None, None), "no image to keep; the MAC comes from the interface");
+        assert_eq!(s.join_token.as_deref(), Some("cerana-join-0123456789ab-00"));
     }
 }

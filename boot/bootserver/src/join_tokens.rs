@@ -1,6 +1,8 @@
 //! The one-time join tokens this boot server minted (issue #17): one per boot script, bound to
 //! the machine that asked for it (MAC, and SMBIOS UUID when iPXE knew one) and valid for
-//! `ttl_secs`; redeemed by the check-in that asks for a node certificate. Only the secret's
+//! `ttl_secs`, and those an operator mints for a machine that boots from USB or ISO
+//! (`boot-join-token-create`, bound to a MAC or to none); redeemed by the check-in that asks for
+//! a node certificate. Only the secret's
 //! SHA-256 is kept, in memory and in `<state_dir>/join-tokens.json`, so a restarted boot server
 //! still knows which tokens are out and which are spent.
 
@@ -18,12 +20,27 @@ pub const MAX_JOIN_TOKENS: usize = 4096;
 const REMEMBER_SECS: u64 = 3600;
 const FILE_NAME: &str = "join-tokens.json";
 
+/// Who a token was minted for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinKind {
+    /// A boot script this server served: the machine also needs this server's DHCP lease.
+    #[default]
+    BootScript,
+    /// An operator, for a machine that does not boot from the network (its own address).
+    Operator,
+}
+
 /// What is kept of a minted token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRecord {
     pub id: TokenId,
-    pub mac: MacAddr,
+    #[serde(default)]
+    pub kind: JoinKind,
+    /// The machine it is bound to; any machine for an operator's token minted without one.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
     #[serde(default)]
     pub uuid: Option<uuid::Uuid>,
     pub secret_sha256: String,
@@ -125,11 +142,28 @@ impl JoinTokens {
     /// A new token for the machine `mac` (`uuid`) at `now` (unix seconds). It replaces any
     /// unspent token of that machine: the newest boot script is the one booting.
     pub fn mint(&self, mac: MacAddr, uuid: Option<uuid::Uuid>, now: u64) -> Result<JoinToken, MintError> {
-        let token = JoinToken::mint()?;
         let uuid = uuid.filter(|u| !u.is_nil());
+        self.insert(JoinKind::BootScript, Some(mac), uuid, self.ttl_secs, now)
+    }
+
+    /// A new token an operator asked for, valid `ttl_secs`, for the machine `mac` or any.
+    pub fn mint_for_operator(&self, mac: Option<MacAddr>, ttl_secs: u64, now: u64) -> Result<JoinToken, MintError> {
+        self.insert(JoinKind::Operator, mac, None, ttl_secs, now)
+    }
+
+    fn insert(
+        &self,
+        kind: JoinKind,
+        mac: Option<MacAddr>,
+        uuid: Option<uuid::Uuid>,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<JoinToken, MintError> {
+        let token = JoinToken::mint()?;
         let mut records = self.lock();
-        records
-            .retain(|r| now < r.expires_at.saturating_add(REMEMBER_SECS) && (r.mac != mac || r.redeemed_at.is_some()));
+        let replaced =
+            |r: &JoinRecord| kind == JoinKind::BootScript && r.kind == kind && r.mac == mac && r.redeemed_at.is_none();
+        records.retain(|r| now < r.expires_at.saturating_add(REMEMBER_SECS) && !replaced(r));
         if records.len() >= MAX_JOIN_TOKENS {
             // The oldest go first; a live one among them only makes its machine boot again.
             records.sort_by_key(|r| r.expires_at);
@@ -138,10 +172,11 @@ impl JoinTokens {
         }
         records.push(JoinRecord {
             id: token.id().clone(),
+            kind,
             mac,
             uuid,
             secret_sha256: token.secret_sha256(),
-            expires_at: now.saturating_add(self.ttl_secs),
+            expires_at: now.saturating_add(ttl_secs),
             redeemed_at: None,
             redeemed_for: None,
         });
@@ -150,13 +185,13 @@ impl JoinTokens {
     }
 
     /// Checks `presented` for `who` at `now` without spending it.
-    pub fn check(&self, presented: Option<&str>, who: &Redeemer, now: u64) -> Result<TokenId, JoinRefusal> {
+    pub fn check(&self, presented: Option<&str>, who: &Redeemer, now: u64) -> Result<JoinRecord, JoinRefusal> {
         let token = JoinToken::parse(presented.ok_or(JoinRefusal::Missing)?)?;
         let records = self.lock();
         let record =
             records.iter().find(|r| &r.id == token.id()).ok_or_else(|| JoinRefusal::Unknown(token.id().clone()))?;
         Self::verify(record, &token, who, now)?;
-        Ok(record.id.clone())
+        Ok(record.clone())
     }
 
     fn verify(record: &JoinRecord, token: &JoinToken, who: &Redeemer, now: u64) -> Result<(), JoinRefusal> {
@@ -169,16 +204,13 @@ impl JoinTokens {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if record.mac != who.mac || uuid_differs {
+        if record.mac.is_some_and(|mac| mac != who.mac) || uuid_differs {
             let name = |mac: &MacAddr, uuid: Option<&uuid::Uuid>| match uuid {
                 Some(u) => format!("{mac} ({u})"),
                 None => mac.to_string(),
             };
-            return Err(JoinRefusal::OtherMachine {
-                id,
-                minted_for: name(&record.mac, record.uuid.as_ref()),
-                presented_by: name(&who.mac, who.uuid.as_ref()),
-            });
+            let minted_for = record.mac.map_or_else(|| "any machine".to_string(), |m| name(&m, record.uuid.as_ref()));
+            return Err(JoinRefusal::OtherMachine { id, minted_for, presented_by: name(&who.mac, who.uuid.as_ref()) });
         }
         match (record.redeemed_at, &record.redeemed_for) {
             (Some(_), Some(key)) if key == who.public_key => return Ok(()),
@@ -225,7 +257,7 @@ mod tests {
         let tokens = JoinTokens::load(Some(dir.path()), 600);
         let token = tokens.mint(mac(2), Some(uuid), NOW).unwrap().reveal();
         let node = |mac: MacAddr, uuid: Option<uuid::Uuid>| Redeemer { mac, uuid, public_key: "04aa" };
-        let id = tokens.check(Some(&token), &node(mac(2), Some(uuid)), NOW + 1).unwrap();
+        let id = tokens.check(Some(&token), &node(mac(2), Some(uuid)), NOW + 1).unwrap().id;
 
         let other = |r| matches!(r, Err(JoinRefusal::OtherMachine { .. }));
         assert!(other(tokens.redeem(Some(&token), &node(mac(3), Some(uuid)), NOW + 1)));
@@ -285,5 +317,23 @@ mod tests {
         // Long past their expiry, tokens are forgotten.
         tokens.mint(mac(9), None, NOW + 600 + REMEMBER_SECS + 10).unwrap();
         assert_eq!(tokens.lock().len(), 1);
+    }
+
+    #[test]
+    fn an_operators_token_binds_to_a_mac_or_to_none_and_works_once() {
+        let tokens = JoinTokens::load(None, 600);
+        let node = |mac: MacAddr, uuid: Option<uuid::Uuid>| Redeemer { mac, uuid, public_key: "04aa" };
+        // An operator's token: any machine, not replaced by boot scripts, once.
+        let operator = tokens.mint_for_operator(None, 60, NOW).unwrap().reveal();
+        tokens.mint(mac(7), None, NOW).unwrap();
+        let record = tokens.check(Some(&operator), &node(mac(7), None), NOW + 4).unwrap();
+        assert_eq!((record.kind, record.mac), (JoinKind::Operator, None));
+        tokens.redeem(Some(&operator), &node(mac(7), None), NOW + 4).unwrap();
+        let replay = Redeemer { public_key: "04bb", ..node(mac(8), None) };
+        assert!(matches!(tokens.redeem(Some(&operator), &replay, NOW + 5), Err(JoinRefusal::Used { .. })));
+        let bound = tokens.mint_for_operator(Some(mac(7)), 60, NOW).unwrap().reveal();
+        let err = tokens.check(Some(&bound), &node(mac(8), None), NOW + 4).unwrap_err();
+        assert!(err.to_string().contains("minted for 52:54:00:c1:00:07, not 52:54:00:c1:00:08"), "{err}");
+        assert!(matches!(tokens.check(Some(&bound), &node(mac(7), None), NOW + 63), Err(JoinRefusal::Expired { .. })));
     }
 }

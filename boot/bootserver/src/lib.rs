@@ -55,6 +55,8 @@ pub struct Bootserver {
     pub events: Arc<EventLog>,
     /// DHCP, switchable at run time (`boot-dhcp`).
     pub dhcp: Arc<DhcpControl>,
+    /// What `boot-join-token-create` mints with.
+    pub joins: provider::JoinIssuer,
     tasks: JoinSet<(&'static str, std::io::Result<()>)>,
 }
 
@@ -114,7 +116,14 @@ impl Bootserver {
             format!("http://{server_ip}:{}", http_addr.port())
         };
         let limits = config.http_limits.clone();
-        let join_tokens = join_tokens::JoinTokens::load(config.state_dir.as_deref(), config.join_token_ttl_secs);
+        let join_tokens =
+            Arc::new(join_tokens::JoinTokens::load(config.state_dir.as_deref(), config.join_token_ttl_secs));
+        let joins = provider::JoinIssuer {
+            tokens: join_tokens.clone(),
+            can_issue: config.ca_dir.is_some(),
+            base: base.clone(),
+            cluster_ips: http::cluster_ips(&config, server_ip),
+        };
         let state = Arc::new(http::HttpState {
             config,
             base,
@@ -128,7 +137,7 @@ impl Bootserver {
         tasks.spawn(async move { ("HTTP", http::serve(listener, app, limits).await) });
 
         tracing::info!(interface = %iface.name, %server_ip, %http_addr, "bootserver serving");
-        Ok(Bootserver { server_ip, http_addr, events, dhcp, tasks })
+        Ok(Bootserver { server_ip, http_addr, events, dhcp, joins, tasks })
     }
 
     /// Waits until one of the servers stops (it only does on a socket error) and returns why.

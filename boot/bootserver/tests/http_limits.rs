@@ -41,7 +41,7 @@ async fn start(limits: HttpLimits) -> (SocketAddr, String) {
     images.insert("cerana", Image { kernel, initrd: Blob::new(Bytes::from_static(b"initrd")), cmdline: String::new() });
     let listener = tokio::net::TcpListener::bind((server_ip, 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let join_tokens = cerana_bootserver::join_tokens::JoinTokens::load(None, 600);
+    let join_tokens = Arc::new(cerana_bootserver::join_tokens::JoinTokens::load(None, 600));
     let base = format!("http://{addr}");
     let state = Arc::new(HttpState { config, base, server_ip, images, events, dhcp: Arc::new(dhcp), join_tokens });
     tokio::spawn(serve(listener, router(state), limits));

@@ -598,6 +598,22 @@ fn dhcp_switches_at_run_time_and_honours_imported_leases() {
     runtime.shutdown_timeout(Duration::from_secs(2));
 }
 
+/// `cerana-bootserver join` in the client's namespace, with the image kept under the lab's
+/// `replica` and `extra` arguments.
+fn join_in_client(
+    lab: &Lab,
+    cmdline: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (cmdline, dest, output) = (path(cmdline), path(&lab.path("replica")), path(output));
+    let mut args = vec![env!("CARGO_BIN_EXE_cerana-bootserver"), "join", "--cmdline", &cmdline, "--dest", &dest];
+    args.extend(["--output", &output]);
+    args.extend_from_slice(extra);
+    lab.in_client(&args)
+}
+
 /// What a network-booted node does once up (`cerana-bootserver join`): keeps a checked copy of
 /// its image, checks in, and serves that image itself with DHCP off.
 #[test]
@@ -616,18 +632,7 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     let (dest, config, tftp) = (lab.path("replica"), lab.path("replica.toml"), lab.path("tftp"));
     let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let out = lab.in_client(&[
-        bin,
-        "join",
-        "--cmdline",
-        &path(&cmdline),
-        "--dest",
-        &path(&dest),
-        "--tftp-root",
-        &path(&tftp),
-        "--output",
-        &path(&config),
-    ]);
+    let out = join_in_client(&lab, &cmdline, &config, &["--tftp-root", &path(&tftp)]);
     assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
     let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -667,20 +672,76 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     // A node whose command line lacks what the boot server writes is told so; nothing written.
     std::fs::write(&cmdline, "console=ttyS0\n").unwrap();
     let elsewhere = lab.path("elsewhere.toml");
-    let out = lab.in_client(&[
-        bin,
-        "join",
-        "--cmdline",
-        &path(&cmdline),
-        "--dest",
-        &path(&dest),
-        "--output",
-        &path(&elsewhere),
-    ]);
+    let out = join_in_client(&lab, &cmdline, &elsewhere, &[]);
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cerana.boot_server"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!elsewhere.exists());
+}
+
+/// A machine booted from USB has no boot script and so no boot script's token: it checks in with
+/// a join token an operator minted (`cerana node token create`), once, for its certificate.
+#[test]
+fn a_machine_booted_from_usb_joins_with_an_operators_token_once() {
+    require!("curl");
+    let mut lab = Lab::new(true);
+    let ca_dir = lab.path("ca");
+    cerana_pki::ClusterCa::load_or_create(&ca_dir).unwrap();
+    let socket = lab.path("coordinator.sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let _coordinator =
+        runtime.block_on(cerana_coordinator::Coordinator::start(cerana_coordinator::Config::new(&socket))).unwrap();
+    let config = lab.config(FULL, "").replacen("\n[dhcp]\n", &format!("\nca_dir = {:?}\n[dhcp]\n", ca_dir), 1);
+    lab.start_server_with(&config, &["--coordinator", socket.to_str().unwrap()]);
+    let mac: MacAddr = mac_of(&lab).parse().unwrap();
+
+    let created = runtime.block_on(async {
+        let client = cerana_client::UnixClient::connect(&socket, "operator").await.unwrap();
+        let args = cerana_protocol::tasks::boot::JoinTokenCreateArgs { ttl_seconds: 600, mac: Some(mac) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match client.run::<cerana_protocol::tasks::boot::BootJoinTokenCreate>(&args).await {
+                Ok(created) => break created,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "boot-join-token-create never served: {e}\n{}",
+                        lab.server_log()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    assert!(created.cmdline.contains(&format!("cerana.boot_server=http://{SERVER_IP}/")), "{}", created.cmdline);
+
+    let cmdline = lab.path("cmdline");
+    std::fs::write(&cmdline, format!("console=ttyS0 {} cerana.mgmt_ip={CLIENT_IP}/24\n", created.cmdline)).unwrap();
+    let join = |tls: &str| {
+        let tls = lab.path(tls);
+        let out = join_in_client(&lab, &cmdline, &lab.path("replica.toml"), &["--tls-dir", tls.to_str().unwrap()]);
+        assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let joined = join("tls");
+    assert_eq!(joined["checked_in"], true, "{joined}");
+    assert!(joined["certificate"].is_string(), "the operator's token bought a certificate: {joined}");
+    assert!(joined.get("initrd").is_none() && !lab.path("replica.toml").exists(), "no image to serve: {joined}");
+    let pem = std::fs::read_to_string(cerana_pki::NodeTls::new(lab.path("tls")).cert()).unwrap_or_default();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+
+    // The same token again, from the same machine with a new key: refused, and recorded.
+    let again = join("tls-again");
+    assert_eq!(again["checked_in"], false, "{again}");
+    let why = again["check_in_error"].as_str().unwrap_or_default();
+    assert!(why.contains("already used"), "{again}");
+    let timeline = events_of(&lab, &mac.to_string());
+    assert!(
+        timeline.contains(&"certificate_issued".to_string()) && timeline.contains(&"certificate_refused".to_string()),
+        "{timeline:?}"
+    );
+    drop(lab);
+    runtime.shutdown_timeout(Duration::from_secs(2));
 }

@@ -1,9 +1,13 @@
-//! `boot-events`, `boot-machines` and `boot-dhcp` through a real (in-process) coordinator.
+//! `boot-events`, `boot-machines`, `boot-dhcp` and `boot-join-token-create` through a real
+//! (in-process) coordinator.
 
 use cerana_bootserver::dhcp_control::DhcpControl;
 use cerana_bootserver::events::{EventLog, EventSource};
+use cerana_bootserver::join_tokens::{JoinKind, JoinTokens, Redeemer};
+use cerana_bootserver::provider::JoinIssuer;
 use cerana_protocol::tasks::boot::{
-    BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootMachines, BootStage, MacAddr,
+    BootDhcp, BootDhcpArgs, BootDhcpMode, BootEventKind, BootEvents, BootEventsArgs, BootJoinTokenCreate, BootMachines,
+    BootStage, JoinTokenCreateArgs, MacAddr,
 };
 use cerana_protocol::NoArgs;
 use std::net::Ipv4Addr;
@@ -35,7 +39,14 @@ async fn boot_tasks_answer_from_the_event_log() {
     let boot = cerana_bootserver::dhcp::BootFiles::new(&Default::default(), Ipv4Addr::LOCALHOST, 80);
     // No pool and DHCP off: switching is checked here, serving in tests/netns.rs.
     let dhcp = Arc::new(DhcpControl::new("lo".into(), Ipv4Addr::LOCALHOST, None, None, boot, events.clone()).0);
-    let provider = cerana_bootserver::provider::provider(events.clone(), dhcp.clone());
+    let tokens = Arc::new(JoinTokens::load(None, 600));
+    let joins = JoinIssuer {
+        tokens: tokens.clone(),
+        can_issue: true,
+        base: "http://10.0.0.1".into(),
+        cluster_ips: "10.0.0.1".into(),
+    };
+    let provider = cerana_bootserver::provider::provider(events.clone(), dhcp.clone(), joins);
     let serving = tokio::spawn({
         let socket = socket.clone();
         async move { provider.serve(socket).await }
@@ -73,5 +84,19 @@ async fn boot_tasks_answer_from_the_event_log() {
     let err = client.run::<BootDhcp>(&misplaced).await.unwrap_err();
     assert!(err.to_string().contains("only applies to full mode"), "{err}");
     assert_eq!(dhcp.mode(), cerana_bootserver::config::DhcpMode::Off, "failed switches change nothing");
+
+    // An operator's join token for a USB machine: its command line, spendable once by that MAC.
+    let created =
+        client.run::<BootJoinTokenCreate>(&JoinTokenCreateArgs { ttl_seconds: 600, mac: Some(b) }).await.unwrap();
+    assert!(created.cmdline.starts_with("cerana.boot_server=http://10.0.0.1/ cerana.cluster_ips=10.0.0.1 "));
+    assert!(created.cmdline.ends_with(&format!("cerana.join_token={} cerana.mgmt_mac={b}", created.token)));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let record = tokens.check(Some(&created.token), &Redeemer { mac: b, uuid: None, public_key: "04aa" }, now).unwrap();
+    assert_eq!((record.kind, record.mac, &record.id), (JoinKind::Operator, Some(b), &created.id));
+    assert!(tokens.check(Some(&created.token), &Redeemer { mac: a, uuid: None, public_key: "04aa" }, now).is_err());
+    for ttl_seconds in [0, 59, 86_401] {
+        let err = client.run::<BootJoinTokenCreate>(&JoinTokenCreateArgs { ttl_seconds, mac: None }).await.unwrap_err();
+        assert!(err.to_string().contains("ttl_seconds"), "{err}");
+    }
     serving.abort();
 }

@@ -158,6 +158,11 @@ max_body_bytes = 1024
 
     /// Starts the server binary inside the server namespace and waits for `/health`.
     pub fn start_server(&mut self, config: &str) {
+        self.start_server_with(config, &[]);
+    }
+
+    /// [`Lab::start_server`] with more arguments for the server (e.g. `--coordinator`).
+    pub fn start_server_with(&mut self, config: &str, args: &[&str]) {
         let cfg = self.path("bootserver.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = File::create(self.path("server.log")).unwrap();
@@ -165,6 +170,7 @@ max_body_bytes = 1024
             .args(["netns", "exec", &self.srv, env!("CARGO_BIN_EXE_cerana-bootserver"), "--config"])
             .arg(&cfg)
             .args(["--log", "debug"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -15,6 +15,51 @@ crate::declare_tasks! {
     BootEvents = "boot-events", Read, "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
     BootMachines = "boot-machines", Read, "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
     BootDhcp = "boot-dhcp", Write, "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment), optionally importing another server's leases", BootDhcpArgs => BootDhcpResult;
+    BootJoinTokenCreate = "boot-join-token-create", Admin, "Mints a one-time join token for a machine that does not boot from the network (USB, ISO): with it, the machine checks in with this node's boot server for its node certificate", JoinTokenCreateArgs => JoinTokenCreated;
+}
+
+/// Lifetimes `boot-join-token-create` accepts, in seconds: a minute to a day.
+pub const JOIN_TOKEN_TTL_SECONDS: std::ops::RangeInclusive<u64> = 60..=86_400;
+
+fn default_join_token_ttl() -> u64 {
+    600
+}
+
+/// Arguments of `boot-join-token-create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreateArgs {
+    /// Lifetime in seconds (default 600), within [`JOIN_TOKEN_TTL_SECONDS`].
+    #[serde(default = "default_join_token_ttl")]
+    pub ttl_seconds: u64,
+    /// Binds the token to this machine's MAC address; any machine may spend it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+}
+
+impl JoinTokenCreateArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if !JOIN_TOKEN_TTL_SECONDS.contains(&self.ttl_seconds) {
+            let (lo, hi) = (JOIN_TOKEN_TTL_SECONDS.start(), JOIN_TOKEN_TTL_SECONDS.end());
+            return Err(format!("ttl_seconds: {} is outside {lo}..={hi}", self.ttl_seconds));
+        }
+        Ok(())
+    }
+}
+
+/// The minted join token: `token` is the only copy of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenCreated {
+    pub id: crate::tasks::auth::TokenId,
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// What to add to the machine's kernel command line (`cerana.boot_server=...
+    /// cerana.join_token=...`, and `cerana.mgmt_mac` when bound to a MAC), next to its
+    /// `cerana.mgmt_ip`.
+    pub cmdline: String,
 }
 
 /// An Ethernet MAC address; parsed from `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (any case),
