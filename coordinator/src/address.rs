@@ -37,6 +37,9 @@ pub struct OwnAddress {
     /// The bound HTTP address (`None`: no HTTP listener).
     pub listen: Option<SocketAddr>,
     pub https: bool,
+    /// The listener takes both (a node-TLS coordinator: plain HTTP on loopback, and everywhere
+    /// until the node has its certificate).
+    pub dual: bool,
     pub advertise: Advertise,
 }
 
@@ -51,7 +54,7 @@ impl OwnAddress {
             }
         }
         let Some(listen) = self.listen else { return false };
-        if origin.https != self.https || origin.port != listen.port() {
+        if (origin.https != self.https && !self.dual) || origin.port != listen.port() {
             return false;
         }
         let Some(ip) = origin.ip() else { return false };
@@ -119,6 +122,7 @@ mod tests {
         let concrete = OwnAddress {
             listen: Some("127.0.0.1:8080".parse().unwrap()),
             https: false,
+            dual: false,
             advertise: Advertise::default(),
         };
         for own in ["http://127.0.0.1:8080", "http://127.0.0.1:8080/", "http://LOCALHOST:8080//"] {
@@ -134,8 +138,10 @@ mod tests {
         assert!(!wildcard.is_own(&url("http://[::1]:8080")), "0.0.0.0 takes no IPv6");
         let advertised = OwnAddress { advertise: Advertise::Url(url("http://node-1.example:8080/")), ..wildcard };
         assert!(advertised.is_own(&url("http://NODE-1.example:8080")));
-        let no_http = OwnAddress { listen: None, https: false, advertise: Advertise::Auto };
+        let no_http = OwnAddress { listen: None, https: false, dual: false, advertise: Advertise::Auto };
         assert!(!no_http.is_own(&url("http://127.0.0.1:8080")));
+        let node_tls = OwnAddress { dual: true, ..concrete.clone() };
+        assert!(node_tls.is_own(&url("https://127.0.0.1:8080")) && node_tls.is_own(&url("http://127.0.0.1:8080")));
     }
 
     #[test]
@@ -145,6 +151,7 @@ mod tests {
         let concrete = OwnAddress {
             listen: Some("10.99.0.2:8080".parse().unwrap()),
             https: true,
+            dual: false,
             advertise: Advertise::default(),
         };
         assert_eq!(concrete.for_peer(peer, route).unwrap().as_str(), "https://10.99.0.2:8080");

@@ -7,6 +7,7 @@
 //! in logs and shell histories.
 
 use crate::core::Core;
+use crate::http::PeerNode;
 use cerana_credentials::ApiToken;
 use cerana_protocol::tasks::auth::Role;
 use cerana_protocol::{Access, ErrorCode, TaskError};
@@ -53,17 +54,25 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
 /// Who is calling: `node`, the node a verified client certificate names (the TLS handshake
 /// refused any other certificate), or else whoever presents `bearer` (the token of the
 /// request's `Authorization: Bearer` header, if any).
-pub fn authenticate(core: &Core, node: Option<&str>, bearer: Option<&str>) -> Result<Caller, TaskError> {
-    if let Some(node) = node {
-        return Ok(Caller { identity: format!("node:{node}"), role: Role::Admin });
-    }
+pub fn authenticate(core: &Core, node: Option<&PeerNode>, bearer: Option<&str>) -> Result<Caller, TaskError> {
     let unauthenticated = |message: String| TaskError::new(ErrorCode::Unauthenticated, message);
+    match node {
+        Some(PeerNode::Named(node)) => return Ok(Caller { identity: format!("node:{node}"), role: Role::Admin }),
+        Some(PeerNode::Elsewhere { name, from }) => {
+            return Err(unauthenticated(format!(
+                "the certificate of node {name} was presented from {from}, an address it does not name"
+            )))
+        }
+        None => {}
+    }
     let cluster_token = core.config.token.as_deref();
-    if cluster_token.is_none() && core.tokens.is_none() {
+    if cluster_token.is_none() && core.tokens.is_none() && core.node_tls.is_none() {
         return Ok(Caller { identity: "open".into(), role: Role::Admin });
     }
     let Some(bearer) = bearer else {
-        return Err(unauthenticated("this API needs an Authorization: Bearer token".into()));
+        return Err(unauthenticated(
+            "this API needs an Authorization: Bearer token (or a node's certificate from the cluster CA)".into(),
+        ));
     };
     // The cluster's own token first: it may be any string, even one shaped like a scoped token.
     if cluster_token.is_some_and(|expected| token_matches(bearer.as_bytes(), expected.as_bytes())) {

@@ -40,6 +40,11 @@ struct Args {
     peer_cert: Option<PathBuf>,
     #[arg(long, requires = "peer_cert")]
     peer_key: Option<PathBuf>,
+    /// The node's TLS directory (ca.crt, node.key, node.crt), watched: once its certificate is
+    /// there the API takes HTTPS off loopback and the cluster CA's client certificates, and
+    /// peers are called with it. Not with --tls-cert, --client-ca, --peer-cert, --peer-ca.
+    #[arg(long)]
+    node_tls: Option<PathBuf>,
     /// This node's name (default: the hostname).
     #[arg(long)]
     name: Option<String>,
@@ -113,6 +118,7 @@ fn config(args: &Args) -> Config {
     config.unix_max_connections = args.unix_max_connections;
     config.tokens_file = args.tokens_file.clone();
     config.client_ca = args.client_ca.clone();
+    config.node_tls = args.node_tls.clone();
     config.peer_identity = match (&args.peer_cert, &args.peer_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
         _ => None,

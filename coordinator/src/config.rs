@@ -47,6 +47,11 @@ pub struct Config {
     pub client_ca: Option<PathBuf>,
     /// The certificate this coordinator presents to https peers that ask for one.
     pub peer_identity: Option<TlsFiles>,
+    /// The node's TLS directory (`ca.crt`, `node.key`, `node.crt`), watched: once it holds a
+    /// certificate, the API takes HTTPS (plain HTTP from loopback only), the cluster CA's
+    /// client certificates, and peers are called with it (`node_tls.rs`). Instead of `tls`,
+    /// `client_ca`, `peer_identity` and `peer_ca`.
+    pub node_tls: Option<PathBuf>,
     /// Timeout of a request that names none.
     pub default_timeout: Duration,
     /// Upper bound on any request's timeout.
@@ -97,6 +102,7 @@ impl Config {
             tls: None,
             client_ca: None,
             peer_identity: None,
+            node_tls: None,
             default_timeout: Duration::from_secs(60),
             max_timeout: Duration::from_secs(3600),
             journal_capacity: 10_000,
@@ -118,9 +124,20 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(addr) = self.listen {
-            if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+            // A node's certificate authenticates it to its peers; operators then need the
+            // cluster's token or a scoped one.
+            let credentials = self.node_tls.is_some() && self.tokens_file.is_some();
+            if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) && !credentials {
                 return Err(ConfigError::TokenRequired { addr });
             }
+        }
+        let static_tls = self.tls.is_some() || self.client_ca.is_some() || self.peer_identity.is_some();
+        if self.node_tls.is_some() && (static_tls || self.peer_ca.is_some()) {
+            return Err(ConfigError::Invalid(
+                "--node-tls takes the certificates from the node's TLS directory: not with --tls-cert, --client-ca, \
+                 --peer-cert or --peer-ca"
+                    .into(),
+            ));
         }
         if self.client_ca.is_some() && self.tls.is_none() {
             return Err(ConfigError::Invalid("client certificates (--client-ca) need HTTPS (--tls-cert)".into()));
@@ -167,7 +184,12 @@ impl Config {
     }
 
     pub fn own_address(&self) -> OwnAddress {
-        OwnAddress { listen: self.listen, https: self.tls.is_some(), advertise: self.advertise.clone() }
+        OwnAddress {
+            listen: self.listen,
+            https: self.tls.is_some(),
+            dual: self.node_tls.is_some(),
+            advertise: self.advertise.clone(),
+        }
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Core {
     peers: Mutex<PeerClients>,
     /// The scoped API tokens callers may present (`Config::tokens_file`).
     pub tokens: Option<cerana_credentials::TokensFile>,
+    /// The node's own certificate, once it has one (`Config::node_tls`).
+    pub node_tls: Option<crate::node_tls::NodeTlsWatch>,
 }
 
 /// HTTP clients for peer coordinators and `reply_to` targets, by base URL, least recently used
@@ -85,6 +87,8 @@ pub struct Core {
 struct PeerClients {
     shared: Option<HttpClient>,
     by_base: VecDeque<(NodeUrl, HttpClient)>,
+    /// The node certificate's generation the clients were built with (0: none).
+    generation: u64,
 }
 
 impl Core {
@@ -94,6 +98,7 @@ impl Core {
         Arc::new(Self {
             own_address: config.own_address(),
             tokens: config.tokens_file.as_ref().map(cerana_credentials::TokensFile::new),
+            node_tls: config.node_tls.as_ref().map(crate::node_tls::NodeTlsWatch::new),
             config,
             started: Instant::now(),
             registry: RwLock::new(Registry::default()),
@@ -470,7 +475,11 @@ impl Core {
                 .map(|addr| addr.ip())
                 .ok_or_else(|| refuse(format!("cannot resolve {}", origin.host)))?,
         };
-        stream.node = Some(self.own_address.for_peer(peer_ip, crate::address::route_source).map_err(refuse)?);
+        let mut own = self.own_address.clone();
+        if let Some(watch) = &self.node_tls {
+            own.https = watch.current().is_some();
+        }
+        stream.node = Some(own.for_peer(peer_ip, crate::address::route_source).map_err(refuse)?);
         Ok(())
     }
 
@@ -479,7 +488,13 @@ impl Core {
         if let Err(why) = self.config.peers.allows(base) {
             return Err(ClientError::Api(TaskError::new(ErrorCode::PermissionDenied, why)));
         }
+        let node_tls = self.node_tls.as_ref().and_then(|watch| Some((watch, watch.current()?)));
         let mut peers = self.peers.lock().expect("peers lock");
+        // A new node certificate: clients made with the old one go.
+        let generation = node_tls.as_ref().map_or(0, |(_, loaded)| loaded.generation);
+        if peers.generation != generation {
+            *peers = PeerClients { generation, ..PeerClients::default() };
+        }
         if let Some(index) = peers.by_base.iter().position(|(b, _)| b == base) {
             let used = peers.by_base.remove(index).expect("found above");
             peers.by_base.push_back(used.clone());
@@ -488,17 +503,17 @@ impl Core {
         let client = match &peers.shared {
             Some(shared) => shared.with_base(base.clone()),
             None => {
-                let identity = self
-                    .config
-                    .peer_identity
-                    .as_ref()
-                    .map(|files| cerana_client::ClientIdentity { cert: &files.cert, key: &files.key });
-                let client = HttpClient::with_identity(
-                    base.clone(),
-                    self.config.peer_token.clone(),
-                    self.config.peer_ca.as_deref(),
-                    identity,
-                )?;
+                let (cert, key, ca) = match &node_tls {
+                    Some((watch, _)) => (Some(watch.cert()), Some(watch.key()), Some(watch.ca())),
+                    None => {
+                        let files = self.config.peer_identity.as_ref();
+                        (files.map(|f| f.cert.clone()), files.map(|f| f.key.clone()), self.config.peer_ca.clone())
+                    }
+                };
+                let identity =
+                    cert.as_deref().zip(key.as_deref()).map(|(cert, key)| cerana_client::ClientIdentity { cert, key });
+                let client =
+                    HttpClient::with_identity(base.clone(), self.config.peer_token.clone(), ca.as_deref(), identity)?;
                 peers.shared = Some(client.clone());
                 client
             }

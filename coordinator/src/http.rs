@@ -33,7 +33,7 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
@@ -137,7 +137,7 @@ async fn require_token(
         let message = "credentials go in the Authorization header, never in a URL (URLs are logged)";
         return api_error(StatusCode::BAD_REQUEST, TaskError::new(ErrorCode::InvalidRequest, message));
     }
-    let node = request.extensions().get::<PeerNode>().map(|n| n.0.as_str());
+    let node = request.extensions().get::<PeerNode>();
     let caller = match crate::auth::authenticate(&state.core, node, bearer_token(&headers)) {
         Ok(caller) => caller,
         Err(e) => return api_error(status_for(&e.code), e),
@@ -496,7 +496,7 @@ pub async fn serve(
     admission: cerana_netlimits::Admission,
 ) {
     let limits = ConnectionLimits::of(&core.config);
-    let app = router(core);
+    let app = router(core.clone());
     let plain = tls.is_none();
     loop {
         let (tcp, peer, permit) = cerana_netlimits::accept_admitted(&listener, &admission, |refused| {
@@ -504,13 +504,21 @@ pub async fn serve(
         })
         .await;
         let _ = tcp.set_nodelay(true);
-        let (app, tls) = (app.clone(), tls.clone());
+        let (app, tls, core) = (app.clone(), tls.clone(), core.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let result = match tls {
+            let acceptor = match (tls, &core.node_tls) {
+                (Some(acceptor), _) => Some(acceptor),
+                (None, Some(watch)) => match node_tls_admission(&tcp, peer, watch, limits).await {
+                    Some(acceptor) => acceptor,
+                    None => return,
+                },
+                (None, None) => None,
+            };
+            let result = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let node = peer_node(&stream);
+                        let node = peer_node(&stream, peer.ip());
                         serve_connection_of(app, stream, peer, node, limits).await
                     }
                     Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -522,6 +530,58 @@ pub async fn serve(
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
         });
+    }
+}
+
+/// How a connection to a node-TLS listener goes on: `Some(Some(acceptor))` over TLS,
+/// `Some(None)` as plain HTTP, `None` not at all (it was refused, or sent nothing in time).
+async fn node_tls_admission(
+    tcp: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    watch: &crate::node_tls::NodeTlsWatch,
+    limits: ConnectionLimits,
+) -> Option<Option<tokio_rustls::TlsAcceptor>> {
+    use crate::node_tls::Admit;
+    let Some(loaded) = watch.current() else { return Some(None) };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.header_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    match crate::node_tls::admit(first[0], true, peer.ip().is_loopback()) {
+        Admit::Tls => Some(Some(loaded.acceptor.clone())),
+        Admit::Plain => Some(None),
+        Admit::RefusePlain => {
+            tracing::debug!(%peer, "plain HTTP from off the node refused: HTTPS only");
+            refuse_plain_http(tcp).await;
+            None
+        }
+    }
+}
+
+/// The answer to plain HTTP from off a node that speaks TLS: a JSON error saying so, then close.
+async fn refuse_plain_http(tcp: &tokio::net::TcpStream) {
+    let error = TaskError::new(
+        ErrorCode::PermissionDenied,
+        "this node's API takes HTTPS (a certificate from the cluster CA); plain HTTP only from the node itself",
+    );
+    let body = serde_json::to_string(&ApiErrorBody { error }).unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Best effort within a second: a peer that does not read gets nothing more.
+    let mut written = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while written < response.len() && tokio::time::Instant::now() < deadline {
+        if tokio::time::timeout_at(deadline, tcp.writable()).await.is_err() {
+            break;
+        }
+        match tcp.try_write(&response.as_bytes()[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
     }
 }
 
@@ -623,13 +683,27 @@ pub fn tls_acceptor(
 }
 
 /// The node a TLS client proved to be: the first DNS name of its verified certificate (the
-/// cluster CA names each node certificate after its node).
+/// cluster CA names each node certificate after its node and its addresses). A certificate
+/// presented from an address it does not name is another node's, or a stolen one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerNode(pub String);
+pub enum PeerNode {
+    Named(String),
+    Elsewhere { name: String, from: IpAddr },
+}
 
-fn peer_node<IO>(stream: &tokio_rustls::server::TlsStream<IO>) -> Option<PeerNode> {
+fn peer_node<IO>(stream: &tokio_rustls::server::TlsStream<IO>, from: IpAddr) -> Option<PeerNode> {
     let der = stream.get_ref().1.peer_certificates()?.first()?;
+    certified_node(der, from)
+}
+
+/// [`PeerNode`] of a verified certificate presented from `from` (loopback: the node itself).
+pub fn certified_node(der: &rustls::pki_types::CertificateDer<'_>, from: IpAddr) -> Option<PeerNode> {
     let cert = webpki::EndEntityCert::try_from(der).ok()?;
-    let name = cert.valid_dns_names().next()?;
-    Some(PeerNode(name.to_owned()))
+    let name = cert.valid_dns_names().next()?.to_owned();
+    let address = rustls::pki_types::ServerName::IpAddress(from.into());
+    if from.is_loopback() || cert.verify_is_valid_for_subject_name(&address).is_ok() {
+        Some(PeerNode::Named(name))
+    } else {
+        Some(PeerNode::Elsewhere { name, from })
+    }
 }

@@ -16,6 +16,7 @@ pub mod counters;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod node_tls;
 pub mod peers;
 pub mod registry;
 pub mod streams;
@@ -86,21 +87,20 @@ impl Coordinator {
         if let Some(tcp) = tcp {
             tasks.push(tokio::spawn(http::serve(core.clone(), tcp, tls, http_admission)));
         }
-        let sweeper = Arc::downgrade(&core);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(TIMEOUT_RESOLUTION);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut ticks = 0u64;
-            loop {
-                tick.tick().await;
-                let Some(core) = sweeper.upgrade() else { return };
-                core.expire_due();
-                ticks += 1;
-                if ticks.is_multiple_of(50) {
-                    let dropped = core.streams.sweep();
-                    if dropped > 0 {
-                        tracing::info!(dropped, "dropped streams whose other end never arrived");
-                    }
+        if let Some(watch) = &core.node_tls {
+            refresh_node_tls(watch);
+            tasks.push(every(&core, NODE_TLS_POLL, |core, _| {
+                if let Some(watch) = &core.node_tls {
+                    refresh_node_tls(watch);
+                }
+            }));
+        }
+        tasks.push(every(&core, TIMEOUT_RESOLUTION, |core, ticks| {
+            core.expire_due();
+            if ticks.is_multiple_of(50) {
+                let dropped = core.streams.sweep();
+                if dropped > 0 {
+                    tracing::info!(dropped, "dropped streams whose other end never arrived");
                 }
             }
         }));
@@ -131,6 +131,37 @@ impl Coordinator {
             task.abort();
         }
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Runs `work` every `period` (with the count of rounds) while the coordinator lives.
+fn every(
+    core: &Arc<core::Core>,
+    period: Duration,
+    work: impl Fn(&Arc<core::Core>, u64) + Send + 'static,
+) -> JoinHandle<()> {
+    let core = Arc::downgrade(core);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 1u64.. {
+            tick.tick().await;
+            let Some(core) = core.upgrade() else { return };
+            work(&core, round);
+        }
+    })
+}
+
+/// How often the node's TLS directory is looked at.
+const NODE_TLS_POLL: Duration = Duration::from_secs(1);
+
+fn refresh_node_tls(watch: &node_tls::NodeTlsWatch) {
+    match watch.refresh() {
+        Ok(true) => {
+            tracing::info!(cert = %watch.cert().display(), "the node's certificate is in force: HTTPS off loopback")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(cert = %watch.cert().display(), "the node's TLS files cannot be used: {e}"),
     }
 }
 
