@@ -19,7 +19,8 @@ struct Args {
     /// Serve only the unix socket.
     #[arg(long, conflicts_with = "listen")]
     no_http: bool,
-    /// File holding the cluster's bearer token (role admin) the HTTP API requires.
+    /// File holding the cluster's bearer token (role admin) the HTTP API requires (with
+    /// --node-tls, a missing file means none).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// The scoped API tokens' records (JSON, kept by the quorum agent): their bearers get
@@ -152,8 +153,18 @@ fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut config = config(&args);
-    config.token = args.token_file.as_ref().map(read_token).transpose()?;
-    config.peer_token = args.peer_token_file.as_ref().map(read_token).transpose()?;
+    // On a cluster node the cluster's token is only where an operator put it (the bootstrap
+    // node's command line): the other nodes prove themselves with their certificates.
+    let read = |path: &Option<PathBuf>| match path {
+        Some(path) if args.node_tls.is_some() && !path.exists() => {
+            tracing::info!(file = %path.display(), "no token file: node certificates and scoped tokens only");
+            Ok(None)
+        }
+        Some(path) => read_token(path).map(Some),
+        None => Ok(None),
+    };
+    config.token = read(&args.token_file)?;
+    config.peer_token = read(&args.peer_token_file)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

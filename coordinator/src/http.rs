@@ -510,8 +510,10 @@ pub async fn serve(
             let acceptor = match (tls, &core.node_tls) {
                 (Some(acceptor), _) => Some(acceptor),
                 (None, Some(watch)) => match node_tls_admission(&tcp, peer, watch, limits).await {
-                    Some(acceptor) => acceptor,
-                    None => return,
+                    NodeTlsAdmission::Tls(acceptor) => Some(acceptor),
+                    NodeTlsAdmission::Plain => None,
+                    NodeTlsAdmission::Refuse => return refuse_plain_http(tcp, peer).await,
+                    NodeTlsAdmission::Silent => return,
                 },
                 (None, None) => None,
             };
@@ -533,34 +535,42 @@ pub async fn serve(
     }
 }
 
-/// How a connection to a node-TLS listener goes on: `Some(Some(acceptor))` over TLS,
-/// `Some(None)` as plain HTTP, `None` not at all (it was refused, or sent nothing in time).
+/// How a connection to a node-TLS listener goes on.
+enum NodeTlsAdmission {
+    Tls(tokio_rustls::TlsAcceptor),
+    Plain,
+    /// Plain HTTP from off the node: answered with a refusal.
+    Refuse,
+    /// Nothing came in time.
+    Silent,
+}
+
 async fn node_tls_admission(
     tcp: &tokio::net::TcpStream,
     peer: SocketAddr,
     watch: &crate::node_tls::NodeTlsWatch,
     limits: ConnectionLimits,
-) -> Option<Option<tokio_rustls::TlsAcceptor>> {
+) -> NodeTlsAdmission {
     use crate::node_tls::Admit;
-    let Some(loaded) = watch.current() else { return Some(None) };
+    let Some(loaded) = watch.current() else { return NodeTlsAdmission::Plain };
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.header_timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) => {}
-        _ => return None,
+        _ => return NodeTlsAdmission::Silent,
     }
     match crate::node_tls::admit(first[0], true, peer.ip().is_loopback()) {
-        Admit::Tls => Some(Some(loaded.acceptor.clone())),
-        Admit::Plain => Some(None),
-        Admit::RefusePlain => {
-            tracing::debug!(%peer, "plain HTTP from off the node refused: HTTPS only");
-            refuse_plain_http(tcp).await;
-            None
-        }
+        Admit::Tls => NodeTlsAdmission::Tls(loaded.acceptor.clone()),
+        Admit::Plain => NodeTlsAdmission::Plain,
+        Admit::RefusePlain => NodeTlsAdmission::Refuse,
     }
 }
 
-/// The answer to plain HTTP from off a node that speaks TLS: a JSON error saying so, then close.
-async fn refuse_plain_http(tcp: &tokio::net::TcpStream) {
+/// The answer to plain HTTP from off a node that speaks TLS: a JSON error saying so. The
+/// request is read (up to 64 KiB, for a second) before the connection closes, so the close
+/// does not reset it under the answer.
+async fn refuse_plain_http(mut tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tracing::debug!(%peer, "plain HTTP from off the node refused: HTTPS only");
     let error = TaskError::new(
         ErrorCode::PermissionDenied,
         "this node's API takes HTTPS (a certificate from the cluster CA); plain HTTP only from the node itself",
@@ -570,19 +580,20 @@ async fn refuse_plain_http(tcp: &tokio::net::TcpStream) {
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    // Best effort within a second: a peer that does not read gets nothing more.
-    let mut written = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while written < response.len() && tokio::time::Instant::now() < deadline {
-        if tokio::time::timeout_at(deadline, tcp.writable()).await.is_err() {
-            break;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut drained = 0usize;
+        let mut buf = [0u8; 4096];
+        while drained < 64 * 1024 {
+            match tcp.read(&mut buf).await? {
+                0 => break,
+                n => drained += n,
+            }
         }
-        match tcp.try_write(&response.as_bytes()[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => break,
-        }
-    }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// The clocks of one HTTP connection.

@@ -83,12 +83,16 @@ impl Coordinator {
         let socket = config.socket.clone();
         let (http_admission, unix_admission) = admissions(&config, tcp.is_some());
         let core = core::Core::new(config);
+        // The node's certificate before the first connection: a coordinator restarted on a node
+        // that has one must never answer a TLS client in plain HTTP.
+        if let Some(watch) = &core.node_tls {
+            refresh_node_tls(watch);
+        }
         let mut tasks = vec![tokio::spawn(unix::serve(core.clone(), unix_listener, unix_admission))];
         if let Some(tcp) = tcp {
             tasks.push(tokio::spawn(http::serve(core.clone(), tcp, tls, http_admission)));
         }
-        if let Some(watch) = &core.node_tls {
-            refresh_node_tls(watch);
+        if core.node_tls.is_some() {
             tasks.push(every(&core, NODE_TLS_POLL, |core, _| {
                 if let Some(watch) = &core.node_tls {
                     refresh_node_tls(watch);

@@ -36,8 +36,6 @@ pub struct Bootstrap {
     pub address: Ipv4Addr,
     pub net: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
-    /// Passed on to the nodes it boots, so one token opens the whole cluster's API.
-    pub api_token: Option<String>,
     /// `cerana.zfs_config` (auto or manual), passed on too: the cluster's storage policy.
     pub zfs_config: Option<String>,
     /// `cerana.etcd_members` and `cerana.etcd_grace`, passed on: the cluster store's quorum.
@@ -88,7 +86,6 @@ impl Bootstrap {
             address,
             net,
             gateway,
-            api_token: setting(cmdline, "cerana.api_token").map(str::to_string),
             zfs_config: match setting(cmdline, "cerana.zfs_config") {
                 None => None,
                 Some(v @ ("auto" | "manual")) => Some(v.to_string()),
@@ -159,9 +156,10 @@ impl Bootstrap {
             // Top-level keys go before the first table.
             out = out.replacen("\n[dhcp]\n", &format!("ca_dir = {}\n\n[dhcp]\n", quote(&dir.display().to_string())), 1);
         }
-        // What the booted nodes share with this one: the API token and the storage policy.
+        // What the booted nodes share with this one: the storage policy and the quorum's size.
+        // Never a credential: a boot script is served to whoever asks for it. A node proves
+        // itself with the certificate its one-time join token buys.
         let image_cmdline = [
-            self.api_token.as_deref().map(|t| format!("cerana.api_token={t}")),
             self.zfs_config.as_deref().map(|z| format!("cerana.zfs_config={z}")),
             self.etcd_members.map(|n| format!("cerana.etcd_members={n}")),
             self.etcd_grace_secs.map(|s| format!("cerana.etcd_grace={s}")),
@@ -213,8 +211,8 @@ mod tests {
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         assert_eq!(
-            config.images["cerana"].cmdline,
-            "cerana.api_token=abcdefghijklmnop cerana.zfs_config=auto cerana.etcd_members=1 cerana.etcd_grace=20"
+            config.images["cerana"].cmdline, "cerana.zfs_config=auto cerana.etcd_members=1 cerana.etcd_grace=20",
+            "the cluster's token stays on the bootstrap node"
         );
         let text = Bootstrap::from_cmdline("cerana.mgmt_ip=10.99.0.2/24").unwrap().config(
             "eth0",
@@ -249,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn derives_pool_gateway_and_token_from_the_command_line() {
+    fn derives_pool_and_gateway_from_the_command_line() {
         let b = Bootstrap::from_cmdline("console=ttyS0 cerana.cluster_bootstrap cerana.mgmt_ip=10.99.0.2/24 cerana.mgmt_gw=10.99.0.1 cerana.api_token=abcdefghijklmnop").unwrap();
         assert_eq!(b.range(), ["10.99.0.100".parse::<Ipv4Addr>().unwrap(), "10.99.0.249".parse().unwrap()]);
         let ca = Path::new(CLUSTER_CA_DIR);
@@ -266,7 +264,7 @@ mod tests {
         assert_eq!(config.dhcp.mode, DhcpMode::Full);
         assert_eq!(config.ca_dir.as_deref(), Some(ca));
         assert!(text.contains("gateway = \"10.99.0.1\""));
-        assert!(text.contains("cmdline = \"cerana.api_token=abcdefghijklmnop\""));
+        assert!(!text.contains("abcdefghijklmnop"), "no credential in what the boot server serves: {text}");
         assert!(text.contains("interface = \"eth0\""));
     }
 

@@ -7,13 +7,18 @@
 //! - for a token from a boot script: to the address this server's DHCP holds an active lease of
 //!   for the machine's MAC, checking in from that address (an operator's token, for a machine
 //!   booted from USB or ISO with an address of its own, names the address it checks in from);
-//! - naming the host name it reports and that address, nothing the caller picks besides.
+//! - naming the host name it reports and that address, nothing the caller picks besides; a
+//!   name is one machine's: the first to get a certificate for it keeps it ([`claim_name`]),
+//!   and this boot server's own node's name is nobody else's.
 
 use crate::join_tokens::{JoinKind, JoinRefusal, JoinTokens, Redeemer};
 use cerana_pki::{ClusterCa, NodePublicKey, PkiError};
 use cerana_protocol::boot_wire::{CheckIn, CheckInReply, Lease};
+use cerana_protocol::tasks::boot::MacAddr;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Why no certificate was issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +81,11 @@ pub fn issue(
         Err(e @ PkiError::NoCa(_)) => return Err(Refusal::Unavailable(e.to_string())),
         Err(e) => return Err(Refusal::Failed(e.to_string())),
     };
+    let own = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if name.as_str().eq_ignore_ascii_case(own.trim()) {
+        return Err(Refusal::Denied(format!("{name} is the name of this boot server's own node")));
+    }
+    claim_name(ca_dir, name.as_str(), checkin.mac)?;
     let addresses = [IpAddr::V4(address), IpAddr::V4(Ipv4Addr::LOCALHOST)];
     let certificate = ca.issue(&key, name.as_str(), &addresses).map_err(|e| match e {
         PkiError::Name(_) => Refusal::Malformed(e.to_string()),
@@ -87,12 +97,55 @@ pub fn issue(
     Ok((name.as_str().to_string(), reply))
 }
 
+/// Which machine each node name was issued to, kept beside the CA (so it lasts as long as the
+/// CA does): a node certificate names its node, and peers act on that name.
+const NODE_NAMES: &str = "node-names.json";
+/// Names remembered; a cluster has far fewer nodes.
+const MAX_NODE_NAMES: usize = 4096;
+/// Check-ins are handled concurrently; the names file is read and written by one at a time.
+static NAMES_LOCK: Mutex<()> = Mutex::new(());
+
+/// Gives `name` to the machine `mac`, unless another machine has it.
+pub fn claim_name(ca_dir: &Path, name: &str, mac: MacAddr) -> Result<(), Refusal> {
+    let _one_at_a_time = NAMES_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let path = ca_dir.join(NODE_NAMES);
+    let failed = |e: String| Refusal::Failed(format!("{}: {e}", path.display()));
+    let mut names: BTreeMap<String, MacAddr> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    let key = name.to_ascii_lowercase();
+    match names.get(&key) {
+        Some(holder) if *holder == mac => return Ok(()),
+        Some(holder) => {
+            return Err(Refusal::Denied(format!(
+                "the node name {name} is another machine's ({holder}): a certificate names one node"
+            )))
+        }
+        None if names.len() >= MAX_NODE_NAMES => {
+            return Err(Refusal::Unavailable(format!("{MAX_NODE_NAMES} node names are taken")))
+        }
+        None => {}
+    }
+    names.insert(key, mac);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(&names).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| failed(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cerana_pki::NodeKey;
     use cerana_protocol::boot_wire::Hostname;
-    use cerana_protocol::tasks::boot::MacAddr;
 
     const MAC: &str = "52:54:00:c1:00:02";
     const IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
@@ -185,11 +238,16 @@ mod tests {
         let usb: IpAddr = "10.99.0.50".parse().unwrap();
         let operator = tokens.mint_for_operator(None, 600, crate::events::now_ms() / 1000).unwrap().reveal();
         let from_usb = CheckIn { ip: None, ..checkin(other_mac, &operator) };
-        let (name, reply) = ask(usb, &from_usb, &key).expect("an operator's token");
-        assert_eq!(name, "cerana-node2");
+        let err = ask(usb, &from_usb, &key).unwrap_err();
+        assert!(err.to_string().contains("cerana-node2 is another machine's (52:54:00:c1:00:02)"), "{err}");
+        let named = Hostname::new("cerana-usb").unwrap();
+        let from_usb = CheckIn { hostname: Some(named.clone()), ..from_usb };
+        let (name, reply) = ask(usb, &from_usb, &key).expect("an operator's token, and a name of its own");
+        assert_eq!(name, "cerana-usb");
         assert!(reply.certificate.is_some());
         let other_key = NodeKey::generate().unwrap().public().to_string();
-        let again = ask(usb, &CheckIn { ip: None, ..checkin(mac, &operator) }, &other_key).unwrap_err();
+        let again = ask(usb, &CheckIn { ip: None, hostname: Some(named), ..checkin(other_mac, &operator) }, &other_key)
+            .unwrap_err();
         assert!(again.to_string().contains("already used"), "{again}");
     }
 }

@@ -41,7 +41,7 @@ enum Command {
     },
     /// Write the bootstrap node's configuration from its kernel command line: the interface
     /// holding cerana.mgmt_ip, a lease pool (.100-.249) on that network, KERNEL and INITRD as
-    /// the image (with cerana.api_token passed on).
+    /// the image (with the storage policy and quorum size passed on; never a credential).
     BootstrapConfig {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,

@@ -244,6 +244,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/events", get(events))
         .route("/machines", get(machines))
         .route("/leases", get(leases))
+        .route("/ca.crt", get(cluster_ca))
         .route("/checkin", post(checkin))
         .with_state(state)
 }
@@ -519,6 +520,22 @@ async fn leases(State(state): State<Arc<HttpState>>) -> Response {
     axum::Json(state.dhcp.service().map(|d| d.leases()).unwrap_or_default()).into_response()
 }
 
+/// The cluster CA's certificate (public: what every client of the cluster trusts). Fetched
+/// over plain HTTP, it is worth what its fingerprint is: check it against the `cluster CA
+/// sha256=` the bootstrap node's console shows.
+async fn cluster_ca(State(state): State<Arc<HttpState>>) -> Response {
+    let Some(dir) = &state.config.ca_dir else {
+        return json_error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "this boot server holds no cluster CA");
+    };
+    match std::fs::read_to_string(dir.join(cerana_pki::CA_CERT)) {
+        Ok(pem) => ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "the cluster CA is not made yet")
+        }
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()),
+    }
+}
+
 /// A JSON error `{"code": ..., "message": ...}` with `status`.
 fn json_error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     (status, axum::Json(TaskError::new(code, message))).into_response()
@@ -746,6 +763,27 @@ mod tests {
         let now = crate::events::now_ms() / 1000;
         assert!(state.join_tokens.check(Some(&first), &who, now).is_err(), "the newer script replaced it");
         state.join_tokens.check(Some(&second), &who, now).expect("bound to the machine that asked");
+    }
+
+    #[tokio::test]
+    async fn the_cluster_ca_certificate_is_public_and_nothing_else_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "interface = \"lo\"\n[dhcp]\nmode = \"off\"\n";
+        let get = |config: Config| async move {
+            let request = Request::get("/ca.crt").body(axum::body::Body::empty()).unwrap();
+            let response = send(&state_with(config, ImageStore::default()), request, [10, 0, 0, 5]).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        let without: Config = toml::from_str(text).unwrap();
+        assert_eq!(get(without.clone()).await.0, StatusCode::NOT_FOUND);
+        let with = Config { ca_dir: Some(dir.path().join("ca")), ..without };
+        assert_eq!(get(with.clone()).await.0, StatusCode::SERVICE_UNAVAILABLE, "not made yet");
+        let ca = cerana_pki::ClusterCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let (status, pem) = get(with).await;
+        assert_eq!((status, pem.as_str()), (StatusCode::OK, ca.cert_pem()));
+        assert!(!pem.contains("PRIVATE"));
     }
 
     /// Sends `request` as if from `peer`.

@@ -599,16 +599,24 @@ fn dhcp_switches_at_run_time_and_honours_imported_leases() {
 }
 
 /// `cerana-bootserver join` in the client's namespace, with the image kept under the lab's
-/// `replica` and `extra` arguments.
+/// `replica` and `extra` arguments. The host name it reports is the host's, unless `hostname`
+/// gives it one of its own (in a UTS namespace): as another machine, it must not share the
+/// boot server's node's name.
 fn join_in_client(
     lab: &Lab,
+    hostname: Option<&str>,
     cmdline: &std::path::Path,
     output: &std::path::Path,
     extra: &[&str],
 ) -> std::process::Output {
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (cmdline, dest, output) = (path(cmdline), path(&lab.path("replica")), path(output));
-    let mut args = vec![env!("CARGO_BIN_EXE_cerana-bootserver"), "join", "--cmdline", &cmdline, "--dest", &dest];
+    let rename = hostname.map(|h| format!("hostname {h} && exec \"$0\" \"$@\""));
+    let mut args = match &rename {
+        Some(script) => vec!["unshare", "--uts", "sh", "-c", script],
+        None => vec![],
+    };
+    args.extend([env!("CARGO_BIN_EXE_cerana-bootserver"), "join", "--cmdline", &cmdline, "--dest", &dest]);
     args.extend(["--output", &output]);
     args.extend_from_slice(extra);
     lab.in_client(&args)
@@ -626,13 +634,13 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     let cmdline = lab.path("cmdline");
     std::fs::write(
         &cmdline,
-        format!("console=ttyS0 cerana.boot_server=http://{SERVER_IP}/ cerana.mgmt_mac={mac} cerana.initrd_hash={initrd_hash} cerana.mgmt_ip={CLIENT_IP}/24 cerana.api_token=0123456789abcdef\n"),
+        format!("console=ttyS0 cerana.boot_server=http://{SERVER_IP}/ cerana.mgmt_mac={mac} cerana.initrd_hash={initrd_hash} cerana.mgmt_ip={CLIENT_IP}/24 cerana.api_token=0123456789abcdef cerana.zfs_config=auto\n"),
     )
     .unwrap();
     let (dest, config, tftp) = (lab.path("replica"), lab.path("replica.toml"), lab.path("tftp"));
     let bin = env!("CARGO_BIN_EXE_cerana-bootserver");
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    let out = join_in_client(&lab, &cmdline, &config, &["--tftp-root", &path(&tftp)]);
+    let out = join_in_client(&lab, None, &cmdline, &config, &["--tftp-root", &path(&tftp)]);
     assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
     let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -667,12 +675,12 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     });
     let manifest: serde_json::Value = serde_json::from_str(&served).unwrap();
     assert_eq!(manifest["initrd"], initrd_hash.as_str());
-    assert_eq!(manifest["cmdline"], "cerana.api_token=0123456789abcdef");
+    assert_eq!(manifest["cmdline"], "cerana.zfs_config=auto", "the storage policy passed on, never a credential");
 
     // A node whose command line lacks what the boot server writes is told so; nothing written.
     std::fs::write(&cmdline, "console=ttyS0\n").unwrap();
     let elsewhere = lab.path("elsewhere.toml");
-    let out = join_in_client(&lab, &cmdline, &elsewhere, &[]);
+    let out = join_in_client(&lab, None, &cmdline, &elsewhere, &[]);
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cerana.boot_server"),
         "{}",
@@ -721,7 +729,13 @@ fn a_machine_booted_from_usb_joins_with_an_operators_token_once() {
     std::fs::write(&cmdline, format!("console=ttyS0 {} cerana.mgmt_ip={CLIENT_IP}/24\n", created.cmdline)).unwrap();
     let join = |tls: &str| {
         let tls = lab.path(tls);
-        let out = join_in_client(&lab, &cmdline, &lab.path("replica.toml"), &["--tls-dir", tls.to_str().unwrap()]);
+        let out = join_in_client(
+            &lab,
+            Some("cerana-usb"),
+            &cmdline,
+            &lab.path("replica.toml"),
+            &["--tls-dir", tls.to_str().unwrap()],
+        );
         assert!(out.status.success(), "join failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };

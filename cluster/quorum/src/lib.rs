@@ -154,7 +154,11 @@ async fn prepare_tls(config: &Config) -> Option<StoreTls> {
         if let Some(authority) = &config.authority {
             match issue_own(authority, tls, &config.me.name) {
                 Ok(()) => {
-                    tracing::info!(ca = %authority.ca_dir.display(), "this node has its certificate from the cluster CA")
+                    // The fingerprint an operator checks the CA they are handed against.
+                    let pem = std::fs::read_to_string(tls.ca()).unwrap_or_default();
+                    let sha256 = cerana_pki::fingerprint(&pem).unwrap_or_default();
+                    tracing::info!(ca = %authority.ca_dir.display(), "this node has its certificate from the cluster CA");
+                    tracing::info!("cluster CA sha256={sha256}");
                 }
                 Err(e) => say(format!("cannot issue this node's certificate: {e}")),
             }
@@ -712,14 +716,16 @@ fn config_from_host() -> Result<Config, String> {
         pid_file: "/run/cerana/etcd.pid".into(),
         store_timeout: Duration::from_secs(3),
         authority,
+        // HTTPS: the agent reaches the store only with the node's certificate, which its
+        // coordinator then serves with (`--node-tls`).
         coordinators: Some(Coordinators {
-            own_url: format!("http://{host}:{COORDINATOR_PORT}"),
+            own_url: format!("https://{host}:{COORDINATOR_PORT}"),
             seeds: settings
                 .seeds
                 .iter()
                 .map(|ip| match ip {
-                    std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{COORDINATOR_PORT}"),
-                    v4 => format!("http://{v4}:{COORDINATOR_PORT}"),
+                    std::net::IpAddr::V6(v6) => format!("https://[{v6}]:{COORDINATOR_PORT}"),
+                    v4 => format!("https://{v4}:{COORDINATOR_PORT}"),
                 })
                 .collect(),
             file: CLUSTER_PEERS.into(),

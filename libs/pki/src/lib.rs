@@ -162,6 +162,15 @@ impl ClusterCa {
     }
 }
 
+/// The SHA-256 of a certificate's DER (what `openssl x509 -noout -fingerprint -sha256` shows,
+/// without the colons, in lower case), for an operator to check the CA they were handed
+/// against the one the bootstrap node announced on its console.
+pub fn fingerprint(cert_pem: &str) -> Option<String> {
+    use sha2::Digest;
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes()).next()?.ok()?;
+    Some(sha2::Sha256::digest(der.as_ref()).iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn check_node_name(node: &str) -> Result<(), PkiError> {
     let ok = !node.is_empty()
         && node.len() <= 253
@@ -309,6 +318,10 @@ mod tests {
         let other = ClusterCa::load_or_create(&dir.path().join("other")).unwrap();
         assert_ne!(made.cert_pem(), other.cert_pem());
         assert!(!format!("{made:?}").contains("PRIVATE"));
+        let print = fingerprint(made.cert_pem()).unwrap();
+        assert_eq!((print.len(), fingerprint(again.cert_pem())), (64, Some(print.clone())));
+        assert_ne!(fingerprint(other.cert_pem()), Some(print));
+        assert_eq!(fingerprint("not a certificate"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cerana_protocol::events::LifecycleEvent;
 use serde_json::{json, Value};
 
-use crate::http::{request, HttpError};
+use crate::http::{request_over, HttpError, TlsClient};
 
 /// What every load task is given to finish; the HTTP call waits this plus [`HANG_SLACK`].
 pub const LOAD_TASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +33,8 @@ const SERVE_BETWEEN_KILLS: Duration = Duration::from_millis(2500);
 #[derive(Debug, Clone)]
 pub struct Target {
     pub coordinator: SocketAddr,
+    /// HTTPS to a cluster node (its coordinator serves plain HTTP to loopback only).
+    pub tls: Option<TlsClient>,
     pub token: String,
     pub console: PathBuf,
 }
@@ -137,7 +139,15 @@ struct Epoch {
 
 fn post_task(target: &Target, body: &Value, timeout: Duration) -> Result<(u16, Value), HttpError> {
     let raw = body.to_string();
-    let response = request(target.coordinator, "POST", "/v1/tasks", Some(&target.token), raw.as_bytes(), timeout)?;
+    let response = request_over(
+        target.coordinator,
+        target.tls.as_ref(),
+        "POST",
+        "/v1/tasks",
+        Some(&target.token),
+        raw.as_bytes(),
+        timeout,
+    )?;
     let value = serde_json::from_slice(&response.body).unwrap_or_else(|_| {
         Value::String(format!(
             "not JSON: {}",

@@ -7,7 +7,10 @@
 //! so the cluster outlives the command; [`Cluster::down`] ends it from that directory alone.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::http::TlsClient;
 
 use crate::qemu::{require_file, Firmware, QemuCommand, OVMF_BIOS, QEMU_SYSTEM};
 
@@ -84,6 +87,14 @@ impl Layout {
     pub fn token_file(&self) -> PathBuf {
         self.state_dir.join("api-token")
     }
+    /// The admin credential that works on every node (a scoped token minted on node 1).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.state_dir.join("admin-token")
+    }
+    /// The cluster CA's certificate, fetched from node 1 and checked against its console.
+    pub fn ca_file(&self) -> PathBuf {
+        self.state_dir.join("ca.crt")
+    }
     /// The `cerana` CLI's configuration for this cluster (`CERANA_CONFIG`).
     pub fn cli_config(&self) -> PathBuf {
         self.state_dir.join("cerana.toml")
@@ -111,27 +122,46 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One HTTP exchange with a JSON answer (any status: the body says what went wrong).
+/// One HTTP exchange with a JSON answer (any status: the body says what went wrong), over TLS
+/// when `tls` is given.
 fn http_json(
     addr: &str,
+    tls: Option<&TlsClient>,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&str>,
 ) -> Result<serde_json::Value, ClusterError> {
-    let what = format!("{method} http://{addr}{path}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let what = format!("{method} {scheme}://{addr}{path}");
     let sockaddr = addr.parse().map_err(|e| ClusterError::Invalid(format!("{addr}: {e}")))?;
     let body = body.unwrap_or_default().as_bytes();
-    let response = crate::http::request(sockaddr, method, path, token, body, Duration::from_secs(60))
+    let response = crate::http::request_over(sockaddr, tls, method, path, token, body, Duration::from_secs(60))
         .map_err(|e| ClusterError::Invalid(format!("{what}: {e}")))?;
     serde_json::from_slice(&response.body)
         .map_err(|e| ClusterError::Invalid(format!("{what}: {e}: {}", String::from_utf8_lossy(&response.body))))
+}
+
+/// The console line node 1's quorum agent writes once the cluster CA is made.
+const CA_FINGERPRINT: &str = "cluster CA sha256=";
+
+/// The fingerprint of the cluster CA that `console` announces.
+pub fn announced_ca_fingerprint(console: &str) -> Option<String> {
+    console.lines().find_map(|l| {
+        let at = l.find(CA_FINGERPRINT)? + CA_FINGERPRINT.len();
+        let hex: String = l[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+        (hex.len() == 64).then_some(hex)
+    })
 }
 
 #[derive(Debug)]
 pub struct Cluster {
     pub layout: Layout,
     pub token: String,
+    /// HTTPS to the nodes, trusting the cluster CA, once it is known.
+    tls: Mutex<Option<TlsClient>>,
+    /// The admin token for the nodes other than node 1, once minted.
+    admin: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -154,8 +184,8 @@ impl Cluster {
         std::fs::write(layout.state_dir.join("netns"), format!("{}\n{}\n", layout.netns, layout.host_if))
             .map_err(io("state"))?;
         let token = crate::vm::random_token().map_err(|e| ClusterError::Invalid(e.to_string()))?;
-        std::fs::write(layout.token_file(), &token).map_err(io("token"))?;
-        let cluster = Cluster { layout, token };
+        write_secret(&layout.token_file(), &token)?;
+        let cluster = Cluster { layout, token, tls: Mutex::new(None), admin: Mutex::new(None) };
         cluster.network()?;
         cluster.start_bootstrap()?;
         Ok(cluster)
@@ -324,7 +354,7 @@ impl Cluster {
 
     /// GET `path` from the bootserver (port 80) of the node at `ip`.
     pub fn bootserver_get_at(&self, ip: &str, path: &str) -> Result<serde_json::Value, ClusterError> {
-        http_json(&format!("{ip}:80"), "GET", path, None, None)
+        http_json(&format!("{ip}:80"), None, "GET", path, None, None)
     }
 
     /// The address node 1 leased to `node` (2..N), from its `/leases`.
@@ -341,15 +371,84 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Invalid(format!("node {node} ({mac}) has no lease on node 1: {leases}")))
     }
 
-    /// Runs `task` through the coordinator API (port 8080) of the node at `ip` with the
-    /// cluster's token; returns the result, or the task's error as [`ClusterError::Invalid`].
+    /// Runs `task` through the coordinator API (port 8080) of the node at `ip` as an admin
+    /// ([`Cluster::request`]); returns the result, or the task's error as [`ClusterError::Invalid`].
     pub fn task(&self, ip: &str, task: &str, args: serde_json::Value) -> Result<serde_json::Value, ClusterError> {
-        let body = serde_json::json!({ "task": task, "args": args }).to_string();
-        let response = http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(&self.token), Some(&body))?;
+        let response = self.request(ip, &serde_json::json!({ "task": task, "args": args }))?;
         match response.get("result") {
             Some(result) => Ok(result.clone()),
             None => Err(ClusterError::Invalid(format!("{task} on {ip}: {response}"))),
         }
+    }
+
+    /// HTTPS to the nodes: the cluster CA, fetched from node 1's boot server and accepted only
+    /// if its fingerprint is the one node 1's console announced (the console is the channel an
+    /// attacker on the network does not hold). Waits up to `limit` for node 1 to make it.
+    pub fn https(&self, limit: Duration) -> Result<TlsClient, ClusterError> {
+        if let Some(tls) = self.tls.lock().expect("tls lock").clone() {
+            return Ok(tls);
+        }
+        let start = Instant::now();
+        let ca_pem = loop {
+            let console = std::fs::read_to_string(self.layout.console(1)).unwrap_or_default();
+            let fetched = crate::http::request(
+                format!("{}:80", self.layout.bootstrap_ip()).parse().expect("an address"),
+                "GET",
+                "/ca.crt",
+                None,
+                b"",
+                Duration::from_secs(10),
+            );
+            let last = match (announced_ca_fingerprint(&console), fetched) {
+                (Some(announced), Ok(answer)) if answer.status == 200 => {
+                    let pem = String::from_utf8_lossy(&answer.body).into_owned();
+                    if cerana_pki::fingerprint(&pem).as_deref() != Some(announced.as_str()) {
+                        return Err(ClusterError::Invalid(format!(
+                            "the CA node 1's boot server sent is not the one its console announced ({announced})"
+                        )));
+                    }
+                    break pem;
+                }
+                (announced, fetched) => format!("announced {announced:?}, fetched {:?}", fetched.map(|a| a.status)),
+            };
+            if start.elapsed() > limit {
+                return Err(ClusterError::Invalid(format!(
+                    "no cluster CA from node 1 within {} s: {last}",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        std::fs::write(self.layout.ca_file(), &ca_pem).map_err(io("ca.crt"))?;
+        let tls = TlsClient::trusting(&ca_pem).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        *self.tls.lock().expect("tls lock") = Some(tls.clone());
+        Ok(tls)
+    }
+
+    /// The admin token the nodes other than node 1 take (a scoped one; the cluster's own token
+    /// is node 1's alone), minted on node 1 the first time it is needed, once the store is up.
+    pub fn admin_token(&self) -> Result<String, ClusterError> {
+        let mut admin = self.admin.lock().expect("admin lock");
+        if let Some(token) = admin.clone() {
+            return Ok(token);
+        }
+        let node1 = self.layout.bootstrap_ip();
+        let args = serde_json::json!({"role": "admin", "ttl_seconds": 30 * 86_400, "description": "make cluster"});
+        let start = Instant::now();
+        let created = loop {
+            match self.request_as(&node1, &self.token, &serde_json::json!({"task": "auth-token-create", "args": args}))
+            {
+                Ok(r) if r.get("result").is_some() => break r["result"].clone(),
+                last if start.elapsed() > Duration::from_secs(180) => {
+                    return Err(ClusterError::Invalid(format!("no admin token from node 1: {last:?}")))
+                }
+                _ => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        let token = created["token"].as_str().ok_or_else(|| ClusterError::Invalid(format!("{created}")))?.to_owned();
+        write_secret(&self.layout.admin_token_file(), &token)?;
+        *admin = Some(token.clone());
+        Ok(token)
     }
 
     /// Waits until `kv-members` through the node at `ip` lists `voters` voters, every one
@@ -378,9 +477,23 @@ impl Cluster {
     }
 
     /// Sends a whole task request (`{task, args, node?, stream?}`) to the coordinator at `ip`
-    /// and returns the whole response (`result` or `error`, and `stream`).
+    /// as an admin (node 1: the cluster's token; any other node: [`Cluster::admin_token`],
+    /// waited for until that node has it) and returns the whole response (`result` or `error`,
+    /// and `stream`).
     pub fn request(&self, ip: &str, request: &serde_json::Value) -> Result<serde_json::Value, ClusterError> {
-        self.request_as(ip, &self.token, request)
+        if ip == self.layout.bootstrap_ip() {
+            return self.request_as(ip, &self.token, request);
+        }
+        let token = self.admin_token()?;
+        let start = Instant::now();
+        loop {
+            let response = self.request_as(ip, &token, request)?;
+            // The node takes the token once its agent has copied it from the store.
+            if response["error"]["code"] != "unauthenticated" || start.elapsed() > Duration::from_secs(120) {
+                return Ok(response);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// [`Cluster::request`] with another bearer token (a scoped one, say).
@@ -390,19 +503,34 @@ impl Cluster {
         token: &str,
         request: &serde_json::Value,
     ) -> Result<serde_json::Value, ClusterError> {
-        http_json(&format!("{ip}:8080"), "POST", "/v1/tasks", Some(token), Some(&request.to_string()))
+        let tls = self.https(Duration::from_secs(180))?;
+        let addr = format!("{ip}:8080");
+        // A node loads its certificate within a second of getting it: until then it cannot
+        // take HTTPS.
+        let start = Instant::now();
+        loop {
+            match http_json(&addr, Some(&tls), "POST", "/v1/tasks", Some(token), Some(&request.to_string())) {
+                Err(e) if start.elapsed() < Duration::from_secs(10) && e.to_string().contains("TLS") => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Writes the CLI's configuration: the nodes' coordinators (node 1 first) and the cluster
-    /// token's file (0600, as the token), so that `cerana` needs no flags.
+    /// Writes the CLI's configuration: the nodes' coordinators (node 1 first, over HTTPS), the
+    /// cluster CA and an admin token that every node takes (0600, as the token), so that
+    /// `cerana` needs no flags.
     pub fn write_cli_config(&self) -> Result<PathBuf, ClusterError> {
         let l = &self.layout;
-        let mut nodes = vec![format!("http://{}:8080", l.bootstrap_ip())];
-        nodes.extend((2..=l.nodes).filter_map(|n| self.leased_ip(n).ok()).map(|ip| format!("http://{ip}:8080")));
+        self.https(Duration::from_secs(180))?;
+        self.admin_token()?;
+        let mut nodes = vec![format!("https://{}:8080", l.bootstrap_ip())];
+        nodes.extend((2..=l.nodes).filter_map(|n| self.leased_ip(n).ok()).map(|ip| format!("https://{ip}:8080")));
         let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
         let text = format!(
-            "# Written by make cluster: the cluster's coordinators and its (admin) token.\n\
-             cluster = \"{}\"\nnodes = [{}]\ntoken_file = \"api-token\"\n",
+            "# Written by make cluster: the cluster's coordinators, its CA and an admin token.\n\
+             cluster = \"{}\"\nnodes = [{}]\nca_cert = \"ca.crt\"\ntoken_file = \"admin-token\"\n",
             l.netns,
             quoted.join(", ")
         );
@@ -438,12 +566,28 @@ impl Cluster {
             ));
         }
         s.push_str(&format!(
-            "\nUse it (cerana: {cli}):\n  export CERANA_CONFIG={config}\n  cerana status\n  cerana kv members\n  cerana task run boot-machines\n  cerana --node http://{ip}:8080 get nodes   # one node in particular\n  curl http://{ip}/leases; curl http://{ip}/machines\nStop it: make cluster-down\n",
+            "\nUse it (cerana: {cli}):\n  export CERANA_CONFIG={config}\n  cerana status\n  cerana kv members\n  cerana task run boot-machines\n  cerana --node https://{ip}:8080 get nodes   # one node in particular\n  curl http://{ip}/leases; curl http://{ip}/machines\n  curl --cacert {ca} -H \"Authorization: Bearer $(cat {admin})\" https://{ip}:8080/v1/providers\nStop it: make cluster-down\n",
             ip = l.bootstrap_ip(),
+            ca = l.ca_file().display(),
+            admin = l.admin_token_file().display(),
             cli = std::env::var("CERANA_CLI").unwrap_or_else(|_| "cerana".into())
         ));
         s
     }
+}
+
+/// Writes a credential readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path.display().to_string()))?;
+    file.write_all(secret.as_bytes()).map_err(io(path.display().to_string()))
 }
 
 /// Kills the VMs whose pidfiles are in `state_dir` and deletes the namespace (its bridge, taps
@@ -501,6 +645,10 @@ mod tests {
     #[test]
     fn node_ready_is_found_only_as_a_lifecycle_event() {
         assert!(console_is_ready("x\r\nCERANA-EVENT {\"event\":\"node_ready\",\"uptime_ms\":5}\r\n"));
+        let hex = "ab".repeat(32);
+        let line = format!("[quorum] 2026-12-04T10:00:00Z  INFO cerana_quorum: cluster CA sha256={hex}\r\n");
+        assert_eq!(announced_ca_fingerprint(&line), Some(hex.clone()));
+        assert_eq!(announced_ca_fingerprint(&format!("cluster CA sha256={}\n", &hex[..60])), None, "cut short");
         assert!(!console_is_ready("echo CERANA-EVENT {\"event\":\"node_ready\"}\n"));
         assert!(!console_is_ready("CERANA-EVENT {\"event\":\"service_ready\"}\n"));
     }

@@ -1,7 +1,9 @@
-//! A small HTTP/1.1 client for the node's coordinator API (one request per connection).
+//! A small HTTP/1.1 client for the node's coordinator API (one request per connection), over
+//! TLS to a cluster node that has its certificate ([`TlsClient`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -14,6 +16,40 @@ pub enum HttpError {
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("malformed HTTP response: {0}")]
     Malformed(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// HTTPS that trusts one CA only (the cluster's), checked against the server's address.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl TlsClient {
+    /// Trusting the CA certificate `ca_pem`.
+    pub fn trusting(ca_pem: &str) -> Result<Self, HttpError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(cert.map_err(|e| HttpError::Tls(e.to_string()))?).map_err(|e| HttpError::Tls(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(HttpError::Tls("no CA certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HttpError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self { config: Arc::new(config) })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +79,20 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect { addr, source })?;
+    request_over(addr, None, method, path, token, body, timeout)
+}
+
+/// [`request`] over TLS when `tls` is given.
+pub fn request_over(
+    addr: SocketAddr,
+    tls: Option<&TlsClient>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|source| HttpError::Connect { addr, source })?;
     let io = |source| HttpError::Io { addr, source };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -56,11 +104,30 @@ pub fn request(
         head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.write_all(body).map_err(io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io)?;
+    let raw = match tls {
+        None => exchange(stream, head.as_bytes(), body).map_err(io)?,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn =
+                rustls::ClientConnection::new(tls.config.clone(), name).map_err(|e| HttpError::Tls(e.to_string()))?;
+            exchange(rustls::StreamOwned::new(conn, stream), head.as_bytes(), body).map_err(io)?
+        }
+    };
     parse_response(&raw)
+}
+
+/// Writes the request and reads the answer to its end. A TLS peer that closes without a
+/// close_notify after its answer has still answered (`Connection: close`).
+fn exchange(mut stream: impl Read + Write, head: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(head)?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, HttpError> {

@@ -136,6 +136,7 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
     let ips: Vec<String> = [2, 3].iter().map(|n| cluster.leased_ip(*n).unwrap()).collect();
     replicate_across_nodes(&cluster, &cluster.layout.bootstrap_ip(), &ips[0], &ips[1]);
+    no_shared_secret_and_https_only(&cluster, &ips[0]);
     hostile_probes_on_node_1(&cluster);
     quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(
         &cluster,
@@ -324,7 +325,8 @@ fn quorum_forms_survives_a_reboot_and_replaces_a_lost_voter(cluster: &Cluster, i
 /// received on `target`, whose coordinator pulls the stream from `source`'s.
 fn replicate_across_nodes(cluster: &Cluster, via: &str, source: &str, target: &str) {
     use serde_json::json;
-    let node = |ip: &str| format!("http://{ip}:8080");
+    // Over mutual TLS: each coordinator presents its node's certificate to the other.
+    let node = |ip: &str| format!("https://{ip}:8080");
     // A coordinator forwards only to members: the nodes' entries in the cluster store, which
     // each node's agent writes once it reaches the store (seconds after node_ready).
     for (from, to) in [(via, source), (via, target), (target, source)] {
@@ -406,6 +408,49 @@ fn scoped_tokens_work_on_every_node(cluster: &Cluster, ips: &[String; 3]) {
         assert!(t.elapsed() < Duration::from_secs(30), "node 2 still takes the revoked token: {response}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Issue #17: node 2's boot script carried no reusable secret (its join token is spent); its
+/// API refuses plain HTTP from the host, HTTPS without a credential, and the cluster's token
+/// (node 1's alone); the admin token minted on node 1 works.
+fn no_shared_secret_and_https_only(cluster: &Cluster, ip2: &str) {
+    let console = std::fs::read_to_string(cluster.layout.console(2)).unwrap_or_default();
+    // What iPXE and the kernel show of the script's command line.
+    let lines: Vec<&str> = console.lines().filter(|l| l.contains("cerana.join_token=")).collect();
+    assert!(!lines.is_empty(), "node 2's console shows no command line with a join token");
+    for line in lines {
+        assert!(!line.contains("api_token") && !line.contains(&cluster.token), "a reusable secret: {line}");
+    }
+    let api: std::net::SocketAddr = format!("{ip2}:8080").parse().unwrap();
+    let token = Some(cluster.token.as_str());
+    let plain = cerana_testbed::http::request(api, "GET", "/v1/providers", token, b"", Duration::from_secs(10))
+        .expect("an answer to plain HTTP");
+    let text = String::from_utf8_lossy(&plain.body).into_owned();
+    assert!(plain.status == 403 && text.contains("HTTPS"), "plain HTTP to node 2: {} {text}", plain.status);
+    let tls = cluster.https(Duration::from_secs(10)).unwrap();
+    let get = |token: Option<&str>| {
+        let answer = cerana_testbed::http::request_over(
+            api,
+            Some(&tls),
+            "GET",
+            "/v1/providers",
+            token,
+            b"",
+            Duration::from_secs(10),
+        )
+        .expect("an HTTPS answer");
+        (answer.status, String::from_utf8_lossy(&answer.body).into_owned())
+    };
+    let (status, text) = get(None);
+    assert_eq!(status, 401, "no credential: {text}");
+    let (status, text) = get(token);
+    assert_eq!(status, 401, "the cluster's token is node 1's alone: {text}");
+    let admin = cluster.admin_token().unwrap();
+    let (status, text) = get(Some(&admin));
+    assert_eq!(status, 200, "the admin token minted on node 1: {text}");
+    eprintln!(
+        "node 2: plain HTTP refused (403), HTTPS without a credential or with the cluster token 401, admin token 200"
+    );
 }
 
 /// Self-replication: node 2 boots from node 1, keeps its image, takes DHCP over (with node 1's
@@ -525,10 +570,13 @@ fn hostile_probes_on_node_1(cluster: &Cluster) {
         let held = hold_connections(attacker, server, flood);
         // The held connections are all open (the caps answer 503 and close, they never make
         // the kernel refuse), and another machine is served at once.
+        // The coordinator answers plain HTTP from off the node with 403 (HTTPS only): an
+        // answer all the same.
+        let served = if port == 8080 { "HTTP/1.1 403" } else { "HTTP/1.1 200" };
         let status = get_from(other, server, "/health").unwrap_or_else(|e| panic!("port {port}: {e}"));
-        assert!(status.starts_with("HTTP/1.1 200"), "port {port} while {} are held: {status}", held.len());
+        assert!(status.starts_with(served), "port {port} while {} are held: {status}", held.len());
         let refused = get_from(attacker, server, "/health").unwrap_or_else(|e| e);
-        if refused.starts_with("HTTP/1.1 200") {
+        if refused.starts_with(served) {
             // Legitimate only when the server had dropped some of the held connections that it
             // took (no answer, unlike the 503s over the cap): their header timeout (10 s) ran out
             // while a slow guest was still answering the rest of the flood.
@@ -657,6 +705,7 @@ fn kill_every_daemon_under_load(cluster: &Cluster, rounds: u32) {
     let leases_before = macs(cluster.bootserver_get("/leases").expect("leases"));
     let target = chaos::Target {
         coordinator: format!("{ip}:8080").parse().unwrap(),
+        tls: Some(cluster.https(Duration::from_secs(10)).expect("the cluster CA")),
         token: cluster.token.clone(),
         console: cluster.layout.console(1),
     };
