@@ -42,8 +42,8 @@ EXIT CODES:
 #[derive(Parser, Debug)]
 #[command(name = "cerana", version, about = "Run tasks on CeranaOS nodes and inspect their coordinators", after_help = AFTER_HELP)]
 struct Cli {
-    /// A node's coordinator URL (http:// or https://); without it, a node of --config, else
-    /// the local unix socket.
+    /// A node's coordinator URL (http:// or https://), reached with --config's CA and
+    /// credential if one is given; without it, a node of --config, else the local unix socket.
     #[arg(long, global = true, env = "CERANA_NODE")]
     node: Option<NodeUrl>,
     /// A cluster's CLI configuration (its nodes and credential; `make cluster` writes one):
@@ -354,9 +354,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let config = match (&cli.node, &cli.config) {
-        (None, Some(path)) => Some(config::CliConfig::load(path).map_err(|e| Failure::usage(e.to_string()))?),
-        _ => None,
+    // With --node too, the configuration's CA and credential apply: --node only picks the node.
+    let config = match &cli.config {
+        Some(path) => Some(config::CliConfig::load(path).map_err(|e| Failure::usage(e.to_string()))?),
+        None => None,
     };
     let node = match (&cli.node, &config) {
         (Some(node), _) => node.clone(),

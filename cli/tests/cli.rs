@@ -160,6 +160,13 @@ async fn talks_to_a_remote_node_with_a_token() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let entry: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(entry["result"]["data"], "later");
+
+    // A cluster's configuration gives its credential to --node as well.
+    let config = dir.path().join("cerana.toml");
+    std::fs::write(&config, "cluster = \"lab\"\nnodes = [\"http://127.0.0.1:1\"]\ntoken_file = \"token\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let run = cerana(&socket, &["--config", config, "--node", &url, "task", "run", "node-info", "-o", "json"]).await;
+    assert_eq!(run.code, 0, "--node with the configuration's token: {}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
