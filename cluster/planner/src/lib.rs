@@ -15,6 +15,8 @@
 //! - Replicas beyond `redundancy`, and every replica of a bundle no longer declared, are stopped
 //!   (on healthy nodes; an unreachable node's are stopped once it is back).
 
+pub mod datasets;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
