@@ -507,15 +507,18 @@ pub async fn serve(
         let (app, tls, core) = (app.clone(), tls.clone(), core.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let acceptor = match (tls, &core.node_tls) {
+            let acceptor = match (tls, core.node_tls.as_ref().and_then(|watch| watch.current())) {
                 (Some(acceptor), _) => Some(acceptor),
-                (None, Some(watch)) => match node_tls_admission(&tcp, peer, watch, limits).await {
-                    NodeTlsAdmission::Tls(acceptor) => Some(acceptor),
-                    NodeTlsAdmission::Plain => None,
-                    NodeTlsAdmission::Refuse => return refuse_plain_http(tcp, peer).await,
-                    NodeTlsAdmission::Silent => return,
-                },
+                // Before the node has its certificate: plain HTTP, as a node outside a cluster.
                 (None, None) => None,
+                (None, Some(loaded)) => match first_byte(&tcp, limits).await {
+                    None => return,
+                    Some(first) => match crate::node_tls::admit(first, peer.ip().is_loopback()) {
+                        crate::node_tls::Admit::Tls => Some(loaded.acceptor.clone()),
+                        crate::node_tls::Admit::Plain => None,
+                        crate::node_tls::Admit::RefusePlain => return refuse_plain_http(tcp, peer).await,
+                    },
+                },
             };
             let result = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
@@ -535,33 +538,12 @@ pub async fn serve(
     }
 }
 
-/// How a connection to a node-TLS listener goes on.
-enum NodeTlsAdmission {
-    Tls(tokio_rustls::TlsAcceptor),
-    Plain,
-    /// Plain HTTP from off the node: answered with a refusal.
-    Refuse,
-    /// Nothing came in time.
-    Silent,
-}
-
-async fn node_tls_admission(
-    tcp: &tokio::net::TcpStream,
-    peer: SocketAddr,
-    watch: &crate::node_tls::NodeTlsWatch,
-    limits: ConnectionLimits,
-) -> NodeTlsAdmission {
-    use crate::node_tls::Admit;
-    let Some(loaded) = watch.current() else { return NodeTlsAdmission::Plain };
+/// The first byte a client sends, without taking it; none if nothing comes in time.
+async fn first_byte(tcp: &tokio::net::TcpStream, limits: ConnectionLimits) -> Option<u8> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.header_timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        _ => return NodeTlsAdmission::Silent,
-    }
-    match crate::node_tls::admit(first[0], true, peer.ip().is_loopback()) {
-        Admit::Tls => NodeTlsAdmission::Tls(loaded.acceptor.clone()),
-        Admit::Plain => NodeTlsAdmission::Plain,
-        Admit::RefusePlain => NodeTlsAdmission::Refuse,
+        Ok(Ok(1)) => Some(first[0]),
+        _ => None,
     }
 }
 

@@ -88,23 +88,24 @@ impl NodeTlsWatch {
     }
 }
 
-/// How a connection to a node-TLS listener is taken, from its first byte.
+/// How a connection to a node-TLS listener that has its certificate is taken, from its first
+/// byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
     Tls,
     Plain,
-    /// Plain HTTP from off the node once it speaks TLS.
+    /// Plain HTTP from off the node.
     RefusePlain,
 }
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-pub fn admit(first: u8, has_identity: bool, from_loopback: bool) -> Admit {
-    match (has_identity, first == TLS_HANDSHAKE, from_loopback) {
-        (true, true, _) => Admit::Tls,
-        (true, false, true) | (false, _, _) => Admit::Plain,
-        (true, false, false) => Admit::RefusePlain,
+pub fn admit(first: u8, from_loopback: bool) -> Admit {
+    match (first == TLS_HANDSHAKE, from_loopback) {
+        (true, _) => Admit::Tls,
+        (false, true) => Admit::Plain,
+        (false, false) => Admit::RefusePlain,
     }
 }
 
@@ -114,11 +115,10 @@ mod tests {
 
     #[test]
     fn plain_http_is_for_loopback_once_the_node_has_its_certificate() {
-        assert_eq!(admit(b'P', false, false), Admit::Plain, "no certificate yet: as before");
-        assert_eq!(admit(TLS_HANDSHAKE, true, false), Admit::Tls);
-        assert_eq!(admit(TLS_HANDSHAKE, true, true), Admit::Tls);
-        assert_eq!(admit(b'P', true, true), Admit::Plain);
-        assert_eq!(admit(b'G', true, false), Admit::RefusePlain);
+        assert_eq!(admit(TLS_HANDSHAKE, false), Admit::Tls);
+        assert_eq!(admit(TLS_HANDSHAKE, true), Admit::Tls);
+        assert_eq!(admit(b'P', true), Admit::Plain);
+        assert_eq!(admit(b'G', false), Admit::RefusePlain);
     }
 
     #[test]

@@ -129,16 +129,8 @@ pub fn claim_name(ca_dir: &Path, name: &str, mac: MacAddr) -> Result<(), Refusal
         None => {}
     }
     names.insert(key, mac);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(&names).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| failed(e.to_string()))
+    let json = serde_json::to_vec_pretty(&names).map_err(|e| failed(e.to_string()))?;
+    cerana_pki::write_file(&path, &json, 0o600).map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]

@@ -51,8 +51,10 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes `data` to `path` through a temporary file and a rename, with `mode`.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Writes `data` to `path` through a temporary file (fsynced) and a rename, with `mode`: a
+/// reader sees the old file or the whole new one. Also for the other secrets and records kept
+/// beside the CA.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -578,16 +578,7 @@ impl Cluster {
 
 /// Writes a credential readable by its owner only.
 fn write_secret(path: &Path, secret: &str) -> Result<(), ClusterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path.display().to_string()))?;
-    file.write_all(secret.as_bytes()).map_err(io(path.display().to_string()))
+    cerana_pki::write_file(path, secret.as_bytes(), 0o600).map_err(|e| ClusterError::Invalid(e.to_string()))
 }
 
 /// Kills the VMs whose pidfiles are in `state_dir` and deletes the namespace (its bridge, taps
