@@ -130,7 +130,7 @@ impl Bootstrap {
         initrd: &Path,
         tftp_root: &Path,
         dhcp: DhcpMode,
-        ca_dir: Option<&Path>,
+        issuer: Option<Issuer<'_>>,
     ) -> String {
         let [first, last] = self.range();
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
@@ -152,9 +152,14 @@ impl Bootstrap {
         if let Some(gw) = self.gateway {
             out.push_str(&format!("gateway = \"{gw}\"\n"));
         }
-        if let Some(dir) = ca_dir {
+        let top_level = match issuer {
+            Some(Issuer::Here(dir)) => Some(format!("ca_dir = {}", quote(&dir.display().to_string()))),
+            Some(Issuer::At(server)) => Some(format!("join_server = {}", quote(server))),
+            None => None,
+        };
+        if let Some(line) = top_level {
             // Top-level keys go before the first table.
-            out = out.replacen("\n[dhcp]\n", &format!("ca_dir = {}\n\n[dhcp]\n", quote(&dir.display().to_string())), 1);
+            out = out.replacen("\n[dhcp]\n", &format!("{line}\n\n[dhcp]\n"), 1);
         }
         // What the booted nodes share with this one: the storage policy and the quorum's size.
         // Never a credential: a boot script is served to whoever asks for it. A node proves
@@ -177,6 +182,15 @@ impl Bootstrap {
         ));
         out
     }
+}
+
+/// Who issues the certificates of the machines a boot server boots.
+#[derive(Debug, Clone, Copy)]
+pub enum Issuer<'a> {
+    /// This server, with the cluster CA in this directory.
+    Here(&'a Path),
+    /// The boot server at this base URL; this one records its join tokens in the cluster store.
+    At(&'a str),
 }
 
 /// Where the bootstrap node's quorum agent links the cluster CA it keeps on the pool.
@@ -238,10 +252,18 @@ mod tests {
             "cerana.boot_server=http://10.99.0.2/ cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
         assert!(matches!(Bootstrap::from_cmdline(line), Err(BootstrapError::AddressInPool(_))));
         let b = Bootstrap::for_replica(line).unwrap();
-        let text =
-            b.config("eth0", Path::new("/run/k"), Path::new("/run/i"), Path::new("/usr/lib/ipxe"), DhcpMode::Off, None);
+        let issuer = Some(Issuer::At("http://10.99.0.2"));
+        let text = b.config(
+            "eth0",
+            Path::new("/run/k"),
+            Path::new("/run/i"),
+            Path::new("/usr/lib/ipxe"),
+            DhcpMode::Off,
+            issuer,
+        );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
+        assert_eq!((config.join_server.as_deref(), config.ca_dir.as_deref()), (Some("http://10.99.0.2"), None));
         assert_eq!(config.dhcp.mode, DhcpMode::Off);
         assert!(config.dhcp.pool.is_some(), "kept for boot-dhcp full");
     }
@@ -257,7 +279,7 @@ mod tests {
             Path::new("/run/i"),
             Path::new("/usr/lib/ipxe"),
             DhcpMode::Full,
-            Some(ca),
+            Some(Issuer::Here(ca)),
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();

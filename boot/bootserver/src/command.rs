@@ -117,7 +117,7 @@ async fn run() -> anyhow::Result<()> {
                 &initrd,
                 &tftp_root,
                 crate::config::DhcpMode::Full,
-                Some(Path::new(crate::bootstrap::CLUSTER_CA_DIR)),
+                Some(crate::bootstrap::Issuer::Here(Path::new(crate::bootstrap::CLUSTER_CA_DIR))),
             ),
         )
         .with_context(|| format!("writing {}", output.display()))?;
@@ -136,7 +136,12 @@ async fn run() -> anyhow::Result<()> {
     if args.state_dir.is_some() {
         config.state_dir = args.state_dir;
     }
-    let mut server = crate::Bootserver::start(config).await.context("starting the bootserver")?;
+    // Join tokens go to the cluster store through the node's coordinator (the kv provider).
+    let join_store = args.coordinator.as_ref().map(|socket| {
+        std::sync::Arc::new(crate::join_store::KvJoinStore::new(socket))
+            as std::sync::Arc<dyn crate::join_store::JoinStore>
+    });
+    let mut server = crate::Bootserver::start(config, join_store).await.context("starting the bootserver")?;
     // Ready once DHCP, TFTP and HTTP serve; the coordinator may come later.
     cerana_protocol::readiness::notify_ready();
     if let Some(socket) = args.coordinator {

@@ -130,9 +130,21 @@ pub struct Config {
     /// in; without it, check-ins get no certificate.
     #[serde(default)]
     pub ca_dir: Option<PathBuf>,
+    /// A server without the CA: the boot server that issues the certificates
+    /// (`http://<address>[:port]`). Its boot scripts send the machines' check-ins there
+    /// (`cerana.join_server`), with join tokens recorded in the cluster store.
+    #[serde(default)]
+    pub join_server: Option<String>,
     /// How long the one-time join token in each boot script stays valid (with a CA only).
     #[serde(default = "default_join_token_ttl_secs")]
     pub join_token_ttl_secs: u64,
+}
+
+/// `http://<IPv4>[:port]`, nothing more: it goes into kernel command lines.
+pub fn is_http_base(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("http://") else { return false };
+    let (host, port) = rest.split_once(':').unwrap_or((rest, "80"));
+    host.parse::<std::net::Ipv4Addr>().is_ok() && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn default_join_token_ttl_secs() -> u64 {
@@ -433,6 +445,16 @@ impl Config {
                 }
             }
             _ => {}
+        }
+        if let Some(server) = &self.join_server {
+            if self.ca_dir.is_some() {
+                return invalid(
+                    "join_server is for a server without ca_dir: one that holds the CA issues itself".into(),
+                );
+            }
+            if !is_http_base(server) {
+                return invalid(format!("join_server {server:?} is not http://<IPv4 address>[:port]"));
+            }
         }
         if !(30..=86_400).contains(&self.join_token_ttl_secs) {
             return invalid(format!("join_token_ttl_secs {} is not from 30 to 86400", self.join_token_ttl_secs));

@@ -321,10 +321,16 @@ async fn boot_script(
                 BootEventKind::HttpScript { image: Some(name.clone()) },
             );
             let cluster_ips = cluster_ips(&state.config, state.server_ip);
-            // Only a server that can sign certificates hands out tokens to redeem for one.
-            let join_token = match state.config.ca_dir {
-                None => None,
-                Some(_) => match state.join_tokens.mint(mac, uuid, crate::events::now_ms() / 1000) {
+            // Only a server that signs certificates, or whose check-ins go to one that does
+            // (its tokens in the cluster store), hands out tokens to redeem for one.
+            let now = crate::events::now_ms() / 1000;
+            let leased = state
+                .dhcp
+                .service()
+                .and_then(|d| d.leases().into_iter().find(|l| l.mac == mac && l.is_active(now)).map(|l| l.ip));
+            let join_token = match (&state.config.ca_dir, &state.config.join_server) {
+                (None, None) => None,
+                _ => match state.join_tokens.mint(mac, uuid, leased, now).await {
                     Ok(token) => Some(format!("cerana.join_token={}", token.reveal())),
                     Err(e) => {
                         tracing::error!(%mac, error = %e, "no join token for this boot script");
@@ -339,6 +345,7 @@ async fn boot_script(
                 state.config.boot.cmdline.clone(),
                 join_token.unwrap_or_default(),
                 format!("cerana.boot_server={}/", state.base),
+                state.config.join_server.as_ref().map(|j| format!("cerana.join_server={j}/")).unwrap_or_default(),
                 format!("cerana.cluster_ips={cluster_ips}"),
                 format!("cerana.mgmt_mac={mac_s}"),
                 format!("cerana.initrd_hash=sha256-{}", image.initrd.sha256),
@@ -584,7 +591,7 @@ async fn checkin(
         return StatusCode::NO_CONTENT.into_response();
     };
     let leases = state.dhcp.service().map(|d| d.leases()).unwrap_or_default();
-    match crate::certificates::issue(ca_dir, &state.join_tokens, &leases, peer.ip(), &checkin, public_key) {
+    match crate::certificates::issue(ca_dir, &state.join_tokens, &leases, peer.ip(), &checkin, public_key).await {
         Ok((name, reply)) => {
             state.events.record(source, checkin.mac, BootEventKind::CertificateIssued { name });
             axum::Json(reply).into_response()
@@ -761,8 +768,27 @@ mod tests {
         let uuid = Some("c3a00002-0000-4000-8000-000000000000".parse().unwrap());
         let who = crate::join_tokens::Redeemer { mac, uuid, public_key: "04aa" };
         let now = crate::events::now_ms() / 1000;
-        assert!(state.join_tokens.check(Some(&first), &who, now).is_err(), "the newer script replaced it");
-        state.join_tokens.check(Some(&second), &who, now).expect("bound to the machine that asked");
+        assert!(state.join_tokens.check(Some(&first), &who, now).await.is_err(), "the newer script replaced it");
+        state.join_tokens.check(Some(&second), &who, now).await.expect("bound to the machine that asked");
+        assert!(!script(state.clone()).await.contains("cerana.join_server"));
+
+        // A replica: its boot scripts send the check-in to the CA's server, with a token it
+        // recorded in the cluster store; no store, no token (nobody could redeem it).
+        let store = Arc::new(crate::join_store::MemoryJoinStore::default());
+        let replica = Config { ca_dir: None, join_server: Some("http://10.0.0.1".into()), ..state.config.clone() };
+        let mut replica_state = Arc::into_inner(state_with(replica, images())).unwrap();
+        replica_state.join_tokens =
+            Arc::new(crate::join_tokens::JoinTokens::load(None, 600).with_store(store.clone(), false));
+        let replica_state = Arc::new(replica_state);
+        let out = script(replica_state.clone()).await;
+        assert!(out.contains(" cerana.join_server=http://10.0.0.1/ "), "{out}");
+        let issuer = crate::join_tokens::JoinTokens::load(None, 600).with_store(store.clone(), true);
+        issuer.check(Some(&token(&out)), &who, now).await.expect("the CA's server finds it in the store");
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let uri = "/boot.ipxe?mac=52-54-00-c1-00-02&arch=0";
+        let response =
+            send(&replica_state, Request::builder().uri(uri).body(Body::empty()).unwrap(), [10, 0, 0, 2]).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "iPXE tries again later");
     }
 
     #[tokio::test]

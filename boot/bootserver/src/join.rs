@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub enum JoinError {
     #[error("the command line has no {0} (this node did not boot from a CeranaOS boot server)")]
     Missing(&'static str),
+    #[error("cerana.join_server={0:?} is not http://<IPv4 address>[:port]")]
+    BadJoinServer(String),
     #[error("cerana.mgmt_mac={0:?}: {1}")]
     BadMac(String, String),
     #[error(transparent)]
@@ -64,6 +66,9 @@ pub struct ServedImage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinSettings {
     pub boot_server: String,
+    /// Where the check-in goes for the certificate, when not to the boot server: a boot server
+    /// without the cluster CA sends its machines to the one that holds it.
+    pub join_server: Option<String>,
     /// The image the boot server chose; none for a machine booted from USB or an ISO.
     pub initrd_hash: Option<String>,
     /// The management NIC's MAC; the address's interface's when the command line has none.
@@ -87,7 +92,29 @@ impl JoinSettings {
             None => None,
         };
         let join_token = bootstrap::setting(cmdline, "cerana.join_token").map(str::to_string);
-        Ok(JoinSettings { boot_server, initrd_hash, mac, join_token, replica: Bootstrap::for_replica(cmdline)? })
+        let join_server = match bootstrap::setting(cmdline, "cerana.join_server") {
+            Some(text) => {
+                let server = text.trim_end_matches('/');
+                if !crate::config::is_http_base(server) {
+                    return Err(JoinError::BadJoinServer(text.to_string()));
+                }
+                Some(server.to_string())
+            }
+            None => None,
+        };
+        Ok(JoinSettings {
+            boot_server,
+            join_server,
+            initrd_hash,
+            mac,
+            join_token,
+            replica: Bootstrap::for_replica(cmdline)?,
+        })
+    }
+
+    /// The boot server that issues this node's certificate.
+    pub fn issuer(&self) -> &str {
+        self.join_server.as_deref().unwrap_or(&self.boot_server)
     }
 }
 
@@ -151,7 +178,14 @@ pub async fn join(
         join_token: settings.join_token.clone(),
         uuid: smbios_uuid(),
     };
-    let (certificate, check_in_error) = match check_in_with_retries(&settings.boot_server, &checkin).await {
+    if settings.join_server.is_some() {
+        // The boot server that booted it sees it arrive too (its timeline); nothing to redeem there.
+        let arrived = CheckIn { public_key: None, join_token: None, ..checkin.clone() };
+        if let Err(e) = replicate::check_in(&settings.boot_server, &arrived).await {
+            tracing::warn!(error = %e, server = %settings.boot_server, "check-in with the boot server failed");
+        }
+    }
+    let (certificate, check_in_error) = match check_in_with_retries(settings.issuer(), &checkin).await {
         Ok(Some(CheckInReply { certificate: Some(cert), ca: Some(ca) })) => {
             let tls = cerana_pki::NodeTls::new(tls_dir);
             match tls.write(&ca, &key, &cert) {
@@ -182,8 +216,10 @@ async fn serve_own_image(
     output: &Path,
 ) -> Result<ServedImage, JoinError> {
     let (dir, manifest) = fetch_with_retries(&settings.boot_server, initrd_hash, dest).await?;
+    // The machines this node boots check in where it did.
+    let issuer = Some(crate::bootstrap::Issuer::At(settings.issuer()));
     let text =
-        settings.replica.config(interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, None);
+        settings.replica.config(interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, issuer);
     let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
     // Through a temporary file: a half-written configuration must never be read.
     let tmp = output.with_extension("tmp");
@@ -239,7 +275,15 @@ mod tests {
         assert_eq!(s.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:c1:00:02"));
         assert!(s.initrd_hash.is_some());
         assert_eq!(s.replica.address.to_string(), "10.99.0.100");
-        assert!(s.join_token.is_some_and(|t| t.starts_with("cerana-join-0123456789ab-")));
+        assert!(s.join_token.as_ref().is_some_and(|t| t.starts_with("cerana-join-0123456789ab-")));
+        assert_eq!((s.join_server.as_deref(), s.issuer()), (None, "http://10.99.0.2"));
+        // Booted by a replica: the certificate comes from the server it names.
+        let s = JoinSettings::from_cmdline(&format!("{LINE} cerana.join_server=http://10.99.0.1/")).unwrap();
+        assert_eq!((s.boot_server.as_str(), s.issuer()), ("http://10.99.0.2", "http://10.99.0.1"));
+        for bad in ["https://10.99.0.1/", "http://evil.example/", "http://10.99.0.1/x", "http://10.99.0.1:0"] {
+            let err = JoinSettings::from_cmdline(&format!("{LINE} cerana.join_server={bad}")).unwrap_err();
+            assert!(matches!(err, JoinError::BadJoinServer(_)), "{bad}: {err}");
+        }
     }
 
     #[test]

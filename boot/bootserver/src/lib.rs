@@ -14,6 +14,7 @@ pub mod dhcp_control;
 pub mod events;
 pub mod http;
 pub mod join;
+pub mod join_store;
 pub mod join_tokens;
 pub mod lease;
 pub mod net;
@@ -26,9 +27,25 @@ use config::Config;
 use dhcp::BootFiles;
 use dhcp_control::{DhcpControl, DhcpSwitchError};
 use events::EventLog;
+use join_store::JoinStore;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use tokio::task::JoinSet;
+
+/// How often the cluster store's join token records are swept of the long-expired.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Sweeps for as long as the server runs (a store that is down is tried again next round).
+async fn sweep_join_tokens(tokens: Arc<join_tokens::JoinTokens>) -> (&'static str, std::io::Result<()>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        match tokens.sweep(events::now_ms() / 1000).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "long-expired join tokens removed from the cluster store"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep the join tokens"),
+        }
+    }
+}
 
 /// Why the bootserver cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +79,9 @@ pub struct Bootserver {
 
 impl Bootserver {
     /// Binds DHCP (67, and 4011 in proxy mode; none when off), TFTP (69), HTTP and router
-    /// advertisements on `config.interface` and starts serving.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
+    /// advertisements on `config.interface` and starts serving. Join tokens are recorded in
+    /// `join_store` (the cluster store) when there is one.
+    pub async fn start(config: Config, join_store: Option<Arc<dyn JoinStore>>) -> Result<Self, StartError> {
         let iface = net::Interface::lookup(&config.interface)?;
         let server_ip = match config.server_ip.or(iface.ipv4) {
             Some(ip) => ip,
@@ -116,12 +134,23 @@ impl Bootserver {
             format!("http://{server_ip}:{}", http_addr.port())
         };
         let limits = config.http_limits.clone();
-        let join_tokens =
-            Arc::new(join_tokens::JoinTokens::load(config.state_dir.as_deref(), config.join_token_ttl_secs));
+        let mut join_tokens = join_tokens::JoinTokens::load(config.state_dir.as_deref(), config.join_token_ttl_secs);
+        if let Some(store) = join_store {
+            // A server that redeems tokens itself keeps them while the store cannot.
+            join_tokens = join_tokens.with_store(store, config.ca_dir.is_some());
+        }
+        let join_tokens = Arc::new(join_tokens);
+        if config.ca_dir.is_some() || config.join_server.is_some() {
+            tasks.spawn(sweep_join_tokens(join_tokens.clone()));
+        }
+        let check_in_at = match (&config.ca_dir, &config.join_server) {
+            (Some(_), _) => Some(base.clone()),
+            (None, Some(server)) => Some(server.clone()),
+            (None, None) => None,
+        };
         let joins = provider::JoinIssuer {
             tokens: join_tokens.clone(),
-            can_issue: config.ca_dir.is_some(),
-            base: base.clone(),
+            check_in_at,
             cluster_ips: http::cluster_ips(&config, server_ip),
         };
         let state = Arc::new(http::HttpState {

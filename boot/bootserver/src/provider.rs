@@ -6,7 +6,7 @@
 use crate::config::DhcpMode;
 use crate::dhcp_control::DhcpControl;
 use crate::events::EventLog;
-use crate::join_tokens::JoinTokens;
+use crate::join_tokens::{JoinMintError, JoinTokens};
 use cerana_protocol::tasks::boot::{
     BootDhcp, BootDhcpArgs, BootDhcpMode, BootDhcpResult, BootEvents, BootEventsArgs, BootJoinTokenCreate,
     BootMachines, JoinTokenCreateArgs, JoinTokenCreated,
@@ -55,30 +55,29 @@ async fn switch_dhcp(dhcp: Arc<DhcpControl>, args: BootDhcpArgs) -> Result<BootD
 #[derive(Debug, Clone)]
 pub struct JoinIssuer {
     pub tokens: Arc<JoinTokens>,
-    /// Whether this server holds the cluster CA: only then is a join token worth anything here.
-    pub can_issue: bool,
-    /// `http://<server>[:port]`, where the machine checks in.
-    pub base: String,
+    /// Where the machine checks in (`http://<server>[:port]`): this server where it holds the
+    /// cluster CA, the server that holds it where this one's tokens go to the cluster store;
+    /// none where a join token would be worth nothing.
+    pub check_in_at: Option<String>,
     /// `cerana.cluster_ips` for the machine's command line.
     pub cluster_ips: String,
 }
 
-fn create_join_token(joins: &JoinIssuer, args: &JoinTokenCreateArgs) -> Result<JoinTokenCreated, TaskError> {
+async fn create_join_token(joins: JoinIssuer, args: JoinTokenCreateArgs) -> Result<JoinTokenCreated, TaskError> {
     args.validate().map_err(|e| TaskError::new(ErrorCode::InvalidArgument, e))?;
-    if !joins.can_issue {
+    let Some(check_in_at) = &joins.check_in_at else {
         return Err(TaskError::new(
             ErrorCode::Unavailable,
-            "this node's boot server holds no cluster CA, so it issues no certificates: ask the bootstrap node's",
+            "this node's boot server neither holds the cluster CA nor knows the one that does: ask the bootstrap node's",
         ));
-    }
+    };
     let now = crate::events::now_ms() / 1000;
-    let token = joins
-        .tokens
-        .mint_for_operator(args.mac, args.ttl_seconds, now)
-        .map_err(|e| TaskError::new(ErrorCode::Internal, e.to_string()))?;
+    let token = joins.tokens.mint_for_operator(args.mac, args.ttl_seconds, now).await.map_err(|e| match e {
+        JoinMintError::Store(e) => TaskError::new(ErrorCode::Unavailable, e.to_string()),
+        JoinMintError::Mint(e) => TaskError::new(ErrorCode::Internal, e.to_string()),
+    })?;
     let mut cmdline = format!(
-        "cerana.boot_server={}/ cerana.cluster_ips={} cerana.join_token={}",
-        joins.base,
+        "cerana.boot_server={check_in_at}/ cerana.cluster_ips={} cerana.join_token={}",
         joins.cluster_ips,
         token.reveal()
     );
@@ -108,7 +107,6 @@ pub fn provider(events: Arc<EventLog>, dhcp: Arc<DhcpControl>, joins: JoinIssuer
         })
         .task::<BootDhcp, _, _>(move |_ctx, args: BootDhcpArgs| switch_dhcp(dhcp.clone(), args))
         .task::<BootJoinTokenCreate, _, _>(move |_ctx, args: JoinTokenCreateArgs| {
-            let result = create_join_token(&joins, &args);
-            async move { result }
+            create_join_token(joins.clone(), args)
         })
 }

@@ -42,8 +42,7 @@ async fn boot_tasks_answer_from_the_event_log() {
     let tokens = Arc::new(JoinTokens::load(None, 600));
     let joins = JoinIssuer {
         tokens: tokens.clone(),
-        can_issue: true,
-        base: "http://10.0.0.1".into(),
+        check_in_at: Some("http://10.0.0.1".into()),
         cluster_ips: "10.0.0.1".into(),
     };
     let provider = cerana_bootserver::provider::provider(events.clone(), dhcp.clone(), joins);
@@ -91,9 +90,13 @@ async fn boot_tasks_answer_from_the_event_log() {
     assert!(created.cmdline.starts_with("cerana.boot_server=http://10.0.0.1/ cerana.cluster_ips=10.0.0.1 "));
     assert!(created.cmdline.ends_with(&format!("cerana.join_token={} cerana.mgmt_mac={b}", created.token)));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let record = tokens.check(Some(&created.token), &Redeemer { mac: b, uuid: None, public_key: "04aa" }, now).unwrap();
+    let record =
+        tokens.check(Some(&created.token), &Redeemer { mac: b, uuid: None, public_key: "04aa" }, now).await.unwrap();
     assert_eq!((record.kind, record.mac, &record.id), (JoinKind::Operator, Some(b), &created.id));
-    assert!(tokens.check(Some(&created.token), &Redeemer { mac: a, uuid: None, public_key: "04aa" }, now).is_err());
+    assert!(tokens
+        .check(Some(&created.token), &Redeemer { mac: a, uuid: None, public_key: "04aa" }, now)
+        .await
+        .is_err());
     for ttl_seconds in [0, 59, 86_401] {
         let err = client.run::<BootJoinTokenCreate>(&JoinTokenCreateArgs { ttl_seconds, mac: None }).await.unwrap_err();
         assert!(err.to_string().contains("ttl_seconds"), "{err}");

@@ -510,7 +510,59 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     );
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
     assert_replicated(&console, &node2, 3);
+    certified_by_node1_with_node2s_token(&cluster, &console, &node1, &node2);
     eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Issue #17: node 2 (no CA) served node 3's boot script with a one-time join token recorded in
+/// the cluster store and sent its check-in to node 1, which holds the CA: node 1 issued node 3's
+/// certificate for a token it never minted, spent it there, and a replay is refused as spent.
+fn certified_by_node1_with_node2s_token(cluster: &Cluster, console: &str, node1: &str, node2: &str) {
+    assert!(console.contains(&format!("cerana.join_server=http://{node1}/")), "node 3 was not sent to node 1");
+    let token = join_token_of(console).expect("node 3's boot script from node 2 carried a join token");
+    let mac3 = cluster.layout.mac(3);
+    let leases = cluster.bootserver_get_at(node2, "/leases").expect("node 2's leases");
+    let lease3 = leases.as_array().into_iter().flatten().find(|l| l["mac"] == mac3.as_str());
+    let ip3 =
+        lease3.and_then(|l| l["ip"].as_str()).unwrap_or_else(|| panic!("node 3 has no lease on node 2: {leases}"));
+    let name3 = hostname(cluster, ip3);
+    let events = cluster.bootserver_get(&format!("/events?mac={mac3}")).expect("node 1's events");
+    let issued = events["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["event"] == "certificate_issued" && e["name"] == name3.as_str());
+    assert!(issued, "node 1 issued no certificate to node 3 ({name3}): {events}");
+    let key = format!("04{}", "22".repeat(64));
+    let body = serde_json::json!({
+        "mac": mac3, "uuid": cluster.layout.uuid(3), "hostname": "intruder", "public_key": key, "join_token": token,
+    });
+    let text = refused_as_spent(&check_in_at(node1.parse().unwrap(), &body), &token);
+    eprintln!("node 3: certificate from node 1 for node 2's join token; its replay refused ({text})");
+}
+
+/// `POST /checkin` with `body` to the boot server at `server`.
+fn check_in_at(server: std::net::Ipv4Addr, body: &serde_json::Value) -> cerana_testbed::http::HttpResponse {
+    let server = std::net::SocketAddr::from((server, 80));
+    let posted = cerana_testbed::http::request(
+        server,
+        "POST",
+        "/checkin",
+        None,
+        body.to_string().as_bytes(),
+        Duration::from_secs(10),
+    );
+    posted.expect("checkin answered")
+}
+
+/// Asserts a replayed join token's check-in was refused as spent, issuing nothing and not
+/// repeating the secret; the refusal's text.
+fn refused_as_spent(response: &cerana_testbed::http::HttpResponse, token: &str) -> String {
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    assert_eq!(response.status, 403, "{text}");
+    assert!(text.contains("already used") && !text.contains("CERTIFICATE"), "{text}");
+    assert!(!text.contains(&token[token.len() - 64..]), "the refusal repeats the secret: {text}");
+    text
 }
 
 /// Opens `n` TCP connections to `server` from `from` and holds them (sending nothing).
@@ -592,18 +644,7 @@ fn hostile_probes_on_node_1(cluster: &Cluster) {
         );
     }
     // A check-in whose host name would drive an operator's terminal is refused with a JSON error.
-    let check_in = |body: serde_json::Value| {
-        let server = SocketAddr::from((node1, 80));
-        let posted = cerana_testbed::http::request(
-            server,
-            "POST",
-            "/checkin",
-            None,
-            body.to_string().as_bytes(),
-            Duration::from_secs(10),
-        );
-        posted.expect("checkin answered")
-    };
+    let check_in = |body: serde_json::Value| check_in_at(node1, &body);
     let response = check_in(
         serde_json::json!({"mac": "52:54:00:c1:00:77", "ip": other.to_string(), "hostname": "evil\u{1b}]0;owned\u{7}"}),
     );
@@ -630,10 +671,7 @@ fn hostile_probes_on_node_1(cluster: &Cluster) {
     let response = check_in(serde_json::json!({
         "mac": mac2, "uuid": cluster.layout.uuid(2), "hostname": "intruder", "public_key": key, "join_token": token,
     }));
-    let text = String::from_utf8_lossy(&response.body);
-    assert_eq!(response.status, 403, "{text}");
-    assert!(text.contains("already used") && !text.contains("CERTIFICATE"), "{text}");
-    assert!(!text.contains(&token[token.len() - 64..]), "the refusal repeats the secret: {text}");
+    let text = refused_as_spent(&response, &token);
     let events =
         cluster.task(&node1.to_string(), "boot-events", serde_json::json!({"mac": mac2})).expect("boot-events");
     let replay_shown = events["events"].as_array().into_iter().flatten().any(|e| {
