@@ -20,6 +20,10 @@ pub enum StoreError {
     /// A lock or an election held by someone else.
     #[error("{key} is held by lease {holder} (token {token})")]
     Held { key: String, holder: i64, token: u64 },
+    /// A leader's fenced write after it lost the election (its key is gone or another's):
+    /// nothing was written.
+    #[error("deposed: {key} (term {term}) no longer leads; nothing written")]
+    Deposed { key: String, term: u64 },
     /// The store refused the request itself (too large, say), or handed back a value that is
     /// not UTF-8.
     #[error("{0}")]

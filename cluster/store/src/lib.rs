@@ -531,6 +531,37 @@ impl Store {
         }
     }
 
+    /// Writes `key` only while `leader` still leads its election: in one transaction with the
+    /// comparison that its election key is still the one it created (`leader.token`, its term).
+    /// A leader that lost its lease, or was replaced, writes nothing ([`StoreError::Deposed`]):
+    /// a lock or an election alone does not stop a paused old leader's late write; the fence
+    /// does.
+    pub async fn put_fenced(&self, leader: &Holder, key: &str, value: &str) -> Result<u64, StoreError> {
+        self.fenced("put-fenced", leader, TxnOp::put(key, value, None)).await
+    }
+
+    /// Deletes `key` only while `leader` still leads (see [`Store::put_fenced`]).
+    pub async fn delete_fenced(&self, leader: &Holder, key: &str) -> Result<u64, StoreError> {
+        self.fenced("delete-fenced", leader, TxnOp::delete(key, None)).await
+    }
+
+    /// Whether `leader` still leads its election: its key is still the one it created.
+    pub async fn still_leads(&self, leader: &Holder) -> Result<bool, StoreError> {
+        Ok(self.get(&leader.key).await?.is_some_and(|e| e.created == leader.token && e.lease == Some(leader.lease)))
+    }
+
+    async fn fenced(&self, op: &'static str, leader: &Holder, write: TxnOp) -> Result<u64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(leader.key.as_str(), CompareOp::Equal, leader.token as i64)])
+            .and_then([write]);
+        let response = self.txn(op, txn).await?;
+        if response.succeeded() {
+            Ok(revision(response.header()))
+        } else {
+            Err(StoreError::Deposed { key: leader.key.clone(), term: leader.token })
+        }
+    }
+
     /// Withdraws `lease`'s campaign in election `name` (leader or not) by revoking the lease.
     pub async fn resign(&self, name: &str, lease: i64) -> Result<(), StoreError> {
         if self.get(&format!("{name}/{lease:x}")).await?.is_none() {

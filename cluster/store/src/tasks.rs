@@ -20,6 +20,9 @@ pub fn task_error(err: StoreError) -> TaskError {
             .with_details(serde_json::json!({ "requested_index": requested, "compacted_index": compacted })),
         StoreError::Held { holder, token, .. } => TaskError::new(ErrorCode::Busy, message)
             .with_details(serde_json::json!({ "holder_lease": holder, "token": token })),
+        StoreError::Deposed { term, .. } => {
+            TaskError::new(ErrorCode::Conflict, message).with_details(serde_json::json!({ "term": term }))
+        }
         StoreError::Invalid(_) => TaskError::new(ErrorCode::InvalidArgument, message),
         StoreError::Failed { .. } => TaskError::new(ErrorCode::Failed, message),
     }
