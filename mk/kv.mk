@@ -14,3 +14,10 @@ BENCH_TARGETS += bench-kv
 .PHONY: bench-kv
 bench-kv:
 	$(CARGO) run --release -q -p cerana-kv --example kv-bench
+
+# The bundle planner over 1k/5k/10k bundles on 1,000 simulated nodes, and 1,000 nodes'
+# heartbeats against a real 3-member etcd beside its measured write capacity (issue #18).
+BENCH_TARGETS += bench-ticks
+.PHONY: bench-ticks
+bench-ticks:
+	$(CARGO) run --release -q -p cerana-planner --example ticks-bench

@@ -180,11 +180,18 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
         .map(|n| Room { node: n, memory: n.memory_free, cpu: n.cpu_millis_free, replicas: n.running.len() })
         .collect();
 
+    // Where each bundle runs on a healthy node, found once rather than per bundle and node.
+    let mut running_on: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, room) in rooms.iter().enumerate().filter(|(_, r)| r.node.healthy) {
+        for bundle in &room.node.running {
+            running_on.entry(bundle.as_str()).or_default().push(i);
+        }
+    }
+
     for bundle in bundles {
         let wanted = bundle.redundancy.max(1) as usize;
         // Running replicas on healthy nodes stay; the surplus goes from the busiest nodes.
-        let mut kept: Vec<usize> =
-            (0..rooms.len()).filter(|&i| rooms[i].node.healthy && rooms[i].node.running.contains(&bundle.id)).collect();
+        let mut kept: Vec<usize> = running_on.get(bundle.id.as_str()).cloned().unwrap_or_default();
         if kept.len() > wanted {
             kept.sort_by_key(|&i| (std::cmp::Reverse(rooms[i].replicas), rooms[i].node.id.clone()));
             for &i in &kept[..kept.len() - wanted] {
@@ -195,6 +202,9 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
             continue;
         }
         let mut missing = wanted - kept.len();
+        if missing == 0 {
+            continue;
+        }
         let mut rejected: BTreeMap<Filter, u32> = BTreeMap::new();
         let mut fitting: Vec<usize> = Vec::new();
         for (i, room) in rooms.iter().enumerate() {
@@ -203,12 +213,20 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
                 None => fitting.push(i),
             }
         }
-        // Nodes holding the datasets first (nothing to copy), then the emptiest.
-        fitting.sort_by_key(|&i| {
+        // Nodes holding the datasets first (nothing to copy), then the emptiest. Only the best
+        // `missing` are wanted: selected, then ordered, without sorting every node.
+        let rank = |i: usize| {
             let room = &rooms[i];
             let lacking = bundle.datasets.iter().filter(|d| !room.node.datasets.contains(*d)).count();
-            (lacking, room.replicas, std::cmp::Reverse(room.memory), room.node.id.clone())
-        });
+            (lacking, room.replicas, std::cmp::Reverse(room.memory), room.node.id.as_str())
+        };
+        let mut ranked: Vec<_> = fitting.iter().map(|&i| (rank(i), i)).collect();
+        if ranked.len() > missing {
+            ranked.select_nth_unstable(missing);
+            ranked.truncate(missing);
+        }
+        ranked.sort_unstable();
+        let fitting: Vec<usize> = ranked.into_iter().map(|(_, i)| i).collect();
         for &i in fitting.iter().take(missing) {
             let room = &mut rooms[i];
             room.memory -= bundle.memory;
