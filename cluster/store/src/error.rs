@@ -42,6 +42,14 @@ pub(crate) fn retryable(err: &etcd_client::Error, read: bool) -> bool {
             let m = status.message();
             read || m.contains("no leader") || m.contains("leader changed") || m.contains("connect")
         }
+        // The member a request was in flight to went away (its connection dropped): the
+        // request's fate is unknown, so only a repeatable one is sent again.
+        E::GRpcStatus(status) if status.code() == tonic::Code::Cancelled => read,
+        E::GRpcStatus(status)
+            if status.code() == tonic::Code::Unknown && status.message().contains("transport error") =>
+        {
+            read
+        }
         E::TransportError(_) => true,
         E::LeaseKeepAliveError(reason) if reason.contains("not found") => false,
         E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => read,
@@ -65,8 +73,13 @@ impl StoreError {
                     Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
                         StoreError::Unavailable { op, reason }
                     }
-                    // etcd answers "no leader" and "request timed out" as Unknown on some paths.
-                    Code::Unknown if reason.contains("leader") || reason.contains("timed out") => {
+                    // etcd answers "no leader" and "request timed out" as Unknown on some paths,
+                    // and the client a connection that broke mid-request.
+                    Code::Unknown
+                        if reason.contains("leader")
+                            || reason.contains("timed out")
+                            || reason.contains("transport error") =>
+                    {
                         StoreError::Unavailable { op, reason }
                     }
                     Code::InvalidArgument | Code::FailedPrecondition | Code::ResourceExhausted => {
@@ -85,5 +98,24 @@ impl StoreError {
             E::WatchError(reason) | E::LeaseKeepAliveError(reason) => StoreError::Unavailable { op, reason },
             other => StoreError::Failed { op, reason: other.to_string() },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_cut_off_with_its_member_is_repeated_only_if_repeatable() {
+        // What the client reports for a request in flight to a member that was killed.
+        let cut = etcd_client::Error::GRpcStatus(tonic::Status::cancelled("operation was canceled"));
+        assert!(retryable(&cut, true));
+        assert!(!retryable(&cut, false), "a write's fate is unknown: not applied twice");
+        let dropped = etcd_client::Error::GRpcStatus(tonic::Status::unknown("transport error"));
+        assert!(retryable(&dropped, true) && !retryable(&dropped, false));
+        let no_leader = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert!(retryable(&no_leader, false));
+        let refused = etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument("too large"));
+        assert!(!retryable(&refused, true));
     }
 }
