@@ -6,29 +6,9 @@ use cerana_unpack::{unpack, Compression, Limits, UnpackError};
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use tar::{Builder, EntryType, Header};
+use tar::{Builder, EntryType};
 
-const MTIME: u64 = 1_700_000_000;
-
-/// A header written as is: names and link targets a careful writer would refuse go in raw.
-fn entry(b: &mut Builder<Vec<u8>>, name: &str, kind: EntryType, mode: u32, owner: (u64, u64), data: &[u8], link: &str) {
-    let mut h = Header::new_gnu();
-    {
-        let old = h.as_old_mut();
-        old.name = [0; 100];
-        old.name[..name.len()].copy_from_slice(name.as_bytes());
-        old.linkname = [0; 100];
-        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-    }
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    h.set_mode(mode);
-    h.set_uid(owner.0);
-    h.set_gid(owner.1);
-    h.set_mtime(MTIME);
-    h.set_cksum();
-    b.append(&h, data).unwrap();
-}
+use cerana_testbed::archive::{entry, MTIME};
 
 fn file(b: &mut Builder<Vec<u8>>, name: &str, mode: u32, data: &[u8]) {
     entry(b, name, EntryType::Regular, mode, (0, 0), data, "");

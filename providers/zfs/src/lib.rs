@@ -8,6 +8,7 @@ pub mod pool;
 pub mod runner;
 pub mod streams;
 pub mod testing;
+pub mod unpack;
 
 use crate::error::ZfsError;
 use crate::ops::Zfs;
@@ -15,8 +16,8 @@ use crate::pool::Machine;
 use cerana_protocol::tasks::zfs::{
     CloneArgs, CreateArgs, DestroyArgs, ExistsResult, HoldsResult, ListArgs, ListResult, MountArgs, NameArgs,
     PoolConfigMode, ReceiveArgs, ReceiveResult, RenameArgs, RollbackArgs, SendArgs, SendResult, SnapshotArgs,
-    UnmountArgs, ZfsClone, ZfsCreate, ZfsDestroy, ZfsExists, ZfsGet, ZfsHolds, ZfsList, ZfsMount, ZfsPoolStatus,
-    ZfsReceive, ZfsRename, ZfsRollback, ZfsSend, ZfsSnapshot, ZfsUnmount,
+    UnmountArgs, UnpackArgs, UnpackResult, ZfsClone, ZfsCreate, ZfsDestroy, ZfsExists, ZfsGet, ZfsHolds, ZfsList,
+    ZfsMount, ZfsPoolStatus, ZfsReceive, ZfsRename, ZfsRollback, ZfsSend, ZfsSnapshot, ZfsUnmount, ZfsUnpack,
 };
 use cerana_protocol::TaskError;
 use cerana_provider_sdk::{InputEnd, OutputEnd, Provider};
@@ -98,6 +99,24 @@ pub fn provider_with(zfs: Zfs, machine: Machine) -> Provider {
                 }
             }
             Ok(SendResult { name: a.name, from: a.from })
+        }
+    });
+    let unpack_zfs = zfs.clone();
+    let p = p.task::<ZfsUnpack, _, _>(move |ctx, a: UnpackArgs| {
+        let zfs = unpack_zfs.clone();
+        async move {
+            let (target, root, budget) = zfs.unpack_target(&a.name, a.max_bytes).await?;
+            let done = unpack::unpack(ctx.input().await?, root, cerana_unpack::Limits::new(budget)).await?;
+            tracing::info!(dataset = %target, entries = done.entries, bytes = done.bytes, "archive unpacked");
+            Ok(UnpackResult {
+                dataset: zfs.dataset(target.as_str()).await?,
+                entries: done.entries,
+                files: done.files,
+                directories: done.directories,
+                symlinks: done.symlinks,
+                hard_links: done.hard_links,
+                bytes: done.bytes,
+            })
         }
     });
     let recv_zfs = zfs;

@@ -424,6 +424,28 @@ impl Zfs {
         Ok((target, cmd))
     }
 
+    /// Where `zfs-unpack` writes into `name` and how many decompressed bytes it may: a mounted
+    /// filesystem's mountpoint, and its available space (within its quota), or `max_bytes` if
+    /// less.
+    pub async fn unpack_target(
+        &self,
+        name: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<(DatasetName, std::path::PathBuf, u64), ZfsError> {
+        let target = DatasetName::new(name)?;
+        let row = self.dataset(target.as_str()).await?;
+        let invalid = |why: String| ZfsError::new(ZfsErrorReason::InvalidArgument, why);
+        if row.kind != DatasetType::Filesystem {
+            return Err(invalid(format!("{target} is not a filesystem: an archive unpacks into one")));
+        }
+        let mountpoint = match (&row.mountpoint, row.mounted) {
+            (Some(path), Some(true)) if path.starts_with('/') => std::path::PathBuf::from(path),
+            _ => return Err(invalid(format!("{target} is not mounted (mountpoint {:?})", row.mountpoint))),
+        };
+        let available = row.available.unwrap_or(0);
+        Ok((target, mountpoint, max_bytes.map_or(available, |m| m.min(available))))
+    }
+
     /// The dataset row of one name.
     pub async fn dataset(&self, name: &str) -> Result<Dataset, ZfsError> {
         let name = AnyName::new(name)?;
@@ -622,5 +644,29 @@ mod tests {
             ZfsErrorReason::InvalidArgument
         );
         assert_eq!(block_on(z.send_command("data/x", None)).unwrap_err().reason, ZfsErrorReason::InvalidArgument);
+    }
+
+    #[test]
+    fn an_archive_unpacks_into_a_mounted_filesystem_within_its_space() {
+        let r = ScriptedRunner::new()
+            .reply("zfs list -Hp -o name,type,guid,creation,used,avail,refer,mountpoint,mounted,origin,volsize -t all data/datasets/web", true,
+                "data/datasets/web\tfilesystem\t1\t1700000000\t98304\t5000000\t98304\t/data/datasets/web\tyes\t-\t-\n", "")
+            .reply("zfs list -Hp -o name,type,guid,creation,used,avail,refer,mountpoint,mounted,origin,volsize -t all data/off", true,
+                "data/off\tfilesystem\t2\t1700000000\t98304\t5000000\t98304\t/data/off\tno\t-\t-\n", "")
+            .reply("zfs list -Hp -o name,type,guid,creation,used,avail,refer,mountpoint,mounted,origin,volsize -t all data/vol", true,
+                "data/vol\tvolume\t3\t1700000000\t98304\t5000000\t98304\t-\t-\t-\t1048576\n", "");
+        let z = zfs(&r);
+        let (name, root, budget) = block_on(z.unpack_target("data/datasets/web", None)).unwrap();
+        assert_eq!(
+            (name.as_str(), root.to_str(), budget),
+            ("data/datasets/web", Some("/data/datasets/web"), 5_000_000)
+        );
+        assert_eq!(block_on(z.unpack_target("data/datasets/web", Some(1000))).unwrap().2, 1000);
+        assert_eq!(block_on(z.unpack_target("data/datasets/web", Some(u64::MAX))).unwrap().2, 5_000_000);
+        for (name, says) in [("data/off", "not mounted"), ("data/vol", "not a filesystem")] {
+            let err = block_on(z.unpack_target(name, None)).unwrap_err();
+            assert!(err.reason == ZfsErrorReason::InvalidArgument && err.to_string().contains(says), "{err}");
+        }
+        assert!(block_on(z.unpack_target("data/../etc", None)).is_err());
     }
 }

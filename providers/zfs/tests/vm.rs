@@ -3,7 +3,8 @@
 //!
 //! 1. one disk, `auto`: stripe pool and layout; every task and each bad input; a zvol under
 //!    /dev/zvol; a 256 MiB send/receive with matching checksums, an incremental one; truncated,
-//!    corrupt and garbage streams; a file in data/config. Powered off.
+//!    corrupt and garbage streams; `zfs-unpack` of a gzipped tar, and an escaping entry, a gzip
+//!    bomb past the dataset's quota and garbage refused; a file in data/config. Powered off.
 //! 2. that disk plus a blank one on ANOTHER machine (other UUID, so other hostid): the pool
 //!    belongs to someone else, so nothing is imported or created; `pool-missing`.
 //! 3. the first machine again with its disk: the pool is re-imported with data and data/config.
@@ -225,6 +226,47 @@ fn bad_streams(n: &Node) {
     assert_eq!(n.ok("zfs-test-read", json!({ "dataset": "data/small", "file": "f" })), original);
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// `zfs-unpack` (issue #18's import-dataset): a gzipped archive from the host lands in a
+/// dataset with its contents; an entry that would land outside, an archive past the dataset's
+/// quota and garbage are refused with typed errors naming the cause.
+fn archives(n: &Node) {
+    n.ok("zfs-create", json!({ "name": "data/datasets/site", "properties": { "quota": "16777216" } }));
+    let hello = b"hello from an archive\n".repeat(1000);
+    let archive = gzip(&cerana_testbed::archive::files(&[
+        ("index.html", 0o644, &hello),
+        ("run.sh", 0o4755, b"#!/bin/sh\necho hi\n"),
+    ]));
+    let unpacked = n.request_with_upload("zfs-unpack", json!({ "name": "data/datasets/site" }), archive).unwrap();
+    assert_eq!(unpacked["result"]["files"], 2, "{unpacked}");
+    let sum = n.ok("zfs-test-read", json!({ "dataset": "data/datasets/site", "file": "index.html" }));
+    use sha2::Digest;
+    let expected: String = sha2::Sha256::digest(&hello).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!((sum["bytes"].as_u64(), sum["sha256"].as_str()), (Some(hello.len() as u64), Some(expected.as_str())));
+
+    let escape = cerana_testbed::archive::files(&[("../../../etc/cerana-escape", 0o644, b"x")]);
+    let e = n.request_with_upload("zfs-unpack", json!({ "name": "data/datasets/site" }), escape).unwrap_err();
+    assert_eq!((e.code.as_str(), e.reason.as_deref()), ("invalid_argument", Some("invalid-argument")), "{e:?}");
+    assert!(e.message.contains("../../../etc/cerana-escape"), "the entry is named: {e:?}");
+    // 32 MiB of zeros (a gzip of some 32 KiB) into a dataset with a 16 MiB quota.
+    let bomb = gzip(&cerana_testbed::archive::files(&[("zeros", 0o644, &vec![0u8; 32 * MIB as usize])]));
+    let e = n.request_with_upload("zfs-unpack", json!({ "name": "data/datasets/site" }), bomb).unwrap_err();
+    assert_eq!(e.reason.as_deref(), Some("invalid-argument"), "{e:?}");
+    assert!(e.message.contains("\"zeros\"") && e.message.contains("budget"), "{e:?}");
+    let garbage = b"not an archive".repeat(100);
+    let e = n.request_with_upload("zfs-unpack", json!({ "name": "data/datasets/site" }), garbage).unwrap_err();
+    assert_eq!(e.reason.as_deref(), Some("stream-corrupt"), "{e:?}");
+    n.fails("zfs-unpack", json!({ "name": "data/no-such" }), "not_found", Some("not-found"));
+    n.fails("zfs-unpack", json!({ "name": "data/datasets/site", "extra": 1 }), "invalid_args", None);
+    eprintln!("zfs-unpack: an archive unpacked, an escape, a gzip bomb past the quota and garbage refused");
+}
+
 #[test]
 fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     let image = require_ok!(image_dir());
@@ -241,6 +283,7 @@ fn one_disk_auto_every_task_streams_foreign_pool_and_reboot() {
     every_task_and_bad_input(&n);
     let big_sum = send_receive(&n);
     bad_streams(&n);
+    archives(&n);
     let config =
         n.ok("zfs-test-write", json!({ "dataset": "data/config", "file": "node.json", "bytes": 4096, "seed": 11 }));
     n.powerdown();

@@ -7,6 +7,7 @@
 //! on a bridge inside a network namespace ([`cluster`]); [`init`] runs a built `cerana-init` in a PID namespace. See testing/testbed/README.md.
 
 pub mod accel;
+pub mod archive;
 pub mod chaos;
 pub mod cluster;
 pub mod console;

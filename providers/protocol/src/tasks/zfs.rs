@@ -26,6 +26,7 @@ crate::declare_tasks! {
     ZfsSnapshot = "zfs-snapshot", Write, "Snapshots `name` as `name@snapname` (`recursive`: every descendant too)", SnapshotArgs => NameResult;
     ZfsSend = "zfs-send", Read, "Sends a snapshot as a stream (incremental from `from`); the stream comes with the response", SendArgs => SendResult;
     ZfsReceive = "zfs-receive", Write, "Receives the request's stream into `name`", ReceiveArgs => ReceiveResult;
+    ZfsUnpack = "zfs-unpack", Write, "Unpacks the request's stream, a tar archive (plain, gzip or zstd), into the mounted filesystem `name`, within the space it has", UnpackArgs => UnpackResult;
     ZfsPoolStatus = "zfs-pool-status", Read, "The node's pool: layout, health, space, and what the boot-time bootstrap did", NoArgs => PoolStatus;
 }
 
@@ -487,6 +488,32 @@ pub struct ReceiveArgs {
 pub struct ReceiveResult {
     pub dataset: Dataset,
     /// Bytes of stream consumed.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnpackArgs {
+    /// A mounted filesystem: the archive's root is its mountpoint.
+    pub name: String,
+    /// At most this many decompressed bytes; the dataset's available space (its quota, or the
+    /// pool's free space) bounds it in any case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// What `zfs-unpack` unpacked. An archive refused (an entry that would land outside the
+/// dataset, a device node, past the budget: `invalid-argument`; malformed: `stream-corrupt`)
+/// leaves what was unpacked before it: the caller destroys the dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackResult {
+    pub dataset: Dataset,
+    pub entries: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub hard_links: u64,
+    /// Decompressed bytes of archive read.
     pub bytes: u64,
 }
 
