@@ -26,9 +26,9 @@ pub fn pick<'a>(nodes: &'a [c::Node], named: Option<&str>, quota: Option<u64>) -
         });
     }
     let need = quota.unwrap_or(0);
-    let best = reachable().filter(|n| n.disk_free >= need).max_by(|a, b| {
-        (a.disk_free, std::cmp::Reverse(&a.id)).cmp(&(b.disk_free, std::cmp::Reverse(&b.id)))
-    });
+    let best = reachable()
+        .filter(|n| n.disk_free >= need)
+        .max_by(|a, b| (a.disk_free, std::cmp::Reverse(&a.id)).cmp(&(b.disk_free, std::cmp::Reverse(&b.id))));
     best.ok_or_else(|| {
         let seen = reachable().count();
         TaskError::new(
@@ -77,9 +77,12 @@ pub async fn import(ctx: &Context, store: &LazyStore, args: ImportDatasetArgs) -
     }
     let nodes: Vec<c::Node> = crate::list(&s).await?;
     let node = pick(&nodes, args.node.as_deref(), args.quota)?;
-    let url = node.api_url.as_deref().map(NodeUrl::new).transpose().map_err(|e| {
-        TaskError::new(ErrorCode::Failed, format!("node {}'s API URL is not usable: {e}", node.id))
-    })?;
+    let url = node
+        .api_url
+        .as_deref()
+        .map(NodeUrl::new)
+        .transpose()
+        .map_err(|e| TaskError::new(ErrorCode::Failed, format!("node {}'s API URL is not usable: {e}", node.id)))?;
     let url = url.ok_or_else(|| TaskError::new(ErrorCode::Internal, "picked a node without an API URL"))?;
     let name = format!("{DATASETS_ON_POOL}/{}", args.id);
     tracing::info!(dataset = %args.id, node = %node.id, format = ?args.format, "importing");
@@ -89,7 +92,8 @@ pub async fn import(ctx: &Context, store: &LazyStore, args: ImportDatasetArgs) -
             ImportFormat::Tar => {
                 let properties: BTreeMap<String, String> =
                     args.quota.map(|q| ("quota".to_string(), q.to_string())).into_iter().collect();
-                let create = CreateArgs { name: name.clone(), kind: DatasetType::Filesystem, volsize: None, properties };
+                let create =
+                    CreateArgs { name: name.clone(), kind: DatasetType::Filesystem, volsize: None, properties };
                 on_node::<ZfsCreate>(ctx, &url, &create, None).await?;
                 let unpack = UnpackArgs { name: name.clone(), max_bytes: args.quota };
                 let done: UnpackResult = on_node::<ZfsUnpack>(ctx, &url, &unpack, Some(stream)).await?;
