@@ -35,6 +35,7 @@ crate::declare_tasks! {
     SetDefaultOptions = "set-default-options", Write, "Sets the cluster's defaults (mod_index as for updates)", Strict<ClusterDefaults> => ClusterDefaults;
     GetDhcpConfig = "get-dhcp-config", Read, "The cluster's DHCP settings", NoArgs => DhcpConfig;
     SetDhcpConfig = "set-dhcp-config", Write, "Sets the cluster's DHCP settings (mod_index as for updates)", Strict<DhcpConfig> => DhcpConfig;
+    ImportDataset = "import-dataset", Write, "Imports the request's stream (a tar archive, plain, gzip or zstd, or a ZFS send stream) as a new dataset on a node, snapshots it and declares it", ImportDatasetArgs => ImportedDataset;
 }
 
 /// Where the cluster's objects live in the store.
@@ -623,4 +624,48 @@ mod tests {
         assert!(dhcp("10.0.0.0/24", "10.0.0.1", 60).validate().unwrap_err().to_string().starts_with("lease_secs"));
         assert!(dhcp("10.0.0.0", "10.0.0.1", 3600).validate().unwrap_err().to_string().starts_with("net"));
     }
+}
+
+/// What the stream of an `import-dataset` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportFormat {
+    /// A tar archive, plain, gzip or zstd (`tar c` of a root filesystem, `docker export`).
+    Tar,
+    /// A full ZFS send stream.
+    Zfs,
+}
+
+/// Where the datasets of the cluster live on a node's pool: `data/datasets/<id>`.
+pub const DATASETS_ON_POOL: &str = "data/datasets";
+/// The snapshot an import takes: what the dataset tick copies from.
+pub const IMPORT_SNAPSHOT: &str = "import";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportDatasetArgs {
+    pub id: ObjectId,
+    pub format: ImportFormat,
+    #[serde(default = "one")]
+    pub redundancy: u32,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Bytes; the archive may expand to at most this much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// The node (its id, as `list-nodes` shows it) to import on; otherwise the node with a live
+    /// heartbeat and the most free disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A dataset imported: declared, and held by `node` with the snapshot `snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedDataset {
+    pub dataset: Dataset,
+    pub node: String,
+    /// `data/datasets/<id>@import`.
+    pub snapshot: String,
+    /// Bytes of stream consumed (decompressed, for an archive).
+    pub bytes: u64,
 }
