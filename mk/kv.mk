@@ -1,13 +1,14 @@
 # The cluster store (issue #16): the store library (cluster/store), the kv and clusterconf providers
-# (cluster/providers/), tested against a real 3-member etcd on loopback. etcd-client builds
-# its gRPC code with protoc, which needs the well-known types (libprotobuf-dev, only recommended).
+# (cluster/providers/) and the ticks (issue #18, cluster/ticks), tested against a real 3-member
+# etcd on loopback. etcd-client builds its gRPC code with protoc, which needs the well-known
+# types (libprotobuf-dev, only recommended).
 APT_PACKAGES += etcd-server etcd-client protobuf-compiler libprotobuf-dev
 TEST_TARGETS += test-kv
-OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf cerana-membership cerana-quorum
+OWN_TEST_TARGET_CRATES += cerana-store cerana-kv cerana-clusterconf cerana-membership cerana-quorum cerana-ticks
 
 .PHONY: test-kv
 test-kv:
-	$(CARGO) test -p cerana-store -p cerana-kv -p cerana-clusterconf -p cerana-membership -p cerana-quorum
+	$(CARGO) test -p cerana-store -p cerana-kv -p cerana-clusterconf -p cerana-membership -p cerana-quorum -p cerana-ticks
 
 # kv-set/-get/-update through the task API beside etcd-client directly, same etcd, same run.
 BENCH_TARGETS += bench-kv

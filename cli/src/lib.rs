@@ -108,6 +108,61 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         file: String,
     },
+    /// Imports a dataset onto a node of the cluster from a stream: a tar archive (plain, gzip
+    /// or zstd: `tar c`, `docker export`) or a ZFS send stream; the ticks copy it from there.
+    Import {
+        kind: ImportKind,
+        id: String,
+        /// The file to import, or - for stdin.
+        #[arg(long, value_name = "FILE")]
+        stream_in: String,
+        #[arg(long, value_enum, default_value_t = ImportFormat::Tar)]
+        format: ImportFormat,
+        /// Copies the cluster keeps.
+        #[arg(long, default_value_t = 1)]
+        redundancy: u32,
+        /// Snapshot it and keep it read-only (what services run from).
+        #[arg(long)]
+        read_only: bool,
+        /// Bytes it may hold, unpacked.
+        #[arg(long)]
+        quota: Option<u64>,
+        /// The node to import on (the one with most free disk otherwise).
+        #[arg(long, value_name = "NAME")]
+        on_node: Option<String>,
+        /// Seconds to wait for the import (the coordinator's default otherwise).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// What the next cluster tick would do (`+` start, `-` stop or destroy, `~` copy, with
+    /// reasons) and what cannot be placed. Exit 0: nothing would change; 2: something would;
+    /// 1: it could not be told.
+    Plan,
+    /// The cluster ticks.
+    #[command(subcommand)]
+    Ticks(TicksCommand),
+}
+
+/// What `cerana import` makes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ImportKind {
+    Dataset,
+}
+
+/// What `cerana import dataset` reads.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ImportFormat {
+    Tar,
+    Zfs,
+}
+
+#[derive(Subcommand, Debug)]
+enum TicksCommand {
+    /// The cluster ticks' journal, newest first: what each run read, did and how it went.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 /// What `cerana get|describe|delete` works on.
@@ -347,7 +402,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", render::escape(&failure.message));
+            // `cerana plan`'s "something would change" is an exit code, not an error.
+            if !failure.message.is_empty() {
+                eprintln!("error: {}", render::escape(&failure.message));
+            }
             ExitCode::from(failure.code)
         }
     }
@@ -382,6 +440,10 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
     };
     let ca = cli.ca_cert.as_deref().or(config.as_ref().and_then(|c| c.ca_cert.as_deref()));
     HttpClient::new(node, token, ca).map(|c| Client::Http(Box::new(c))).map_err(Failure::client)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn print(cli: &Cli, value: &serde_json::Value) {
@@ -429,6 +491,73 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
+        Command::Get { kind: Kind::Bundles, id: None } if cli.output == Output::Table => {
+            let (_, plan) = call_task(&client, "ticks-plan", serde_json::json!({})).await?;
+            print(&cli, &serde_json::json!({ "bundles": render::bundle_rows(&plan) }));
+            Ok(())
+        }
+        Command::Get { kind: Kind::Nodes, id: None } if cli.output == Output::Table => {
+            let (_, nodes) = call_task(&client, "list-nodes", serde_json::json!({})).await?;
+            print(&cli, &serde_json::json!({ "nodes": render::node_rows(&nodes, now_ms()) }));
+            Ok(())
+        }
+        Command::Plan => {
+            let plan = call_task(&client, "ticks-plan", serde_json::json!({}))
+                .await
+                .map_err(|f| Failure { code: 1, message: f.message })?
+                .1;
+            match cli.output {
+                Output::Json => println!("{}", render::json(&plan)),
+                Output::Table => print!("{}", render::plan(&plan)),
+            }
+            let changes = plan["actions"].as_array().is_some_and(|a| !a.is_empty());
+            if changes {
+                return Err(Failure { code: 2, message: String::new() });
+            }
+            Ok(())
+        }
+        Command::Ticks(TicksCommand::History { limit }) => {
+            let (_, mut value) = call_task(&client, "ticks-history", serde_json::json!({ "limit": limit })).await?;
+            if cli.output == Output::Table {
+                value = serde_json::json!({ "runs": render::run_rows(&value) });
+            }
+            print(&cli, &value);
+            Ok(())
+        }
+        Command::Import {
+            kind: ImportKind::Dataset,
+            id,
+            stream_in,
+            format,
+            redundancy,
+            read_only,
+            quota,
+            on_node,
+            timeout,
+        } => {
+            let format = match format {
+                ImportFormat::Tar => "tar",
+                ImportFormat::Zfs => "zfs",
+            };
+            let args = serde_json::json!({
+                "id": id, "format": format, "redundancy": redundancy, "read_only": read_only,
+                "quota": quota, "node": on_node,
+            });
+            let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
+            let mut request = Request::new(TaskName::new("import-dataset").expect("valid"), raw);
+            request.timeout_ms = Some(timeout.unwrap_or(3600) * 1000);
+            let stream = StreamId::random();
+            request.stream = Some(StreamHandle::local(stream));
+            let feeder = tokio::spawn(feed_stream(cli.socket.clone(), http_of(&client), stream, stream_in.clone()));
+            let response = client.call(request).await.map_err(Failure::client)?;
+            match feeder.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if response.outcome.is_ok() => return Err(Failure::other(e)),
+                _ => {}
+            }
+            print(&cli, &result_value(&response)?);
+            Ok(())
+        }
         Command::Get { kind, id } => {
             let (one, list, field) = kind.names();
             let value = match id {
@@ -461,7 +590,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if *kind == Kind::Bundles {
                 args["overlay"] = serde_json::json!(true);
             }
-            let (_, value) = call_task(&client, &format!("get-{one}"), args).await?;
+            let (_, mut value) = call_task(&client, &format!("get-{one}"), args).await?;
+            if *kind == Kind::Bundles {
+                // Where it runs, and why replicas are missing, as the ticks see it.
+                if let Ok((_, plan)) = call_task(&client, "ticks-plan", serde_json::json!({})).await {
+                    let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == id.as_str());
+                    value["placement"] = status.cloned().unwrap_or(serde_json::Value::Null);
+                }
+            }
             // Nested objects read best as JSON.
             println!("{}", render::json(&value));
             Ok(())

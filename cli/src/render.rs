@@ -167,6 +167,106 @@ fn rows_table(rows: &[Value]) -> String {
     out
 }
 
+/// `cerana get bundles`: each bundle's running against desired replicas, where, and why any
+/// are missing (from `ticks-plan`).
+pub fn bundle_rows(plan: &Value) -> Vec<Value> {
+    let bundles = plan["bundles"].as_array().map(Vec::as_slice).unwrap_or_default();
+    bundles
+        .iter()
+        .map(|b| {
+            let on = b["running_on"].as_object();
+            let running = on.map_or(0, |m| m.len());
+            let nodes: Vec<String> = on
+                .into_iter()
+                .flatten()
+                .map(|(node, healthy)| if healthy == true { node.clone() } else { format!("{node}(unhealthy)") })
+                .collect();
+            serde_json::json!({
+                "bundle": b["id"],
+                "replicas": format!("{running}/{}", b["redundancy"]),
+                "nodes": nodes.join(","),
+                "unplaced": b.get("unplaced").cloned().unwrap_or(Value::Null),
+            })
+        })
+        .collect()
+}
+
+/// `cerana get nodes`: each node's heartbeat age, load and free memory and disk.
+pub fn node_rows(nodes: &Value, now_ms: u64) -> Vec<Value> {
+    let gib = |bytes: &Value| bytes.as_u64().map(|b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
+    nodes["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let age = n["heartbeat_ms"].as_u64().map(|at| format!("{:.1}", now_ms.saturating_sub(at) as f64 / 1000.0));
+            serde_json::json!({
+                "node": n["id"],
+                "heartbeat_age_s": age,
+                "load": n["cpu_load"],
+                "cpus": n["cpu_cores"],
+                "memory_free_gib": gib(&n["memory_free"]),
+                "disk_free_gib": gib(&n["disk_free"]),
+                "api_url": n["api_url"],
+            })
+        })
+        .collect()
+}
+
+/// `cerana plan`: one line per action, then what cannot be placed and why.
+pub fn plan(plan: &Value) -> String {
+    let mut out = String::new();
+    let actions = plan["actions"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if actions.is_empty() {
+        out.push_str("nothing to do\n");
+    }
+    for action in actions {
+        let _ = writeln!(out, "{}", escape(action["text"].as_str().unwrap_or("?")));
+    }
+    for bundle in plan["bundles"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if let Some(why) = bundle["unplaced"].as_str() {
+            let _ = writeln!(out, "! {}", escape(why));
+        }
+    }
+    for problem in plan["problems"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let _ = writeln!(out, "! {}", escape(problem.as_str().unwrap_or("?")));
+    }
+    match plan["leader"].as_str() {
+        Some(leader) => {
+            let _ = writeln!(out, "(planned at revision {}; the ticks run on {})", plan["revision"], escape(leader));
+        }
+        None => {
+            let _ = writeln!(out, "(planned at revision {}; no node runs the ticks yet)", plan["revision"]);
+        }
+    }
+    out
+}
+
+/// `cerana ticks history`: a line per run.
+pub fn run_rows(history: &Value) -> Vec<Value> {
+    history["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let actions = r["actions"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let failed = actions.iter().filter(|a| a["outcome"] != "ok").count();
+            serde_json::json!({
+                "started_ms": r["started_ms"],
+                "leader": r["leader"],
+                "term": r["term"],
+                "revision": r["revision"],
+                "ms": r["duration_ms"],
+                "actions": actions.len(),
+                "failed": failed,
+                "first": actions.first().map(|a| format!("{} [{}]", a["action"].as_str().unwrap_or("?"), a["outcome"].as_str().unwrap_or("?"))),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +310,42 @@ mod tests {
         let text = json(&json!({ "hostname": hostile }));
         assert!(!text.chars().any(|c| is_unsafe(c) && c != '\n'), "{text:?}");
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["hostname"], hostile);
+    }
+
+    #[test]
+    fn ticks_views() {
+        let plan_json = json!({
+            "revision": 42, "leader": "node-1",
+            "actions": [{"sign": "+", "text": "+ web on node-2"}],
+            "bundles": [
+                {"id": "web", "redundancy": 2, "running_on": {"node-1": true, "node-3": false}},
+                {"id": "big", "redundancy": 3, "running_on": {}, "unplaced": "big: 3 of 3 replicas unplaced (memory short: 3 of 3 nodes)"}
+            ],
+            "problems": []
+        });
+        let rows = bundle_rows(&plan_json);
+        assert_eq!(rows[0]["replicas"], "2/2");
+        assert_eq!(rows[0]["nodes"], "node-1,node-3(unhealthy)");
+        assert_eq!(rows[1]["replicas"], "0/3");
+        let text = plan(&plan_json);
+        assert!(text.starts_with("+ web on node-2\n! big: 3 of 3"), "{text}");
+        assert!(text.contains("revision 42; the ticks run on node-1"), "{text}");
+        let idle = plan(&json!({"revision": 1, "actions": [], "bundles": []}));
+        assert!(idle.starts_with("nothing to do\n") && idle.contains("no node runs the ticks"), "{idle}");
+
+        let nodes = node_rows(
+            &json!({"nodes": [{"id": "n1", "heartbeat_ms": 1000, "cpu_load": 0.5, "cpu_cores": 2,
+            "memory_free": 1u64 << 30, "disk_free": 3u64 << 30, "api_url": "https://n1:8080"}]}),
+            3500,
+        );
+        assert_eq!(nodes[0]["heartbeat_age_s"], "2.5");
+        assert_eq!(nodes[0]["memory_free_gib"], "1.0");
+
+        let runs = run_rows(
+            &json!({"runs": [{"started_ms": 5, "leader": "n1", "term": 9, "revision": 40, "duration_ms": 12,
+            "actions": [{"action": "+ web on n2", "outcome": "ok"}, {"action": "- old on n3", "outcome": "unavailable"}]}]}),
+        );
+        assert_eq!((runs[0]["actions"].as_u64(), runs[0]["failed"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(runs[0]["first"], "+ web on n2 [ok]");
     }
 }

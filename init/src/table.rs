@@ -587,6 +587,7 @@ command = "true"
                 "node-info",
                 "quorum",
                 "service",
+                "ticks",
                 "udev-coldplug",
                 "udev-coldplug-block",
                 "udevd",

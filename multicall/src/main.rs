@@ -26,6 +26,7 @@ const APPLETS: &[(&str, Applet)] = &[
     ("cerana-node-info", cerana_node_info::main),
     ("cerana-quorum", cerana_quorum::main),
     ("cerana-service", cerana_service::main),
+    ("cerana-ticks", cerana_ticks::main),
     ("cerana-zfs", cerana_zfs::main),
 ];
 

@@ -197,6 +197,16 @@ impl Provider {
     /// logs to stderr (filter in `CERANA_LOG`), serves, and on SIGTERM runs its shutdown hook
     /// and exits 0.
     pub fn main(self) -> ExitCode {
+        self.main_with(|_socket| async {})
+    }
+
+    /// [`Provider::main`], with `background` (given the coordinator's socket) running beside
+    /// the provider on its runtime: for providers that also work on their own, such as loops.
+    pub fn main_with<F, Fut>(self, background: F) -> ExitCode
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         init_logging();
         let socket = match socket_from_args(std::env::args().skip(1), &self.name) {
             Ok(Some(socket)) => socket,
@@ -214,6 +224,7 @@ impl Provider {
             }
         };
         let name = self.name.clone();
+        runtime.spawn(background(socket.clone()));
         let stop = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut term) => {

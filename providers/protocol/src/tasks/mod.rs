@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod service;
+pub mod ticks;
 pub mod zfs;
 
 use crate::task::{Access, TaskInfo};
@@ -34,6 +35,7 @@ pub fn catalog() -> impl Iterator<Item = &'static TaskInfo> {
         netns::TASKS,
         node::TASKS,
         service::TASKS,
+        ticks::TASKS,
         zfs::TASKS,
     ]
     .into_iter()

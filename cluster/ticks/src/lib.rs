@@ -1,0 +1,89 @@
+//! `cerana-ticks`: the Cerana Platform's reconcilers (issue #18), one process per node, run by
+//! init as the `ticks` service.
+//!
+//! - **The node tick** (`report`): every heartbeat, what this node runs and holds, on a lease
+//!   of the heartbeat TTL.
+//! - **The cluster ticks** (`leader`), on the node elected through the store: the pure planners
+//!   (`cerana_planner`) over the declared objects and the reports (`state`), then the actions,
+//!   each carrying the leader's term.
+//! - **The `ticks` provider**: `bundle-apply` (the node's side of an action, refused for any term
+//!   but the current one: `apply`), `ticks-plan` (what the next tick would do), `ticks-history`.
+//!
+//! Intervals come from the kernel command line (`settings`).
+
+pub mod apply;
+pub mod caller;
+pub mod leader;
+pub mod report;
+pub mod settings;
+pub mod state;
+
+use cerana_protocol::tasks::ticks::{self as t, History, JOURNAL_RUNS, LEADER};
+use cerana_provider_sdk::Provider;
+use cerana_store::{store_task, task_error, LazyStore};
+use settings::Settings;
+use std::sync::Arc;
+
+/// The whole `cerana-ticks` program.
+pub fn main() -> std::process::ExitCode {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (settings, problems) = Settings::parse(&cmdline);
+    cerana_store::provider_main("ticks", |store| {
+        let name = match nix::unistd::gethostname().map(|h| h.into_string()) {
+            Ok(Ok(name)) => name,
+            _ => {
+                eprintln!("cerana-ticks: this node has no usable host name");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let loops = store.clone();
+        provider(store).main_with(move |socket| async move {
+            for problem in problems {
+                tracing::warn!("{problem}");
+            }
+            tracing::info!(node = %name, heartbeat_ms = settings.heartbeat.as_millis() as u64,
+                ttl_ms = settings.heartbeat_ttl.as_millis() as u64, tick_ms = settings.tick.as_millis() as u64, "ticks");
+            run_loops(loops, socket, name, settings).await;
+        })
+    })
+}
+
+/// The node tick and the campaign for the cluster ticks, until the process ends.
+pub async fn run_loops(store: LazyStore, socket: std::path::PathBuf, name: String, settings: Settings) {
+    let caller = Arc::new(caller::Caller::new(socket));
+    let leader = tokio::spawn(leader::run(store.clone(), caller.clone(), name.clone(), settings));
+    let mut reporter = report::Reporter::new(name, settings);
+    let mut every = tokio::time::interval(settings.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if leader.is_finished() {
+            tracing::error!("the cluster ticks' loop ended");
+            return;
+        }
+        match store.get().await {
+            Ok(s) => reporter.beat(&s, &caller).await,
+            Err(e) => tracing::debug!("no store for the node tick: {e}"),
+        }
+    }
+}
+
+/// The `ticks` provider over `store`.
+pub fn provider(store: LazyStore) -> Provider {
+    let fence = Arc::new(apply::Fence::default());
+    let apply_store = store.clone();
+    let p = Provider::new("ticks", env!("CARGO_PKG_VERSION")).task::<t::BundleApply, _, _>(move |ctx, args| {
+        let (fence, store) = (fence.clone(), apply_store.clone());
+        async move { fence.apply(&ctx, &store, args).await }
+    });
+    let p = store_task!(p, store, t::TicksPlan, |s, _args| {
+        let cluster = state::Cluster::read(s).await.map_err(task_error)?;
+        let leader = s.leader(LEADER).await.map_err(task_error)?.map(|h| h.value);
+        let decisions = cluster.decide(&Default::default(), report::now_ms(), u64::MAX);
+        Ok(cluster.preview(&decisions, leader))
+    });
+    store_task!(p, store, t::TicksHistory, |s, args| {
+        let limit = args.limit.map_or(20, |l| (l as usize).min(JOURNAL_RUNS));
+        Ok(History { runs: leader::history(s, limit).await? })
+    })
+}

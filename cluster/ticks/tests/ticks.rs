@@ -1,0 +1,350 @@
+//! The ticks end to end on the host, against a real 3-member etcd: two nodes (coordinators over
+//! HTTP, each with the real `ticks` provider and loops) report, elect a leader, copy a dataset
+//! from the node that holds it to the other through a cross-node stream, run a bundle of
+//! redundancy 2 on both, refuse a deposed leader's order, and remove everything once the bundle
+//! is deleted. Containers and ZFS run only in VMs (`make test-cluster` runs the same there):
+//! here the nodes' `service-*` and `zfs-*` tasks are doubles that keep their state in memory.
+
+use cerana_coordinator::{Config, Coordinator};
+use cerana_protocol::tasks::service::{
+    CreateArgs as ServiceCreateArgs, ListArgs, ListResult, ServiceCreate, ServiceGet, ServiceInfo, ServiceList,
+    ServiceRef, ServiceRemove,
+};
+use cerana_protocol::tasks::ticks::{
+    Applied, ApplyAction, ApplyArgs, BundleApply, History, HistoryArgs, TickPlan, TicksHistory, TicksPlan, LEADER,
+};
+use cerana_protocol::tasks::zfs::{
+    CreateArgs, Dataset, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ListResult as ZfsListResult, NameResult,
+    ReceiveArgs, ReceiveResult, SendArgs, SendResult, ZfsCreate, ZfsDestroy, ZfsList, ZfsReceive, ZfsSend,
+};
+use cerana_protocol::{ErrorCode, NoArgs, NodeUrl, Request, TaskError};
+use cerana_provider_sdk::Provider;
+use cerana_store::{LazyStore, StoreConfig};
+use cerana_testbed::etcd::EtcdCluster;
+use cerana_testbed::require_ok;
+use cerana_ticks::settings::Settings;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "peer-token-0123456789abcdef";
+
+/// What one node's doubles hold: datasets and snapshots by name, and services by (bundle, id).
+#[derive(Default)]
+struct NodeState {
+    zfs: BTreeSet<String>,
+    services: BTreeMap<(String, String), ServiceCreateArgs>,
+}
+type Shared = Arc<Mutex<NodeState>>;
+
+fn info(a: &ServiceCreateArgs) -> ServiceInfo {
+    serde_json::from_value(serde_json::json!({
+        "id": a.id, "bundle_id": a.bundle_id, "dataset": a.dataset, "rootfs": "zfs", "rootfs_path": null,
+        "clone": format!("{}-clone", a.dataset), "cmd": a.cmd, "limits": a.limits, "netns": null,
+        "restart": a.restart, "state": "running", "pid": 7, "uptime_ms": 1, "restarts": 0, "last_exit": null,
+        "last_error": null, "cgroup": format!("cerana/services/{}.{}", a.bundle_id, a.id),
+    }))
+    .unwrap()
+}
+
+fn not_found(what: String) -> TaskError {
+    TaskError::new(ErrorCode::NotFound, what).with_details(serde_json::json!({ "reason": "not-found" }))
+}
+
+/// `service-*` as a node answers them, without containers.
+fn services_double(state: Shared) -> Provider {
+    let (s1, s2, s3, s4) = (state.clone(), state.clone(), state.clone(), state);
+    Provider::new("service", "double")
+        .task::<ServiceCreate, _, _>(move |_ctx, a: ServiceCreateArgs| {
+            let state = s1.clone();
+            async move {
+                let mut state = state.lock().unwrap();
+                let snapshot = a.dataset.clone();
+                if !state.zfs.contains(&snapshot) {
+                    return Err(TaskError::new(ErrorCode::NotFound, format!("{snapshot} does not exist"))
+                        .with_details(serde_json::json!({ "reason": "dataset-missing" })));
+                }
+                let key = (a.bundle_id.clone(), a.id.clone());
+                if state.services.contains_key(&key) {
+                    return Err(TaskError::new(ErrorCode::AlreadyExists, "exists")
+                        .with_details(serde_json::json!({ "reason": "exists" })));
+                }
+                state.services.insert(key, a.clone());
+                Ok(info(&a))
+            }
+        })
+        .task::<ServiceList, _, _>(move |_ctx, a: ListArgs| {
+            let state = s2.clone();
+            async move {
+                let state = state.lock().unwrap();
+                let services = state
+                    .services
+                    .values()
+                    .filter(|s| a.bundle_id.as_ref().is_none_or(|b| *b == s.bundle_id))
+                    .map(info)
+                    .collect();
+                Ok(ListResult { services })
+            }
+        })
+        .task::<ServiceRemove, _, _>(move |_ctx, r: ServiceRef| {
+            let state = s3.clone();
+            async move {
+                let removed = state.lock().unwrap().services.remove(&(r.bundle_id.clone(), r.id.clone()));
+                removed.map(|_| r.clone()).ok_or_else(|| not_found(format!("no service {}", r.id)))
+            }
+        })
+        .task::<ServiceGet, _, _>(move |_ctx, r: ServiceRef| {
+            let state = s4.clone();
+            async move {
+                let state = state.lock().unwrap();
+                state.services.get(&(r.bundle_id.clone(), r.id.clone())).map(info).ok_or_else(|| not_found(r.id))
+            }
+        })
+}
+
+fn dataset(name: &str, creation: u64) -> Dataset {
+    let kind = if name.contains('@') { DatasetType::Snapshot } else { DatasetType::Filesystem };
+    serde_json::from_value(serde_json::json!({
+        "name": name, "type": kind, "guid": 1, "creation": creation, "used": 0, "available": null,
+        "referenced": 0, "mountpoint": null, "mounted": null, "origin": null
+    }))
+    .unwrap()
+}
+
+/// `zfs-*` as a node answers them. A send stream is the snapshot's name; receiving it makes
+/// the dataset and that snapshot.
+fn zfs_double(state: Shared) -> Provider {
+    let (z1, z2, z3, z4, z5) = (state.clone(), state.clone(), state.clone(), state.clone(), state);
+    Provider::new("zfs", "double")
+        .task::<ZfsList, _, _>(move |_ctx, a: ZfsListArgs| {
+            let state = z1.clone();
+            async move {
+                let state = state.lock().unwrap();
+                let under = a.name.unwrap_or_default();
+                if !state.zfs.contains(&under) {
+                    return Err(TaskError::new(ErrorCode::NotFound, format!("{under} does not exist")));
+                }
+                let datasets = state
+                    .zfs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| n.starts_with(&under))
+                    .map(|(i, n)| dataset(n, i as u64))
+                    .collect();
+                Ok(ZfsListResult { datasets })
+            }
+        })
+        .task::<ZfsCreate, _, _>(move |_ctx, a: CreateArgs| {
+            let state = z2.clone();
+            async move {
+                if !state.lock().unwrap().zfs.insert(a.name.clone()) {
+                    return Err(TaskError::new(ErrorCode::AlreadyExists, format!("{} exists", a.name)));
+                }
+                Ok(NameResult { name: a.name, device: None })
+            }
+        })
+        .task::<ZfsSend, _, _>(move |ctx, a: SendArgs| {
+            let state = z3.clone();
+            async move {
+                if !state.lock().unwrap().zfs.contains(&a.name) {
+                    return Err(TaskError::new(ErrorCode::NotFound, format!("{} does not exist", a.name)));
+                }
+                let mut out = ctx.output_stream().await?;
+                let name = a.name.clone();
+                tokio::spawn(async move {
+                    let _ = out.write_chunk(name.as_bytes()).await;
+                    let _ = out.finish().await;
+                });
+                Ok(SendResult { name: a.name, from: a.from })
+            }
+        })
+        .task::<ZfsReceive, _, _>(move |ctx, a: ReceiveArgs| {
+            let state = z4.clone();
+            async move {
+                let mut input = ctx.input_stream().await?;
+                let mut bytes = Vec::new();
+                while let Some(chunk) =
+                    input.next_chunk().await.map_err(|e| TaskError::new(ErrorCode::StreamError, e.to_string()))?
+                {
+                    bytes.extend_from_slice(chunk);
+                }
+                let sent = String::from_utf8(bytes).unwrap();
+                let snap = sent.split_once('@').map(|(_, s)| s.to_owned()).unwrap();
+                let mut state = state.lock().unwrap();
+                state.zfs.insert(a.name.clone());
+                state.zfs.insert(format!("{}@{snap}", a.name));
+                Ok(ReceiveResult { dataset: dataset(&a.name, 1), bytes: sent.len() as u64 })
+            }
+        })
+        .task::<ZfsDestroy, _, _>(move |_ctx, a: DestroyArgs| {
+            let state = z5.clone();
+            async move {
+                let mut state = state.lock().unwrap();
+                let before = state.zfs.len();
+                state.zfs.retain(|n| n != &a.name && !(a.recursive && n.starts_with(&format!("{}@", a.name))));
+                if state.zfs.len() == before {
+                    return Err(TaskError::new(ErrorCode::NotFound, format!("{} does not exist", a.name)));
+                }
+                Ok(NameResult { name: a.name, device: None })
+            }
+        })
+}
+
+struct Node {
+    name: &'static str,
+    socket: PathBuf,
+    url: String,
+    state: Shared,
+    _coordinator: Coordinator,
+}
+
+async fn node(dir: &Path, name: &'static str, store: &LazyStore, settings: Settings) -> Node {
+    let socket = dir.join(format!("{name}.sock"));
+    let mut config = Config::new(&socket);
+    config.name = name.into();
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.token = Some(TOKEN.into());
+    config.peer_token = Some(TOKEN.into());
+    let coordinator = Coordinator::start(config).await.unwrap();
+    let url = format!("http://{}", coordinator.http_addr().unwrap());
+    let state = Shared::default();
+    tokio::spawn(services_double(state.clone()).serve(socket.clone()));
+    tokio::spawn(zfs_double(state.clone()).serve(socket.clone()));
+    tokio::spawn(cerana_ticks::provider(store.clone()).serve(socket.clone()));
+    tokio::spawn(cerana_ticks::run_loops(store.clone(), socket.clone(), name.into(), settings));
+    // The node's entry, as its quorum agent writes it.
+    let entry = serde_json::json!({"id": name, "heartbeat_ms": 1, "memory_free": 4u64 << 30, "cpu_cores": 2,
+        "disk_free": 8u64 << 30, "api_url": url});
+    store.get().await.unwrap().put(&format!("/cerana/v1/nodes/{name}"), &entry.to_string()).await.unwrap();
+    Node { name, socket, url, state, _coordinator: coordinator }
+}
+
+async fn until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn call<T: cerana_protocol::Task>(
+    socket: &Path,
+    node: Option<&str>,
+    args: &T::Args,
+) -> Result<T::Output, TaskError> {
+    let client = cerana_client::UnixClient::connect(socket, "test").await.unwrap();
+    let mut request = Request::for_task::<T>(args).unwrap();
+    request.node = node.map(|u| NodeUrl::new(u).unwrap());
+    client.call(request).await.unwrap().decode()
+}
+
+fn services_of(node: &Node, bundle: &str) -> Vec<String> {
+    node.state.lock().unwrap().services.keys().filter(|(b, _)| b == bundle).map(|(_, s)| s.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_placed_replicated_fenced_and_collected() {
+    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+    let settings = Settings {
+        heartbeat: Duration::from_millis(250),
+        heartbeat_ttl: Duration::from_millis(2000),
+        tick: Duration::from_millis(500),
+        dataset_grace: Duration::from_secs(600),
+    };
+    let a = node(dir.path(), "node-a", &store, settings).await;
+    let b = node(dir.path(), "node-b", &store, settings).await;
+    // Only node-a holds the dataset to begin with.
+    a.state
+        .lock()
+        .unwrap()
+        .zfs
+        .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+    let s = store.get().await.unwrap();
+    let put = |key: &str, value: serde_json::Value| {
+        let (s, key) = (s.clone(), key.to_owned());
+        async move { s.put(&key, &value.to_string()).await.unwrap() }
+    };
+    put("/cerana/v1/datasets/img", serde_json::json!({"id": "img", "read_only": true, "redundancy": 1})).await;
+    put(
+        "/cerana/v1/services/sleeper",
+        serde_json::json!({"id": "sleeper", "dataset": "img", "cmd": ["/bin/sleep", "9"]}),
+    )
+    .await;
+    let bundle = serde_json::json!({"id": "pair", "redundancy": 2,
+        "services": {"a": {"id": "sleeper"}, "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}}});
+    let started = Instant::now();
+    put("/cerana/v1/bundles/pair", bundle).await;
+
+    // Both nodes run both services, on node-b from the copy the leader made there.
+    until("pair on both nodes", Duration::from_secs(30), async || {
+        (services_of(&a, "pair") == ["a", "b"] && services_of(&b, "pair") == ["a", "b"]).then_some(())
+    })
+    .await;
+    eprintln!("bundle placed on 2 nodes in {:.1} s", started.elapsed().as_secs_f64());
+    assert!(b.state.lock().unwrap().zfs.contains("data/datasets/img@import"), "copied to node-b");
+    let on_b = b.state.lock().unwrap().services[&("pair".to_string(), "b".to_string())].clone();
+    assert_eq!((on_b.dataset.as_str(), on_b.cmd[1].as_str()), ("data/datasets/img@import", "10"));
+
+    // Settled: the plan is empty, and the journal shows what was done.
+    let plan: TickPlan = until("a settled plan", Duration::from_secs(10), async || {
+        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        (plan.actions.is_empty() && plan.bundles[0].running_on.len() == 2).then_some(plan)
+    })
+    .await;
+    assert!(plan.leader.is_some(), "{plan:?}");
+    let history: History = call::<TicksHistory>(&a.socket, None, &HistoryArgs { limit: Some(1000) }).await.unwrap();
+    let done: Vec<&str> = history
+        .runs
+        .iter()
+        .flat_map(|r| r.actions.iter())
+        .filter(|x| x.outcome == "ok")
+        .map(|x| x.action.as_str())
+        .collect();
+    assert!(done.iter().any(|x| x.starts_with("+ img@import from node-a to node-b")), "{done:?}");
+    assert!(done.contains(&"+ pair on node-a") && done.contains(&"+ pair on node-b"), "{done:?}");
+
+    // Fencing: the leader is deposed (its lease ends); its order, arriving late, is refused.
+    let old = s.leader(LEADER).await.unwrap().expect("a leader");
+    s.revoke(old.lease).await.unwrap();
+    let new = until("a new leader", Duration::from_secs(10), async || {
+        s.leader(LEADER).await.unwrap().filter(|l| l.token > old.token)
+    })
+    .await;
+    eprintln!("leader term {} ({}) replaced by term {} ({})", old.token, old.value, new.token, new.value);
+    let late =
+        ApplyArgs { bundle: "pair".into(), leader_key: old.key.clone(), term: old.token, action: ApplyAction::Stop };
+    let err = call::<BundleApply>(&a.socket, Some(&b.url), &late).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    assert!(err.message.contains(&format!("term {}", old.token)), "{err}");
+    // A forged term on the current key is refused too, and a key outside the election.
+    let forged = ApplyArgs { term: new.token + 1, leader_key: new.key.clone(), ..late.clone() };
+    assert_eq!(call::<BundleApply>(&b.socket, None, &forged).await.unwrap_err().code, ErrorCode::Conflict);
+    let outside = ApplyArgs { leader_key: "/cerana/v1/other".into(), ..late.clone() };
+    assert_eq!(call::<BundleApply>(&b.socket, None, &outside).await.unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(services_of(&b, "pair"), ["a", "b"], "nothing was stopped");
+    // The current leader's order is carried out, and again changes nothing (idempotent).
+    let current = ApplyArgs {
+        leader_key: new.key.clone(),
+        term: new.token,
+        action: ApplyAction::Run { services: vec![] },
+        ..late
+    };
+    let applied: Applied = call::<BundleApply>(&b.socket, None, &current).await.unwrap();
+    assert!(applied.changed.is_empty());
+
+    // Deleted: every service goes from every node.
+    s.delete("/cerana/v1/bundles/pair", false).await.unwrap();
+    let deleted = Instant::now();
+    until("pair removed everywhere", Duration::from_secs(20), async || {
+        (services_of(&a, "pair").is_empty() && services_of(&b, "pair").is_empty()).then_some(())
+    })
+    .await;
+    eprintln!("bundle removed from 2 nodes in {:.1} s", deleted.elapsed().as_secs_f64());
+    let _ = (a.name, b.name);
+}
