@@ -212,6 +212,17 @@ enum NodeCommand {
     /// One-time join tokens for machines that do not boot from the network (USB, ISO).
     #[command(subcommand)]
     Token(JoinTokenCommand),
+    /// Nodes' past figures (one entry a minute, kept a day), newest first.
+    History {
+        /// Only these nodes (every node with a history otherwise).
+        nodes: Vec<String>,
+        /// Only this far back: a number with s, m, h or d (1m to 1d).
+        #[arg(long, value_parser = parse_ttl)]
+        since: Option<u64>,
+        /// At most this many entries a node.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -489,6 +500,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let args = serde_json::json!({ "ttl_seconds": ttl, "mac": mac });
             let (_, value) = call_task(&client, "boot-join-token-create", args).await?;
             print(&cli, &value);
+            Ok(())
+        }
+        Command::Node(NodeCommand::History { nodes, since, limit }) => {
+            let now = now_ms();
+            let after_ms = since.map(|secs| now.saturating_sub(secs * 1000));
+            let args = serde_json::json!({ "nodes": nodes, "after_ms": after_ms, "limit": limit });
+            let (_, history) = call_task(&client, "get-nodes-history", args).await?;
+            match cli.output {
+                Output::Json => print(&cli, &history),
+                Output::Table => print(&cli, &serde_json::json!({ "history": render::history_rows(&history, now) })),
+            }
             Ok(())
         }
         Command::Get { kind: Kind::Bundles, id: None } if cli.output == Output::Table => {
@@ -968,6 +990,22 @@ mod tokio_util_like {
 
 #[cfg(test)]
 mod tests {
+    /// The top README's walk-through declares its service and bundle with `cerana set`: each
+    /// file in it must be an object these tasks take.
+    #[test]
+    fn the_readme_walkthrough_files_are_valid_objects() {
+        use cerana_protocol::tasks::clusterconf::{Bundle, Service, Strict};
+        let readme = include_str!("../../README.md");
+        let mut files = readme.split("<<'TOML'\n").skip(1).map(|rest| rest.split("\nTOML\n").next().unwrap());
+        let service = parse_object(files.next().expect("a service file")).unwrap();
+        let service: Strict<Service> = serde_json::from_value(service).unwrap();
+        service.0.validate().unwrap();
+        let bundle = parse_object(files.next().expect("a bundle file")).unwrap();
+        let bundle: Strict<Bundle> = serde_json::from_value(bundle).unwrap();
+        bundle.0.validate().unwrap();
+        assert_eq!((bundle.0.redundancy, bundle.0.services["a"].id.to_string()), (2, service.0.id.to_string()));
+    }
+
     use super::*;
 
     #[test]

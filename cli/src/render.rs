@@ -214,6 +214,24 @@ pub fn node_rows(nodes: &Value, now_ms: u64) -> Vec<Value> {
         .collect()
 }
 
+/// `cerana node history`: a row per entry, each node's newest first.
+pub fn history_rows(history: &Value, now_ms: u64) -> Vec<Value> {
+    let Some(nodes) = history["nodes"].as_object() else { return Vec::new() };
+    nodes
+        .values()
+        .flat_map(|entries| entries.as_array().map(Vec::as_slice).unwrap_or_default())
+        .flat_map(|n| node_rows(&serde_json::json!({ "nodes": [n] }), now_ms))
+        .map(|mut row| {
+            if let Some(fields) = row.as_object_mut() {
+                fields.remove("api_url");
+                let age = fields.remove("heartbeat_age_s").unwrap_or_default();
+                fields.insert("age_s".into(), age);
+            }
+            row
+        })
+        .collect()
+}
+
 /// `cerana plan`: one line per action, then what cannot be placed and why.
 pub fn plan(plan: &Value) -> String {
     let mut out = String::new();
@@ -347,5 +365,15 @@ mod tests {
         );
         assert_eq!((runs[0]["actions"].as_u64(), runs[0]["failed"].as_u64()), (Some(2), Some(1)));
         assert_eq!(runs[0]["first"], "+ web on n2 [ok]");
+
+        let history = history_rows(
+            &json!({"nodes": {"n1": [{"id": "n1", "heartbeat_ms": 60_000, "cpu_load": 0.5},
+            {"id": "n1", "heartbeat_ms": 0, "cpu_load": 0.25}], "n2": []}}),
+            90_000,
+        );
+        assert_eq!(history.len(), 2);
+        assert_eq!((history[0]["node"].as_str(), history[0]["age_s"].as_str()), (Some("n1"), Some("30.0")));
+        assert_eq!(history[1]["load"], 0.25);
+        assert!(history[0].get("api_url").is_none());
     }
 }

@@ -1,9 +1,11 @@
 //! The node's entry under `/cerana/v1/nodes/NAME` (what `list-nodes` and `cerana get nodes`
-//! show): its current figures, on a lease that goes when the node does. The node heartbeat
-//! ticks (issue #18) take this over, with their own intervals and a history.
+//! show): its current figures, on a lease that goes when the node does; and once a minute the
+//! same figures added to the node's history (`get-nodes-history`), which keeps a day.
 
 use cerana_observe::procfs;
-use cerana_protocol::tasks::clusterconf::Node;
+use cerana_protocol::tasks::clusterconf::{
+    node_history_key, Node, NODES_HISTORY, NODE_HISTORY_EVERY_MS, NODE_HISTORY_KEEP_MS,
+};
 use cerana_store::Store;
 
 const TTL_SECS: i64 = 10;
@@ -12,6 +14,8 @@ const TTL_SECS: i64 = 10;
 #[derive(Debug, Default)]
 pub struct Presence {
     lease: Option<i64>,
+    /// When the history last had an entry added.
+    history_at: u64,
 }
 
 impl Presence {
@@ -23,13 +27,31 @@ impl Presence {
             Err(_) => return,
         };
         let key = format!("/cerana/v1/nodes/{name}");
-        if let Some(lease) = self.lease {
-            if store.keep_alive(lease).await.is_ok() && store.put_on_lease(&key, &value, lease).await.is_ok() {
-                return;
+        let kept = match self.lease {
+            Some(lease) => {
+                store.keep_alive(lease).await.is_ok() && store.put_on_lease(&key, &value, lease).await.is_ok()
+            }
+            None => false,
+        };
+        if !kept {
+            self.lease = store.put_ephemeral(&key, &value, TTL_SECS).await.ok().map(|(lease, _)| lease);
+        }
+        if node.heartbeat_ms >= self.history_at + NODE_HISTORY_EVERY_MS {
+            let figures = Node { api_url: None, ..node };
+            if record_history(store, &figures).await.is_ok() {
+                self.history_at = figures.heartbeat_ms;
             }
         }
-        self.lease = store.put_ephemeral(&key, &value, TTL_SECS).await.ok().map(|(lease, _)| lease);
     }
+}
+
+/// Adds `node` to its history and drops the entries older than the history keeps.
+pub async fn record_history(store: &Store, node: &Node) -> Result<(), cerana_store::StoreError> {
+    let value = serde_json::to_string(node).map_err(|e| cerana_store::StoreError::Invalid(e.to_string()))?;
+    store.put(&node_history_key(&node.id, node.heartbeat_ms), &value).await?;
+    let oldest_kept = node_history_key(&node.id, node.heartbeat_ms.saturating_sub(NODE_HISTORY_KEEP_MS));
+    store.delete_range(&format!("{NODES_HISTORY}/{}/", node.id), &oldest_kept).await?;
+    Ok(())
 }
 
 /// This node's figures now.

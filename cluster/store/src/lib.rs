@@ -355,6 +355,37 @@ impl Store {
         Ok((deleted, revision(response.header())))
     }
 
+    /// Up to `limit` entries with keys in `start..end`, newest key first when `descending`.
+    pub async fn range(&self, start: &str, end: &str, limit: u32, descending: bool) -> Result<Vec<Entry>, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let order = if descending { SortOrder::Descend } else { SortOrder::Ascend };
+        let options = GetOptions::new().with_range(end).with_limit(i64::from(limit)).with_sort(SortTarget::Key, order);
+        let response = self
+            .call("range", Kind::Repeatable, |c| {
+                let options = options.clone();
+                async move { c.kv_client().get(start, Some(options)).await }
+            })
+            .await?;
+        response.kvs().iter().map(entry).collect()
+    }
+
+    /// Deletes every key in `start..end`; returns how many went.
+    pub async fn delete_range(&self, start: &str, end: &str) -> Result<u64, StoreError> {
+        if start >= end {
+            return Ok(0);
+        }
+        let options = DeleteOptions::new().with_range(end);
+        let response = self
+            .call("delete-range", Kind::Write, |c| {
+                let options = options.clone();
+                async move { c.kv_client().delete(start, Some(options)).await }
+            })
+            .await?;
+        Ok(response.deleted().max(0) as u64)
+    }
+
     /// A new lease of `ttl_secs`.
     pub async fn grant(&self, ttl_secs: i64) -> Result<i64, StoreError> {
         let response = self
@@ -490,14 +521,24 @@ impl Store {
     /// names the leader.
     pub async fn campaign(&self, name: &str, value: &str, ttl_secs: i64, wait: Duration) -> Result<Holder, StoreError> {
         let lease = self.grant(ttl_secs).await?;
-        let outcome = self.campaign_with(name, value, lease, wait).await;
+        // Kept alive while waiting, so that a waiter keeps its place in line and takes over as
+        // soon as the leader's key goes.
+        let renew_every = Duration::from_millis((ttl_secs.max(1) as u64) * 1000 / 3);
+        let outcome = self.campaign_with(name, value, lease, wait, renew_every).await;
         if outcome.is_err() {
             let _ = self.revoke(lease).await;
         }
         outcome
     }
 
-    async fn campaign_with(&self, name: &str, value: &str, lease: i64, wait: Duration) -> Result<Holder, StoreError> {
+    async fn campaign_with(
+        &self,
+        name: &str,
+        value: &str,
+        lease: i64,
+        wait: Duration,
+        renew_every: Duration,
+    ) -> Result<Holder, StoreError> {
         let key = format!("{name}/{lease:x}");
         let put = |c: Client| {
             let key = key.clone();
@@ -521,9 +562,19 @@ impl Store {
                             token: leader.token,
                         });
                     }
-                    // Wait for the leader's key to go (or the time to run out), then look again.
+                    // Wait for the leader's key to go (or the time to run out), renewing this
+                    // campaign's lease, then look again.
                     let mut watch = self.watch_key(&leader.key, token + 1).await?;
-                    let _ = tokio::time::timeout(left, watch.next_delete()).await;
+                    let until = tokio::time::Instant::now() + left;
+                    loop {
+                        let slice = until.saturating_duration_since(tokio::time::Instant::now()).min(renew_every);
+                        if slice.is_zero() || tokio::time::timeout(slice, watch.next_delete()).await.is_ok() {
+                            break;
+                        }
+                        if self.keep_alive(lease).await? <= 0 {
+                            return Err(StoreError::NotFound { what: format!("lease {lease}") });
+                        }
+                    }
                 }
                 // Our own key is gone: the lease expired under us.
                 None => return Err(StoreError::NotFound { what: format!("lease {lease}") }),

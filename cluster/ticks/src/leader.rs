@@ -15,7 +15,8 @@ use cerana_protocol::tasks::ticks::{
     ActionOutcome, ApplyAction, ApplyArgs, BundleApply, TickRun, JOURNAL, JOURNAL_RUNS, LEADER,
 };
 use cerana_protocol::tasks::zfs::{
-    CreateArgs, DatasetType, DestroyArgs, ReceiveArgs, SendArgs, ZfsCreate, ZfsDestroy, ZfsReceive, ZfsSend,
+    CreateArgs, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ReceiveArgs, SendArgs, ZfsCreate, ZfsDestroy,
+    ZfsList, ZfsReceive, ZfsSend,
 };
 use cerana_protocol::{ErrorCode, NodeUrl, TaskError};
 use cerana_store::{Holder, LazyStore, Store, StoreError};
@@ -27,6 +28,9 @@ use std::time::{Duration, Instant};
 const APPLY_TIMEOUT: Duration = Duration::from_secs(180);
 const COPY_TIMEOUT: Duration = Duration::from_secs(1800);
 const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node waits in line for the leadership before it stands again (its place in line
+/// kept meanwhile: the store renews its campaign's lease).
+const CAMPAIGN_WAIT: Duration = Duration::from_secs(300);
 
 /// What the leader keeps between ticks.
 #[derive(Debug)]
@@ -50,7 +54,7 @@ pub async fn run(lazy: LazyStore, caller: Arc<Caller>, name: String, settings: S
                 continue;
             }
         };
-        match store.campaign(LEADER, &ticks.name, settings.lease_secs(), Duration::from_secs(10)).await {
+        match store.campaign(LEADER, &ticks.name, settings.lease_secs(), CAMPAIGN_WAIT).await {
             Ok(holder) => {
                 tracing::info!(term = holder.token, key = %holder.key, "leading the cluster ticks");
                 ticks.lead(&store, &holder).await;
@@ -227,6 +231,16 @@ impl Ticks {
             Err(e) => return Err(format!("{DATASETS_ON_POOL} on {to}: {e}")),
         }
         let name = format!("{DATASETS_ON_POOL}/{dataset}");
+        if base.is_none() {
+            // A full copy goes only where there is none: a node whose report is older than a
+            // copy made since must not have it destroyed as a failed one.
+            let probe = ZfsListArgs { name: Some(name.clone()), types: vec![DatasetType::Filesystem], depth: Some(0) };
+            match self.caller.call::<ZfsList>(target.as_ref(), &probe, None, SHORT_TIMEOUT).await {
+                Ok(_) => return Err(format!("{name} is on {to} already; waiting for its report")),
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(format!("zfs-list on {to}: {e}")),
+            }
+        }
         let send = SendArgs { name: format!("{name}@{snapshot}"), from: base.map(|b| format!("{name}@{b}")) };
         let sent = self.caller.call::<ZfsSend>(source.as_ref(), &send, None, SHORT_TIMEOUT).await.map_err(failed)?;
         let mut stream = sent.stream.ok_or("zfs-send returned no stream")?;

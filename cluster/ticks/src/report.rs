@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 /// The longest a report goes without being written again.
 pub const REWRITE: Duration = Duration::from_secs(10);
-/// Health checks run every this many beats (they are tasks of their own).
-const HEALTH_EVERY: u32 = 5;
+/// Health checks and the dataset listing (a `zfs list` each) run every this many beats; a
+/// dataset changes only by the ticks' own copies and imports, which the leader accounts for.
+const SLOW_EVERY: u32 = 5;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -93,7 +94,8 @@ impl Reporter {
     async fn observe(&mut self, caller: &Caller) -> Result<NodeReport, TaskError> {
         let timeout = Duration::from_secs(10);
         let services = caller.call::<ServiceList>(None, &ListArgs::default(), None, timeout).await?.output.services;
-        if self.beats.is_multiple_of(HEALTH_EVERY) {
+        let slow = self.beats % SLOW_EVERY == 1;
+        if slow {
             let mut health = BTreeMap::new();
             for s in services.iter().filter(|s| s.state == ServiceState::Running) {
                 let r = ServiceRef { id: s.id.clone(), bundle_id: s.bundle_id.clone() };
@@ -105,16 +107,21 @@ impl Reporter {
             }
             self.health = health;
         }
-        let list = ZfsListArgs {
-            name: Some(DATASETS_ON_POOL.into()),
-            types: vec![DatasetType::Filesystem, DatasetType::Snapshot],
-            depth: Some(2),
-        };
-        let datasets = match caller.call::<ZfsList>(None, &list, None, timeout).await {
-            Ok(answer) => datasets_of(&answer.output.datasets),
-            // No pool, or nothing imported here yet.
-            Err(e) if e.code == ErrorCode::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
+        let datasets = match (&self.written, slow) {
+            (Some((last, _)), false) => last.datasets.clone(),
+            _ => {
+                let list = ZfsListArgs {
+                    name: Some(DATASETS_ON_POOL.into()),
+                    types: vec![DatasetType::Filesystem, DatasetType::Snapshot],
+                    depth: Some(2),
+                };
+                match caller.call::<ZfsList>(None, &list, None, timeout).await {
+                    Ok(answer) => datasets_of(&answer.output.datasets),
+                    // No pool, or nothing imported here yet.
+                    Err(e) if e.code == ErrorCode::NotFound => BTreeMap::new(),
+                    Err(e) => return Err(e),
+                }
+            }
         };
         Ok(NodeReport {
             node: self.name.clone(),
@@ -147,7 +154,8 @@ impl Reporter {
             last.bundles == report.bundles && last.datasets == report.datasets && at.elapsed() < REWRITE
         });
         if let Some(lease) = self.lease {
-            if store.keep_alive(lease).await.is_ok() {
+            // A TTL of 0: the lease lapsed (a partition, say) and the report went with it.
+            if matches!(store.keep_alive(lease).await, Ok(ttl) if ttl > 0) {
                 if same {
                     return;
                 }

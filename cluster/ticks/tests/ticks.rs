@@ -11,7 +11,8 @@ use cerana_protocol::tasks::service::{
     ServiceRef, ServiceRemove,
 };
 use cerana_protocol::tasks::ticks::{
-    Applied, ApplyAction, ApplyArgs, BundleApply, History, HistoryArgs, TickPlan, TicksHistory, TicksPlan, LEADER,
+    ActionOutcome, Applied, ApplyAction, ApplyArgs, BundleApply, History, HistoryArgs, TickPlan, TicksHistory,
+    TicksPlan, LEADER,
 };
 use cerana_protocol::tasks::zfs::{
     CreateArgs, Dataset, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ListResult as ZfsListResult, NameResult,
@@ -35,6 +36,10 @@ const TOKEN: &str = "peer-token-0123456789abcdef";
 struct NodeState {
     zfs: BTreeSet<String>,
     services: BTreeMap<(String, String), ServiceCreateArgs>,
+    /// Send streams still to cut halfway (the sender vanishes).
+    cut_sends: u32,
+    /// Every dataset destroyed here, in order.
+    destroyed: Vec<String>,
 }
 type Shared = Arc<Mutex<NodeState>>;
 
@@ -150,9 +155,20 @@ fn zfs_double(state: Shared) -> Provider {
                 if !state.lock().unwrap().zfs.contains(&a.name) {
                     return Err(TaskError::new(ErrorCode::NotFound, format!("{} does not exist", a.name)));
                 }
+                let cut = {
+                    let mut state = state.lock().unwrap();
+                    let cut = state.cut_sends > 0;
+                    state.cut_sends = state.cut_sends.saturating_sub(1);
+                    cut
+                };
                 let mut out = ctx.output_stream().await?;
                 let name = a.name.clone();
                 tokio::spawn(async move {
+                    if cut {
+                        // Half the stream, then gone without its end marker.
+                        let _ = out.write_chunk(&name.as_bytes()[..name.len() / 2]).await;
+                        return;
+                    }
                     let _ = out.write_chunk(name.as_bytes()).await;
                     let _ = out.finish().await;
                 });
@@ -163,6 +179,9 @@ fn zfs_double(state: Shared) -> Provider {
             let state = z4.clone();
             async move {
                 let mut input = ctx.input_stream().await?;
+                // As a real receive, the dataset exists while the stream comes in, and a cut
+                // stream leaves it behind for the sender of the copy to clean up.
+                state.lock().unwrap().zfs.insert(a.name.clone());
                 let mut bytes = Vec::new();
                 while let Some(chunk) =
                     input.next_chunk().await.map_err(|e| TaskError::new(ErrorCode::StreamError, e.to_string()))?
@@ -181,6 +200,7 @@ fn zfs_double(state: Shared) -> Provider {
             let state = z5.clone();
             async move {
                 let mut state = state.lock().unwrap();
+                state.destroyed.push(a.name.clone());
                 let before = state.zfs.len();
                 state.zfs.retain(|n| n != &a.name && !(a.recursive && n.starts_with(&format!("{}@", a.name))));
                 if state.zfs.len() == before {
@@ -248,7 +268,7 @@ fn services_of(node: &Node, bundle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_is_placed_replicated_fenced_and_collected() {
-    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap());
+    let mut etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(3)).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
     let settings = Settings {
@@ -265,6 +285,9 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         .unwrap()
         .zfs
         .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+    // The first copy's stream is cut halfway: the partial receive is destroyed, the copy tried
+    // again.
+    a.state.lock().unwrap().cut_sends = 1;
     let s = store.get().await.unwrap();
     let put = |key: &str, value: serde_json::Value| {
         let (s, key) = (s.clone(), key.to_owned());
@@ -307,6 +330,15 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         .map(|x| x.action.as_str())
         .collect();
     assert!(done.iter().any(|x| x.starts_with("+ img@import from node-a to node-b")), "{done:?}");
+    let cut: Vec<&ActionOutcome> = history
+        .runs
+        .iter()
+        .flat_map(|r| r.actions.iter())
+        .filter(|x| x.action.starts_with("+ img@import from node-a to node-b") && x.outcome != "ok")
+        .collect();
+    assert_eq!(cut.len(), 1, "the cut copy is journaled as failed: {:?}", history.runs);
+    assert!(cut[0].outcome.contains("zfs-receive on node-b"), "{cut:?}");
+    assert_eq!(b.state.lock().unwrap().destroyed, ["data/datasets/img"], "the partial receive was cleaned up");
     assert!(done.contains(&"+ pair on node-a") && done.contains(&"+ pair on node-b"), "{done:?}");
 
     // Fencing: the leader is deposed (its lease ends); its order, arriving late, is refused.
@@ -337,6 +369,31 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     };
     let applied: Applied = call::<BundleApply>(&b.socket, None, &current).await.unwrap();
     assert!(applied.changed.is_empty());
+
+    // Without a quorum the ticks pause: nothing is planned from stale data, nothing stops;
+    // once the quorum is back they go on from where the cluster is.
+    etcd.kill(1);
+    etcd.kill(2);
+    tokio::time::sleep(settings.heartbeat_ttl * 2).await;
+    let err = call::<TicksPlan>(&a.socket, None, &NoArgs {}).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    assert_eq!(
+        (services_of(&a, "pair"), services_of(&b, "pair")),
+        (vec!["a".into(), "b".into()], vec!["a".into(), "b".into()])
+    );
+    let _etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart(1).unwrap();
+        etcd.restart(2).unwrap();
+        etcd
+    })
+    .await
+    .unwrap();
+    until("the ticks back, pair still on both", Duration::from_secs(30), async || {
+        let plan = call::<TicksPlan>(&a.socket, None, &NoArgs {}).await.ok()?;
+        (plan.actions.is_empty() && plan.bundles[0].running_on.len() == 2 && plan.leader.is_some()).then_some(())
+    })
+    .await;
+    assert_eq!(services_of(&b, "pair"), ["a", "b"]);
 
     // Deleted: every service goes from every node.
     s.delete("/cerana/v1/bundles/pair", false).await.unwrap();

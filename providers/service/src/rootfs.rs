@@ -15,6 +15,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -229,6 +230,9 @@ fn release_overlay(scratch: &Path) {
     let _ = std::fs::remove_dir_all(scratch);
 }
 
+/// How long a busy clone is retried on release.
+const RELEASE_BUSY_FOR: Duration = Duration::from_secs(10);
+
 impl Rootfs {
     /// Unmounts and removes the overlay, or destroys the clone.
     pub async fn release(&self, zfs: &dyn Zfs) -> Result<(), ServiceError> {
@@ -236,10 +240,20 @@ impl Rootfs {
             release_overlay(scratch);
         }
         if let Some(clone) = &self.clone {
-            match zfs.destroy(clone).await {
-                Ok(()) => {}
-                Err(e) if is_reason(&e, ZfsErrorReason::NotFound) => {}
-                Err(e) => return Err(ServiceError::Rootfs(format!("zfs-destroy {clone}: {e}"))),
+            // A container just killed can keep its mount of the clone for a moment while the
+            // kernel tears its mount namespace down: busy is retried, for a few seconds.
+            let mut wait = Duration::from_millis(100);
+            let deadline = tokio::time::Instant::now() + RELEASE_BUSY_FOR;
+            loop {
+                match zfs.destroy(clone).await {
+                    Ok(()) => break,
+                    Err(e) if is_reason(&e, ZfsErrorReason::NotFound) => break,
+                    Err(e) if is_reason(&e, ZfsErrorReason::Busy) && tokio::time::Instant::now() + wait < deadline => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(ServiceError::Rootfs(format!("zfs-destroy {clone}: {e}"))),
+                }
             }
         }
         Ok(())
@@ -332,6 +346,7 @@ mod tests {
     struct RecordingZfs {
         names: Mutex<std::collections::BTreeSet<String>>,
         calls: Mutex<Vec<String>>,
+        busy: Mutex<u32>,
     }
 
     fn zfs_error(reason: ZfsErrorReason, name: &str) -> TaskError {
@@ -387,6 +402,11 @@ mod tests {
         fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), TaskError>> {
             self.record(format!("destroy {name}"));
             Box::pin(async move {
+                let mut busy = self.busy.lock().unwrap();
+                if *busy > 0 {
+                    *busy -= 1;
+                    return Err(zfs_error(ZfsErrorReason::Busy, name));
+                }
                 if self.names.lock().unwrap().remove(name) {
                     Ok(())
                 } else {
@@ -397,7 +417,20 @@ mod tests {
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_clone_busy_for_a_moment_is_destroyed_on_release() {
+        let zfs = RecordingZfs::with(&["data", "data/img", "data/img@service-web"]);
+        let key = ServiceKey::new("b1", "web").unwrap();
+        let source = RootfsSource::ZfsDataset(DatasetName::new("data/img").unwrap());
+        let rootfs = block_on(prepare(&source, &key, Path::new("/run/x"), &zfs)).unwrap();
+        *zfs.busy.lock().unwrap() = 3;
+        block_on(rootfs.release(&zfs)).unwrap();
+        assert!(!zfs.names.lock().unwrap().contains("data/running-clones/b1.web"));
+        let tries = zfs.calls.lock().unwrap().iter().filter(|c| *c == "destroy data/running-clones/b1.web").count();
+        assert_eq!(tries, 1 + 4, "one destroy before the clone, then 3 busy and the one that went");
     }
 
     #[test]

@@ -313,6 +313,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Cuts node `node` off the network, its power still on: its tap leaves the cluster's
+    /// bridge (inside the cluster's namespace), so nothing it sends reaches anyone.
+    pub fn disconnect(&self, node: usize) -> Result<(), ClusterError> {
+        self.check_node(node)?;
+        run(&["ip", "-n", &self.layout.netns, "link", "set", &format!("tap{node}"), "nomaster"]).map(drop)
+    }
+
+    /// Undoes [`Cluster::disconnect`].
+    pub fn reconnect(&self, node: usize) -> Result<(), ClusterError> {
+        self.check_node(node)?;
+        run(&["ip", "-n", &self.layout.netns, "link", "set", &format!("tap{node}"), "master", "br0"]).map(drop)
+    }
+
+    fn check_node(&self, node: usize) -> Result<(), ClusterError> {
+        if node == 0 || node > self.layout.nodes {
+            return Err(ClusterError::Invalid(format!("node {node}: nodes are 1..={}", self.layout.nodes)));
+        }
+        Ok(())
+    }
+
     /// Waits until every node in `nodes` has reported node_ready on its console.
     pub fn wait_ready(
         &self,
@@ -494,6 +514,34 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// [`Cluster::request`] with `bytes` as the request's input stream, uploaded to the same
+    /// coordinator (`POST /v1/streams/ID`) while the task reads it.
+    pub fn request_with_upload(
+        &self,
+        ip: &str,
+        request: &serde_json::Value,
+        bytes: Vec<u8>,
+    ) -> Result<serde_json::Value, ClusterError> {
+        let token = if ip == self.layout.bootstrap_ip() { self.token.clone() } else { self.admin_token()? };
+        let tls = self.https(Duration::from_secs(180))?;
+        let id = cerana_protocol::StreamId::random().to_string();
+        let addr: std::net::SocketAddr =
+            format!("{ip}:8080").parse().map_err(|e| ClusterError::Invalid(format!("{ip}: {e}")))?;
+        let path = format!("/v1/streams/{id}");
+        let upload = std::thread::spawn(move || {
+            crate::http::request_over(addr, Some(&tls), "POST", &path, Some(&token), &bytes, Duration::from_secs(600))
+                .map(|r| r.status)
+        });
+        let mut request = request.clone();
+        request["stream"] = serde_json::json!({ "id": id });
+        let response = self.request(ip, &request);
+        let uploaded = upload.join().map_err(|_| ClusterError::Invalid("the upload thread panicked".into()))?;
+        if response.as_ref().is_ok_and(|r| r.get("result").is_some()) {
+            uploaded.map_err(|e| ClusterError::Invalid(format!("upload to {ip}: {e}")))?;
+        }
+        response
     }
 
     /// [`Cluster::request`] with another bearer token (a scoped one, say).

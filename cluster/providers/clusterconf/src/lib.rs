@@ -7,6 +7,7 @@
 //! object is not deleted (`busy`, naming who uses it).
 
 pub mod auth;
+mod history;
 pub mod import;
 
 use cerana_protocol::tasks::clusterconf::{self as c, ObjectId, MAX_OBJECT_BYTES, PREFIX};
@@ -275,6 +276,7 @@ pub fn provider_with(store: LazyStore) -> Provider {
     });
     let p = store_task!(p, store, c::GetNode, |s, args| must_get(s, id(&args.id)).await);
     let p = store_task!(p, store, c::ListNodes, |s, _args| Ok(c::NodeList { nodes: list(s).await? }));
+    let p = store_task!(p, store, c::GetNodesHistory, |s, args| history::nodes_history(s, args).await);
     let import_store = store.clone();
     let p = p.task::<c::ImportDataset, _, _>(move |ctx, args| {
         let store = import_store.clone();

@@ -272,3 +272,57 @@ async fn api_tokens_are_minted_once_stored_hashed_and_revoked() {
     lab.fails("auth-token-revoke", json!({"id": id}), ErrorCode::NotFound, "no token").await;
     assert_eq!(lab.call("auth-token-list", json!({})).await.unwrap()["tokens"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_history_filters_by_node_time_and_count() {
+    let lab = require_ok!(Lab::start().await);
+    let entry = |node: &str, at: u64| {
+        let key = format!("/cerana/v1/nodes-history/{node}/{at:015}");
+        let value = json!({ "id": node, "heartbeat_ms": at, "memory_free": at * 10 }).to_string();
+        lab.etcdctl(&["put", &key, &value]);
+    };
+    for at in [1_000, 61_000, 121_000, 181_000] {
+        entry("node-a", at);
+    }
+    for at in [2_000, 62_000] {
+        entry("node-b", at);
+    }
+    // Neither a node's entry nor readable: stepped over, and a damaged entry hides nothing else.
+    lab.etcdctl(&["put", "/cerana/v1/nodes-history/stray", "x"]);
+    lab.etcdctl(&["put", "/cerana/v1/nodes-history/node-c/000000000005000", "not json"]);
+    entry("node-c", 65_000);
+
+    let times = |v: &Value, node: &str| -> Vec<u64> {
+        v["nodes"][node]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {node} in {v}"))
+            .iter()
+            .map(|n| n["heartbeat_ms"].as_u64().unwrap())
+            .collect()
+    };
+    let all = lab.call("get-nodes-history", json!({})).await.unwrap();
+    assert_eq!(all["nodes"].as_object().unwrap().len(), 3, "{all}");
+    assert_eq!(times(&all, "node-a"), [181_000, 121_000, 61_000, 1_000], "newest first");
+    assert_eq!(times(&all, "node-c"), [65_000]);
+    assert_eq!(all["nodes"]["node-a"][0]["memory_free"], 1_810_000);
+
+    let one = lab.call("get-nodes-history", json!({ "nodes": ["node-b"] })).await.unwrap();
+    assert_eq!(one["nodes"].as_object().unwrap().len(), 1, "{one}");
+    assert_eq!(times(&one, "node-b"), [62_000, 2_000]);
+
+    let window = lab.call("get-nodes-history", json!({ "after_ms": 61_000, "before_ms": 181_000 })).await.unwrap();
+    assert_eq!(times(&window, "node-a"), [121_000, 61_000], "after is inclusive, before is not");
+    assert_eq!(times(&window, "node-b"), [62_000]);
+
+    let newest = lab.call("get-nodes-history", json!({ "nodes": ["node-a"], "limit": 2 })).await.unwrap();
+    assert_eq!(times(&newest, "node-a"), [181_000, 121_000]);
+    let unknown = lab.call("get-nodes-history", json!({ "nodes": ["node-z"] })).await.unwrap();
+    assert_eq!(times(&unknown, "node-z"), Vec::<u64>::new());
+
+    lab.fails("get-nodes-history", json!({ "after_ms": 5, "before_ms": 5 }), ErrorCode::InvalidArgument, "before_ms")
+        .await;
+    lab.fails("get-nodes-history", json!({ "limit": 0 }), ErrorCode::InvalidArgument, "limit").await;
+    lab.fails("get-nodes-history", json!({ "limit": 100_000 }), ErrorCode::InvalidArgument, "limit").await;
+    lab.fails("get-nodes-history", json!({ "nodes": ["../x"] }), ErrorCode::InvalidArgs, "not an id").await;
+    lab.fails("get-nodes-history", json!({ "node": "node-a" }), ErrorCode::InvalidArgs, "unknown field `node`").await;
+}

@@ -31,6 +31,7 @@ crate::declare_tasks! {
     DeleteBundle = "delete-bundle", Write, "Deletes a bundle no other bundle connects to (if mod_index is given, only unchanged)", DeleteArgs => NoOutput;
     GetNode = "get-node", Read, "A node as its last heartbeat reported it", IdArgs => Node;
     ListNodes = "list-nodes", Read, "Every node with a live heartbeat", NoArgs => NodeList;
+    GetNodesHistory = "get-nodes-history", Read, "Nodes' past figures (one a minute, kept a day), newest first; filtered by node and time", NodesHistoryArgs => NodesHistory;
     GetDefaultOptions = "get-default-options", Read, "The cluster's defaults", NoArgs => ClusterDefaults;
     SetDefaultOptions = "set-default-options", Write, "Sets the cluster's defaults (mod_index as for updates)", Strict<ClusterDefaults> => ClusterDefaults;
     GetDhcpConfig = "get-dhcp-config", Read, "The cluster's DHCP settings", NoArgs => DhcpConfig;
@@ -478,6 +479,65 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeList {
     pub nodes: Vec<Node>,
+}
+
+/// Where each node's past figures are kept: `NODES_HISTORY/NODE/<heartbeat_ms, 15 digits>`.
+pub const NODES_HISTORY: &str = "/cerana/v1/nodes-history";
+/// A node adds to its history this often ...
+pub const NODE_HISTORY_EVERY_MS: u64 = 60_000;
+/// ... and drops what is older than this: a day, 1,440 entries a node.
+pub const NODE_HISTORY_KEEP_MS: u64 = 86_400_000;
+/// The key of `node`'s history entry at `at_ms`; keys sort by time within a node.
+pub fn node_history_key(node: &str, at_ms: u64) -> String {
+    format!("{NODES_HISTORY}/{node}/{at_ms:015}")
+}
+
+/// The most entries one node's history answers with.
+pub const NODE_HISTORY_MAX: u32 = 1440;
+/// The most nodes one `get-nodes-history` answers for.
+pub const NODES_HISTORY_MAX_NODES: usize = 4096;
+
+/// Which history `get-nodes-history` returns: every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesHistoryArgs {
+    /// Only these nodes (every node with a history when empty).
+    #[serde(default)]
+    pub nodes: Vec<ObjectId>,
+    /// Only entries at or after this time (milliseconds since the epoch).
+    #[serde(default)]
+    pub after_ms: Option<u64>,
+    /// Only entries before this time.
+    #[serde(default)]
+    pub before_ms: Option<u64>,
+    /// At most this many entries a node, the newest (default 60, at most [`NODE_HISTORY_MAX`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+impl NodesHistoryArgs {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let (Some(after), Some(before)) = (self.after_ms, self.before_ms) {
+            if after >= before {
+                return Err(invalid("before_ms", format!("{before} is not after after_ms ({after})")));
+            }
+        }
+        if let Some(limit) = self.limit {
+            if limit == 0 || limit > NODE_HISTORY_MAX {
+                return Err(invalid("limit", format!("{limit}: from 1 to {NODE_HISTORY_MAX}")));
+            }
+        }
+        if self.nodes.len() > NODES_HISTORY_MAX_NODES {
+            return Err(invalid("nodes", format!("at most {NODES_HISTORY_MAX_NODES}")));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodesHistory {
+    /// Each node's entries, newest first.
+    pub nodes: BTreeMap<String, Vec<Node>>,
 }
 
 /// Cluster-wide defaults.
