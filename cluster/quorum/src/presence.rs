@@ -4,7 +4,7 @@
 
 use cerana_observe::procfs;
 use cerana_protocol::tasks::clusterconf::{
-    node_history_key, Node, NODES_HISTORY, NODE_HISTORY_EVERY_MS, NODE_HISTORY_KEEP_MS,
+    node_history_key, node_history_prefix, Node, NODE_HISTORY_EVERY_MS, NODE_HISTORY_KEEP_MS,
 };
 use cerana_store::Store;
 
@@ -50,7 +50,7 @@ pub async fn record_history(store: &Store, node: &Node) -> Result<(), cerana_sto
     let value = serde_json::to_string(node).map_err(|e| cerana_store::StoreError::Invalid(e.to_string()))?;
     store.put(&node_history_key(&node.id, node.heartbeat_ms), &value).await?;
     let oldest_kept = node_history_key(&node.id, node.heartbeat_ms.saturating_sub(NODE_HISTORY_KEEP_MS));
-    store.delete_range(&format!("{NODES_HISTORY}/{}/", node.id), &oldest_kept).await?;
+    store.delete_range(&node_history_prefix(&node.id), &oldest_kept).await?;
     Ok(())
 }
 

@@ -478,7 +478,7 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         }
     }
     eprintln!(
-        "ticks: pair's services and clones removed from nodes {:?} in {:.1} s",
+        "ticks: pair's services removed from nodes {:?} in {:.1} s",
         live.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         t.elapsed().as_secs_f64()
     );

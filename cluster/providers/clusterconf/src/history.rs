@@ -3,7 +3,7 @@
 //! never filtered, every filter given holds for every entry returned.
 
 use cerana_protocol::tasks::clusterconf::{
-    node_history_key, Node, NodesHistory, NodesHistoryArgs, NODES_HISTORY, NODES_HISTORY_MAX_NODES,
+    node_history_key, node_history_prefix, Node, NodesHistory, NodesHistoryArgs, NODES_HISTORY, NODES_HISTORY_MAX_NODES,
 };
 use cerana_protocol::TaskError;
 use cerana_store::{prefix_end, task_error, Store};
@@ -27,8 +27,7 @@ async fn nodes_with_history(s: &Store) -> Result<Vec<String>, TaskError> {
             start = format!("{}\0", first.key);
             continue;
         };
-        let node_prefix = format!("{prefix}{node}/");
-        start = String::from_utf8(prefix_end(node_prefix.as_bytes())).unwrap_or_else(|_| end.clone());
+        start = String::from_utf8(prefix_end(node_history_prefix(node).as_bytes())).unwrap_or_else(|_| end.clone());
         nodes.push(node.to_owned());
     }
     Ok(nodes)
@@ -47,7 +46,7 @@ pub async fn nodes_history(s: &Store, args: NodesHistoryArgs) -> Result<NodesHis
         let start = node_history_key(&node, args.after_ms.unwrap_or(0));
         let end = match args.before_ms {
             Some(before) => node_history_key(&node, before),
-            None => String::from_utf8(prefix_end(format!("{NODES_HISTORY}/{node}/").as_bytes())).unwrap_or_default(),
+            None => String::from_utf8(prefix_end(node_history_prefix(&node).as_bytes())).unwrap_or_default(),
         };
         let entries = s.range(&start, &end, limit, true).await.map_err(task_error)?;
         let mut figures = Vec::with_capacity(entries.len());

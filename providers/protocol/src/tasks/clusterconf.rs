@@ -487,9 +487,14 @@ pub const NODES_HISTORY: &str = "/cerana/v1/nodes-history";
 pub const NODE_HISTORY_EVERY_MS: u64 = 60_000;
 /// ... and drops what is older than this: a day, 1,440 entries a node.
 pub const NODE_HISTORY_KEEP_MS: u64 = 86_400_000;
+/// Where `node`'s history entries are, the prefix of each of their keys.
+pub fn node_history_prefix(node: &str) -> String {
+    format!("{NODES_HISTORY}/{node}/")
+}
+
 /// The key of `node`'s history entry at `at_ms`; keys sort by time within a node.
 pub fn node_history_key(node: &str, at_ms: u64) -> String {
-    format!("{NODES_HISTORY}/{node}/{at_ms:015}")
+    format!("{}{at_ms:015}", node_history_prefix(node))
 }
 
 /// The most entries one node's history answers with.
