@@ -107,6 +107,9 @@ enum Command {
         kind: SetKind,
         #[arg(short, long, value_name = "FILE")]
         file: String,
+        /// Replace whatever version is declared now (the file's mod_index, if any, wins).
+        #[arg(long)]
+        replace: bool,
     },
     /// Imports a dataset onto a node of the cluster from a stream: a tar archive (plain, gzip
     /// or zstd: `tar c`, `docker export`) or a ZFS send stream; the ticks copy it from there.
@@ -637,9 +640,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
-        Command::Set { kind, file } => {
+        Command::Set { kind, file, replace } => {
             let text = read_input(file).map_err(|e| Failure::usage(format!("{e:#}")))?;
-            let object = parse_object(&text).map_err(|e| Failure::usage(format!("{file}: {e}")))?;
+            let mut object = parse_object(&text).map_err(|e| Failure::usage(format!("{file}: {e}")))?;
+            let current = match kind {
+                SetKind::Dataset => Some("get-dataset"),
+                SetKind::Service => Some("get-service"),
+                SetKind::Bundle => Some("get-bundle"),
+                SetKind::Defaults | SetKind::Dhcp => None,
+            };
+            if let (true, Some(get), None) = (*replace, current, object.get("mod_index")) {
+                let id = object.get("id").cloned().ok_or_else(|| Failure::usage(format!("{file}: no id")))?;
+                match call_task(&client, get, serde_json::json!({ "id": id })).await {
+                    // get-bundle answers a view: {bundle, services?}.
+                    Ok((_, now)) => object["mod_index"] = now.get("bundle").unwrap_or(&now)["mod_index"].clone(),
+                    Err(e) if e.code == 4 => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let task = match kind {
                 SetKind::Dataset => "update-dataset",
                 SetKind::Service => "update-service",

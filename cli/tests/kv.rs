@@ -125,6 +125,18 @@ async fn declared_objects_from_files_and_back() {
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = run(&socket, &["set", "bundle", "-f", &bundle]).await;
     assert_eq!(code, 5, "a second create is a conflict: {stderr}");
+    // --replace replaces whatever is declared now (and creates what is not).
+    let (code, value, stderr) = run(&socket, &["set", "bundle", "--replace", "-f", &bundle, "-o", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(value["id"], "web");
+    let changed = file("s1b.json", r#"{"id":"s1","dataset":"d1","cmd":["/bin/app2"],"env":{"MODE":"prod"}}"#);
+    let (code, _, stderr) = run(&socket, &["set", "service", "--replace", "-f", &changed]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (_, value, _) = run(&socket, &["get", "service", "s1", "-o", "json"]).await;
+    assert_eq!(value["cmd"][0], "/bin/app2");
+    let fresh = file("s2.json", r#"{"id":"s2","dataset":"d1","cmd":["/bin/other"]}"#);
+    assert_eq!(run(&socket, &["set", "service", "--replace", "-f", &fresh]).await.0, 0);
+    assert_eq!(run(&socket, &["delete", "service", "s2"]).await.0, 0);
 
     let (code, value, _) = run(&socket, &["get", "bundles", "-o", "json"]).await;
     assert_eq!((code, value["bundles"][0]["id"].as_str()), (0, Some("web")));

@@ -56,6 +56,13 @@ pub fn mount_basics() -> Vec<String> {
             Err(e) => problems.push(format!("mount {} on {}: {e}", spec.fstype, spec.target)),
         }
     }
+    // Shared, as systemd leaves it: a container started on this node gets a slave copy of every
+    // mount (the root is the initramfs, so its runtime cannot pivot_root away from them), and an
+    // unmount here then reaches its copy too. Private, a later container kept every earlier
+    // container's ZFS clone mounted and `zfs destroy` found it busy until that container ended.
+    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>) {
+        problems.push(format!("making / shared: {e}"));
+    }
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),

@@ -42,6 +42,7 @@ fn cluster(bundles: usize) -> (Vec<BundleDemand>, Vec<NodeState>) {
             cpu_millis_free: (16 + rng.next(48)) * 1000,
             datasets: (0..3).map(|_| datasets[rng.next(200) as usize].clone()).collect(),
             running: BTreeSet::new(),
+            outdated: BTreeSet::new(),
         })
         .collect();
     let bundles = (0..bundles)

@@ -13,7 +13,9 @@
 //! - New replicas go to nodes that pass every filter ([`Filter`], in order), preferring nodes
 //!   that already hold the bundle's datasets, then the least loaded.
 //! - Replicas beyond `redundancy`, and every replica of a bundle no longer declared, are stopped
-//!   (on healthy nodes; an unreachable node's are stopped once it is back).
+//!   (on healthy nodes; an unreachable node's are stopped once it is back); outdated ones first.
+//! - A replica running an older definition than the declared one is updated in place, one
+//!   replica of a bundle per plan, and only while none of its replicas is missing.
 
 pub mod datasets;
 
@@ -48,6 +50,8 @@ pub struct NodeState {
     pub datasets: BTreeSet<String>,
     /// Bundles with a replica running here.
     pub running: BTreeSet<String>,
+    /// Of those, the ones whose replica here runs another definition than the declared one.
+    pub outdated: BTreeSet<String>,
 }
 
 /// Why a replica is stopped.
@@ -62,8 +66,20 @@ pub enum StopReason {
 /// One thing the tick asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
-    Start { bundle: String, node: String },
-    Stop { bundle: String, node: String, reason: StopReason },
+    Start {
+        bundle: String,
+        node: String,
+    },
+    Stop {
+        bundle: String,
+        node: String,
+        reason: StopReason,
+    },
+    /// Run the declared definition in place of the replica's older one.
+    Update {
+        bundle: String,
+        node: String,
+    },
 }
 
 impl fmt::Display for Action {
@@ -76,6 +92,7 @@ impl fmt::Display for Action {
             Action::Stop { bundle, node, reason: StopReason::Surplus } => {
                 write!(f, "- {bundle} on {node} (more replicas than its redundancy)")
             }
+            Action::Update { bundle, node } => write!(f, "~ {bundle} on {node} (its definition changed)"),
         }
     }
 }
@@ -134,7 +151,8 @@ impl fmt::Display for Unplaced {
 /// What the tick should do, and what it cannot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Stops first (they free room), then starts; each group in bundle and node order.
+    /// Stops first (they free room), then starts, then updates; each group in bundle and node
+    /// order.
     pub actions: Vec<Action>,
     pub unplaced: Vec<Unplaced>,
 }
@@ -163,6 +181,7 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
     let declared: BTreeSet<&str> = bundles.iter().map(|b| b.id.as_str()).collect();
     let mut stops = Vec::new();
     let mut starts = Vec::new();
+    let mut updates = Vec::new();
     let mut unplaced = Vec::new();
 
     // Replicas of bundles no longer declared go, wherever a node can be asked.
@@ -192,8 +211,10 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
         let wanted = bundle.redundancy.max(1) as usize;
         // Running replicas on healthy nodes stay; the surplus goes from the busiest nodes.
         let mut kept: Vec<usize> = running_on.get(bundle.id.as_str()).cloned().unwrap_or_default();
+        let outdated = |i: usize| rooms[i].node.outdated.contains(&bundle.id);
         if kept.len() > wanted {
-            kept.sort_by_key(|&i| (std::cmp::Reverse(rooms[i].replicas), rooms[i].node.id.clone()));
+            // Outdated replicas go first: what stays then needs no update.
+            kept.sort_by_key(|&i| (!outdated(i), std::cmp::Reverse(rooms[i].replicas), rooms[i].node.id.clone()));
             for &i in &kept[..kept.len() - wanted] {
                 let node = rooms[i].node.id.clone();
                 stops.push(Action::Stop { bundle: bundle.id.clone(), node, reason: StopReason::Surplus });
@@ -202,7 +223,14 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
             continue;
         }
         let mut missing = wanted - kept.len();
+        // A changed definition rolls out one replica per tick, and not while new replicas start:
+        // the others keep serving meanwhile.
+        let update = kept
+            .iter()
+            .find(|&&i| outdated(i))
+            .map(|&i| Action::Update { bundle: bundle.id.clone(), node: rooms[i].node.id.clone() });
         if missing == 0 {
+            updates.extend(update);
             continue;
         }
         let mut rejected: BTreeMap<Filter, u32> = BTreeMap::new();
@@ -235,6 +263,9 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
             starts.push(Action::Start { bundle: bundle.id.clone(), node: room.node.id.clone() });
             missing -= 1;
         }
+        if fitting.is_empty() {
+            updates.extend(update);
+        }
         if missing > 0 {
             // Those that passed every filter were all used: what is left is what the filters say.
             rejected.remove(&Filter::AlreadyRunning);
@@ -249,7 +280,8 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
     }
     stops.sort();
     starts.sort();
-    Plan { actions: stops.into_iter().chain(starts).collect(), unplaced }
+    updates.sort();
+    Plan { actions: stops.into_iter().chain(starts).chain(updates).collect(), unplaced }
 }
 
 fn first_failed(bundle: &BundleDemand, room: &Room, available: &BTreeSet<&str>) -> Option<Filter> {
@@ -283,6 +315,7 @@ mod tests {
             cpu_millis_free: 4000,
             datasets: BTreeSet::new(),
             running: running.iter().map(|b| b.to_string()).collect(),
+            outdated: BTreeSet::new(),
         }
     }
 
@@ -295,7 +328,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Start { bundle, node } => Some((bundle.clone(), node.clone())),
-                Action::Stop { .. } => None,
+                _ => None,
             })
             .collect()
     }

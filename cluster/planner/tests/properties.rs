@@ -1,6 +1,6 @@
 //! The planners' properties over generated clusters (issue #18): after convergence never more
-//! than `redundancy` replicas and never two on one node, no healthy replica moved without a
-//! reason, nothing placed beyond a node's room, the same plan for the same state in any order,
+//! than `redundancy` replicas and never two on one node and none outdated, no healthy replica
+//! moved without a reason, a changed definition rolled out one replica at a time, nothing placed beyond a node's room, the same plan for the same state in any order,
 //! and the last copy of a dataset never destroyed.
 
 use cerana_planner::datasets::{plan_datasets, DatasetAction, DatasetDemand, NodeDatasets};
@@ -21,8 +21,8 @@ fn bundle_ids(mask: u16) -> BTreeSet<String> {
     (0..BUNDLES).filter(|i| mask & (1 << i) != 0).map(|i| format!("b{i}")).collect()
 }
 
-fn arb_node() -> impl Strategy<Value = (bool, u64, u64, u8, u16)> {
-    (prop::bool::weighted(0.8), 0u64..16, 0u64..8000, any::<u8>(), 0u16..(1 << BUNDLES))
+fn arb_node() -> impl Strategy<Value = (bool, u64, u64, u8, u16, u16)> {
+    (prop::bool::weighted(0.8), 0u64..16, 0u64..8000, any::<u8>(), 0u16..(1 << BUNDLES), any::<u16>())
 }
 
 fn arb_cluster() -> impl Strategy<Value = (Vec<BundleDemand>, Vec<NodeState>)> {
@@ -42,13 +42,14 @@ fn arb_cluster() -> impl Strategy<Value = (Vec<BundleDemand>, Vec<NodeState>)> {
         let nodes = nodes
             .into_iter()
             .enumerate()
-            .map(|(i, (healthy, memory_free, cpu_millis_free, datasets, running))| NodeState {
+            .map(|(i, (healthy, memory_free, cpu_millis_free, datasets, running, outdated))| NodeState {
                 id: format!("n{i}"),
                 healthy,
                 memory_free,
                 cpu_millis_free,
                 datasets: subset(&DATASETS, datasets & 0x0f),
                 running: bundle_ids(running),
+                outdated: bundle_ids(running & outdated),
             })
             .collect();
         (bundles, nodes)
@@ -64,8 +65,14 @@ fn apply(bundles: &[BundleDemand], nodes: &[NodeState], plan: &Plan) -> Vec<Node
         let (bundle, node_id, start) = match action {
             Action::Start { bundle, node } => (bundle, node, true),
             Action::Stop { bundle, node, .. } => (bundle, node, false),
+            Action::Update { bundle, node } => {
+                let node = nodes.iter_mut().find(|n| &n.id == node).expect("actions name known nodes");
+                assert!(node.running.contains(bundle) && node.outdated.remove(bundle), "{action} on {node:?}");
+                continue;
+            }
         };
         let node = nodes.iter_mut().find(|n| &n.id == node_id).expect("actions name known nodes");
+        node.outdated.remove(bundle);
         let (memory, cpu) = demand.get(bundle.as_str()).map_or((0, 0), |b| (b.memory, b.cpu_millis));
         if start {
             assert!(node.memory_free >= memory && node.cpu_millis_free >= cpu, "{action} beyond {node:?}");
@@ -95,6 +102,17 @@ proptest! {
         let declared: BTreeMap<&str, &BundleDemand> = bundles.iter().map(|b| (b.id.as_str(), b)).collect();
         let by_id: BTreeMap<&str, &NodeState> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
         let mut started: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let mut updated: BTreeSet<&str> = BTreeSet::new();
+        let changing: BTreeSet<&str> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { bundle, .. } | Action::Stop { bundle, reason: StopReason::Surplus, .. } => {
+                    Some(bundle.as_str())
+                }
+                _ => None,
+            })
+            .collect();
         for action in &p.actions {
             match action {
                 Action::Stop { bundle, node, reason } => {
@@ -114,6 +132,15 @@ proptest! {
                     prop_assert!(started.insert((bundle.as_str(), node.as_str())), "{action} twice");
                     prop_assert!(declared.contains_key(bundle.as_str()), "{action}: not declared");
                 }
+                // Only an outdated replica, one per bundle, and none while replicas of the
+                // bundle start or stop.
+                Action::Update { bundle, node } => {
+                    let n = by_id[node.as_str()];
+                    prop_assert!(n.healthy && n.outdated.contains(bundle), "{action} on {n:?}");
+                    prop_assert!(updated.insert(bundle.as_str()), "{action}: a second replica at once");
+                    prop_assert!(declared.contains_key(bundle.as_str()), "{action}: not declared");
+                    prop_assert!(!changing.contains(bundle.as_str()), "{action} while replicas start or stop");
+                }
             }
         }
     }
@@ -122,17 +149,19 @@ proptest! {
     fn applied_plans_converge_to_exactly_redundancy_or_explain_the_rest((bundles, nodes) in arb_cluster()) {
         let mut state = nodes.clone();
         let mut last = plan(&bundles, &state);
-        for _ in 0..3 {
+        // Placement settles in 3 ticks; updates take one more per outdated replica (at most 4).
+        for _ in 0..8 {
             state = apply(&bundles, &state, &last);
             last = plan(&bundles, &state);
             if last.actions.is_empty() {
                 break;
             }
         }
-        prop_assert!(last.actions.is_empty(), "not settled after 3 ticks: {last:?}");
+        prop_assert!(last.actions.is_empty(), "not settled after 8 ticks: {last:?}");
         let declared: BTreeSet<&str> = bundles.iter().map(|b| b.id.as_str()).collect();
         for node in state.iter().filter(|n| n.healthy) {
             prop_assert!(node.running.iter().all(|b| declared.contains(b.as_str())), "leftovers on {node:?}");
+            prop_assert!(node.outdated.is_empty(), "outdated replicas left on {node:?}");
         }
         for bundle in &bundles {
             let running = running_on_healthy(&state, &bundle.id);

@@ -2,15 +2,18 @@
 //! only for the election's current term. The term is the leader key's creation revision, which
 //! grows with every new leader; this node also remembers the highest term it has acted for, so
 //! a deposed leader's order that arrives late is refused even while the store cannot be asked.
-//! Orders are idempotent (a service already there stays, one already gone is no error).
+//! Orders are idempotent (a service already there as ordered stays, one already gone is no
+//! error).
 
 use cerana_protocol::tasks::service::{
-    ListArgs, ServiceCreate, ServiceErrorReason, ServiceList, ServiceRef, ServiceRemove,
+    CreateArgs as ServiceCreate, ListArgs, ServiceCreate as ServiceCreateTask, ServiceErrorReason, ServiceList,
+    ServiceRef, ServiceRemove,
 };
 use cerana_protocol::tasks::ticks::{Applied, ApplyAction, ApplyArgs, LEADER};
 use cerana_protocol::{ErrorCode, TaskError};
 use cerana_provider_sdk::Context;
 use cerana_store::{task_error, LazyStore, Store};
+use futures_util::future::join_all;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The node's memory of terms, and one order at a time.
@@ -61,42 +64,55 @@ impl Fence {
         let _one = self.one_at_a_time.lock().await;
         self.check(&store.get().await?, &args).await?;
         let here = ctx.call::<ServiceList>(&ListArgs { bundle_id: Some(args.bundle.clone()) }).await?.services;
-        let mut changed = Vec::new();
-        match args.action {
+        // A bundle's services start and stop together: one after another, a service still
+        // running would hold the others up, and a stop takes its whole timeout.
+        let changed = match args.action {
             ApplyAction::Run { services } => {
-                for service in services {
-                    if service.bundle_id != args.bundle {
-                        return Err(TaskError::new(
-                            ErrorCode::InvalidArgument,
-                            format!(
-                                "service {} belongs to bundle {}, not {}",
-                                service.id, service.bundle_id, args.bundle
-                            ),
-                        ));
-                    }
-                    if here.iter().any(|s| s.id == service.id) {
-                        continue;
-                    }
-                    let id = service.id.clone();
-                    match ctx.call::<ServiceCreate>(&service).await {
-                        Ok(_) => changed.push(id),
-                        Err(e) if reason(&e) == Some(ServiceErrorReason::Exists) => {}
-                        Err(e) => return Err(e),
-                    }
+                if let Some(service) = services.iter().find(|s| s.bundle_id != args.bundle) {
+                    return Err(TaskError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("service {} belongs to bundle {}, not {}", service.id, service.bundle_id, args.bundle),
+                    ));
                 }
+                // Those here with the same definition stay (a node that does not say counts as
+                // the same); others are made again; services the bundle no longer has go.
+                let same = |s: &ServiceCreate| {
+                    here.iter().any(|h| h.id == s.id && h.definition.as_ref().is_none_or(|d| *d == s.definition()))
+                };
+                let here = &here;
+                let created = join_all(services.iter().filter(|s| !same(s)).map(|service| async move {
+                    let replace = here.iter().any(|h| h.id == service.id);
+                    let args = ServiceCreate { overwrite: replace, ..service.clone() };
+                    match ctx.call::<ServiceCreateTask>(&args).await {
+                        Ok(_) => Ok(Some(service.id.clone())),
+                        Err(e) if reason(&e) == Some(ServiceErrorReason::Exists) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }))
+                .await;
+                let extra = here.iter().filter(|h| !services.iter().any(|s| s.id == h.id));
+                let removed = join_all(extra.map(|h| remove(ctx, &args.bundle, &h.id))).await;
+                let mut changed: Vec<String> =
+                    created.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+                changed.extend(removed.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten());
+                changed
             }
             ApplyAction::Stop => {
-                for service in here {
-                    let r = ServiceRef { id: service.id.clone(), bundle_id: args.bundle.clone() };
-                    match ctx.call::<ServiceRemove>(&r).await {
-                        Ok(_) => changed.push(service.id),
-                        Err(e) if reason(&e) == Some(ServiceErrorReason::NotFound) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let removed = join_all(here.iter().map(|h| remove(ctx, &args.bundle, &h.id))).await;
+                removed.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect()
             }
-        }
+        };
         Ok(Applied { bundle: args.bundle, changed })
+    }
+}
+
+/// Removes one service of `bundle`; `Some(id)` when it was there.
+async fn remove(ctx: &Context, bundle: &str, id: &str) -> Result<Option<String>, TaskError> {
+    let r = ServiceRef { id: id.to_owned(), bundle_id: bundle.to_owned() };
+    match ctx.call::<ServiceRemove>(&r).await {
+        Ok(_) => Ok(Some(r.id)),
+        Err(e) if reason(&e) == Some(ServiceErrorReason::NotFound) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

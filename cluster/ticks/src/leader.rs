@@ -12,7 +12,7 @@ use cerana_planner::datasets::DatasetAction;
 use cerana_planner::Action;
 use cerana_protocol::tasks::clusterconf::DATASETS_ON_POOL;
 use cerana_protocol::tasks::ticks::{
-    ActionOutcome, ApplyAction, ApplyArgs, BundleApply, TickRun, JOURNAL, JOURNAL_RUNS, LEADER,
+    ActionOutcome, ApplyAction, ApplyArgs, BundleApply, TickRun, JOURNAL, JOURNAL_RUNS, LEADER, REPORTS,
 };
 use cerana_protocol::tasks::zfs::{
     CreateArgs, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ReceiveArgs, SendArgs, ZfsCreate, ZfsDestroy,
@@ -85,6 +85,38 @@ async fn keep_alive(store: Store, holder: Holder, ttl: Duration, lost: Arc<Atomi
     }
 }
 
+/// How often an action in flight checks on its nodes' heartbeats and on the leadership.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs `action` unless one of `nodes` dies (its report, on its heartbeat lease, is gone) or
+/// this leader loses its lease first: an action is not waited on for its whole timeout when
+/// the node at the other end lost power mid-way (its connection just hangs), and a deposed
+/// leader stops at once. The store unreachable is not taken for either.
+async fn while_alive<const N: usize>(
+    store: &Store,
+    nodes: [&str; N],
+    lost: &AtomicBool,
+    action: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    let gone = async {
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            if lost.load(Ordering::SeqCst) {
+                return "this leader lost its lease".to_owned();
+            }
+            for node in nodes {
+                if let Ok(None) = store.get(&format!("{REPORTS}/{node}")).await {
+                    return format!("{node}'s heartbeat lapsed");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        done = action => done,
+        why = gone => Err(format!("abandoned: {why} while it ran")),
+    }
+}
+
 fn failed(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -93,7 +125,8 @@ impl Ticks {
     async fn lead(&mut self, store: &Store, holder: &Holder) {
         let lost = Arc::new(AtomicBool::new(false));
         let ttl = Duration::from_secs(self.settings.lease_secs() as u64);
-        let keeper = tokio::spawn(keep_alive(store.clone(), holder.clone(), ttl, lost.clone()));
+        // Stopped with the leadership, however it ends (also when this task is aborted).
+        let _keeper = crate::AbortOnDrop(tokio::spawn(keep_alive(store.clone(), holder.clone(), ttl, lost.clone())));
         while !lost.load(Ordering::SeqCst) {
             let next = Instant::now() + self.settings.tick;
             match self.tick(store, holder, &lost).await {
@@ -108,7 +141,6 @@ impl Ticks {
             tokio::time::sleep_until(next.into()).await;
         }
         lost.store(true, Ordering::SeqCst);
-        keeper.abort();
     }
 
     fn url(&self, cluster: &Cluster, node: &str) -> Result<Option<NodeUrl>, String> {
@@ -149,7 +181,8 @@ impl Ticks {
             }
             let done = match action {
                 DatasetAction::Copy { dataset, from, to, snapshot, base } => {
-                    let copied = self.copy(&cluster, dataset, from, to, snapshot, base.as_deref()).await;
+                    let copy = self.copy(&cluster, dataset, from, to, snapshot, base.as_deref());
+                    let copied = while_alive(store, [from.as_str(), to.as_str()], lost, copy).await;
                     if copied.is_ok() {
                         // The bundles started below may use it at once.
                         if let Some(report) = cluster.reports.get_mut(to) {
@@ -158,7 +191,9 @@ impl Ticks {
                     }
                     copied
                 }
-                DatasetAction::Destroy { dataset, node } => self.destroy(&cluster, dataset, node).await,
+                DatasetAction::Destroy { dataset, node } => {
+                    while_alive(store, [node.as_str()], lost, self.destroy(&cluster, dataset, node)).await
+                }
             };
             record(action.to_string(), done);
         }
@@ -168,12 +203,15 @@ impl Ticks {
             }
             let (bundle, node, order) = match action {
                 Action::Stop { bundle, node, .. } => (bundle, node, Ok(ApplyAction::Stop)),
-                Action::Start { bundle, node } => {
+                Action::Start { bundle, node } | Action::Update { bundle, node } => {
                     (bundle, node, cluster.run_args(bundle, node).map(|services| ApplyAction::Run { services }))
                 }
             };
             let done = match order {
-                Ok(order) => self.apply(&cluster, holder, bundle, node, order).await,
+                Ok(order) => {
+                    let apply = self.apply(&cluster, holder, bundle, node, order);
+                    while_alive(store, [node.as_str()], lost, apply).await
+                }
                 Err(waiting) => Err(waiting),
             };
             record(action.to_string(), done);

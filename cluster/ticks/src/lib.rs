@@ -48,16 +48,26 @@ pub fn main() -> std::process::ExitCode {
     })
 }
 
-/// The node tick and the campaign for the cluster ticks, until the process ends.
+/// Aborts its task when dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The node tick and the campaign for the cluster ticks, until the process ends; dropped, it
+/// stops both (a node whose loops stop must not stay in line for the leadership).
 pub async fn run_loops(store: LazyStore, socket: std::path::PathBuf, name: String, settings: Settings) {
     let caller = Arc::new(caller::Caller::new(socket));
-    let leader = tokio::spawn(leader::run(store.clone(), caller.clone(), name.clone(), settings));
+    let leader = AbortOnDrop(tokio::spawn(leader::run(store.clone(), caller.clone(), name.clone(), settings)));
     let mut reporter = report::Reporter::new(name, settings);
     let mut every = tokio::time::interval(settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if leader.is_finished() {
+        if leader.0.is_finished() {
             tracing::error!("the cluster ticks' loop ended");
             return;
         }

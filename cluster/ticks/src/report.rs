@@ -45,6 +45,7 @@ pub fn bundles_of(
             state: state_name(s.state).into(),
             healthy: health.get(&(s.bundle_id.clone(), s.id.clone())).copied(),
             clone: s.clone.clone(),
+            definition: s.definition.clone(),
         };
         bundles.entry(s.bundle_id.clone()).or_default().insert(s.id.clone(), report);
     }

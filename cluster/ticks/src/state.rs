@@ -139,10 +139,24 @@ impl Cluster {
                     datasets: report
                         .map(|r| r.datasets.iter().filter(|(_, s)| !s.is_empty()).map(|(d, _)| d.clone()).collect())
                         .unwrap_or_default(),
+                    outdated: running.iter().filter(|b| self.outdated(b, id)).cloned().collect(),
                     running,
                 }
             })
             .collect()
+    }
+
+    /// Whether `bundle`'s replica on `node` runs other services, or other definitions of them,
+    /// than the declared ones. A node that does not report definitions (an older version), or
+    /// a declaration the node cannot run yet, is not taken as outdated.
+    fn outdated(&self, bundle: &str, node: &str) -> bool {
+        let Some(running) = self.reports.get(node).and_then(|r| r.bundles.get(bundle)) else { return false };
+        let Ok(wanted) = self.run_args(bundle, node) else { return false };
+        if running.values().any(|s| s.definition.is_none()) {
+            return false;
+        }
+        running.len() != wanted.len()
+            || wanted.iter().any(|w| running.get(&w.id).and_then(|s| s.definition.as_ref()) != Some(&w.definition()))
     }
 
     /// Both plans: the bundles', then the datasets' for where bundles run and will run.
@@ -162,6 +176,7 @@ impl Cluster {
             match action {
                 Action::Start { bundle, node } => placed.insert((bundle.clone(), node.clone())),
                 Action::Stop { bundle, node, .. } => placed.remove(&(bundle.clone(), node.clone())),
+                Action::Update { .. } => false,
             };
         }
         let mut needed_on: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -271,7 +286,11 @@ impl Cluster {
             actions.push(PlannedAction { sign: sign.into(), text: action.to_string() });
         }
         for action in &decisions.bundles.actions {
-            let sign = if matches!(action, Action::Start { .. }) { "+" } else { "-" };
+            let sign = match action {
+                Action::Start { .. } => "+",
+                Action::Stop { .. } => "-",
+                Action::Update { .. } => "~",
+            };
             actions.push(PlannedAction { sign: sign.into(), text: action.to_string() });
         }
         let unplaced: BTreeMap<&str, String> =
@@ -386,7 +405,7 @@ mod tests {
         for n in ["n1", "n2"] {
             let report = cluster.reports.get_mut(n).unwrap();
             report.datasets.insert("busybox".into(), vec!["import".into()]);
-            let running = ServiceReport { state: "running".into(), healthy: Some(true), clone: None };
+            let running = ServiceReport { state: "running".into(), healthy: Some(true), clone: None, definition: None };
             report.bundles.insert("pair".into(), [("a".to_string(), running)].into());
         }
         let settled = cluster.decide(&BTreeMap::new(), 1000, 600_000);

@@ -40,6 +40,12 @@ struct NodeState {
     cut_sends: u32,
     /// Every dataset destroyed here, in order.
     destroyed: Vec<String>,
+    /// While set, `service-create` waits (a slow start the test can interrupt).
+    hold_creates: bool,
+    /// Creates waiting on `hold_creates` now.
+    held_creates: u32,
+    /// Services created (or created again) here.
+    creates: u32,
 }
 type Shared = Arc<Mutex<NodeState>>;
 
@@ -49,12 +55,27 @@ fn info(a: &ServiceCreateArgs) -> ServiceInfo {
         "clone": format!("{}-clone", a.dataset), "cmd": a.cmd, "limits": a.limits, "netns": null,
         "restart": a.restart, "state": "running", "pid": 7, "uptime_ms": 1, "restarts": 0, "last_exit": null,
         "last_error": null, "cgroup": format!("cerana/services/{}.{}", a.bundle_id, a.id),
+        "definition": a.definition(),
     }))
     .unwrap()
 }
 
 fn not_found(what: String) -> TaskError {
     TaskError::new(ErrorCode::NotFound, what).with_details(serde_json::json!({ "reason": "not-found" }))
+}
+
+/// Waits while the test holds creates (up to a minute, so that no test hangs on it).
+async fn hold_while_asked(state: &Shared) -> Result<(), TaskError> {
+    if !state.lock().unwrap().hold_creates {
+        return Ok(());
+    }
+    state.lock().unwrap().held_creates += 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state.lock().unwrap().hold_creates && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.lock().unwrap().held_creates -= 1;
+    Ok(())
 }
 
 /// `service-*` as a node answers them, without containers.
@@ -64,6 +85,7 @@ fn services_double(state: Shared) -> Provider {
         .task::<ServiceCreate, _, _>(move |_ctx, a: ServiceCreateArgs| {
             let state = s1.clone();
             async move {
+                hold_while_asked(&state).await?;
                 let mut state = state.lock().unwrap();
                 let snapshot = a.dataset.clone();
                 if !state.zfs.contains(&snapshot) {
@@ -71,11 +93,13 @@ fn services_double(state: Shared) -> Provider {
                         .with_details(serde_json::json!({ "reason": "dataset-missing" })));
                 }
                 let key = (a.bundle_id.clone(), a.id.clone());
-                if state.services.contains_key(&key) {
+                if state.services.contains_key(&key) && !a.overwrite {
                     return Err(TaskError::new(ErrorCode::AlreadyExists, "exists")
                         .with_details(serde_json::json!({ "reason": "exists" })));
                 }
+                let a = ServiceCreateArgs { overwrite: false, ..a };
                 state.services.insert(key, a.clone());
+                state.creates += 1;
                 Ok(info(&a))
             }
         })
@@ -216,11 +240,26 @@ struct Node {
     socket: PathBuf,
     url: String,
     state: Shared,
-    _coordinator: Coordinator,
+    /// The node's providers and loops; aborted when it dies.
+    running: Vec<tokio::task::AbortHandle>,
+    coordinator: Option<Coordinator>,
 }
 
 async fn node(dir: &Path, name: &'static str, store: &LazyStore, settings: Settings) -> Node {
+    start_node(dir, name, store, settings, Shared::default(), 4 << 30).await
+}
+
+/// A node whose doubles hold `state` (kept across its death), with `memory_free` bytes free.
+async fn start_node(
+    dir: &Path,
+    name: &'static str,
+    store: &LazyStore,
+    settings: Settings,
+    state: Shared,
+    memory_free: u64,
+) -> Node {
     let socket = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&socket);
     let mut config = Config::new(&socket);
     config.name = name.into();
     config.listen = Some("127.0.0.1:0".parse().unwrap());
@@ -228,16 +267,29 @@ async fn node(dir: &Path, name: &'static str, store: &LazyStore, settings: Setti
     config.peer_token = Some(TOKEN.into());
     let coordinator = Coordinator::start(config).await.unwrap();
     let url = format!("http://{}", coordinator.http_addr().unwrap());
-    let state = Shared::default();
-    tokio::spawn(services_double(state.clone()).serve(socket.clone()));
-    tokio::spawn(zfs_double(state.clone()).serve(socket.clone()));
-    tokio::spawn(cerana_ticks::provider(store.clone()).serve(socket.clone()));
-    tokio::spawn(cerana_ticks::run_loops(store.clone(), socket.clone(), name.into(), settings));
+    let running = vec![
+        tokio::spawn(services_double(state.clone()).serve(socket.clone())).abort_handle(),
+        tokio::spawn(zfs_double(state.clone()).serve(socket.clone())).abort_handle(),
+        tokio::spawn(cerana_ticks::provider(store.clone()).serve(socket.clone())).abort_handle(),
+        tokio::spawn(cerana_ticks::run_loops(store.clone(), socket.clone(), name.into(), settings)).abort_handle(),
+    ];
     // The node's entry, as its quorum agent writes it.
-    let entry = serde_json::json!({"id": name, "heartbeat_ms": 1, "memory_free": 4u64 << 30, "cpu_cores": 2,
+    let entry = serde_json::json!({"id": name, "heartbeat_ms": 1, "memory_free": memory_free, "cpu_cores": 2,
         "disk_free": 8u64 << 30, "api_url": url});
     store.get().await.unwrap().put(&format!("/cerana/v1/nodes/{name}"), &entry.to_string()).await.unwrap();
-    Node { name, socket, url, state, _coordinator: coordinator }
+    Node { name, socket, url, state, running, coordinator: Some(coordinator) }
+}
+
+impl Node {
+    /// The node dies: its coordinator, providers and loops stop at once, leases left to lapse.
+    fn kill(&mut self) {
+        for task in self.running.drain(..) {
+            task.abort();
+        }
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.shutdown();
+        }
+    }
 }
 
 async fn until<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -302,7 +354,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     let bundle = serde_json::json!({"id": "pair", "redundancy": 2,
         "services": {"a": {"id": "sleeper"}, "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}}});
     let started = Instant::now();
-    put("/cerana/v1/bundles/pair", bundle).await;
+    put("/cerana/v1/bundles/pair", bundle.clone()).await;
 
     // Both nodes run both services, on node-b from the copy the leader made there.
     until("pair on both nodes", Duration::from_secs(30), async || {
@@ -341,6 +393,63 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     assert_eq!(b.state.lock().unwrap().destroyed, ["data/datasets/img"], "the partial receive was cleaned up");
     assert!(done.contains(&"+ pair on node-a") && done.contains(&"+ pair on node-b"), "{done:?}");
 
+    // A changed definition rolls out: each replica made again with it, one node per tick,
+    // the others running meanwhile; nothing else is touched.
+    let creates_before = [&a, &b].map(|n| n.state.lock().unwrap().creates);
+    let changed_at = now_ms();
+    put(
+        "/cerana/v1/services/sleeper",
+        serde_json::json!({"id": "sleeper", "dataset": "img", "cmd": ["/bin/sleep", "11"]}),
+    )
+    .await;
+    until("the new definition on both nodes", Duration::from_secs(20), async || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.state.lock().unwrap().services[&("pair".to_string(), "a".to_string())].cmd[1] == "11")
+            .then_some(())
+    })
+    .await;
+    let on_b = b.state.lock().unwrap().services[&("pair".to_string(), "b".to_string())].clone();
+    assert_eq!(on_b.cmd[1], "10", "service b's override kept");
+    // Service a was made again on each node, b (its override unchanged) was not.
+    for (node, before) in [&a, &b].iter().zip(creates_before) {
+        assert_eq!(node.state.lock().unwrap().creates, before + 1, "{}", node.name);
+    }
+    let history: History = call::<TicksHistory>(&a.socket, None, &HistoryArgs { limit: Some(1000) }).await.unwrap();
+    let mut updated = BTreeSet::new();
+    for run in history.runs.iter().filter(|r| r.started_ms >= changed_at) {
+        let here: Vec<&str> =
+            run.actions.iter().map(|x| x.action.as_str()).filter(|x| x.starts_with("~ pair on")).collect();
+        assert!(here.len() <= 1, "more than one replica updated in one tick: {here:?}");
+        updated.extend(here);
+    }
+    assert_eq!(
+        updated.into_iter().collect::<Vec<_>>(),
+        ["~ pair on node-a (its definition changed)", "~ pair on node-b (its definition changed)"]
+    );
+    until("a settled plan after the update", Duration::from_secs(10), async || {
+        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        plan.actions.is_empty().then_some(())
+    })
+    .await;
+    // A service dropped from the bundle goes from every replica; then it comes back.
+    let one = serde_json::json!({"id": "pair", "redundancy": 2, "services": {"a": {"id": "sleeper"}}});
+    put("/cerana/v1/bundles/pair", one).await;
+    until("service b gone from both nodes", Duration::from_secs(20), async || {
+        (services_of(&a, "pair") == ["a"] && services_of(&b, "pair") == ["a"]).then_some(())
+    })
+    .await;
+    put("/cerana/v1/bundles/pair", bundle.clone()).await;
+    until("service b back on both nodes", Duration::from_secs(20), async || {
+        (services_of(&a, "pair") == ["a", "b"] && services_of(&b, "pair") == ["a", "b"]).then_some(())
+    })
+    .await;
+    until("a settled plan again", Duration::from_secs(10), async || {
+        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        plan.actions.is_empty().then_some(())
+    })
+    .await;
+
     // Fencing: the leader is deposed (its lease ends); its order, arriving late, is refused.
     let old = s.leader(LEADER).await.unwrap().expect("a leader");
     s.revoke(old.lease).await.unwrap();
@@ -361,12 +470,10 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     assert_eq!(call::<BundleApply>(&b.socket, None, &outside).await.unwrap_err().code, ErrorCode::InvalidArgument);
     assert_eq!(services_of(&b, "pair"), ["a", "b"], "nothing was stopped");
     // The current leader's order is carried out, and again changes nothing (idempotent).
-    let current = ApplyArgs {
-        leader_key: new.key.clone(),
-        term: new.token,
-        action: ApplyAction::Run { services: vec![] },
-        ..late
-    };
+    let services: Vec<ServiceCreateArgs> =
+        b.state.lock().unwrap().services.values().filter(|s| s.bundle_id == "pair").cloned().collect();
+    let current =
+        ApplyArgs { leader_key: new.key.clone(), term: new.token, action: ApplyAction::Run { services }, ..late };
     let applied: Applied = call::<BundleApply>(&b.socket, None, &current).await.unwrap();
     assert!(applied.changed.is_empty());
 
@@ -404,4 +511,189 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     .await;
     eprintln!("bundle removed from 2 nodes in {:.1} s", deleted.elapsed().as_secs_f64());
     let _ = (a.name, b.name);
+}
+
+/// Every journaled action with its outcome, oldest run first, with the run's term.
+async fn journaled(socket: &Path) -> Vec<(u64, u64, String, String)> {
+    let history: History = call::<TicksHistory>(socket, None, &HistoryArgs { limit: Some(1000) }).await.unwrap();
+    let mut runs = history.runs;
+    runs.reverse();
+    runs.iter()
+        .flat_map(|r| r.actions.iter().map(|a| (r.term, r.started_ms, a.action.clone(), a.outcome.clone())))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Settings for the fault tests: a 2 s heartbeat TTL, half-second ticks.
+fn quick() -> Settings {
+    Settings {
+        heartbeat: Duration::from_millis(250),
+        heartbeat_ttl: Duration::from_millis(2000),
+        tick: Duration::from_millis(500),
+        dataset_grace: Duration::from_secs(600),
+    }
+}
+
+/// Declares dataset `img` (held by every node in `holders`), service `sleeper` and bundle `id`.
+async fn declare(store: &LazyStore, holders: &[&Node], id: &str, redundancy: u32) {
+    for node in holders {
+        node.state
+            .lock()
+            .unwrap()
+            .zfs
+            .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+    }
+    let s = store.get().await.unwrap();
+    let put = async |key: &str, value: serde_json::Value| s.put(key, &value.to_string()).await.unwrap();
+    put("/cerana/v1/datasets/img", serde_json::json!({"id": "img", "read_only": true, "redundancy": 1})).await;
+    put(
+        "/cerana/v1/services/sleeper",
+        serde_json::json!({"id": "sleeper", "dataset": "img", "cmd": ["/bin/sleep", "9"]}),
+    )
+    .await;
+    let bundle = serde_json::json!({"id": id, "redundancy": redundancy, "services": {"a": {"id": "sleeper"}}});
+    put(&format!("/cerana/v1/bundles/{id}"), bundle).await;
+}
+
+async fn leader_is(store: &LazyStore, name: &str) {
+    let s = store.get().await.unwrap();
+    until(&format!("{name} leading"), Duration::from_secs(20), async || {
+        s.leader(LEADER).await.unwrap().filter(|l| l.value == name).map(|_| ())
+    })
+    .await;
+}
+
+/// The nodes running bundle `id`.
+fn running(nodes: &[&Node], id: &str) -> Vec<&'static str> {
+    nodes.iter().filter(|n| !services_of(n, id).is_empty()).map(|n| n.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_mid_order_is_not_waited_on_and_its_late_replica_is_removed_as_surplus() {
+    let _etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = LazyStore::new(StoreConfig::new(_etcd.endpoints()));
+    let settings = quick();
+    let a = node(dir.path(), "node-a", &store, settings).await;
+    leader_is(&store, "node-a").await;
+    let mut x = node(dir.path(), "node-x", &store, settings).await;
+    // node-x starts its replica slowly, and loses power meanwhile: its heartbeat stops while
+    // the leader's order hangs on a connection nobody answers.
+    x.state.lock().unwrap().hold_creates = true;
+    declare(&store, &[&a, &x], "duo", 2).await;
+    until("an order held on node-x", Duration::from_secs(20), async || {
+        (x.state.lock().unwrap().held_creates == 1).then_some(())
+    })
+    .await;
+    let x_loops = x.running.pop().unwrap();
+    x_loops.abort();
+    let cut = Instant::now();
+    let cut_ms = now_ms();
+    let z = node(dir.path(), "node-z", &store, settings).await;
+    z.state
+        .lock()
+        .unwrap()
+        .zfs
+        .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+    until("duo on node-a and node-z", Duration::from_secs(20), async || {
+        (running(&[&a, &z], "duo") == ["node-a", "node-z"]).then_some(())
+    })
+    .await;
+    // Within the heartbeat TTL and a few ticks, not the order's 180 s timeout.
+    let replaced = cut.elapsed();
+    eprintln!("node-x lost mid-order; its replica on node-z {:.1} s later", replaced.as_secs_f64());
+    assert!(replaced < settings.heartbeat_ttl + Duration::from_secs(8), "{replaced:?}");
+    let actions = journaled(&a.socket).await;
+    let abandoned: Vec<_> = actions.iter().filter(|(_, _, action, _)| action == "+ duo on node-x").collect();
+    assert!(
+        abandoned.iter().any(|(_, _, _, outcome)| outcome.contains("abandoned: node-x's heartbeat lapsed")),
+        "{actions:?}"
+    );
+
+    // node-x comes back, its start finished after all: three replicas for a redundancy of 2,
+    // so one goes, as a surplus.
+    x.state.lock().unwrap().hold_creates = false;
+    until("node-x's late start done", Duration::from_secs(10), async || {
+        (services_of(&x, "duo") == ["a"]).then_some(())
+    })
+    .await;
+    x.kill();
+    let back = start_node(dir.path(), "node-x", &store, settings, x.state.clone(), 4 << 30).await;
+    let settled = until("duo on exactly 2 nodes again", Duration::from_secs(20), async || {
+        let on = running(&[&a, &back, &z], "duo");
+        (on.len() == 2).then_some(on)
+    })
+    .await;
+    let actions = journaled(&a.socket).await;
+    assert!(
+        actions.iter().any(|(_, at, action, outcome)| *at > cut_ms
+            && action.starts_with("- duo on ")
+            && action.ends_with("(more replicas than its redundancy)")
+            && outcome == "ok"),
+        "{actions:?}"
+    );
+    // And it stays there.
+    tokio::time::sleep(settings.tick * 4).await;
+    assert_eq!(running(&[&a, &back, &z], "duo"), settled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_deposed_mid_tick_stops_at_once_and_its_successor_converges() {
+    let _etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = LazyStore::new(StoreConfig::new(_etcd.endpoints()));
+    let settings = quick();
+    let a = node(dir.path(), "node-a", &store, settings).await;
+    leader_is(&store, "node-a").await;
+    let b = node(dir.path(), "node-b", &store, settings).await;
+    let c = node(dir.path(), "node-c", &store, settings).await;
+    for n in [&a, &b, &c] {
+        n.state.lock().unwrap().hold_creates = true;
+    }
+    declare(&store, &[&a, &b, &c], "trio", 3).await;
+    until("the leader's first order held", Duration::from_secs(20), async || {
+        [&a, &b, &c].iter().any(|n| n.state.lock().unwrap().held_creates == 1).then_some(())
+    })
+    .await;
+    // The leader's lease ends while it waits on its first order of the tick.
+    let s = store.get().await.unwrap();
+    let old = s.leader(LEADER).await.unwrap().expect("a leader");
+    assert_eq!(old.value, "node-a");
+    s.revoke(old.lease).await.unwrap();
+    let deposed_ms = now_ms();
+    let new = until("a new leader", Duration::from_secs(10), async || {
+        s.leader(LEADER).await.unwrap().filter(|l| l.token > old.token)
+    })
+    .await;
+    // The new leader orders too; the holds go once both had time to act.
+    tokio::time::sleep(settings.tick * 4).await;
+    for n in [&a, &b, &c] {
+        n.state.lock().unwrap().hold_creates = false;
+    }
+    until("trio on all 3 nodes", Duration::from_secs(20), async || {
+        (running(&[&a, &b, &c], "trio").len() == 3).then_some(())
+    })
+    .await;
+    until("the new leader's journal", Duration::from_secs(10), async || {
+        journaled(&a.socket).await.iter().any(|(term, ..)| *term == new.token).then_some(())
+    })
+    .await;
+    let actions = journaled(&a.socket).await;
+    // The interrupted tick left no journal entry (its write was fenced), and the deposed
+    // leader ran no tick after: every entry of its term predates the deposition and holds
+    // no order for trio.
+    for (term, started, action, _) in &actions {
+        if *term == old.token {
+            assert!(*started < deposed_ms, "term {term} ticked after its deposition: {actions:?}");
+            assert!(!action.contains("trio"), "the deposed tick was journaled: {actions:?}");
+        }
+    }
+    assert!(actions.iter().any(|(term, _, action, _)| *term == new.token && action.starts_with("+ trio on")));
+    tokio::time::sleep(settings.tick * 4).await;
+    for n in [&a, &b, &c] {
+        assert_eq!(services_of(n, "trio"), ["a"], "{}", n.name);
+    }
 }

@@ -114,6 +114,7 @@ fn kvm_and_service_results_with_added_fields_decode() {
                 error: None,
             }],
         }),
+        definition: None,
     };
     let at = ["", "/last_exit", "/health", "/health/checks/0", "/health/checks/0/report"];
     assert_eq!(decode_as_older_caller::<service::ServiceGet>(&info, &at), info);

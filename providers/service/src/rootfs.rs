@@ -234,6 +234,11 @@ fn release_overlay(scratch: &Path) {
 const RELEASE_BUSY_FOR: Duration = Duration::from_secs(10);
 
 impl Rootfs {
+    /// A clone on its own, to release one whose run has ended.
+    pub fn of_clone(clone: String) -> Self {
+        Self { path: PathBuf::new(), clone: Some(clone), scratch: None }
+    }
+
     /// Unmounts and removes the overlay, or destroys the clone.
     pub async fn release(&self, zfs: &dyn Zfs) -> Result<(), ServiceError> {
         if let Some(scratch) = &self.scratch {

@@ -107,6 +107,8 @@ enum Control {
 #[derive(Debug)]
 struct Service {
     def: ServiceDef,
+    /// The fingerprint of what it was created with.
+    definition: String,
     cgroup: String,
     /// The snapshot create took (a ZFS dataset given), destroyed on removal.
     own_snapshot: Option<SnapshotName>,
@@ -123,8 +125,46 @@ struct Inner {
     node: NodeCapacity,
     zfs: Arc<dyn Zfs>,
     table: Mutex<BTreeMap<ServiceKey, Arc<Service>>>,
-    /// Creates and removals one at a time, so that two of the same key cannot interleave.
-    changes: tokio::sync::Mutex<()>,
+    /// Creates and removals of one key one at a time (they share its clone's name); different
+    /// keys change in parallel, so a bundle's services stop together.
+    changes: KeyLocks,
+}
+
+/// One lock per service key, held while that key is created or removed; an entry lives only
+/// while someone holds or waits for it.
+#[derive(Debug, Default)]
+struct KeyLocks {
+    locks: Mutex<BTreeMap<ServiceKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The hold on one key's lock; dropping it lets the next waiter in.
+struct KeyHold<'a> {
+    locks: &'a KeyLocks,
+    key: ServiceKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: &ServiceKey) -> KeyHold<'_> {
+        let lock = self.locks.lock().expect("key locks").entry(key.clone()).or_default().clone();
+        KeyHold { locks: self, key: key.clone(), guard: Some(lock.lock_owned().await) }
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.locks.lock().expect("key locks").len()
+    }
+}
+
+impl Drop for KeyHold<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.locks.lock().expect("key locks");
+        drop(self.guard.take());
+        // Nobody else holds or waits for it when the map's is the only reference left.
+        if locks.get(&self.key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&self.key);
+        }
+    }
 }
 
 /// The node's services.
@@ -146,7 +186,7 @@ impl Services {
             node: NodeCapacity::of_this_node(),
             zfs,
             table: Mutex::default(),
-            changes: tokio::sync::Mutex::new(()),
+            changes: KeyLocks::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -178,7 +218,7 @@ impl Services {
                 "the {controller} cgroup controller is not available on this node"
             )));
         }
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.changes.lock(&def.key).await;
         if self.inner.table.lock().expect("table lock").contains_key(&def.key) {
             if !args.overwrite {
                 return Err(ServiceError::Exists(def.key.to_string()));
@@ -199,6 +239,7 @@ impl Services {
         let service = Arc::new(Service {
             cgroup: self.inner.layout.container_path(&def.key.to_string()),
             def,
+            definition: args.definition(),
             own_snapshot,
             status: Mutex::new(Status {
                 state: ServiceState::Starting,
@@ -248,7 +289,7 @@ impl Services {
     }
 
     pub async fn remove(&self, key: &ServiceKey) -> Result<(), ServiceError> {
-        let _change = self.inner.changes.lock().await;
+        let _change = self.inner.changes.lock(key).await;
         self.remove_locked(key).await
     }
 
@@ -302,6 +343,7 @@ fn info(s: &Service) -> ServiceInfo {
         last_error: st.last_error.clone(),
         cgroup: s.cgroup.clone(),
         health: None,
+        definition: Some(s.definition.clone()),
     }
 }
 
@@ -484,6 +526,33 @@ async fn keep_lines(service: Arc<Service>, stream: LogStream, run: u32, from: im
     }
 }
 
+/// How long, and how often, a clone still busy after its release is tried again.
+const COLLECT_FOR: Duration = Duration::from_secs(600);
+const COLLECT_EVERY: Duration = Duration::from_secs(5);
+
+/// Destroys a clone that was busy when its run ended, once whatever held it lets go, so that no
+/// removed service leaves its clone behind. A new start of the same service makes its clone
+/// afresh under the key's lock, so this gives way to one.
+async fn collect_clone(inner: Arc<Inner>, key: ServiceKey, clone: String) {
+    let deadline = tokio::time::Instant::now() + COLLECT_FOR;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(COLLECT_EVERY).await;
+        let _hold = inner.changes.lock(&key).await;
+        if inner.table.lock().expect("table lock").contains_key(&key) {
+            return;
+        }
+        let rootfs = Rootfs::of_clone(clone.clone());
+        match rootfs.release(inner.zfs.as_ref()).await {
+            Ok(()) => {
+                tracing::info!(service = %key, "destroyed {clone}, busy when the service ended");
+                return;
+            }
+            Err(e) => tracing::debug!(service = %key, "{e}"),
+        }
+    }
+    tracing::warn!(service = %key, "gave up destroying {clone}: busy for {COLLECT_FOR:?}");
+}
+
 fn should_restart(mode: RestartMode, exit: &ExitInfo) -> bool {
     match mode {
         RestartMode::Always => true,
@@ -493,9 +562,12 @@ fn should_restart(mode: RestartMode, exit: &ExitInfo) -> bool {
 }
 
 /// What ended a run, recorded on the service; the run's root filesystem is released.
-async fn ended(inner: &Inner, service: &Service, run: Run, exit: ExitInfo) {
+async fn ended(inner: &Arc<Inner>, service: &Service, run: Run, exit: ExitInfo) {
     if let Err(e) = run.rootfs.release(inner.zfs.as_ref()).await {
         tracing::warn!(service = %service.def.key, "{e}");
+        if let Some(clone) = run.rootfs.clone.clone() {
+            tokio::spawn(collect_clone(inner.clone(), service.def.key.clone(), clone));
+        }
     }
     let mut st = service.status.lock().expect("status lock");
     st.pid = None;
@@ -602,5 +674,27 @@ mod tests {
         assert!(!should_restart(RestartMode::OnFailure, &ok));
         assert!(should_restart(RestartMode::OnFailure, &killed));
         assert!(!should_restart(RestartMode::Never, &killed));
+    }
+
+    #[test]
+    fn keys_change_one_at_a_time_and_different_keys_together() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let locks = KeyLocks::default();
+            let (a, b) = (ServiceKey::new("pair", "a").unwrap(), ServiceKey::new("pair", "b").unwrap());
+            let held_a = locks.lock(&a).await;
+            // Another key is free while `a` is held.
+            let held_b = tokio::time::timeout(Duration::from_millis(100), locks.lock(&b)).await;
+            assert!(held_b.is_ok(), "b waited for a");
+            // The same key waits until `a` is let go.
+            let again = tokio::time::timeout(Duration::from_millis(100), locks.lock(&a)).await;
+            assert!(again.is_err(), "a was taken twice");
+            assert_eq!(locks.held(), 2);
+            drop(held_a);
+            drop(held_b);
+            assert_eq!(locks.held(), 0, "entries outlive their holders");
+            let _a = locks.lock(&a).await;
+            assert_eq!(locks.held(), 1);
+        });
     }
 }

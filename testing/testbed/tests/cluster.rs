@@ -327,6 +327,43 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     let plan = cluster.task(nodes[1].1.as_str(), "ticks-plan", json!({})).expect("ticks-plan");
     eprintln!("ticks: the plan through node {} once settled: {plan}", nodes[1].0);
 
+    // A changed definition rolls out one replica at a time: service a is made again with its
+    // new command on each node while the other replica keeps running; service b is left alone.
+    let on_placed: Vec<(usize, String)> = nodes.iter().filter(|(n, _)| placed.contains(n)).cloned().collect();
+    let declared = cluster.task(node1, "get-service", json!({ "id": "sleeper" })).expect("get-service");
+    let sleeper = json!({ "id": "sleeper", "dataset": "busybox", "cmd": ["/bin/sleep", "1000001"],
+        "limits": { "memory": 33_554_432 }, "mod_index": declared["mod_index"] });
+    cluster.task(node1, "update-service", sleeper).expect("update-service");
+    let t = Instant::now();
+    loop {
+        let mut updated = 0;
+        let mut serving = 0;
+        for (n, ip) in &on_placed {
+            let listed = cluster.task(ip, "service-list", json!({ "bundle_id": "pair" }));
+            let services = listed.unwrap_or_else(|e| panic!("service-list on node {n}: {e}"))["services"].clone();
+            let services = services.as_array().cloned().unwrap_or_default();
+            let get = |id: &str| services.iter().find(|s| s["id"] == id).cloned().unwrap_or_default();
+            let (a, b) = (get("a"), get("b"));
+            assert_eq!(b["restarts"], 0, "node {n}: service b was touched: {b}");
+            let b_up = b["uptime_ms"].as_u64().unwrap_or(0);
+            assert!(b_up as u128 >= t.elapsed().as_millis(), "node {n}: service b started again: {b}");
+            if a["state"] == "running" && b["state"] == "running" {
+                serving += 1;
+                updated += usize::from(a["cmd"][1] == "1000001");
+            }
+        }
+        assert!(serving >= 1, "no replica of pair serving during the rollout ({:?})", t.elapsed());
+        if updated == 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "rollout not done: {:?}", pair_services(cluster, nodes));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "ticks: service a's new command rolled out to nodes {placed:?} in {:.1} s, one replica at a time",
+        t.elapsed().as_secs_f64()
+    );
+
     // A node running it cut off the network (not node 1, the boot server), longer than its
     // heartbeat TTL: replaced on the third node; reconnected, back to exactly 2 replicas.
     let cut = *placed.iter().find(|n| **n != 1).expect("a replica off node 1");
@@ -447,12 +484,11 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         if left.iter().all(|(_, running, clones)| running.is_empty() && clones.is_empty()) {
             break;
         }
-        // Ordered within 2 ticks; each service then stops as any does: its PID 1 (sleep, sh)
-        // ignores SIGTERM, so SIGKILL after the 5 s stop timeout, and its clone is destroyed
-        // once the kernel lets go of its mount (retried for up to 10 s), one service after
-        // the other.
+        // Ordered within 2 ticks; the bundle's services then stop together as any does: their
+        // PID 1 (sleep, sh) ignores SIGTERM, so SIGKILL after the 5 s stop timeout, and each
+        // clone is destroyed once the kernel lets go of its mount (retried for up to 10 s).
         assert!(
-            t.elapsed() < TICK * 2 + 2 * Duration::from_secs(5 + 10) + Duration::from_secs(30),
+            t.elapsed() < TICK * 2 + Duration::from_secs(5 + 10) + Duration::from_secs(30),
             "pair not removed: {left:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -470,11 +506,7 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         if !kept.is_empty() {
             let logs = cluster.task(ip, "init-service-logs", json!({ "service": "service", "lines": 400 }));
             let lines = logs.map(|l| l.to_string()).unwrap_or_else(|e| e.to_string());
-            // Known defect (issue #18's note): a clone can stay busy past the release's retries
-            // on a node; shown here with the provider's log until it is fixed.
-            eprintln!(
-                "ticks: KNOWN DEFECT: node {n} keeps {kept:?} (it had {clones:?}); its service provider's log: {lines}"
-            );
+            panic!("node {n} keeps {kept:?} (it had {clones:?}); its service provider's log: {lines}");
         }
     }
     eprintln!(

@@ -317,6 +317,22 @@ pub struct ServiceInfo {
     /// The outcome of the service's health checks (`service-get` only; none defined: absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// [`CreateArgs::definition`] of what it was created with (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+}
+
+impl CreateArgs {
+    /// A fingerprint of the definition (everything but `overwrite`): equal for the same
+    /// definition on every node and version, so the cluster ticks tell a replica running an
+    /// older definition from a current one. 64-bit FNV-1a over the JSON form, in hex: change
+    /// detection, not a security check.
+    pub fn definition(&self) -> String {
+        let json = serde_json::to_string(&Self { overwrite: false, ..self.clone() }).unwrap_or_default();
+        let hash =
+            json.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        format!("{hash:016x}")
+    }
 }
 
 /// A service's health: every check passed, or not.

@@ -52,13 +52,18 @@ pub struct ServiceReport {
     /// The clone its root filesystem is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone: Option<String>,
+    /// The fingerprint of its definition ([`CreateArgs::definition`]); absent from older
+    /// nodes, which are then taken as current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 /// What the leader asks of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ApplyAction {
-    /// Run these services (those already there stay as they are).
+    /// Run these services and only these: those already there with the same definition stay as
+    /// they are, those with another are created again, others of the bundle are removed.
     Run { services: Vec<CreateArgs> },
     /// Stop and remove every service of the bundle here, clones included.
     Stop,
