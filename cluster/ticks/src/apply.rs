@@ -2,25 +2,43 @@
 //! only for the election's current term. The term is the leader key's creation revision, which
 //! grows with every new leader; this node also remembers the highest term it has acted for, so
 //! a deposed leader's order that arrives late is refused even while the store cannot be asked.
-//! Orders are idempotent (a service already there as ordered stays, one already gone is no
-//! error).
+//! Orders are idempotent (a service or volume already there as ordered stays, one already gone
+//! is no error).
 
+use crate::volumes::Volumes;
+use cerana_protocol::tasks::clusterconf::{self as c, DatasetKind, ObjectId};
 use cerana_protocol::tasks::service::{
     CreateArgs as ServiceCreate, ListArgs, ServiceCreate as ServiceCreateTask, ServiceErrorReason, ServiceList,
     ServiceRef, ServiceRemove,
 };
-use cerana_protocol::tasks::ticks::{Applied, ApplyAction, ApplyArgs, LEADER};
+use cerana_protocol::tasks::ticks::{Applied, ApplyAction, ApplyArgs, Volume, LEADER};
 use cerana_protocol::{ErrorCode, TaskError};
 use cerana_provider_sdk::Context;
 use cerana_store::{task_error, LazyStore, Store};
 use futures_util::future::join_all;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The node's memory of terms, and one order at a time.
+/// The node's memory of terms, one order at a time, and where the orders' volumes go.
 #[derive(Debug, Default)]
 pub struct Fence {
     highest: AtomicU64,
     one_at_a_time: tokio::sync::Mutex<()>,
+    volumes: Volumes,
+}
+
+fn invalid(why: String) -> TaskError {
+    TaskError::new(ErrorCode::InvalidArgument, why)
+}
+
+/// Checks an order's volumes before anything is made.
+fn check_volumes(bundle: &str, volumes: &[Volume]) -> Result<(), TaskError> {
+    for (i, volume) in volumes.iter().enumerate() {
+        volume.validate(bundle).map_err(invalid)?;
+        if volumes[..i].iter().any(|v| v.name == volume.name) {
+            return Err(invalid(format!("volume {} is listed twice", volume.name)));
+        }
+    }
+    Ok(())
 }
 
 fn deposed(args: &ApplyArgs, why: String) -> TaskError {
@@ -61,18 +79,28 @@ impl Fence {
 
     /// The whole task.
     pub async fn apply(&self, ctx: &Context, store: &LazyStore, args: ApplyArgs) -> Result<Applied, TaskError> {
+        let id = ObjectId::new(args.bundle.clone()).map_err(|e| invalid(format!("bundle: {e}")))?;
         let _one = self.one_at_a_time.lock().await;
-        self.check(&store.get().await?, &args).await?;
+        let store = store.get().await?;
+        self.check(&store, &args).await?;
+        if let ApplyAction::Run { volumes, .. } = &args.action {
+            check_volumes(&args.bundle, volumes)?;
+        }
         let here = ctx.call::<ServiceList>(&ListArgs { bundle_id: Some(args.bundle.clone()) }).await?.services;
+        let volumes_here = self.volumes.here(ctx, &args.bundle).await?;
         // A bundle's services start and stop together: one after another, a service still
         // running would hold the others up, and a stop takes its whole timeout.
         let changed = match args.action {
-            ApplyAction::Run { services } => {
+            ApplyAction::Run { services, volumes } => {
                 if let Some(service) = services.iter().find(|s| s.bundle_id != args.bundle) {
-                    return Err(TaskError::new(
-                        ErrorCode::InvalidArgument,
-                        format!("service {} belongs to bundle {}, not {}", service.id, service.bundle_id, args.bundle),
-                    ));
+                    return Err(invalid(format!(
+                        "service {} belongs to bundle {}, not {}",
+                        service.id, service.bundle_id, args.bundle
+                    )));
+                }
+                // Its volumes first: the services mount them.
+                for volume in &volumes {
+                    self.volumes.make(ctx, &args.bundle, volume).await?;
                 }
                 // Those here with the same definition stay (a node that does not say counts as
                 // the same); others are made again; services the bundle no longer has go.
@@ -95,11 +123,21 @@ impl Fence {
                 let mut changed: Vec<String> =
                     created.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
                 changed.extend(removed.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten());
+                let listed = |kind: DatasetKind, name: &str| volumes.iter().any(|v| v.kind == kind && v.name == name);
+                for (kind, name) in volumes_here.iter().filter(|(kind, name)| !listed(*kind, name)) {
+                    self.volumes.remove(ctx, &args.bundle, *kind, name).await?;
+                }
                 changed
             }
             ApplyAction::Stop => {
                 let removed = join_all(here.iter().map(|h| remove(ctx, &args.bundle, &h.id))).await;
-                removed.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect()
+                let removed = removed.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+                // Kept volumes stay for the bundle's return, unless it is gone from the cluster.
+                let declared = store.get(&c::key("bundles", &id)).await.map_err(task_error)?.is_some();
+                for (kind, name) in volumes_here.iter().filter(|(kind, _)| *kind != DatasetKind::RwZfs || !declared) {
+                    self.volumes.remove(ctx, &args.bundle, *kind, name).await?;
+                }
+                removed
             }
         };
         Ok(Applied { bundle: args.bundle, changed })

@@ -204,7 +204,7 @@ impl Ticks {
             let (bundle, node, order) = match action {
                 Action::Stop { bundle, node, .. } => (bundle, node, Ok(ApplyAction::Stop)),
                 Action::Start { bundle, node } | Action::Update { bundle, node } => {
-                    (bundle, node, cluster.run_args(bundle, node).map(|services| ApplyAction::Run { services }))
+                    (bundle, node, cluster.run_args(bundle, node))
                 }
             };
             let done = match order {

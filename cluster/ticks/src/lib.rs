@@ -17,6 +17,7 @@ pub mod leader;
 pub mod report;
 pub mod settings;
 pub mod state;
+pub mod volumes;
 
 use cerana_protocol::tasks::ticks::{self as t, History, JOURNAL_RUNS, LEADER};
 use cerana_provider_sdk::Provider;

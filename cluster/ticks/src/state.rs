@@ -5,8 +5,8 @@ use cerana_planner::datasets::{plan_datasets, DatasetAction, DatasetDemand, Data
 use cerana_planner::{plan, Action, BundleDemand, NodeState, Plan};
 use cerana_protocol::tasks::clusterconf::{self as c, DATASETS_ON_POOL, PREFIX};
 use cerana_protocol::tasks::health::HealthCheck;
-use cerana_protocol::tasks::service::{CreateArgs, RootfsKind};
-use cerana_protocol::tasks::ticks::{BundleStatus, NodeReport, PlannedAction, TickPlan, REPORTS};
+use cerana_protocol::tasks::service::{BindMount, CreateArgs, RootfsKind};
+use cerana_protocol::tasks::ticks::{ApplyAction, BundleStatus, NodeReport, PlannedAction, TickPlan, Volume, REPORTS};
 use cerana_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,7 +115,16 @@ impl Cluster {
                     redundancy: bundle.redundancy,
                     memory: present().map(|s| s.limits.memory.unwrap_or(0)).sum(),
                     cpu_millis: present().map(|s| u64::from(s.limits.cpu.unwrap_or(0))).sum(),
-                    datasets: present().map(|s| s.dataset.to_string()).collect(),
+                    datasets: present()
+                        .map(|s| s.dataset.to_string())
+                        .chain(
+                            bundle
+                                .datasets
+                                .values()
+                                .filter(|d| d.kind != c::DatasetKind::RamDisk)
+                                .map(|d| d.id.to_string()),
+                        )
+                        .collect(),
                 }
             })
             .collect()
@@ -151,7 +160,7 @@ impl Cluster {
     /// a declaration the node cannot run yet, is not taken as outdated.
     fn outdated(&self, bundle: &str, node: &str) -> bool {
         let Some(running) = self.reports.get(node).and_then(|r| r.bundles.get(bundle)) else { return false };
-        let Ok(wanted) = self.run_args(bundle, node) else { return false };
+        let Ok(ApplyAction::Run { services: wanted, .. }) = self.run_args(bundle, node) else { return false };
         if running.values().any(|s| s.definition.is_none()) {
             return false;
         }
@@ -219,17 +228,26 @@ impl Cluster {
     /// The services `bundle` runs on `node`, as `service-create` takes them: each on a clone of
     /// the newest snapshot of its dataset the node holds. `Err` names a dataset the node does
     /// not hold yet, or a service no longer declared.
-    pub fn run_args(&self, bundle: &str, node: &str) -> Result<Vec<CreateArgs>, String> {
+    pub fn run_args(&self, bundle: &str, node: &str) -> Result<ApplyAction, String> {
         let declared = self.bundles.get(bundle).ok_or_else(|| format!("bundle {bundle} is not declared"))?;
         let held = self.reports.get(node).map(|r| &r.datasets);
-        let mut out = Vec::new();
+        let newest = |dataset: &str| {
+            held.and_then(|h| h.get(dataset))
+                .and_then(|s| s.last())
+                .map(|snapshot| format!("{DATASETS_ON_POOL}/{dataset}@{snapshot}"))
+                .ok_or_else(|| format!("waiting for dataset {dataset} on {node}"))
+        };
+        let mut volumes = Vec::new();
+        for (name, d) in &declared.datasets {
+            let origin = match d.kind {
+                c::DatasetKind::RamDisk => None,
+                _ => Some(newest(d.id.as_str())?),
+            };
+            volumes.push(Volume { name: name.clone(), kind: d.kind, origin, quota: d.quota });
+        }
+        let mut services = Vec::new();
         for (name, service) in self.bundle_services(declared) {
             let service = service.ok_or_else(|| format!("service {name} of bundle {bundle} is not declared"))?;
-            let dataset = service.dataset.to_string();
-            let snapshot = held
-                .and_then(|h| h.get(&dataset))
-                .and_then(|s| s.last())
-                .ok_or_else(|| format!("waiting for dataset {dataset} on {node}"))?;
             let health_checks = service
                 .health_checks
                 .values()
@@ -238,10 +256,21 @@ impl Cluster {
                         .map_err(|e| format!("service {name}: health check {}: {e}", check.task))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            out.push(CreateArgs {
+            let mounts = declared.services.get(&name).map(|s| &s.datasets).into_iter().flatten();
+            let mounts = mounts
+                .filter_map(|(name, mount)| {
+                    let volume = volumes.iter().find(|v| v.name == *name)?;
+                    Some(BindMount {
+                        source: volume.path(bundle),
+                        destination: mount.mount_point.clone(),
+                        read_only: mount.read_only,
+                    })
+                })
+                .collect();
+            services.push(CreateArgs {
                 id: name,
                 bundle_id: bundle.to_owned(),
-                dataset: format!("{DATASETS_ON_POOL}/{dataset}@{snapshot}"),
+                dataset: newest(service.dataset.as_str())?,
                 rootfs: RootfsKind::Zfs,
                 description: Some(format!("bundle {bundle}, service {}", service.id)),
                 cmd: service.cmd.clone(),
@@ -249,14 +278,14 @@ impl Cluster {
                 cwd: None,
                 limits: service.limits,
                 user: Default::default(),
-                mounts: Vec::new(),
+                mounts,
                 netns: None,
                 restart: Default::default(),
                 health_checks,
                 overwrite: false,
             });
         }
-        Ok(out)
+        Ok(ApplyAction::Run { services, volumes })
     }
 
     /// Hashes of what is declared and of what is observed (the first 16 hex digits of SHA-256
@@ -388,7 +417,8 @@ mod tests {
         assert_eq!(copies, ["+ busybox@import from n1 to n2"]);
 
         // n1 holds it: services on clones of its newest snapshot, overrides applied.
-        let args = cluster.run_args("pair", "n1").unwrap();
+        let Ok(ApplyAction::Run { services: args, volumes }) = cluster.run_args("pair", "n1") else { panic!() };
+        assert!(volumes.is_empty());
         assert_eq!(args.len(), 2);
         assert_eq!(args[0].dataset, "data/datasets/busybox@import");
         assert_eq!((args[0].id.as_str(), args[0].bundle_id.as_str()), ("a", "pair"));
@@ -397,6 +427,47 @@ mod tests {
         // n2 does not hold it yet.
         assert_eq!(cluster.run_args("pair", "n2").unwrap_err(), "waiting for dataset busybox on n2");
         assert!(cluster.run_args("gone", "n1").unwrap_err().contains("not declared"));
+    }
+
+    #[test]
+    fn a_bundles_datasets_are_copied_where_it_runs_and_mounted_into_its_services() {
+        let mut cluster = cluster();
+        let bundle: c::Bundle = serde_json::from_value(serde_json::json!({
+            "id": "pair", "redundancy": 1,
+            "datasets": {"site": {"id": "content", "type": "temp_zfs", "quota": 1048576},
+                         "tmp": {"id": "content", "type": "ram_disk"}},
+            "services": {"a": {"id": "sleeper", "datasets": {"site": {"mount_point": "/srv", "read_only": true},
+                                                             "tmp": {"mount_point": "/tmp"}}}}
+        }))
+        .unwrap();
+        bundle.validate().unwrap();
+        cluster.bundles.insert("pair".into(), bundle);
+        cluster.datasets.insert(
+            "content".into(),
+            serde_json::from_value(serde_json::json!({"id": "content", "read_only": true, "redundancy": 1})).unwrap(),
+        );
+        assert_eq!(cluster.bundle_demands()[0].datasets, BTreeSet::from(["busybox".into(), "content".into()]));
+        // n1 lacks content: nothing runs until it is there.
+        assert_eq!(cluster.run_args("pair", "n1").unwrap_err(), "waiting for dataset content on n1");
+        cluster.reports.get_mut("n1").unwrap().datasets.insert("content".into(), vec!["v1".into(), "v2".into()]);
+        let Ok(ApplyAction::Run { services, volumes }) = cluster.run_args("pair", "n1") else { panic!() };
+        let site = Volume {
+            name: "site".into(),
+            kind: c::DatasetKind::TempZfs,
+            origin: Some("data/datasets/content@v2".into()),
+            quota: Some(1048576),
+        };
+        let tmp = Volume { name: "tmp".into(), kind: c::DatasetKind::RamDisk, origin: None, quota: None };
+        assert_eq!(volumes, [site, tmp]);
+        let mounts: Vec<(&str, &str, bool)> =
+            services[0].mounts.iter().map(|m| (m.source.as_str(), m.destination.as_str(), m.read_only)).collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/run/cerana/volumes/pair/temp_zfs/site", "/srv", true),
+                ("/run/cerana/volumes/pair/ram_disk/tmp", "/tmp", false)
+            ]
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@ use cerana_protocol::tasks::ticks::{
     TicksPlan, LEADER,
 };
 use cerana_protocol::tasks::zfs::{
-    CreateArgs, Dataset, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ListResult as ZfsListResult, NameResult,
-    ReceiveArgs, ReceiveResult, SendArgs, SendResult, ZfsCreate, ZfsDestroy, ZfsList, ZfsReceive, ZfsSend,
+    CloneArgs, CreateArgs, Dataset, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ListResult as ZfsListResult,
+    NameResult, ReceiveArgs, ReceiveResult, SendArgs, SendResult, ZfsClone, ZfsCreate, ZfsDestroy, ZfsList, ZfsReceive,
+    ZfsSend,
 };
 use cerana_protocol::{ErrorCode, NoArgs, NodeUrl, Request, TaskError};
 use cerana_provider_sdk::Provider;
@@ -46,6 +47,8 @@ struct NodeState {
     held_creates: u32,
     /// Services created (or created again) here.
     creates: u32,
+    /// The properties each clone was made with.
+    clones: BTreeMap<String, BTreeMap<String, String>>,
 }
 type Shared = Arc<Mutex<NodeState>>;
 
@@ -144,7 +147,7 @@ fn dataset(name: &str, creation: u64) -> Dataset {
 /// `zfs-*` as a node answers them. A send stream is the snapshot's name; receiving it makes
 /// the dataset and that snapshot.
 fn zfs_double(state: Shared) -> Provider {
-    let (z1, z2, z3, z4, z5) = (state.clone(), state.clone(), state.clone(), state.clone(), state);
+    let (z1, z2, z3, z4, z5, z6) = (state.clone(), state.clone(), state.clone(), state.clone(), state.clone(), state);
     Provider::new("zfs", "double")
         .task::<ZfsList, _, _>(move |_ctx, a: ZfsListArgs| {
             let state = z1.clone();
@@ -170,6 +173,20 @@ fn zfs_double(state: Shared) -> Provider {
                 if !state.lock().unwrap().zfs.insert(a.name.clone()) {
                     return Err(TaskError::new(ErrorCode::AlreadyExists, format!("{} exists", a.name)));
                 }
+                Ok(NameResult { name: a.name, device: None })
+            }
+        })
+        .task::<ZfsClone, _, _>(move |_ctx, a: CloneArgs| {
+            let state = z6.clone();
+            async move {
+                let mut state = state.lock().unwrap();
+                if !state.zfs.contains(&a.origin) {
+                    return Err(TaskError::new(ErrorCode::NotFound, format!("{} does not exist", a.origin)));
+                }
+                if !state.zfs.insert(a.name.clone()) {
+                    return Err(TaskError::new(ErrorCode::AlreadyExists, format!("{} exists", a.name)));
+                }
+                state.clones.insert(a.name.clone(), a.properties);
                 Ok(NameResult { name: a.name, device: None })
             }
         })
@@ -351,8 +368,13 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         serde_json::json!({"id": "sleeper", "dataset": "img", "cmd": ["/bin/sleep", "9"]}),
     )
     .await;
+    // Service a mounts two of the bundle's datasets: a scratch clone and a kept one.
     let bundle = serde_json::json!({"id": "pair", "redundancy": 2,
-        "services": {"a": {"id": "sleeper"}, "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}}});
+        "datasets": {"scratch": {"id": "img", "type": "temp_zfs"}, "keep": {"id": "img", "type": "rw_zfs", "quota": 65536}},
+        "services": {"a": {"id": "sleeper", "datasets": {"scratch": {"mount_point": "/scratch"},
+                                                         "keep": {"mount_point": "/keep", "read_only": true}}},
+                     "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}}});
+    let volumes = ["data/scratch/pair.scratch", "data/volumes/pair.keep"];
     let started = Instant::now();
     put("/cerana/v1/bundles/pair", bundle.clone()).await;
 
@@ -365,6 +387,25 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     assert!(b.state.lock().unwrap().zfs.contains("data/datasets/img@import"), "copied to node-b");
     let on_b = b.state.lock().unwrap().services[&("pair".to_string(), "b".to_string())].clone();
     assert_eq!((on_b.dataset.as_str(), on_b.cmd[1].as_str()), ("data/datasets/img@import", "10"));
+    // Its volumes were made before its services, where they mount them.
+    for node in [&a, &b] {
+        let state = node.state.lock().unwrap();
+        let on = &state.clones;
+        assert_eq!(on.keys().map(String::as_str).collect::<Vec<_>>(), volumes, "{}", node.name);
+        assert_eq!(on["data/volumes/pair.keep"]["mountpoint"], "/run/cerana/volumes/pair/rw_zfs/keep");
+        assert_eq!(on["data/volumes/pair.keep"]["refquota"], "65536");
+        assert_eq!(on["data/scratch/pair.scratch"]["mountpoint"], "/run/cerana/volumes/pair/temp_zfs/scratch");
+        let a = &state.services[&("pair".to_string(), "a".to_string())];
+        let mounts: Vec<(&str, &str, bool)> =
+            a.mounts.iter().map(|m| (m.source.as_str(), m.destination.as_str(), m.read_only)).collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/run/cerana/volumes/pair/rw_zfs/keep", "/keep", true),
+                ("/run/cerana/volumes/pair/temp_zfs/scratch", "/scratch", false)
+            ]
+        );
+    }
 
     // Settled: the plan is empty, and the journal shows what was done.
     let plan: TickPlan = until("a settled plan", Duration::from_secs(10), async || {
@@ -432,11 +473,13 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         plan.actions.is_empty().then_some(())
     })
     .await;
-    // A service dropped from the bundle goes from every replica; then it comes back.
+    // A service dropped from the bundle goes from every replica, and so do datasets dropped
+    // (kept or not); then they come back.
     let one = serde_json::json!({"id": "pair", "redundancy": 2, "services": {"a": {"id": "sleeper"}}});
     put("/cerana/v1/bundles/pair", one).await;
-    until("service b gone from both nodes", Duration::from_secs(20), async || {
-        (services_of(&a, "pair") == ["a"] && services_of(&b, "pair") == ["a"]).then_some(())
+    until("service b and the volumes gone from both nodes", Duration::from_secs(20), async || {
+        let gone = |n: &Node| volumes.iter().all(|v| !n.state.lock().unwrap().zfs.contains(*v));
+        (services_of(&a, "pair") == ["a"] && services_of(&b, "pair") == ["a"] && gone(&a) && gone(&b)).then_some(())
     })
     .await;
     put("/cerana/v1/bundles/pair", bundle.clone()).await;
@@ -472,8 +515,12 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     // The current leader's order is carried out, and again changes nothing (idempotent).
     let services: Vec<ServiceCreateArgs> =
         b.state.lock().unwrap().services.values().filter(|s| s.bundle_id == "pair").cloned().collect();
-    let current =
-        ApplyArgs { leader_key: new.key.clone(), term: new.token, action: ApplyAction::Run { services }, ..late };
+    let current = ApplyArgs {
+        leader_key: new.key.clone(),
+        term: new.token,
+        action: ApplyAction::Run { services, volumes: vec![] },
+        ..late
+    };
     let applied: Applied = call::<BundleApply>(&b.socket, None, &current).await.unwrap();
     assert!(applied.changed.is_empty());
 
@@ -505,8 +552,10 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     // Deleted: every service goes from every node.
     s.delete("/cerana/v1/bundles/pair", false).await.unwrap();
     let deleted = Instant::now();
-    until("pair removed everywhere", Duration::from_secs(20), async || {
-        (services_of(&a, "pair").is_empty() && services_of(&b, "pair").is_empty()).then_some(())
+    // Its volumes with it, the kept one too (the bundle is gone from the cluster).
+    until("pair and its volumes removed everywhere", Duration::from_secs(20), async || {
+        let gone = |n: &Node| volumes.iter().all(|v| !n.state.lock().unwrap().zfs.contains(*v));
+        (services_of(&a, "pair").is_empty() && services_of(&b, "pair").is_empty() && gone(&a) && gone(&b)).then_some(())
     })
     .await;
     eprintln!("bundle removed from 2 nodes in {:.1} s", deleted.elapsed().as_secs_f64());
@@ -537,14 +586,39 @@ fn quick() -> Settings {
     }
 }
 
-/// Declares dataset `img` (held by every node in `holders`), service `sleeper` and bundle `id`.
+/// A fault test's cluster: a real etcd and node-a leading it, with [`quick`] settings.
+struct Faults {
+    _etcd: EtcdCluster,
+    dir: tempfile::TempDir,
+    store: LazyStore,
+    settings: Settings,
+    a: Node,
+}
+
+async fn faults() -> Result<Faults, String> {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+    let settings = quick();
+    let a = node(dir.path(), "node-a", &store, settings).await;
+    leader_is(&store, "node-a").await;
+    Ok(Faults { _etcd: etcd, dir, store, settings, a })
+}
+
+/// Gives `node` dataset `img` at its snapshot `import`.
+fn holds_img(node: &Node) {
+    node.state
+        .lock()
+        .unwrap()
+        .zfs
+        .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+}
+
+/// Declares dataset `img` (held by every node in `holders`), service `sleeper` and bundle `id`,
+/// whose service mounts a kept volume of `img`.
 async fn declare(store: &LazyStore, holders: &[&Node], id: &str, redundancy: u32) {
     for node in holders {
-        node.state
-            .lock()
-            .unwrap()
-            .zfs
-            .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+        holds_img(node);
     }
     let s = store.get().await.unwrap();
     let put = async |key: &str, value: serde_json::Value| s.put(key, &value.to_string()).await.unwrap();
@@ -554,7 +628,9 @@ async fn declare(store: &LazyStore, holders: &[&Node], id: &str, redundancy: u32
         serde_json::json!({"id": "sleeper", "dataset": "img", "cmd": ["/bin/sleep", "9"]}),
     )
     .await;
-    let bundle = serde_json::json!({"id": id, "redundancy": redundancy, "services": {"a": {"id": "sleeper"}}});
+    let bundle = serde_json::json!({"id": id, "redundancy": redundancy,
+        "datasets": {"keep": {"id": "img", "type": "rw_zfs"}},
+        "services": {"a": {"id": "sleeper", "datasets": {"keep": {"mount_point": "/keep"}}}}});
     put(&format!("/cerana/v1/bundles/{id}"), bundle).await;
 }
 
@@ -573,12 +649,7 @@ fn running(nodes: &[&Node], id: &str) -> Vec<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_dies_mid_order_is_not_waited_on_and_its_late_replica_is_removed_as_surplus() {
-    let _etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store = LazyStore::new(StoreConfig::new(_etcd.endpoints()));
-    let settings = quick();
-    let a = node(dir.path(), "node-a", &store, settings).await;
-    leader_is(&store, "node-a").await;
+    let Faults { _etcd, dir, store, settings, a } = require_ok!(faults().await);
     let mut x = node(dir.path(), "node-x", &store, settings).await;
     // node-x starts its replica slowly, and loses power meanwhile: its heartbeat stops while
     // the leader's order hangs on a connection nobody answers.
@@ -593,11 +664,7 @@ async fn a_node_that_dies_mid_order_is_not_waited_on_and_its_late_replica_is_rem
     let cut = Instant::now();
     let cut_ms = now_ms();
     let z = node(dir.path(), "node-z", &store, settings).await;
-    z.state
-        .lock()
-        .unwrap()
-        .zfs
-        .extend(["data/datasets", "data/datasets/img", "data/datasets/img@import"].map(String::from));
+    holds_img(&z);
     until("duo on node-a and node-z", Duration::from_secs(20), async || {
         (running(&[&a, &z], "duo") == ["node-a", "node-z"]).then_some(())
     })
@@ -638,16 +705,15 @@ async fn a_node_that_dies_mid_order_is_not_waited_on_and_its_late_replica_is_rem
     // And it stays there.
     tokio::time::sleep(settings.tick * 4).await;
     assert_eq!(running(&[&a, &back, &z], "duo"), settled);
+    // The replica removed left its kept volume for its return.
+    for node in [&a, &back, &z] {
+        assert!(node.state.lock().unwrap().zfs.contains("data/volumes/duo.keep"), "{}", node.name);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_deposed_mid_tick_stops_at_once_and_its_successor_converges() {
-    let _etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store = LazyStore::new(StoreConfig::new(_etcd.endpoints()));
-    let settings = quick();
-    let a = node(dir.path(), "node-a", &store, settings).await;
-    leader_is(&store, "node-a").await;
+    let Faults { _etcd, dir, store, settings, a } = require_ok!(faults().await);
     let b = node(dir.path(), "node-b", &store, settings).await;
     let c = node(dir.path(), "node-c", &store, settings).await;
     for n in [&a, &b, &c] {

@@ -293,13 +293,17 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
 
     for service in [
         json!({ "id": "sleeper", "dataset": "busybox", "cmd": ["/bin/sleep", "1000000"], "limits": { "memory": 33_554_432 } }),
-        json!({ "id": "ticker", "dataset": "busybox", "cmd": ["/bin/sh", "-c", "while true; do sleep 1; done"],
+        // It ends at once (and is restarted, which the rollout below refuses) unless the bundle's
+        // scratch volume is mounted, writable, at /scratch.
+        json!({ "id": "ticker", "dataset": "busybox",
+                "cmd": ["/bin/sh", "-c", "touch /scratch/up && test -x /scratch/bin/busybox || exit 3; while true; do sleep 1; done"],
                 "limits": { "memory": 33_554_432 } }),
     ] {
         cluster.task(node1, "update-service", service).expect("update-service");
     }
-    let bundle =
-        json!({ "id": "pair", "redundancy": 2, "services": { "a": { "id": "sleeper" }, "b": { "id": "ticker" } } });
+    let bundle = json!({ "id": "pair", "redundancy": 2,
+        "datasets": { "scratch": { "id": "busybox", "type": "temp_zfs", "quota": 16_777_216 } },
+        "services": { "a": { "id": "sleeper" }, "b": { "id": "ticker", "datasets": { "scratch": { "mount_point": "/scratch" } } } } });
     let declared = cluster.task(node1, "update-bundle", bundle).expect("update-bundle");
     let revision = declared["mod_index"].as_u64().expect("mod_index");
     let t = Instant::now();
@@ -312,10 +316,26 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         assert!(t.elapsed() < Duration::from_secs(300), "pair not on 2 nodes: {:?}", pair_services(cluster, nodes));
         std::thread::sleep(Duration::from_millis(500));
     };
-    let runs = acting_runs(cluster, node1, revision);
+    let placed_in = t.elapsed();
+    // The run that made the second replica is journaled once its actions are done.
+    let started_ok = |runs: &[serde_json::Value]| {
+        let actions = runs.iter().flat_map(|r| r["actions"].as_array().cloned().unwrap_or_default());
+        actions
+            .filter(|a| a["outcome"] == "ok" && a["action"].as_str().is_some_and(|x| x.starts_with("+ pair on")))
+            .count()
+    };
+    let journaled = Instant::now();
+    let runs = loop {
+        let runs = acting_runs(cluster, node1, revision);
+        if started_ok(&runs) >= 2 || journaled.elapsed() > TICK * 4 {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(started_ok(&runs), 2, "the starts of pair's replicas in the journal: {runs:#?}");
     eprintln!(
         "ticks: pair runs on nodes {placed:?} {:.1} s after it was declared, in {} acting ticks: {runs:#?}",
-        t.elapsed().as_secs_f64(),
+        placed_in.as_secs_f64(),
         runs.len()
     );
     assert!(runs.len() <= 2, "placing pair took {} acting ticks", runs.len());
@@ -323,6 +343,7 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         let held = cluster.task(ip, "zfs-list", json!({ "name": "data/datasets/busybox", "types": ["snapshot"] }));
         let held = held.unwrap_or_else(|e| panic!("node {n} runs pair without its dataset: {e}"));
         assert_eq!(held["datasets"][0]["name"], "data/datasets/busybox@import", "node {n}: {held}");
+        assert_eq!(zfs_under(cluster, ip, "data/scratch/pair."), ["data/scratch/pair.scratch"], "node {n}");
     }
     let plan = cluster.task(nodes[1].1.as_str(), "ticks-plan", json!({})).expect("ticks-plan");
     eprintln!("ticks: the plan through node {} once settled: {plan}", nodes[1].0);
@@ -369,6 +390,13 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     let cut = *placed.iter().find(|n| **n != 1).expect("a replica off node 1");
     let spare = nodes.iter().map(|(n, _)| *n).find(|n| !placed.contains(n)).expect("a spare node");
     let others: Vec<(usize, String)> = nodes.iter().filter(|(n, _)| *n != cut).cloned().collect();
+    let cut_ip = &nodes.iter().find(|(n, _)| *n == cut).expect("the cut node").1;
+    let cut_report = format!("/cerana/v1/ticks/reports/{}", hostname(cluster, cut_ip));
+    let created = |cluster: &Cluster| {
+        let report = cluster.task(node1, "kv-get", json!({ "key": cut_report }));
+        report.as_ref().ok().and_then(|r| r["created"].as_u64())
+    };
+    let reported_before = created(cluster).expect("the cut node's report");
     cluster.disconnect(cut).expect("disconnect");
     let replaced = watch_pair(cluster, &others, 2, Duration::from_secs(180), |on| on.contains(&spare));
     eprintln!(
@@ -377,13 +405,12 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     );
     cluster.reconnect(cut).expect("reconnect");
     let back = Instant::now();
-    let t = Instant::now();
+    // The index at which its report was made again: the ticks that read from there on see it.
     let back_at = loop {
-        let reports = cluster.task(node1, "kv-keys", json!({ "prefix": "/cerana/v1/ticks/reports/" }));
-        if let Some(r) = reports.as_ref().ok().filter(|r| r["keys"].as_array().is_some_and(|k| k.len() == 3)) {
-            break r["index"].as_u64().expect("the store's index");
+        if let Some(index) = created(cluster).filter(|c| *c > reported_before) {
+            break index;
         }
-        assert!(t.elapsed() < Duration::from_secs(120), "node {cut} does not report again: {reports:?}");
+        assert!(back.elapsed() < Duration::from_secs(120), "node {cut} does not report again");
         std::thread::sleep(Duration::from_millis(250));
     };
     let reporting = back.elapsed();
@@ -393,25 +420,35 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     let settled = watch_pair(cluster, nodes, 3, reporting + TICK * 2 + Duration::from_secs(60), |on| {
         on.len() == 2 && !pair_services(cluster, nodes).iter().any(|(_, running, _)| running.len() == 1)
     });
-    let history = cluster.task(node1, "ticks-history", json!({ "limit": 1000 })).expect("ticks-history");
-    let mut since: Vec<&serde_json::Value> = history["runs"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter(|r| r["revision"].as_u64().unwrap_or(0) >= back_at)
-        .collect();
-    since.sort_by_key(|r| r["started_ms"].as_u64());
-    let surplus = since.iter().position(|r| {
-        r["actions"].as_array().is_some_and(|a| {
-            a.iter().any(|x| {
-                x["action"].as_str().is_some_and(|t| t.starts_with("- pair on") && t.contains("more replicas"))
+    // The run that removed it is journaled when its actions are done, which may be after the
+    // replica is gone.
+    let journaled = Instant::now();
+    let (since, surplus) = loop {
+        let history = cluster.task(node1, "ticks-history", json!({ "limit": 1000 })).expect("ticks-history");
+        let mut since: Vec<serde_json::Value> = history["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["revision"].as_u64().unwrap_or(0) >= back_at)
+            .collect();
+        since.sort_by_key(|r| r["started_ms"].as_u64());
+        let surplus = since.iter().position(|r| {
+            r["actions"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["action"].as_str().is_some_and(|t| t.starts_with("- pair on") && t.contains("more replicas"))
+                })
             })
-        })
-    });
+        });
+        if surplus.is_some() || journaled.elapsed() > TICK * 4 {
+            break (since, surplus);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(
         surplus.is_some_and(|i| i < 2),
-        "the surplus replica not removed by the 2nd tick after node {cut} reported again: {since:#?}"
+        "the surplus replica not removed by the 2nd tick after node {cut} reported again (at index {back_at}): \
+         {since:#?}"
     );
     eprintln!(
         "ticks: node {cut} reconnected, reporting again after {:.1} s; pair on exactly 2 nodes {:.1} s after \
@@ -494,15 +531,9 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         std::thread::sleep(Duration::from_millis(250));
     }
     for (n, ip) in &live {
-        let listed = cluster.task(ip, "zfs-list", json!({ "name": "data/running-clones" })).expect("zfs-list");
-        let kept: Vec<&str> = listed["datasets"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|d| d["name"].as_str())
-            .filter(|name| name.starts_with("data/running-clones/pair."))
-            .collect();
+        let mut kept = zfs_under(cluster, ip, "data/running-clones/pair.");
+        // Its scratch volume is thrown away with it.
+        kept.extend(zfs_under(cluster, ip, "data/scratch/pair."));
         if !kept.is_empty() {
             let logs = cluster.task(ip, "init-service-logs", json!({ "service": "service", "lines": 400 }));
             let lines = logs.map(|l| l.to_string()).unwrap_or_else(|e| e.to_string());
@@ -515,6 +546,19 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         t.elapsed().as_secs_f64()
     );
     doomed
+}
+
+/// The datasets on node `ip` whose names start with `prefix` (`parent/…`); none when the parent
+/// does not exist.
+fn zfs_under(cluster: &Cluster, ip: &str, prefix: &str) -> Vec<String> {
+    let parent = prefix.rsplit_once('/').map_or(prefix, |(p, _)| p);
+    let listed = match cluster.task(ip, "zfs-list", serde_json::json!({ "name": parent })) {
+        Ok(listed) => listed,
+        Err(e) if e.to_string().contains("not_found") || e.to_string().contains("does not exist") => return vec![],
+        Err(e) => panic!("zfs-list {parent} on {ip}: {e}"),
+    };
+    let names = listed["datasets"].as_array().cloned().unwrap_or_default();
+    names.iter().filter_map(|d| d["name"].as_str()).filter(|n| n.starts_with(prefix)).map(String::from).collect()
 }
 
 fn hostname(cluster: &Cluster, ip: &str) -> String {

@@ -35,7 +35,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, TaskError> {
 }
 
 fn entry(e: cerana_store::Entry) -> t::KvEntry {
-    t::KvEntry { key: e.key, value: e.value, index: e.index, lease: e.lease }
+    t::KvEntry { key: e.key, value: e.value, index: e.index, created: e.created, lease: e.lease }
 }
 
 /// The whole `cerana-kv` program.

@@ -124,6 +124,12 @@ pub struct Invalid {
     pub problem: String,
 }
 
+/// A bundle dataset's name: 1 to 64 of `A-Z a-z 0-9 _ -` (no dot: a node names its volume
+/// `<bundle>.<name>`).
+pub fn is_volume_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+}
+
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
     Invalid { field: field.into(), problem: problem.into() }
 }
@@ -368,6 +374,12 @@ impl Bundle {
     pub fn validate(&self) -> Result<(), Invalid> {
         check_redundancy(self.redundancy)?;
         check_len("datasets", self.datasets.len())?;
+        if let Some(name) = self.datasets.keys().find(|n| !is_volume_name(n)) {
+            return Err(invalid(format!("datasets.{name}"), "a name is 1 to 64 of A-Z a-z 0-9 _ -"));
+        }
+        if let Some((name, _)) = self.datasets.iter().find(|(_, d)| d.quota == Some(0)) {
+            return Err(invalid(format!("datasets.{name}.quota"), "must be more than 0 bytes"));
+        }
         check_len("services", self.services.len())?;
         check_len("ports", self.ports.len())?;
         if self.services.is_empty() {

@@ -272,6 +272,10 @@ pub struct KvEntry {
     pub key: String,
     pub value: String,
     pub index: u64,
+    /// The index at which the key was created (since it last did not exist); 0 from a node that
+    /// does not say.
+    #[serde(default)]
+    pub created: u64,
     /// The lease the key is bound to (ephemeral keys, locks), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<i64>,

@@ -8,6 +8,7 @@
 //! only while that term is the election's current one, so a deposed leader's late action is
 //! refused. Each run is recorded under [`JOURNAL`].
 
+use crate::tasks::clusterconf::{is_volume_name, DatasetKind, ObjectId, DATASETS_ON_POOL};
 use crate::tasks::service::CreateArgs;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,9 +65,102 @@ pub struct ServiceReport {
 pub enum ApplyAction {
     /// Run these services and only these: those already there with the same definition stay as
     /// they are, those with another are created again, others of the bundle are removed.
-    Run { services: Vec<CreateArgs> },
-    /// Stop and remove every service of the bundle here, clones included.
+    Run {
+        services: Vec<CreateArgs>,
+        /// The bundle's datasets, made here before its services (which mount them from
+        /// [`Volume::path`]); volumes of the bundle not listed are removed after them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        volumes: Vec<Volume>,
+    },
+    /// Stop and remove every service of the bundle here, clones included, and its volumes but
+    /// the kept ones (`rw_zfs`).
     Stop,
+}
+
+/// Where a node makes a bundle's volumes: `VOLUMES/<bundle>/<kind>/<name>`.
+pub const VOLUMES: &str = "/run/cerana/volumes";
+/// The ZFS datasets of kept volumes (`rw_zfs`): `VOLUMES_ON_POOL/<bundle>.<name>` (a volume's
+/// name has no dot).
+pub const VOLUMES_ON_POOL: &str = "data/volumes";
+/// The ZFS datasets of volumes thrown away when their bundle stops (`temp_zfs`):
+/// `SCRATCH_ON_POOL/<bundle>.<name>`.
+pub const SCRATCH_ON_POOL: &str = "data/scratch";
+
+/// A bundle dataset as its node provides it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Its name in the bundle.
+    pub name: String,
+    pub kind: DatasetKind,
+    /// The snapshot a ZFS volume is cloned from (`data/datasets/ID@SNAP`); none for a RAM disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Bytes: the ZFS volume's `refquota`, the RAM disk's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+}
+
+/// How `kind` is written (`rw_zfs`, `temp_zfs`, `ram_disk`).
+pub fn kind_name(kind: DatasetKind) -> &'static str {
+    match kind {
+        DatasetKind::RwZfs => "rw_zfs",
+        DatasetKind::TempZfs => "temp_zfs",
+        DatasetKind::RamDisk => "ram_disk",
+    }
+}
+
+/// The RAM disk's size when its bundle gives no quota.
+pub const RAM_DISK_DEFAULT: u64 = 64 << 20;
+
+impl Volume {
+    /// Checks it can be made for `bundle`; the message names what is wrong.
+    pub fn validate(&self, bundle: &str) -> Result<(), String> {
+        ObjectId::new(bundle.to_owned()).map_err(|e| e.to_string())?;
+        if !is_volume_name(&self.name) {
+            return Err(format!("volume {:?}: a name is 1 to 64 of A-Z a-z 0-9 _ -", self.name));
+        }
+        let origin = self.origin.as_deref();
+        match (self.kind, origin) {
+            (DatasetKind::RamDisk, None) => {}
+            (DatasetKind::RamDisk, Some(_)) => return Err(format!("volume {}: a RAM disk has no origin", self.name)),
+            (_, None) => return Err(format!("volume {}: a ZFS volume needs its origin", self.name)),
+            (_, Some(origin)) => {
+                let snapshot = origin.strip_prefix(DATASETS_ON_POOL).and_then(|o| o.strip_prefix('/'));
+                let ok = snapshot.and_then(|s| s.split_once('@')).is_some_and(|(id, snap)| {
+                    ObjectId::new(id.to_owned()).is_ok()
+                        && !snap.is_empty()
+                        && snap.len() <= 200
+                        && snap.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+                });
+                if !ok {
+                    return Err(format!(
+                        "volume {}: origin {origin:?} is not a snapshot under {DATASETS_ON_POOL}",
+                        self.name
+                    ));
+                }
+            }
+        }
+        if self.quota == Some(0) {
+            return Err(format!("volume {}: a quota of 0 bytes", self.name));
+        }
+        Ok(())
+    }
+
+    /// Where its services find it: `VOLUMES/<bundle>/<kind>/<name>`. (With its kind in the
+    /// path, a kind changed changes the services' mounts, so they are made again on the new.)
+    pub fn path(&self, bundle: &str) -> String {
+        format!("{VOLUMES}/{bundle}/{}/{}", kind_name(self.kind), self.name)
+    }
+
+    /// Its ZFS dataset; none for a RAM disk.
+    pub fn dataset(&self, bundle: &str) -> Option<String> {
+        match self.kind {
+            DatasetKind::RwZfs => Some(format!("{VOLUMES_ON_POOL}/{bundle}.{}", self.name)),
+            DatasetKind::TempZfs => Some(format!("{SCRATCH_ON_POOL}/{bundle}.{}", self.name)),
+            DatasetKind::RamDisk => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +262,7 @@ mod tests {
         let run =
             r#"{"bundle":"web","leader_key":"/cerana/v1/ticks/leader/1f","term":7,"action":{"run":{"services":[]}}}"#;
         let args: ApplyArgs = serde_json::from_str(run).unwrap();
-        assert_eq!(args.action, ApplyAction::Run { services: vec![] });
+        assert_eq!(args.action, ApplyAction::Run { services: vec![], volumes: vec![] });
         let stop: ApplyArgs = serde_json::from_str(
             r#"{"bundle":"web","leader_key":"/cerana/v1/ticks/leader/1f","term":7,"action":"stop"}"#,
         )
@@ -180,5 +274,41 @@ mod tests {
         let report: NodeReport =
             serde_json::from_str(r#"{"node":"n1","at_ms":5,"bundles":{},"datasets":{},"gpus":2}"#).unwrap();
         assert_eq!(report.node, "n1");
+    }
+
+    #[test]
+    fn a_volume_says_what_is_wrong_with_it() {
+        let zfs = |origin: Option<&str>| Volume {
+            name: "scratch".into(),
+            kind: DatasetKind::TempZfs,
+            origin: origin.map(String::from),
+            quota: None,
+        };
+        assert_eq!(zfs(Some("data/datasets/busybox@import")).validate("web"), Ok(()));
+        assert!(zfs(None).validate("web").unwrap_err().contains("needs its origin"));
+        for bad in
+            ["data/other/x@s", "data/datasets/x", "data/datasets/../x@s", "data/datasets/x@", "data/datasets/x@a/b"]
+        {
+            assert!(zfs(Some(bad)).validate("web").unwrap_err().contains("is not a snapshot"), "{bad}");
+        }
+        assert!(zfs(Some("data/datasets/x@s")).validate("../web").is_err());
+        let ram =
+            |name: &str| Volume { name: name.into(), kind: DatasetKind::RamDisk, origin: None, quota: Some(1 << 20) };
+        assert_eq!(ram("tmp").validate("web"), Ok(()));
+        for bad in ["", "a.b", "a/b", "..", &"x".repeat(65)] {
+            assert!(ram(bad).validate("web").unwrap_err().contains("a name is"), "{bad:?}");
+        }
+        assert!(Volume { quota: Some(0), ..ram("tmp") }.validate("web").unwrap_err().contains("0 bytes"));
+        assert_eq!(ram("tmp").path("web"), "/run/cerana/volumes/web/ram_disk/tmp");
+        for kind in [DatasetKind::RwZfs, DatasetKind::TempZfs, DatasetKind::RamDisk] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind_name(kind));
+        }
+        assert_eq!(ram("tmp").dataset("web"), None);
+        assert_eq!(zfs(None).dataset("web").as_deref(), Some("data/scratch/web.scratch"));
+        let kept = Volume { kind: DatasetKind::RwZfs, ..zfs(None) };
+        assert_eq!(kept.dataset("web").as_deref(), Some("data/volumes/web.scratch"));
+        // Strict: an older node refuses what it cannot do rather than run without it.
+        let unknown = r#"{"name":"tmp","kind":"ram_disk","size":5}"#;
+        assert!(serde_json::from_str::<Volume>(unknown).is_err());
     }
 }
