@@ -69,6 +69,8 @@ struct Cli {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
+    /// A table with more columns where there are more (`get bundles`: subnets and addresses).
+    Wide,
     Json,
 }
 
@@ -463,7 +465,7 @@ fn now_ms() -> u64 {
 fn print(cli: &Cli, value: &serde_json::Value) {
     match cli.output {
         Output::Json => println!("{}", render::json(value)),
-        Output::Table => print!("{}", render::table(value)),
+        Output::Table | Output::Wide => print!("{}", render::table(value)),
     }
 }
 
@@ -512,16 +514,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (_, history) = call_task(&client, "get-nodes-history", args).await?;
             match cli.output {
                 Output::Json => print(&cli, &history),
-                Output::Table => print(&cli, &serde_json::json!({ "history": render::history_rows(&history, now) })),
+                Output::Table | Output::Wide => {
+                    print(&cli, &serde_json::json!({ "history": render::history_rows(&history, now) }))
+                }
             }
             Ok(())
         }
-        Command::Get { kind: Kind::Bundles, id: None } if cli.output == Output::Table => {
+        Command::Get { kind: Kind::Bundles, id: None } if cli.output != Output::Json => {
             let (_, plan) = call_task(&client, "ticks-plan", serde_json::json!({})).await?;
-            print(&cli, &serde_json::json!({ "bundles": render::bundle_rows(&plan) }));
+            let wide = cli.output == Output::Wide;
+            print(&cli, &serde_json::json!({ "bundles": render::bundle_rows(&plan, wide) }));
             Ok(())
         }
-        Command::Get { kind: Kind::Nodes, id: None } if cli.output == Output::Table => {
+        Command::Get { kind: Kind::Nodes, id: None } if cli.output != Output::Json => {
             let (_, nodes) = call_task(&client, "list-nodes", serde_json::json!({})).await?;
             print(&cli, &serde_json::json!({ "nodes": render::node_rows(&nodes, now_ms()) }));
             Ok(())
@@ -533,7 +538,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .1;
             match cli.output {
                 Output::Json => println!("{}", render::json(&plan)),
-                Output::Table => print!("{}", render::plan(&plan)),
+                Output::Table | Output::Wide => print!("{}", render::plan(&plan)),
             }
             let changes = plan["actions"].as_array().is_some_and(|a| !a.is_empty());
             if changes {
@@ -543,7 +548,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Ticks(TicksCommand::History { limit }) => {
             let (_, mut value) = call_task(&client, "ticks-history", serde_json::json!({ "limit": limit })).await?;
-            if cli.output == Output::Table {
+            if cli.output != Output::Json {
                 value = serde_json::json!({ "runs": render::run_rows(&value) });
             }
             print(&cli, &value);

@@ -168,8 +168,8 @@ fn rows_table(rows: &[Value]) -> String {
 }
 
 /// `cerana get bundles`: each bundle's running against desired replicas, where, and why any
-/// are missing (from `ticks-plan`).
-pub fn bundle_rows(plan: &Value) -> Vec<Value> {
+/// are missing (from `ticks-plan`); `wide` adds its subnet and each replica's addresses.
+pub fn bundle_rows(plan: &Value, wide: bool) -> Vec<Value> {
     let bundles = plan["bundles"].as_array().map(Vec::as_slice).unwrap_or_default();
     bundles
         .iter()
@@ -181,12 +181,22 @@ pub fn bundle_rows(plan: &Value) -> Vec<Value> {
                 .flatten()
                 .map(|(node, healthy)| if healthy == true { node.clone() } else { format!("{node}(unhealthy)") })
                 .collect();
-            serde_json::json!({
+            let mut row = serde_json::json!({
                 "bundle": b["id"],
                 "replicas": format!("{running}/{}", b["redundancy"]),
                 "nodes": nodes.join(","),
                 "unplaced": b.get("unplaced").cloned().unwrap_or(Value::Null),
-            })
+            });
+            if wide {
+                let replicas = b["addresses"].as_object().into_iter().flatten().map(|(node, services)| {
+                    let each = services.as_object().into_iter().flatten();
+                    let each: Vec<String> = each.map(|(s, ip)| format!("{s}={}", ip.as_str().unwrap_or("?"))).collect();
+                    format!("{node}: {}", each.join(" "))
+                });
+                row["subnet"] = b.get("subnet").cloned().unwrap_or(Value::Null);
+                row["addresses"] = Value::from(replicas.collect::<Vec<_>>().join("; "));
+            }
+            row
         })
         .collect()
 }
@@ -336,15 +346,21 @@ mod tests {
             "revision": 42, "leader": "node-1",
             "actions": [{"sign": "+", "text": "+ web on node-2"}],
             "bundles": [
-                {"id": "web", "redundancy": 2, "running_on": {"node-1": true, "node-3": false}},
+                {"id": "web", "redundancy": 2, "running_on": {"node-1": true, "node-3": false}, "subnet": "10.224.0.0/24",
+                 "addresses": {"node-1": {"a": "10.224.0.2", "b": "10.224.0.3"}, "node-3": {"a": "10.224.0.4"}}},
                 {"id": "big", "redundancy": 3, "running_on": {}, "unplaced": "big: 3 of 3 replicas unplaced (memory short: 3 of 3 nodes)"}
             ],
             "problems": []
         });
-        let rows = bundle_rows(&plan_json);
+        let rows = bundle_rows(&plan_json, false);
         assert_eq!(rows[0]["replicas"], "2/2");
+        assert!(rows[0].get("subnet").is_none());
         assert_eq!(rows[0]["nodes"], "node-1,node-3(unhealthy)");
         assert_eq!(rows[1]["replicas"], "0/3");
+        let wide = bundle_rows(&plan_json, true);
+        assert_eq!(wide[0]["subnet"], "10.224.0.0/24");
+        assert_eq!(wide[0]["addresses"], "node-1: a=10.224.0.2 b=10.224.0.3; node-3: a=10.224.0.4");
+        assert_eq!((wide[1]["subnet"].is_null(), wide[1]["addresses"].as_str()), (true, Some("")));
         let text = plan(&plan_json);
         assert!(text.starts_with("+ web on node-2\n! big: 3 of 3"), "{text}");
         assert!(text.contains("revision 42; the ticks run on node-1"), "{text}");

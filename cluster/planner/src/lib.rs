@@ -17,6 +17,7 @@
 //! - A replica running an older definition than the declared one is updated in place, one
 //!   replica of a bundle per plan, and only while none of its replicas is missing.
 
+pub mod addresses;
 pub mod datasets;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -8,11 +8,13 @@ use crate::caller::Caller;
 use crate::report::now_ms;
 use crate::settings::Settings;
 use crate::state::Cluster;
+use cerana_planner::addresses::AddressAction;
 use cerana_planner::datasets::DatasetAction;
 use cerana_planner::Action;
 use cerana_protocol::tasks::clusterconf::DATASETS_ON_POOL;
 use cerana_protocol::tasks::ticks::{
-    ActionOutcome, ApplyAction, ApplyArgs, BundleApply, TickRun, JOURNAL, JOURNAL_RUNS, LEADER, REPORTS,
+    ActionOutcome, AddressRecord, ApplyAction, ApplyArgs, BundleApply, SubnetRecord, TickRun, ADDRESSES, JOURNAL,
+    JOURNAL_RUNS, LEADER, REPORTS, SUBNETS,
 };
 use cerana_protocol::tasks::zfs::{
     CreateArgs, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ReceiveArgs, SendArgs, ZfsCreate, ZfsDestroy,
@@ -197,6 +199,11 @@ impl Ticks {
             };
             record(action.to_string(), done);
         }
+        // Subnets and addresses before the starts that use them; their release after the stops.
+        let (assign, release) = decisions.addresses.before_and_after();
+        for action in assign {
+            record(action.to_string(), address(store, holder, action).await);
+        }
         for action in &decisions.bundles.actions {
             if lost.load(Ordering::SeqCst) {
                 break;
@@ -215,6 +222,12 @@ impl Ticks {
                 Err(waiting) => Err(waiting),
             };
             record(action.to_string(), done);
+        }
+        for action in release {
+            if lost.load(Ordering::SeqCst) {
+                break;
+            }
+            record(action.to_string(), address(store, holder, action).await);
         }
         let run = TickRun {
             leader: self.name.clone(),
@@ -340,6 +353,26 @@ impl Ticks {
         }
         Ok(())
     }
+}
+
+/// Writes one addressing action, fenced on the leader's term.
+async fn address(store: &Store, holder: &Holder, action: &AddressAction) -> Result<(), String> {
+    let record = |value: serde_json::Value| value.to_string();
+    let done = match action {
+        AddressAction::Assign { bundle, subnet } => {
+            let value = record(serde_json::json!(SubnetRecord { subnet: subnet.to_string() }));
+            store.put_fenced(holder, &format!("{SUBNETS}/{bundle}"), &value).await
+        }
+        AddressAction::Bind { slot: (bundle, node, service), ip } => {
+            let value = record(serde_json::json!(AddressRecord { ip: *ip }));
+            store.put_fenced(holder, &format!("{ADDRESSES}/{bundle}/{node}/{service}"), &value).await
+        }
+        AddressAction::Unbind { slot: (bundle, node, service), .. } => {
+            store.delete_fenced(holder, &format!("{ADDRESSES}/{bundle}/{node}/{service}")).await
+        }
+        AddressAction::Release { bundle, .. } => store.delete_fenced(holder, &format!("{SUBNETS}/{bundle}")).await,
+    };
+    done.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Reads the journal, newest first.

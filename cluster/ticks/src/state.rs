@@ -1,12 +1,16 @@
 //! The cluster as one tick sees it — the declared objects and the nodes' reports — and the
 //! pure step from it to the planners' inputs and the plan (`cerana_planner`).
 
+use cerana_planner::addresses::{plan_addresses, AddressPlan, AddressState, BundleRange, Subnet};
 use cerana_planner::datasets::{plan_datasets, DatasetAction, DatasetDemand, DatasetPlan, NodeDatasets};
 use cerana_planner::{plan, Action, BundleDemand, NodeState, Plan};
 use cerana_protocol::tasks::clusterconf::{self as c, DATASETS_ON_POOL, PREFIX};
 use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::service::{BindMount, CreateArgs, RootfsKind};
-use cerana_protocol::tasks::ticks::{ApplyAction, BundleStatus, NodeReport, PlannedAction, TickPlan, Volume, REPORTS};
+use cerana_protocol::tasks::ticks::{
+    AddressRecord, ApplyAction, BundleStatus, NodeReport, PlannedAction, SubnetRecord, TickPlan, Volume, ADDRESSES,
+    REPORTS, SUBNETS,
+};
 use cerana_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +32,13 @@ pub struct Cluster {
     pub reports: BTreeMap<String, NodeReport>,
     /// Entries that did not parse, by key (skipped, and said).
     pub unreadable: Vec<String>,
+    pub defaults: c::ClusterDefaults,
+    /// The management network, from the DHCP configuration.
+    pub management: Option<String>,
+    /// Subnets held, by bundle.
+    pub subnets: BTreeMap<String, Subnet>,
+    /// Addresses held, by (bundle, node, service).
+    pub addresses: BTreeMap<(String, String, String), std::net::Ipv4Addr>,
 }
 
 /// Both planners' output.
@@ -35,14 +46,17 @@ pub struct Cluster {
 pub struct Decisions {
     pub bundles: Plan,
     pub datasets: DatasetPlan,
+    pub addresses: AddressPlan,
 }
 
+/// Every entry under `prefix` that parses as `T`, with its key and index; the others are said
+/// in `unreadable`.
 async fn read_all<T: serde::de::DeserializeOwned>(
     store: &Store,
     prefix: &str,
     revision: &mut u64,
     unreadable: &mut Vec<String>,
-) -> Result<Vec<(T, u64)>, StoreError> {
+) -> Result<Vec<(String, T, u64)>, StoreError> {
     let (entries, more) = store.list_all(prefix, MAX_OBJECTS).await?;
     if more {
         return Err(StoreError::Failed {
@@ -54,7 +68,7 @@ async fn read_all<T: serde::de::DeserializeOwned>(
     for entry in entries {
         *revision = (*revision).max(entry.index);
         match serde_json::from_str::<T>(&entry.value) {
-            Ok(value) => out.push((value, entry.index)),
+            Ok(value) => out.push((entry.key, value, entry.index)),
             Err(e) => unreadable.push(format!("{}: {e}", entry.key)),
         }
     }
@@ -65,25 +79,57 @@ impl Cluster {
     /// Reads everything the ticks plan from.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
         let mut cluster = Cluster::default();
-        let (rev, bad) = (&mut cluster.revision, &mut cluster.unreadable);
-        for (mut d, index) in read_all::<c::Dataset>(store, &format!("{PREFIX}/datasets/"), rev, bad).await? {
+        let (mut revision, mut unreadable) = (0, Vec::new());
+        let (rev, bad) = (&mut revision, &mut unreadable);
+        for (_, mut d, index) in read_all::<c::Dataset>(store, &format!("{PREFIX}/datasets/"), rev, bad).await? {
             d.mod_index = index;
             cluster.datasets.insert(d.id.to_string(), d);
         }
-        for (mut s, index) in read_all::<c::Service>(store, &format!("{PREFIX}/services/"), rev, bad).await? {
+        for (_, mut s, index) in read_all::<c::Service>(store, &format!("{PREFIX}/services/"), rev, bad).await? {
             s.mod_index = index;
             cluster.services.insert(s.id.to_string(), s);
         }
-        for (mut b, index) in read_all::<c::Bundle>(store, &format!("{PREFIX}/bundles/"), rev, bad).await? {
+        for (_, mut b, index) in read_all::<c::Bundle>(store, &format!("{PREFIX}/bundles/"), rev, bad).await? {
             b.mod_index = index;
             cluster.bundles.insert(b.id.to_string(), b);
         }
-        for (n, _) in read_all::<c::Node>(store, &format!("{PREFIX}/nodes/"), rev, bad).await? {
+        for (_, n, _) in read_all::<c::Node>(store, &format!("{PREFIX}/nodes/"), rev, bad).await? {
             cluster.nodes.insert(n.id.clone(), n);
         }
-        for (r, _) in read_all::<NodeReport>(store, &format!("{REPORTS}/"), rev, bad).await? {
+        for (_, r, _) in read_all::<NodeReport>(store, &format!("{REPORTS}/"), rev, bad).await? {
             cluster.reports.insert(r.node.clone(), r);
         }
+        // The cluster's settings: its defaults and its DHCP configuration (the management network).
+        for name in ["defaults", "dhcp"] {
+            let Some(entry) = store.get(&format!("{PREFIX}/cluster/{name}")).await? else { continue };
+            *rev = (*rev).max(entry.index);
+            let parsed = if name == "defaults" {
+                serde_json::from_str(&entry.value).map(|d| cluster.defaults = d)
+            } else {
+                serde_json::from_str::<c::DhcpConfig>(&entry.value).map(|d| cluster.management = Some(d.net))
+            };
+            if let Err(e) = parsed {
+                bad.push(format!("{}: {e}", entry.key));
+            }
+        }
+        for (key, record, _) in read_all::<SubnetRecord>(store, &format!("{SUBNETS}/"), rev, bad).await? {
+            match (key.strip_prefix(&format!("{SUBNETS}/")), record.subnet.parse::<Subnet>()) {
+                (Some(bundle), Ok(subnet)) => drop(cluster.subnets.insert(bundle.to_owned(), subnet)),
+                (_, Err(e)) => bad.push(format!("{key}: {e}")),
+                (None, _) => {}
+            }
+        }
+        for (key, record, _) in read_all::<AddressRecord>(store, &format!("{ADDRESSES}/"), rev, bad).await? {
+            let path = key.strip_prefix(&format!("{ADDRESSES}/")).unwrap_or_default();
+            match path.split('/').collect::<Vec<_>>()[..] {
+                [bundle, node, service] => {
+                    cluster.addresses.insert((bundle.into(), node.into(), service.into()), record.ip);
+                }
+                _ => bad.push(format!("{key}: not {ADDRESSES}/BUNDLE/NODE/SERVICE")),
+            }
+        }
+        cluster.revision = revision;
+        cluster.unreadable = unreadable;
         Ok(cluster)
     }
 
@@ -222,7 +268,43 @@ impl Cluster {
             })
             .collect();
         let datasets = plan_datasets(&dataset_demands, &holders, unneeded_since, now_ms, grace_ms);
-        Decisions { bundles, datasets }
+        let addresses = self.plan_addresses(&bundles);
+        Decisions { bundles, datasets, addresses }
+    }
+
+    /// The inter-bundle range the defaults and the DHCP configuration make.
+    fn bundle_range(&self) -> Result<BundleRange, String> {
+        let ((base, len), prefix) = self.defaults.bundle_range().map_err(|e| format!("cluster defaults: {e}"))?;
+        let range = Subnet::new(base, len).ok_or_else(|| format!("cluster defaults: {base}/{len}"))?;
+        let management = self.management.as_deref().and_then(|m| m.parse::<Subnet>().ok());
+        Ok(BundleRange { range, prefix, management })
+    }
+
+    /// Subnets and addresses for the bundles as they run and are about to start.
+    fn plan_addresses(&self, bundles: &Plan) -> AddressPlan {
+        let range = match self.bundle_range() {
+            Ok(range) => range,
+            Err(problem) => return AddressPlan { actions: Vec::new(), problems: vec![problem] },
+        };
+        let state = AddressState {
+            bundles: self.bundles.iter().map(|(id, b)| (id.clone(), b.services.keys().cloned().collect())).collect(),
+            reporting: self
+                .reports
+                .iter()
+                .map(|(node, report)| (node.clone(), report.bundles.keys().cloned().collect()))
+                .collect(),
+            starting: bundles
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Start { bundle, node } => Some((bundle.clone(), node.clone())),
+                    _ => None,
+                })
+                .collect(),
+            subnets: self.subnets.clone(),
+            addresses: self.addresses.clone(),
+        };
+        plan_addresses(&range, &state)
     }
 
     /// The services `bundle` runs on `node`, as `service-create` takes them: each on a clone of
@@ -314,6 +396,10 @@ impl Cluster {
             };
             actions.push(PlannedAction { sign: sign.into(), text: action.to_string() });
         }
+        let (assign, release) = decisions.addresses.before_and_after();
+        for action in assign {
+            actions.push(PlannedAction { sign: "+".into(), text: action.to_string() });
+        }
         for action in &decisions.bundles.actions {
             let sign = match action {
                 Action::Start { .. } => "+",
@@ -321,6 +407,9 @@ impl Cluster {
                 Action::Update { .. } => "~",
             };
             actions.push(PlannedAction { sign: sign.into(), text: action.to_string() });
+        }
+        for action in release {
+            actions.push(PlannedAction { sign: "-".into(), text: action.to_string() });
         }
         let unplaced: BTreeMap<&str, String> =
             decisions.bundles.unplaced.iter().map(|u| (u.bundle.as_str(), u.to_string())).collect();
@@ -339,15 +428,22 @@ impl Cluster {
                         Some((node.clone(), healthy))
                     })
                     .collect();
+                let mut addresses: BTreeMap<String, BTreeMap<String, std::net::Ipv4Addr>> = BTreeMap::new();
+                for ((_, node, service), ip) in self.addresses.iter().filter(|((b, _, _), _)| *b == id) {
+                    addresses.entry(node.clone()).or_default().insert(service.clone(), *ip);
+                }
                 BundleStatus {
                     id: id.clone(),
                     redundancy: bundle.redundancy,
                     running_on,
                     unplaced: unplaced.get(id.as_str()).cloned(),
+                    subnet: self.subnets.get(&id).map(ToString::to_string),
+                    addresses,
                 }
             })
             .collect();
         let mut problems = decisions.datasets.problems.clone();
+        problems.extend(decisions.addresses.problems.iter().cloned());
         problems.extend(self.unreadable.iter().map(|u| format!("unreadable: {u}")));
         TickPlan { revision: self.revision, leader, actions, bundles, problems }
     }
@@ -491,8 +587,13 @@ mod tests {
         assert_eq!(actions, ["+ pair on n3"]);
         assert_eq!(moved.datasets.actions.len(), 1, "{:?}", moved.datasets);
         let preview = cluster.preview(&moved, None);
+        let texts: Vec<&str> = preview.actions.iter().map(|a| a.text.as_str()).collect();
         assert_eq!(preview.actions[0].sign, "~");
-        assert_eq!(preview.actions[1].text, "+ pair on n3");
+        // Its subnet and addresses come before the start that uses them (n2's are not given out).
+        assert_eq!(texts[1], "+ subnet 10.224.0.0/24 for pair");
+        assert!(texts.contains(&"+ 10.224.0.2 for pair/a on n1"), "{texts:?}");
+        assert!(texts.contains(&"+ 10.224.0.4 for pair/a on n3"), "{texts:?}");
+        assert_eq!(texts.last(), Some(&"+ pair on n3"));
 
         // Deleted: its replicas stop wherever they run.
         cluster.bundles.clear();

@@ -347,6 +347,16 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     }
     let plan = cluster.task(nodes[1].1.as_str(), "ticks-plan", json!({})).expect("ticks-plan");
     eprintln!("ticks: the plan through node {} once settled: {plan}", nodes[1].0);
+    // The bundle's subnet, and an address for each service of each replica, all different.
+    let status = &plan["bundles"][0];
+    assert_eq!(status["subnet"], "10.224.0.0/24", "{plan}");
+    let addresses = status["addresses"].as_object().cloned().unwrap_or_default();
+    let ips: std::collections::BTreeSet<&str> = addresses
+        .values()
+        .flat_map(|s| s.as_object().into_iter().flatten())
+        .filter_map(|(_, ip)| ip.as_str())
+        .collect();
+    assert_eq!((addresses.len(), ips.len()), (2, 4), "{plan}");
 
     // A changed definition rolls out one replica at a time: service a is made again with its
     // new command on each node while the other replica keeps running; service b is left alone.

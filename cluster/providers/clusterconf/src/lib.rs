@@ -285,7 +285,11 @@ pub fn provider_with(store: LazyStore) -> Provider {
     let p = store_task!(p, store, c::GetDefaultOptions, |s, _args| {
         Ok(get::<c::ClusterDefaults>(s, "defaults").await?.unwrap_or_default())
     });
-    let p = store_task!(p, store, c::SetDefaultOptions, |s, args| put(s, args.0).await);
+    let p = store_task!(p, store, c::SetDefaultOptions, |s, args| {
+        let defaults = args.0;
+        defaults.validate().map_err(bad)?;
+        put(s, defaults).await
+    });
     let p = store_task!(p, store, c::GetDhcpConfig, |s, _args| must_get::<c::DhcpConfig>(s, "dhcp").await);
     store_task!(p, store, c::SetDhcpConfig, |s, args| {
         let config = args.0;

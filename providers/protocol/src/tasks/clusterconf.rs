@@ -563,8 +563,50 @@ pub struct ClusterDefaults {
     /// Nodes leave their disks alone; an operator sets up ZFS.
     #[serde(default)]
     pub zfs_manual: bool,
+    /// Where bundles' subnets come from (CIDR); [`DEFAULT_BUNDLE_NET`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_net: Option<String>,
+    /// The prefix length of each bundle's subnet; [`DEFAULT_BUNDLE_PREFIX`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_prefix: Option<u8>,
     #[serde(default)]
     pub mod_index: u64,
+}
+
+/// The inter-bundle range unless the defaults say otherwise: 4,096 bundles of /24.
+pub const DEFAULT_BUNDLE_NET: &str = "10.224.0.0/12";
+pub const DEFAULT_BUNDLE_PREFIX: u8 = 24;
+
+impl ClusterDefaults {
+    /// The inter-bundle range and each bundle's prefix length.
+    pub fn bundle_range(&self) -> Result<((Ipv4Addr, u8), u8), Invalid> {
+        let net = parse_cidr("bundle_net", self.bundle_net.as_deref().unwrap_or(DEFAULT_BUNDLE_NET), 8..=28)?;
+        let prefix = self.bundle_prefix.unwrap_or(DEFAULT_BUNDLE_PREFIX);
+        if !(net.1..=28).contains(&prefix) {
+            return Err(invalid("bundle_prefix", format!("must be {} (the range's) to 28", net.1)));
+        }
+        Ok((net, prefix))
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.bundle_range().map(|_| ())
+    }
+}
+
+/// `a.b.c.d/len` with `len` in `lengths` and no host bits set.
+pub fn parse_cidr(field: &str, text: &str, lengths: std::ops::RangeInclusive<u8>) -> Result<(Ipv4Addr, u8), Invalid> {
+    let (addr, len) = text.split_once('/').ok_or_else(|| invalid(field, "is not CIDR (a.b.c.d/len)"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| invalid(field, "is not CIDR (a.b.c.d/len)"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| lengths.contains(l))
+        .ok_or_else(|| invalid(field, format!("prefix length must be {} to {}", lengths.start(), lengths.end())))?;
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        return Err(invalid(field, "has host bits set"));
+    }
+    Ok((addr, len))
 }
 
 /// DHCP for the management network.
@@ -583,17 +625,8 @@ pub struct DhcpConfig {
 
 impl DhcpConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
-        let (addr, len) = self.net.split_once('/').ok_or_else(|| invalid("net", "is not CIDR (a.b.c.d/len)"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| invalid("net", "is not CIDR (a.b.c.d/len)"))?;
-        let len: u32 = len
-            .parse()
-            .ok()
-            .filter(|l| (8..=30).contains(l))
-            .ok_or_else(|| invalid("net", "prefix length must be 8 to 30"))?;
-        let mask = u32::MAX << (32 - len);
-        if u32::from(addr) & !mask != 0 {
-            return Err(invalid("net", "has host bits set"));
-        }
+        let (addr, len) = parse_cidr("net", &self.net, 8..=30)?;
+        let mask = u32::MAX << (32 - u32::from(len));
         if u32::from(self.gateway) & mask != u32::from(addr) {
             return Err(invalid("gateway", format!("is not inside {}", self.net)));
         }
@@ -610,6 +643,26 @@ mod tests {
 
     fn bundle(json: serde_json::Value) -> Bundle {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_bundle_range_defaults_and_is_checked() {
+        let defaults = ClusterDefaults::default();
+        assert_eq!(defaults.bundle_range(), Ok(((Ipv4Addr::new(10, 224, 0, 0), 12), 24)));
+        let with = |net: &str, prefix: Option<u8>| ClusterDefaults {
+            bundle_net: Some(net.into()),
+            bundle_prefix: prefix,
+            ..Default::default()
+        };
+        assert_eq!(with("172.20.0.0/16", Some(26)).bundle_range(), Ok(((Ipv4Addr::new(172, 20, 0, 0), 16), 26)));
+        assert!(with("172.20.0.1/16", None).validate().unwrap_err().to_string().contains("host bits"));
+        assert!(with("172.20.0.0", None).validate().unwrap_err().to_string().contains("is not CIDR"));
+        assert!(with("172.20.0.0/30", None).validate().unwrap_err().to_string().contains("8 to 28"));
+        assert!(with("172.20.0.0/16", Some(12)).validate().unwrap_err().to_string().starts_with("bundle_prefix"));
+        assert!(with("172.20.0.0/16", Some(29)).validate().is_err());
+        // Older defaults (no bundle fields) read, and write back without them.
+        let old: ClusterDefaults = serde_json::from_str(r#"{"zfs_manual":true}"#).unwrap();
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"zfs_manual":true,"mod_index":0}"#);
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub const LEADER: &str = "/cerana/v1/ticks/leader";
 pub const REPORTS: &str = "/cerana/v1/ticks/reports";
 /// The journal, `JOURNAL/<revision, 20 digits>` ([`TickRun`]).
 pub const JOURNAL: &str = "/cerana/v1/ticks/journal";
+/// Each bundle's subnet, `SUBNETS/<bundle>` ([`SubnetRecord`]), written by the leader.
+pub const SUBNETS: &str = "/cerana/v1/network/subnets";
+/// Each replica service's address, `ADDRESSES/<bundle>/<node>/<service>` ([`AddressRecord`]).
+pub const ADDRESSES: &str = "/cerana/v1/network/addresses";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetRecord {
+    /// CIDR.
+    pub subnet: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressRecord {
+    pub ip: std::net::Ipv4Addr,
+}
+
 /// Runs the journal keeps.
 pub const JOURNAL_RUNS: usize = 1000;
 
@@ -183,7 +199,7 @@ pub struct Applied {
 /// One planned action, as `cerana plan` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedAction {
-    /// `+` start, `-` stop or destroy, `~` copy.
+    /// `+` start or address, `-` stop, destroy or release, `~` copy or update.
     pub sign: String,
     /// The action in words: `+ web on node-2`.
     pub text: String,
@@ -199,6 +215,12 @@ pub struct BundleStatus {
     /// Why replicas are missing, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unplaced: Option<String>,
+    /// Its subnet (CIDR), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Each replica's services' addresses: node → service → address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, BTreeMap<String, std::net::Ipv4Addr>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
