@@ -517,9 +517,10 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         replaced.as_secs_f64(),
         TICK.as_secs()
     );
-    // The lease TTL, plus an etcd election when the node held the raft leader (the new one
-    // renews every lease once), and this loop's polling.
-    assert!(moved_after < ttl + Duration::from_secs(5), "leadership took {moved_after:?} to move");
+    // The lease TTL; when the node held etcd's raft leader, an election first (2.5 s timeout,
+    // more under TCG) after which the new raft leader renews every lease to its full TTL once
+    // (a CI run measured 10.4 s so); and this loop's polling.
+    assert!(moved_after < ttl * 2 + Duration::from_secs(6), "leadership took {moved_after:?} to move");
 
     // Deleted: its services and their clones go from every live node.
     let clones: Vec<(usize, Vec<String>)> =
