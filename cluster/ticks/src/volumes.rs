@@ -38,20 +38,15 @@ const PARENTS: [(&str, DatasetKind); 2] =
     [(VOLUMES_ON_POOL, DatasetKind::RwZfs), (SCRATCH_ON_POOL, DatasetKind::TempZfs)];
 
 impl Volumes {
-    /// Volumes under `root` instead of [`VOLUMES`] (tests).
-    pub fn at(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
     fn path(&self, bundle: &str, kind: DatasetKind, name: &str) -> PathBuf {
         self.root.join(bundle).join(kind_name(kind)).join(name)
     }
 
-    /// Makes `volume` of `bundle` unless it is there; `true` when made now.
-    pub async fn make(&self, ctx: &Context, bundle: &str, volume: &Volume) -> Result<bool, TaskError> {
+    /// Makes `volume` of `bundle` unless it is there.
+    pub async fn make(&self, ctx: &Context, bundle: &str, volume: &Volume) -> Result<(), TaskError> {
         let path = self.path(bundle, volume.kind, &volume.name);
         let Some(dataset) = volume.dataset(bundle) else {
-            return ram_disk(&path, volume.quota.unwrap_or(RAM_DISK_DEFAULT));
+            return ram_disk(&path, volume.quota.unwrap_or(RAM_DISK_DEFAULT)).map(drop);
         };
         let parent = dataset.rsplit_once('/').map_or(dataset.as_str(), |(p, _)| p);
         let here = children(ctx, parent).await?;
@@ -60,7 +55,7 @@ impl Volumes {
             if there.mounted == Some(false) {
                 ctx.call::<ZfsMount>(&MountArgs { name: dataset, overlay: false }).await?;
             }
-            return Ok(false);
+            return Ok(());
         }
         if here.is_empty() {
             // The parent only holds; each volume mounts where its services find it.
@@ -78,7 +73,7 @@ impl Volumes {
         }
         let origin = volume.origin.clone().ok_or_else(|| failed(format!("volume {} has no origin", volume.name)))?;
         ctx.call::<ZfsClone>(&CloneArgs { name: dataset, origin, properties }).await?;
-        Ok(true)
+        Ok(())
     }
 
     /// The volumes of `bundle` here.

@@ -10,6 +10,7 @@
 
 use crate::tasks::clusterconf::{is_volume_name, DatasetKind, ObjectId, DATASETS_ON_POOL};
 use crate::tasks::service::CreateArgs;
+use crate::tasks::zfs::SnapshotName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -142,14 +143,10 @@ impl Volume {
             (DatasetKind::RamDisk, Some(_)) => return Err(format!("volume {}: a RAM disk has no origin", self.name)),
             (_, None) => return Err(format!("volume {}: a ZFS volume needs its origin", self.name)),
             (_, Some(origin)) => {
-                let snapshot = origin.strip_prefix(DATASETS_ON_POOL).and_then(|o| o.strip_prefix('/'));
-                let ok = snapshot.and_then(|s| s.split_once('@')).is_some_and(|(id, snap)| {
-                    ObjectId::new(id.to_owned()).is_ok()
-                        && !snap.is_empty()
-                        && snap.len() <= 200
-                        && snap.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-                });
-                if !ok {
+                let snapshot = SnapshotName::new(origin).ok();
+                let dataset = snapshot.as_ref().map(SnapshotName::dataset);
+                let id = dataset.as_ref().and_then(|d| d.as_str().strip_prefix(DATASETS_ON_POOL)?.strip_prefix('/'));
+                if id.is_none_or(|id| ObjectId::new(id.to_owned()).is_err()) {
                     return Err(format!(
                         "volume {}: origin {origin:?} is not a snapshot under {DATASETS_ON_POOL}",
                         self.name
