@@ -33,6 +33,10 @@ fn failed(what: String) -> TaskError {
     TaskError::new(ErrorCode::Internal, what)
 }
 
+/// How long, and how often, a volume still busy on removal is tried again.
+const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+const BUSY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The parents of the ZFS volumes: kept, then thrown away.
 const PARENTS: [(&str, DatasetKind); 2] =
     [(VOLUMES_ON_POOL, DatasetKind::RwZfs), (SCRATCH_ON_POOL, DatasetKind::TempZfs)];
@@ -108,10 +112,18 @@ impl Volumes {
         match volume.dataset(bundle) {
             Some(dataset) => {
                 let args = DestroyArgs { name: dataset, recursive: true, force_unmount: true, ..Default::default() };
-                match ctx.call::<ZfsDestroy>(&args).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == ErrorCode::NotFound => {}
-                    Err(e) => return Err(e),
+                // A service's mount namespace can hold the mount a moment after the service
+                // has gone.
+                let deadline = tokio::time::Instant::now() + BUSY_FOR;
+                loop {
+                    match ctx.call::<ZfsDestroy>(&args).await {
+                        Ok(_) => break,
+                        Err(e) if e.code == ErrorCode::NotFound => break,
+                        Err(e) if e.code == ErrorCode::Busy && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(BUSY_EVERY).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             None if is_ram_disk(&path) => {

@@ -529,27 +529,37 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
     let t = Instant::now();
     loop {
         let left = pair_services(cluster, &live);
-        if left.iter().all(|(_, running, clones)| running.is_empty() && clones.is_empty()) {
+        // The bundle's volumes go after its services, in the same order.
+        let scratch: Vec<_> = live.iter().map(|(n, ip)| (*n, zfs_under(cluster, ip, "data/scratch/pair."))).collect();
+        if left.iter().all(|(_, running, clones)| running.is_empty() && clones.is_empty())
+            && scratch.iter().all(|(_, kept)| kept.is_empty())
+        {
             break;
         }
         // Ordered within 2 ticks; the bundle's services then stop together as any does: their
         // PID 1 (sleep, sh) ignores SIGTERM, so SIGKILL after the 5 s stop timeout, and each
-        // clone is destroyed once the kernel lets go of its mount (retried for up to 10 s).
-        assert!(
-            t.elapsed() < TICK * 2 + Duration::from_secs(5 + 10) + Duration::from_secs(30),
-            "pair not removed: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    for (n, ip) in &live {
-        let mut kept = zfs_under(cluster, ip, "data/running-clones/pair.");
-        // Its scratch volume is thrown away with it.
-        kept.extend(zfs_under(cluster, ip, "data/scratch/pair."));
-        if !kept.is_empty() {
-            let logs = cluster.task(ip, "init-service-logs", json!({ "service": "service", "lines": 400 }));
-            let lines = logs.map(|l| l.to_string()).unwrap_or_else(|e| e.to_string());
-            panic!("node {n} keeps {kept:?} (it had {clones:?}); its service provider's log: {lines}");
+        // clone, then each volume, is destroyed once the kernel lets go of its mount (each
+        // retried for up to 10 s).
+        if t.elapsed() > TICK * 2 + Duration::from_secs(5 + 10 + 10) + Duration::from_secs(30) {
+            let (n, ip) = live
+                .iter()
+                .find(|(n, _)| {
+                    left.iter().any(|(m, running, clones)| m == n && !(running.is_empty() && clones.is_empty()))
+                        || scratch.iter().any(|(m, kept)| m == n && !kept.is_empty())
+                })
+                .expect("a node keeps something of pair");
+            let log = |service: &str| {
+                let logs = cluster.task(ip, "init-service-logs", json!({ "service": service, "lines": 400 }));
+                logs.map(|l| l.to_string()).unwrap_or_else(|e| e.to_string())
+            };
+            panic!(
+                "node {n} keeps {left:?}, scratch {scratch:?} (it had {clones:?}); its service provider's log: {}; \
+                 its ticks' log: {}",
+                log("service"),
+                log("ticks")
+            );
         }
+        std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!(
         "ticks: pair's services removed from nodes {:?} in {:.1} s",
