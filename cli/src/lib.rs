@@ -627,6 +627,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == id.as_str());
                     value["placement"] = status.cloned().unwrap_or(serde_json::Value::Null);
                 }
+                // Its network: addresses, firewall, and which bundles it reaches and is reached by.
+                if let Ok((_, listing)) = call_task(&client, "list-bundles", serde_json::json!({})).await {
+                    let all: Vec<serde_json::Value> =
+                        listing["bundles"].as_array().into_iter().flatten().map(|v| v["bundle"].clone()).collect();
+                    value["network"] = render::bundle_network(&value["bundle"], &value["placement"], &all);
+                }
             }
             // Nested objects read best as JSON.
             println!("{}", render::json(&value));

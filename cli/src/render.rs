@@ -201,6 +201,49 @@ pub fn bundle_rows(plan: &Value, wide: bool) -> Vec<Value> {
         .collect()
 }
 
+/// `cerana describe bundle`: its network — subnet, each replica's addresses, its firewall (each
+/// port: who may connect, published where) and its peers (the bundles it may connect to, the
+/// bundles that may connect to it) — from the bundle, its placement and every declared bundle.
+pub fn bundle_network(bundle: &Value, placement: &Value, all: &[Value]) -> Value {
+    let id = bundle["id"].as_str().unwrap_or_default();
+    let ports = bundle["ports"].as_object().into_iter().flatten();
+    let firewall: Vec<Value> = ports
+        .map(|(port, spec)| {
+            let public = spec["public"] == true;
+            serde_json::json!({
+                "port": port,
+                "from": spec["connected_bundles"].clone(),
+                "public": public,
+                "published_as": if public { spec.get("external_port").cloned().unwrap_or_else(|| Value::from(port.clone())) } else { Value::Null },
+            })
+        })
+        .collect();
+    let names = |b: &Value| -> Vec<String> {
+        let ports = b["ports"].as_object().into_iter().flatten();
+        ports
+            .flat_map(|(_, p)| p["connected_bundles"].as_array().cloned().unwrap_or_default())
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let mut reaches: Vec<String> = all
+        .iter()
+        .filter(|b| names(b).iter().any(|n| n == id))
+        .filter_map(|b| b["id"].as_str().map(String::from))
+        .collect();
+    reaches.sort();
+    reaches.dedup();
+    let mut reached_by = names(bundle);
+    reached_by.sort();
+    reached_by.dedup();
+    serde_json::json!({
+        "subnet": placement.get("subnet").cloned().unwrap_or(Value::Null),
+        "addresses": placement.get("addresses").cloned().unwrap_or(Value::Null),
+        "firewall": firewall,
+        "reaches": reaches,
+        "reached_by": reached_by,
+    })
+}
+
 /// `cerana get nodes`: each node's heartbeat age, load and free memory and disk.
 pub fn node_rows(nodes: &Value, now_ms: u64) -> Vec<Value> {
     let gib = |bytes: &Value| bytes.as_u64().map(|b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
@@ -366,6 +409,20 @@ mod tests {
         assert!(text.contains("revision 42; the ticks run on node-1"), "{text}");
         let idle = plan(&json!({"revision": 1, "actions": [], "bundles": []}));
         assert!(idle.starts_with("nothing to do\n") && idle.contains("no node runs the ticks"), "{idle}");
+
+        let web = json!({"id": "web", "ports": {"80": {"public": true, "external_port": 18080, "connected_bundles": ["client"]},
+                                                "9000": {"connected_bundles": ["ops", "client"]}}});
+        let client = json!({"id": "client", "ports": {"5432": {"connected_bundles": ["web"]}}});
+        let network = bundle_network(&web, &plan_json["bundles"][0], &[web.clone(), client]);
+        assert_eq!(network["subnet"], "10.224.0.0/24");
+        assert_eq!(network["addresses"]["node-3"]["a"], "10.224.0.4");
+        assert_eq!(network["reaches"], json!(["client"]));
+        assert_eq!(network["reached_by"], json!(["client", "ops"]));
+        assert_eq!(
+            network["firewall"][0],
+            json!({"port": "80", "from": ["client"], "public": true, "published_as": 18080})
+        );
+        assert_eq!(network["firewall"][1]["published_as"], Value::Null);
 
         let nodes = node_rows(
             &json!({"nodes": [{"id": "n1", "heartbeat_ms": 1000, "cpu_load": 0.5, "cpu_cores": 2,

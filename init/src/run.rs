@@ -222,6 +222,10 @@ fn mgmt_network(settings: &Settings, out: &mut Output) {
         Ok(cfg) => {
             let via = cfg.gateway.map(|g| format!(", default route via {g}")).unwrap_or_default();
             out.info(&format!("management interface {}: {}{via}", cfg.interface, cfg.address));
+            // The node routes between its bundles' namespaces and the management network.
+            if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+                out.warn(&format!("cannot turn IPv4 forwarding on, bundles are not reachable: {e}"));
+            }
             out.event(LifecycleEvent::NetworkConfigured {
                 interface: cfg.interface,
                 address: cfg.address.to_string(),

@@ -52,6 +52,7 @@ fn cluster(bundles: usize) -> (Vec<BundleDemand>, Vec<NodeState>) {
             memory: (1 + rng.next(4)) * GIB / 4,
             cpu_millis: 100 + rng.next(400),
             datasets: (0..rng.next(2)).map(|_| datasets[rng.next(200) as usize].clone()).collect(),
+            published: BTreeSet::new(),
         })
         .collect();
     (bundles, nodes)

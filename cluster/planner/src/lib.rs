@@ -35,6 +35,8 @@ pub struct BundleDemand {
     pub cpu_millis: u64,
     /// The cluster datasets its services mount.
     pub datasets: BTreeSet<String>,
+    /// The ports it publishes on the management address of each node running it.
+    pub published: BTreeSet<u16>,
 }
 
 /// A node as its heartbeats report it.
@@ -112,6 +114,8 @@ pub enum Filter {
     Cpu,
     /// A dataset the bundle mounts is neither on the node nor on any healthy node to copy it from.
     Datasets,
+    /// Another bundle there publishes a port this one publishes.
+    PortTaken,
 }
 
 impl Filter {
@@ -122,6 +126,7 @@ impl Filter {
             Filter::Memory => "memory short",
             Filter::Cpu => "cpu short",
             Filter::Datasets => "datasets unavailable",
+            Filter::PortTaken => "a port it publishes taken by another bundle",
         }
     }
 }
@@ -171,6 +176,8 @@ struct Room<'a> {
     memory: u64,
     cpu: u64,
     replicas: usize,
+    /// Ports published there.
+    published: BTreeSet<u16>,
 }
 
 /// See the crate docs.
@@ -195,9 +202,21 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
     // Datasets that some healthy node can send.
     let available: BTreeSet<&str> =
         nodes.iter().filter(|n| n.healthy).flat_map(|n| n.datasets.iter().map(String::as_str)).collect();
+    let demands: BTreeMap<&str, &BundleDemand> = bundles.iter().map(|b| (b.id.as_str(), *b)).collect();
     let mut rooms: Vec<Room> = nodes
         .iter()
-        .map(|n| Room { node: n, memory: n.memory_free, cpu: n.cpu_millis_free, replicas: n.running.len() })
+        .map(|n| Room {
+            node: n,
+            memory: n.memory_free,
+            cpu: n.cpu_millis_free,
+            replicas: n.running.len(),
+            published: n
+                .running
+                .iter()
+                .filter_map(|b| demands.get(b.as_str()))
+                .flat_map(|d| d.published.iter().copied())
+                .collect(),
+        })
         .collect();
 
     // Where each bundle runs on a healthy node, found once rather than per bundle and node.
@@ -261,6 +280,7 @@ pub fn plan(bundles: &[BundleDemand], nodes: &[NodeState]) -> Plan {
             room.memory -= bundle.memory;
             room.cpu -= bundle.cpu_millis;
             room.replicas += 1;
+            room.published.extend(bundle.published.iter().copied());
             starts.push(Action::Start { bundle: bundle.id.clone(), node: room.node.id.clone() });
             missing -= 1;
         }
@@ -291,6 +311,8 @@ fn first_failed(bundle: &BundleDemand, room: &Room, available: &BTreeSet<&str>) 
         Some(Filter::Unhealthy)
     } else if node.running.contains(&bundle.id) {
         Some(Filter::AlreadyRunning)
+    } else if bundle.published.iter().any(|p| room.published.contains(p)) {
+        Some(Filter::PortTaken)
     } else if room.memory < bundle.memory {
         Some(Filter::Memory)
     } else if room.cpu < bundle.cpu_millis {
@@ -321,7 +343,14 @@ mod tests {
     }
 
     fn bundle(id: &str, redundancy: u32, memory_gib: u64) -> BundleDemand {
-        BundleDemand { id: id.into(), redundancy, memory: memory_gib * GIB, cpu_millis: 500, datasets: BTreeSet::new() }
+        BundleDemand {
+            id: id.into(),
+            redundancy,
+            memory: memory_gib * GIB,
+            cpu_millis: 500,
+            datasets: BTreeSet::new(),
+            published: BTreeSet::new(),
+        }
     }
 
     fn starts(plan: &Plan) -> Vec<(String, String)> {
@@ -336,6 +365,20 @@ mod tests {
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(b, n)| (b.to_string(), n.to_string())).collect()
+    }
+
+    #[test]
+    fn bundles_publishing_one_port_never_share_a_node_and_the_rest_is_explained() {
+        let published =
+            |id: &str, redundancy: u32| BundleDemand { published: BTreeSet::from([8080]), ..bundle(id, redundancy, 1) };
+        let nodes = [node("a", 8, &["web"]), node("b", 8, &[]), node("c", 8, &[])];
+        let p = plan(&[published("web", 1), published("api", 3)], &nodes);
+        let starts: Vec<String> = p.actions.iter().map(ToString::to_string).collect();
+        assert_eq!(starts, ["+ api on b", "+ api on c"]);
+        assert_eq!(
+            p.unplaced[0].to_string(),
+            "api: 1 of 3 replicas unplaced (a port it publishes taken by another bundle: 1 of 3 nodes)"
+        );
     }
 
     #[test]

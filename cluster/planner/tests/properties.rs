@@ -37,6 +37,11 @@ fn arb_cluster() -> impl Strategy<Value = (Vec<BundleDemand>, Vec<NodeState>)> {
                 memory,
                 cpu_millis,
                 datasets: subset(&DATASETS, datasets & 0x0f),
+                // Some publish one of two ports.
+                published: match datasets >> 4 & 3 {
+                    0 | 1 => BTreeSet::new(),
+                    n => BTreeSet::from([8000 + u16::from(n)]),
+                },
             })
             .collect();
         let nodes = nodes
@@ -131,6 +136,14 @@ proptest! {
                     prop_assert!(n.healthy && !n.running.contains(bundle), "{action} on {n:?}");
                     prop_assert!(started.insert((bundle.as_str(), node.as_str())), "{action} twice");
                     prop_assert!(declared.contains_key(bundle.as_str()), "{action}: not declared");
+                    // Never beside a bundle (running or started now) that publishes a port it does.
+                    let mine = &declared[bundle.as_str()].published;
+                    let beside = n.running.iter().map(String::as_str).chain(
+                        started.iter().filter(|(b, at)| at == node && b != bundle).map(|(b, _)| *b),
+                    );
+                    for other in beside.filter_map(|b| declared.get(b)) {
+                        prop_assert!(mine.is_disjoint(&other.published), "{action}: a port of {} taken", other.id);
+                    }
                 }
                 // Only an outdated replica, one per bundle, and none while replicas of the
                 // bundle start or stop.

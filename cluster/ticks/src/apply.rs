@@ -26,6 +26,13 @@ pub struct Fence {
     volumes: Volumes,
 }
 
+impl Fence {
+    /// Held while an order is carried out: what cleans up after orders takes it too.
+    pub fn orders(&self) -> &tokio::sync::Mutex<()> {
+        &self.one_at_a_time
+    }
+}
+
 fn invalid(why: String) -> TaskError {
     TaskError::new(ErrorCode::InvalidArgument, why)
 }
@@ -83,22 +90,28 @@ impl Fence {
         let _one = self.one_at_a_time.lock().await;
         let store = store.get().await?;
         self.check(&store, &args).await?;
-        if let ApplyAction::Run { volumes, .. } = &args.action {
+        if let ApplyAction::Run { volumes, network, .. } = &args.action {
             check_volumes(&args.bundle, volumes)?;
+            if let Some(network) = network {
+                network.validate().map_err(|e| invalid(format!("network: {e}")))?;
+            }
         }
         let here = ctx.call::<ServiceList>(&ListArgs { bundle_id: Some(args.bundle.clone()) }).await?.services;
         let volumes_here = self.volumes.here(ctx, &args.bundle).await?;
         // A bundle's services start and stop together: one after another, a service still
         // running would hold the others up, and a stop takes its whole timeout.
         let changed = match args.action {
-            ApplyAction::Run { services, volumes } => {
+            ApplyAction::Run { services, volumes, network } => {
                 if let Some(service) = services.iter().find(|s| s.bundle_id != args.bundle) {
                     return Err(invalid(format!(
                         "service {} belongs to bundle {}, not {}",
                         service.id, service.bundle_id, args.bundle
                     )));
                 }
-                // Its volumes first: the services mount them.
+                // Its network and volumes first: the services run in the one, mount the others.
+                if let Some(network) = &network {
+                    crate::network::make(ctx, &args.bundle, network).await?;
+                }
                 for volume in &volumes {
                     self.volumes.make(ctx, &args.bundle, volume).await?;
                 }
@@ -137,6 +150,7 @@ impl Fence {
                 for (kind, name) in volumes_here.iter().filter(|(kind, _)| *kind != DatasetKind::RwZfs || !declared) {
                     self.volumes.remove(ctx, &args.bundle, *kind, name).await?;
                 }
+                crate::network::remove(ctx, &args.bundle).await?;
                 removed
             }
         };

@@ -202,7 +202,11 @@ impl Ticks {
         // Subnets and addresses before the starts that use them; their release after the stops.
         let (assign, release) = decisions.addresses.before_and_after();
         for action in assign {
-            record(action.to_string(), address(store, holder, action).await);
+            let done = address(store, holder, action).await;
+            if done.is_ok() {
+                cluster.addressed(action);
+            }
+            record(action.to_string(), done);
         }
         for action in &decisions.bundles.actions {
             if lost.load(Ordering::SeqCst) {

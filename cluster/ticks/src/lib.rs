@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod caller;
 pub mod leader;
+pub mod network;
 pub mod report;
 pub mod settings;
 pub mod state;
@@ -38,13 +39,15 @@ pub fn main() -> std::process::ExitCode {
             }
         };
         let loops = store.clone();
-        provider(store).main_with(move |socket| async move {
+        let fence = Arc::new(apply::Fence::default());
+        let orders = fence.clone();
+        provider(store, fence).main_with(move |socket| async move {
             for problem in problems {
                 tracing::warn!("{problem}");
             }
             tracing::info!(node = %name, heartbeat_ms = settings.heartbeat.as_millis() as u64,
                 ttl_ms = settings.heartbeat_ttl.as_millis() as u64, tick_ms = settings.tick.as_millis() as u64, "ticks");
-            run_loops(loops, socket, name, settings).await;
+            run_loops(loops, socket, name, settings, orders).await;
         })
     })
 }
@@ -60,10 +63,18 @@ impl Drop for AbortOnDrop {
 
 /// The node tick and the campaign for the cluster ticks, until the process ends; dropped, it
 /// stops both (a node whose loops stop must not stay in line for the leadership).
-pub async fn run_loops(store: LazyStore, socket: std::path::PathBuf, name: String, settings: Settings) {
+pub async fn run_loops(
+    store: LazyStore,
+    socket: std::path::PathBuf,
+    name: String,
+    settings: Settings,
+    fence: Arc<apply::Fence>,
+) {
     let caller = Arc::new(caller::Caller::new(socket));
     let leader = AbortOnDrop(tokio::spawn(leader::run(store.clone(), caller.clone(), name.clone(), settings)));
-    let mut reporter = report::Reporter::new(name, settings);
+    let mut reporter = report::Reporter::new(name.clone(), settings);
+    let mut network = network::NetworkTick::default();
+    let mut beats = 0u32;
     let mut every = tokio::time::interval(settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -72,16 +83,24 @@ pub async fn run_loops(store: LazyStore, socket: std::path::PathBuf, name: Strin
             tracing::error!("the cluster ticks' loop ended");
             return;
         }
+        beats = beats.wrapping_add(1);
         match store.get().await {
-            Ok(s) => reporter.beat(&s, &caller).await,
+            Ok(s) => {
+                reporter.beat(&s, &caller).await;
+                // The network every other beat: it reads the whole cluster.
+                if beats.is_multiple_of(2) {
+                    if let Err(e) = network.run(&s, &caller, &name, fence.orders()).await {
+                        tracing::warn!("the network tick: {e}");
+                    }
+                }
+            }
             Err(e) => tracing::debug!("no store for the node tick: {e}"),
         }
     }
 }
 
 /// The `ticks` provider over `store`.
-pub fn provider(store: LazyStore) -> Provider {
-    let fence = Arc::new(apply::Fence::default());
+pub fn provider(store: LazyStore, fence: Arc<apply::Fence>) -> Provider {
     let apply_store = store.clone();
     let p = Provider::new("ticks", env!("CARGO_PKG_VERSION")).task::<t::BundleApply, _, _>(move |ctx, args| {
         let (fence, store) = (fence.clone(), apply_store.clone());

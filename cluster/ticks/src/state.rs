@@ -1,15 +1,15 @@
 //! The cluster as one tick sees it — the declared objects and the nodes' reports — and the
 //! pure step from it to the planners' inputs and the plan (`cerana_planner`).
 
-use cerana_planner::addresses::{plan_addresses, AddressPlan, AddressState, BundleRange, Subnet};
+use cerana_planner::addresses::{plan_addresses, AddressAction, AddressPlan, AddressState, BundleRange, Subnet};
 use cerana_planner::datasets::{plan_datasets, DatasetAction, DatasetDemand, DatasetPlan, NodeDatasets};
 use cerana_planner::{plan, Action, BundleDemand, NodeState, Plan};
 use cerana_protocol::tasks::clusterconf::{self as c, DATASETS_ON_POOL, PREFIX};
 use cerana_protocol::tasks::health::HealthCheck;
 use cerana_protocol::tasks::service::{BindMount, CreateArgs, RootfsKind};
 use cerana_protocol::tasks::ticks::{
-    AddressRecord, ApplyAction, BundleStatus, NodeReport, PlannedAction, SubnetRecord, TickPlan, Volume, ADDRESSES,
-    REPORTS, SUBNETS,
+    bundle_netns, AddressRecord, ApplyAction, BundleStatus, NodeReport, PlannedAction, ReplicaNetwork, SubnetRecord,
+    TickPlan, Volume, ADDRESSES, REPORTS, SUBNETS,
 };
 use cerana_store::{Store, StoreError};
 use sha2::{Digest, Sha256};
@@ -171,6 +171,12 @@ impl Cluster {
                                 .map(|d| d.id.to_string()),
                         )
                         .collect(),
+                    published: bundle
+                        .ports
+                        .iter()
+                        .filter(|(_, p)| p.public)
+                        .filter_map(|(port, p)| p.external_port.or_else(|| port.parse().ok()))
+                        .collect(),
                 }
             })
             .collect()
@@ -273,7 +279,7 @@ impl Cluster {
     }
 
     /// The inter-bundle range the defaults and the DHCP configuration make.
-    fn bundle_range(&self) -> Result<BundleRange, String> {
+    pub(crate) fn bundle_range(&self) -> Result<BundleRange, String> {
         let ((base, len), prefix) = self.defaults.bundle_range().map_err(|e| format!("cluster defaults: {e}"))?;
         let range = Subnet::new(base, len).ok_or_else(|| format!("cluster defaults: {base}/{len}"))?;
         let management = self.management.as_deref().and_then(|m| m.parse::<Subnet>().ok());
@@ -327,6 +333,7 @@ impl Cluster {
             };
             volumes.push(Volume { name: name.clone(), kind: d.kind, origin, quota: d.quota });
         }
+        let network = self.replica_network(bundle, node)?;
         let mut services = Vec::new();
         for (name, service) in self.bundle_services(declared) {
             let service = service.ok_or_else(|| format!("service {name} of bundle {bundle} is not declared"))?;
@@ -361,13 +368,38 @@ impl Cluster {
                 limits: service.limits,
                 user: Default::default(),
                 mounts,
-                netns: None,
+                netns: Some(bundle_netns(bundle)),
                 restart: Default::default(),
                 health_checks,
                 overwrite: false,
             });
         }
-        Ok(ApplyAction::Run { services, volumes })
+        Ok(ApplyAction::Run { services, volumes, network: Some(network) })
+    }
+
+    /// The replica's subnet and its services' addresses, all of them given out first.
+    fn replica_network(&self, bundle: &str, node: &str) -> Result<ReplicaNetwork, String> {
+        let declared = self.bundles.get(bundle).ok_or_else(|| format!("bundle {bundle} is not declared"))?;
+        let subnet = self.subnets.get(bundle).ok_or_else(|| format!("waiting for a subnet for bundle {bundle}"))?;
+        let mut addresses = BTreeMap::new();
+        for service in declared.services.keys() {
+            let ip = self
+                .addresses
+                .get(&(bundle.to_owned(), node.to_owned(), service.clone()))
+                .ok_or_else(|| format!("waiting for an address for {bundle}/{service} on {node}"))?;
+            addresses.insert(service.clone(), *ip);
+        }
+        Ok(ReplicaNetwork { subnet: subnet.to_string(), addresses })
+    }
+
+    /// Takes in what a tick has just written about addresses, for the orders that follow.
+    pub fn addressed(&mut self, action: &AddressAction) {
+        match action {
+            AddressAction::Assign { bundle, subnet } => drop(self.subnets.insert(bundle.clone(), *subnet)),
+            AddressAction::Bind { slot, ip } => drop(self.addresses.insert(slot.clone(), *ip)),
+            AddressAction::Unbind { slot, .. } => drop(self.addresses.remove(slot)),
+            AddressAction::Release { bundle, .. } => drop(self.subnets.remove(bundle)),
+        }
     }
 
     /// Hashes of what is declared and of what is observed (the first 16 hex digits of SHA-256
@@ -512,9 +544,24 @@ mod tests {
         let copies: Vec<String> = decisions.datasets.actions.iter().map(ToString::to_string).collect();
         assert_eq!(copies, ["+ busybox@import from n1 to n2"]);
 
-        // n1 holds it: services on clones of its newest snapshot, overrides applied.
-        let Ok(ApplyAction::Run { services: args, volumes }) = cluster.run_args("pair", "n1") else { panic!() };
+        // Nothing starts before the replica's addresses are given out, which the tick does first.
+        assert_eq!(cluster.run_args("pair", "n1").unwrap_err(), "waiting for a subnet for bundle pair");
+        let mut cluster = cluster;
+        for action in &decisions.addresses.actions {
+            cluster.addressed(action);
+        }
+        // n1 holds it: services on clones of its newest snapshot, overrides applied, in the
+        // bundle's namespace.
+        let Ok(ApplyAction::Run { services: args, volumes, network }) = cluster.run_args("pair", "n1") else {
+            panic!()
+        };
         assert!(volumes.is_empty());
+        let network = network.unwrap();
+        assert_eq!(network.subnet, "10.224.0.0/24");
+        let ips: Vec<String> = network.addresses.iter().map(|(s, ip)| format!("{s}={ip}")).collect();
+        assert_eq!(ips, ["a=10.224.0.2", "b=10.224.0.3"]);
+        network.validate().unwrap();
+        assert!(args.iter().all(|a| a.netns.as_deref() == Some("bundle-pair")));
         assert_eq!(args.len(), 2);
         assert_eq!(args[0].dataset, "data/datasets/busybox@import");
         assert_eq!((args[0].id.as_str(), args[0].bundle_id.as_str()), ("a", "pair"));
@@ -546,7 +593,10 @@ mod tests {
         // n1 lacks content: nothing runs until it is there.
         assert_eq!(cluster.run_args("pair", "n1").unwrap_err(), "waiting for dataset content on n1");
         cluster.reports.get_mut("n1").unwrap().datasets.insert("content".into(), vec!["v1".into(), "v2".into()]);
-        let Ok(ApplyAction::Run { services, volumes }) = cluster.run_args("pair", "n1") else { panic!() };
+        cluster.subnets.insert("pair".into(), "10.224.0.0/24".parse().unwrap());
+        assert_eq!(cluster.run_args("pair", "n1").unwrap_err(), "waiting for an address for pair/a on n1");
+        cluster.addresses.insert(("pair".into(), "n1".into(), "a".into()), "10.224.0.2".parse().unwrap());
+        let Ok(ApplyAction::Run { services, volumes, .. }) = cluster.run_args("pair", "n1") else { panic!() };
         let site = Volume {
             name: "site".into(),
             kind: c::DatasetKind::TempZfs,

@@ -6,6 +6,13 @@
 //! here the nodes' `service-*` and `zfs-*` tasks are doubles that keep their state in memory.
 
 use cerana_coordinator::{Config, Coordinator};
+use cerana_protocol::tasks::netns::{
+    AddressArgs, BundleRef as FwBundleRef, FirewallApply, FirewallApplyArgs, FirewallInfo, FirewallList,
+    FirewallListResult, FirewallRemove, GuardApply, GuardArgs, GuardInfo, LinkInfo, LinkListResult, NetnsAddressAdd,
+    NetnsAddressDelete, NetnsArgs, NetnsCreate, NetnsDelete, NetnsInfo, NetnsLinkList, NetnsList, NetnsListResult,
+    NetnsRef, NetnsRouteAdd, NetnsRouteDelete, NetnsRouteList, NetnsVethAdd, PublishApply, PublishArgs, PublishInfo,
+    PublishList, PublishListResult, PublishRemove, RouteArgs, RouteInfo, RouteListResult, VethAddArgs, VethAddResult,
+};
 use cerana_protocol::tasks::service::{
     CreateArgs as ServiceCreateArgs, ListArgs, ListResult, ServiceCreate, ServiceGet, ServiceInfo, ServiceList,
     ServiceRef, ServiceRemove,
@@ -19,7 +26,7 @@ use cerana_protocol::tasks::zfs::{
     NameResult, ReceiveArgs, ReceiveResult, SendArgs, SendResult, ZfsClone, ZfsCreate, ZfsDestroy, ZfsList, ZfsReceive,
     ZfsSend,
 };
-use cerana_protocol::{ErrorCode, NoArgs, NodeUrl, Request, TaskError};
+use cerana_protocol::{ErrorCode, NoArgs, NoOutput, NodeUrl, Request, TaskError};
 use cerana_provider_sdk::Provider;
 use cerana_store::{LazyStore, StoreConfig};
 use cerana_testbed::etcd::EtcdCluster;
@@ -49,8 +56,217 @@ struct NodeState {
     creates: u32,
     /// The properties each clone was made with.
     clones: BTreeMap<String, BTreeMap<String, String>>,
+    /// The node's networking (kept across its death, as the kernel keeps it).
+    net: SharedNet,
 }
 type Shared = Arc<Mutex<NodeState>>;
+
+/// What one node's netns double holds: namespaces, links (by namespace, `""` the node's own)
+/// with their addresses and veth peers, routes, firewalls, published ports and the guard.
+#[derive(Default)]
+struct NetState {
+    namespaces: BTreeSet<String>,
+    links: BTreeMap<(String, String), BTreeSet<String>>,
+    peers: BTreeMap<(String, String), (String, String)>,
+    routes: BTreeSet<(String, String, Option<std::net::IpAddr>, Option<String>)>,
+    firewalls: BTreeMap<String, FirewallApplyArgs>,
+    published: BTreeMap<String, PublishArgs>,
+    /// The node's guard, as last applied.
+    guard: Option<GuardArgs>,
+}
+type SharedNet = Arc<Mutex<NetState>>;
+
+fn ns(netns: &Option<String>) -> String {
+    netns.clone().unwrap_or_default()
+}
+
+fn link_info(name: &str, addresses: &BTreeSet<String>) -> LinkInfo {
+    LinkInfo {
+        name: name.into(),
+        index: 1,
+        kind: Some("veth".into()),
+        mac: None,
+        up: true,
+        mtu: None,
+        master: None,
+        addresses: addresses.iter().cloned().collect(),
+    }
+}
+
+fn exists(what: String) -> TaskError {
+    TaskError::new(ErrorCode::AlreadyExists, what)
+}
+
+/// `netns-*`, `firewall-*`, `publish-*` and `guard-apply` as a node answers them, without the
+/// kernel.
+fn netns_double(net: SharedNet) -> Provider {
+    macro_rules! task {
+        ($p:expr, $t:ty, |$state:ident, $args:ident| $body:block) => {{
+            let net = net.clone();
+            $p.task::<$t, _, _>(move |_ctx, $args| {
+                let net = net.clone();
+                async move {
+                    #[allow(unused_mut)]
+                    let mut $state = net.lock().unwrap();
+                    $body
+                }
+            })
+        }};
+    }
+    let p = Provider::new("netns", "double");
+    let p = task!(p, NetnsCreate, |st, a| {
+        let a: NetnsArgs = a;
+        if !st.namespaces.insert(a.name.clone()) {
+            return Err(exists(a.name));
+        }
+        Ok(NetnsInfo { path: format!("/run/netns/{}", a.name), name: a.name })
+    });
+    let p = task!(p, NetnsDelete, |st, a| {
+        let a: NetnsArgs = a;
+        if !st.namespaces.remove(&a.name) {
+            return Err(not_found(a.name));
+        }
+        // Its links go, and their veth peers, and the routes through those.
+        let gone: Vec<(String, String)> = st.links.keys().filter(|(n, _)| *n == a.name).cloned().collect();
+        for key in gone {
+            st.links.remove(&key);
+            if let Some(peer) = st.peers.remove(&key) {
+                st.links.remove(&peer);
+                st.peers.remove(&peer);
+                st.routes.retain(|(n, _, _, l)| !(*n == peer.0 && l.as_deref() == Some(peer.1.as_str())));
+            }
+        }
+        st.routes.retain(|(n, ..)| *n != a.name);
+        Ok(NetnsInfo { path: format!("/run/netns/{}", a.name), name: a.name })
+    });
+    let p = task!(p, NetnsList, |st, _a| {
+        let _: NoArgs = _a;
+        let namespaces =
+            st.namespaces.iter().map(|n| NetnsInfo { name: n.clone(), path: format!("/run/netns/{n}") }).collect();
+        Ok(NetnsListResult { namespaces })
+    });
+    let p = task!(p, NetnsVethAdd, |st, a| {
+        let a: VethAddArgs = a;
+        let (end, peer) = ((ns(&a.end.netns), a.end.name.clone()), (ns(&a.peer.netns), a.peer.name.clone()));
+        if st.links.contains_key(&end) || st.links.contains_key(&peer) {
+            return Err(exists(a.end.name));
+        }
+        st.links.insert(end.clone(), BTreeSet::new());
+        st.links.insert(peer.clone(), BTreeSet::new());
+        st.peers.insert(end.clone(), peer.clone());
+        st.peers.insert(peer, end);
+        Ok(VethAddResult {
+            end: link_info(&a.end.name, &BTreeSet::new()),
+            peer: link_info(&a.peer.name, &BTreeSet::new()),
+        })
+    });
+    let p = task!(p, NetnsAddressAdd, |st, a| {
+        let a: AddressArgs = a;
+        let held = st.links.get_mut(&(ns(&a.netns), a.link.clone())).ok_or_else(|| not_found(a.link.clone()))?;
+        if !held.insert(a.address.clone()) {
+            return Err(exists(a.address));
+        }
+        Ok(link_info(&a.link, held))
+    });
+    let p = task!(p, NetnsAddressDelete, |st, a| {
+        let a: AddressArgs = a;
+        let held = st.links.get_mut(&(ns(&a.netns), a.link.clone())).ok_or_else(|| not_found(a.link.clone()))?;
+        if !held.remove(&a.address) {
+            return Err(not_found(a.address));
+        }
+        Ok(link_info(&a.link, held))
+    });
+    let p = task!(p, NetnsLinkList, |st, a| {
+        let a: NetnsRef = a;
+        let links =
+            st.links.iter().filter(|((n, _), _)| *n == ns(&a.netns)).map(|((_, l), x)| link_info(l, x)).collect();
+        Ok(LinkListResult { links })
+    });
+    let routes = |st: &NetState, netns: &str| RouteListResult {
+        routes: st
+            .routes
+            .iter()
+            .filter(|(n, ..)| n == netns)
+            .map(|(_, d, g, l)| RouteInfo { destination: d.clone(), gateway: *g, link: l.clone() })
+            .collect(),
+    };
+    let p = task!(p, NetnsRouteAdd, |st, a| {
+        let a: RouteArgs = a;
+        if let Some(link) = &a.link {
+            if !st.links.contains_key(&(ns(&a.netns), link.clone())) {
+                return Err(not_found(link.clone()));
+            }
+        }
+        if st.routes.iter().any(|(n, d, ..)| *n == ns(&a.netns) && *d == a.destination) {
+            return Err(exists(a.destination));
+        }
+        st.routes.insert((ns(&a.netns), a.destination.clone(), a.gateway, a.link.clone()));
+        Ok(routes(&st, &ns(&a.netns)))
+    });
+    let p = task!(p, NetnsRouteDelete, |st, a| {
+        let a: RouteArgs = a;
+        let before = st.routes.len();
+        st.routes.retain(|(n, d, ..)| !(*n == ns(&a.netns) && *d == a.destination));
+        if st.routes.len() == before {
+            return Err(not_found(a.destination));
+        }
+        Ok(routes(&st, &ns(&a.netns)))
+    });
+    let p = task!(p, NetnsRouteList, |st, a| {
+        let a: NetnsRef = a;
+        Ok(routes(&st, &ns(&a.netns)))
+    });
+    let p = task!(p, FirewallApply, |st, a| {
+        let a: FirewallApplyArgs = a;
+        if !st.namespaces.contains(&a.netns) {
+            return Err(not_found(a.netns));
+        }
+        st.firewalls.insert(a.bundle.clone(), a.clone());
+        Ok(FirewallInfo { bundle: a.bundle, netns: a.netns, policy: "drop".into(), rules: vec![] })
+    });
+    let p = task!(p, FirewallRemove, |st, a| {
+        let a: FwBundleRef = a;
+        st.firewalls.remove(&a.bundle).map(|_| NoOutput {}).ok_or_else(|| not_found(a.bundle))
+    });
+    let p = task!(p, PublishApply, |st, a| {
+        let a: PublishArgs = a;
+        st.published.insert(a.bundle.clone(), a.clone());
+        Ok(PublishInfo { bundle: a.bundle, address: a.address, ports: a.ports })
+    });
+    let p = task!(p, FirewallList, |st, _a| {
+        let _: NoArgs = _a;
+        let firewalls = st
+            .firewalls
+            .values()
+            .map(|a| FirewallInfo {
+                bundle: a.bundle.clone(),
+                netns: a.netns.clone(),
+                policy: "drop".into(),
+                rules: vec![],
+            })
+            .collect();
+        Ok(FirewallListResult { firewalls })
+    });
+    let p = task!(p, PublishList, |st, _a| {
+        let _: NoArgs = _a;
+        let published = st
+            .published
+            .values()
+            .map(|a| PublishInfo { bundle: a.bundle.clone(), address: a.address, ports: a.ports.clone() })
+            .collect();
+        Ok(PublishListResult { published })
+    });
+    let p = task!(p, GuardApply, |st, a| {
+        let a: GuardArgs = a;
+        st.guard = Some(a.clone());
+        Ok(GuardInfo { link_prefix: Some(a.link_prefix), allowed: a.allowed })
+    });
+    task!(p, PublishRemove, |st, a| {
+        let a: FwBundleRef = a;
+        st.published.remove(&a.bundle);
+        Ok(NoOutput {})
+    })
+}
 
 fn info(a: &ServiceCreateArgs) -> ServiceInfo {
     serde_json::from_value(serde_json::json!({
@@ -284,11 +500,14 @@ async fn start_node(
     config.peer_token = Some(TOKEN.into());
     let coordinator = Coordinator::start(config).await.unwrap();
     let url = format!("http://{}", coordinator.http_addr().unwrap());
+    let fence = Arc::new(cerana_ticks::apply::Fence::default());
     let running = vec![
         tokio::spawn(services_double(state.clone()).serve(socket.clone())).abort_handle(),
         tokio::spawn(zfs_double(state.clone()).serve(socket.clone())).abort_handle(),
-        tokio::spawn(cerana_ticks::provider(store.clone()).serve(socket.clone())).abort_handle(),
-        tokio::spawn(cerana_ticks::run_loops(store.clone(), socket.clone(), name.into(), settings)).abort_handle(),
+        tokio::spawn(netns_double(state.lock().unwrap().net.clone()).serve(socket.clone())).abort_handle(),
+        tokio::spawn(cerana_ticks::provider(store.clone(), fence.clone()).serve(socket.clone())).abort_handle(),
+        tokio::spawn(cerana_ticks::run_loops(store.clone(), socket.clone(), name.into(), settings, fence))
+            .abort_handle(),
     ];
     // The node's entry, as its quorum agent writes it.
     let entry = serde_json::json!({"id": name, "heartbeat_ms": 1, "memory_free": memory_free, "cpu_cores": 2,
@@ -373,7 +592,8 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         "datasets": {"scratch": {"id": "img", "type": "temp_zfs"}, "keep": {"id": "img", "type": "rw_zfs", "quota": 65536}},
         "services": {"a": {"id": "sleeper", "datasets": {"scratch": {"mount_point": "/scratch"},
                                                          "keep": {"mount_point": "/keep", "read_only": true}}},
-                     "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}}});
+                     "b": {"id": "sleeper", "overrides": {"cmd": ["/bin/sleep", "10"]}}},
+        "ports": {"80": {"public": true, "external_port": 18080}}});
     let volumes = ["data/scratch/pair.scratch", "data/volumes/pair.keep"];
     let started = Instant::now();
     put("/cerana/v1/bundles/pair", bundle.clone()).await;
@@ -421,6 +641,30 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     let ips: BTreeSet<std::net::Ipv4Addr> = addresses.values().flat_map(|s| s.values().copied()).collect();
     assert_eq!(ips.len(), 4, "{addresses:?}");
     assert!(ips.iter().all(|ip| ip.octets()[..3] == [10, 224, 0] && ip.octets()[3] >= 2), "{ips:?}");
+    for node in [&a, &b] {
+        network_is_up(node, &plan, "pair").await;
+    }
+    // A bundle network left without services (a stop cut short) is removed by the node's tick.
+    {
+        let state = a.state.lock().unwrap();
+        let mut net = state.net.lock().unwrap();
+        net.namespaces.insert("bundle-ghost".into());
+        let address = [127, 0, 0, 1].into();
+        net.published.insert("ghost".into(), PublishArgs { bundle: "ghost".into(), address, ports: vec![] });
+        let firewall =
+            FirewallApplyArgs { bundle: "ghost".into(), netns: "bundle-ghost".into(), ports: vec![], cluster: None };
+        net.firewalls.insert("ghost".into(), firewall);
+    }
+    until("the left-over network removed", Duration::from_secs(10), async || {
+        let state = a.state.lock().unwrap();
+        let net = state.net.lock().unwrap();
+        (!net.namespaces.contains("bundle-ghost")
+            && !net.firewalls.contains_key("ghost")
+            && !net.published.contains_key("ghost"))
+        .then_some(())
+    })
+    .await;
+    network_is_up(&a, &plan, "pair").await;
     let history: History = call::<TicksHistory>(&a.socket, None, &HistoryArgs { limit: Some(1000) }).await.unwrap();
     let done: Vec<&str> = history
         .runs
@@ -525,7 +769,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     let current = ApplyArgs {
         leader_key: new.key.clone(),
         term: new.token,
-        action: ApplyAction::Run { services, volumes: vec![] },
+        action: ApplyAction::Run { services, volumes: vec![], network: None },
         ..late
     };
     let applied: Applied = call::<BundleApply>(&b.socket, None, &current).await.unwrap();
@@ -572,7 +816,62 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         held.is_empty().then_some(())
     })
     .await;
+    // Its network with it: no namespace, link, route, firewall or published port left (the
+    // node's guard stays: it is the node's, not the bundle's).
+    until("pair's network removed everywhere", Duration::from_secs(10), async || {
+        let clean = |n: &Node| {
+            let state = n.state.lock().unwrap();
+            let net = state.net.lock().unwrap();
+            net.namespaces.is_empty()
+                && net.links.is_empty()
+                && net.routes.is_empty()
+                && net.firewalls.is_empty()
+                && net.published.is_empty()
+        };
+        (clean(&a) && clean(&b)).then_some(())
+    })
+    .await;
     let _ = (a.name, b.name);
+}
+
+/// Waits until `node` runs `bundle`'s network as the plan gives it: its namespace holding the
+/// replica's addresses, the gateway on the node's end, a route to each replica's address (to
+/// the veth here, to the node running it elsewhere), the firewall, the published port, and the
+/// node's guard confining the bundles' links to the bundle range.
+async fn network_is_up(node: &Node, plan: &TickPlan, bundle: &str) {
+    let status = plan.bundles.iter().find(|b| b.id == bundle).unwrap();
+    let link = cerana_protocol::tasks::ticks::bundle_link(bundle);
+    let netns = cerana_protocol::tasks::ticks::bundle_netns(bundle);
+    let mine: BTreeSet<String> = status.addresses[node.name].values().map(|ip| format!("{ip}/32")).collect();
+    let mut routes: BTreeSet<(String, Option<std::net::IpAddr>, Option<String>)> = BTreeSet::new();
+    for (at, ips) in &status.addresses {
+        for ip in ips.values() {
+            let via = if *at == node.name { (None, Some(link.clone())) } else { (Some([127, 0, 0, 1].into()), None) };
+            routes.insert((format!("{ip}/32"), via.0, via.1));
+        }
+    }
+    until(&format!("{bundle}'s network on {}", node.name), Duration::from_secs(10), async || {
+        let state = node.state.lock().unwrap();
+        let net = state.net.lock().unwrap();
+        let on_node: BTreeSet<_> =
+            net.routes.iter().filter(|(n, ..)| n.is_empty()).map(|(_, d, g, l)| (d.clone(), *g, l.clone())).collect();
+        let inside = net.links.get(&(netns.clone(), "eth0".into()));
+        let firewall = net.firewalls.get(bundle)?;
+        let published = net.published.get(bundle)?;
+        let guard = net.guard.as_ref()?;
+        (net.namespaces.contains(&netns)
+            && guard.link_prefix == "cb"
+            && guard.allowed == ["10.224.0.0/12"]
+            && inside == Some(&mine)
+            && net.links.get(&(String::new(), link.clone())) == Some(&BTreeSet::from(["10.224.0.1/32".to_string()]))
+            && on_node == routes
+            && firewall.cluster.as_ref().map(|c| c.range.as_str()) == Some("10.224.0.0/12")
+            && firewall.ports.iter().map(|p| (p.port, p.public)).collect::<Vec<_>>() == [(80, true)]
+            && published.ports.iter().map(|p| (p.external_port, p.port)).collect::<Vec<_>>() == [(18080, 80)]
+            && mine.contains(&format!("{}/32", published.ports[0].to)))
+        .then_some(())
+    })
+    .await;
 }
 
 /// Every journaled action with its outcome, oldest run first, with the run's term.

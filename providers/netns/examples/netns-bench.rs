@@ -90,6 +90,7 @@ async fn firewall_rounds(h: &Harness, names: &NetnsGuard, rounds: usize) -> Resu
             FirewallPort { port: 80, protocol: Protocol::Tcp, public: true, connected_bundles: vec![] },
             FirewallPort { port: 443, protocol: Protocol::Tcp, public: true, connected_bundles: vec![] },
         ],
+        cluster: None,
     };
     let batch = ruleset(&FirewallSpec::from_args(&args).map_err(|e| e.to_string())?, &Default::default()).to_string();
     let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;

@@ -6,11 +6,17 @@
 //! replaced in one `nft -f` batch (add, delete, add again, then the chain and rules), which the
 //! kernel commits as one transaction: a firewall is never seen half-applied. Each rule carries a
 //! `cerana:` comment saying what it is for, so the listing read back from the kernel can say it.
+//!
+//! In cluster mode (`cluster` given) the connected bundles' addresses come with the request
+//! instead of from their namespaces here, and a public port is open to any source outside the
+//! cluster's inter-bundle range but, inside it, to the connected bundles only.
 
-use crate::links::{LinkError, Net};
+use crate::links::{label, LinkError, Net};
 use crate::names::{BundleId, Cidr, NameError, NetnsName};
 use crate::namespace::{NamespaceError, Namespaces};
-use cerana_protocol::tasks::netns::{FirewallApplyArgs, FirewallInfo, FirewallPort, FirewallRule, Protocol};
+use cerana_protocol::tasks::netns::{
+    ClusterSources, FirewallApplyArgs, FirewallInfo, FirewallPort, FirewallRule, Protocol,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -46,8 +52,9 @@ pub enum FirewallError {
     InvalidPort(String),
     #[error("cannot run {program}: {source}")]
     NftMissing { program: PathBuf, source: std::io::Error },
-    #[error("nft refused the ruleset in namespace {netns}: {stderr}")]
-    Nft { netns: NetnsName, stderr: String },
+    /// `netns` as [`label`] says it (`namespace NAME`, `the node's namespace`).
+    #[error("nft refused the ruleset in {netns}: {stderr}")]
+    Nft { netns: String, stderr: String },
     #[error("cannot read the firewall back from namespace {netns}: {why}")]
     Listing { netns: NetnsName, why: String },
     #[error("cannot save the firewall state to {path}: {source}")]
@@ -60,6 +67,31 @@ pub struct FirewallSpec {
     pub bundle: BundleId,
     pub netns: NetnsName,
     pub ports: Vec<FirewallPort>,
+    /// Cluster mode: where connected bundles' traffic comes from, given by the cluster.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// The cluster's sources of a cluster-mode firewall, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// The inter-bundle range: the addresses that are bundles.
+    pub range: Cidr,
+    /// By bundle: the addresses its traffic comes from.
+    pub bundles: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl ClusterSpec {
+    pub fn from_sources(sources: &ClusterSources) -> Result<Self, FirewallError> {
+        let range = Cidr::parse(&sources.range)?;
+        for bundle in sources.bundles.keys() {
+            BundleId::new(bundle)?;
+        }
+        Ok(Self { range, bundles: sources.bundles.clone() })
+    }
+
+    fn to_sources(&self) -> ClusterSources {
+        ClusterSources { range: self.range.to_string(), bundles: self.bundles.clone() }
+    }
 }
 
 impl FirewallSpec {
@@ -82,11 +114,22 @@ impl FirewallSpec {
                 BundleId::new(other)?;
             }
         }
-        Ok(Self { bundle, netns, ports: args.ports.clone() })
+        let cluster = args.cluster.as_ref().map(ClusterSpec::from_sources).transpose()?;
+        Ok(Self { bundle, netns, ports: args.ports.clone(), cluster })
     }
 
     fn to_args(&self) -> FirewallApplyArgs {
-        FirewallApplyArgs { bundle: self.bundle.to_string(), netns: self.netns.to_string(), ports: self.ports.clone() }
+        FirewallApplyArgs {
+            bundle: self.bundle.to_string(),
+            netns: self.netns.to_string(),
+            ports: self.ports.clone(),
+            cluster: self.cluster.as_ref().map(ClusterSpec::to_sources),
+        }
+    }
+
+    /// Whether the connected bundles' sources come from the cluster (not from this node).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// The bundles this firewall lets in.
@@ -95,7 +138,7 @@ impl FirewallSpec {
     }
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
+pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
@@ -115,8 +158,32 @@ fn dport(port: &FirewallPort) -> Value {
     matches(json!({"payload": {"protocol": protocol_name(port.protocol), "field": "dport"}}), json!(port.port))
 }
 
+/// The nft payload protocol of an address family (`ip`, `ip6`).
+fn address_family(v4: bool) -> &'static str {
+    if v4 {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+/// A cluster-mode public port: open to sources outside the range (those of the range's family
+/// not in it, and all of the other family), as two rules.
+fn public_outside(port: &FirewallPort, range: &Cidr, comment: &str) -> [Value; 2] {
+    let network = range.network();
+    let v4 = network.addr().is_ipv4();
+    let outside = json!({"match": {"op": "!=",
+        "left": {"payload": {"protocol": address_family(v4), "field": "saddr"}},
+        "right": {"prefix": {"addr": network.addr().to_string(), "len": network.prefix()}}}});
+    let other_family = matches(json!({"meta": {"key": "nfproto"}}), json!(if v4 { "ipv6" } else { "ipv4" }));
+    [rule(comment.to_owned(), vec![outside, dport(port)]), rule(comment.to_owned(), vec![other_family, dport(port)])]
+}
+
 /// The `nft -j -f` batch replacing the bundle's table; `sources` holds each connected bundle's
 /// addresses. A connected bundle without addresses gets no rule (nothing of it could connect).
+///
+/// In cluster mode a public port's rules let in sources outside the cluster's range, followed
+/// by the connected rules of its connected bundles (so, inside the range, only they get in).
 pub fn ruleset(spec: &FirewallSpec, sources: &BTreeMap<String, Vec<IpAddr>>) -> Value {
     let table = json!({"table": {"family": "inet", "name": TABLE}});
     let mut commands = vec![
@@ -139,13 +206,19 @@ pub fn ruleset(spec: &FirewallSpec, sources: &BTreeMap<String, Vec<IpAddr>>) -> 
     for port in &spec.ports {
         let proto = protocol_name(port.protocol);
         if port.public {
-            commands
-                .push(rule(format!("{COMMENT_PREFIX}kind=public,proto={proto},port={}", port.port), vec![dport(port)]));
-            continue;
+            let comment = format!("{COMMENT_PREFIX}kind=public,proto={proto},port={}", port.port);
+            match &spec.cluster {
+                None => {
+                    commands.push(rule(comment, vec![dport(port)]));
+                    continue;
+                }
+                Some(cluster) => commands.extend(public_outside(port, &cluster.range, &comment)),
+            }
         }
         for other in &port.connected_bundles {
             let addresses = sources.get(other).map(Vec::as_slice).unwrap_or_default();
-            for (family, v4) in [("ip", true), ("ip6", false)] {
+            for v4 in [true, false] {
+                let family = address_family(v4);
                 let set: Vec<String> = addresses.iter().filter(|a| a.is_ipv4() == v4).map(|a| a.to_string()).collect();
                 if set.is_empty() {
                     continue;
@@ -219,12 +292,12 @@ pub fn default_nft() -> PathBuf {
     ["/usr/sbin/nft", "/sbin/nft"].iter().map(PathBuf::from).find(|p| p.exists()).unwrap_or_else(|| "nft".into())
 }
 
-/// Runs `nft -j ARGS` with `input` on stdin inside a namespace (on a thread that entered it, so
-/// the child starts there).
-async fn nft(
+/// Runs `nft -j ARGS` with `input` on stdin inside a namespace, the provider's own for `None`
+/// (on a thread that entered it, so the child starts there).
+pub(crate) async fn nft(
     namespaces: &Namespaces,
     program: &Path,
-    netns: &NetnsName,
+    netns: Option<&NetnsName>,
     args: &[&str],
     input: Option<String>,
 ) -> Result<String, FirewallError> {
@@ -232,7 +305,7 @@ async fn nft(
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let shown = program.clone();
     let output = namespaces
-        .run_in(Some(netns), move || -> std::io::Result<std::process::Output> {
+        .run_in(netns, move || -> std::io::Result<std::process::Output> {
             let mut child = Command::new(&program)
                 .arg("-j")
                 .args(&args)
@@ -249,7 +322,7 @@ async fn nft(
         .map_err(|source| FirewallError::NftMissing { program: shown, source })?;
     if !output.status.success() {
         return Err(FirewallError::Nft {
-            netns: netns.clone(),
+            netns: label(netns),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
@@ -312,22 +385,33 @@ impl Firewalls {
     ) -> Result<(), FirewallError> {
         let mut sources = BTreeMap::new();
         for other in spec.connected() {
-            let id = BundleId::new(&other)?;
-            let netns = &applied.get(&id).ok_or_else(|| FirewallError::NotFound(id.clone()))?.netns;
-            sources.insert(other, Self::addresses_of(namespaces, netns).await?);
+            let addresses = match &spec.cluster {
+                // The cluster says where connected bundles are; one it does not name gets no rule.
+                Some(cluster) => match cluster.bundles.get(&other) {
+                    Some(addresses) => addresses.clone(),
+                    None => continue,
+                },
+                None => {
+                    let id = BundleId::new(&other)?;
+                    let netns = &applied.get(&id).ok_or_else(|| FirewallError::NotFound(id.clone()))?.netns;
+                    Self::addresses_of(namespaces, netns).await?
+                }
+            };
+            sources.insert(other, addresses);
         }
         let batch = ruleset(spec, &sources).to_string();
-        nft(namespaces, &self.nft, &spec.netns, &["-f", "-"], Some(batch)).await?;
+        nft(namespaces, &self.nft, Some(&spec.netns), &["-f", "-"], Some(batch)).await?;
         Ok(())
     }
 
-    /// Replaces the bundle's firewall. Every connected bundle must have a firewall here already
-    /// (that is how the provider knows where its traffic comes from).
+    /// Replaces the bundle's firewall. Outside cluster mode every connected bundle must have a
+    /// firewall here already (that is how the provider knows where its traffic comes from).
     pub async fn apply(&self, namespaces: &Namespaces, spec: FirewallSpec) -> Result<FirewallInfo, FirewallError> {
         let mut applied = self.applied.lock().await;
         let unknown: Vec<String> = spec
             .connected()
             .into_iter()
+            .filter(|_| !spec.is_cluster())
             .filter(|b| b != spec.bundle.as_str() && BundleId::new(b).map_or(true, |id| !applied.contains_key(&id)))
             .collect();
         if !unknown.is_empty() {
@@ -347,7 +431,8 @@ impl Firewalls {
     }
 
     /// Re-applies the firewalls that let in a bundle living in `netns`, after its addresses
-    /// changed. Returns the bundles refreshed.
+    /// changed (cluster-mode ones aside: the cluster gives their sources). Returns the bundles
+    /// refreshed.
     pub async fn refresh_for(
         &self,
         namespaces: &Namespaces,
@@ -357,7 +442,7 @@ impl Firewalls {
         let moved: BTreeSet<String> =
             applied.values().filter(|s| &s.netns == netns).map(|s| s.bundle.to_string()).collect();
         let mut refreshed = Vec::new();
-        for spec in applied.values().filter(|s| s.connected().iter().any(|b| moved.contains(b))) {
+        for spec in applied.values().filter(|s| !s.is_cluster() && s.connected().iter().any(|b| moved.contains(b))) {
             self.install(namespaces, spec, &applied).await?;
             refreshed.push(spec.bundle.clone());
         }
@@ -370,7 +455,7 @@ impl Firewalls {
         bundle: &BundleId,
         netns: &NetnsName,
     ) -> Result<FirewallInfo, FirewallError> {
-        let listing = nft(namespaces, &self.nft, netns, &["list", "table", "inet", TABLE], None).await?;
+        let listing = nft(namespaces, &self.nft, Some(netns), &["list", "table", "inet", TABLE], None).await?;
         parse_listing(bundle, netns, &listing).map_err(|why| FirewallError::Listing { netns: netns.clone(), why })
     }
 
@@ -396,20 +481,21 @@ impl Firewalls {
         Ok(firewalls)
     }
 
-    /// Removes the bundle's table; refused while another bundle's firewall names it. A bundle
-    /// whose namespace is gone is forgotten without touching nftables.
+    /// Removes the bundle's table; refused while another bundle's firewall names it (cluster-mode
+    /// firewalls do not count: their sources come from the cluster). A bundle whose namespace is
+    /// gone is forgotten without touching nftables.
     pub async fn remove(&self, namespaces: &Namespaces, bundle: &BundleId) -> Result<(), FirewallError> {
         let mut applied = self.applied.lock().await;
         let spec = applied.get(bundle).cloned().ok_or_else(|| FirewallError::NotFound(bundle.clone()))?;
         let by: Vec<String> = applied
             .values()
-            .filter(|s| s.bundle != *bundle && s.connected().contains(bundle.as_str()))
+            .filter(|s| s.bundle != *bundle && !s.is_cluster() && s.connected().contains(bundle.as_str()))
             .map(|s| s.bundle.to_string())
             .collect();
         if !by.is_empty() {
             return Err(FirewallError::InUse { bundle: bundle.clone(), by });
         }
-        match nft(namespaces, &self.nft, &spec.netns, &["-f", "-"], Some(removal().to_string())).await {
+        match nft(namespaces, &self.nft, Some(&spec.netns), &["-f", "-"], Some(removal().to_string())).await {
             Ok(_) | Err(FirewallError::Namespace(NamespaceError::NotFound(_))) => {}
             Err(e) => return Err(e),
         }
@@ -432,7 +518,7 @@ mod tests {
     }
 
     fn spec(ports: Vec<FirewallPort>) -> Result<FirewallSpec, FirewallError> {
-        FirewallSpec::from_args(&FirewallApplyArgs { bundle: "a".into(), netns: "ns-a".into(), ports })
+        FirewallSpec::from_args(&FirewallApplyArgs { bundle: "a".into(), netns: "ns-a".into(), ports, cluster: None })
     }
 
     #[test]
@@ -462,6 +548,99 @@ mod tests {
         let last = &commands.last().unwrap()["add"]["rule"]["expr"];
         assert_eq!(last[0]["match"]["left"]["payload"]["protocol"], "ip6");
         assert_eq!(last[0]["match"]["right"]["set"][0], "fd00::2");
+    }
+
+    fn cluster_spec(ports: Vec<FirewallPort>, range: &str) -> Result<FirewallSpec, FirewallError> {
+        let bundles = BTreeMap::from([
+            ("b".to_owned(), vec!["10.224.1.2".parse().unwrap(), "10.224.7.9".parse().unwrap()]),
+            ("c".to_owned(), vec!["fd00:e0::3".parse().unwrap()]),
+        ]);
+        FirewallSpec::from_args(&FirewallApplyArgs {
+            bundle: "a".into(),
+            netns: "ns-a".into(),
+            ports,
+            cluster: Some(ClusterSources { range: range.into(), bundles }),
+        })
+    }
+
+    #[test]
+    fn cluster_mode_public_ports_let_in_the_outside_and_connected_bundles_only() {
+        let spec =
+            cluster_spec(vec![port(80, true, &["b", "d"]), port(81, false, &["b", "c"])], "10.224.0.0/12").unwrap();
+        let sources = spec.cluster.as_ref().unwrap().bundles.clone();
+        let batch = ruleset(&spec, &sources);
+        let commands = batch["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = commands.iter().filter_map(|c| c["add"].get("rule")).collect();
+        let comments: Vec<&str> = rules.iter().filter_map(|r| r["comment"].as_str()).collect();
+        assert_eq!(
+            comments[3..],
+            [
+                "cerana:kind=public,proto=tcp,port=80",
+                "cerana:kind=public,proto=tcp,port=80",
+                "cerana:kind=connected,proto=tcp,port=80,from=b",
+                "cerana:kind=connected,proto=tcp,port=81,from=b",
+                "cerana:kind=connected,proto=tcp,port=81,from=c",
+            ]
+        );
+        // From outside the range (of its family), and from the other family.
+        assert_eq!(
+            rules[3]["expr"],
+            json!([
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                    "right": {"prefix": {"addr": "10.224.0.0", "len": 12}}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+                {"accept": null},
+            ])
+        );
+        assert_eq!(
+            rules[4]["expr"][0],
+            json!({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}})
+        );
+        // Inside it, the connected bundles named by the cluster (d is not: no rule).
+        assert_eq!(
+            rules[5]["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                    "right": {"set": ["10.224.1.2", "10.224.7.9"]}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+                {"accept": null},
+            ])
+        );
+        assert_eq!(rules[7]["expr"][0]["match"]["left"]["payload"]["protocol"], "ip6");
+        assert_eq!(spec.to_args().cluster.unwrap().range, "10.224.0.0/12", "the state file keeps the sources");
+    }
+
+    #[test]
+    fn cluster_mode_with_an_ipv6_range_matches_ip6_sources() {
+        let spec = cluster_spec(vec![port(443, true, &[])], "fd00:e0::/48").unwrap();
+        let batch = ruleset(&spec, &BTreeMap::new());
+        let rules: Vec<&Value> =
+            batch["nftables"].as_array().unwrap().iter().filter_map(|c| c["add"].get("rule")).collect();
+        assert_eq!(rules.len(), 5);
+        assert_eq!(
+            rules[3]["expr"][0],
+            json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                "right": {"prefix": {"addr": "fd00:e0::", "len": 48}}}})
+        );
+        assert_eq!(rules[4]["expr"][0]["match"]["right"], "ipv4");
+    }
+
+    #[test]
+    fn cluster_sources_are_checked() {
+        assert!(matches!(cluster_spec(vec![], "10.224.0.0/33"), Err(FirewallError::Name(_))));
+        assert!(matches!(cluster_spec(vec![], "not-a-cidr"), Err(FirewallError::Name(_))));
+        let bad_bundle = FirewallApplyArgs {
+            bundle: "a".into(),
+            netns: "ns-a".into(),
+            ports: vec![],
+            cluster: Some(ClusterSources {
+                range: "10.224.0.0/12".into(),
+                bundles: BTreeMap::from([("bad/bundle".to_owned(), vec![])]),
+            }),
+        };
+        assert!(matches!(FirewallSpec::from_args(&bad_bundle), Err(FirewallError::Name(_))));
+        let args = cluster_spec(vec![port(80, true, &["b"])], "10.224.0.5/12").unwrap().to_args();
+        assert_eq!(FirewallSpec::from_args(&args).unwrap().to_args(), args, "round trip");
     }
 
     #[test]

@@ -1,22 +1,27 @@
 //! The `netns` provider: named network namespaces, veth pairs, bridges, links, addresses and
-//! routes (through rtnetlink), per-bundle firewalls (nftables through `nft -j`), and
-//! `namespace-set-user` (a process's uid/gid maps). See README.md for each task.
+//! routes (through rtnetlink), per-bundle firewalls, published ports and the node's guard on
+//! bundle links (nftables through `nft -j`), and `namespace-set-user` (a process's uid/gid maps).
+//! See README.md for each task.
 //!
 //! Every error carries a stable code and, in `details.reason`, a stable reason string.
 
 pub mod firewall;
+pub mod guard;
 pub mod links;
 pub mod names;
 pub mod namespace;
+pub mod publish;
 pub mod userns;
 
 use cerana_protocol::tasks::netns::*;
 use cerana_protocol::{ErrorCode, NoOutput, TaskError};
 use cerana_provider_sdk::Provider;
 use firewall::{FirewallError, FirewallSpec, Firewalls};
+use guard::{Guard, GuardError, Guards};
 use links::{LinkError, Net};
 use names::{BundleId, Cidr, LinkName, NameError, NetnsName};
 use namespace::{NamespaceError, Namespaces};
+use publish::{Publication, PublishError, Publisher};
 use serde_json::json;
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,6 +35,14 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// The applied firewalls, so a restarted provider knows them (`None`: memory only).
     pub firewall_state: Option<PathBuf>,
+    /// The published ports, likewise (`None`: memory only).
+    pub publish_state: Option<PathBuf>,
+    /// Where ports are published: the provider's own namespace (a node's) for `None`.
+    pub publish_netns: Option<NetnsName>,
+    /// The applied guard, likewise (`None`: memory only).
+    pub guard_state: Option<PathBuf>,
+    /// Where the guard is: the provider's own namespace (a node's) for `None`.
+    pub guard_netns: Option<NetnsName>,
     /// The `nft` program.
     pub nft: PathBuf,
     /// procfs, for `namespace-set-user`.
@@ -41,6 +54,10 @@ impl Default for Config {
         Self {
             netns_dir: namespace::DEFAULT_NETNS_DIR.into(),
             firewall_state: Some("/run/cerana/netns/firewalls.json".into()),
+            publish_state: Some("/run/cerana/netns/published.json".into()),
+            publish_netns: None,
+            guard_state: Some("/run/cerana/netns/guard.json".into()),
+            guard_netns: None,
             nft: firewall::default_nft(),
             proc: "/proc".into(),
         }
@@ -129,6 +146,41 @@ impl From<FirewallError> for TaskError {
     }
 }
 
+impl From<PublishError> for TaskError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Name(n) => name_error(&n),
+            PublishError::Nft(f) => f.into(),
+            PublishError::Ipv6 { .. } => coded(ErrorCode::InvalidArgument, "ipv6-not-supported", &e),
+            PublishError::InvalidPort(_) => coded(ErrorCode::InvalidArgument, "invalid-port", &e),
+            PublishError::Conflict { ref other, ref address, external_port, protocol, .. } => {
+                TaskError::new(ErrorCode::Conflict, e.to_string()).with_details(json!({
+                    "reason": "port-published",
+                    "bundle": other.as_str(),
+                    "address": address,
+                    "external_port": external_port,
+                    "protocol": protocol,
+                }))
+            }
+            PublishError::Listing(_) => coded(ErrorCode::Internal, "nft-listing", &e),
+            PublishError::State { .. } => coded(ErrorCode::Failed, "state-file", &e),
+        }
+    }
+}
+
+impl From<GuardError> for TaskError {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::Name(n) => name_error(&n),
+            GuardError::Nft(f) => f.into(),
+            GuardError::Ipv6(_) => coded(ErrorCode::InvalidArgument, "ipv6-not-supported", &e),
+            GuardError::TooManyRanges(_) => coded(ErrorCode::InvalidArgument, "too-many-ranges", &e),
+            GuardError::Listing(_) => coded(ErrorCode::Internal, "nft-listing", &e),
+            GuardError::State { .. } => coded(ErrorCode::Failed, "state-file", &e),
+        }
+    }
+}
+
 impl From<SetUserError> for TaskError {
     fn from(e: SetUserError) -> Self {
         match &e {
@@ -162,6 +214,8 @@ fn cidr(text: &str) -> Result<Cidr, TaskError> {
 pub struct Netns {
     namespaces: Namespaces,
     firewalls: Firewalls,
+    publisher: Publisher,
+    guards: Guards,
     proc: PathBuf,
 }
 
@@ -169,6 +223,8 @@ impl Netns {
     pub fn new(config: Config) -> Self {
         Self {
             namespaces: Namespaces::at(config.netns_dir),
+            publisher: Publisher::new(config.nft.clone(), config.publish_netns, config.publish_state),
+            guards: Guards::new(config.nft.clone(), config.guard_netns, config.guard_state),
             firewalls: Firewalls::new(config.nft, config.firewall_state),
             proc: config.proc,
         }
@@ -345,6 +401,29 @@ impl Netns {
         Ok(NoOutput {})
     }
 
+    pub async fn publish(&self, args: PublishArgs) -> Result<PublishInfo, TaskError> {
+        let publication = Publication::from_args(&args)?;
+        Ok(self.publisher.apply(&self.namespaces, publication).await?)
+    }
+
+    pub async fn list_published(&self) -> Result<PublishListResult, TaskError> {
+        Ok(PublishListResult { published: self.publisher.list(&self.namespaces).await? })
+    }
+
+    pub async fn unpublish(&self, args: BundleRef) -> Result<NoOutput, TaskError> {
+        self.publisher.remove(&self.namespaces, &Self::bundle(&args)?).await?;
+        Ok(NoOutput {})
+    }
+
+    pub async fn apply_guard(&self, args: GuardArgs) -> Result<GuardInfo, TaskError> {
+        let guard = Guard::from_args(&args)?;
+        Ok(self.guards.apply(&self.namespaces, guard).await?)
+    }
+
+    pub async fn get_guard(&self) -> Result<GuardInfo, TaskError> {
+        Ok(self.guards.get(&self.namespaces).await?)
+    }
+
     pub async fn set_user(&self, args: SetUserArgs) -> Result<SetUserResult, TaskError> {
         let proc = self.proc.clone();
         let written = tokio::task::spawn_blocking(move || userns::set_user(&proc, &args))
@@ -392,6 +471,11 @@ pub fn provider_with(config: Config) -> Provider {
     let p = serve::<FirewallGet, _, _>(p, &state, |s, a| async move { s.get_firewall(a).await });
     let p = serve::<FirewallList, _, _>(p, &state, |s, _| async move { s.list_firewalls().await });
     let p = serve::<FirewallRemove, _, _>(p, &state, |s, a| async move { s.remove_firewall(a).await });
+    let p = serve::<PublishApply, _, _>(p, &state, |s, a| async move { s.publish(a).await });
+    let p = serve::<PublishList, _, _>(p, &state, |s, _| async move { s.list_published().await });
+    let p = serve::<PublishRemove, _, _>(p, &state, |s, a| async move { s.unpublish(a).await });
+    let p = serve::<GuardApply, _, _>(p, &state, |s, a| async move { s.apply_guard(a).await });
+    let p = serve::<GuardGet, _, _>(p, &state, |s, _| async move { s.get_guard().await });
     serve::<NamespaceSetUser, _, _>(p, &state, |s, a| async move { s.set_user(a).await })
 }
 

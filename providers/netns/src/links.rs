@@ -11,7 +11,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -314,6 +314,11 @@ impl Net {
         }
         if let Some(oif) = oif {
             builder = builder.output_interface(oif);
+            if gateway.is_none() {
+                // Directly on the link, as `ip route add X dev Y` makes it: the scope a later
+                // route's gateway must be reachable in (`default via X`).
+                builder = builder.scope(RouteScope::Link);
+            }
         }
         Ok(builder.build())
     }

@@ -69,12 +69,18 @@ macro_rules! name_type {
 }
 
 name_type!(
-    /// A named network namespace: the file name under /run/netns.
-    NetnsName, "namespace name", 64, &['-', '_', '.']
+    /// A named network namespace: the file name under /run/netns (room for a cluster
+    /// bundle's, `bundle-` and an id of up to 64 bytes).
+    NetnsName, "namespace name", 80, &['-', '_', '.']
 );
 name_type!(
     /// A network interface name: at most IFNAMSIZ - 1 = 15 bytes.
     LinkName, "link name", 15, &['-', '_', '.']
+);
+name_type!(
+    /// The start of link names (the guard's `PREFIX*`): at most 14 bytes, so that a link name
+    /// of 15 can carry at least one more character.
+    LinkPrefix, "link name prefix", 14, &['-', '_', '.']
 );
 name_type!(
     /// A bundle id as the cluster names bundles.
@@ -191,8 +197,14 @@ mod tests {
             assert_eq!(LinkName::new(bad).unwrap_err().reason(), "invalid-name", "{bad:?}");
         }
         assert!(NetnsName::new("../etc").is_err());
-        assert!(NetnsName::new(&"n".repeat(65)).is_err());
+        assert!(NetnsName::new(&"n".repeat(80)).is_ok());
+        assert!(NetnsName::new(&"n".repeat(81)).is_err());
         assert!(BundleId::new("web:frontend").is_ok());
+        assert!(LinkPrefix::new("cb").is_ok() && LinkPrefix::new(&"p".repeat(14)).is_ok());
+        assert_eq!(LinkPrefix::new(&"p".repeat(15)).unwrap_err().reason(), "name-too-long");
+        for bad in ["", "cb*", "c b", "cb/"] {
+            assert_eq!(LinkPrefix::new(bad).unwrap_err().reason(), "invalid-name", "{bad:?}");
+        }
     }
 
     #[test]

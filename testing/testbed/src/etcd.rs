@@ -111,7 +111,21 @@ impl EtcdCluster {
         Self::start_with(n, true)
     }
 
+    /// Starts the cluster; again, on other ports, when a port found free was taken before
+    /// etcd bound it (another test's process got there first).
     fn start_with(n: usize, tls: bool) -> Result<Self, EtcdError> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(n, tls) {
+                Err(EtcdError::Unhealthy { log, .. }) if log.contains("address already in use") && attempt < 3 => {
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn try_start(n: usize, tls: bool) -> Result<Self, EtcdError> {
         if crate::find_in_path("etcd").is_none() {
             return Err(EtcdError::NotInstalled);
         }

@@ -7,6 +7,7 @@ use cerana_testbed::cluster::{Cluster, Layout};
 use cerana_testbed::qemu::{OVMF_BIOS, QEMU_SYSTEM};
 use cerana_testbed::require::{is_root, missing_program};
 use cerana_testbed::require_ok;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -394,6 +395,7 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         "ticks: service a's new command rolled out to nodes {placed:?} in {:.1} s, one replica at a time",
         t.elapsed().as_secs_f64()
     );
+    bundle_networks_connect_refuse_publish_and_go(cluster, nodes);
 
     // A node running it cut off the network (not node 1, the boot server), longer than its
     // heartbeat TTL: replaced on the third node; reconnected, back to exactly 2 replicas.
@@ -567,6 +569,212 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         t.elapsed().as_secs_f64()
     );
     doomed
+}
+
+/// The nodes running `bundle` and its services' addresses there, from the plan through `ip`.
+fn bundle_addresses(cluster: &Cluster, ip: &str, bundle: &str) -> BTreeMap<String, Vec<String>> {
+    let plan = cluster.task(ip, "ticks-plan", serde_json::json!({})).expect("ticks-plan");
+    let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == bundle).cloned();
+    let Some(status) = status else { return BTreeMap::new() };
+    let running = status["running_on"].as_object().cloned().unwrap_or_default();
+    let addresses = status["addresses"].as_object().cloned().unwrap_or_default();
+    addresses
+        .iter()
+        .filter(|(node, _)| running.get(*node) == Some(&serde_json::Value::Bool(true)))
+        .map(|(node, ips)| {
+            let ips = ips.as_object().into_iter().flatten().filter_map(|(_, ip)| ip.as_str().map(String::from));
+            (node.clone(), ips.collect())
+        })
+        .collect()
+}
+
+/// The subnet of `bundle`, from the plan through `ip`.
+fn bundle_subnet(cluster: &Cluster, ip: &str, bundle: &str) -> Option<String> {
+    let plan = cluster.task(ip, "ticks-plan", serde_json::json!({})).expect("ticks-plan");
+    let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == bundle).cloned()?;
+    status["subnet"].as_str().map(String::from)
+}
+
+/// The last `tail` lines of a bundle's service on node `ip`.
+fn service_lines(cluster: &Cluster, ip: &str, bundle: &str, id: &str) -> Vec<String> {
+    let logs = cluster.task(ip, "service-logs", serde_json::json!({ "id": id, "bundle_id": bundle, "tail": 200 }));
+    let lines = logs.map(|l| l["lines"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
+    lines.iter().filter_map(|l| l["line"].as_str().map(String::from)).collect()
+}
+
+/// Bundle networks (issue #19) on the three live nodes: `web` (redundancy 2, port 80 public as
+/// 18080, connected from `client`), `client` and `other` (redundancy 1 each) probing both web
+/// replicas' addresses over HTTP every second: `client` reaches both (at least one on another
+/// node, over the management network), `other` reaches neither (web's firewall drops it), and
+/// port 18080 of each node running web answers the host. Then all three are deleted and no
+/// namespace, link, route, firewall or published port of theirs is left on any node.
+fn bundle_networks_connect_refuse_publish_and_go(cluster: &Cluster, nodes: &[(usize, String); 3]) {
+    use serde_json::json;
+    let node1 = nodes[0].1.as_str();
+    let name_of: BTreeMap<String, (usize, String)> =
+        nodes.iter().map(|(n, ip)| (hostname(cluster, ip), (*n, ip.clone()))).collect();
+    let services = [
+        json!({ "id": "httpd", "dataset": "busybox", "limits": { "memory": 33_554_432 },
+                "cmd": ["/bin/sh", "-c", "mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 80 -h /www"] }),
+        // `reach T` when a TCP connection to T (`ip`, port 80, or `ip:port`) is made, `fail T`
+        // when it is refused or times out (busybox's static wget crashes without NSS: nc).
+        json!({ "id": "prober", "dataset": "busybox", "limits": { "memory": 33_554_432 },
+                "cmd": ["/bin/sh", "-c", "while true; do for t in $TARGETS; do \
+                         case $t in *:*) h=${t%:*}; p=${t#*:};; *) h=$t; p=80;; esac; \
+                         if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $h $p >/dev/null 2>&1; \
+                         then echo reach $t; else echo fail $t; fi; done; sleep 1; done"] }),
+    ];
+    for service in services {
+        cluster.task(node1, "update-service", service).expect("update-service");
+    }
+    let prober = |id: &str, targets: &str, index: u64| {
+        json!({ "id": id, "redundancy": 1, "mod_index": index,
+                "services": { "p": { "id": "prober", "overrides": { "env": { "TARGETS": targets } } } } })
+    };
+    let mut indexes = BTreeMap::new();
+    for id in ["client", "other"] {
+        let declared = cluster.task(node1, "update-bundle", prober(id, "", 0)).expect("update-bundle");
+        indexes.insert(id, declared["mod_index"].as_u64().expect("mod_index"));
+    }
+    let web = json!({ "id": "web", "redundancy": 2, "services": { "h": { "id": "httpd" } },
+        "ports": { "80": { "public": true, "external_port": 18080, "connected_bundles": ["client"] } } });
+    cluster.task(node1, "update-bundle", web).expect("update-bundle web");
+    let t = Instant::now();
+    let web_on = loop {
+        let on = bundle_addresses(cluster, node1, "web");
+        if on.len() == 2 && on.values().all(|ips| ips.len() == 1) {
+            break on;
+        }
+        assert!(t.elapsed() < Duration::from_secs(240), "web not on 2 nodes with addresses: {on:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let targets: Vec<String> = web_on.values().flatten().cloned().collect();
+    eprintln!("network: web runs at {web_on:?} {:.1} s after it was declared", t.elapsed().as_secs_f64());
+    // The client also tries its gateway's coordinator port and node 1's boot server: a bundle
+    // reaches bundles only, not its node nor the management network.
+    let client_net = bundle_subnet(cluster, node1, "client").expect("client's subnet");
+    let gateway = {
+        let base: std::net::Ipv4Addr = client_net.split('/').next().unwrap().parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 1)
+    };
+    let guarded = [format!("{gateway}:8080"), format!("{node1}:80")];
+    let client_targets: Vec<String> = targets.iter().chain(&guarded).cloned().collect();
+    for (id, to) in [("client", client_targets.join(" ")), ("other", targets.join(" "))] {
+        cluster.task(node1, "update-bundle", prober(id, &to, indexes[id])).expect("update-bundle");
+    }
+
+    // The probes, read from each prober's log wherever it runs.
+    let t = Instant::now();
+    let probes = |bundle: &str| -> (String, Vec<String>) {
+        let on = bundle_addresses(cluster, node1, bundle);
+        let Some(node) = on.keys().next() else { return (String::new(), vec![]) };
+        let (_, ip) = &name_of[node];
+        (node.clone(), service_lines(cluster, ip, bundle, "p"))
+    };
+    let reached = |lines: &[String], ip: &str| lines.iter().any(|l| *l == format!("reach {ip}"));
+    let failed = |lines: &[String], ip: &str| lines.iter().filter(|l| **l == format!("fail {ip}")).count();
+    let client_on = loop {
+        let (on, lines) = probes("client");
+        assert!(!guarded.iter().any(|t| reached(&lines, t)), "client, on {on}, reaches its node or beyond: {lines:?}");
+        if targets.iter().all(|ip| reached(&lines, ip)) && guarded.iter().all(|t| failed(&lines, t) >= 2) {
+            break on;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "client on {on:?} does not reach {targets:?}: {lines:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let reach_in = t.elapsed();
+    let other_on = loop {
+        let (on, lines) = probes("other");
+        assert!(!targets.iter().any(|ip| reached(&lines, ip)), "other, on {on}, reaches web: {lines:?}");
+        if targets.iter().all(|ip| failed(&lines, ip) >= 3) {
+            break on;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "other on {on:?} probes nothing: {lines:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        web_on.keys().any(|n| *n != client_on),
+        "client ({client_on}) and both web replicas ({web_on:?}) on one node: nothing crossed nodes"
+    );
+    eprintln!(
+        "network: client on {client_on} reaches web at {targets:?} {:.1} s after being told them; not {guarded:?}; other on {other_on} is refused",
+        reach_in.as_secs_f64()
+    );
+
+    // Port 80 published as 18080 on each node running web, from the host.
+    let t = Instant::now();
+    for node in web_on.keys() {
+        let (n, ip) = &name_of[node];
+        loop {
+            let addr = format!("{ip}:18080").parse().expect("an address");
+            let answer = cerana_testbed::http::request(addr, "GET", "/", None, b"", Duration::from_secs(5));
+            match answer {
+                Ok(a) if a.status == 200 && String::from_utf8_lossy(&a.body).trim() == "web" => break,
+                other => assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "node {n}'s port 18080: {:?}",
+                    other.map(|a| (a.status, String::from_utf8_lossy(&a.body).into_owned()))
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    eprintln!("network: port 18080 answers on nodes running web ({:.1} s)", t.elapsed().as_secs_f64());
+
+    // Deleted (web first: it names client): nothing of theirs is left on any node.
+    let t = Instant::now();
+    for id in ["web", "client", "other"] {
+        cluster.task(node1, "delete-bundle", json!({ "id": id })).expect("delete-bundle");
+    }
+    let gone = ["web", "client", "other"];
+    let links: Vec<String> = gone.iter().map(|b| cerana_protocol::tasks::ticks::bundle_link(b)).collect();
+    let pair: Vec<String> = bundle_addresses(cluster, node1, "pair").into_values().flatten().collect();
+    loop {
+        let mut left = Vec::new();
+        for (n, ip) in nodes {
+            let namespaces = cluster.task(ip, "netns-list", json!({})).expect("netns-list");
+            for ns in namespaces["namespaces"].as_array().into_iter().flatten() {
+                let name = ns["name"].as_str().unwrap_or_default();
+                if gone.iter().any(|b| name == format!("bundle-{b}")) {
+                    left.push(format!("node {n}: namespace {name}"));
+                }
+            }
+            let host = cluster.task(ip, "netns-link-list", json!({})).expect("netns-link-list");
+            for link in host["links"].as_array().into_iter().flatten() {
+                let name = link["name"].as_str().unwrap_or_default();
+                if links.iter().any(|l| l == name) {
+                    left.push(format!("node {n}: link {name}"));
+                }
+            }
+            let routes = cluster.task(ip, "netns-route-list", json!({})).expect("netns-route-list");
+            for route in routes["routes"].as_array().into_iter().flatten() {
+                let dest = route["destination"].as_str().unwrap_or_default();
+                let addr = dest.split('/').next().unwrap_or_default();
+                if dest.starts_with("10.224.") && !pair.iter().any(|p| p == addr) {
+                    left.push(format!("node {n}: route {route}"));
+                }
+            }
+            let firewalls = cluster.task(ip, "firewall-list", json!({})).expect("firewall-list");
+            for fw in firewalls["firewalls"].as_array().into_iter().flatten() {
+                if gone.iter().any(|b| fw["bundle"] == *b) {
+                    left.push(format!("node {n}: firewall of {}", fw["bundle"]));
+                }
+            }
+            let published = cluster.task(ip, "publish-list", json!({})).expect("publish-list");
+            for p in published["published"].as_array().into_iter().flatten() {
+                left.push(format!("node {n}: published {p}"));
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "left behind: {left:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "network: web, client and other gone without a trace {:.1} s after their deletion",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// The datasets on node `ip` whose names start with `prefix` (`parent/…`); none when the parent

@@ -81,17 +81,33 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// State files in `dir`; ports published and the guard in the provider's own namespace
+    /// (tests that publish or guard set `publish_netns`/`guard_netns` to one of theirs, see
+    /// [`Harness::start_with`]).
     pub fn config(dir: &Path) -> Config {
-        Config { netns_dir: NETNS_DIR.into(), firewall_state: Some(dir.join("firewalls.json")), ..Config::default() }
+        Config {
+            netns_dir: NETNS_DIR.into(),
+            firewall_state: Some(dir.join("firewalls.json")),
+            publish_state: Some(dir.join("published.json")),
+            guard_state: Some(dir.join("guard.json")),
+            ..Config::default()
+        }
     }
 
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with [`Harness::config`] changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("coordinator.sock");
         let mut config = CoordinatorConfig::new(&socket);
         config.name = "netns-test".into();
         let coordinator = Coordinator::start(config).await.expect("coordinator starts");
-        let provider = cerana_netns::provider_with(Self::config(dir.path()));
+        let mut provider_config = Self::config(dir.path());
+        tweak(&mut provider_config);
+        let provider = cerana_netns::provider_with(provider_config);
         let provider_socket = socket.clone();
         let provider = tokio::spawn(async move {
             if let Err(e) = provider.serve(provider_socket).await {

@@ -351,6 +351,17 @@ pub struct BundlePort {
     pub external_port: Option<u16>,
 }
 
+/// The ports a node serves on its management address itself, which no bundle may publish there.
+pub const NODE_PORTS: [(u16, &str); 7] = [
+    (67, "the boot server's DHCP"),
+    (69, "the boot server's TFTP"),
+    (80, "the boot server's HTTP"),
+    (2379, "etcd's clients"),
+    (2380, "etcd's peers"),
+    (4011, "the boot server's PXE"),
+    (8080, "the coordinator's API"),
+];
+
 /// Services run together, with their datasets and ports, on `redundancy` nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
@@ -417,6 +428,13 @@ impl Bundle {
             }
             if spec.external_port == Some(0) {
                 return Err(invalid(format!("{field}.external_port"), "a port is 1 to 65535"));
+            }
+            let outside = spec.external_port.unwrap_or_else(|| port.parse::<u16>().unwrap_or(0));
+            if let (true, Some((_, what))) = (spec.public, NODE_PORTS.iter().find(|(p, _)| *p == outside)) {
+                return Err(invalid(
+                    format!("{field}.external_port"),
+                    format!("{outside} is the node's own ({what}): publish the port as another external_port"),
+                ));
             }
             check_len(&format!("{field}.connected_bundles"), spec.connected_bundles.len())?;
         }
@@ -679,7 +697,7 @@ mod tests {
             "id": "web",
             "datasets": {"data": {"id": "d1", "type": "rw_zfs", "quota": 1024}},
             "services": {"app": {"id": "s1", "datasets": {"data": {"mount_point": "/srv"}}}},
-            "ports": {"80": {"public": true, "connected_bundles": ["db"], "external_port": 8080}},
+            "ports": {"80": {"public": true, "connected_bundles": ["db"], "external_port": 8081}},
         });
         let ok = bundle(base.clone());
         ok.validate().unwrap();
@@ -689,6 +707,16 @@ mod tests {
         let cases = [
             ("/redundancy", serde_json::json!(0), "redundancy: must be at least 1"),
             ("/ports", serde_json::json!({"0": {}}), "ports.0: a port is 1 to 65535"),
+            (
+                "/ports",
+                serde_json::json!({"80": {"public": true}}),
+                "ports.80.external_port: 80 is the node's own (the boot server's HTTP): publish the port as another external_port",
+            ),
+            (
+                "/ports",
+                serde_json::json!({"443": {"public": true, "external_port": 8080}}),
+                "ports.443.external_port: 8080 is the node's own (the coordinator's API): publish the port as another external_port",
+            ),
             ("/ports", serde_json::json!({"70000": {}}), "ports.70000: a port is 1 to 65535"),
             ("/ports", serde_json::json!({"http": {}}), "ports.http: a port is 1 to 65535"),
             (

@@ -1,5 +1,6 @@
-//! `netns-*`, `firewall-*`, `namespace-set-user`: network namespaces, links, addresses, routes and
-//! per-bundle firewalls (issue #7), served by the `netns` provider (`cerana-netns`).
+//! `netns-*`, `firewall-*`, `publish-*`, `guard-*`, `namespace-set-user`: network namespaces,
+//! links, addresses, routes, per-bundle firewalls (issue #7), bundles' published ports and the
+//! node's guard on bundle links, served by the `netns` provider (`cerana-netns`).
 //!
 //! Names travel as strings and are checked by the provider, which answers with a specific code
 //! (`name_too_long` for a link name over 15 bytes, `invalid_argument` for other bad names) and a
@@ -31,6 +32,11 @@ crate::declare_tasks! {
     FirewallGet = "firewall-get", Read, "Reads a bundle's firewall back from the kernel", BundleRef => FirewallInfo;
     FirewallList = "firewall-list", Read, "Reads every bundle's firewall back from the kernel", NoArgs => FirewallListResult;
     FirewallRemove = "firewall-remove", Write, "Removes a bundle's firewall; refused while another bundle names it", BundleRef => NoOutput;
+    PublishApply = "publish-apply", Write, "Publishes a bundle's ports on an address of this node (DNAT to the bundle's namespace), replacing what it published", PublishArgs => PublishInfo;
+    PublishList = "publish-list", Read, "What every bundle publishes on this node, read back from the kernel", NoArgs => PublishListResult;
+    PublishRemove = "publish-remove", Write, "Stops publishing a bundle's ports (none published is no error)", BundleRef => NoOutput;
+    GuardApply = "guard-apply", Write, "Confines traffic from links named PREFIX* to the given ranges: nothing to the node itself, nothing forwarded elsewhere (replies excepted)", GuardArgs => GuardInfo;
+    GuardGet = "guard-get", Read, "The node's guard on links named PREFIX*, read back from the kernel (none installed: no prefix, no ranges)", NoArgs => GuardInfo;
     NamespaceSetUser = "namespace-set-user", Write, "Writes a process's uid and gid maps (1 to 5 ranges each)", SetUserArgs => SetUserResult;
 }
 
@@ -225,6 +231,77 @@ pub struct FirewallApplyArgs {
     pub netns: String,
     #[serde(default)]
     pub ports: Vec<FirewallPort>,
+    /// Where connected bundles' traffic comes from, as the cluster knows it. Given, it replaces
+    /// the provider's own lookup (connected bundles then need no firewall on this node) and a
+    /// public port lets in any source outside `range` but, inside it, connected bundles only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSources>,
+}
+
+/// Connected bundles' addresses across the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSources {
+    /// The cluster's inter-bundle range (CIDR): the addresses that are bundles.
+    pub range: String,
+    /// By bundle: the addresses of its replicas' services.
+    #[serde(default)]
+    pub bundles: std::collections::BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// A bundle's ports published on an address of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishArgs {
+    pub bundle: String,
+    /// The node's address they are published on.
+    pub address: IpAddr,
+    pub ports: Vec<PublishedPort>,
+}
+
+/// `address:external_port` forwarded to `to:port`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    pub external_port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    pub to: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishInfo {
+    pub bundle: String,
+    pub address: IpAddr,
+    /// As read back from the kernel.
+    pub ports: Vec<PublishedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishListResult {
+    pub published: Vec<PublishInfo>,
+}
+
+/// The node's guard: traffic arriving on links whose names start with `link_prefix` (the node
+/// ends of bundles' veths) reaches only `allowed`, forwarded; nothing on the node itself, and
+/// nothing else forwarded, except replies to connections made to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardArgs {
+    /// 1 to 14 characters of `[A-Za-z0-9._-]`: the start of a link name.
+    pub link_prefix: String,
+    /// IPv4 CIDRs (at most 64) the links' traffic may be forwarded to; empty: none.
+    pub allowed: Vec<String>,
+}
+
+/// The guard as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardInfo {
+    /// `None`: no guard installed.
+    pub link_prefix: Option<String>,
+    /// The allowed ranges as networks (`10.224.0.0/12`), in the order applied.
+    pub allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,4 +362,20 @@ pub struct SetUserResult {
     /// The maps as the kernel shows them afterwards.
     pub uid_map: String,
     pub gid_map: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn guard_args_are_strict_and_guard_info_says_none_installed() {
+        let args: GuardArgs =
+            serde_json::from_value(json!({"link_prefix": "cb", "allowed": ["10.224.0.0/12"]})).unwrap();
+        assert_eq!(args, GuardArgs { link_prefix: "cb".into(), allowed: vec!["10.224.0.0/12".into()] });
+        assert!(serde_json::from_value::<GuardArgs>(json!({"link_prefix": "cb", "allowed": [], "extra": 1})).is_err());
+        assert!(serde_json::from_value::<GuardArgs>(json!({"link_prefix": "cb"})).is_err(), "allowed is required");
+        assert_eq!(serde_json::to_value(GuardInfo::default()).unwrap(), json!({"link_prefix": null, "allowed": []}));
+    }
 }

@@ -13,6 +13,7 @@ use crate::tasks::service::CreateArgs;
 use crate::tasks::zfs::SnapshotName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 crate::declare_tasks! {
     BundleApply = "bundle-apply", Write, "Runs or stops one bundle's services on this node for the cluster tick's leader of `term` (refused for any other term)", ApplyArgs => Applied;
@@ -88,11 +89,94 @@ pub enum ApplyAction {
         /// [`Volume::path`]); volumes of the bundle not listed are removed after them.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         volumes: Vec<Volume>,
+        /// The replica's network: made here before its services, which run in it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<ReplicaNetwork>,
     },
     /// Stop and remove every service of the bundle here, clones included, and its volumes but
     /// the kept ones (`rw_zfs`).
     Stop,
 }
+
+/// A bundle replica's network on its node: the namespace [`bundle_netns`] its services share,
+/// reached from the node through the veth [`bundle_link`] whose node end holds the subnet's
+/// gateway (its first host), and each service's address (a /32 in the namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaNetwork {
+    /// The bundle's subnet (CIDR).
+    pub subnet: String,
+    /// By service id.
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+}
+
+impl ReplicaNetwork {
+    /// The subnet's network address and prefix length, checked.
+    pub fn parsed_subnet(&self) -> Result<(Ipv4Addr, u8), String> {
+        let (addr, prefix) =
+            self.subnet.split_once('/').ok_or_else(|| format!("subnet {} is not a CIDR", self.subnet))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|e| format!("subnet {}: {e}", self.subnet))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("subnet {}: {e}", self.subnet))?;
+        if !(1..=30).contains(&prefix) || u32::from(addr) & !Self::mask(prefix) != 0 {
+            return Err(format!("subnet {} is not a network of 1 to 30 prefix bits", self.subnet));
+        }
+        Ok((addr, prefix))
+    }
+
+    fn mask(prefix: u8) -> u32 {
+        u32::MAX << (32 - u32::from(prefix))
+    }
+
+    /// The gateway: the subnet's first host, held by the node end of the veth.
+    pub fn gateway(&self) -> Result<Ipv4Addr, String> {
+        let (addr, _) = self.parsed_subnet()?;
+        Ok(Ipv4Addr::from(u32::from(addr) + 1))
+    }
+
+    /// Checks the subnet and that each address is a host of it other than the gateway.
+    pub fn validate(&self) -> Result<(), String> {
+        let (net, prefix) = self.parsed_subnet()?;
+        let gateway = self.gateway()?;
+        let broadcast = u32::from(net) | !Self::mask(prefix);
+        for (service, ip) in &self.addresses {
+            ObjectId::new(service.clone()).map_err(|e| e.to_string())?;
+            let inside = u32::from(*ip) & Self::mask(prefix) == u32::from(net);
+            if !inside || *ip == net || *ip == gateway || u32::from(*ip) == broadcast {
+                return Err(format!(
+                    "address {ip} of service {service} is not a host of {} but its gateway",
+                    self.subnet
+                ));
+            }
+        }
+        let mut seen: Vec<&Ipv4Addr> = self.addresses.values().collect();
+        seen.sort();
+        if let Some(twice) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("address {} is given twice", twice[0]));
+        }
+        Ok(())
+    }
+}
+
+/// The network namespace of a bundle's services on a node.
+pub fn bundle_netns(bundle: &str) -> String {
+    format!("{BUNDLE_NETNS_PREFIX}{bundle}")
+}
+
+/// What every bundle namespace's name starts with.
+pub const BUNDLE_NETNS_PREFIX: &str = "bundle-";
+
+/// The node end of a bundle's veth: `cb` and 12 hex digits of the bundle id's 64-bit FNV-1a
+/// hash (a link name holds 15 bytes, a bundle id 64; every node computes the same name).
+pub fn bundle_link(bundle: &str) -> String {
+    let hash = bundle.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{BUNDLE_LINK_PREFIX}{:012x}", hash >> 16)
+}
+
+/// What the node end of every bundle veth is called first.
+pub const BUNDLE_LINK_PREFIX: &str = "cb";
+
+/// The namespace end of a bundle's veth.
+pub const BUNDLE_LINK_INSIDE: &str = "eth0";
 
 /// Where a node makes a bundle's volumes: `VOLUMES/<bundle>/<kind>/<name>`.
 pub const VOLUMES: &str = "/run/cerana/volumes";
@@ -281,7 +365,7 @@ mod tests {
         let run =
             r#"{"bundle":"web","leader_key":"/cerana/v1/ticks/leader/1f","term":7,"action":{"run":{"services":[]}}}"#;
         let args: ApplyArgs = serde_json::from_str(run).unwrap();
-        assert_eq!(args.action, ApplyAction::Run { services: vec![], volumes: vec![] });
+        assert_eq!(args.action, ApplyAction::Run { services: vec![], volumes: vec![], network: None });
         let stop: ApplyArgs = serde_json::from_str(
             r#"{"bundle":"web","leader_key":"/cerana/v1/ticks/leader/1f","term":7,"action":"stop"}"#,
         )
@@ -329,5 +413,42 @@ mod tests {
         // Strict: an older node refuses what it cannot do rather than run without it.
         let unknown = r#"{"name":"tmp","kind":"ram_disk","size":5}"#;
         assert!(serde_json::from_str::<Volume>(unknown).is_err());
+    }
+
+    #[test]
+    fn a_replica_network_is_checked_and_its_names_fit_the_kernel() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let net = |subnet: &str, addresses: &[(&str, &str)]| ReplicaNetwork {
+            subnet: subnet.into(),
+            addresses: addresses.iter().map(|(s, a)| ((*s).to_owned(), ip(a))).collect(),
+        };
+        let ok = net("10.224.3.0/24", &[("a", "10.224.3.2"), ("b", "10.224.3.254")]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(ok.gateway(), Ok(ip("10.224.3.1")));
+        for (bad, why) in [
+            (net("10.224.3.1/24", &[]), "not a network"),
+            (net("10.224.3.0", &[]), "not a CIDR"),
+            (net("10.224.3.0/31", &[]), "not a network"),
+            (net("10.224.3.0/24", &[("a", "10.224.3.1")]), "but its gateway"),
+            (net("10.224.3.0/24", &[("a", "10.224.3.255")]), "but its gateway"),
+            (net("10.224.3.0/24", &[("a", "10.224.4.2")]), "but its gateway"),
+            (net("10.224.3.0/24", &[("a", "10.224.3.2"), ("b", "10.224.3.2")]), "given twice"),
+            (net("10.224.3.0/24", &[("../x", "10.224.3.2")]), "is not an id"),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        // Strict: a node that cannot make a replica's network refuses the order.
+        let unknown = r#"{"subnet":"10.224.3.0/24","addresses":{},"mtu":9000}"#;
+        assert!(serde_json::from_str::<ReplicaNetwork>(unknown).is_err());
+        let long = "b".repeat(64);
+        for bundle in ["web", long.as_str()] {
+            let link = bundle_link(bundle);
+            assert!(link.len() <= 15 && link.starts_with(BUNDLE_LINK_PREFIX), "{link}");
+            assert_eq!(link, bundle_link(bundle), "the same on every node");
+            // The netns provider takes names of up to 80 bytes.
+            assert!(bundle_netns(bundle).len() <= 80);
+        }
+        assert_ne!(bundle_link("web"), bundle_link("weB"));
     }
 }
