@@ -396,6 +396,18 @@ fn bundles_are_placed_replaced_and_collected(cluster: &Cluster, nodes: &[(usize,
         t.elapsed().as_secs_f64()
     );
     bundle_networks_connect_refuse_publish_and_go(cluster, nodes);
+    // Where pair runs now: a node whose report lapsed under the network scenario's load (TCG)
+    // has its replica moved, so the placement above may be stale (CI saw pair go to node 2).
+    let t = Instant::now();
+    let placed = loop {
+        let on = pair_replicas(cluster, nodes);
+        if on.len() == 2 {
+            break on;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "pair not on 2 nodes: {:?}", pair_services(cluster, nodes));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("ticks: pair runs on nodes {placed:?} after the network scenario");
 
     // A node running it cut off the network (not node 1, the boot server), longer than its
     // heartbeat TTL: replaced on the third node; reconnected, back to exactly 2 replicas.
