@@ -284,6 +284,21 @@ pub fn parse_listing(bundle: &BundleId, netns: &NetnsName, listing: &str) -> Res
     })
 }
 
+/// Writes a provider's state file whole: a temporary file beside it, renamed over it.
+pub(crate) fn write_state(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether nft failed because the table it was asked about is not there.
+pub(crate) fn no_table(e: &FirewallError) -> bool {
+    matches!(e, FirewallError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
+}
+
 /// The `nft` program: `CERANA_NFT`, else the first of /usr/sbin/nft, /sbin/nft, else `nft`.
 pub fn default_nft() -> PathBuf {
     if let Some(path) = std::env::var_os("CERANA_NFT") {
@@ -359,14 +374,8 @@ impl Firewalls {
 
     fn save(&self, applied: &BTreeMap<BundleId, FirewallSpec>) -> Result<(), FirewallError> {
         let Some(path) = &self.state_file else { return Ok(()) };
-        let failed = |source| FirewallError::State { path: path.clone(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(failed)?;
-        }
         let list: Vec<FirewallApplyArgs> = applied.values().map(FirewallSpec::to_args).collect();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&list).expect("firewall specs serialize")).map_err(failed)?;
-        std::fs::rename(&tmp, path).map_err(failed)
+        write_state(path, &list).map_err(|source| FirewallError::State { path: path.clone(), source })
     }
 
     /// The addresses a bundle's traffic comes from: every address in its namespace but loopback

@@ -27,7 +27,7 @@
 //! kernel transaction. Each rule's `cerana:guard=` comment says what it is and for which prefix
 //! (and range), so `guard-get` reads the guard back from the kernel.
 
-use crate::firewall::{nft, FirewallError};
+use crate::firewall::{nft, no_table, write_state, FirewallError};
 use crate::names::{Cidr, LinkPrefix, NameError, NetnsName};
 use crate::namespace::Namespaces;
 use cerana_protocol::tasks::netns::{GuardArgs, GuardInfo};
@@ -169,11 +169,6 @@ pub fn parse_listing(listing: &str) -> Result<GuardInfo, String> {
     Ok(GuardInfo { link_prefix: Some(prefix), allowed })
 }
 
-/// Whether nft failed because the table is not there.
-fn no_table(e: &FirewallError) -> bool {
-    matches!(e, FirewallError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
-}
-
 /// The node's guard. The applied one is remembered (and kept in a state file) so that a
 /// `guard-get` finding something else in the kernel says so in the log; what `guard-get`
 /// answers is always the kernel's.
@@ -203,14 +198,7 @@ impl Guards {
 
     fn save(&self, guard: &Guard) -> Result<(), GuardError> {
         let Some(path) = &self.state_file else { return Ok(()) };
-        let failed = |source| GuardError::State { path: path.clone(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(failed)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&guard.to_args()).expect("a guard serializes"))
-            .map_err(failed)?;
-        std::fs::rename(&tmp, path).map_err(failed)
+        write_state(path, &guard.to_args()).map_err(|source| GuardError::State { path: path.clone(), source })
     }
 
     /// Replaces the guard with `guard` in one transaction; answers what the kernel then has.

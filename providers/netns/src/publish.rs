@@ -8,7 +8,7 @@
 //! which the kernel commits as one transaction. Each rule's `cerana:` comment says whose port it
 //! is, so the listing read back from the kernel can say it. IPv4 only.
 
-use crate::firewall::{nft, protocol_name, FirewallError};
+use crate::firewall::{nft, no_table, protocol_name, write_state, FirewallError};
 use crate::names::{BundleId, NameError, NetnsName};
 use crate::namespace::Namespaces;
 use cerana_protocol::tasks::netns::{Protocol, PublishArgs, PublishInfo, PublishedPort};
@@ -168,11 +168,6 @@ pub fn parse_listing(listing: &str) -> Result<Vec<PublishInfo>, String> {
     Ok(by_bundle.into_iter().map(|((bundle, address), ports)| PublishInfo { bundle, address, ports }).collect())
 }
 
-/// Whether nft failed because the table is not there.
-fn no_table(e: &FirewallError) -> bool {
-    matches!(e, FirewallError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
-}
-
 /// The ports this node's bundles publish; the applied publications are kept in a state file so
 /// a restarted provider still knows them.
 #[derive(Debug)]
@@ -206,14 +201,8 @@ impl Publisher {
 
     fn save(&self, applied: &BTreeMap<BundleId, Publication>) -> Result<(), PublishError> {
         let Some(path) = &self.state_file else { return Ok(()) };
-        let failed = |source| PublishError::State { path: path.clone(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(failed)?;
-        }
         let list: Vec<PublishArgs> = applied.values().map(Publication::to_args).collect();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&list).expect("publications serialize")).map_err(failed)?;
-        std::fs::rename(&tmp, path).map_err(failed)
+        write_state(path, &list).map_err(|source| PublishError::State { path: path.clone(), source })
     }
 
     /// Installs `publications` as the whole table, then remembers them.
