@@ -473,19 +473,28 @@ impl Firewalls {
         self.applied.lock().await.values().find(|s| &s.netns == netns).map(|s| s.bundle.clone())
     }
 
-    /// The bundle's firewall as the kernel has it.
+    /// The bundle's firewall as the kernel has it (read under the lock, so a removal running at
+    /// the same time is either all before or all after).
     pub async fn get(&self, namespaces: &Namespaces, bundle: &BundleId) -> Result<FirewallInfo, FirewallError> {
-        let netns = self.applied.lock().await.get(bundle).map(|s| s.netns.clone());
+        let applied = self.applied.lock().await;
+        let netns = applied.get(bundle).map(|s| s.netns.clone());
         let netns = netns.ok_or_else(|| FirewallError::NotFound(bundle.clone()))?;
         self.read(namespaces, bundle, &netns).await
     }
 
+    /// The firewalls the kernel has. One whose namespace or table went away underneath the
+    /// provider (its namespace removed before its firewall) is not there, so it is not listed.
     pub async fn list(&self, namespaces: &Namespaces) -> Result<Vec<FirewallInfo>, FirewallError> {
-        let bundles: Vec<(BundleId, NetnsName)> =
-            self.applied.lock().await.values().map(|s| (s.bundle.clone(), s.netns.clone())).collect();
+        let applied = self.applied.lock().await;
         let mut firewalls = Vec::new();
-        for (bundle, netns) in bundles {
-            firewalls.push(self.read(namespaces, &bundle, &netns).await?);
+        for spec in applied.values() {
+            match self.read(namespaces, &spec.bundle, &spec.netns).await {
+                Ok(info) => firewalls.push(info),
+                Err(e) if no_table(&e) || matches!(e, FirewallError::Namespace(NamespaceError::NotFound(_))) => {
+                    tracing::warn!(bundle = %spec.bundle, netns = %spec.netns, "firewall not in the kernel: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(firewalls)
     }

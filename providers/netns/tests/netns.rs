@@ -304,6 +304,14 @@ async fn firewall_lets_connected_bundles_in_and_keeps_others_out() {
     h.ok::<FirewallRemove>(&BundleRef { bundle: bundle_a.clone() }).await;
     assert!(tcp_connects(&c, "10.81.2.1:8080".parse().unwrap()), "without a firewall c reaches a:8080");
     h.ok::<FirewallRemove>(&BundleRef { bundle: bundle_b.clone() }).await;
+    // A table deleted behind the provider's back is not listed, and listing still works.
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "exec", &c, "nft", "delete", "table", "inet", "cerana"])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let listed = h.ok::<FirewallList>(&NoArgs {}).await.firewalls;
+    assert!(listed.iter().all(|f| f.bundle != bundle_c), "{listed:?}");
     h.ok::<FirewallRemove>(&BundleRef { bundle: bundle_c.clone() }).await;
     assert!(h.ok::<FirewallList>(&NoArgs {}).await.firewalls.iter().all(|f| f.bundle != bundle_a));
     private.join().unwrap();
