@@ -142,6 +142,10 @@ async fn run() -> anyhow::Result<()> {
             as std::sync::Arc<dyn crate::join_store::JoinStore>
     });
     let mut server = crate::Bootserver::start(config, join_store).await.context("starting the bootserver")?;
+    if let Some(socket) = &args.coordinator {
+        let kv = std::sync::Arc::new(crate::kv_tasks::KvTasks::new(socket, "bootserver-dhcp"));
+        server.run_cluster_dhcp(kv, crate::cluster_dhcp::RESPONDER_TTL);
+    }
     // Ready once DHCP, TFTP and HTTP serve; the coordinator may come later.
     cerana_protocol::readiness::notify_ready();
     if let Some(socket) = args.coordinator {

@@ -179,6 +179,10 @@ pub struct DhcpConfig {
     /// Required in full mode.
     #[serde(default)]
     pub pool: Option<PoolConfig>,
+    /// Leases in the cluster store, and full mode only while the cluster elects this server
+    /// the segment's responder (needs `mode = "full"` and the node's coordinator).
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// The address pool of full mode (the cluster's DHCP config `{net, gateway, dns[], duration}`).
@@ -425,6 +429,11 @@ impl Config {
         if self.interface.is_empty() || self.interface.len() >= libc::IFNAMSIZ || self.interface.contains('/') {
             return invalid(format!("interface name {:?} is not a valid Linux interface name", self.interface));
         }
+        if self.dhcp.cluster && self.dhcp.mode != DhcpMode::Full {
+            return invalid(
+                "dhcp.cluster = true answers in full mode when elected: it needs dhcp.mode = \"full\"".into(),
+            );
+        }
         match (&self.dhcp.mode, &self.dhcp.pool) {
             (DhcpMode::Full, None) => return invalid("dhcp.mode = \"full\" needs a [dhcp.pool]".into()),
             (_, Some(pool)) => {
@@ -573,6 +582,11 @@ cmdline = "cerana.rescue"
             toml::from_str(&format!("{SAMPLE}[http_limits]\nmax_connections = 8\nmax_connections_per_source = 8\n"))
                 .unwrap();
         assert!(c.validate().is_err());
+        let clustered = SAMPLE.replace("mode = \"full\"", "mode = \"full\"\ncluster = true");
+        toml::from_str::<Config>(&clustered).unwrap().validate().unwrap();
+        let c: Config = toml::from_str(&clustered.replace("mode = \"full\"", "mode = \"proxy\"")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("dhcp.cluster = true"), "{err}");
     }
 
     #[test]

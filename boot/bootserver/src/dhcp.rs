@@ -568,7 +568,17 @@ pub async fn serve(service: Arc<DhcpService>, socket: tokio::net::UdpSocket, por
         };
         let std::net::SocketAddr::V4(from) = from else { continue };
         let now = crate::events::now_ms() / 1000;
-        match service.handle(&buf[..len], from, port, now) {
+        // A shared lease store answers over the network: off the runtime's threads.
+        let (datagram, handler) = (buf[..len].to_vec(), service.clone());
+        let handled = tokio::task::spawn_blocking(move || handler.handle(&datagram, from, port, now)).await;
+        let handled = match handled {
+            Ok(handled) => handled,
+            Err(e) => {
+                tracing::error!(%from, error = %e, "handling a DHCP packet panicked");
+                continue;
+            }
+        };
+        match handled {
             Ok(Handled::Reply(reply)) => {
                 if let Err(e) = socket.send_to(&reply.bytes, reply.to).await {
                     tracing::warn!(to = %reply.to, error = %e, "cannot send DHCP reply");

@@ -12,6 +12,7 @@ use crate::lease::{Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError
 use crate::net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -82,6 +83,10 @@ pub struct DhcpControl {
     boot: BootFiles,
     events: Arc<EventLog>,
     running: Mutex<Option<Running>>,
+    /// Set while `boot-dhcp` overrides the cluster's election of the DHCP responder.
+    overridden: Arc<AtomicBool>,
+    /// Whether this server takes part in the cluster's DHCP (see `cluster_dhcp`).
+    clustered: AtomicBool,
     /// A serving loop that dies says why here; the bootserver then stops with that error, so
     /// its supervisor restarts it instead of leaving a node that silently answers no DHCP.
     failures: mpsc::UnboundedSender<String>,
@@ -103,8 +108,18 @@ impl DhcpControl {
         events: Arc<EventLog>,
     ) -> (Self, DhcpFailures) {
         let (failures, rx) = mpsc::unbounded_channel();
-        let control =
-            DhcpControl { interface, server_ip, pool, state_dir, boot, events, running: Mutex::new(None), failures };
+        let control = DhcpControl {
+            interface,
+            server_ip,
+            pool,
+            state_dir,
+            boot,
+            events,
+            running: Mutex::new(None),
+            overridden: Arc::new(AtomicBool::new(false)),
+            clustered: AtomicBool::new(false),
+            failures,
+        };
         (control, DhcpFailures(rx))
     }
 
@@ -130,12 +145,6 @@ impl DhcpControl {
     pub fn switch(&self, mode: DhcpMode, imported: &[Lease]) -> Result<(DhcpMode, usize), DhcpSwitchError> {
         let mut running = self.lock();
         let previous = running.as_ref().map_or(DhcpMode::Off, |r| r.service.mode());
-        if mode == DhcpMode::Off {
-            if let Some(old) = running.take() {
-                old.stop()?;
-            }
-            return Ok((previous, 0));
-        }
         let (allocator, count) = match mode {
             DhcpMode::Full => {
                 let pool = self.pool.clone().ok_or(DhcpSwitchError::NoPool)?;
@@ -144,9 +153,24 @@ impl DhcpControl {
             }
             _ => (None, 0),
         };
+        self.start(&mut running, mode, allocator)?;
+        tracing::info!(?previous, ?mode, imported = count, "DHCP switched");
+        Ok((previous, count))
+    }
+
+    /// Stops what runs and starts `mode` (its allocator given in full mode).
+    fn start(
+        &self,
+        running: &mut Option<Running>,
+        mode: DhcpMode,
+        allocator: Option<Allocator>,
+    ) -> Result<(), DhcpSwitchError> {
         // The old sockets go first: the new ones bind the same ports.
         if let Some(old) = running.take() {
             old.stop()?;
+        }
+        if mode == DhcpMode::Off {
+            return Ok(());
         }
         let service =
             Arc::new(DhcpService::new(self.server_ip, mode, allocator, self.boot.clone(), self.events.clone()));
@@ -154,9 +178,56 @@ impl DhcpControl {
         if mode == DhcpMode::Proxy {
             servers.push(self.serve(&service, dhcp::PXE_PORT, Port::Pxe, "PXE socket (4011)")?);
         }
-        tracing::info!(?previous, ?mode, imported = count, "DHCP switched");
         *running = Some(Running { service, servers });
-        Ok((previous, count))
+        Ok(())
+    }
+
+    /// Marks this server as taking part in the cluster's DHCP; returns the flag `boot-dhcp`
+    /// sets while it overrides the election.
+    pub fn join_cluster(&self) -> Arc<AtomicBool> {
+        self.clustered.store(true, Ordering::SeqCst);
+        self.overridden.clone()
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.clustered.load(Ordering::SeqCst)
+    }
+
+    /// `boot-dhcp` with a mode: the election no longer decides (until [`Self::follow_election`]).
+    pub fn override_election(&self) {
+        self.overridden.store(true, Ordering::SeqCst);
+    }
+
+    /// `boot-dhcp {mode: cluster}`: DHCP off here until this server is elected.
+    pub fn follow_election(&self) -> Result<DhcpMode, DhcpSwitchError> {
+        let mut running = self.lock();
+        let previous = running.as_ref().map_or(DhcpMode::Off, |r| r.service.mode());
+        self.start(&mut running, DhcpMode::Off, None)?;
+        self.overridden.store(false, Ordering::SeqCst);
+        Ok(previous)
+    }
+
+    /// The elected responder serves full mode from the cluster's `store` — unless `boot-dhcp`
+    /// overrode the election meanwhile (checked under the switch lock, so an override is never
+    /// undone by a term that began before it).
+    pub fn switch_to_store(&self, store: Box<dyn LeaseStore>) -> Result<bool, DhcpSwitchError> {
+        let mut running = self.lock();
+        if self.overridden.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let pool = self.pool.clone().ok_or(DhcpSwitchError::NoPool)?;
+        self.start(&mut running, DhcpMode::Full, Some(Allocator::new(pool, store, vec![self.server_ip])))?;
+        tracing::info!("DHCP answers as the segment's elected responder");
+        Ok(true)
+    }
+
+    /// A term ended: DHCP off, unless `boot-dhcp` decides what runs now.
+    pub fn stop_unless_overridden(&self) -> Result<(), DhcpSwitchError> {
+        let mut running = self.lock();
+        if self.overridden.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.start(&mut running, DhcpMode::Off, None)
     }
 
     fn allocator(&self, pool: PoolConfig, imported: &[Lease]) -> Result<(Allocator, usize), DhcpSwitchError> {

@@ -7,17 +7,15 @@
 //! [`JoinStore`] is the seam: [`KvJoinStore`] is the real one; tests use an in-memory double.
 
 use crate::join_tokens::JoinRecord;
-use cerana_client::UnixClient;
+use crate::kv_tasks::{KvTasks, Unavailable};
 use cerana_protocol::tasks::auth::TokenId;
 use cerana_protocol::tasks::kv::{
     KeyArgs, KvGet, KvGetAll, KvKey, KvPrefix, KvRemove, KvUpdate, KvValue, ListArgs, RemoveArgs, UpdateArgs,
 };
-use cerana_protocol::{ErrorCode, Request, Task, TaskError};
+use cerana_protocol::{ErrorCode, Task, TaskError};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Where the records live: `<PREFIX><token id>`, JSON, the secret's SHA-256 only.
 pub const PREFIX: &str = "/cerana/v1/join-tokens/";
@@ -56,13 +54,10 @@ pub trait JoinStore: Send + Sync + std::fmt::Debug {
     fn page<'a>(&'a self, after: Option<&'a TokenId>) -> StoreFuture<'a, (Vec<Stored>, bool)>;
 }
 
-/// The store through the node's coordinator socket (the `kv` provider, over mutual TLS to
-/// etcd). One connection, made again after it fails.
+/// The store through the node's coordinator socket.
 #[derive(Debug)]
 pub struct KvJoinStore {
-    socket: PathBuf,
-    client: tokio::sync::Mutex<Option<Arc<UnixClient>>>,
-    timeout: Duration,
+    kv: KvTasks,
 }
 
 fn key(id: &TokenId) -> Result<KvKey, StoreError> {
@@ -81,56 +76,11 @@ fn value(record: &JoinRecord) -> Result<KvValue, StoreError> {
 impl KvJoinStore {
     /// The store behind the coordinator listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), client: tokio::sync::Mutex::new(None), timeout: Duration::from_secs(4) }
+        Self { kv: KvTasks::new(socket, "bootserver-join-tokens") }
     }
 
-    async fn client(&self) -> Result<Arc<UnixClient>, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
-        }
-        let connect = UnixClient::connect(&self.socket, "bootserver-join-tokens");
-        let client = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(client)) => Arc::new(client),
-            Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => return Err(StoreError::Unavailable(format!("{}: no answer", self.socket.display()))),
-        };
-        *slot = Some(client.clone());
-        Ok(client)
-    }
-
-    /// Runs `T`; a task's own error comes back as `Ok(Err(..))`, a transport failure drops the
-    /// connection and is `Unavailable`.
     async fn run<T: Task>(&self, args: &T::Args) -> Result<Result<T::Output, TaskError>, StoreError> {
-        let client = self.client().await?;
-        let mut request = Request::for_task::<T>(args).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        request.timeout_ms = Some(self.timeout.as_millis() as u64);
-        let answer = tokio::time::timeout(self.timeout + Duration::from_secs(1), client.call(request)).await;
-        let response = match answer {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                *self.client.lock().await = None;
-                return Err(StoreError::Unavailable(e.to_string()));
-            }
-            Err(_) => return Err(StoreError::Unavailable(format!("{} did not answer in time", T::name()))),
-        };
-        match response.decode::<T::Output>() {
-            Ok(output) => Ok(Ok(output)),
-            // No kv provider (yet) on this node, or no quorum behind it: no store for now.
-            Err(e)
-                if matches!(
-                    e.code,
-                    ErrorCode::Unavailable
-                        | ErrorCode::Timeout
-                        | ErrorCode::NoProvider
-                        | ErrorCode::UnknownTask
-                        | ErrorCode::ProviderLost
-                ) =>
-            {
-                Err(StoreError::Unavailable(format!("{}: {}", T::name(), e.message)))
-            }
-            Err(e) => Ok(Err(e)),
-        }
+        self.kv.run::<T>(args).await.map_err(|Unavailable(why)| StoreError::Unavailable(why))
     }
 }
 
@@ -142,7 +92,7 @@ fn unexpected(task: &str, e: TaskError) -> StoreError {
 impl JoinStore for KvJoinStore {
     fn create<'a>(&'a self, record: &'a JoinRecord) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let args = UpdateArgs { key: key(&record.id)?, value: value(record)?, index: 0 };
+            let args = UpdateArgs { key: key(&record.id)?, value: value(record)?, index: 0, ttl_ms: None };
             match self.run::<KvUpdate>(&args).await? {
                 Ok(_) => Ok(()),
                 Err(e) => Err(unexpected("kv-update", e)),
@@ -162,7 +112,7 @@ impl JoinStore for KvJoinStore {
 
     fn swap<'a>(&'a self, record: &'a JoinRecord, index: u64) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let args = UpdateArgs { key: key(&record.id)?, value: value(record)?, index };
+            let args = UpdateArgs { key: key(&record.id)?, value: value(record)?, index, ttl_ms: None };
             match self.run::<KvUpdate>(&args).await? {
                 Ok(_) => Ok(true),
                 Err(e) if e.code == ErrorCode::Conflict => Ok(false),

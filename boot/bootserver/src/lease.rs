@@ -21,6 +21,12 @@ pub enum LeaseStoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("lease file {path} line {line}: {source}")]
     Corrupt { path: PathBuf, line: usize, source: serde_json::Error },
+    #[error("cluster leases: {0}")]
+    Unavailable(String),
+    #[error("{ip} was given away by another server meanwhile")]
+    Taken { ip: Ipv4Addr },
+    #[error("this server no longer leads {election}: it does not answer")]
+    NotResponder { election: String },
 }
 
 /// Where leases live. Fallible everywhere so a networked store (etcd) fits behind it.
@@ -31,6 +37,19 @@ pub trait LeaseStore: Send {
     fn put(&mut self, lease: Lease) -> Result<(), LeaseStoreError>;
     fn remove(&mut self, mac: &MacAddr) -> Result<(), LeaseStoreError>;
     fn all(&self) -> Result<Vec<Lease>, LeaseStoreError>;
+    /// Fails when this server may not answer now (a shared store's responder whose term ended).
+    fn check_term(&self) -> Result<(), LeaseStoreError> {
+        Ok(())
+    }
+    /// Records an offer of `ip` to `mac` until `until` where other servers see it; fails when
+    /// another server holds `ip`.
+    fn hold(&mut self, _mac: MacAddr, _ip: Ipv4Addr, _until: u64) -> Result<(), LeaseStoreError> {
+        Ok(())
+    }
+    /// The offers the store holds (a lease whose `expires` ends the hold).
+    fn held(&self) -> Vec<Lease> {
+        Vec::new()
+    }
 }
 
 /// Leases in memory, indexed both ways.
@@ -237,7 +256,7 @@ impl Allocator {
         reserved.push(pool.net.network());
         reserved.push(pool.net.broadcast());
         let cursor = u32::from(pool.range[0]);
-        Allocator {
+        let mut allocator = Allocator {
             pool,
             store,
             offers: HashMap::new(),
@@ -245,6 +264,18 @@ impl Allocator {
             reserved,
             declined: HashMap::new(),
             cursor,
+        };
+        allocator.learn_held();
+        allocator
+    }
+
+    /// Takes on the offers the store holds (another server's, before this one's term).
+    fn learn_held(&mut self) {
+        for offer in self.store.held() {
+            if let Some((old, _)) = self.offers.insert(offer.mac, (offer.ip, offer.expires)) {
+                self.offered_ips.remove(&old);
+            }
+            self.offered_ips.insert(offer.ip, offer.mac);
         }
     }
 
@@ -290,7 +321,11 @@ impl Allocator {
         }
     }
 
-    fn remember_offer(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) {
+    fn remember_offer(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), AllocError> {
+        if let Err(e) = self.store.hold(mac, ip, now + OFFER_HOLD_SECS) {
+            self.learn_held();
+            return Err(e.into());
+        }
         if let Some((old, _)) = self.offers.insert(mac, (ip, now + OFFER_HOLD_SECS)) {
             self.offered_ips.remove(&old);
         }
@@ -301,16 +336,18 @@ impl Allocator {
             let offers = &self.offers;
             self.offered_ips.retain(|_, m| offers.contains_key(m));
         }
+        Ok(())
     }
 
     /// Chooses an address for a DISCOVER: the MAC's own lease, else the requested address, else
     /// a never-used one, else one whose lease expired.
     pub fn offer(&mut self, mac: MacAddr, requested: Option<Ipv4Addr>, now: u64) -> Result<Ipv4Addr, AllocError> {
+        self.store.check_term()?;
         let own = self.store.by_mac(&mac)?.map(|l| l.ip);
         let held = self.offers.get(&mac).filter(|(_, until)| *until > now).map(|(ip, _)| *ip);
         for candidate in [own, held, requested].into_iter().flatten() {
             if self.check(mac, candidate, now).is_ok() {
-                self.remember_offer(mac, candidate, now);
+                self.remember_offer(mac, candidate, now)?;
                 return Ok(candidate);
             }
         }
@@ -327,7 +364,7 @@ impl Allocator {
             match self.store.by_ip(ip)? {
                 None => {
                     self.cursor = if u32::from(ip) >= self.last() { self.first() } else { u32::from(ip) + 1 };
-                    self.remember_offer(mac, ip, now);
+                    self.remember_offer(mac, ip, now)?;
                     return Ok(ip);
                 }
                 Some(lease) if !lease.is_active(now) && expired.is_none() => expired = Some(ip),
@@ -336,7 +373,7 @@ impl Allocator {
         }
         match expired {
             Some(ip) => {
-                self.remember_offer(mac, ip, now);
+                self.remember_offer(mac, ip, now)?;
                 Ok(ip)
             }
             None => Err(AllocError::PoolExhausted { first: self.pool.range[0], last: self.pool.range[1] }),
@@ -345,6 +382,7 @@ impl Allocator {
 
     /// Binds `ip` to `mac` for the pool's lease time (a REQUEST being acknowledged).
     pub fn commit(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<Lease, AllocError> {
+        self.store.check_term()?;
         self.check(mac, ip, now)?;
         let lease = Lease { mac, ip, expires: now + u64::from(self.pool.lease_secs) };
         self.store.put(lease.clone())?;

@@ -7,6 +7,7 @@
 
 pub mod bootstrap;
 pub mod certificates;
+pub mod cluster_dhcp;
 pub mod command;
 pub mod config;
 pub mod dhcp;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod join;
 pub mod join_store;
 pub mod join_tokens;
+pub mod kv_tasks;
 pub mod lease;
 pub mod net;
 pub mod provider;
@@ -64,6 +66,14 @@ pub enum StartError {
     Runtime(std::io::Error),
 }
 
+/// What [`Bootserver::run_cluster_dhcp`] starts with.
+#[derive(Debug)]
+struct ClusterDhcpPlan {
+    election: String,
+    state_dir: Option<std::path::PathBuf>,
+    overridden: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// A running bootserver.
 #[derive(Debug)]
 pub struct Bootserver {
@@ -74,6 +84,7 @@ pub struct Bootserver {
     pub dhcp: Arc<DhcpControl>,
     /// What `boot-join-token-create` mints with.
     pub joins: provider::JoinIssuer,
+    cluster_dhcp: Option<ClusterDhcpPlan>,
     tasks: JoinSet<(&'static str, std::io::Result<()>)>,
 }
 
@@ -101,7 +112,18 @@ impl Bootserver {
             events.clone(),
         );
         let dhcp = Arc::new(dhcp);
-        dhcp.switch(config.dhcp.mode, &[])?;
+        // A cluster member answers only once elected (`run_cluster_dhcp`).
+        let cluster_dhcp = match (&config.dhcp.pool, config.dhcp.cluster) {
+            (Some(pool), true) => Some(ClusterDhcpPlan {
+                election: cluster_dhcp::responder_election(pool),
+                state_dir: config.state_dir.clone(),
+                overridden: dhcp.join_cluster(),
+            }),
+            _ => {
+                dhcp.switch(config.dhcp.mode, &[])?;
+                None
+            }
+        };
         tasks.spawn(async move { ("DHCP", Err(dhcp_failures.next().await)) });
 
         let tftp_socket =
@@ -166,7 +188,26 @@ impl Bootserver {
         tasks.spawn(async move { ("HTTP", http::serve(listener, app, limits).await) });
 
         tracing::info!(interface = %iface.name, %server_ip, %http_addr, "bootserver serving");
-        Ok(Bootserver { server_ip, http_addr, events, dhcp, joins, tasks })
+        Ok(Bootserver { server_ip, http_addr, events, dhcp, joins, cluster_dhcp, tasks })
+    }
+
+    /// Takes part in the cluster's DHCP through `kv` (the node's coordinator), when the
+    /// configuration says so: campaigns for the segment and answers while elected.
+    pub fn run_cluster_dhcp(&mut self, kv: Arc<kv_tasks::KvTasks>, ttl: std::time::Duration) {
+        let Some(plan) = self.cluster_dhcp.take() else { return };
+        let cluster = cluster_dhcp::ClusterDhcp {
+            kv,
+            election: plan.election,
+            announce: self.server_ip,
+            ttl,
+            state_dir: plan.state_dir,
+            overridden: plan.overridden,
+        };
+        let dhcp = self.dhcp.clone();
+        self.tasks.spawn(async move {
+            cluster_dhcp::respond(dhcp, cluster).await;
+            ("cluster DHCP", Ok(()))
+        });
     }
 
     /// Waits until one of the servers stops (it only does on a socket error) and returns why.

@@ -17,11 +17,12 @@ use std::sync::Arc;
 /// Provider name registered with the coordinator.
 pub const PROVIDER_NAME: &str = "bootserver";
 
-fn to_config(mode: BootDhcpMode) -> DhcpMode {
+fn to_config(mode: BootDhcpMode) -> Option<DhcpMode> {
     match mode {
-        BootDhcpMode::Full => DhcpMode::Full,
-        BootDhcpMode::Proxy => DhcpMode::Proxy,
-        BootDhcpMode::Off => DhcpMode::Off,
+        BootDhcpMode::Full => Some(DhcpMode::Full),
+        BootDhcpMode::Proxy => Some(DhcpMode::Proxy),
+        BootDhcpMode::Off => Some(DhcpMode::Off),
+        BootDhcpMode::Cluster => None,
     }
 }
 
@@ -42,12 +43,20 @@ async fn switch_dhcp(dhcp: Arc<DhcpControl>, args: BootDhcpArgs) -> Result<BootD
         Some(_) => return Err(TaskError::new(ErrorCode::InvalidArgs, "import_leases_from only applies to full mode")),
         None => Vec::new(),
     };
-    let mode = to_config(args.mode);
+    if args.mode == BootDhcpMode::Cluster && !dhcp.is_clustered() {
+        return Err(TaskError::new(ErrorCode::InvalidArgs, "this boot server takes no part in the cluster's DHCP"));
+    }
     // Binding sockets and opening the lease journal block briefly.
-    let (previous, count) = tokio::task::spawn_blocking(move || dhcp.switch(mode, &imported))
-        .await
-        .map_err(|e| TaskError::new(ErrorCode::Internal, format!("switching DHCP: {e}")))?
-        .map_err(|e| TaskError::new(ErrorCode::Failed, format!("switching DHCP: {e}")))?;
+    let (previous, count) = tokio::task::spawn_blocking(move || match to_config(args.mode) {
+        Some(mode) => {
+            dhcp.override_election();
+            dhcp.switch(mode, &imported)
+        }
+        None => dhcp.follow_election().map(|previous| (previous, 0)),
+    })
+    .await
+    .map_err(|e| TaskError::new(ErrorCode::Internal, format!("switching DHCP: {e}")))?
+    .map_err(|e| TaskError::new(ErrorCode::Failed, format!("switching DHCP: {e}")))?;
     Ok(BootDhcpResult { previous: from_config(previous), mode: args.mode, imported_leases: count as u32 })
 }
 

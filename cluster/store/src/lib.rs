@@ -306,6 +306,29 @@ impl Store {
         self.txn_or_conflict("put-if", key, txn).await
     }
 
+    /// [`Store::put_if`] with the key bound to a new lease of `ttl_secs`; returns the lease and
+    /// the new index. The lease is revoked again when the write does not happen.
+    pub async fn put_if_ephemeral(
+        &self,
+        key: &str,
+        value: &str,
+        index: u64,
+        ttl_secs: i64,
+    ) -> Result<(i64, u64), StoreError> {
+        let lease = self.grant(ttl_secs).await?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, index as i64)])
+            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        match self.txn_or_conflict("put-if", key, txn).await {
+            Ok(index) => Ok((lease, index)),
+            Err(e) => {
+                let _ = self.revoke(lease).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Deletes `key` if its index is still `index`; returns the new index.
     pub async fn delete_if(&self, key: &str, index: u64) -> Result<u64, StoreError> {
         if index == 0 {

@@ -92,7 +92,7 @@ async fn task_op(socket: &std::path::Path, kind: Kind, worker: usize) -> Result<
                 Kind::Set => client.run::<KvSet>(&SetArgs { key: k, value: v }).await.map(drop),
                 Kind::Get => client.run::<KvGet>(&KeyArgs { key: k }).await.map(drop),
                 Kind::Update => {
-                    let args = UpdateArgs { key: k, value: v, index: index.load(Ordering::Relaxed) };
+                    let args = UpdateArgs { key: k, value: v, index: index.load(Ordering::Relaxed), ttl_ms: None };
                     client.run::<KvUpdate>(&args).await.map(|r| index.store(r.index, Ordering::Relaxed))
                 }
             }

@@ -69,11 +69,18 @@ pub fn provider_with(store: LazyStore) -> Provider {
         })
     });
     let provider = store_task!(provider, store, t::KvSet, |s, args| {
-        Ok(t::KvIndex { index: s.put(args.key.as_str(), args.value.as_str()).await.map_err(task_error)? })
+        Ok(t::KvIndex { index: s.put(args.key.as_str(), args.value.as_str()).await.map_err(task_error)?, lease: None })
     });
     let provider = store_task!(provider, store, t::KvUpdate, |s, args| {
-        let index = s.put_if(args.key.as_str(), args.value.as_str(), args.index).await.map_err(task_error)?;
-        Ok(t::KvIndex { index })
+        let (key, value) = (args.key.as_str(), args.value.as_str());
+        match args.ttl_ms {
+            None => Ok(t::KvIndex { index: s.put_if(key, value, args.index).await.map_err(task_error)?, lease: None }),
+            Some(ttl) => {
+                let (lease, index) =
+                    s.put_if_ephemeral(key, value, args.index, ttl.seconds()).await.map_err(task_error)?;
+                Ok(t::KvIndex { index, lease: Some(lease) })
+            }
+        }
     });
     let provider = store_task!(provider, store, t::KvDelete, |s, args| {
         let (deleted, index) = s.delete(args.key.as_str(), args.recursive).await.map_err(task_error)?;

@@ -47,14 +47,40 @@ async fn every_kv_task_and_its_errors() {
     assert_eq!((got.value.as_str(), got.index, got.lease), ("1", first, None));
     let err = lab.run::<KvGet>(&KeyArgs { key: key("/t/none") }).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
-    let err = lab.run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("x"), index: 0 }).await.unwrap_err();
+    let err = lab
+        .run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("x"), index: 0, ttl_ms: None })
+        .await
+        .unwrap_err();
     assert_eq!((err.code.clone(), current_index(&err)), (ErrorCode::Conflict, first), "index 0 only creates");
-    let second = lab.run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("2"), index: first }).await.unwrap();
+    let second = lab
+        .run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("2"), index: first, ttl_ms: None })
+        .await
+        .unwrap();
     assert!(second.index > first);
-    let err = lab.run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("3"), index: first }).await.unwrap_err();
+    let err = lab
+        .run::<KvUpdate>(&UpdateArgs { key: key("/t/a"), value: value("3"), index: first, ttl_ms: None })
+        .await
+        .unwrap_err();
     assert_eq!((err.code.clone(), current_index(&err)), (ErrorCode::Conflict, second.index), "a stale index");
     assert_eq!(lab.run::<KvGet>(&KeyArgs { key: key("/t/a") }).await.unwrap().value, "2", "nothing written");
-    lab.run::<KvUpdate>(&UpdateArgs { key: key("/t/new"), value: value("n"), index: 0 }).await.unwrap();
+    lab.run::<KvUpdate>(&UpdateArgs { key: key("/t/new"), value: value("n"), index: 0, ttl_ms: None }).await.unwrap();
+
+    // Compare-and-swap onto a lease: the key goes with it; a lost swap leaves no lease behind.
+    let bound = UpdateArgs { key: key("/t/leased"), value: value("l"), index: 0, ttl_ms: Some(ttl(2000)) };
+    let made = lab.run::<KvUpdate>(&bound).await.unwrap();
+    let lease = made.lease.expect("a lease");
+    assert_eq!(lab.run::<KvGet>(&KeyArgs { key: key("/t/leased") }).await.unwrap().lease, Some(lease));
+    let err = lab.run::<KvUpdate>(&bound).await.unwrap_err();
+    assert_eq!((err.code.clone(), current_index(&err)), (ErrorCode::Conflict, made.index));
+    let renewed = UpdateArgs { index: made.index, ttl_ms: Some(ttl(60_000)), ..bound.clone() };
+    let renewed = lab.run::<KvUpdate>(&renewed).await.unwrap();
+    assert_ne!(renewed.lease, Some(lease), "a new lease each write");
+    lab.run::<KvEphemeralDestroy>(&LeaseArgs { lease }).await.unwrap();
+    let kept = lab.run::<KvGet>(&KeyArgs { key: key("/t/leased") }).await.unwrap();
+    assert_eq!(kept.lease, renewed.lease, "revoking the old lease leaves the key on its new one");
+    lab.run::<KvEphemeralDestroy>(&LeaseArgs { lease: renewed.lease.unwrap() }).await.unwrap();
+    let err = lab.run::<KvGet>(&KeyArgs { key: key("/t/leased") }).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "gone with its lease");
 
     // Paged listings in key order.
     for i in 0..25 {
@@ -226,7 +252,12 @@ async fn no_update_is_lost_under_concurrent_compare_and_swap() {
             for _ in 0..ROUNDS {
                 let read = lab.run::<KvGet>(&KeyArgs { key: key("/counter") }).await.unwrap();
                 let next = read.value.parse::<u64>().unwrap() + 1;
-                let update = UpdateArgs { key: key("/counter"), value: value(&next.to_string()), index: read.index };
+                let update = UpdateArgs {
+                    key: key("/counter"),
+                    value: value(&next.to_string()),
+                    index: read.index,
+                    ttl_ms: None,
+                };
                 match lab.run::<KvUpdate>(&update).await {
                     Ok(_) => won += 1,
                     Err(e) if e.code == ErrorCode::Conflict => lost += 1,
@@ -309,7 +340,7 @@ async fn losing_members_then_quorum_then_recovering() {
         lab.run::<KvSet>(&args).await.unwrap_or_else(|e| panic!("write {i} with one member down: {e}"));
     }
     let read = lab.run::<KvGet>(&KeyArgs { key: key("/q/before") }).await.unwrap();
-    let update = UpdateArgs { key: key("/q/before"), value: value("kept"), index: read.index };
+    let update = UpdateArgs { key: key("/q/before"), value: value("kept"), index: read.index, ttl_ms: None };
     lab.run::<KvUpdate>(&update).await.expect("a compare-and-swap with one member down");
     let members = lab.run::<KvMembers>(&cerana_protocol::NoArgs {}).await.unwrap().members;
     let health: Vec<(bool, bool)> = members.iter().map(|m| (m.voter, m.healthy)).collect();

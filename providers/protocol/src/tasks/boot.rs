@@ -14,7 +14,7 @@ use std::str::FromStr;
 crate::declare_tasks! {
     BootEvents = "boot-events", Read, "Boot timeline (DHCP, TFTP, HTTP, check-in) of one machine or all, kept by this node's bootserver", BootEventsArgs => BootEventsResult;
     BootMachines = "boot-machines", Read, "One line per machine this node's bootserver has seen: address, furthest boot stage, last seen", NoArgs => BootMachinesResult;
-    BootDhcp = "boot-dhcp", Write, "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment), optionally importing another server's leases", BootDhcpArgs => BootDhcpResult;
+    BootDhcp = "boot-dhcp", Write, "Switches this node's DHCP server to full, proxy or off (one DHCP server per segment; overrides the cluster's election), optionally importing another server's leases, or back to the election (cluster)", BootDhcpArgs => BootDhcpResult;
     BootJoinTokenCreate = "boot-join-token-create", Admin, "Mints a one-time join token for a machine that does not boot from the network (USB, ISO): with it, the machine checks in with this node's boot server for its node certificate", JoinTokenCreateArgs => JoinTokenCreated;
 }
 
@@ -154,6 +154,9 @@ pub enum BootDhcpMode {
     Proxy,
     /// No DHCP (HTTP and TFTP still serve).
     Off,
+    /// Whatever the cluster's election of the segment's responder says (full while this node
+    /// is elected, off otherwise): the end of an override.
+    Cluster,
 }
 
 /// Arguments of `boot-dhcp`.

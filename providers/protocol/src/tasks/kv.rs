@@ -184,6 +184,9 @@ pub struct UpdateArgs {
     pub value: KvValue,
     /// The index the caller read; 0 means the key must not exist.
     pub index: u64,
+    /// Binds the key to a new lease of this TTL (gone when it runs out); none: a plain key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<TtlMs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +303,9 @@ pub struct KvKeyList {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvIndex {
     pub index: u64,
+    /// The lease the key was bound to (`kv-update` with `ttl_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
