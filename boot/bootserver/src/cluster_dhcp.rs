@@ -128,7 +128,10 @@ async fn read_records(kv: &KvTasks, prefix: &str) -> Result<Vec<(Lease, Stored)>
 pub struct ClusterLeaseStore {
     kv: Arc<KvTasks>,
     runtime: tokio::runtime::Handle,
-    term: Term,
+    /// None: `boot-dhcp` decided this server answers, not the election.
+    term: Option<Term>,
+    /// The node's own copy of the store's leases, answered from while the store is out of reach.
+    copy: Option<FileLeaseStore>,
     leases: MemoryLeaseStore,
     stored: HashMap<Ipv4Addr, Stored>,
     /// Offers in the store: address → (the offer, where it is).
@@ -142,9 +145,14 @@ impl std::fmt::Debug for ClusterLeaseStore {
 }
 
 impl ClusterLeaseStore {
-    /// Reads every lease and offer of the store, for the responder of `term`. Its writes block
-    /// on `runtime`: use it from blocking threads only.
-    pub async fn load(kv: Arc<KvTasks>, term: Term) -> Result<Self, LeaseStoreError> {
+    /// Reads every lease and offer of the store, for the responder of `term`, and makes the
+    /// node's copy in `copy_dir` the same. Its writes block on the runtime: use it from blocking
+    /// threads only.
+    pub async fn load(
+        kv: Arc<KvTasks>,
+        term: Option<Term>,
+        copy_dir: Option<&std::path::Path>,
+    ) -> Result<Self, LeaseStoreError> {
         let mut leases = MemoryLeaseStore::new();
         let mut stored = HashMap::new();
         for (lease, at) in read_records(&kv, LEASES).await? {
@@ -152,7 +160,35 @@ impl ClusterLeaseStore {
             leases.put(lease)?;
         }
         let offers = read_records(&kv, OFFERS).await?.into_iter().map(|(l, at)| (l.ip, (l, at))).collect();
-        Ok(Self { kv, runtime: tokio::runtime::Handle::current(), term, leases, stored, offers })
+        let copy = copy_dir.map(|dir| Self::copy_of(&leases, dir)).transpose()?;
+        Ok(Self { kv, runtime: tokio::runtime::Handle::current(), term, copy, leases, stored, offers })
+    }
+
+    /// The node's copy in `dir`, made equal to `leases`.
+    fn copy_of(leases: &MemoryLeaseStore, dir: &std::path::Path) -> Result<FileLeaseStore, LeaseStoreError> {
+        let mut copy = FileLeaseStore::open(dir)?;
+        let now = leases.all()?;
+        for old in copy.all()? {
+            if !now.contains(&old) {
+                copy.remove(&old.mac)?;
+            }
+        }
+        for lease in now {
+            if copy.by_mac(&lease.mac)?.as_ref() != Some(&lease) {
+                copy.put(lease)?;
+            }
+        }
+        Ok(copy)
+    }
+
+    /// Follows a change in the node's copy; a failure there costs only the answers given while
+    /// the store is out of reach, so it is logged.
+    fn copy_change(&mut self, change: impl FnOnce(&mut FileLeaseStore) -> Result<(), LeaseStoreError>) {
+        if let Some(copy) = self.copy.as_mut() {
+            if let Err(e) = change(copy) {
+                tracing::warn!(error = %e, "the node's copy of the cluster's leases is behind");
+            }
+        }
     }
 
     fn block<F: Future>(&self, f: F) -> F::Output {
@@ -242,6 +278,8 @@ impl LeaseStore for ClusterLeaseStore {
             Ok(now_at) => {
                 self.stored.insert(lease.ip, now_at);
                 self.revoke(at.and_then(|a| a.lease));
+                let copied = lease.clone();
+                self.copy_change(|copy| copy.put(copied));
                 self.leases.put(lease)
             }
             Err(e) => {
@@ -261,6 +299,7 @@ impl LeaseStore for ClusterLeaseStore {
             self.stored.remove(&old.ip);
             self.revoke(at.lease);
         }
+        self.copy_change(|copy| copy.remove(mac));
         self.leases.remove(mac)
     }
 
@@ -269,11 +308,12 @@ impl LeaseStore for ClusterLeaseStore {
     }
 
     fn check_term(&self) -> Result<(), LeaseStoreError> {
-        let args = ResignArgs { name: kv_key(self.term.election.clone())?, lease: self.term.lease };
+        let Some(term) = &self.term else { return Ok(()) };
+        let args = ResignArgs { name: kv_key(term.election.clone())?, lease: term.lease };
         let kv = self.kv.clone();
         match self.block(async move { kv.run::<KvIsLeader>(&args).await }).map_err(unavailable)? {
             Ok(answer) if answer.leader => Ok(()),
-            Ok(_) => Err(LeaseStoreError::NotResponder { election: self.term.election.clone() }),
+            Ok(_) => Err(LeaseStoreError::NotResponder { election: term.election.clone() }),
             Err(e) => Err(task_failed::<KvIsLeader>(e)),
         }
     }
@@ -312,7 +352,8 @@ pub struct ClusterDhcp {
     pub announce: Ipv4Addr,
     /// The campaign's TTL: how long a dead responder's segment waits for the next.
     pub ttl: Duration,
-    /// The node's file journal of leases, imported on its first term.
+    /// The node's file journal of leases (imported on its first term) and its copy of the
+    /// cluster's (`cluster-leases/`).
     pub state_dir: Option<PathBuf>,
     /// Set while `boot-dhcp` overrides the election.
     pub overridden: Arc<AtomicBool>,
@@ -347,6 +388,11 @@ pub async fn import_file_leases(kv: &KvTasks, dir: &std::path::Path, now: u64) -
     Ok(copied)
 }
 
+/// Where a node keeps its copy of the cluster's leases, under its state directory.
+pub fn copy_dir(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("cluster-leases")
+}
+
 /// Why a round of the responder ended.
 #[derive(Debug, thiserror::Error)]
 enum RoundEnd {
@@ -360,19 +406,44 @@ enum RoundEnd {
     Overridden,
 }
 
+/// Runs a switch of DHCP on a blocking thread (it waits for the old sockets to close).
+async fn switched<T: Send + 'static>(
+    what: &'static str,
+    switch: impl FnOnce() -> Result<T, crate::dhcp_control::DhcpSwitchError> + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(switch).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "{what}");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "{what}");
+            None
+        }
+    }
+}
+
 /// The responder loop of a node's boot server: campaign, serve while leading, stop serving when
-/// the term ends, campaign again. Runs until the task is dropped.
+/// the term ends, campaign again. While the store is out of reach (no quorum: a cold start of
+/// the whole cluster, a partition) it answers the clients its copy says hold a lease, with that
+/// lease unchanged, and nobody else. Runs until the task is dropped.
 pub async fn respond(control: Arc<DhcpControl>, cluster: ClusterDhcp) {
     let ttl = ttl(cluster.ttl.as_secs().max(1)).unwrap_or_else(|| TtlMs::new(10_000).expect("10 s is a TTL"));
+    let Ok(name) = kv_key(cluster.election.clone()) else {
+        tracing::error!(election = %cluster.election, "not a key: no cluster DHCP");
+        return;
+    };
+    let copy = cluster.state_dir.as_ref().map(|d| copy_dir(d));
+    // Whether DHCP runs from the node's copy now, and since when the store is out of reach.
+    let mut degraded = false;
+    let mut unreachable: Option<std::time::Instant> = None;
     loop {
         if cluster.overridden.load(Ordering::SeqCst) {
+            degraded = false;
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        let Ok(name) = kv_key(cluster.election.clone()) else {
-            tracing::error!(election = %cluster.election, "not a key: no cluster DHCP");
-            return;
-        };
         let args = CampaignArgs {
             name: name.clone(),
             value: KvValue::new(cluster.announce.to_string()).expect("an address is a value"),
@@ -381,29 +452,46 @@ pub async fn respond(control: Arc<DhcpControl>, cluster: ClusterDhcp) {
         };
         let led = match cluster.kv.run::<KvCampaign>(&args).await {
             Ok(Ok(led)) => led,
-            Ok(Err(e)) if e.code == ErrorCode::Busy => continue,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "DHCP responder campaign refused");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                unreachable = None;
+                if degraded {
+                    // The store answers again, and someone else leads.
+                    let c = control.clone();
+                    switched("switching DHCP off", move || c.stop_unless_overridden()).await;
+                    degraded = false;
+                }
+                if e.code != ErrorCode::Busy {
+                    tracing::warn!(error = %e, "DHCP responder campaign refused");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
                 continue;
             }
             Err(Unavailable(why)) => {
-                tracing::debug!(%why, "no cluster store for the DHCP responder yet");
+                let since = *unreachable.get_or_insert_with(std::time::Instant::now);
+                tracing::debug!(%why, "no cluster store for the DHCP responder");
+                if !degraded && since.elapsed() >= cluster.ttl {
+                    if let Some(dir) = copy.clone() {
+                        let c = control.clone();
+                        degraded =
+                            switched("answering known clients", move || c.switch_to_copy(&dir)).await.unwrap_or(false);
+                        if degraded {
+                            tracing::warn!("the cluster store is out of reach: answering only clients holding a lease");
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
+        unreachable = None;
+        degraded = false;
         let term = Term { election: cluster.election.clone(), lease: led.lease };
         tracing::info!(election = %term.election, lease = term.lease, index = led.index, "leading the segment's DHCP");
         let end = lead(&control, &cluster, term.clone(), ttl).await;
         tracing::warn!(election = %term.election, "no longer answering the segment's DHCP: {end}");
         let c = control.clone();
-        match tokio::task::spawn_blocking(move || c.stop_unless_overridden()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "switching DHCP off"),
-            Err(e) => tracing::error!(error = %e, "switching DHCP off"),
-        }
-        let resign = ResignArgs { name, lease: term.lease };
+        switched("switching DHCP off", move || c.stop_unless_overridden()).await;
+        let resign = ResignArgs { name: name.clone(), lease: term.lease };
         let _ = cluster.kv.run::<KvResign>(&resign).await;
     }
 }
@@ -417,30 +505,34 @@ async fn lead(control: &Arc<DhcpControl>, cluster: &ClusterDhcp, term: Term, ttl
             Err(e) => return e.into(),
         }
     }
-    let store = match ClusterLeaseStore::load(cluster.kv.clone(), term.clone()).await {
+    let copy = cluster.state_dir.as_ref().map(|d| copy_dir(d));
+    let store = match ClusterLeaseStore::load(cluster.kv.clone(), Some(term.clone()), copy.as_deref()).await {
         Ok(store) => store,
         Err(e) => return e.into(),
     };
     let c = control.clone();
-    let switched = tokio::task::spawn_blocking(move || c.switch_to_store(Box::new(store))).await;
-    match switched {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return RoundEnd::Overridden,
-        Ok(Err(e)) => return e.into(),
-        Err(e) => return RoundEnd::TermEnded(format!("switching DHCP: {e}")),
+    match switched("answering as the responder", move || c.switch_to_store(Box::new(store))).await {
+        Some(true) => {}
+        Some(false) => return RoundEnd::Overridden,
+        None => return RoundEnd::TermEnded("DHCP could not be switched on".into()),
     }
-    // Renew well within the TTL; a renewal refused means the term is over.
+    // Renew well within the TTL; a renewal refused, or none possible for a whole TTL, means
+    // the term is over (another node may lead by now).
     let every = Duration::from_millis(ttl.seconds() as u64 * 1000 / 3);
+    let mut renewed = std::time::Instant::now();
     loop {
         tokio::time::sleep(every).await;
         if cluster.overridden.load(Ordering::SeqCst) {
             return RoundEnd::Overridden;
         }
         match cluster.kv.run::<KvRenew>(&LeaseArgs { lease: term.lease }).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => renewed = std::time::Instant::now(),
             Ok(Err(e)) => return RoundEnd::TermEnded(e.to_string()),
-            // The store may come back within the TTL; each answer checks the term meanwhile.
-            Err(Unavailable(why)) => tracing::warn!(%why, "cannot renew the DHCP responder's term"),
+            // Each answer checks the term meanwhile, so none is given while this lasts.
+            Err(Unavailable(why)) if renewed.elapsed() < cluster.ttl => {
+                tracing::warn!(%why, "cannot renew the DHCP responder's term")
+            }
+            Err(Unavailable(why)) => return RoundEnd::TermEnded(format!("the store is out of reach: {why}")),
         }
     }
 }

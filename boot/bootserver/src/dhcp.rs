@@ -362,19 +362,26 @@ impl DhcpService {
                 }
                 let committed = self.lock(allocator).commit(mac, ip, now);
                 match committed {
-                    Ok(_) => {
+                    Ok(lease) => {
+                        // What the lease has left: all of it, unless it was answered unchanged.
+                        let left = u32::try_from(lease.expires.saturating_sub(now)).unwrap_or(u32::MAX);
+                        let granted = PoolConfig { lease_secs: left.clamp(1, pool.lease_secs), ..pool.clone() };
                         let bootfile = self.bootfile(req);
                         self.record(
                             req,
                             BootEventKind::DhcpAck {
                                 ip: Some(ip),
                                 bootfile: bootfile.clone(),
-                                lease_secs: Some(pool.lease_secs),
+                                lease_secs: Some(granted.lease_secs),
                             },
                         );
-                        self.reply(req, MessageType::Ack, Some(ip), Some(pool), bootfile.as_deref())
+                        self.reply(req, MessageType::Ack, Some(ip), Some(&granted), bootfile.as_deref())
                     }
                     Err(AllocError::Store(e)) => Err(DhcpError::Store(AllocError::Store(e))),
+                    Err(e @ AllocError::NotKnown { .. }) => {
+                        self.record(req, BootEventKind::DhcpIgnored { reason: e.to_string() });
+                        Ok(Handled::Ignored(e.to_string()))
+                    }
                     Err(e) => self.nak(req, e.to_string()),
                 }
             }

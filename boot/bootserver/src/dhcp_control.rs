@@ -5,9 +5,11 @@
 //! over when an operator moves it there — importing the previous server's leases so it does not
 //! hand out addresses that are in use.
 
+use crate::cluster_dhcp::ClusterLeaseStore;
 use crate::config::{DhcpMode, PoolConfig};
 use crate::dhcp::{self, BootFiles, DhcpService, Port};
 use crate::events::EventLog;
+use crate::kv_tasks::KvTasks;
 use crate::lease::{Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError, MemoryLeaseStore};
 use crate::net;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -31,6 +33,8 @@ pub enum DhcpSwitchError {
     Runtime(std::io::Error),
     #[error("the previous DHCP serving loop did not stop within {0:?}")]
     StillServing(Duration),
+    #[error("switching off the async runtime's context")]
+    NoRuntime,
 }
 
 /// How long a switch waits for the old serving loops to let go of their sockets.
@@ -87,6 +91,9 @@ pub struct DhcpControl {
     overridden: Arc<AtomicBool>,
     /// Whether this server takes part in the cluster's DHCP (see `cluster_dhcp`).
     clustered: AtomicBool,
+    /// The cluster store, once known: full mode keeps its leases there even when `boot-dhcp`
+    /// decided it.
+    cluster_kv: Mutex<Option<Arc<KvTasks>>>,
     /// A serving loop that dies says why here; the bootserver then stops with that error, so
     /// its supervisor restarts it instead of leaving a node that silently answers no DHCP.
     failures: mpsc::UnboundedSender<String>,
@@ -118,6 +125,7 @@ impl DhcpControl {
             running: Mutex::new(None),
             overridden: Arc::new(AtomicBool::new(false)),
             clustered: AtomicBool::new(false),
+            cluster_kv: Mutex::new(None),
             failures,
         };
         (control, DhcpFailures(rx))
@@ -125,6 +133,21 @@ impl DhcpControl {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leases this server knows: its DHCP's; with DHCP off, a cluster member's copy of the
+    /// cluster's leases.
+    pub fn leases(&self) -> Vec<Lease> {
+        if let Some(service) = self.service() {
+            return service.leases();
+        }
+        match (&self.state_dir, self.is_clustered()) {
+            (Some(dir), true) => FileLeaseStore::read(&crate::cluster_dhcp::copy_dir(dir)).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the node's copy of the cluster's leases is unreadable");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        }
     }
 
     /// The DHCP service answering now, if any.
@@ -189,6 +212,31 @@ impl DhcpControl {
         self.overridden.clone()
     }
 
+    /// Where the cluster's leases are (the node's coordinator).
+    pub fn set_cluster_store(&self, kv: Arc<KvTasks>) {
+        *self.cluster_kv.lock().unwrap_or_else(|e| e.into_inner()) = Some(kv);
+    }
+
+    /// While the store is out of reach: full mode from the node's copy of the cluster's leases
+    /// in `dir`, answering only clients holding one — unless `boot-dhcp` decides, DHCP runs
+    /// already (as the responder), or the copy holds no active lease. Returns whether it
+    /// switched.
+    pub fn switch_to_copy(&self, dir: &std::path::Path) -> Result<bool, DhcpSwitchError> {
+        let mut running = self.lock();
+        if self.overridden.load(Ordering::SeqCst) || running.is_some() {
+            return Ok(false);
+        }
+        let pool = self.pool.clone().ok_or(DhcpSwitchError::NoPool)?;
+        let now = crate::events::now_ms() / 1000;
+        if !FileLeaseStore::read(dir)?.iter().any(|l| l.is_active(now)) {
+            return Ok(false);
+        }
+        let store = Box::new(FileLeaseStore::open(dir)?);
+        let allocator = Allocator::new(pool, store, vec![self.server_ip]).known_clients_only();
+        self.start(&mut running, DhcpMode::Full, Some(allocator))?;
+        Ok(true)
+    }
+
     pub fn is_clustered(&self) -> bool {
         self.clustered.load(Ordering::SeqCst)
     }
@@ -231,9 +279,16 @@ impl DhcpControl {
     }
 
     fn allocator(&self, pool: PoolConfig, imported: &[Lease]) -> Result<(Allocator, usize), DhcpSwitchError> {
-        let mut store: Box<dyn LeaseStore> = match &self.state_dir {
-            Some(dir) => Box::new(FileLeaseStore::open(dir)?),
-            None => Box::new(MemoryLeaseStore::new()),
+        let cluster_kv = self.cluster_kv.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut store: Box<dyn LeaseStore> = match (cluster_kv, &self.state_dir) {
+            // A cluster member keeps its leases in the cluster store whoever decided it answers.
+            (Some(kv), dir) => {
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| DhcpSwitchError::NoRuntime)?;
+                let copy = dir.as_deref().map(crate::cluster_dhcp::copy_dir);
+                Box::new(runtime.block_on(ClusterLeaseStore::load(kv, None, copy.as_deref()))?)
+            }
+            (None, Some(dir)) => Box::new(FileLeaseStore::open(dir)?),
+            (None, None) => Box::new(MemoryLeaseStore::new()),
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let first = u32::from(pool.range[0]);
@@ -242,7 +297,8 @@ impl DhcpControl {
         for lease in imported {
             let in_pool = (first..=last).contains(&u32::from(lease.ip));
             // Our own address is never a client's, whatever the old server believed.
-            if lease.is_active(now) && in_pool && lease.ip != self.server_ip {
+            let held = store.by_ip(lease.ip)?.is_some_and(|l| l.mac != lease.mac && l.is_active(now));
+            if lease.is_active(now) && in_pool && lease.ip != self.server_ip && !held {
                 store.put(lease.clone())?;
                 count += 1;
             }

@@ -324,10 +324,7 @@ async fn boot_script(
             // Only a server that signs certificates, or whose check-ins go to one that does
             // (its tokens in the cluster store), hands out tokens to redeem for one.
             let now = crate::events::now_ms() / 1000;
-            let leased = state
-                .dhcp
-                .service()
-                .and_then(|d| d.leases().into_iter().find(|l| l.mac == mac && l.is_active(now)).map(|l| l.ip));
+            let leased = state.dhcp.leases().into_iter().find(|l| l.mac == mac && l.is_active(now)).map(|l| l.ip);
             let join_token = match (&state.config.ca_dir, &state.config.join_server) {
                 (None, None) => None,
                 _ => match state.join_tokens.mint(mac, uuid, leased, now).await {
@@ -524,7 +521,7 @@ async fn machines(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn leases(State(state): State<Arc<HttpState>>) -> Response {
-    axum::Json(state.dhcp.service().map(|d| d.leases()).unwrap_or_default()).into_response()
+    axum::Json(state.dhcp.leases()).into_response()
 }
 
 /// The cluster CA's certificate (public: what every client of the cluster trusts). Fetched
@@ -590,7 +587,7 @@ async fn checkin(
     let (Some(public_key), Some(ca_dir)) = (&checkin.public_key, &state.config.ca_dir) else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    let leases = state.dhcp.service().map(|d| d.leases()).unwrap_or_default();
+    let leases = state.dhcp.leases();
     match crate::certificates::issue(ca_dir, &state.join_tokens, &leases, peer.ip(), &checkin, public_key).await {
         Ok((name, reply)) => {
             state.events.record(source, checkin.mac, BootEventKind::CertificateIssued { name });

@@ -132,9 +132,23 @@ impl FileLeaseStore {
         let path = dir.join("leases.jsonl");
         let io = |source| LeaseStoreError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
+        let (memory, lines) = Self::replay(&path)?;
+        let journal = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let mut store = FileLeaseStore { memory, path, journal, lines };
+        store.compact()?;
+        Ok(store)
+    }
+
+    /// The leases of the journal in `dir`, read without writing (none when there is none).
+    pub fn read(dir: &Path) -> Result<Vec<Lease>, LeaseStoreError> {
+        Self::replay(&dir.join("leases.jsonl"))?.0.all()
+    }
+
+    fn replay(path: &Path) -> Result<(MemoryLeaseStore, usize), LeaseStoreError> {
+        let io = |source| LeaseStoreError::Io { path: path.to_path_buf(), source };
         let mut memory = MemoryLeaseStore::new();
         let mut lines = 0;
-        match File::open(&path) {
+        match File::open(path) {
             Ok(f) => {
                 let all: Vec<String> = BufReader::new(f).lines().collect::<Result<_, _>>().map_err(io)?;
                 let count = all.len();
@@ -148,7 +162,9 @@ impl FileLeaseStore {
                         Err(e) if i + 1 == count => {
                             tracing::warn!(path = %path.display(), error = %e, "skipping torn last line of the lease journal");
                         }
-                        Err(source) => return Err(LeaseStoreError::Corrupt { path, line: i + 1, source }),
+                        Err(source) => {
+                            return Err(LeaseStoreError::Corrupt { path: path.to_path_buf(), line: i + 1, source })
+                        }
                     }
                     lines += 1;
                 }
@@ -156,10 +172,7 @@ impl FileLeaseStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        let journal = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
-        let mut store = FileLeaseStore { memory, path, journal, lines };
-        store.compact()?;
-        Ok(store)
+        Ok((memory, lines))
     }
 
     fn append(&mut self, entry: &JournalEntry) -> Result<(), LeaseStoreError> {
@@ -225,6 +238,8 @@ pub enum AllocError {
     InUse { ip: Ipv4Addr, holder: MacAddr },
     #[error("{ip} was declined by a client and is quarantined")]
     Declined { ip: Ipv4Addr },
+    #[error("the cluster store is out of reach: only clients holding a lease are answered, and {mac} holds none here")]
+    NotKnown { mac: MacAddr },
     #[error(transparent)]
     Store(#[from] LeaseStoreError),
 }
@@ -241,6 +256,9 @@ pub struct Allocator {
     /// Address → end of quarantine.
     declined: HashMap<Ipv4Addr, u64>,
     cursor: u32,
+    /// Answer only clients holding an active lease, with that lease as it is (a cluster
+    /// member that cannot reach the store: it may not give an address away, nor extend one).
+    known_only: bool,
 }
 
 impl std::fmt::Debug for Allocator {
@@ -264,9 +282,24 @@ impl Allocator {
             reserved,
             declined: HashMap::new(),
             cursor,
+            known_only: false,
         };
         allocator.learn_held();
         allocator
+    }
+
+    /// Only clients holding an active lease are answered, with that lease unchanged.
+    pub fn known_clients_only(mut self) -> Self {
+        self.known_only = true;
+        self
+    }
+
+    /// The lease `mac` holds, when only such clients are answered.
+    fn known(&self, mac: MacAddr, now: u64) -> Result<Lease, AllocError> {
+        match self.store.by_mac(&mac)? {
+            Some(lease) if lease.is_active(now) => Ok(lease),
+            _ => Err(AllocError::NotKnown { mac }),
+        }
     }
 
     /// Takes on the offers the store holds (another server's, before this one's term).
@@ -342,6 +375,9 @@ impl Allocator {
     /// Chooses an address for a DISCOVER: the MAC's own lease, else the requested address, else
     /// a never-used one, else one whose lease expired.
     pub fn offer(&mut self, mac: MacAddr, requested: Option<Ipv4Addr>, now: u64) -> Result<Ipv4Addr, AllocError> {
+        if self.known_only {
+            return self.known(mac, now).map(|l| l.ip);
+        }
         self.store.check_term()?;
         let own = self.store.by_mac(&mac)?.map(|l| l.ip);
         let held = self.offers.get(&mac).filter(|(_, until)| *until > now).map(|(ip, _)| *ip);
@@ -382,6 +418,11 @@ impl Allocator {
 
     /// Binds `ip` to `mac` for the pool's lease time (a REQUEST being acknowledged).
     pub fn commit(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<Lease, AllocError> {
+        if self.known_only {
+            return self
+                .known(mac, now)
+                .and_then(|l| if l.ip == ip { Ok(l) } else { Err(AllocError::NotKnown { mac }) });
+        }
         self.store.check_term()?;
         self.check(mac, ip, now)?;
         let lease = Lease { mac, ip, expires: now + u64::from(self.pool.lease_secs) };
@@ -395,6 +436,9 @@ impl Allocator {
     /// The client gave its address back: the lease ends now (the record stays, so the MAC gets
     /// the same address next time if it is still free).
     pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<bool, AllocError> {
+        if self.known_only {
+            return Ok(false);
+        }
         match self.store.by_mac(&mac)? {
             Some(lease) if lease.ip == ip => {
                 self.store.put(Lease { expires: now.min(lease.expires), ..lease })?;
@@ -406,6 +450,9 @@ impl Allocator {
 
     /// The client found `ip` in use: quarantine it for a lease time and forget the MAC's lease.
     pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), AllocError> {
+        if self.known_only {
+            return Ok(());
+        }
         if self.in_range(ip) {
             self.declined.insert(ip, now + u64::from(self.pool.lease_secs));
         }

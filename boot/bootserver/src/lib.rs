@@ -195,6 +195,7 @@ impl Bootserver {
     /// configuration says so: campaigns for the segment and answers while elected.
     pub fn run_cluster_dhcp(&mut self, kv: Arc<kv_tasks::KvTasks>, ttl: std::time::Duration) {
         let Some(plan) = self.cluster_dhcp.take() else { return };
+        self.dhcp.set_cluster_store(kv.clone());
         let cluster = cluster_dhcp::ClusterDhcp {
             kv,
             election: plan.election,

@@ -55,7 +55,12 @@ async fn campaign(lab: &Lab, who: &str, wait_ms: u64) -> Result<Term, ErrorCode>
 }
 
 async fn allocator(kv: &Arc<KvTasks>, term: Term) -> Arc<Mutex<Allocator>> {
-    let store = ClusterLeaseStore::load(kv.clone(), term).await.expect("leases load");
+    allocator_keeping(kv, term, None).await
+}
+
+/// An allocator whose node keeps its copy of the cluster's leases in `copy`.
+async fn allocator_keeping(kv: &Arc<KvTasks>, term: Term, copy: Option<&std::path::Path>) -> Arc<Mutex<Allocator>> {
+    let store = ClusterLeaseStore::load(kv.clone(), Some(term), copy).await.expect("leases load");
     Arc::new(Mutex::new(Allocator::new(pool(), Box::new(store), vec![Ipv4Addr::new(10, 77, 0, 2)])))
 }
 
@@ -146,7 +151,8 @@ async fn two_servers_never_lease_one_address_twice_and_a_new_responder_takes_eve
     let resign = ResignArgs { name: KvKey::new(ELECTION.to_string()).unwrap(), lease: a_term.lease };
     lab.run::<KvResign>(&resign).await.unwrap();
     let b_term = campaign(&lab, "10.77.0.3", 5_000).await.expect("B leads once A is gone");
-    let b = allocator(&kv, b_term).await;
+    let copy = tempfile::tempdir().unwrap();
+    let b = allocator_keeping(&kv, b_term, Some(copy.path())).await;
     let again = lease(&b, first.mac).await.unwrap();
     assert_eq!(again.ip, first.ip, "a client keeps its address across responders");
     let before = stored_leases(&lab);
@@ -157,6 +163,20 @@ async fn two_servers_never_lease_one_address_twice_and_a_new_responder_takes_eve
         let full = lease(&b, mac(3, 2)).await.unwrap_err();
         assert!(matches!(full, AllocError::PoolExhausted { .. }), "{full}");
     }
+
+    // B's node keeps a copy of every lease. Without the store, it answers from it only the
+    // clients holding a lease, with that lease as it is; nobody else.
+    let kept = FileLeaseStore::open(copy.path()).unwrap().all().unwrap();
+    let mut kept: Vec<(Ipv4Addr, MacAddr)> = kept.iter().map(|l| (l.ip, l.mac)).collect();
+    kept.sort();
+    assert_eq!(kept, stored_leases(&lab).into_iter().collect::<Vec<_>>(), "the node's copy is the store's");
+    let degraded =
+        Allocator::new(pool(), Box::new(FileLeaseStore::open(copy.path()).unwrap()), vec![]).known_clients_only();
+    let degraded = Arc::new(Mutex::new(degraded));
+    let known = lease(&degraded, first.mac).await.unwrap();
+    assert_eq!((known.ip, known.expires), (again.ip, again.expires), "the same lease, not extended");
+    let unknown = lease(&degraded, mac(5, 1)).await.unwrap_err();
+    assert!(matches!(unknown, AllocError::NotKnown { .. }), "{unknown}");
 
     // A node's file leases are imported once: active ones only, the store's own win.
     let dir = tempfile::tempdir().unwrap();
