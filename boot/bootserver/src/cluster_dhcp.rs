@@ -320,8 +320,11 @@ impl LeaseStore for ClusterLeaseStore {
 
     fn hold(&mut self, mac: MacAddr, ip: Ipv4Addr, until: u64) -> Result<(), LeaseStoreError> {
         let offer = Lease { mac, ip, expires: until };
+        // A hold that ran out went from the store with its lease: the next one is a new record.
+        let now = Self::now();
+        self.offers.retain(|_, (held, _)| held.expires > now);
         let at = self.offers.get(&ip).map(|(_, at)| *at);
-        match self.swap(OFFERS, &offer, at, until.saturating_sub(Self::now()).max(1)) {
+        match self.swap(OFFERS, &offer, at, until.saturating_sub(now).max(1)) {
             Ok(now_at) => {
                 self.revoke(at.and_then(|a| a.lease));
                 self.offers.insert(ip, (offer, now_at));
