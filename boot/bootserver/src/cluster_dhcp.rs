@@ -401,8 +401,6 @@ pub fn copy_dir(state_dir: &std::path::Path) -> PathBuf {
 enum RoundEnd {
     #[error("{0}")]
     Store(#[from] LeaseStoreError),
-    #[error("switching DHCP: {0}")]
-    Switch(#[from] crate::dhcp_control::DhcpSwitchError),
     #[error("the term ended: {0}")]
     TermEnded(String),
     #[error("boot-dhcp overrides the election")]
@@ -414,12 +412,9 @@ async fn switched<T: Send + 'static>(
     what: &'static str,
     switch: impl FnOnce() -> Result<T, crate::dhcp_control::DhcpSwitchError> + Send + 'static,
 ) -> Option<T> {
-    match tokio::task::spawn_blocking(switch).await {
-        Ok(Ok(done)) => Some(done),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "{what}");
-            None
-        }
+    let outcome = tokio::task::spawn_blocking(switch).await.map_err(|e| e.to_string());
+    match outcome.and_then(|switched| switched.map_err(|e| e.to_string())) {
+        Ok(done) => Some(done),
         Err(e) => {
             tracing::error!(error = %e, "{what}");
             None
