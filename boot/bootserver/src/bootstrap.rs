@@ -121,7 +121,7 @@ impl Bootstrap {
     }
 
     /// The configuration file: this interface, this node's kernel and initrd as image `cerana`,
-    /// DHCP in `dhcp` mode (the pool is written in every mode, so `boot-dhcp` can switch to full).
+    /// DHCP as `dhcp` says (the pool is written in every mode, so `boot-dhcp` can switch to full).
     /// `ca_dir`: the cluster CA, on the bootstrap node ([`CLUSTER_CA_DIR`]).
     pub fn config(
         &self,
@@ -129,19 +129,23 @@ impl Bootstrap {
         kernel: &Path,
         initrd: &Path,
         tftp_root: &Path,
-        dhcp: DhcpMode,
+        dhcp: DhcpRole,
         issuer: Option<Issuer<'_>>,
     ) -> String {
+        let (mode, cluster) = match dhcp {
+            DhcpRole::Alone(mode) => (mode, false),
+            DhcpRole::Elected => (DhcpMode::Full, true),
+        };
         let [first, last] = self.range();
         let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = format!(
             "# Written by cerana-bootserver bootstrap-config from the kernel command line.\n\
              interface = {}\nserver_ip = \"{}\"\nhttp_port = 80\ntftp_root = {}\nrouter_advertisements = true\n\n\
-             [dhcp]\nmode = \"{}\"\n[dhcp.pool]\nnet = \"{}/{}\"\nrange = [\"{first}\", \"{last}\"]\nlease_secs = 43200\n",
+             [dhcp]\nmode = \"{}\"\ncluster = {cluster}\n[dhcp.pool]\nnet = \"{}/{}\"\nrange = [\"{first}\", \"{last}\"]\nlease_secs = 43200\n",
             quote(interface),
             self.address,
             quote(&tftp_root.display().to_string()),
-            match dhcp {
+            match mode {
                 DhcpMode::Full => "full",
                 DhcpMode::Proxy => "proxy",
                 DhcpMode::Off => "off",
@@ -184,6 +188,16 @@ impl Bootstrap {
     }
 }
 
+/// How the server a generated configuration describes runs DHCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpRole {
+    /// Always in this mode, with its own lease journal.
+    Alone(DhcpMode),
+    /// A cluster member: leases in the cluster store, full mode while the cluster elects it
+    /// the segment's responder, so the segment keeps DHCP when any one node goes.
+    Elected,
+}
+
 /// Who issues the certificates of the machines a boot server boots.
 #[derive(Debug, Clone, Copy)]
 pub enum Issuer<'a> {
@@ -220,7 +234,7 @@ mod tests {
             Path::new("/k"),
             Path::new("/i"),
             Path::new("/t"),
-            DhcpMode::Full,
+            DhcpRole::Alone(DhcpMode::Full),
             None,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
@@ -233,7 +247,7 @@ mod tests {
             Path::new("/k"),
             Path::new("/i"),
             Path::new("/t"),
-            DhcpMode::Full,
+            DhcpRole::Alone(DhcpMode::Full),
             None,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
@@ -247,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_may_hold_a_pool_address_and_starts_with_dhcp_off() {
+    fn a_replica_may_hold_a_pool_address_and_answers_dhcp_only_when_elected() {
         let line =
             "cerana.boot_server=http://10.99.0.2/ cerana.mgmt_ip=10.99.0.100/24 cerana.api_token=abcdefghijklmnop";
         assert!(matches!(Bootstrap::from_cmdline(line), Err(BootstrapError::AddressInPool(_))));
@@ -258,14 +272,14 @@ mod tests {
             Path::new("/run/k"),
             Path::new("/run/i"),
             Path::new("/usr/lib/ipxe"),
-            DhcpMode::Off,
+            DhcpRole::Elected,
             issuer,
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
         assert_eq!((config.join_server.as_deref(), config.ca_dir.as_deref()), (Some("http://10.99.0.2"), None));
-        assert_eq!(config.dhcp.mode, DhcpMode::Off);
-        assert!(config.dhcp.pool.is_some(), "kept for boot-dhcp full");
+        assert_eq!((config.dhcp.mode, config.dhcp.cluster), (DhcpMode::Full, true));
+        assert!(config.dhcp.pool.is_some());
     }
 
     #[test]
@@ -278,12 +292,12 @@ mod tests {
             Path::new("/run/k"),
             Path::new("/run/i"),
             Path::new("/usr/lib/ipxe"),
-            DhcpMode::Full,
+            DhcpRole::Elected,
             Some(Issuer::Here(ca)),
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         config.validate().unwrap();
-        assert_eq!(config.dhcp.mode, DhcpMode::Full);
+        assert_eq!((config.dhcp.mode, config.dhcp.cluster), (DhcpMode::Full, true));
         assert_eq!(config.ca_dir.as_deref(), Some(ca));
         assert!(text.contains("gateway = \"10.99.0.1\""));
         assert!(!text.contains("abcdefghijklmnop"), "no credential in what the boot server serves: {text}");

@@ -11,6 +11,8 @@
 //! - `boot-dhcp` with a mode overrides the election (the server resigns and does as told);
 //!   `boot-dhcp {mode: cluster}` hands it back.
 //! - The leases of the node's own file journal are imported once, on its first term.
+//! - Every member keeps a copy of the leases (the responder as it writes them, the others every
+//!   [`COPY_REFRESH`]), from which it answers known clients while the store is out of reach.
 //!
 //! [`ClusterLeaseStore`] answers the allocator synchronously from its copy of the records
 //! and writes through to the store; DHCP requests are handled on blocking threads, so it
@@ -48,6 +50,8 @@ pub const KEEP_SECS: u64 = 3600;
 const MAX_TTL_SECS: u64 = 86_400;
 /// Records read per page.
 const PAGE: u32 = 1000;
+/// How often a member that does not answer brings its copy of the leases up to date.
+const COPY_REFRESH: Duration = Duration::from_secs(15);
 /// At most this many records are loaded (a pool is at most a /16).
 const MAX_RECORDS: usize = 70_000;
 
@@ -391,6 +395,33 @@ pub async fn import_file_leases(kv: &KvTasks, dir: &std::path::Path, now: u64) -
     Ok(copied)
 }
 
+/// Makes the node's copy in `dir` equal to the store's leases: a member that does not answer
+/// keeps it current, so it can still answer the clients holding one when the store goes.
+/// Returns how many leases it holds.
+pub async fn refresh_copy(kv: &KvTasks, dir: PathBuf) -> Result<usize, LeaseStoreError> {
+    let mut leases = MemoryLeaseStore::new();
+    for (lease, _) in read_records(kv, LEASES).await? {
+        leases.put(lease)?;
+    }
+    let held = leases.all()?.len();
+    tokio::task::spawn_blocking(move || ClusterLeaseStore::copy_of(&leases, &dir).map(drop))
+        .await
+        .map_err(|e| LeaseStoreError::Unavailable(format!("writing the copy: {e}")))??;
+    Ok(held)
+}
+
+/// [`refresh_copy`] when the last one is [`COPY_REFRESH`] old; a failure is retried next time.
+async fn refresh_when_due(kv: &KvTasks, copy: Option<&PathBuf>, refreshed: &mut Option<std::time::Instant>) {
+    let Some(dir) = copy.filter(|_| refreshed.is_none_or(|at| at.elapsed() >= COPY_REFRESH)) else { return };
+    match refresh_copy(kv, dir.clone()).await {
+        Ok(held) => {
+            tracing::debug!(leases = held, "copy of the cluster's leases refreshed");
+            *refreshed = Some(std::time::Instant::now());
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot refresh the copy of the cluster's leases"),
+    }
+}
+
 /// Where a node keeps its copy of the cluster's leases, under its state directory.
 pub fn copy_dir(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("cluster-leases")
@@ -436,10 +467,12 @@ pub async fn respond(control: Arc<DhcpControl>, cluster: ClusterDhcp) {
     // Whether DHCP runs from the node's copy now, and since when the store is out of reach.
     let mut degraded = false;
     let mut unreachable: Option<std::time::Instant> = None;
+    let mut refreshed: Option<std::time::Instant> = None;
     loop {
         if cluster.overridden.load(Ordering::SeqCst) {
             degraded = false;
             tokio::time::sleep(Duration::from_millis(500)).await;
+            refresh_when_due(&cluster.kv, copy.as_ref(), &mut refreshed).await;
             continue;
         }
         let args = CampaignArgs {
@@ -462,6 +495,7 @@ pub async fn respond(control: Arc<DhcpControl>, cluster: ClusterDhcp) {
                     tracing::warn!(error = %e, "DHCP responder campaign refused");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
+                refresh_when_due(&cluster.kv, copy.as_ref(), &mut refreshed).await;
                 continue;
             }
             Err(Unavailable(why)) => {

@@ -56,7 +56,7 @@ enum Command {
     },
     /// On a node booted from the network: fetch the image this node booted (kernel and initrd by
     /// the hashes on its command line, both checked) into DEST, write a configuration that serves
-    /// it with DHCP off (`boot-dhcp` switches DHCP on), and check in with the boot server.
+    /// it and answers DHCP while the cluster elects it, and check in with the boot server.
     Join {
         #[arg(long, default_value = "/proc/cmdline")]
         cmdline: PathBuf,
@@ -116,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
                 &kernel,
                 &initrd,
                 &tftp_root,
-                crate::config::DhcpMode::Full,
+                crate::bootstrap::DhcpRole::Elected,
                 Some(crate::bootstrap::Issuer::Here(Path::new(crate::bootstrap::CLUSTER_CA_DIR))),
             ),
         )

@@ -1,9 +1,9 @@
 //! DHCP that can be switched on, off or between modes while the bootserver runs (`boot-dhcp`).
 //!
 //! Only one DHCP server may answer on a segment, but every node can serve its image over HTTP
-//! and TFTP. So a node that joined the cluster runs its bootserver with DHCP off, and takes DHCP
-//! over when an operator moves it there — importing the previous server's leases so it does not
-//! hand out addresses that are in use.
+//! and TFTP. So a cluster member answers DHCP only while elected the segment's responder
+//! (`cluster_dhcp`), and an operator may move DHCP by hand (`boot-dhcp`) — importing the
+//! previous server's leases so it does not hand out addresses that are in use.
 
 use crate::cluster_dhcp::ClusterLeaseStore;
 use crate::config::{DhcpMode, PoolConfig};

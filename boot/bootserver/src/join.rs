@@ -1,14 +1,15 @@
 //! `cerana-bootserver join`, run once on every node that booted from the network: it checks in
 //! with the boot server, so its timeline shows the node arrived and the cluster CA issues the
 //! node its certificate, keeps a checked copy of the image it booted (self-replication), and
-//! writes a configuration that serves that image with DHCP off. Only one DHCP server may answer
-//! on a segment; `boot-dhcp` moves DHCP here.
+//! writes a configuration that serves that image and takes part in the segment's DHCP election:
+//! one member at a time answers, with leases in the cluster store (`cluster_dhcp`); `boot-dhcp`
+//! overrides the election.
 //!
 //! A machine booted from USB or an ISO has no `cerana.initrd_hash` (no boot server chose its
 //! image): it only checks in, spending the join token an operator minted for it.
 
-use crate::bootstrap::{self, Bootstrap, BootstrapError};
-use crate::config::{Config, ConfigError, DhcpMode};
+use crate::bootstrap::{self, Bootstrap, BootstrapError, DhcpRole};
+use crate::config::{Config, ConfigError};
 use crate::replicate::{self, CheckInError, FetchError};
 use cerana_protocol::boot_wire::{CheckIn, CheckInReply, Hostname, ImageManifest};
 use cerana_protocol::tasks::boot::MacAddr;
@@ -218,8 +219,14 @@ async fn serve_own_image(
     let (dir, manifest) = fetch_with_retries(&settings.boot_server, initrd_hash, dest).await?;
     // The machines this node boots check in where it did.
     let issuer = Some(crate::bootstrap::Issuer::At(settings.issuer()));
-    let text =
-        settings.replica.config(interface, &dir.join("vmlinuz"), &dir.join("initrd"), tftp_root, DhcpMode::Off, issuer);
+    let text = settings.replica.config(
+        interface,
+        &dir.join("vmlinuz"),
+        &dir.join("initrd"),
+        tftp_root,
+        DhcpRole::Elected,
+        issuer,
+    );
     let write_err = |source| JoinError::Write { path: output.to_path_buf(), source };
     // Through a temporary file: a half-written configuration must never be read.
     let tmp = output.with_extension("tmp");

@@ -623,7 +623,7 @@ fn join_in_client(
 }
 
 /// What a network-booted node does once up (`cerana-bootserver join`): keeps a checked copy of
-/// its image, checks in, and serves that image itself with DHCP off.
+/// its image, checks in, and serves that image itself, answering DHCP only when elected.
 #[test]
 fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     require!("curl");
@@ -652,10 +652,10 @@ fn a_joined_node_replicates_its_image_checks_in_and_serves_it() {
     assert!(events_of(&lab, &mac).contains(&"checked_in".to_string()), "the boot server saw the check-in");
     assert!(joined["certificate"].is_null(), "a boot server without the cluster CA issues nothing: {joined}");
 
-    // The replica's own server: same image, DHCP off (a second DHCP server on the segment
-    // waits for boot-dhcp).
+    // The replica's own server: same image, DHCP only while the cluster elects it the segment's
+    // responder (without a coordinator, as here, never: the lab's server stays the only one).
     let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("mode = \"off\""), "{text}");
+    assert!(text.contains("mode = \"full\"\ncluster = true"), "{text}");
     let log = std::fs::File::create(lab.path("replica.log")).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.cli, bin, "--config", &path(&config)])

@@ -496,6 +496,30 @@ impl Cluster {
         }
     }
 
+    /// Waits until the cluster, asked through the node at `ip`, has elected its DHCP responder
+    /// on the management segment, other than `not`; returns the responder's address. A node's
+    /// boot server answers DHCP only once elected, which follows its store coming up.
+    pub fn wait_dhcp_responder(&self, ip: &str, not: Option<&str>, limit: Duration) -> Result<String, ClusterError> {
+        let election = format!("/cerana/v1/dhcp/responder/{}.0-24", self.layout.subnet);
+        let start = Instant::now();
+        loop {
+            let last = self.task(ip, "kv-leader", serde_json::json!({ "name": election }));
+            if let Some(responder) = last.as_ref().ok().and_then(|l| l["value"].as_str()) {
+                if not != Some(responder) {
+                    return Ok(responder.to_string());
+                }
+            }
+            if start.elapsed() > limit {
+                let last = last.map_or_else(|e| e.to_string(), |l| l.to_string());
+                return Err(ClusterError::Invalid(format!(
+                    "no DHCP responder other than {not:?} through {ip} after {} s; last kv-leader: {last}",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Sends a whole task request (`{task, args, node?, stream?}`) to the coordinator at `ip`
     /// as an admin (node 1: the cluster's token; any other node: [`Cluster::admin_token`],
     /// waited for until that node has it) and returns the whole response (`result` or `error`,

@@ -98,6 +98,9 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
     eprintln!("node 1 (bootstrap) ready after {:.1} s", start.elapsed().as_secs_f64());
+    let responder = cluster.wait_dhcp_responder(&cluster.layout.bootstrap_ip(), None, Duration::from_secs(120));
+    assert_eq!(responder.expect("node 1 answers DHCP"), cluster.layout.bootstrap_ip());
+    eprintln!("node 1 elected the segment's DHCP responder after {:.1} s", start.elapsed().as_secs_f64());
     cluster.start_pxe_node(2).unwrap();
     cluster.start_pxe_node(3).unwrap();
     for (node, after) in cluster.wait_ready([2, 3], Duration::from_secs(300)).expect("PXE nodes") {
@@ -1102,14 +1105,17 @@ fn no_shared_secret_and_https_only(cluster: &Cluster, ip2: &str) {
 #[test]
 fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let image = require_ok!(prerequisites());
-    let (layout, _down) = layout_for("cr", "10.97.0", vec![], 0, &image);
+    let (mut layout, _down) = layout_for("cr", "10.97.0", vec![], 0, &image);
+    // A 4th machine PXE-boots once node 1 is off.
+    layout.nodes = 4;
     let state = layout.state_dir.clone();
     let start = Instant::now();
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
+    let node1 = cluster.layout.bootstrap_ip();
+    cluster.wait_dhcp_responder(&node1, None, Duration::from_secs(120)).expect("node 1 answers DHCP");
     cluster.start_pxe_node(2).unwrap();
     cluster.wait_ready([2], Duration::from_secs(300)).expect("node 2");
-    let node1 = cluster.layout.bootstrap_ip();
     let node2 = cluster.leased_ip(2).unwrap();
     eprintln!("node 2 ({node2}) ready after {:.1} s", start.elapsed().as_secs_f64());
 
@@ -1155,7 +1161,102 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let console = std::fs::read_to_string(cluster.layout.console(3)).unwrap_or_default();
     assert_replicated(&console, &node2, 3);
     certified_by_node1_with_node2s_token(&cluster, &console, &node1, &node2);
+    let node3 = lease3_on(&cluster, &node2);
+    boots_with_node_1_off_and_leases_no_address_twice(&cluster, [&node1, &node2, &node3]);
     eprintln!("self-replication test: {:.1} s", start.elapsed().as_secs_f64());
+}
+
+/// Node 3's address, from node 2's `/leases` (node 2 leased it).
+fn lease3_on(cluster: &Cluster, node2: &str) -> String {
+    let mac3 = cluster.layout.mac(3);
+    let leases = cluster.bootserver_get_at(node2, "/leases").expect("node 2's leases");
+    let lease3 = leases.as_array().into_iter().flatten().find(|l| l["mac"] == mac3.as_str());
+    lease3.and_then(|l| l["ip"].as_str()).unwrap_or_else(|| panic!("node 3 has no lease on node 2: {leases}")).into()
+}
+
+/// Issue #19's cluster DHCP: node 1, the elected responder, loses power; another member takes
+/// the segment over within the election's TTL, a new machine PXE-boots from it, and every lease
+/// in the cluster store names one machine, each machine once.
+fn boots_with_node_1_off_and_leases_no_address_twice(cluster: &Cluster, [node1, node2, node3]: [&str; 3]) {
+    use serde_json::json;
+    // The overrides handed back, node 1 first so that it is the responder to lose.
+    for ip in [node2, node3] {
+        cluster.task(ip, "boot-dhcp", json!({"mode": "off"})).expect("boot-dhcp off");
+    }
+    let back = cluster.task(node1, "boot-dhcp", json!({"mode": "cluster"})).expect("boot-dhcp cluster on node 1");
+    assert_eq!(back["mode"], "cluster", "{back}");
+    let elected = cluster.wait_dhcp_responder(node1, None, Duration::from_secs(60)).expect("a responder");
+    assert_eq!(elected, node1, "node 1 is the only candidate");
+    for ip in [node2, node3] {
+        cluster.task(ip, "boot-dhcp", json!({"mode": "cluster"})).expect("boot-dhcp cluster");
+    }
+    // Two voters must remain once node 1 is gone.
+    cluster.wait_quorum(node2, 3, Duration::from_secs(180)).expect("3 voters");
+    assert_eq!(cluster.wait_dhcp_responder(node2, None, Duration::from_secs(10)).unwrap(), node1);
+
+    let off = Instant::now();
+    cluster.power_off(1).expect("node 1 off");
+    let responder = cluster.wait_dhcp_responder(node2, Some(node1), Duration::from_secs(90)).expect("a new responder");
+    eprintln!(
+        "cluster DHCP: {responder} took the segment over {:.1} s after node 1 lost power",
+        off.elapsed().as_secs_f64()
+    );
+    assert!([node2, node3].contains(&responder.as_str()), "{responder}");
+
+    let started = Instant::now();
+    cluster.start_pxe_node(4).expect("node 4");
+    let mac4 = cluster.layout.mac(4);
+    let wanted = ["dhcp_discover", "dhcp_ack", "http_script", "http_kernel", "http_initrd", "checked_in"];
+    let mut kinds: Vec<String> = Vec::new();
+    while started.elapsed() < Duration::from_secs(300) {
+        if let Ok(events) = cluster.bootserver_get_at(&responder, &format!("/events?mac={mac4}")) {
+            kinds = events["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["event"].as_str().map(str::to_string))
+                .collect();
+            if kinds.iter().any(|k| k == "checked_in") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut at = 0;
+    for want in wanted {
+        at += kinds[at..]
+            .iter()
+            .position(|k| k == want)
+            .unwrap_or_else(|| panic!("node 4 on {responder}: {want} missing or out of order in {kinds:?}"));
+    }
+    eprintln!(
+        "cluster DHCP: node 4 PXE-booted from {responder} with node 1 off, checked in {:.1} s after it started",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every lease in the store: one per address (the key), one per machine, each PXE machine's once.
+    let page = cluster
+        .task(node2, "kv-getall", json!({"prefix": "/cerana/v1/dhcp/leases/", "limit": 1000}))
+        .expect("the leases in the store");
+    let leases: Vec<serde_json::Value> = page["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| serde_json::from_str(e["value"].as_str().unwrap_or_default()).expect("a lease record"))
+        .collect();
+    let mut macs: Vec<&str> = leases.iter().filter_map(|l| l["mac"].as_str()).collect();
+    let mut ips: Vec<&str> = leases.iter().filter_map(|l| l["ip"].as_str()).collect();
+    assert_eq!((macs.len(), ips.len()), (leases.len(), leases.len()), "{page}");
+    macs.sort_unstable();
+    macs.dedup();
+    ips.sort_unstable();
+    ips.dedup();
+    assert_eq!((macs.len(), ips.len()), (leases.len(), leases.len()), "a machine or an address twice: {page}");
+    for node in [2, 3, 4] {
+        let mac = cluster.layout.mac(node);
+        assert!(macs.contains(&mac.as_str()), "node {node} ({mac}) has no lease in the store: {page}");
+    }
+    eprintln!("cluster DHCP: {} leases in the store, each address and machine once", leases.len());
 }
 
 /// Issue #17: node 2 (no CA) served node 3's boot script with a one-time join token recorded in
@@ -1165,11 +1266,8 @@ fn certified_by_node1_with_node2s_token(cluster: &Cluster, console: &str, node1:
     assert!(console.contains(&format!("cerana.join_server=http://{node1}/")), "node 3 was not sent to node 1");
     let token = join_token_of(console).expect("node 3's boot script from node 2 carried a join token");
     let mac3 = cluster.layout.mac(3);
-    let leases = cluster.bootserver_get_at(node2, "/leases").expect("node 2's leases");
-    let lease3 = leases.as_array().into_iter().flatten().find(|l| l["mac"] == mac3.as_str());
-    let ip3 =
-        lease3.and_then(|l| l["ip"].as_str()).unwrap_or_else(|| panic!("node 3 has no lease on node 2: {leases}"));
-    let name3 = hostname(cluster, ip3);
+    let ip3 = lease3_on(cluster, node2);
+    let name3 = hostname(cluster, &ip3);
     let events = cluster.bootserver_get(&format!("/events?mac={mac3}")).expect("node 1's events");
     let issued = events["events"]
         .as_array()

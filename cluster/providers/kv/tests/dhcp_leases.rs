@@ -2,11 +2,11 @@
 //! node's coordinator socket, the `cerana-kv` provider, a 3-member etcd. Two boot servers that
 //! both believe they answer never lease one address twice; the elected responder's term is
 //! checked before each answer; a new responder takes over every lease and offer; a node's file
-//! leases are imported once.
+//! leases are imported once; a member that does not answer keeps its copy current.
 
 mod common;
 
-use cerana_bootserver::cluster_dhcp::{import_file_leases, ClusterLeaseStore, Term, LEASES, OFFERS};
+use cerana_bootserver::cluster_dhcp::{import_file_leases, refresh_copy, ClusterLeaseStore, Term, LEASES, OFFERS};
 use cerana_bootserver::config::PoolConfig;
 use cerana_bootserver::kv_tasks::KvTasks;
 use cerana_bootserver::lease::{AllocError, Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError};
@@ -196,4 +196,16 @@ async fn two_servers_never_lease_one_address_twice_and_a_new_responder_takes_eve
     assert!(!stored.contains_key(&Ipv4Addr::new(10, 77, 0, 201)));
     assert!(dir.path().join("leases.jsonl.imported").exists());
     assert_eq!(import_file_leases(&kv, dir.path(), now()).await.unwrap(), 0, "once");
+
+    // A member that does not answer brings its copy up to date: what the store dropped goes,
+    // what others leased comes.
+    let follower = tempfile::tempdir().unwrap();
+    let gone = Lease { mac: mac(6, 1), ip: Ipv4Addr::new(10, 77, 0, 230), expires: now() + 600 };
+    FileLeaseStore::open(follower.path()).unwrap().put(gone).unwrap();
+    let held = refresh_copy(&kv, follower.path().to_path_buf()).await.unwrap();
+    let mut kept: Vec<(Ipv4Addr, MacAddr)> =
+        FileLeaseStore::read(follower.path()).unwrap().iter().map(|l| (l.ip, l.mac)).collect();
+    kept.sort();
+    assert_eq!(held, kept.len());
+    assert_eq!(kept, stored_leases(&lab).into_iter().collect::<Vec<_>>(), "the follower's copy is the store's");
 }

@@ -103,8 +103,10 @@ fn bring_up(layout: Layout, limit: Duration) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let cluster = Cluster::up(layout).context("starting the cluster")?;
     cluster.wait_ready([1], limit)?;
+    // Node 1 answers DHCP once its store is up and elects it the segment's responder.
+    cluster.wait_dhcp_responder(&cluster.layout.bootstrap_ip(), None, limit)?;
     println!(
-        "node 1 ready after {:.1} s; PXE-booting nodes 2..{}",
+        "node 1 ready and answering DHCP after {:.1} s; PXE-booting nodes 2..{}",
         start.elapsed().as_secs_f64(),
         cluster.layout.nodes
     );
