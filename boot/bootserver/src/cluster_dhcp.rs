@@ -25,9 +25,9 @@ use crate::lease::{FileLeaseStore, Lease, LeaseStore, LeaseStoreError, MemoryLea
 use cerana_protocol::tasks::boot::MacAddr;
 use cerana_protocol::tasks::kv::{
     CampaignArgs, KvCampaign, KvEphemeralDestroy, KvGet, KvGetAll, KvIsLeader, KvKey, KvPrefix, KvRemove, KvRenew,
-    KvResign, KvUpdate, KvValue, LeaseArgs, ListArgs, RemoveArgs, ResignArgs, TtlMs, UpdateArgs,
+    KvResign, KvUpdate, KvValue, Leadership, LeaseArgs, ListArgs, RemoveArgs, ResignArgs, TtlMs, UpdateArgs,
 };
-use cerana_protocol::{ErrorCode, Task};
+use cerana_protocol::{ErrorCode, Task, TaskError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -453,6 +453,26 @@ async fn switched<T: Send + 'static>(
     }
 }
 
+/// How long one campaign waits for the election before it is made again.
+const CAMPAIGN_WAIT: Duration = Duration::from_secs(5);
+
+/// One campaign of `announce` in the election `name`: the term, or `Busy` once
+/// [`CAMPAIGN_WAIT`] passed with another responder leading.
+pub async fn campaign(
+    kv: &KvTasks,
+    name: &KvKey,
+    announce: Ipv4Addr,
+    ttl: TtlMs,
+) -> Result<Result<Leadership, TaskError>, Unavailable> {
+    let args = CampaignArgs {
+        name: name.clone(),
+        value: KvValue::new(announce.to_string()).expect("an address is a value"),
+        ttl_ms: ttl,
+        wait_ms: CAMPAIGN_WAIT.as_millis() as u64,
+    };
+    kv.run_waiting::<KvCampaign>(&args, CAMPAIGN_WAIT).await
+}
+
 /// The responder loop of a node's boot server: campaign, serve while leading, stop serving when
 /// the term ends, campaign again. While the store is out of reach (no quorum: a cold start of
 /// the whole cluster, a partition) it answers the clients its copy says hold a lease, with that
@@ -471,17 +491,12 @@ pub async fn respond(control: Arc<DhcpControl>, cluster: ClusterDhcp) {
     loop {
         if cluster.overridden.load(Ordering::SeqCst) {
             degraded = false;
+            unreachable = None;
             tokio::time::sleep(Duration::from_millis(500)).await;
             refresh_when_due(&cluster.kv, copy.as_ref(), &mut refreshed).await;
             continue;
         }
-        let args = CampaignArgs {
-            name: name.clone(),
-            value: KvValue::new(cluster.announce.to_string()).expect("an address is a value"),
-            ttl_ms: ttl,
-            wait_ms: 5_000,
-        };
-        let led = match cluster.kv.run::<KvCampaign>(&args).await {
+        let led = match campaign(&cluster.kv, &name, cluster.announce, ttl).await {
             Ok(Ok(led)) => led,
             Ok(Err(e)) => {
                 unreachable = None;

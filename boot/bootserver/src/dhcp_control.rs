@@ -12,6 +12,7 @@ use crate::events::EventLog;
 use crate::kv_tasks::KvTasks;
 use crate::lease::{Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError, MemoryLeaseStore};
 use crate::net;
+use cerana_protocol::tasks::boot::MacAddr;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +149,21 @@ impl DhcpControl {
             }),
             _ => Vec::new(),
         }
+    }
+
+    /// [`Self::leases`] for async code, on a blocking thread: the locks it takes may be held by
+    /// a DHCP request or a switch waiting on the cluster store, whose answers need the runtime's
+    /// workers (a node may have one), so taking them on a worker can deadlock.
+    pub async fn leases_off_runtime(self: &Arc<Self>) -> Vec<Lease> {
+        let control = self.clone();
+        tokio::task::spawn_blocking(move || control.leases()).await.unwrap_or_default()
+    }
+
+    /// The `cerana.mgmt_*` settings of `mac`'s lease, for async code (see
+    /// [`Self::leases_off_runtime`]).
+    pub async fn mgmt_settings_off_runtime(self: &Arc<Self>, mac: MacAddr) -> Option<String> {
+        let control = self.clone();
+        tokio::task::spawn_blocking(move || control.service().and_then(|d| d.mgmt_settings(mac))).await.ok().flatten()
     }
 
     /// The DHCP service answering now, if any.

@@ -324,7 +324,8 @@ async fn boot_script(
             // Only a server that signs certificates, or whose check-ins go to one that does
             // (its tokens in the cluster store), hands out tokens to redeem for one.
             let now = crate::events::now_ms() / 1000;
-            let leased = state.dhcp.leases().into_iter().find(|l| l.mac == mac && l.is_active(now)).map(|l| l.ip);
+            let leases = state.dhcp.leases_off_runtime().await;
+            let leased = leases.into_iter().find(|l| l.mac == mac && l.is_active(now)).map(|l| l.ip);
             let join_token = match (&state.config.ca_dir, &state.config.join_server) {
                 (None, None) => None,
                 _ => match state.join_tokens.mint(mac, uuid, leased, now).await {
@@ -338,6 +339,7 @@ async fn boot_script(
                     }
                 },
             };
+            let mgmt = state.dhcp.mgmt_settings_off_runtime(mac).await;
             let cmdline = [
                 state.config.boot.cmdline.clone(),
                 join_token.unwrap_or_default(),
@@ -346,7 +348,7 @@ async fn boot_script(
                 format!("cerana.cluster_ips={cluster_ips}"),
                 format!("cerana.mgmt_mac={mac_s}"),
                 format!("cerana.initrd_hash=sha256-{}", image.initrd.sha256),
-                state.dhcp.service().and_then(|d| d.mgmt_settings(mac)).unwrap_or_default(),
+                mgmt.unwrap_or_default(),
                 image.cmdline.clone(),
                 machine_cmdline.to_string(),
             ]
@@ -521,7 +523,7 @@ async fn machines(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn leases(State(state): State<Arc<HttpState>>) -> Response {
-    axum::Json(state.dhcp.leases()).into_response()
+    axum::Json(state.dhcp.leases_off_runtime().await).into_response()
 }
 
 /// The cluster CA's certificate (public: what every client of the cluster trusts). Fetched
@@ -587,7 +589,7 @@ async fn checkin(
     let (Some(public_key), Some(ca_dir)) = (&checkin.public_key, &state.config.ca_dir) else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    let leases = state.dhcp.leases();
+    let leases = state.dhcp.leases_off_runtime().await;
     match crate::certificates::issue(ca_dir, &state.join_tokens, &leases, peer.ip(), &checkin, public_key).await {
         Ok((name, reply)) => {
             state.events.record(source, checkin.mac, BootEventKind::CertificateIssued { name });

@@ -47,10 +47,21 @@ impl KvTasks {
     /// Runs `T`; a task's own error comes back as `Ok(Err(..))`, a transport failure drops the
     /// connection and is [`Unavailable`].
     pub async fn run<T: Task>(&self, args: &T::Args) -> Result<Result<T::Output, TaskError>, Unavailable> {
+        self.run_waiting::<T>(args, Duration::ZERO).await
+    }
+
+    /// [`Self::run`] for a task that itself waits up to `wait` (a campaign): its deadline is
+    /// that much longer, so a wait that ends normally is not mistaken for a store out of reach.
+    pub async fn run_waiting<T: Task>(
+        &self,
+        args: &T::Args,
+        wait: Duration,
+    ) -> Result<Result<T::Output, TaskError>, Unavailable> {
         let client = self.client().await?;
         let mut request = Request::for_task::<T>(args).map_err(|e| Unavailable(e.to_string()))?;
-        request.timeout_ms = Some(self.timeout.as_millis() as u64);
-        let answer = tokio::time::timeout(self.timeout + Duration::from_secs(1), client.call(request)).await;
+        let timeout = self.timeout + wait;
+        request.timeout_ms = Some(timeout.as_millis() as u64);
+        let answer = tokio::time::timeout(timeout + Duration::from_secs(1), client.call(request)).await;
         let response = match answer {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {

@@ -496,23 +496,28 @@ impl Cluster {
         }
     }
 
-    /// Waits until the cluster, asked through the node at `ip`, has elected its DHCP responder
-    /// on the management segment, other than `not`; returns the responder's address. A node's
+    /// Waits until the cluster, asked through the node at `ip`, has elected a DHCP responder on
+    /// the management segment that `wanted` accepts; returns the responder's address. A node's
     /// boot server answers DHCP only once elected, which follows its store coming up.
-    pub fn wait_dhcp_responder(&self, ip: &str, not: Option<&str>, limit: Duration) -> Result<String, ClusterError> {
+    pub fn wait_dhcp_responder(
+        &self,
+        ip: &str,
+        wanted: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> Result<String, ClusterError> {
         let election = format!("/cerana/v1/dhcp/responder/{}.0-24", self.layout.subnet);
         let start = Instant::now();
         loop {
             let last = self.task(ip, "kv-leader", serde_json::json!({ "name": election }));
             if let Some(responder) = last.as_ref().ok().and_then(|l| l["value"].as_str()) {
-                if not != Some(responder) {
+                if wanted(responder) {
                     return Ok(responder.to_string());
                 }
             }
             if start.elapsed() > limit {
                 let last = last.map_or_else(|e| e.to_string(), |l| l.to_string());
                 return Err(ClusterError::Invalid(format!(
-                    "no DHCP responder other than {not:?} through {ip} after {} s; last kv-leader: {last}",
+                    "no DHCP responder as wanted through {ip} after {} s; last kv-leader: {last}",
                     limit.as_secs()
                 )));
             }

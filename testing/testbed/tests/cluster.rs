@@ -98,8 +98,9 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
     eprintln!("node 1 (bootstrap) ready after {:.1} s", start.elapsed().as_secs_f64());
-    let responder = cluster.wait_dhcp_responder(&cluster.layout.bootstrap_ip(), None, Duration::from_secs(120));
-    assert_eq!(responder.expect("node 1 answers DHCP"), cluster.layout.bootstrap_ip());
+    let node1 = cluster.layout.bootstrap_ip();
+    let responder = cluster.wait_dhcp_responder(&node1, |r| r == node1, Duration::from_secs(120));
+    responder.expect("node 1 answers DHCP");
     eprintln!("node 1 elected the segment's DHCP responder after {:.1} s", start.elapsed().as_secs_f64());
     cluster.start_pxe_node(2).unwrap();
     cluster.start_pxe_node(3).unwrap();
@@ -1113,7 +1114,7 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
     let cluster = Cluster::up(layout).expect("cluster up");
     cluster.wait_ready([1], Duration::from_secs(180)).expect("node 1");
     let node1 = cluster.layout.bootstrap_ip();
-    cluster.wait_dhcp_responder(&node1, None, Duration::from_secs(120)).expect("node 1 answers DHCP");
+    cluster.wait_dhcp_responder(&node1, |r| r == node1, Duration::from_secs(120)).expect("node 1 answers DHCP");
     cluster.start_pxe_node(2).unwrap();
     cluster.wait_ready([2], Duration::from_secs(300)).expect("node 2");
     let node2 = cluster.leased_ip(2).unwrap();
@@ -1136,7 +1137,14 @@ fn a_pxe_booted_node_serves_its_image_to_the_next_node() {
 
     let third = Instant::now();
     cluster.start_pxe_node(3).unwrap();
-    cluster.wait_ready([3], Duration::from_secs(300)).expect("node 3 boots from node 2");
+    if let Err(e) = cluster.wait_ready([3], Duration::from_secs(300)) {
+        let logs = cluster.task(
+            &node2,
+            "init-service-logs",
+            serde_json::json!({"service": "bootserver-replica", "lines": 60}),
+        );
+        panic!("node 3 did not boot from node 2: {e:?}\nnode 2's boot server: {logs:?}");
+    }
     eprintln!("node 3 ready {:.1} s after it started, booted by node 2", third.elapsed().as_secs_f64());
     let mac3 = cluster.layout.mac(3);
     let events = cluster.bootserver_get_at(&node2, &format!("/events?mac={mac3}")).expect("node 2's events");
@@ -1185,18 +1193,19 @@ fn boots_with_node_1_off_and_leases_no_address_twice(cluster: &Cluster, [node1, 
     }
     let back = cluster.task(node1, "boot-dhcp", json!({"mode": "cluster"})).expect("boot-dhcp cluster on node 1");
     assert_eq!(back["mode"], "cluster", "{back}");
-    let elected = cluster.wait_dhcp_responder(node1, None, Duration::from_secs(60)).expect("a responder");
-    assert_eq!(elected, node1, "node 1 is the only candidate");
+    // Nodes 2 and 3 resign within a third of the election's TTL; node 1 is the only candidate.
+    cluster.wait_dhcp_responder(node1, |r| r == node1, Duration::from_secs(60)).expect("node 1 elected");
     for ip in [node2, node3] {
         cluster.task(ip, "boot-dhcp", json!({"mode": "cluster"})).expect("boot-dhcp cluster");
     }
     // Two voters must remain once node 1 is gone.
     cluster.wait_quorum(node2, 3, Duration::from_secs(180)).expect("3 voters");
-    assert_eq!(cluster.wait_dhcp_responder(node2, None, Duration::from_secs(10)).unwrap(), node1);
+    cluster.wait_dhcp_responder(node2, |r| r == node1, Duration::from_secs(10)).expect("node 1 still elected");
 
     let off = Instant::now();
     cluster.power_off(1).expect("node 1 off");
-    let responder = cluster.wait_dhcp_responder(node2, Some(node1), Duration::from_secs(90)).expect("a new responder");
+    let responder =
+        cluster.wait_dhcp_responder(node2, |r| r != node1, Duration::from_secs(90)).expect("a new responder");
     eprintln!(
         "cluster DHCP: {responder} took the segment over {:.1} s after node 1 lost power",
         off.elapsed().as_secs_f64()
@@ -1224,10 +1233,17 @@ fn boots_with_node_1_off_and_leases_no_address_twice(cluster: &Cluster, [node1, 
     }
     let mut at = 0;
     for want in wanted {
-        at += kinds[at..]
-            .iter()
-            .position(|k| k == want)
-            .unwrap_or_else(|| panic!("node 4 on {responder}: {want} missing or out of order in {kinds:?}"));
+        match kinds[at..].iter().position(|k| k == want) {
+            Some(found) => at += found,
+            None => {
+                let logs = cluster.task(
+                    &responder,
+                    "init-service-logs",
+                    json!({"service": "bootserver-replica", "lines": 60}),
+                );
+                panic!("node 4 on {responder}: {want} missing or out of order in {kinds:?}\nits boot server: {logs:?}");
+            }
+        }
     }
     eprintln!(
         "cluster DHCP: node 4 PXE-booted from {responder} with node 1 off, checked in {:.1} s after it started",

@@ -6,7 +6,9 @@
 
 mod common;
 
-use cerana_bootserver::cluster_dhcp::{import_file_leases, refresh_copy, ClusterLeaseStore, Term, LEASES, OFFERS};
+use cerana_bootserver::cluster_dhcp::{
+    self, import_file_leases, refresh_copy, ClusterLeaseStore, Term, LEASES, OFFERS,
+};
 use cerana_bootserver::config::PoolConfig;
 use cerana_bootserver::kv_tasks::KvTasks;
 use cerana_bootserver::lease::{AllocError, Allocator, FileLeaseStore, Lease, LeaseStore, LeaseStoreError};
@@ -98,6 +100,12 @@ async fn two_servers_never_lease_one_address_twice_and_a_new_responder_takes_eve
     // Server A is elected; B's campaign does not win while A leads.
     let a_term = campaign(&lab, "10.77.0.2", 0).await.expect("A leads");
     assert_eq!(campaign(&lab, "10.77.0.3", 0).await.unwrap_err(), ErrorCode::Busy);
+    // The boot server's own campaign waits its whole round (longer than a plain task's deadline)
+    // and ends busy: another server leads, the store is not out of reach.
+    let name = KvKey::new(ELECTION.to_string()).unwrap();
+    let ttl = TtlMs::new(10_000).unwrap();
+    let waited = cluster_dhcp::campaign(&kv, &name, Ipv4Addr::new(10, 77, 0, 3), ttl).await;
+    assert_eq!(waited.expect("the store answers").map(drop).unwrap_err().code, ErrorCode::Busy);
     let a = allocator(&kv, a_term.clone()).await;
     let first = lease(&a, mac(1, 1)).await.unwrap();
     assert_eq!(stored_leases(&lab).get(&first.ip), Some(&first.mac));

@@ -104,7 +104,7 @@ fn bring_up(layout: Layout, limit: Duration) -> anyhow::Result<()> {
     let cluster = Cluster::up(layout).context("starting the cluster")?;
     cluster.wait_ready([1], limit)?;
     // Node 1 answers DHCP once its store is up and elects it the segment's responder.
-    cluster.wait_dhcp_responder(&cluster.layout.bootstrap_ip(), None, limit)?;
+    cluster.wait_dhcp_responder(&cluster.layout.bootstrap_ip(), |_| true, limit)?;
     println!(
         "node 1 ready and answering DHCP after {:.1} s; PXE-booting nodes 2..{}",
         start.elapsed().as_secs_f64(),
