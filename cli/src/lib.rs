@@ -2,6 +2,7 @@
 
 mod args;
 mod config;
+mod manifest;
 mod render;
 
 use anyhow::Context as _;
@@ -27,6 +28,7 @@ EXAMPLES:
   cerana kv ls /cerana/v1/ --values
   cerana set bundle -f web.toml                     declared objects (get, describe, delete, set)
   cerana get bundles; cerana describe bundle web
+  cerana plan -f site/; cerana apply -f site/        files of [[dataset]], [[service]], [[bundle]]
 
 ARGUMENTS:
   key=value words become the task's JSON arguments. Values that parse as JSON are typed
@@ -96,12 +98,29 @@ enum Command {
     Get { kind: Kind, id: Option<String> },
     /// Shows one object in full (a bundle with its services as it runs them).
     Describe { kind: Kind, id: String },
-    /// Deletes an object; with --mod-index only if unchanged since.
+    /// Deletes an object (with --mod-index only if unchanged since), or every object a file
+    /// or directory declares (-f), bundles first.
     Delete {
-        kind: Kind,
-        id: String,
-        #[arg(long)]
+        #[arg(required_unless_present = "file")]
+        kind: Option<Kind>,
+        #[arg(required_unless_present = "file")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "file")]
         mod_index: Option<u64>,
+        /// A file (TOML or JSON) or a directory of them, as `cerana apply -f` reads.
+        #[arg(short, long, value_name = "FILE|DIR", conflicts_with_all = ["kind", "id"])]
+        file: Option<PathBuf>,
+    },
+    /// Declares every object of a file or directory (TOML or JSON: `[[dataset]]`, `[[service]]`,
+    /// `[[bundle]]`, `[defaults]`): creates what is new, changes what differs, in the order
+    /// their references need; prints what it did, as `plan -f` would show it.
+    Apply {
+        #[arg(short, long, value_name = "FILE|DIR")]
+        file: PathBuf,
+        /// Apply only if the cluster's declared objects are still at this revision (the one
+        /// `plan -f` printed); every write is also a compare-and-swap on the index it read.
+        #[arg(long, value_name = "REVISION")]
+        check_index: Option<u64>,
     },
     /// Creates or replaces an object from a JSON or TOML file (- for stdin); its mod_index
     /// says which version it replaces (none: create only).
@@ -140,9 +159,13 @@ enum Command {
         timeout: Option<u64>,
     },
     /// What the next cluster tick would do (`+` start, `-` stop or destroy, `~` copy, with
-    /// reasons) and what cannot be placed. Exit 0: nothing would change; 2: something would;
-    /// 1: it could not be told.
-    Plan,
+    /// reasons) and what cannot be placed; with -f, what `apply -f` would change, field by
+    /// field (`+` create, `~` change), and the revision for `apply --check-index`. Exit 0:
+    /// nothing would change; 2: something would; 1: it could not be told.
+    Plan {
+        #[arg(short, long, value_name = "FILE|DIR")]
+        file: Option<PathBuf>,
+    },
     /// The cluster ticks.
     #[command(subcommand)]
     Ticks(TicksCommand),
@@ -531,7 +554,44 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &serde_json::json!({ "nodes": render::node_rows(&nodes, now_ms()) }));
             Ok(())
         }
-        Command::Plan => {
+        Command::Plan { file: Some(file) } => {
+            let fail = |f: Failure| Failure { code: 1, message: f.message };
+            let declared = manifest::load(file).map_err(|e| Failure { code: 1, message: e })?;
+            let steps = plan_steps(&client, &declared).await.map_err(fail)?;
+            let revision = declared_revision(&client).await.map_err(fail)?;
+            match cli.output {
+                Output::Json => println!("{}", render::json(&manifest::to_json(&steps, revision))),
+                Output::Table | Output::Wide => {
+                    print!("{}", manifest::render(&steps));
+                    println!("revision {revision} (cerana apply -f … --check-index {revision})");
+                }
+            }
+            if steps.iter().any(|s| s.op != manifest::Op::Unchanged) {
+                return Err(Failure { code: 2, message: String::new() });
+            }
+            Ok(())
+        }
+        Command::Apply { file, check_index } => {
+            let declared = manifest::load(file).map_err(|e| Failure { code: 3, message: e })?;
+            let steps = plan_steps(&client, &declared).await?;
+            if let Some(wanted) = check_index {
+                let revision = declared_revision(&client).await?;
+                if revision != *wanted {
+                    return Err(Failure {
+                        code: 5,
+                        message: format!(
+                            "the cluster's declared objects are at revision {revision}, not {wanted}: nothing applied; plan again"
+                        ),
+                    });
+                }
+            }
+            apply_steps(&cli, &client, &steps).await
+        }
+        Command::Delete { file: Some(file), .. } => {
+            let declared = manifest::load(file).map_err(|e| Failure { code: 3, message: e })?;
+            delete_declared(&cli, &client, &declared).await
+        }
+        Command::Plan { file: None } => {
             let plan = call_task(&client, "ticks-plan", serde_json::json!({}))
                 .await
                 .map_err(|f| Failure { code: 1, message: f.message })?
@@ -638,7 +698,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", render::json(&value));
             Ok(())
         }
-        Command::Delete { kind, id, mod_index } => {
+        Command::Delete { kind: Some(kind), id: Some(id), mod_index, .. } => {
             let (one, _, _) = kind.names();
             if *kind == Kind::Nodes {
                 return Err(Failure::usage("nodes come and go with their heartbeats; there is nothing to delete"));
@@ -651,6 +711,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
+        Command::Delete { .. } => Err(Failure::usage("delete: give KIND ID, or -f FILE|DIR")),
         Command::Set { kind, file, replace } => {
             let text = read_input(file).map_err(|e| Failure::usage(format!("{e:#}")))?;
             let mut object = parse_object(&text).map_err(|e| Failure::usage(format!("{file}: {e}")))?;
@@ -810,6 +871,112 @@ async fn call_task(
 }
 
 /// An object from JSON, or else TOML.
+/// Each declared object against what the cluster declares now.
+async fn plan_steps(client: &Client, declared: &[manifest::Declared]) -> Result<Vec<manifest::Step>, Failure> {
+    use manifest::{ObjectKind, Op, Step};
+    let mut steps = Vec::new();
+    for object in declared {
+        let args = if object.kind == ObjectKind::Defaults {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "id": object.id })
+        };
+        let (op, mod_index) = match call_task(client, object.kind.get_task(), args).await {
+            Ok((_, answer)) => {
+                let (now, index) =
+                    manifest::current(object.kind, &answer).map_err(|e| Failure { code: 1, message: e })?;
+                let changes = manifest::field_changes(&now, &object.fields);
+                (if changes.is_empty() { Op::Unchanged } else { Op::Update(changes) }, index)
+            }
+            Err(f) if f.code == 4 => (Op::Create, 0),
+            Err(f) => return Err(f),
+        };
+        steps.push(Step { kind: object.kind, id: object.id.clone(), op, mod_index, fields: object.fields.clone() });
+    }
+    Ok(steps)
+}
+
+/// The revision of the cluster's declared objects: the highest index among them.
+async fn declared_revision(client: &Client) -> Result<u64, Failure> {
+    let mut revision = 0;
+    for (task, field) in [("list-datasets", "datasets"), ("list-services", "services"), ("list-bundles", "bundles")] {
+        let (_, list) = call_task(client, task, serde_json::json!({})).await?;
+        for object in list[field].as_array().into_iter().flatten() {
+            // A bundle list holds views: {bundle, services}.
+            let object = object.get("bundle").unwrap_or(object);
+            revision = revision.max(object["mod_index"].as_u64().unwrap_or(0));
+        }
+    }
+    let (_, defaults) = call_task(client, "get-default-options", serde_json::json!({})).await?;
+    Ok(revision.max(defaults["mod_index"].as_u64().unwrap_or(0)))
+}
+
+/// Writes what differs, in order, each a compare-and-swap on the index the plan read; stops at
+/// the first refusal and says what was written before it.
+async fn apply_steps(cli: &Cli, client: &Client, steps: &[manifest::Step]) -> Result<(), Failure> {
+    let mut done = Vec::new();
+    for step in steps.iter().filter(|s| s.op != manifest::Op::Unchanged) {
+        let mut args = step.fields.clone();
+        args["mod_index"] = serde_json::json!(step.mod_index);
+        match call_task(client, step.kind.update_task(), args).await {
+            Ok((_, written)) => {
+                let index = written.get("bundle").unwrap_or(&written)["mod_index"].as_u64().unwrap_or(0);
+                if cli.output != Output::Json {
+                    println!("{} {} (index {index})", step.op.sign(), step.name());
+                }
+                done.push(serde_json::json!({ "op": step.op.sign(), "kind": step.kind.name(), "id": step.id, "mod_index": index }));
+            }
+            Err(f) => {
+                let written: Vec<String> = done
+                    .iter()
+                    .map(|d| format!("{}/{}", d["kind"].as_str().unwrap_or(""), d["id"].as_str().unwrap_or("")))
+                    .collect();
+                return Err(Failure {
+                    code: f.code,
+                    message: format!(
+                        "{}: {}; written before it: {}",
+                        step.name(),
+                        f.message,
+                        if written.is_empty() { "nothing".into() } else { written.join(", ") }
+                    ),
+                });
+            }
+        }
+    }
+    match cli.output {
+        Output::Json => println!("{}", render::json(&serde_json::json!({ "applied": done }))),
+        Output::Table | Output::Wide if done.is_empty() => println!("nothing to change"),
+        Output::Table | Output::Wide => {}
+    }
+    Ok(())
+}
+
+/// Deletes what a file declares, bundles first; what is already gone is reported, not an error.
+async fn delete_declared(cli: &Cli, client: &Client, declared: &[manifest::Declared]) -> Result<(), Failure> {
+    let mut report = Vec::new();
+    for object in declared.iter().rev() {
+        let Some(task) = object.kind.delete_task() else { continue };
+        let outcome = match call_task(client, task, serde_json::json!({ "id": object.id })).await {
+            Ok(_) => "deleted",
+            Err(f) if f.code == 4 => "already gone",
+            Err(f) => {
+                return Err(Failure {
+                    code: f.code,
+                    message: format!("{} {}: {}", object.kind.name(), object.id, f.message),
+                })
+            }
+        };
+        if cli.output != Output::Json {
+            println!("- {}/{} ({outcome})", object.kind.name(), object.id);
+        }
+        report.push(serde_json::json!({ "kind": object.kind.name(), "id": object.id, "outcome": outcome }));
+    }
+    if cli.output == Output::Json {
+        println!("{}", render::json(&serde_json::json!({ "deleted": report })));
+    }
+    Ok(())
+}
+
 fn parse_object(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(value) if value.is_object() => Ok(value),

@@ -91,14 +91,29 @@ async fn kv_get_set_ls_watch_rm() {
     assert_eq!(code, 3, "an empty key is bad input: {stderr}");
 }
 
+/// A coordinator with the clusterconf provider over `etcd`, in a temporary directory.
+struct ClusterconfLab {
+    dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    _coordinator: Coordinator,
+}
+
+impl ClusterconfLab {
+    async fn start(etcd: &EtcdCluster) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("c.sock");
+        let coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
+        let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+        tokio::spawn(cerana_clusterconf::provider_with(store).serve(socket.clone()));
+        Self { dir, socket, _coordinator: coordinator }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_objects_from_files_and_back() {
     let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("c.sock");
-    let _coordinator = Coordinator::start(Config::new(&socket)).await.unwrap();
-    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
-    tokio::spawn(cerana_clusterconf::provider_with(store).serve(socket.clone()));
+    let lab = ClusterconfLab::start(&etcd).await;
+    let (dir, socket) = (&lab.dir, lab.socket.clone());
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -161,4 +176,89 @@ async fn declared_objects_from_files_and_back() {
     let (code, _, stderr) = run(&socket, &["set", "dataset", "-f", &wrong]).await;
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("redundancy: must be at least 1"), "{stderr}");
+}
+
+/// Output and exit code of `cerana` with text output (what an operator reads).
+async fn run_text(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), cerana(socket, args).output()).await.unwrap().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `cerana plan|apply|delete -f`: a directory of files planned (exit 2, `+` lines), applied,
+/// planned again (exit 0), changed (`~` with the field), refused at a stale revision, applied,
+/// deleted; a bad file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_apply_and_delete_from_files() {
+    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let lab = ClusterconfLab::start(&etcd).await;
+    let (dir, socket) = (&lab.dir, lab.socket.clone());
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("data.json"), r#"{"dataset": [{"id": "files", "redundancy": 2}]}"#).unwrap();
+    let web = "[[service]]\nid = \"httpd\"\ndataset = \"files\"\ncmd = [\"/bin/httpd\", \"-f\"]\n\n\
+               [[bundle]]\nid = \"web\"\n[bundle.services.httpd]\nid = \"httpd\"\n[bundle.ports.80]\npublic = true\n\
+               external_port = 18080\n";
+    std::fs::write(site.join("web.toml"), web).unwrap();
+    let site = site.to_str().unwrap().to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, text) = loop {
+        let (code, text, stderr) = run_text(&socket, &["plan", "-f", &site]).await;
+        if code != 1 {
+            break (code, text);
+        }
+        assert!(Instant::now() < deadline, "clusterconf never answered: {stderr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, 2, "changes to make: {text}");
+    assert!(text.contains("+ dataset/files\n+ service/httpd\n+ bundle/web\n"), "{text}");
+    assert!(text.contains("3 to create, 0 to change, 0 unchanged"), "{text}");
+
+    let (code, text, stderr) = run_text(&socket, &["apply", "-f", &site]).await;
+    assert_eq!(code, 0, "{text}{stderr}");
+    assert!(text.starts_with("+ dataset/files (index ") && text.contains("+ bundle/web (index "), "{text}");
+    let (code, text, _) = run_text(&socket, &["plan", "-f", &site]).await;
+    assert_eq!(code, 0, "nothing left to change: {text}");
+    let (_, plan, _) = run(&socket, &["plan", "-f", &site, "-o", "json"]).await;
+    let revision = plan["revision"].as_u64().expect("a revision");
+    assert!(revision > 0, "{plan}");
+
+    // One field changed: planned as such, refused at a revision that is not the cluster's.
+    std::fs::write(dir.path().join("site/data.json"), r#"{"dataset": [{"id": "files", "redundancy": 3}]}"#).unwrap();
+    let (code, text, _) = run_text(&socket, &["plan", "-f", &site]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("~ dataset/files\n    redundancy: 2 → 3\n"), "{text}");
+    let stale = (revision - 1).to_string();
+    let (code, _, stderr) = run_text(&socket, &["apply", "-f", &site, "--check-index", &stale]).await;
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("nothing applied"), "{stderr}");
+    let (_, value, _) = run(&socket, &["get", "dataset", "files", "-o", "json"]).await;
+    assert_eq!(value["redundancy"], 2, "the refused apply wrote nothing");
+    let (code, text, stderr) = run_text(&socket, &["apply", "-f", &site, "--check-index", &revision.to_string()]).await;
+    assert_eq!(code, 0, "{text}{stderr}");
+    assert!(text.starts_with("~ dataset/files (index "), "only what changed is written: {text}");
+    let (_, value, _) = run(&socket, &["get", "dataset", "files", "-o", "json"]).await;
+    assert_eq!(value["redundancy"], 3);
+
+    // A bad file: a clear error, nothing planned or written.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[dataset]]\nid = \"other\"\nredundancy = 2\nsize = 10\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let (code, _, stderr) = run_text(&socket, &["plan", "-f", bad]).await;
+    assert!(code == 1 && stderr.contains("bad.toml") && stderr.contains("size"), "{code} {stderr}");
+    let (code, _, stderr) = run_text(&socket, &["apply", "-f", bad]).await;
+    assert_eq!(code, 3, "{stderr}");
+    let (code, _, _) = run_text(&socket, &["get", "dataset", "other"]).await;
+    assert_eq!(code, 4, "nothing written");
+
+    // Deleted bundles first; twice is harmless.
+    let (code, text, stderr) = run_text(&socket, &["delete", "-f", &site]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(text, "- bundle/web (deleted)\n- service/httpd (deleted)\n- dataset/files (deleted)\n");
+    let (code, text, _) = run_text(&socket, &["delete", "-f", &site]).await;
+    assert_eq!(code, 0);
+    assert!(text.contains("- dataset/files (already gone)"), "{text}");
+    let (code, text, _) = run_text(&socket, &["plan", "-f", &site]).await;
+    assert_eq!(code, 2, "{text}");
 }
