@@ -559,11 +559,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let declared = manifest::load(file).map_err(|e| Failure { code: 1, message: e })?;
             let steps = plan_steps(&client, &declared).await.map_err(fail)?;
             let revision = declared_revision(&client).await.map_err(fail)?;
+            // The ticks' dry run of the objects as if applied: where each bundle would run, or why not.
+            let ticks = match call_task(&client, "ticks-plan", manifest::tick_args(&declared)).await {
+                Ok((_, plan)) => Some(plan),
+                Err(f) if f.code == 7 => None,
+                Err(f) => return Err(fail(f)),
+            };
             match cli.output {
-                Output::Json => println!("{}", render::json(&manifest::to_json(&steps, revision))),
+                Output::Json => {
+                    let mut out = manifest::to_json(&steps, revision);
+                    out["ticks"] = ticks.unwrap_or_default();
+                    println!("{}", render::json(&out));
+                }
                 Output::Table | Output::Wide => {
                     print!("{}", manifest::render(&steps));
                     println!("revision {revision} (cerana apply -f … --check-index {revision})");
+                    match &ticks {
+                        Some(plan) => print!("the ticks would then:\n{}", render::plan(plan)),
+                        None => println!("(no ticks provider reached: placement not previewed)"),
+                    }
                 }
             }
             if steps.iter().any(|s| s.op != manifest::Op::Unchanged) {

@@ -201,6 +201,18 @@ pub fn current(kind: ObjectKind, answer: &Value) -> Result<(Value, u64), String>
     Ok((fields, index))
 }
 
+/// `ticks-plan`'s arguments for the ticks' dry run of `declared` (the defaults are not planned).
+pub fn tick_args(declared: &[Declared]) -> Value {
+    let of = |kind: ObjectKind| -> Vec<Value> {
+        declared.iter().filter(|d| d.kind == kind).map(|d| d.fields.clone()).collect()
+    };
+    serde_json::json!({
+        "datasets": of(ObjectKind::Dataset),
+        "services": of(ObjectKind::Service),
+        "bundles": of(ObjectKind::Bundle),
+    })
+}
+
 /// One field that differs: its dotted path, what it is now and what it would be (None: absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldChange {

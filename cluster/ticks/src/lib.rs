@@ -21,7 +21,7 @@ pub mod state;
 pub mod volumes;
 
 use cerana_protocol::tasks::ticks::{self as t, History, JOURNAL_RUNS, LEADER};
-use cerana_provider_sdk::Provider;
+use cerana_provider_sdk::{ErrorCode, Provider, TaskError};
 use cerana_store::{store_task, task_error, LazyStore};
 use settings::Settings;
 use std::sync::Arc;
@@ -106,8 +106,10 @@ pub fn provider(store: LazyStore, fence: Arc<apply::Fence>) -> Provider {
         let (fence, store) = (fence.clone(), apply_store.clone());
         async move { fence.apply(&ctx, &store, args).await }
     });
-    let p = store_task!(p, store, t::TicksPlan, |s, _args| {
-        let cluster = state::Cluster::read(s).await.map_err(task_error)?;
+    let p = store_task!(p, store, t::TicksPlan, |s, args| {
+        args.validate().map_err(|e| TaskError::new(ErrorCode::InvalidArgs, e))?;
+        let mut cluster = state::Cluster::read(s).await.map_err(task_error)?;
+        cluster.assume(args);
         let leader = s.leader(LEADER).await.map_err(task_error)?.map(|h| h.value);
         let decisions = cluster.decide(&Default::default(), report::now_ms(), u64::MAX);
         Ok(cluster.preview(&decisions, leader))

@@ -76,6 +76,20 @@ async fn read_all<T: serde::de::DeserializeOwned>(
 }
 
 impl Cluster {
+    /// Plans `objects` as if declared, each in place of the stored one with its id (a dry run:
+    /// nothing is written).
+    pub fn assume(&mut self, objects: cerana_protocol::tasks::ticks::PlanArgs) {
+        for c::Strict(d) in objects.datasets {
+            self.datasets.insert(d.id.to_string(), d);
+        }
+        for c::Strict(s) in objects.services {
+            self.services.insert(s.id.to_string(), s);
+        }
+        for c::Strict(b) in objects.bundles {
+            self.bundles.insert(b.id.to_string(), b);
+        }
+    }
+
     /// Reads everything the ticks plan from.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
         let mut cluster = Cluster::default();

@@ -18,8 +18,8 @@ use cerana_protocol::tasks::service::{
     ServiceRef, ServiceRemove,
 };
 use cerana_protocol::tasks::ticks::{
-    ActionOutcome, Applied, ApplyAction, ApplyArgs, BundleApply, History, HistoryArgs, TickPlan, TicksHistory,
-    TicksPlan, LEADER,
+    ActionOutcome, Applied, ApplyAction, ApplyArgs, BundleApply, History, HistoryArgs, PlanArgs, TickPlan,
+    TicksHistory, TicksPlan, LEADER,
 };
 use cerana_protocol::tasks::zfs::{
     CloneArgs, CreateArgs, Dataset, DatasetType, DestroyArgs, ListArgs as ZfsListArgs, ListResult as ZfsListResult,
@@ -629,11 +629,12 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
 
     // Settled: the plan is empty, and the journal shows what was done.
     let plan: TickPlan = until("a settled plan", Duration::from_secs(10), async || {
-        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        let plan = call::<TicksPlan>(&b.socket, None, &PlanArgs::default()).await.ok()?;
         (plan.actions.is_empty() && plan.bundles[0].running_on.len() == 2).then_some(plan)
     })
     .await;
     assert!(plan.leader.is_some(), "{plan:?}");
+    dry_run_plans_objects_as_if_declared(&b, &plan, &bundle).await;
     // Its subnet, and an address for each service of each replica, all different.
     assert_eq!(plan.bundles[0].subnet.as_deref(), Some("10.224.0.0/24"), "{plan:?}");
     let addresses = &plan.bundles[0].addresses;
@@ -720,7 +721,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
         ["~ pair on node-a (its definition changed)", "~ pair on node-b (its definition changed)"]
     );
     until("a settled plan after the update", Duration::from_secs(10), async || {
-        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        let plan = call::<TicksPlan>(&b.socket, None, &PlanArgs::default()).await.ok()?;
         plan.actions.is_empty().then_some(())
     })
     .await;
@@ -739,7 +740,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     })
     .await;
     until("a settled plan again", Duration::from_secs(10), async || {
-        let plan = call::<TicksPlan>(&b.socket, None, &NoArgs {}).await.ok()?;
+        let plan = call::<TicksPlan>(&b.socket, None, &PlanArgs::default()).await.ok()?;
         plan.actions.is_empty().then_some(())
     })
     .await;
@@ -780,7 +781,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     etcd.kill(1);
     etcd.kill(2);
     tokio::time::sleep(settings.heartbeat_ttl * 2).await;
-    let err = call::<TicksPlan>(&a.socket, None, &NoArgs {}).await.unwrap_err();
+    let err = call::<TicksPlan>(&a.socket, None, &PlanArgs::default()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
     assert_eq!(
         (services_of(&a, "pair"), services_of(&b, "pair")),
@@ -794,7 +795,7 @@ async fn a_bundle_is_placed_replicated_fenced_and_collected() {
     .await
     .unwrap();
     until("the ticks back, pair still on both", Duration::from_secs(30), async || {
-        let plan = call::<TicksPlan>(&a.socket, None, &NoArgs {}).await.ok()?;
+        let plan = call::<TicksPlan>(&a.socket, None, &PlanArgs::default()).await.ok()?;
         (plan.actions.is_empty() && plan.bundles[0].running_on.len() == 2 && plan.leader.is_some()).then_some(())
     })
     .await;
@@ -1076,4 +1077,33 @@ async fn a_leader_deposed_mid_tick_stops_at_once_and_its_successor_converges() {
     for n in [&a, &b, &c] {
         assert_eq!(services_of(n, "trio"), ["a"], "{}", n.name);
     }
+}
+
+/// `ticks-plan` with objects (`cerana plan -f`): a copy of the settled bundle under a new id
+/// would be started on both nodes, one publishing the same port could not be placed, and the
+/// bundle asking for 3 replicas would be one short; nothing is written, and an object failing
+/// its checks is refused.
+async fn dry_run_plans_objects_as_if_declared(node: &Node, settled: &TickPlan, declared: &serde_json::Value) {
+    use cerana_protocol::tasks::clusterconf::{Bundle, Strict};
+    let mut stored: Bundle = serde_json::from_value(declared.clone()).unwrap();
+    // A declared bundle names a service once (written past the checks, `pair` names it twice).
+    stored.services.remove("b");
+    let twin = Bundle { id: "twin".parse().unwrap(), ports: Default::default(), ..stored.clone() };
+    let clash = Bundle { id: "clash".parse().unwrap(), ..stored.clone() };
+    let wider = Bundle { redundancy: 3, ..stored.clone() };
+    let args = PlanArgs { bundles: vec![Strict(twin), Strict(clash), Strict(wider)], ..Default::default() };
+    let dry = call::<TicksPlan>(&node.socket, None, &args).await.unwrap();
+    let text: Vec<String> = dry.actions.iter().map(|a| format!("{} {}", a.sign, a.text)).collect();
+    assert!(text.iter().filter(|t| t.starts_with('+') && t.contains("twin on")).count() == 2, "{text:?}");
+    let clash = dry.bundles.iter().find(|b| b.id == "clash").expect("clash planned");
+    assert!(clash.unplaced.as_deref().is_some_and(|u| u.contains("port")), "its port is pair's: {clash:?}");
+    let pair = dry.bundles.iter().find(|b| b.id == "pair").expect("pair planned");
+    assert_eq!(pair.redundancy, 3, "{dry:?}");
+    assert!(pair.unplaced.is_some(), "a third replica has nowhere to go: {dry:?}");
+    let again = call::<TicksPlan>(&node.socket, None, &PlanArgs::default()).await.unwrap();
+    assert_eq!(again.bundles.len(), settled.bundles.len(), "the dry run wrote nothing: {again:?}");
+    let bad = Bundle { redundancy: 0, ..stored };
+    let args = PlanArgs { bundles: vec![Strict(bad)], ..Default::default() };
+    let err = call::<TicksPlan>(&node.socket, None, &args).await.unwrap_err();
+    assert!(err.code == ErrorCode::InvalidArgs && err.message.contains("redundancy"), "{err:?}");
 }

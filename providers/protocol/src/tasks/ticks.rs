@@ -8,7 +8,9 @@
 //! only while that term is the election's current one, so a deposed leader's late action is
 //! refused. Each run is recorded under [`JOURNAL`].
 
-use crate::tasks::clusterconf::{is_volume_name, DatasetKind, ObjectId, DATASETS_ON_POOL};
+use crate::tasks::clusterconf::{
+    is_volume_name, Bundle, Dataset, DatasetKind, ObjectId, Service, Strict, DATASETS_ON_POOL, MAX_ENTRIES,
+};
 use crate::tasks::service::CreateArgs;
 use crate::tasks::zfs::SnapshotName;
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use std::net::Ipv4Addr;
 
 crate::declare_tasks! {
     BundleApply = "bundle-apply", Write, "Runs or stops one bundle's services on this node for the cluster tick's leader of `term` (refused for any other term)", ApplyArgs => Applied;
-    TicksPlan = "ticks-plan", Read, "What the next cluster tick would do, and every bundle's desired and running replicas", crate::NoArgs => TickPlan;
+    TicksPlan = "ticks-plan", Read, "What the next cluster tick would do, and every bundle's desired and running replicas; with objects, as if they were declared (nothing is written)", PlanArgs => TickPlan;
     TicksHistory = "ticks-history", Read, "The cluster ticks' journal, newest first", HistoryArgs => History;
 }
 
@@ -316,6 +318,43 @@ pub struct TickPlan {
     /// Datasets that cannot be kept whole, and why.
     #[serde(default)]
     pub problems: Vec<String>,
+}
+
+/// `ticks-plan`'s arguments: objects to plan as if declared, each in place of the stored one
+/// with its id (`cerana plan -f`'s dry run). None: the cluster as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanArgs {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<Strict<Dataset>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Strict<Service>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<Strict<Bundle>>,
+}
+
+impl PlanArgs {
+    /// Each object's own checks, and at most [`MAX_ENTRIES`] of each kind.
+    pub fn validate(&self) -> Result<(), String> {
+        let too_many =
+            [("datasets", self.datasets.len()), ("services", self.services.len()), ("bundles", self.bundles.len())]
+                .into_iter()
+                .find(|(_, n)| *n > MAX_ENTRIES);
+        if let Some((what, n)) = too_many {
+            return Err(format!("{what}: {n} given, at most {MAX_ENTRIES}"));
+        }
+        let named = |kind: &str, id: &ObjectId, e: crate::tasks::clusterconf::Invalid| format!("{kind} {id}: {e}");
+        for Strict(d) in &self.datasets {
+            d.validate().map_err(|e| named("dataset", &d.id, e))?;
+        }
+        for Strict(s) in &self.services {
+            s.validate().map_err(|e| named("service", &s.id, e))?;
+        }
+        for Strict(b) in &self.bundles {
+            b.validate().map_err(|e| named("bundle", &b.id, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
