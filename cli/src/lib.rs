@@ -560,9 +560,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let steps = plan_steps(&client, &declared).await.map_err(fail)?;
             let revision = declared_revision(&client).await.map_err(fail)?;
             // The ticks' dry run of the objects as if applied: where each bundle would run, or why not.
+            // Not previewed: no ticks provider reached (7), or a node of an older version that
+            // takes no objects (3: the files themselves were checked here already).
             let ticks = match call_task(&client, "ticks-plan", manifest::tick_args(&declared)).await {
-                Ok((_, plan)) => Some(plan),
-                Err(f) if f.code == 7 => None,
+                Ok((_, plan)) => Ok(plan),
+                Err(f) if f.code == 7 || f.code == 3 => Err(f.message),
                 Err(f) => return Err(fail(f)),
             };
             match cli.output {
@@ -575,8 +577,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     print!("{}", manifest::render(&steps));
                     println!("revision {revision} (cerana apply -f … --check-index {revision})");
                     match &ticks {
-                        Some(plan) => print!("the ticks would then:\n{}", render::plan(plan)),
-                        None => println!("(no ticks provider reached: placement not previewed)"),
+                        Ok(plan) => print!("the ticks would then:\n{}", render::plan(plan)),
+                        Err(why) => println!("(placement not previewed: {})", render::escape(why)),
                     }
                 }
             }
