@@ -75,13 +75,34 @@ pub fn table(value: &Value) -> String {
         return rows_table(rows);
     }
     let mut lines = Vec::new();
-    flatten("", value, &mut lines);
+    let mut blocks = Vec::new();
+    flatten("", value, &mut lines, &mut blocks);
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (key, value) in lines {
         let _ = writeln!(out, "{key:width$}  {value}");
     }
+    // Lists of lines (logs) and of records, under their key, after the single values.
+    for (key, block) in blocks {
+        let _ = writeln!(out, "{key}:");
+        for line in block.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     out
+}
+
+/// A list too long or too wordy for one cell, as its own block: one line per entry, or a table
+/// of records; None: it fits a cell.
+fn as_block(value: &Value) -> Option<String> {
+    let Value::Array(items) = value else { return None };
+    if !items.is_empty() && items.iter().all(Value::is_object) {
+        return Some(rows_table(items));
+    }
+    let texts: Vec<&str> = items.iter().map(Value::as_str).collect::<Option<_>>()?;
+    let wordy =
+        texts.iter().any(|t| t.contains(char::is_whitespace)) || texts.iter().map(|t| t.len() + 1).sum::<usize>() > 60;
+    (wordy && !texts.is_empty()).then(|| texts.iter().map(|t| format!("{}\n", escape(t))).collect())
 }
 
 fn as_rows(value: &Value) -> Option<&Vec<Value>> {
@@ -111,16 +132,20 @@ fn unescaped_scalar(value: &Value) -> String {
     }
 }
 
-fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>, blocks: &mut Vec<(String, String)>) {
+    let key = if prefix.is_empty() { "value".to_owned() } else { prefix.to_owned() };
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, inner) in map {
                 let key = escape(key);
                 let key = if prefix.is_empty() { key.into_owned() } else { format!("{prefix}.{key}") };
-                flatten(&key, inner, out);
+                flatten(&key, inner, out, blocks);
             }
         }
-        other => out.push((if prefix.is_empty() { "value".to_owned() } else { prefix.to_owned() }, scalar(other))),
+        other => match as_block(other) {
+            Some(block) => blocks.push((key, block)),
+            None => out.push((key, scalar(other))),
+        },
     }
 }
 
@@ -349,6 +374,20 @@ mod tests {
         assert!(text.contains("hostname   n1"), "{text}");
         assert!(text.contains("cpu.count  2"), "{text}");
         assert!(text.contains("tags       a,b"), "{text}");
+    }
+
+    #[test]
+    fn log_lines_and_nested_records_print_as_blocks_under_their_key() {
+        let text = table(&json!({
+            "service": "web", "dropped_lines": 0,
+            "lines": ["2026-12-06 started", "2026-12-06 listening on :80"],
+            "members": [{"name": "a", "voter": true}, {"name": "b", "voter": false}],
+        }));
+        assert_eq!(
+            text,
+            "service        web\ndropped_lines  0\nlines:\n  2026-12-06 started\n  2026-12-06 listening on :80\n\
+             members:\n  NAME  VOTER\n  a     true\n  b     false\n"
+        );
     }
 
     #[test]
