@@ -169,6 +169,10 @@ enum Command {
     /// The cluster ticks.
     #[command(subcommand)]
     Ticks(TicksCommand),
+    /// Every node's hardware (CPU, memory, disks with serials, network interfaces with MACs,
+    /// firmware) and software (image, kernel, each provider's version), and the cluster's data
+    /// (each dataset, its copies and where they are).
+    Inventory,
 }
 
 /// What `cerana import` makes.
@@ -630,6 +634,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
+        Command::Inventory => {
+            let inventory = inventory(&client).await?;
+            match cli.output {
+                Output::Json => println!("{}", render::json(&inventory)),
+                Output::Table | Output::Wide => {
+                    print!("{}", render::table(&serde_json::json!({ "nodes": render::inventory_rows(&inventory) })));
+                    println!();
+                    print!("{}", render::table(&serde_json::json!({ "datasets": inventory["datasets"] })));
+                }
+            }
+            Ok(())
+        }
         Command::Import {
             kind: ImportKind::Dataset,
             id,
@@ -887,6 +903,91 @@ async fn call_task(
 }
 
 /// An object from JSON, or else TOML.
+/// Runs `task` on the node whose coordinator is at `node` (this one: None).
+async fn call_on(
+    client: &Client,
+    node: Option<&NodeUrl>,
+    task: &str,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let raw = serde_json::value::to_raw_value(&args).map_err(|e| Failure::other(e.into()))?;
+    let mut request = Request::new(TaskName::new(task).map_err(|e| Failure::other(e.into()))?, raw);
+    request.node = node.cloned();
+    let response = client.call(request).await.map_err(Failure::client)?;
+    result_value(&response)
+}
+
+/// `cerana inventory`: each node's facts and providers (asked of the node itself), and each
+/// declared dataset with the nodes holding a copy (from the nodes' reports). A node that does not
+/// answer is listed with its error; without a cluster store, the node answering alone.
+async fn inventory(client: &Client) -> Result<serde_json::Value, Failure> {
+    use serde_json::json;
+    let listed = call_task(client, "list-nodes", json!({})).await.map(|(_, v)| v);
+    let nodes: Vec<(String, Option<NodeUrl>)> = match &listed {
+        Ok(list) => list["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                let id = n["id"].as_str()?.to_string();
+                Some((id, n["api_url"].as_str().and_then(|u| u.parse().ok())))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let nodes = if nodes.is_empty() { vec![(String::new(), None)] } else { nodes };
+    let mut out = Vec::new();
+    for (id, url) in &nodes {
+        let facts = call_on(client, url.as_ref(), "node-info", json!({})).await;
+        let providers = call_on(client, url.as_ref(), "coordinator-providers", json!({})).await;
+        let mut entry = match facts {
+            Ok(facts) => {
+                json!({ "node": if id.is_empty() { facts["hostname"].clone() } else { json!(id) }, "facts": facts })
+            }
+            Err(f) => json!({ "node": id, "error": f.message }),
+        };
+        if let Ok(providers) = providers {
+            let versions: serde_json::Map<String, serde_json::Value> = providers["providers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["version"].clone())))
+                .collect();
+            entry["providers"] = serde_json::Value::Object(versions);
+        }
+        out.push(entry);
+    }
+    // Where each dataset's copies are: the nodes' reports (`ticks`), read from the store.
+    let mut held: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if let Ok((_, page)) =
+        call_task(client, "kv-getall", json!({ "prefix": "/cerana/v1/ticks/reports/", "limit": 10000 })).await
+    {
+        for entry in page["entries"].as_array().into_iter().flatten() {
+            let Ok(report) = serde_json::from_str::<serde_json::Value>(entry["value"].as_str().unwrap_or("")) else {
+                continue;
+            };
+            let node = report["node"].as_str().unwrap_or("?").to_string();
+            for dataset in report["datasets"].as_object().into_iter().flat_map(|d| d.keys()) {
+                held.entry(dataset.clone()).or_default().push(node.clone());
+            }
+        }
+    }
+    let datasets: Vec<serde_json::Value> = match call_task(client, "list-datasets", json!({})).await {
+        Ok((_, list)) => list["datasets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let id = d["id"].as_str().unwrap_or("?");
+                let on = held.get(id).cloned().unwrap_or_default();
+                json!({ "id": id, "redundancy": d["redundancy"], "copies": on.len(), "on": on, "quota": d["quota"], "read_only": d["read_only"] })
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok(json!({ "nodes": out, "datasets": datasets }))
+}
+
 /// Each declared object against what the cluster declares now.
 async fn plan_steps(client: &Client, declared: &[manifest::Declared]) -> Result<Vec<manifest::Step>, Failure> {
     use manifest::{ObjectKind, Op, Step};

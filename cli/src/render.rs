@@ -339,6 +339,47 @@ pub fn plan(plan: &Value) -> String {
     out
 }
 
+/// `cerana inventory`: a row per node.
+pub fn inventory_rows(inventory: &Value) -> Vec<Value> {
+    let gib = |b: &Value| b.as_u64().map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));
+    inventory["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let f = &n["facts"];
+            let disks: Vec<String> = f["disks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| format!("{} {} {}", str_of(&d["name"]), gib(&d["size_bytes"]), str_of(&d["serial"])))
+                .collect();
+            let nics: Vec<String> = f["nics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| format!("{} {}", str_of(&i["name"]), str_of(&i["mac"])))
+                .collect();
+            serde_json::json!({
+                "node": n["node"],
+                "cpu": if f.is_null() { Value::Null } else { format!("{} × {}", f["cpu"]["count"], str_of(&f["cpu"]["model"])).into() },
+                "memory": gib(&f["memory"]["total_bytes"]),
+                "disks": disks.join("; "),
+                "nics": nics.join("; "),
+                "firmware": f["firmware"]["kind"],
+                "image": f["os"]["initrd_hash"].as_str().map_or_else(|| str_of(&f["os"]["version"]), |h| h.chars().take(19).collect()),
+                "kernel": f["kernel_release"],
+                "providers": n["providers"].as_object().map_or(0, |p| p.len()),
+                "error": n["error"],
+            })
+        })
+        .collect()
+}
+
+fn str_of(value: &Value) -> String {
+    value.as_str().unwrap_or("-").to_string()
+}
+
 /// `cerana ticks history`: a line per run.
 pub fn run_rows(history: &Value) -> Vec<Value> {
     history["runs"]

@@ -263,3 +263,48 @@ async fn plan_apply_and_delete_from_files() {
     let (code, text, _) = run_text(&socket, &["plan", "-f", &site]).await;
     assert_eq!(code, 2, "{text}");
 }
+
+/// `cerana inventory` without node heartbeats (a lone node): this node's hardware and software
+/// from its own node-info and providers, and each declared dataset with where its copies are
+/// (from the nodes' reports in the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_lists_hardware_software_and_data() {
+    let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
+    let lab = ClusterconfLab::start(&etcd).await;
+    let socket = lab.socket.clone();
+    let store = LazyStore::new(StoreConfig::new(etcd.endpoints()));
+    tokio::spawn(provider_with(store).serve(socket.clone()));
+    let info_socket = socket.clone();
+    tokio::spawn(async move { cerana_node_info::provider().serve(info_socket).await });
+    let report = r#"{"node": "node-x", "at_ms": 1, "datasets": {"files": ["files@import"]}}"#;
+    let dataset = lab.dir.path().join("files.toml");
+    std::fs::write(&dataset, "id = \"files\"\nredundancy = 2\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for args in [
+        vec!["kv", "set", "/cerana/v1/ticks/reports/node-x", report],
+        vec!["set", "dataset", "-f", dataset.to_str().unwrap()],
+    ] {
+        loop {
+            let (code, _, stderr) = run(&socket, &args).await;
+            if code == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{args:?} never answered: {stderr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let (code, inventory, stderr) = run(&socket, &["inventory", "-o", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let node = &inventory["nodes"][0];
+    assert!(node["facts"]["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{inventory}");
+    assert!(node["facts"]["disks"].is_array() && node["facts"]["nics"].is_array(), "{inventory}");
+    assert!(["uefi", "bios"].contains(&node["facts"]["firmware"]["kind"].as_str().unwrap_or("")), "{inventory}");
+    assert!(node["providers"]["node-info"].is_string() && node["providers"]["kv"].is_string(), "{inventory}");
+    let files = &inventory["datasets"][0];
+    assert_eq!((files["id"].as_str(), files["copies"].as_u64()), (Some("files"), Some(1)), "{inventory}");
+    assert_eq!(files["on"], serde_json::json!(["node-x"]));
+    let (code, text, _) = run_text(&socket, &["inventory"]).await;
+    assert_eq!(code, 0);
+    assert!(text.starts_with("NODE") && text.contains("FIRMWARE") && text.contains("files"), "{text}");
+}

@@ -75,6 +75,10 @@ fn node_info_provider() -> Provider {
                 cpu: CpuFacts { model: "test".into(), count: 1, load_1m: 0.0, load_5m: 0.0, load_15m: 0.0 },
                 memory: MemoryFacts { total_bytes: 1 << 30, free_bytes: 1 << 29, available_bytes: 1 << 29 },
                 init_rss_bytes: None,
+                disks: vec![],
+                nics: vec![],
+                firmware: Default::default(),
+                os: Default::default(),
             })
         })
         .task::<NodeEcho, _, _>(|_ctx, args: EchoArgs| async move { Ok(args) })

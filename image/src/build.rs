@@ -501,7 +501,9 @@ fn write_etc(fs: &mut Rootfs) -> Result<(), BuildError> {
     )?;
     fs.write("/etc/group", SYSTEM_GROUPS.as_bytes(), 0o644)?;
     fs.write("/etc/hostname", b"cerana\n", 0o644)?;
-    fs.write("/etc/os-release", b"NAME=CeranaOS\nID=cerana\nPRETTY_NAME=\"CeranaOS\"\n", 0o644)?;
+    let release =
+        format!("NAME=CeranaOS\nID=cerana\nPRETTY_NAME=\"CeranaOS\"\nVERSION_ID={}\n", env!("CARGO_PKG_VERSION"));
+    fs.write("/etc/os-release", release.as_bytes(), 0o644)?;
     fs.write("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files dns\n", 0o644)?;
     Ok(())
 }
