@@ -143,6 +143,7 @@ fn three_nodes_bootstrap_bios_pxe_and_uefi_pxe_all_reach_node_ready() {
             assert!(kinds.contains(&"tftp_file"), "UEFI node {node} fetched snponly.efi by TFTP: {kinds:?}");
         }
         assert_pool_on_data_disk(&cluster, ip, node);
+        inventory_of(&cluster, ip, node);
     }
     assert_pool_on_data_disk(&cluster, &cluster.layout.bootstrap_ip(), 1);
     let ips: Vec<String> = [2, 3].iter().map(|n| cluster.leased_ip(*n).unwrap()).collect();
@@ -1540,6 +1541,24 @@ fn kill_every_daemon_under_load(cluster: &Cluster, rounds: u32) {
     let layout = cluster.task(&ip, "zfs-list", serde_json::json!({"name": "data", "depth": 1})).expect("zfs-list");
     assert!(layout.to_string().contains("data/config"), "{layout}");
     assert_eq!(macs(cluster.bootserver_get("/leases").expect("leases")), leases_before);
+}
+
+/// `node-info`'s inventory facts of a PXE node (`cerana inventory`): its NIC with its MAC, its
+/// firmware, the initrd it booted, its data disk.
+fn inventory_of(cluster: &Cluster, ip: &str, node: usize) {
+    let facts = cluster.task(ip, "node-info", serde_json::json!({})).unwrap_or_else(|e| panic!("node {node}: {e}"));
+    let mac = cluster.layout.mac(node);
+    let nics = facts["nics"].as_array().cloned().unwrap_or_default();
+    assert!(nics.iter().any(|n| n["mac"] == mac.as_str() && n["state"] == "up"), "node {node}: {facts}");
+    let firmware = if cluster.layout.uefi_nodes.contains(&node) { "uefi" } else { "bios" };
+    assert_eq!(facts["firmware"]["kind"], firmware, "node {node}: {facts}");
+    assert_eq!(facts["firmware"]["vendor"], "QEMU", "node {node}: {facts}");
+    let hash = initrd_hash(&cluster.layout.image_dir.join("initrd.img"));
+    assert_eq!(facts["os"]["initrd_hash"], hash.as_str(), "node {node}: {facts}");
+    let disk = cluster.layout.data_disk_mb << 20;
+    let disks = facts["disks"].as_array().cloned().unwrap_or_default();
+    assert!(disks.iter().any(|d| d["size_bytes"] == disk), "node {node}: its {disk}-byte data disk: {facts}");
+    eprintln!("node {node} inventory: {} NIC(s), {} disk(s), {firmware}", nics.len(), disks.len());
 }
 
 /// The node made its pool `data` on its data disk alone (never on node 1's boot-image disk).
