@@ -169,6 +169,16 @@ enum Command {
     /// The cluster ticks.
     #[command(subcommand)]
     Ticks(TicksCommand),
+    /// The cluster's history: the tasks that changed something (every task with --all), from
+    /// every node's journal, newest first, with the node, who asked and how it ended.
+    History {
+        /// At most this many entries (from each node, and in all).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Read tasks too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Every node's hardware (CPU, memory, disks with serials, network interfaces with MACs,
     /// firmware) and software (image, kernel, each provider's version), and the cluster's data
     /// (each dataset, its copies and where they are).
@@ -634,6 +644,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
+        Command::History { limit, all } => {
+            let history = cluster_history(&client, *limit, *all).await?;
+            match cli.output {
+                Output::Json => println!("{}", render::json(&history)),
+                Output::Table | Output::Wide => {
+                    print!("{}", render::table(&serde_json::json!({ "history": render::history_entry_rows(&history) })))
+                }
+            }
+            Ok(())
+        }
         Command::Inventory => {
             let inventory = inventory(&client).await?;
             match cli.output {
@@ -917,25 +937,76 @@ async fn call_on(
     result_value(&response)
 }
 
+/// The nodes of the cluster (id, coordinator URL) from their heartbeats; without any, this
+/// node alone (its id empty).
+async fn cluster_nodes(client: &Client) -> Vec<(String, Option<NodeUrl>)> {
+    let nodes: Vec<(String, Option<NodeUrl>)> = match call_task(client, "list-nodes", serde_json::json!({})).await {
+        Ok((_, list)) => list["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n["id"].as_str()?.to_string(), n["api_url"].as_str().and_then(|u| u.parse().ok()))))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if nodes.is_empty() {
+        vec![(String::new(), None)]
+    } else {
+        nodes
+    }
+}
+
+/// `cerana history`: every node's journal, merged newest first; writes only unless `all`. A
+/// node that does not answer is said in `unreachable`.
+async fn cluster_history(client: &Client, limit: u32, all: bool) -> Result<serde_json::Value, Failure> {
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    let mut unreachable = Vec::new();
+    for (id, url) in cluster_nodes(client).await {
+        let mut before: Option<u64> = None;
+        let mut kept = 0;
+        // Pages until `limit` entries that count are found, or the journal ends (at most 20 pages).
+        for _ in 0..20 {
+            let mut args = serde_json::json!({ "limit": limit });
+            if let Some(before) = before {
+                args["before"] = serde_json::json!(before);
+            }
+            let page = match call_on(client, url.as_ref(), "coordinator-history", args).await {
+                Ok(page) => page,
+                Err(f) => {
+                    unreachable.push(serde_json::json!({ "node": id, "error": f.message }));
+                    break;
+                }
+            };
+            for entry in page["entries"].as_array().into_iter().flatten() {
+                let task = entry["task"].as_str().unwrap_or_default();
+                if kept < limit && (all || cerana_protocol::tasks::access_of(task) != cerana_protocol::Access::Read) {
+                    let mut entry = entry.clone();
+                    entry["node"] = serde_json::json!(id);
+                    // The result stays in the node's journal (`cerana task get`).
+                    if let Some(map) = entry.as_object_mut() {
+                        map.remove("result");
+                    }
+                    entries.push(entry);
+                    kept += 1;
+                }
+            }
+            match page["next_before"].as_u64() {
+                Some(next) if kept < limit => before = Some(next),
+                _ => break,
+            }
+        }
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e["accepted_at_ms"].as_u64().unwrap_or(0)));
+    entries.truncate(limit as usize);
+    Ok(serde_json::json!({ "entries": entries, "unreachable": unreachable }))
+}
+
 /// `cerana inventory`: each node's facts and providers (asked of the node itself), and each
 /// declared dataset with the nodes holding a copy (from the nodes' reports). A node that does not
 /// answer is listed with its error; without a cluster store, the node answering alone.
 async fn inventory(client: &Client) -> Result<serde_json::Value, Failure> {
     use serde_json::json;
-    let listed = call_task(client, "list-nodes", json!({})).await.map(|(_, v)| v);
-    let nodes: Vec<(String, Option<NodeUrl>)> = match &listed {
-        Ok(list) => list["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| {
-                let id = n["id"].as_str()?.to_string();
-                Some((id, n["api_url"].as_str().and_then(|u| u.parse().ok())))
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let nodes = if nodes.is_empty() { vec![(String::new(), None)] } else { nodes };
+    let nodes = cluster_nodes(client).await;
     let mut out = Vec::new();
     for (id, url) in &nodes {
         let facts = call_on(client, url.as_ref(), "node-info", json!({})).await;

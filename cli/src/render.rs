@@ -339,6 +339,27 @@ pub fn plan(plan: &Value) -> String {
     out
 }
 
+/// `cerana history`: a row per task, newest first.
+pub fn history_entry_rows(history: &Value) -> Vec<Value> {
+    history["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let at = e["accepted_at_ms"].as_u64().unwrap_or(0);
+            serde_json::json!({
+                "at": format!("{}.{:03}", at / 1000, at % 1000),
+                "node": e["node"],
+                "task": e["task"],
+                "state": e["state"],
+                "caller": e["caller"],
+                "ms": e["duration_us"].as_u64().map(|us| us / 1000),
+                "error": e["error"],
+            })
+        })
+        .collect()
+}
+
 /// `cerana inventory`: a row per node.
 pub fn inventory_rows(inventory: &Value) -> Vec<Value> {
     let gib = |b: &Value| b.as_u64().map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));

@@ -268,7 +268,7 @@ async fn plan_apply_and_delete_from_files() {
 /// from its own node-info and providers, and each declared dataset with where its copies are
 /// (from the nodes' reports in the store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inventory_lists_hardware_software_and_data() {
+async fn inventory_and_history_across_the_cluster() {
     let etcd = require_ok!(tokio::task::spawn_blocking(|| EtcdCluster::start(1)).await.unwrap());
     let lab = ClusterconfLab::start(&etcd).await;
     let socket = lab.socket.clone();
@@ -307,4 +307,16 @@ async fn inventory_lists_hardware_software_and_data() {
     let (code, text, _) = run_text(&socket, &["inventory"]).await;
     assert_eq!(code, 0);
     assert!(text.starts_with("NODE") && text.contains("FIRMWARE") && text.contains("files"), "{text}");
+
+    // The history: what changed something, newest first; reads only with --all.
+    let (code, history, stderr) = run(&socket, &["history", "-o", "json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let tasks: Vec<&str> = history["entries"].as_array().unwrap().iter().filter_map(|e| e["task"].as_str()).collect();
+    assert_eq!(tasks.first(), Some(&"update-dataset"), "{history}");
+    assert!(tasks.contains(&"kv-set") && !tasks.contains(&"node-info"), "{tasks:?}");
+    let (_, history, _) = run(&socket, &["history", "--all", "--limit", "500", "-o", "json"]).await;
+    let all: Vec<&str> = history["entries"].as_array().unwrap().iter().filter_map(|e| e["task"].as_str()).collect();
+    assert!(all.contains(&"node-info") && all.contains(&"kv-set"), "{all:?}");
+    let (code, text, _) = run_text(&socket, &["history"]).await;
+    assert!(code == 0 && text.starts_with("AT") && text.contains("update-dataset"), "{text}");
 }
