@@ -169,6 +169,20 @@ enum Command {
     /// The cluster ticks.
     #[command(subcommand)]
     Ticks(TicksCommand),
+    /// A bundle's service logs from every node running a replica, each line prefixed by its
+    /// node and service, oldest first: the current run of each service, or the one before the
+    /// last restart with --previous; -f follows them.
+    Logs {
+        /// BUNDLE or BUNDLE/SERVICE (the service's name in the bundle).
+        target: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        previous: bool,
+        /// At most this many of the newest lines of each replica's service.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
     /// The cluster's history: the tasks that changed something (every task with --all), from
     /// every node's journal, newest first, with the node, who asked and how it ended.
     History {
@@ -644,6 +658,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print(&cli, &value);
             Ok(())
         }
+        Command::Logs { target, follow, previous, tail } => {
+            let (bundle, service) = match target.split_once('/') {
+                Some((b, s)) => (b.to_string(), Some(s.to_string())),
+                None => (target.clone(), None),
+            };
+            run_logs(&cli, &client, &bundle, service, *follow, *previous, *tail).await
+        }
         Command::History { limit, all } => {
             let history = cluster_history(&client, *limit, *all).await?;
             match cli.output {
@@ -953,6 +974,97 @@ async fn cluster_nodes(client: &Client) -> Vec<(String, Option<NodeUrl>)> {
         vec![(String::new(), None)]
     } else {
         nodes
+    }
+}
+
+/// One service of one replica whose logs `cerana logs` reads.
+struct LogSource {
+    node: String,
+    url: Option<NodeUrl>,
+    service: String,
+    /// The last line seen (`after` of the next read).
+    next: u64,
+}
+
+/// `cerana logs`: see [`Command::Logs`].
+async fn run_logs(
+    cli: &Cli,
+    client: &Client,
+    bundle: &str,
+    service: Option<String>,
+    follow: bool,
+    previous: bool,
+    tail: Option<usize>,
+) -> Result<(), Failure> {
+    use serde_json::json;
+    let (_, plan) = call_task(client, "ticks-plan", json!({})).await?;
+    let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == bundle);
+    let Some(status) = status else {
+        return Err(Failure { code: 4, message: format!("no bundle {bundle} is declared") });
+    };
+    let running: Vec<String> =
+        status["running_on"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    if running.is_empty() {
+        return Err(Failure { code: 4, message: format!("bundle {bundle} runs nowhere now") });
+    }
+    let services: Vec<String> = match service {
+        Some(s) => vec![s],
+        None => {
+            let (_, view) = call_task(client, "get-bundle", json!({ "id": bundle })).await?;
+            view["bundle"]["services"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        }
+    };
+    let urls: std::collections::BTreeMap<String, Option<NodeUrl>> =
+        cluster_nodes(client).await.into_iter().filter(|(id, _)| !id.is_empty()).collect();
+    let mut sources: Vec<LogSource> = running
+        .iter()
+        .flat_map(|node| {
+            let url = urls.get(node).cloned().flatten();
+            services.iter().map(move |s| LogSource {
+                node: node.clone(),
+                url: url.clone(),
+                service: s.clone(),
+                next: 0,
+            })
+        })
+        .collect();
+    let mut first = true;
+    loop {
+        let mut lines: Vec<serde_json::Value> = Vec::new();
+        for source in &mut sources {
+            let args = json!({ "id": source.service, "bundle_id": bundle, "after": source.next, "tail": if first { tail } else { None } });
+            match call_on(client, source.url.as_ref(), "service-logs", args).await {
+                Ok(answer) => {
+                    source.next = answer["next"].as_u64().unwrap_or(source.next);
+                    let got = answer["lines"].as_array().cloned().unwrap_or_default();
+                    let runs = if first { render::log_runs(&got, previous) } else { None };
+                    for line in got.into_iter().filter(|l| runs.is_none_or(|r| l["run"].as_u64() == Some(r))) {
+                        let mut line = line;
+                        line["node"] = json!(source.node);
+                        line["service"] = json!(source.service);
+                        lines.push(line);
+                    }
+                }
+                Err(f) if !follow => {
+                    return Err(Failure {
+                        code: f.code,
+                        message: format!("{}/{}: {}", source.node, source.service, f.message),
+                    })
+                }
+                Err(f) => eprintln!("{}/{}: {}", source.node, source.service, render::escape(&f.message)),
+            }
+        }
+        lines.sort_by_key(|l| (l["time_ms"].as_u64().unwrap_or(0), l["seq"].as_u64().unwrap_or(0)));
+        match cli.output {
+            Output::Json if !follow => println!("{}", render::json(&json!({ "lines": lines }))),
+            Output::Json => lines.iter().for_each(|l| println!("{l}")),
+            Output::Table | Output::Wide => print!("{}", render::log_lines(&lines)),
+        }
+        if !follow {
+            return Ok(());
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

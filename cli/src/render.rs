@@ -339,6 +339,28 @@ pub fn plan(plan: &Value) -> String {
     out
 }
 
+/// Which run of a service `cerana logs` shows: the newest, or the one before it (`previous`);
+/// None: no line to choose from.
+pub fn log_runs(lines: &[Value], previous: bool) -> Option<u64> {
+    let newest = lines.iter().filter_map(|l| l["run"].as_u64()).max()?;
+    Some(if previous { newest.saturating_sub(1) } else { newest })
+}
+
+/// Log lines as `[node/service] line`, escaped (a service's output is not trusted).
+pub fn log_lines(lines: &[Value]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        let _ = writeln!(
+            out,
+            "[{}/{}] {}",
+            escape(l["node"].as_str().unwrap_or("?")),
+            escape(l["service"].as_str().unwrap_or("?")),
+            escape(l["line"].as_str().unwrap_or(""))
+        );
+    }
+    out
+}
+
 /// `cerana history`: a row per task, newest first.
 pub fn history_entry_rows(history: &Value) -> Vec<Value> {
     history["entries"]
@@ -450,6 +472,16 @@ mod tests {
             "service        web\ndropped_lines  0\nlines:\n  2026-12-06 started\n  2026-12-06 listening on :80\n\
              members:\n  NAME  VOTER\n  a     true\n  b     false\n"
         );
+    }
+
+    #[test]
+    fn logs_show_the_newest_run_or_the_one_before_with_node_and_service() {
+        let lines = [json!({"run": 0, "line": "a"}), json!({"run": 2, "line": "b"}), json!({"run": 1, "line": "c"})];
+        assert_eq!(log_runs(&lines, false), Some(2));
+        assert_eq!(log_runs(&lines, true), Some(1));
+        assert_eq!(log_runs(&[], true), None);
+        let shown = log_lines(&[json!({"node": "n1", "service": "web", "line": "up\u{1b}[2J"})]);
+        assert_eq!(shown, "[n1/web] up\\x1b[2J\n");
     }
 
     #[test]
