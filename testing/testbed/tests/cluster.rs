@@ -745,8 +745,18 @@ fn bundle_networks_connect_refuse_publish_and_go(cluster: &Cluster, nodes: &[(us
     }
     let gone = ["web", "client", "other"];
     let links: Vec<String> = gone.iter().map(|b| cerana_protocol::tasks::ticks::bundle_link(b)).collect();
-    let pair: Vec<String> = bundle_addresses(cluster, node1, "pair").into_values().flatten().collect();
     loop {
+        // Read again each round, every address the ticks hold for pair (starting replicas too):
+        // under load a replica may move (a report lapsed) and its new addresses are routed as
+        // they should be.
+        let plan = cluster.task(node1, "ticks-plan", json!({})).expect("ticks-plan");
+        let status = plan["bundles"].as_array().into_iter().flatten().find(|b| b["id"] == "pair").cloned();
+        let pair: Vec<String> = status
+            .iter()
+            .flat_map(|s| s["addresses"].as_object().cloned().unwrap_or_default())
+            .flat_map(|(_, ips)| ips.as_object().cloned().unwrap_or_default())
+            .filter_map(|(_, ip)| ip.as_str().map(String::from))
+            .collect();
         let mut left = Vec::new();
         for (n, ip) in nodes {
             let namespaces = cluster.task(ip, "netns-list", json!({})).expect("netns-list");
