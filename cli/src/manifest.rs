@@ -178,22 +178,13 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Declared>, String> {
 pub fn current(kind: ObjectKind, answer: &Value) -> Result<(Value, u64), String> {
     // get-bundle answers a view: {bundle, services?}.
     let object = if kind == ObjectKind::Bundle { &answer["bundle"] } else { answer };
-    let typed =
-        |r: Result<Value, serde_json::Error>| r.map_err(|e| format!("{} as the cluster has it: {e}", kind.name()));
-    let mut fields = match kind {
-        ObjectKind::Defaults => {
-            typed(serde_json::from_value::<ClusterDefaults>(object.clone()).and_then(|o| serde_json::to_value(&o)))?
-        }
-        ObjectKind::Dataset => {
-            typed(serde_json::from_value::<Dataset>(object.clone()).and_then(|o| serde_json::to_value(&o)))?
-        }
-        ObjectKind::Service => {
-            typed(serde_json::from_value::<Service>(object.clone()).and_then(|o| serde_json::to_value(&o)))?
-        }
-        ObjectKind::Bundle => {
-            typed(serde_json::from_value::<Bundle>(object.clone()).and_then(|o| serde_json::to_value(&o)))?
-        }
+    let fields = match kind {
+        ObjectKind::Defaults => as_read::<ClusterDefaults>(object),
+        ObjectKind::Dataset => as_read::<Dataset>(object),
+        ObjectKind::Service => as_read::<Service>(object),
+        ObjectKind::Bundle => as_read::<Bundle>(object),
     };
+    let mut fields = fields.map_err(|e| format!("{} as the cluster has it: {e}", kind.name()))?;
     let index = fields.get("mod_index").and_then(Value::as_u64).unwrap_or(0);
     if let Some(map) = fields.as_object_mut() {
         map.remove("mod_index");
@@ -211,6 +202,12 @@ pub fn tick_args(declared: &[Declared]) -> Value {
         "services": of(ObjectKind::Service),
         "bundles": of(ObjectKind::Bundle),
     })
+}
+
+/// `value` as the protocol's `T` reads it and writes it back: defaults filled in, unknown
+/// fields dropped.
+fn as_read<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(serde_json::from_value::<T>(value.clone())?)
 }
 
 /// One field that differs: its dotted path, what it is now and what it would be (None: absent).
